@@ -1,0 +1,66 @@
+"""Shared fixtures: local S3 servers (moto, rclone), a fresh bucket per test, spool paths.
+
+Servers are session-scoped because starting them costs ~0.5-1 s; isolation comes from a
+unique bucket per test. Tests that stop/start a server use `rclone_private` instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Make the helper modules importable as top-level modules regardless of rootdir/--import-mode.
+sys.path.insert(0, str(Path(__file__).parent))
+
+from s3servers import (
+    RcloneServer,
+    S3Server,
+    S3Target,
+    moto_server,
+    rclone_server,
+)
+
+
+@pytest.fixture(scope="session")
+def moto_srv() -> Iterator[S3Server]:
+    with moto_server() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def rclone_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RcloneServer]:
+    with rclone_server(tmp_path_factory.mktemp("rclone") / "data") as srv:
+        yield srv
+
+
+@pytest.fixture(params=["moto", "rclone"], ids=["moto", "rclone"])
+def s3(request: pytest.FixtureRequest) -> S3Target:
+    """A fresh bucket on each server kind; servers start lazily, only when a test needs one."""
+    srv: S3Server = request.getfixturevalue(f"{request.param}_srv")
+    return srv.new_target()
+
+
+@pytest.fixture
+def moto_s3(moto_srv: S3Server) -> S3Target:
+    return moto_srv.new_target()
+
+
+@pytest.fixture
+def rclone_s3(rclone_srv: RcloneServer) -> S3Target:
+    return rclone_srv.new_target()
+
+
+@pytest.fixture
+def rclone_private(tmp_path: Path) -> Iterator[RcloneServer]:
+    """An rclone server owned by one test, which may stop()/start() it (same port and data)."""
+    with rclone_server(tmp_path / "rclone-data") as srv:
+        yield srv
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    """Where the service's spool directory should live; deliberately not created."""
+    return tmp_path / "spool"

