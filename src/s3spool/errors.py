@@ -1,0 +1,62 @@
+"""Every exception s3spool raises on purpose, in one place.
+
+Lower-level errors (``OSError``, botocore's) are translated into these at the
+boundary that meets them: ``spool`` for the filesystem, ``store`` for S3.  The
+pipeline then only has to tell four things apart:
+
+``ConfigError``
+    The service cannot start: a setting, directory or key template is wrong.
+    The message names the setting (``S3SPOOL_…`` / ``--…``) or the path.
+``TransientError``
+    Worth retrying this file after a backoff (5xx, SlowDown, timeouts,
+    connection resets, a file that changed while it was read).
+``PermanentError``
+    This file will never upload as it is (object too large, unreadable file,
+    a different object already under the key with ``OVERWRITE=never``).
+    It goes to ``failed/`` at once, with the reason written next to it.
+``StoreUnavailable``
+    The store as a whole is unusable (bucket missing, credentials refused,
+    endpoint unreachable).  Intake pauses; no file is blamed for it.
+"""
+
+from __future__ import annotations
+
+
+class S3SpoolError(Exception):
+    """Base class of every error s3spool raises on purpose."""
+
+
+class ConfigError(S3SpoolError):
+    """Settings, directories or templates that keep the service from starting."""
+
+
+class UploadError(S3SpoolError):
+    """An upload of one file did not complete; ``reason`` is a short machine-readable tag."""
+
+    def __init__(self, message: str, *, reason: str = "error") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class TransientError(UploadError):
+    """Retry this file later with backoff."""
+
+
+class SlowDown(TransientError):
+    """The store asked us to send fewer requests (503 SlowDown and kin)."""
+
+
+class FileChanged(TransientError):
+    """The file's size or mtime changed while it was being uploaded."""
+
+
+class PermanentError(UploadError):
+    """This file cannot be delivered as it is; it belongs in failed/."""
+
+
+class StoreUnavailable(UploadError):
+    """The whole store is unusable; pause intake until a probe succeeds."""
+
+
+class FileVanished(S3SpoolError):
+    """A claimed file disappeared (someone else removed it); nothing to deliver."""

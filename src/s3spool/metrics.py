@@ -1,0 +1,78 @@
+"""Prometheus metrics of one service instance (prometheus-client).
+
+Each ``Metrics`` owns its registry, so several services in one process (tests)
+never share counters.  Gauges that describe the spool (files per state, lag)
+are filled from the scanner's last pass, not by walking directories on scrape.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from . import __version__
+
+SIZE_CLASSES = ((1024 * 1024, "small"), (64 * 1024 * 1024, "medium"))
+
+
+def size_class(size: int) -> str:
+    for limit, name in SIZE_CLASSES:
+        if size < limit:
+            return name
+    return "large"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.files = Counter(
+            "s3spool_files",
+            "Files by outcome (uploaded, failed, retried).",
+            ["spool", "outcome"],
+            registry=r,
+        )
+        self.bytes = Counter(
+            "s3spool_bytes",
+            "Bytes by outcome (uploaded, failed, retried).",
+            ["spool", "outcome"],
+            registry=r,
+        )
+        self.failures = Counter(
+            "s3spool_failures",
+            "Failed or retried attempts by reason.",
+            ["spool", "reason"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "s3spool_upload_duration_seconds",
+            "Time from claim to committed, by size class.",
+            ["size_class"],
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+        )
+        self.in_flight = Gauge("s3spool_uploads_in_flight", "Uploads in flight.", registry=r)
+        self.limit = Gauge(
+            "s3spool_concurrency_limit", "Current limit on uploads in flight (AIMD).", registry=r
+        )
+        self.queue = Gauge(
+            "s3spool_queue_depth", "Discovered files waiting for a worker.", registry=r
+        )
+        self.spool_files = Gauge(
+            "s3spool_spool_files",
+            "Files per spool directory (incoming/working/failed).",
+            ["spool", "state"],
+            registry=r,
+        )
+        self.lag = Gauge(
+            "s3spool_spool_lag_seconds",
+            "Age of the oldest file waiting in incoming/.",
+            ["spool"],
+            registry=r,
+        )
+        self.slowdowns = Counter("s3spool_slowdown", "SlowDown / 503 answers seen.", registry=r)
+        self.aborted = Counter(
+            "s3spool_multipart_aborted", "Multipart uploads aborted.", registry=r
+        )
+        self.paused = Gauge(
+            "s3spool_paused", "1 while intake is paused by a store fault.", registry=r
+        )
+        Info("s3spool_build", "Build information.", registry=r).info({"version": __version__})

@@ -1,0 +1,690 @@
+"""The service: discovery → workers (claim, upload, route) → cleanup, in one TaskGroup.
+
+Life of one file (see README "Architecture")::
+
+    incoming/NAME ──claim (rename)──► working/<instance>/files/NAME
+        ──upload + verify──► done/NAME | failed/NAME (+ .reason.json) | unlinked
+
+Shutdown (SIGTERM/SIGINT): intake stops at once; claimed files whose upload
+has not started go back to incoming/; uploads in flight get SHUTDOWN_GRACE to
+finish, then are cancelled (a multipart upload is aborted) and their files
+returned or kept for the next start.  A second signal skips the grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import stat
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import (
+    ConfigError,
+    FileChanged,
+    FileVanished,
+    PermanentError,
+    StoreUnavailable,
+    TransientError,
+    UploadError,
+)
+from .keys import KeyInput, KeyTemplate, spool_dir_field
+from .metrics import Metrics, size_class
+from .settings import Settings, parse_destination
+from .spool import Claim, Spool, open_claimed, spool_layouts
+from .store import Delivery, Source, Store, open_store
+from .throttle import Throttle
+from .watch import Discovery, Item, Pending, WarnOnce
+
+log = logging.getLogger(__name__)
+file_log = logging.getLogger("s3spool.file")
+
+EXIT_OK = 0
+EXIT_FAILED_FILES = 1
+EXIT_STORE_UNAVAILABLE = 3
+EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h
+
+
+class _NotStarted(Exception):
+    """Shutdown began before this claim's upload started: give it back."""
+
+
+@dataclass(slots=True)
+class Counts:
+    delivered: int = 0
+    failed: int = 0
+    retried: int = 0
+
+
+class Service:
+    def __init__(self, settings: Settings, *, once: bool = False) -> None:
+        self.s = settings
+        self.once = once
+        _, _, prefix = parse_destination(settings.destination)
+        self.template = KeyTemplate(settings.key_format, prefix)
+        self.instance_id = settings.resolved_instance_id
+        self.spools = [Spool(d, self.instance_id) for d in spool_layouts(settings)]
+        self._spool_field = [
+            spool_dir_field(sp.dirs.root or sp.dirs.incoming) for sp in self.spools
+        ]
+        self.pending = Pending(settings.queue_size)
+        self.discovery = Discovery(
+            self.spools,
+            self.pending,
+            ignore=settings.ignore,
+            rescan_interval=settings.rescan_interval,
+        )
+        self.throttle = Throttle(settings.workers)
+        self.metrics = Metrics()
+        self.counts = Counts()
+        self.store: Store | None = None
+        self.gate = asyncio.Event()  # set: intake running; clear: paused by a store fault
+        self.gate.set()
+        self.stopping = False
+        self.ready = False
+        self.exit_code = EXIT_OK
+        self._stop = asyncio.Event()
+        self._force = False
+        self._warn = WarnOnce()
+        self._not_before: dict[Item, float] = {}
+        self._resubmits: dict[Item, int] = {}
+        self._unrouted: list[Claim] = []
+        self._busy: set[asyncio.Task[Any]] = set()
+        self._idle: set[asyncio.Task[Any]] = set()
+        self._tg: asyncio.TaskGroup | None = None
+        self._last_sweep = 0.0
+        self._wire_metrics()
+
+    # --- setup ------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Create and check every directory (``ConfigError`` on the first problem)."""
+        for spool in self.spools:
+            spool.prepare()
+
+    def _wire_metrics(self) -> None:
+        m = self.metrics
+        m.in_flight.set_function(lambda: self.throttle.in_flight)
+        m.limit.set_function(lambda: self.throttle.limit)
+        m.queue.set_function(lambda: len(self.pending))
+        m.paused.set_function(lambda: 0 if self.gate.is_set() else 1)
+
+    def request_stop(self, *, force: bool = False) -> None:
+        if self._stop.is_set():
+            force = True
+        self._force = self._force or force
+        self._stop.set()
+        if self._force:
+            for task in list(self._busy):
+                task.cancel()
+
+    # --- run ---------------------------------------------------------------------------------
+    async def run(self) -> int:
+        self.prepare()
+        opened: list[Spool] = []
+        try:
+            for spool in self.spools:
+                spool.open()
+                opened.append(spool)
+            async with open_store(self.s, on_slowdown=self._on_slowdown) as store:
+                self.store = store
+                return await self._run(store)
+        finally:
+            for spool in opened:
+                spool.close()
+            self.discovery.close()
+
+    async def _run(self, store: Store) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            try:
+                await store.probe()
+            except StoreUnavailable as exc:
+                if self.once:
+                    log.error("store unavailable: %s", exc)
+                    return EXIT_STORE_UNAVAILABLE
+                self._pause_now(exc)
+            for spool in self.spools:
+                for claim in spool.recover_own():
+                    self.pending.put_claim(claim)
+            self._adopt_dead()
+            if not self.once:
+                self.discovery.open_watches()
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                intake: list[asyncio.Task[Any]] = []
+                workers = [
+                    tg.create_task(self._worker(i), name=f"worker-{i}")
+                    for i in range(self.s.workers)
+                ]
+                if self.once:
+                    intake.append(tg.create_task(self._once_driver()))
+                else:
+                    intake.append(tg.create_task(self.discovery.read_events()))
+                    intake.append(tg.create_task(self.discovery.scan_loop()))
+                    intake.append(tg.create_task(self._cleanup_loop()))
+                if not self.gate.is_set():
+                    intake.append(tg.create_task(self._probe_until_ok()))
+                self._intake = intake
+                if not self.once:
+                    tg.create_task(self._mark_ready())
+                await self._stop.wait()
+                await self._shutdown(intake, workers)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+        if self.once and self.exit_code == EXIT_OK and self.counts.failed:
+            return EXIT_FAILED_FILES
+        return self.exit_code
+
+    def _on_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        if self._stop.is_set():
+            log.warning("%s again: stopping now, without waiting for uploads", name)
+            self.request_stop(force=True)
+            return
+        log.info(
+            "%s: draining (%d uploads in flight, grace %.0fs)",
+            name,
+            len(self._busy),
+            self.s.shutdown_grace,
+        )
+        self.request_stop()
+
+    async def _mark_ready(self) -> None:
+        await self.discovery.wait_first_scan()
+        self.ready = True
+        log.info(
+            "watching %d spool(s) -> %s with %d workers (instance %s)",
+            len(self.spools),
+            self.s.destination,
+            self.s.workers,
+            self.instance_id,
+        )
+
+    async def _shutdown(
+        self, intake: list[asyncio.Task[Any]], workers: list[asyncio.Task[Any]]
+    ) -> None:
+        self.stopping = True
+        self.ready = False
+        for task in intake:
+            task.cancel()
+        for task in list(self._idle):
+            task.cancel()
+        busy = [t for t in workers if t in self._busy]
+        if busy and not self._force:
+            _, still = await asyncio.wait(busy, timeout=self.s.shutdown_grace)
+            if still:
+                log.warning(
+                    "grace of %.0fs over: cancelling %d uploads", self.s.shutdown_grace, len(still)
+                )
+        for task in workers:
+            task.cancel()
+
+    async def _once_driver(self) -> None:
+        """--once: one scan, then stop when every queued and recovered file is handled."""
+        await self.discovery.scan_all()
+        await self.pending.join()
+        self.request_stop()
+
+    # --- workers -----------------------------------------------------------------------------
+    async def _worker(self, wid: int) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        while True:
+            self._idle.add(task)
+            try:
+                job = await self.pending.get()
+            finally:
+                self._idle.discard(task)
+            self._busy.add(task)
+            try:
+                if isinstance(job, Claim):
+                    await self._deliver(job)
+                else:
+                    await self._take(job)
+            except Exception:
+                # A bug must cost one file's turn, never the worker: log and go on.
+                log.exception("worker %d: unexpected error on %r", wid, job)
+            finally:
+                self._busy.discard(task)
+                self.pending.task_done()
+            if self.stopping:
+                return
+
+    async def _take(self, item: Item) -> None:
+        index, name = item
+        spool = self.spools[index]
+        if self.stopping:
+            return
+        path = spool.dirs.incoming / name
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if self._warn((item, "lstat")):
+                log.warning("spool=%s name=%r: cannot stat: %s", spool.label, name, exc.strerror)
+            return
+        if not stat.S_ISREG(st.st_mode):
+            kind = _kind(st.st_mode)
+            if self._warn((item, kind)):
+                log.warning(
+                    "spool=%s name=%r: skipped, %s (left in place)", spool.label, name, kind
+                )
+            return
+        now = time.time()
+        wait = max(st.st_mtime + self.s.hold_for - now, self._not_before.get(item, 0.0) - now)
+        if wait > 0:
+            if not self.once:
+                self.discovery.defer(item, wait + 0.01)
+            return
+        await self.gate.wait()
+        if self.stopping:
+            return
+        try:
+            claim = spool.claim(name)
+        except TransientError as exc:
+            if exc.reason == "busy" and not self.once:
+                self.discovery.defer(item, 1.0)
+            elif exc.reason != "busy":
+                log.warning("spool=%s name=%r: %s", spool.label, name, exc)
+            return
+        if claim is None:
+            return  # another worker or instance won the rename
+        claim.ctime = st.st_ctime
+        self._not_before.pop(item, None)
+        await self._deliver(claim)
+
+    async def _deliver(self, claim: Claim) -> None:
+        spool = claim.spool
+        started = time.monotonic()
+        try:
+            fd = open_claimed(claim)
+        except FileVanished as exc:
+            log.warning("spool=%s name=%r: %s; nothing to deliver", spool.label, claim.name, exc)
+            spool.forget_key(claim)
+            return
+        except PermanentError as exc:
+            if exc.reason in ("symlink", "not_regular"):
+                # swapped after the check: give it back untouched, like any non-regular file
+                log.warning(
+                    "spool=%s name=%r: skipped, %s (returned to incoming/)",
+                    spool.label,
+                    claim.name,
+                    exc,
+                )
+                spool.unclaim(claim)
+                return
+            self._fail(claim, exc, started)
+            return
+        try:
+            delivery = await self._upload(claim, fd)
+        except _NotStarted:
+            spool.unclaim(claim)
+            return
+        except UploadError as exc:
+            self._fail(claim, exc, started)
+            return
+        except asyncio.CancelledError:
+            self._cancelled(claim)
+            raise
+        finally:
+            os.close(fd)
+        # No await between a confirmed upload and routing: cancellation cannot split them.
+        self._commit(claim, delivery, started)
+
+    async def _upload(self, claim: Claim, fd: int) -> Delivery:
+        assert self.store is not None
+        store = self.store
+        if claim.key is None:
+            claim.key = self.template.render(
+                KeyInput(
+                    os.fsencode(claim.name),
+                    self._spool_field[self.spools.index(claim.spool)],
+                    claim.mtime,
+                    claim.ctime or claim.mtime,
+                )
+            )
+            if not self.template.stable or claim.size >= self.s.multipart_threshold:
+                claim.spool.save_key(claim)
+        if claim.upload_id:
+            # a dead instance's open multipart upload: abort it, then start clean
+            with contextlib.suppress(UploadError):
+                await store.abort_upload(claim.key, claim.upload_id)
+                self.metrics.aborted.inc()
+            claim.upload_id = None
+            claim.spool.save_key(claim)
+
+        def record_upload_id(upload_id: str | None) -> None:
+            claim.upload_id = upload_id
+            with contextlib.suppress(OSError):
+                claim.spool.save_key(claim)
+
+        src = Source(
+            fd, claim.size, claim.mtime_ns, claim.key, claim.name, on_upload_id=record_upload_id
+        )
+        begun = False
+        while True:
+            if self.stopping and not begun:
+                raise _NotStarted
+            await self.gate.wait()
+            if self.stopping and not begun:
+                raise _NotStarted
+            try:
+                async with self.throttle.slot():
+                    begun = True
+                    if claim.recovered:
+                        claim.recovered = False
+                        if await store.delivered(src):
+                            return Delivery(claim.key, claim.size, already_there=True)
+                    delivery = await store.upload(src)
+                _check_unchanged(fd, claim)
+                self.throttle.on_success()
+                return delivery
+            except FileChanged as exc:
+                claim.attempts += 1
+                if claim.attempts >= self.s.retry_attempts:
+                    raise
+                st = os.fstat(fd)
+                claim.size, claim.mtime, claim.mtime_ns = st.st_size, st.st_mtime, st.st_mtime_ns
+                src.size, src.mtime_ns = claim.size, claim.mtime_ns
+                log.warning(
+                    "spool=%s name=%r: %s; uploading again", claim.spool.label, claim.name, exc
+                )
+            except StoreUnavailable as exc:
+                await self._pause(exc)
+            except PermanentError as exc:
+                if exc.reason == "exists" and await store.delivered(src):
+                    return Delivery(claim.key, claim.size, already_there=True)
+                raise
+            except TransientError as exc:
+                claim.attempts += 1
+                self.counts.retried += 1
+                self.metrics.files.labels(claim.spool.label, "retried").inc()
+                self.metrics.failures.labels(claim.spool.label, exc.reason).inc()
+                if claim.attempts >= self.s.retry_attempts:
+                    try:
+                        await store.probe()
+                    except StoreUnavailable as down:
+                        # the store is the problem, not this file: wait, then start over
+                        claim.attempts = 0
+                        await self._pause(down)
+                        continue
+                    raise
+                delay = self._backoff(claim.attempts)
+                log.info(
+                    "spool=%s name=%r: %s; retry %d/%d in %.1fs",
+                    claim.spool.label,
+                    claim.name,
+                    exc,
+                    claim.attempts,
+                    self.s.retry_attempts - 1,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with full jitter (never a tight loop)."""
+        ceiling = min(self.s.retry_backoff_max, self.s.retry_backoff * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+    # --- outcomes ---------------------------------------------------------------------------
+    def _commit(self, claim: Claim, delivery: Delivery, started: float) -> None:
+        spool = claim.spool
+        try:
+            dest = spool.route_done(claim)
+        except OSError as exc:
+            log.error(
+                "spool=%s name=%r: uploaded to %r but cannot move it to done/: %s; will retry",
+                spool.label,
+                claim.name,
+                claim.key,
+                exc.strerror,
+            )
+            self._unrouted.append(claim)
+            return
+        duration = time.monotonic() - started
+        self.counts.delivered += 1
+        self.metrics.files.labels(spool.label, "uploaded").inc()
+        self.metrics.bytes.labels(spool.label, "uploaded").inc(delivery.size)
+        self.metrics.duration.labels(size_class(delivery.size)).observe(duration)
+        self._resubmits.pop((self.spools.index(spool), claim.name), None)
+        file_log.info(
+            "file",
+            extra={
+                "fields": {
+                    "spool": spool.label,
+                    "name": claim.name,
+                    "key": claim.key,
+                    "size": delivery.size,
+                    "duration": round(duration, 4),
+                    "outcome": "done" if dest else "removed",
+                    **({"note": "already in store"} if delivery.already_there else {}),
+                }
+            },
+        )
+
+    def _fail(self, claim: Claim, exc: UploadError, started: float) -> None:
+        spool = claim.spool
+        index = self.spools.index(spool)
+        item = (index, claim.name)
+        reason = {
+            "name": claim.name,
+            "key": claim.key,
+            "reason": exc.reason,
+            "error": str(exc),
+            "attempts": claim.attempts,
+            "size": claim.size,
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "instance": self.instance_id,
+            "destination": self.s.destination,
+        }
+        outcome = "failed"
+        if spool.dirs.resubmit:
+            n = self._resubmits.get(item, 0) + 1
+            self._resubmits[item] = n
+            delay = self._backoff(n)
+            self._not_before[item] = time.time() + delay
+            outcome = "resubmitted"
+            if len(self._not_before) > 100_000:  # bounded; an old entry only shortens a wait
+                self._not_before.pop(next(iter(self._not_before)))
+                self._resubmits.pop(next(iter(self._resubmits)), None)
+        try:
+            dest = spool.route_failed(claim, reason)
+        except OSError as exc2:
+            log.error(
+                "spool=%s name=%r: failed (%s) and cannot be moved to failed/: %s; it stays in %s",
+                spool.label,
+                claim.name,
+                exc,
+                exc2.strerror,
+                spool.files,
+            )
+            return
+        if dest is None:
+            outcome = "removed"
+        self.counts.failed += 1
+        self.metrics.files.labels(spool.label, "failed").inc()
+        self.metrics.bytes.labels(spool.label, "failed").inc(claim.size)
+        self.metrics.failures.labels(spool.label, exc.reason).inc()
+        file_log.warning(
+            "file",
+            extra={
+                "fields": {
+                    "spool": spool.label,
+                    "name": claim.name,
+                    "key": claim.key,
+                    "size": claim.size,
+                    "duration": round(time.monotonic() - started, 4),
+                    "outcome": outcome,
+                    "reason": exc.reason,
+                    "error": str(exc),
+                }
+            },
+        )
+
+    def _cancelled(self, claim: Claim) -> None:
+        """Shutdown cut an upload short: return the file if its key can be recomputed."""
+        if self.template.stable and claim.upload_id is None:
+            claim.spool.unclaim(claim)
+        else:
+            log.info(
+                "spool=%s name=%r: upload cut short; kept in working/ so the next start "
+                "delivers it to the same key %r",
+                claim.spool.label,
+                claim.name,
+                claim.key,
+            )
+
+    # --- store faults -------------------------------------------------------------------------
+    def _on_slowdown(self) -> None:
+        self.metrics.slowdowns.inc()
+        self.throttle.on_slowdown()
+
+    def _pause_now(self, exc: UploadError) -> None:
+        if self.gate.is_set():
+            self.gate.clear()
+            log.error(
+                "store unavailable (%s): intake paused, files stay where they are; "
+                "probing until it answers",
+                exc,
+            )
+
+    async def _pause(self, exc: UploadError) -> None:
+        if self.once:
+            log.error("store unavailable (%s): stopping (--once)", exc)
+            self.exit_code = EXIT_STORE_UNAVAILABLE
+            self.request_stop(force=True)
+            raise asyncio.CancelledError
+        if self.gate.is_set():
+            self._pause_now(exc)
+            if self._tg is not None:
+                self._intake.append(self._tg.create_task(self._probe_until_ok()))
+        await self.gate.wait()
+
+    async def _probe_until_ok(self) -> None:
+        assert self.store is not None
+        delay = 1.0
+        last_log = time.monotonic()
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self.store.probe()
+            except StoreUnavailable as exc:
+                if time.monotonic() - last_log >= 60:
+                    log.error("store still unavailable: %s (intake paused)", exc)
+                    last_log = time.monotonic()
+                delay = min(delay * 2, 10.0)
+                continue
+            log.warning("store reachable again: resuming intake")
+            self.gate.set()
+            return
+
+    # --- cleanup ------------------------------------------------------------------------------
+    async def _cleanup_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.s.cleanup_interval)
+            try:
+                await self.cleanup_once()
+            except Exception:
+                log.exception("cleanup failed; trying again in %.0fs", self.s.cleanup_interval)
+
+    async def cleanup_once(self) -> None:
+        from .cleanup import expire_done, spool_counts
+
+        self._adopt_dead()
+        unrouted, self._unrouted = self._unrouted, []
+        for claim in unrouted:
+            self._commit(claim, Delivery(claim.key or "", claim.size), claim.claimed_at)
+        for index, spool in enumerate(self.spools):
+            if spool.dirs.done is not None:
+                removed = await asyncio.to_thread(expire_done, spool.dirs.done, self.s.delete_after)
+                if removed:
+                    log.info(
+                        "spool=%s: removed %d files from done/ (older than %.0fs)",
+                        spool.label,
+                        removed,
+                        self.s.delete_after,
+                    )
+            counts = await asyncio.to_thread(spool_counts, spool)
+            for state, n in counts.items():
+                self.metrics.spool_files.labels(spool.label, state).set(n)
+            scan = self.discovery.stats[index]
+            lag = time.time() - scan.oldest_mtime if scan.oldest_mtime else 0.0
+            self.metrics.lag.labels(spool.label).set(max(lag, 0.0))
+        await self._sweep_multipart()
+
+    async def _sweep_multipart(self) -> None:
+        if self.store is None or self.s.abort_multipart_after <= 0 or not self.gate.is_set():
+            return
+        now = time.time()
+        if now - self._last_sweep < min(self.s.abort_multipart_after, 600.0):
+            return
+        self._last_sweep = now
+        live: set[str] = set()
+        for spool in self.spools:
+            live |= spool.open_uploads()
+        try:
+            stale = await self.store.stale_uploads(now - self.s.abort_multipart_after)
+            for key, upload_id in stale:
+                if upload_id in live:
+                    continue
+                await self.store.abort_upload(key, upload_id)
+                self.metrics.aborted.inc()
+                log.info("aborted stale multipart upload %s of %r", upload_id, key)
+        except UploadError as exc:
+            log.warning("multipart sweep skipped: %s", exc)
+
+    def _adopt_dead(self) -> None:
+        for spool in self.spools:
+            for dead in list(spool.dead_instances()):
+                claims = spool.adopt(dead)
+                if claims:
+                    log.warning(
+                        "spool=%s: recovered %d claims of dead instance %s",
+                        spool.label,
+                        len(claims),
+                        dead.name,
+                    )
+                for claim in claims:
+                    self.pending.put_claim(claim)
+
+
+def _check_unchanged(fd: int, claim: Claim) -> None:
+    st = os.fstat(fd)
+    if st.st_size != claim.size or st.st_mtime_ns != claim.mtime_ns:
+        raise FileChanged(
+            f"changed during upload (size {claim.size}->{st.st_size})", reason="changed"
+        )
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "not a regular file"
+
+
+async def run_service(settings: Settings, *, once: bool = False) -> int:
+    service = Service(settings, once=once)
+    try:
+        return await service.run()
+    except ConfigError:
+        raise

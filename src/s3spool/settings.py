@@ -1,0 +1,383 @@
+"""Settings: one pydantic-settings model read from ``S3SPOOL_*`` variables.
+
+The CLI (``cli.py``) derives one flag per field from this model, so the env
+name, the flag and the docs can never drift apart: ``S3SPOOL_KEY_FORMAT`` is
+``--key-format``.  Flags win over the environment because they arrive as init
+arguments, which pydantic-settings ranks first.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import string
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .errors import ConfigError
+
+ENV_PREFIX = "S3SPOOL_"
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+
+
+def parse_duration(value: Any) -> Any:
+    """``90``, ``"90"``, ``"90s"``, ``"5m"``, ``"1h"``, ``"250ms"``, ``"2d"`` → seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if not m:
+            raise ValueError(f"{value!r} is not a duration (use seconds or 30s / 5m / 1h)")
+        return float(m.group(1)) * _DURATION_UNITS[(m.group(2) or "s").lower()]
+    return value
+
+
+def parse_size(value: Any) -> Any:
+    """``1048576``, ``"8MiB"``, ``"1GiB"``, ``"500KB"``, ``"16M"`` → bytes.
+
+    ``KiB/MiB/GiB`` and bare ``K/M/G`` are powers of 1024; ``KB/MB/GB`` powers of 1000.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if not m:
+            raise ValueError(f"{value!r} is not a size (use bytes or 8MiB / 1GiB)")
+        unit = (m.group(2) or "").lower()
+        exp = "kmgt".index(unit[0]) + 1 if unit and unit[0] in "kmgt" else 0
+        base = 1000 if unit.endswith("b") and not unit.endswith("ib") and exp else 1024
+        return int(float(m.group(1)) * base**exp)
+    return value
+
+
+def parse_list(value: Any) -> Any:
+    """A JSON list or a comma-separated string (env and CLI both use this)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a valid JSON list: {exc}") from None
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+def _non_negative(v: float) -> float:
+    if v < 0:
+        raise ValueError("must not be negative")
+    return v
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_non_negative)]
+Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
+StrList = Annotated[list[str], NoDecode, BeforeValidator(parse_list)]
+PathList = Annotated[list[Path], NoDecode, BeforeValidator(parse_list)]
+
+#: Fields a ``KEY_FORMAT`` may use; ``keys.py`` fills them.
+KEY_FIELDS = frozenset(
+    {"fname", "spool_dir", "uuid1", "uuid4", "now", "hostname"}
+    | {f"{p}_{u}" for p in ("m", "c") for u in ("YYYY", "MM", "DD", "hh", "mm", "ss")}
+)
+
+MIB = 1024 * 1024
+
+
+ChecksumName = Literal["crc32c", "crc32", "sha256", "md5", "none"]
+
+
+def _default_checksum() -> ChecksumName:
+    try:
+        import crc32c  # noqa: F401
+    except ImportError:  # pragma: no cover - crc32c is a dependency; kept for odd installs
+        return "crc32"
+    return "crc32c"
+
+
+def key_format_fields(template: str) -> set[str]:
+    """The field names a key template refers to; ``ValueError`` on bad syntax."""
+    names: set[str] = set()
+    for _literal, field, _spec, _conv in string.Formatter().parse(template):
+        if field is None:
+            continue
+        base = re.split(r"[.\[]", field, maxsplit=1)[0]
+        if not base:
+            raise ValueError("positional fields like {} are not allowed; name a field")
+        names.add(base)
+    return names
+
+
+class Settings(BaseSettings):
+    """Every setting of the service.  Each maps to ``S3SPOOL_<NAME>`` and ``--<name>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        case_sensitive=False,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    # --- where files come from --------------------------------------------------------------
+    spool_dirs: PathList = Field(
+        default_factory=list,
+        description="Spool roots (comma-separated or JSON list); each holds incoming/ working/ "
+        "done/ failed/, created if missing.",
+    )
+    incoming_dir: Path | None = Field(
+        None, description="Explicit incoming directory of a single spool (instead of SPOOL_DIRS)."
+    )
+    working_dir: Path | None = Field(None, description="Explicit working directory (single spool).")
+    done_dir: Path | None = Field(None, description="Explicit done directory (single spool).")
+    failed_dir: Path | None = Field(
+        None,
+        description="Explicit failed directory (single spool); equal to INCOMING_DIR means "
+        "failed files are resubmitted after a backoff.",
+    )
+
+    # --- where files go -----------------------------------------------------------------------
+    destination: str = Field(
+        "",
+        description="s3://bucket/prefix (the prefix is treated as a directory) or noop:// "
+        "(log only).",
+    )
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint URL.")
+    region: str | None = Field(None, description="Region of the bucket (botocore default chain).")
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="Bucket addressing style."
+    )
+    key_format: str = Field(
+        "{fname}",
+        description="Object key template under the prefix; fields: "
+        + ", ".join(sorted(KEY_FIELDS))
+        + ".",
+    )
+    acl: str | None = Field(None, description="Canned ACL, e.g. private or public-read.")
+    storage_class: str | None = Field(None, description="Storage class, e.g. STANDARD_IA.")
+    sse: Literal["AES256", "aws:kms"] | None = Field(None, description="Server-side encryption.")
+    sse_kms_key_id: str | None = Field(None, description="KMS key id when SSE=aws:kms.")
+    content_type: str | None = Field(
+        None, description="Content-Type for every object (default: guessed from the name)."
+    )
+    checksum: ChecksumName = Field(
+        default_factory=_default_checksum,
+        description="Checksum computed while reading, sent so the store rejects corrupted "
+        "bodies, and compared with the store's answer.",
+    )
+    checksum_compat: bool = Field(
+        False,
+        description="For stores that reject the newer x-amz-checksum-* headers: send only "
+        "Content-MD5 (the configured checksum is still kept in object metadata).",
+    )
+    overwrite: Literal["always", "never"] = Field(
+        "always",
+        description="never: conditional write (If-None-Match: *); an existing object with other "
+        "content sends the file to failed/.",
+    )
+
+    # --- how ---------------------------------------------------------------------------------
+    workers: int = Field(16, ge=1, le=1024, description="Concurrent file uploads.")
+    hold_for: Duration = Field(
+        0.0, description="A file is eligible only once its mtime is at least this old."
+    )
+    ignore: StrList = Field(
+        default_factory=lambda: [".*", "*.tmp", "*.part"],
+        description="Glob patterns of names never picked up.",
+    )
+    rescan_interval: Duration = Field(60.0, description="Full rescan of every incoming/.")
+    queue_size: int = Field(
+        1024, ge=1, description="Bound of the in-memory queue of discovered files."
+    )
+    multipart_threshold: Size = Field(
+        16 * MIB, description="Files of at least this size use multipart upload."
+    )
+    part_size: Size = Field(16 * MIB, description="Multipart part size (5MiB to 5GiB).")
+    part_concurrency: int = Field(4, ge=1, le=64, description="Parts of one file in flight.")
+    buffer_limit: Size = Field(
+        128 * MIB,
+        description="Upper bound on file bytes held in memory by all uploads together.",
+    )
+    retry_attempts: int = Field(
+        6, ge=1, le=100, description="Attempts per file for transient errors before failed/."
+    )
+    retry_backoff: Duration = Field(0.5, description="First retry delay (doubles, with jitter).")
+    retry_backoff_max: Duration = Field(60.0, description="Longest retry delay.")
+    connect_timeout: Duration = Field(10.0, description="Connection timeout to the store.")
+    read_timeout: Duration = Field(60.0, description="Read timeout of one request.")
+
+    # --- after the upload ------------------------------------------------------------------
+    remove_on_success: bool = Field(False, description="Unlink instead of moving to done/.")
+    remove_on_failure: bool = Field(
+        False, description="Unlink instead of moving to failed/ (the file is lost!)."
+    )
+    delete_after: Duration = Field(
+        3600.0, description="Cleanup removes done/ files this long after they reached done/."
+    )
+    cleanup_interval: Duration = Field(
+        60.0, description="How often cleanup and dead-instance recovery run."
+    )
+    abort_multipart_after: Duration = Field(
+        86400.0, description="Abort s3spool's multipart uploads older than this."
+    )
+
+    # --- process -----------------------------------------------------------------------------
+    shutdown_grace: Duration = Field(
+        30.0, description="On SIGTERM/SIGINT, time allowed for in-flight uploads to finish."
+    )
+    instance_id: str | None = Field(
+        None,
+        description="Name of this instance's working/ subdirectory (default: host.pid.random).",
+    )
+    http_addr: str = Field(
+        "127.0.0.1:9108", description="host:port of /metrics, /healthz, /readyz; empty: off."
+    )
+    max_lag: Duration | None = Field(
+        None, description="If set, /readyz is unready while the spool lag exceeds it."
+    )
+    fail_rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="Fault injection: fail this fraction of uploads (0-1)."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level."
+    )
+    log_format: Literal["text", "json"] = Field("text", description="Log format.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upper_levels(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in ("log_level",):
+                if isinstance(data.get(name), str):
+                    data[name] = data[name].upper()
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if not self.destination:
+            raise ValueError("destination: required (s3://bucket/prefix or noop://)")
+        parse_destination(self.destination)
+        fields = key_format_fields(self.key_format)
+        unknown = sorted(fields - KEY_FIELDS)
+        if unknown:
+            raise ValueError(
+                f"key_format: unknown field {{{unknown[0]}}}; known fields: "
+                + ", ".join(sorted(KEY_FIELDS))
+            )
+        explicit = [self.incoming_dir, self.working_dir, self.done_dir, self.failed_dir]
+        if self.spool_dirs and any(explicit):
+            raise ValueError(
+                "spool_dirs: use either SPOOL_DIRS or INCOMING_DIR/WORKING_DIR/DONE_DIR/FAILED_DIR"
+            )
+        if not self.spool_dirs:
+            if not self.incoming_dir:
+                raise ValueError("spool_dirs: required (or INCOMING_DIR with WORKING_DIR)")
+            if not self.working_dir:
+                raise ValueError("working_dir: required with INCOMING_DIR")
+            if not self.done_dir and not self.remove_on_success:
+                raise ValueError("done_dir: required with INCOMING_DIR unless REMOVE_ON_SUCCESS")
+            if not self.failed_dir and not self.remove_on_failure:
+                raise ValueError("failed_dir: required with INCOMING_DIR unless REMOVE_ON_FAILURE")
+        if not 5 * MIB <= self.part_size <= 5 * 1024 * MIB:
+            raise ValueError("part_size: must be between 5MiB and 5GiB (S3 limits)")
+        if self.sse_kms_key_id and self.sse != "aws:kms":
+            raise ValueError("sse_kms_key_id: only valid with SSE=aws:kms")
+        if self.retry_backoff_max < self.retry_backoff:
+            raise ValueError("retry_backoff_max: must be at least RETRY_BACKOFF")
+        if self.http_addr:
+            parse_http_addr(self.http_addr)
+        if self.instance_id is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.instance_id):
+            raise ValueError("instance_id: only letters, digits, '_', '.', '-' are allowed")
+        return self
+
+    @property
+    def resolved_instance_id(self) -> str:
+        return self.instance_id or _default_instance_id()
+
+
+_INSTANCE_ID: str | None = None
+
+
+def _default_instance_id() -> str:
+    global _INSTANCE_ID
+    if _INSTANCE_ID is None:
+        import os
+        import secrets
+
+        host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
+        _INSTANCE_ID = f"{host}.{os.getpid()}.{secrets.token_hex(3)}"
+    return _INSTANCE_ID
+
+
+def parse_destination(uri: str) -> tuple[str, str, str]:
+    """``s3://bucket/a/b`` → ``("s3", "bucket", "a/b/")``; ``noop://`` → ``("noop", "", "")``.
+
+    The prefix is forced to a "directory" and never starts with ``/``.
+    """
+    parts = urlsplit(uri)
+    if parts.scheme == "noop":
+        return "noop", "", ""
+    if parts.scheme != "s3":
+        raise ValueError(f"destination: {uri!r} must start with s3:// or noop://")
+    bucket = parts.netloc
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{1,253}[a-z0-9]", bucket or ""):
+        raise ValueError(f"destination: {uri!r} has no valid bucket name")
+    if parts.query or parts.fragment:
+        raise ValueError(f"destination: {uri!r} must not have a query or fragment")
+    segments = [s for s in parts.path.split("/") if s]
+    if any(s in (".", "..") for s in segments):
+        raise ValueError(f"destination: {uri!r} must not contain '.' or '..' segments")
+    prefix = "/".join(segments)
+    return "s3", bucket, f"{prefix}/" if prefix else ""
+
+
+def parse_http_addr(addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"http_addr: {addr!r} is not host:port")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build ``Settings`` from the environment plus ``overrides`` (CLI flags).
+
+    Validation errors become one ``ConfigError`` whose lines name each bad
+    setting both ways (``S3SPOOL_X`` / ``--x``).
+    """
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if not isinstance(p, int)]
+        msg = str(err.get("msg", "invalid"))
+        msg = msg.removeprefix("Value error, ")
+        field = loc[0] if loc else ""
+        # model-level checks put the field name first in the message: "field: text"
+        if not field and ":" in msg:
+            head, _, rest = msg.partition(":")
+            if head in Settings.model_fields:
+                field, msg = head, rest.strip()
+        if field in Settings.model_fields:
+            lines.append(f"{env_name(field)} ({flag_name(field)}): {msg}")
+        else:
+            lines.append(f"{'.'.join(loc) or 'settings'}: {msg}")
+    return "invalid settings:\n  " + "\n  ".join(lines)

@@ -1,0 +1,286 @@
+"""Discovery: inotify events and directory scans feed one bounded, de-duplicated queue.
+
+Watches are added before the first scan, so a file renamed in during startup
+is seen by one or the other.  A scan walks ``incoming/`` lazily and blocks
+when the queue is full, so a backlog of any length costs at most
+``QUEUE_SIZE`` entries of memory.  The inotify reader never blocks: when the
+queue is full it drops the event and asks for a rescan instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fnmatch
+import logging
+import os
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .spool import Claim, Spool
+
+log = logging.getLogger(__name__)
+
+#: (spool index, file name)
+Item = tuple[int, str]
+Job = Item | Claim
+
+
+class Pending:
+    """FIFO of discovered names (bounded, each name at most once) plus recovered claims."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._q: asyncio.Queue[Job] = asyncio.Queue()
+        self._queued: set[Item] = set()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def __len__(self) -> int:
+        return self._q.qsize()
+
+    def __contains__(self, item: Item) -> bool:
+        return item in self._queued
+
+    def offer(self, item: Item) -> bool:
+        """Queue ``item`` unless full; ``True`` if it is (now) queued."""
+        if item in self._queued:
+            return True
+        if len(self._queued) >= self.maxsize:
+            return False
+        self._queued.add(item)
+        self._q.put_nowait(item)
+        return True
+
+    async def put(self, item: Item) -> None:
+        while not self.offer(item):
+            self._room.clear()
+            await self._room.wait()
+
+    def task_done(self) -> None:
+        self._q.task_done()
+
+    async def join(self) -> None:
+        """Until every job taken so far has been marked done (``--once``)."""
+        await self._q.join()
+
+    def put_claim(self, claim: Claim) -> None:
+        """Recovered claims bypass the bound: they are already on disk in working/."""
+        self._q.put_nowait(claim)
+
+    async def get(self) -> Job:
+        job = await self._q.get()
+        if isinstance(job, tuple):
+            self._queued.discard(job)
+            self._room.set()
+        return job
+
+
+def compile_ignore(patterns: Sequence[str]) -> Callable[[str], bool]:
+    if not patterns:
+        return lambda name: False
+    rx = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns), re.DOTALL)
+    return lambda name: rx.match(name) is not None
+
+
+@dataclass(slots=True)
+class ScanStats:
+    """What the last full scan of one incoming/ saw (for metrics and status)."""
+
+    files: int = 0
+    oldest_mtime: float | None = None
+    at: float = 0.0
+
+
+INOTIFY_HELP = {
+    errno.EMFILE: "raise the sysctl fs.inotify.max_user_instances (e.g. to 512)",
+    errno.ENOSPC: "raise the sysctl fs.inotify.max_user_watches (e.g. to 524288)",
+    errno.ENOMEM: "the kernel is out of memory for inotify",
+}
+
+
+class Discovery:
+    """Finds files in every incoming/ and offers them to ``pending``."""
+
+    def __init__(
+        self,
+        spools: Sequence[Spool],
+        pending: Pending,
+        *,
+        ignore: Sequence[str],
+        rescan_interval: float,
+    ) -> None:
+        self.spools = list(spools)
+        self.pending = pending
+        self.is_ignored = compile_ignore(ignore)
+        self.rescan_interval = rescan_interval
+        self.stats = [ScanStats() for _ in self.spools]
+        self.watching = False  # inotify active (readiness)
+        self.scans = 0
+        self._rescan = asyncio.Event()
+        self._timers: dict[Item, asyncio.TimerHandle] = {}
+        self._inotify: object | None = None
+        self._index = {os.fspath(s.dirs.incoming): i for i, s in enumerate(self.spools)}
+        self._first_scan_done = asyncio.Event()
+
+    # --- public -------------------------------------------------------------------------
+    def request_rescan(self) -> None:
+        self._rescan.set()
+
+    def defer(self, item: Item, delay: float) -> None:
+        """Offer ``item`` again after ``delay`` seconds (HOLD_FOR, resubmit backoff, busy name)."""
+        if item in self._timers:
+            return
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._timers.pop(item, None)
+            if not self.pending.offer(item):
+                self.request_rescan()
+
+        self._timers[item] = loop.call_later(max(delay, 0.0), fire)
+
+    @property
+    def deferred(self) -> int:
+        return len(self._timers)
+
+    async def wait_first_scan(self) -> None:
+        await self._first_scan_done.wait()
+
+    def close(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+
+    # --- tasks --------------------------------------------------------------------------
+    def open_watches(self) -> None:
+        """Set up inotify before the first scan; on failure, say why and rely on rescans."""
+        try:
+            from asyncinotify import Inotify, Mask
+        except ImportError as exc:  # pragma: no cover - a dependency
+            log.error("inotify unavailable (%s); relying on rescans", exc)
+            return
+        try:
+            inotify = Inotify()
+        except OSError as exc:
+            self._inotify_failed(exc, "create an inotify instance")
+            return
+        mask = Mask.MOVED_TO | Mask.CLOSE_WRITE | Mask.ONLYDIR
+        try:
+            for spool in self.spools:
+                inotify.add_watch(spool.dirs.incoming, mask)
+        except OSError as exc:
+            inotify.close()
+            self._inotify_failed(exc, "watch incoming/")
+            return
+        self._inotify = inotify
+        self.watching = True
+
+    def _inotify_failed(self, exc: OSError, what: str) -> None:
+        hint = INOTIFY_HELP.get(exc.errno or 0, "")
+        log.error(
+            "cannot %s: %s%s; falling back to scanning every %.0fs",
+            what,
+            exc.strerror,
+            f" — {hint}" if hint else "",
+            self._fallback_interval(),
+        )
+
+    def _fallback_interval(self) -> float:
+        return min(self.rescan_interval, 5.0) if self.rescan_interval > 0 else 5.0
+
+    async def read_events(self) -> None:
+        """Forward MOVED_TO / CLOSE_WRITE names; rescan on queue overflow."""
+        from asyncinotify import Mask
+
+        inotify = self._inotify
+        if inotify is None:
+            return
+        try:
+            async for event in inotify:  # type: ignore[attr-defined]
+                if event.mask & Mask.Q_OVERFLOW:
+                    log.warning("inotify queue overflowed; rescanning")
+                    self.request_rescan()
+                    continue
+                if event.mask & Mask.IGNORED:
+                    log.error(
+                        "watch on %s was removed (directory deleted?); rescans only",
+                        event.watch.path if event.watch else "?",
+                    )
+                    self.watching = False
+                    continue
+                if event.name is None or event.watch is None or event.mask & Mask.ISDIR:
+                    continue
+                name = os.fsdecode(event.name)
+                index = self._index.get(os.fspath(event.watch.path))
+                if index is None or self.is_ignored(name):
+                    continue
+                if not self.pending.offer((index, name)):
+                    self.request_rescan()
+        finally:
+            inotify.close()  # type: ignore[attr-defined]
+            self.watching = False
+
+    async def scan_loop(self) -> None:
+        """Scan at start, every RESCAN_INTERVAL, and whenever a rescan is requested."""
+        interval = self.rescan_interval if self._inotify is not None else self._fallback_interval()
+        while True:
+            self._rescan.clear()
+            await self.scan_all()
+            self._first_scan_done.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._rescan.wait(), interval if interval > 0 else None)
+
+    async def scan_all(self) -> None:
+        for index, spool in enumerate(self.spools):
+            await self.scan(index, spool)
+        self.scans += 1
+
+    async def scan(self, index: int, spool: Spool) -> None:
+        count = 0
+        oldest: float | None = None
+        try:
+            it = os.scandir(spool.dirs.incoming)
+        except OSError as exc:
+            log.error("spool=%s: cannot list incoming/: %s", spool.label, exc.strerror)
+            return
+        with it:
+            for entry in it:
+                name = entry.name
+                if self.is_ignored(name):
+                    continue
+                count += 1
+                try:
+                    mtime = entry.stat(follow_symlinks=False).st_mtime
+                except OSError:
+                    continue
+                if oldest is None or mtime < oldest:
+                    oldest = mtime
+                item = (index, name)
+                if item in self._timers or item in self.pending:
+                    continue
+                if not self.pending.offer(item):
+                    await self.pending.put(item)
+        self.stats[index] = ScanStats(count, oldest, time.time())
+
+
+class WarnOnce:
+    """Remember what was warned about, so a file left in place is not logged every scan."""
+
+    def __init__(self, limit: int = 10000) -> None:
+        self._seen: deque[object] = deque()
+        self._set: set[object] = set()
+        self._limit = limit
+
+    def __call__(self, key: object) -> bool:
+        if key in self._set:
+            return False
+        self._set.add(key)
+        self._seen.append(key)
+        if len(self._seen) > self._limit:
+            self._set.discard(self._seen.popleft())
+        return True
