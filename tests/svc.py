@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from s3servers import S3Target
-
 from s3spool.service import Service
 from s3spool.settings import Settings, load_settings
 

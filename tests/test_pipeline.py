@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+
 from faultproxy import FaultProxy
 from s3servers import S3Target
 from svc import drop, names, running, settings_for, use_credentials, wait_until
