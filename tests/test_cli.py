@@ -1,0 +1,205 @@
+"""The real `s3spool` process: settings errors, flags vs env, --once exit codes, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from faultproxy import FaultProxy
+from proc import SpoolProc
+from s3servers import S3Target, free_port
+from s3spool.settings import Settings, env_name, flag_name
+from svc import drop, names
+
+BASE_ENV = {"AWS_EC2_METADATA_DISABLED": "true", "S3SPOOL_HTTP_ADDR": ""}
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
+        user: int | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("S3SPOOL_", "AWS_"))}
+    clean.update(BASE_ENV)
+    clean.update(env or {})
+    cmd = [sys.executable, "-m", "s3spool", *args]
+    if user is not None:
+        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
+    return subprocess.run(cmd, env=clean, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def test_help_documents_every_setting() -> None:
+    for args in (["--help"], ["run", "--help"]):
+        out = cli(*args).stdout
+        for field in Settings.model_fields:
+            assert env_name(field) in out, (args, field)
+            assert flag_name(field) in out, (args, field)
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"S3SPOOL_SPOOL_DIRS": "/tmp/x"}, "S3SPOOL_DESTINATION (--destination): required"),
+        ({"S3SPOOL_SPOOL_DIRS": "/tmp/x", "S3SPOOL_DESTINATION": "ftp://b/p"},
+         "S3SPOOL_DESTINATION (--destination): 'ftp://b/p' must start with s3:// or noop://"),
+        ({"S3SPOOL_SPOOL_DIRS": "/tmp/x", "S3SPOOL_DESTINATION": "s3://"},
+         "has no valid bucket name"),
+        ({"S3SPOOL_SPOOL_DIRS": "/tmp/x", "S3SPOOL_DESTINATION": "noop://",
+          "S3SPOOL_KEY_FORMAT": "{m_YYYY}/{colour}/{fname}"},
+         "S3SPOOL_KEY_FORMAT (--key-format): unknown field {colour}"),
+        ({"S3SPOOL_DESTINATION": "noop://"}, "S3SPOOL_SPOOL_DIRS (--spool-dirs): required"),
+        ({"S3SPOOL_SPOOL_DIRS": "/tmp/x", "S3SPOOL_DESTINATION": "noop://",
+          "S3SPOOL_WORKERS": "many"}, "S3SPOOL_WORKERS (--workers)"),
+        ({"S3SPOOL_SPOOL_DIRS": "/tmp/x", "S3SPOOL_DESTINATION": "noop://",
+          "S3SPOOL_HOLD_FOR": "soon"}, "S3SPOOL_HOLD_FOR (--hold-for): 'soon' is not a duration"),
+        ({"S3SPOOL_SPOOL_DIRS": "/tmp/x", "S3SPOOL_DESTINATION": "noop://",
+          "S3SPOOL_PART_SIZE": "1MiB"}, "S3SPOOL_PART_SIZE (--part-size): must be between 5MiB"),
+    ],
+    ids=["missing-destination", "bad-scheme", "no-bucket", "unknown-key-field", "no-spool",
+         "bad-int", "bad-duration", "part-too-small"],
+)
+def test_bad_settings_name_the_setting(env: dict[str, str], needle: str) -> None:
+    result = cli("run", "--once", env=env)
+    assert result.returncode == 78, result.stderr
+    assert needle in result.stderr
+
+
+def test_flags_win_over_env(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    (spool / "incoming").mkdir(parents=True)
+    (spool / "incoming" / "a").write_bytes(b"1")
+    env = {"S3SPOOL_SPOOL_DIRS": str(spool), "S3SPOOL_DESTINATION": "s3://wrong-bucket/x",
+           "S3SPOOL_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    result = cli("run", "--once", "--destination", "noop://", env=env)
+    assert result.returncode == 0, result.stderr
+    assert names(spool / "done") == {"a"}
+
+
+def test_once_exit_codes(tmp_path: Path, moto_s3: S3Target) -> None:
+    spool = tmp_path / "spool"
+    (spool / "incoming").mkdir(parents=True)
+    for i in range(5):
+        (spool / "incoming" / f"f{i}").write_bytes(b"data %d" % i)
+    ok = cli("run", "--once", env={**moto_s3.env(), "S3SPOOL_SPOOL_DIRS": str(spool)})
+    assert ok.returncode == 0, ok.stderr
+    assert len(names(spool / "done")) == 5
+    assert sorted(moto_s3.keys()) == [f"f{i}" for i in range(5)]
+
+    (spool / "incoming" / "bad").write_bytes(b"x")
+    failed = cli("run", "--once", "--fail-rate", "1",
+                 env={**moto_s3.env(), "S3SPOOL_SPOOL_DIRS": str(spool)})
+    assert failed.returncode == 1, failed.stderr
+    assert names(spool / "failed") == {"bad", "bad.reason.json"}
+
+    (spool / "incoming" / "later").write_bytes(b"y")
+    down = cli("run", "--once", env={**moto_s3.env(), "S3SPOOL_SPOOL_DIRS": str(spool),
+                                     "S3SPOOL_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+                                     "S3SPOOL_CONNECT_TIMEOUT": "1"})
+    assert down.returncode == 3, down.stderr
+    assert "store unavailable" in down.stderr
+    assert names(spool / "incoming") == {"later"}  # left where it was
+
+
+def test_once_empty_spool_exits_zero(tmp_path: Path) -> None:
+    result = cli("run", "--once", env={"S3SPOOL_SPOOL_DIRS": str(tmp_path / "s"),
+                                       "S3SPOOL_DESTINATION": "noop://"})
+    assert result.returncode == 0, result.stderr
+    for sub in ("incoming", "working", "done", "failed"):
+        assert (tmp_path / "s" / sub).is_dir()
+
+
+@pytest.fixture
+def other_filesystem() -> Iterator[Path]:
+    base = Path("/dev/shm")
+    if not base.is_dir() or os.stat(base).st_dev == os.stat(tempfile.gettempdir()).st_dev:
+        pytest.skip("no second filesystem (/dev/shm) to test against")
+    path = Path(tempfile.mkdtemp(dir=base))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_dirs_on_two_filesystems_refused(tmp_path: Path, other_filesystem: Path) -> None:
+    env = {"S3SPOOL_INCOMING_DIR": str(tmp_path / "in"), "S3SPOOL_WORKING_DIR": str(tmp_path / "w"),
+           "S3SPOOL_DONE_DIR": str(other_filesystem / "done"),
+           "S3SPOOL_FAILED_DIR": str(tmp_path / "f"), "S3SPOOL_DESTINATION": "noop://"}
+    result = cli("run", "--once", env=env)
+    assert result.returncode == 78
+    assert "different filesystems" in result.stderr
+    assert f"done={other_filesystem / 'done'}" in result.stderr
+
+
+def test_unwritable_dir_refused(tmp_path: Path) -> None:
+    # root may write anywhere, so run the process as nobody in a root-owned directory
+    base = Path(tempfile.mkdtemp(prefix="s3spool-ro-"))
+    try:
+        base.chmod(0o755)
+        (base / "spool" / "incoming").mkdir(parents=True)
+        (base / "spool").chmod(0o755)
+        env = {"S3SPOOL_SPOOL_DIRS": str(base / "spool"), "S3SPOOL_DESTINATION": "noop://"}
+        if os.geteuid() == 0:
+            result = cli("run", "--once", env=env, user=65534)
+        else:
+            (base / "spool").chmod(0o555)
+            result = cli("run", "--once", env=env)
+        assert result.returncode == 78, result.stderr
+        assert str(base / "spool") in result.stderr
+        assert "permission denied" in result.stderr or "not writable" in result.stderr
+    finally:
+        (base / "spool").chmod(0o755)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_sigterm_drains_in_flight_and_returns_the_rest(tmp_path: Path, moto_s3: S3Target) -> None:
+    spool = tmp_path / "spool"
+    (spool / "incoming").mkdir(parents=True)
+    with FaultProxy(moto_s3.endpoint_url) as proxy:
+        proxy.latency_s = 1.5
+        env = {**moto_s3.via(proxy.url).env(), "S3SPOOL_SPOOL_DIRS": str(spool),
+               "S3SPOOL_WORKERS": "2", "S3SPOOL_SHUTDOWN_GRACE": "20"}
+        with SpoolProc(["run"], env, cwd=tmp_path) as proc:
+            proc.wait_for_log(r"watching 1 spool", 15)
+            for i in range(6):
+                drop(spool / "incoming", f"f{i}", b"payload %d" % i)
+            deadline = time.monotonic() + 10
+            while proxy.in_flight < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert proxy.in_flight == 2, "two uploads should be in flight"
+            proc.signal(signal.SIGTERM)
+            assert proc.wait(30) == 0, proc.log_tail()
+    done = names(spool / "done")
+    back = names(spool / "incoming")
+    assert len(done) == 2, proc.log_tail()
+    assert len(back) == 4
+    assert done | back == {f"f{i}" for i in range(6)}
+    assert sorted(moto_s3.keys()) == sorted(done)
+    assert list((spool / "working").iterdir()) == []  # instance dir removed on clean exit
+
+
+@pytest.mark.slow
+def test_two_thousand_files_dropped_while_running(tmp_path: Path, rclone_s3: S3Target) -> None:
+    spool = tmp_path / "spool"
+    (spool / "incoming").mkdir(parents=True)
+    env = {**rclone_s3.env(), "S3SPOOL_SPOOL_DIRS": str(spool), "S3SPOOL_LOG_LEVEL": "WARNING"}
+    payloads = {f"obj-{i:04d}.bin": os.urandom(64 + i % 3000) for i in range(2000)}
+    with SpoolProc(["run"], env, cwd=tmp_path) as proc:
+        time.sleep(0.5)
+        for name, data in payloads.items():
+            drop(spool / "incoming", name, data)
+        deadline = time.monotonic() + 120
+        while len(names(spool / "done")) < 2000 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, proc.log_tail()
+    assert names(spool / "done") == set(payloads)
+    assert sorted(rclone_s3.keys()) == sorted(payloads)
+    for name, data in payloads.items():
+        assert rclone_s3.get(name) == data, name
+        assert (spool / "done" / name).read_bytes() == data
+    assert names(spool / "incoming") == set()
