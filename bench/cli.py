@@ -1,0 +1,176 @@
+"""``python -m bench``: run the cases, print one markdown table, save it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from bench.config import DEFAULT_OUT, RCLONE, live_spec, workloads
+from bench.live import run_live
+from bench.machine import machine_info
+from bench.report import Row, add_ratios, aggregate, markdown_table, unavailable_row
+from bench.runner import RunRecord, log, run_batch
+from bench.sysstat import loadavg
+from bench.tools import S3spoolRun, Tool, make_tools
+
+ALL_CASES = ("1", "2", "3", "4")
+# Fixed order inside every repetition, so slow drift hits every tool alike.
+TOOL_ORDER = ("s3spool", "s3spool-run", "s5cmd", "rclone", "aws")
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    ap.add_argument("--cases", default=",".join(ALL_CASES), help="comma list of 1,2,3,4")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions per case and tool")
+    ap.add_argument("--quick", action="store_true", help="shrunken cases for a smoke run")
+    ap.add_argument("--tools", default=",".join(TOOL_ORDER), help="comma list of tools")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
+    ap.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=None,
+        help="before each run wait up to this many s for other processes to go idle "
+        "(default 30, 0 with --quick)",
+    )
+    ns = ap.parse_args(argv)
+    if ns.quiet_wait is None:
+        ns.quiet_wait = 0.0 if ns.quick else 30.0
+    ns.cases = [c.strip() for c in ns.cases.split(",") if c.strip()]
+    ns.tools = {t.strip() for t in ns.tools.split(",") if t.strip()}
+    bad = [c for c in ns.cases if c not in ALL_CASES] + sorted(ns.tools - set(TOOL_ORDER))
+    if bad or ns.reps < 1:
+        ap.error(f"unknown case/tool {bad}" if bad else "--reps must be >= 1")
+    return ns
+
+
+def _progress(rec: RunRecord) -> None:
+    state = "ok" if rec.ok else f"FAILED: {rec.reason}"
+    log(
+        f"case {rec.case} {rec.tool} rep {rec.rep}: {state} | wall {rec.wall_s:.2f} s, "
+        f"cpu {rec.cpu_s:.2f} s, rss {rec.maxrss_kib / 1024:.0f} MiB, "
+        f"server cpu {rec.server_cpu_s:.2f} s, others {rec.other_cpu_s:.2f} s, "
+        f"steal {rec.steal_s:.2f} s"
+    )
+
+
+def run_all(
+    ns: argparse.Namespace, tools: dict[str, Tool], log_dir: Path
+) -> tuple[list[Row], list[RunRecord]]:
+    work_dir = ns.out / "work"
+    shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir.mkdir(parents=True)
+    rows: list[Row] = []
+    records: list[RunRecord] = []
+    specs = workloads(ns.quick)
+    for case in sorted(ns.cases):
+        if case == "4":
+            rows.append(_run_live_case(ns, tools, work_dir, log_dir, records))
+            continue
+        for work in specs[case]:
+            order = [t for t in TOOL_ORDER if t in work.tools and t in tools]
+            runs: dict[str, list[RunRecord]] = {t: [] for t in order}
+            for rep in range(1, ns.reps + 1):
+                for name in order:
+                    if tools[name].unavailable:
+                        continue
+                    log(f"case {work.key} ({work.title}) {name} rep {rep}/{ns.reps} ...")
+                    rec = run_batch(work, tools[name], rep, work_dir, log_dir, ns.quiet_wait)
+                    _progress(rec)
+                    runs[name].append(rec)
+                    records.append(rec)
+            for name in order:
+                why = tools[name].unavailable
+                if why:
+                    rows.append(unavailable_row(work.key, work.title, name, why))
+                else:
+                    rows.append(aggregate(work.key, work.title, name, runs[name]))
+    shutil.rmtree(work_dir, ignore_errors=True)
+    add_ratios(rows)
+    return rows, records
+
+
+def _run_live_case(
+    ns: argparse.Namespace,
+    tools: dict[str, Tool],
+    work_dir: Path,
+    log_dir: Path,
+    records: list[RunRecord],
+) -> Row:
+    spec = live_spec(ns.quick)
+    title = f"live {spec.rate:.0f} files/s x {spec.duration_s:.0f} s, 4 KiB"
+    tool = tools.get("s3spool-run")
+    if not isinstance(tool, S3spoolRun):
+        return unavailable_row("4", title, "s3spool-run", "not selected (--tools)")
+    if tool.unavailable:
+        return unavailable_row("4", title, "s3spool-run", tool.unavailable)
+    runs = []
+    for rep in range(1, ns.reps + 1):
+        log(f"case 4 ({title}) rep {rep}/{ns.reps} ...")
+        rec = run_live(spec, tool, rep, work_dir, log_dir, ns.quiet_wait)
+        _progress(rec)
+        runs.append(rec)
+        records.append(rec)
+    return aggregate("4", title, "s3spool-run", runs)
+
+
+def header(ns: argparse.Namespace, stamp: str, tools: dict[str, Tool]) -> str:
+    m = machine_info()
+    args = f"--cases {','.join(ns.cases)} --reps {ns.reps}" + (" --quick" if ns.quick else "")
+    args += f" --quiet-wait {ns.quiet_wait:g}"
+    if ns.tools != set(TOOL_ORDER):
+        args += f" --tools {','.join(t for t in TOOL_ORDER if t in ns.tools)}"
+    lines = [
+        f"# s3spool benchmark {stamp}",
+        "",
+        f"- run: `python -m bench {args}`; medians over {ns.reps} rep(s)",
+        f"- machine: nproc {m['nproc']}, {m['cpu']}, {m['memory']} RAM, {m['kernel']}, "
+        f"Python {m['python']}; load average at start {loadavg()}",
+        f"- server: `{RCLONE} serve s3` on 127.0.0.1, local backend, fresh per run "
+        "(server CPU = its utime+stime during the tool run)",
+        "- ratios are s3spool/peer: throughput >1 = s3spool faster; CPU and RSS <1 = s3spool "
+        "leaner; targets from bench/targets.py (placeholders until agreed)",
+        "- versions:",
+    ]
+    for name, tool in tools.items():
+        if name == "s3spool-run":
+            continue
+        lines.append(f"  - {name}: {tool.unavailable or tool.version()}")
+    lines.append("- commands (`<RUN>` = per-run dir, `<URL>` = server):")
+    for name, tool in tools.items():
+        if not tool.unavailable:
+            lines.append(f"  - {name}: `{tool.command_template()}`")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = _parse_args(argv)
+    ns.out = ns.out.resolve()
+    ns.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_dir = ns.out / f"logs-{stamp}"
+    log_dir.mkdir()
+    tools = make_tools(ns.out, ns.tools)
+    for name, tool in tools.items():
+        if tool.unavailable:
+            log(f"{name}: {tool.unavailable}")
+    head = header(ns, stamp, tools)
+    rows, records = run_all(ns, tools, log_dir)
+    report = f"{head}\n\n{markdown_table(rows)}\n"
+    print(report)
+    out_md = ns.out / f"results-{stamp}.md"
+    out_md.write_text(report)
+    # Raw per-run numbers, for anyone who wants more than medians.
+    (ns.out / f"results-{stamp}.json").write_text(
+        json.dumps([asdict(r) for r in records], indent=1)
+    )
+    log(f"wrote {out_md} (tool logs in {log_dir})")
+    return 0 if all(r.ok for r in records) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

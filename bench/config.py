@@ -1,0 +1,137 @@
+"""Constants and workload definitions shared by the harness."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = REPO / ".venv" / "bin"
+# Explicit venv binaries: /usr/bin/rclone is 1.60, which has no `serve s3`.
+RCLONE = VENV_BIN / "rclone"
+S5CMD = VENV_BIN / "s5cmd"
+# Overridable to benchmark another build of the service.
+S3SPOOL = Path(os.environ.get("BENCH_S3SPOOL", str(VENV_BIN / "s3spool")))
+DEFAULT_OUT = REPO / "bench" / "out"
+
+# rclone serve s3 answered InvalidAccessKeyId for a one-letter key id, so use
+# longer throwaway credentials.
+ACCESS_KEY = "benchkey"
+SECRET_KEY = "benchsecret"
+REGION = "us-east-1"
+BUCKET = "bench"
+PREFIX = "p/"
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+SEED = 42
+
+# Env vars that would change a tool's behaviour behind our back (profiles,
+# credentials, rclone remotes, s3spool settings); every child gets a clean env.
+_SCRUB_PREFIXES = ("AWS_", "RCLONE_", "S3SPOOL_")
+
+
+def clean_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB_PREFIXES)}
+    env.update(extra)
+    return env
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A batch case: a fixed set of files handed to each tool in turn."""
+
+    key: str
+    title: str
+    files: tuple[tuple[str, int], ...]  # (name, size in bytes)
+    tools: tuple[str, ...]
+    timeout_s: float
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(size for _, size in self.files)
+
+
+@dataclass(frozen=True)
+class LiveSpec:
+    """Case 4: a producer feeding a running s3spool at a fixed rate."""
+
+    rate: float  # files per second
+    duration_s: float
+    size: int
+    drain_timeout_s: float
+
+    @property
+    def count(self) -> int:
+        return int(self.rate * self.duration_s)
+
+
+ALL_PEERS = ("s5cmd", "rclone", "aws")
+
+
+def _small_files(n: int) -> tuple[tuple[str, int], ...]:
+    return tuple((f"small-{i:06d}.bin", 4 * KIB) for i in range(n))
+
+
+def _mixed_files(n: int, hi: int) -> tuple[tuple[str, int], ...]:
+    # Log-uniform sizes so every order of magnitude is equally represented;
+    # fixed seed so each tool and each run sees exactly the same set.
+    rng = random.Random(SEED)
+    lo_l, hi_l = math.log(KIB), math.log(hi)
+    return tuple((f"mixed-{i:05d}.bin", int(math.exp(rng.uniform(lo_l, hi_l)))) for i in range(n))
+
+
+def workloads(quick: bool) -> dict[str, list[Workload]]:
+    """Batch workloads per case number ("3" has two parts)."""
+    all_tools = ("s3spool", *ALL_PEERS)
+    t = 600.0 if quick else 3600.0
+    return {
+        "1": [
+            Workload(
+                "1",
+                f"{1000 if quick else 10000} x 4 KiB",
+                _small_files(1000 if quick else 10000),
+                # s3spool-run is the long-running mode, stopped once done/ is full.
+                ("s3spool", "s3spool-run", *ALL_PEERS),
+                t,
+            )
+        ],
+        "2": [
+            Workload(
+                "2",
+                f"{100 if quick else 1000} mixed 1 KiB..{8 if quick else 64} MiB",
+                _mixed_files(100, 8 * MIB) if quick else _mixed_files(1000, 64 * MIB),
+                all_tools,
+                t,
+            )
+        ],
+        "3": [
+            Workload(
+                "3a",
+                f"1 x {'128 MiB' if quick else '1 GiB'}",
+                (("big-1.bin", 128 * MIB if quick else GIB),),
+                all_tools,
+                t,
+            ),
+            # Memory check: 4x the size of 3a; bounded memory means RSS must not
+            # grow with it.
+            Workload(
+                "3b",
+                f"1 x {'512 MiB' if quick else '4 GiB'} (memory check)",
+                (("big-4.bin", 512 * MIB if quick else 4 * GIB),),
+                ("s3spool", "s5cmd"),
+                t,
+            ),
+        ],
+    }
+
+
+def live_spec(quick: bool) -> LiveSpec:
+    return LiveSpec(
+        rate=200.0, duration_s=5.0 if quick else 30.0, size=4 * KIB, drain_timeout_s=60.0
+    )

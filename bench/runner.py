@@ -1,0 +1,135 @@
+"""One measured tool run: fresh server, fresh data, run, verify, tear down."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.config import BUCKET, Workload
+from bench.data import check_delivery, write_files
+from bench.proc import Measured, run_measured
+from bench.server import RcloneServer
+from bench.sysstat import others, snap, wait_for_quiet
+from bench.tools import S3spoolRun, Tool
+
+
+@dataclass
+class RunRecord:
+    case: str
+    tool: str
+    rep: int
+    ok: bool
+    reason: str = ""
+    files: int = 0
+    bytes: int = 0
+    wall_s: float = 0.0
+    user_s: float = 0.0
+    sys_s: float = 0.0
+    maxrss_kib: int = 0
+    server_cpu_s: float = 0.0
+    returncode: int | None = None
+    other_cpu_s: float = 0.0  # CPU burnt by unrelated processes during the run
+    steal_s: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def cpu_s(self) -> float:
+        return self.user_s + self.sys_s
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def fill_measured(rec: RunRecord, m: Measured) -> None:
+    rec.wall_s = m.wall_s
+    rec.user_s = m.user_s
+    rec.sys_s = m.sys_s
+    rec.maxrss_kib = m.maxrss_kib
+    rec.returncode = m.returncode
+
+
+def _free_space_reason(where: Path, need: int) -> str | None:
+    free = shutil.disk_usage(where).free
+    if free < need:
+        return f"insufficient disk: need {need >> 30} GiB free, have {free >> 30} GiB"
+    return None
+
+
+def run_batch(
+    work: Workload, tool: Tool, rep: int, work_dir: Path, log_dir: Path, quiet_wait_s: float
+) -> RunRecord:
+    rec = RunRecord(
+        work.key, tool.name, rep, ok=False, files=len(work.files), bytes=work.total_bytes
+    )
+    rundir = work_dir / f"{work.key}-{tool.name}-r{rep}"
+    shutil.rmtree(rundir, ignore_errors=True)
+    rundir.mkdir(parents=True)
+    tag = f"{work.key}-{tool.name}-r{rep}"
+    try:
+        # Source copy + bucket copy coexist while a run is in flight.
+        reason = _free_space_reason(work_dir, 2 * work.total_bytes + (1 << 30))
+        if reason:
+            rec.reason = reason
+            return rec
+        datadir = rundir / "s3"
+        with RcloneServer(datadir, log_dir / f"{tag}.server.log") as server:
+            write_files(tool.source_dir(rundir), work.files)
+            # Flush the freshly written data now so its writeback does not
+            # compete with the measured run (and leftovers from the last run).
+            os.sync()
+            done = None
+            if isinstance(tool, S3spoolRun):
+                n = len(work.files)
+
+                def done() -> bool:
+                    return tool.done_count(rundir) >= n
+
+            waited = wait_for_quiet(quiet_wait_s)
+            if waited >= quiet_wait_s > 0:
+                log(f"machine still busy after {waited:.0f} s, measuring anyway")
+            cpu0 = server.cpu_seconds()
+            sys0 = snap()
+            m = run_measured(
+                tool.argv(rundir, server.url),
+                env=tool.env(rundir, server.url),
+                log_prefix=log_dir / tag,
+                timeout_s=work.timeout_s,
+                done=done,
+            )
+            rec.server_cpu_s = server.cpu_seconds() - cpu0
+            rec.other_cpu_s, rec.steal_s = others(sys0, snap(), m.cpu_s + rec.server_cpu_s)
+        fill_measured(rec, m)
+        rec.reason = verdict(tool, m, rundir, datadir / BUCKET, work)
+        rec.ok = not rec.reason
+        return rec
+    except Exception as e:  # a harness-side failure must show up as FAILED, not abort all
+        rec.reason = f"harness error: {e.__class__.__name__}: {e}"
+        return rec
+    finally:
+        shutil.rmtree(rundir, ignore_errors=True)
+
+
+def verdict(tool: Tool, m: Measured, rundir: Path, bucket_dir: Path, work: Workload) -> str:
+    problems: list[str] = []
+    if m.timed_out:
+        problems.append(f"timed out after {work.timeout_s:.0f} s")
+    if isinstance(tool, S3spoolRun):
+        if m.killed_after_term:
+            problems.append("ignored SIGTERM (killed)")
+        elif m.returncode != 0:
+            problems.append(f"exit {m.returncode} after SIGTERM")
+    elif m.returncode != 0 and not m.timed_out:
+        problems.append(f"exit {m.returncode}")
+    if m.rusage_lost and not (m.timed_out or m.killed_after_term):
+        problems.append("spawner reported no rusage")
+    src = tool.check_source(rundir, len(work.files))
+    if src:
+        problems.append(src)
+    dst = check_delivery(bucket_dir, work.files)
+    if dst:
+        problems.append(dst)
+    return "; ".join(problems)

@@ -1,0 +1,276 @@
+"""The tools under test: how to install, invoke and verify each one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.config import (
+    ACCESS_KEY,
+    BUCKET,
+    PREFIX,
+    RCLONE,
+    REGION,
+    S3SPOOL,
+    S5CMD,
+    SECRET_KEY,
+    clean_env,
+)
+from bench.data import count_entries
+from bench.server import free_port
+
+_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+    "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+    "AWS_REGION": REGION,
+    "AWS_DEFAULT_REGION": REGION,
+    # Keep any ~/.aws config of the machine out of the measurement.
+    "AWS_CONFIG_FILE": "/dev/null",
+    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+}
+
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"n/a ({e.__class__.__name__})"
+    # aws cli v1 prints its version on stderr in some releases.
+    text = (r.stdout.strip() or r.stderr.strip()).splitlines()
+    if r.returncode != 0 or not text:
+        return "n/a"
+    return text[0]
+
+
+@dataclass
+class Tool:
+    """Base: a peer CLI that moves every file of a plain directory."""
+
+    name: str
+    unavailable: str | None = None  # reason, when the tool cannot run
+
+    # Where the workload's files go, relative to the run directory.
+    def source_dir(self, rundir: Path) -> Path:
+        return rundir / "src"
+
+    def argv(self, rundir: Path, url: str) -> list[str]:
+        raise NotImplementedError
+
+    def env(self, rundir: Path, url: str) -> dict[str, str]:
+        return clean_env(_AWS_ENV)
+
+    def command_template(self) -> str:
+        return " ".join(self.argv(Path("<RUN>"), "<URL>"))
+
+    def version(self) -> str:
+        raise NotImplementedError
+
+    def check_source(self, rundir: Path, expected: int) -> str | None:
+        """None if the source side looks fully drained."""
+        left = count_entries(self.source_dir(rundir))
+        return f"{left} files left in source dir" if left else None
+
+
+class S5cmd(Tool):
+    def argv(self, rundir: Path, url: str) -> list[str]:
+        # Default worker count (256); --log error only drops the per-file
+        # "mv ..." lines, like s3spool runs at WARNING.
+        return [
+            str(S5CMD),
+            "--log",
+            "error",
+            "--endpoint-url",
+            url,
+            "mv",
+            f"{self.source_dir(rundir)}/*",
+            f"s3://{BUCKET}/{PREFIX}",
+        ]
+
+    def version(self) -> str:
+        return _first_line([str(S5CMD), "version"])
+
+
+class Rclone(Tool):
+    def argv(self, rundir: Path, url: str) -> list[str]:
+        # 16/16 instead of the 4/8 defaults: comparable to the other tools'
+        # concurrency on a local server.
+        return [
+            str(RCLONE),
+            "move",
+            str(self.source_dir(rundir)),
+            f"T:{BUCKET}/{PREFIX.rstrip('/')}",
+            "--transfers",
+            "16",
+            "--checkers",
+            "16",
+        ]
+
+    def env(self, rundir: Path, url: str) -> dict[str, str]:
+        return clean_env(
+            {
+                "RCLONE_CONFIG_T_TYPE": "s3",
+                "RCLONE_CONFIG_T_PROVIDER": "Other",
+                "RCLONE_CONFIG_T_ENDPOINT": url,
+                "RCLONE_CONFIG_T_ACCESS_KEY_ID": ACCESS_KEY,
+                "RCLONE_CONFIG_T_SECRET_ACCESS_KEY": SECRET_KEY,
+                "RCLONE_CONFIG_T_FORCE_PATH_STYLE": "true",
+            }
+        )
+
+    def version(self) -> str:
+        return _first_line([str(RCLONE), "version"])
+
+
+class Aws(Tool):
+    def __init__(self, name: str, venv: Path) -> None:
+        super().__init__(name)
+        self.venv = venv
+
+    @property
+    def binary(self) -> Path:
+        return self.venv / "bin" / "aws"
+
+    def ensure_installed(self) -> None:
+        """aws cli v1 pins botocore, so it gets its own venv, created on first use."""
+        if _first_line([str(self.binary), "--version"]).startswith("aws-cli/"):
+            return
+        print(f"[bench] installing awscli into {self.venv} ...", file=sys.stderr, flush=True)
+        steps = [
+            [sys.executable, "-m", "venv", "--clear", str(self.venv)],
+            [str(self.venv / "bin" / "pip"), "install", "--quiet", "awscli"],
+        ]
+        for step in steps:
+            r = subprocess.run(step, capture_output=True, text=True, check=False)
+            if r.returncode != 0:
+                tail = (r.stderr or r.stdout).strip().splitlines()[-1:]
+                self.unavailable = f"not installed ({' '.join(step[:3])} failed: {tail})"
+                return
+        if not _first_line([str(self.binary), "--version"]).startswith("aws-cli/"):
+            self.unavailable = "not installed (aws --version fails after pip install)"
+
+    def argv(self, rundir: Path, url: str) -> list[str]:
+        # --only-show-errors drops per-file progress lines (s3spool runs at WARNING).
+        return [
+            str(self.binary),
+            "--endpoint-url",
+            url,
+            "s3",
+            "mv",
+            "--recursive",
+            "--only-show-errors",
+            str(self.source_dir(rundir)),
+            f"s3://{BUCKET}/{PREFIX}",
+        ]
+
+    def version(self) -> str:
+        return _first_line([str(self.binary), "--version"])
+
+
+class S3spool(Tool):
+    """``s3spool run --once``: drain incoming/ and exit, 0 = all delivered."""
+
+    def spool_root(self, rundir: Path) -> Path:
+        return rundir / "spool"
+
+    def source_dir(self, rundir: Path) -> Path:
+        return self.spool_root(rundir) / "incoming"
+
+    def argv(self, rundir: Path, url: str) -> list[str]:
+        return [str(S3SPOOL), "run", "--once"]
+
+    def env(self, rundir: Path, url: str, log_level: str = "WARNING") -> dict[str, str]:
+        return clean_env(
+            {
+                "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+                "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+                "S3SPOOL_SPOOL_DIRS": str(self.spool_root(rundir)),
+                "S3SPOOL_DESTINATION": f"s3://{BUCKET}/{PREFIX}",
+                "S3SPOOL_ENDPOINT_URL": url,
+                "S3SPOOL_REGION": REGION,
+                "S3SPOOL_ADDRESSING_STYLE": "path",
+                # Per-file INFO lines would cost time the peers do not spend.
+                "S3SPOOL_LOG_LEVEL": log_level,
+                # The metrics endpoint stays on (default behaviour) but on a
+                # free port, so a test run on :9108 cannot make it fail.
+                "S3SPOOL_HTTP_ADDR": f"127.0.0.1:{free_port()}",
+            }
+        )
+
+    def command_template(self) -> str:
+        env = self.env(Path("<RUN>"), "<URL>")
+        env["S3SPOOL_HTTP_ADDR"] = "127.0.0.1:<FREE_PORT>"
+        shown = " ".join(f"{k}={v}" for k, v in env.items() if k.startswith("S3SPOOL_"))
+        return f"{shown} {' '.join(self.argv(Path('<RUN>'), '<URL>'))}"
+
+    def version(self) -> str:
+        return _first_line([str(S3SPOOL), "--version"])
+
+    def done_count(self, rundir: Path) -> int:
+        return count_entries(self.spool_root(rundir) / "done")
+
+    def check_source(self, rundir: Path, expected: int) -> str | None:
+        root = self.spool_root(rundir)
+        problems = []
+        for sub in ("incoming", "failed"):
+            n = count_entries(root / sub)
+            if n:
+                problems.append(f"{n} files in {sub}/")
+        # working/<instance>/files/ holds claimed, not yet routed files.
+        claimed = sum(count_entries(d / "files") for d in _subdirs(root / "working"))
+        if claimed:
+            problems.append(f"{claimed} files still claimed in working/")
+        done = count_entries(root / "done")
+        if done != expected:
+            problems.append(f"done/ holds {done}/{expected}")
+        return "; ".join(problems) or None
+
+
+class S3spoolRun(S3spool):
+    """Long-running ``s3spool run``, stopped with SIGTERM once done/ is full."""
+
+    def argv(self, rundir: Path, url: str) -> list[str]:
+        return [str(S3SPOOL), "run"]
+
+
+def _subdirs(directory: Path) -> list[Path]:
+    try:
+        return [Path(e.path) for e in os.scandir(directory) if e.is_dir()]
+    except FileNotFoundError:
+        return []
+
+
+def s3spool_unavailable() -> str | None:
+    try:
+        r = subprocess.run(
+            [str(S3SPOOL), "run", "--help"], capture_output=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"not installed ({e.__class__.__name__})"
+    if r.returncode != 0:
+        return "not installed (`s3spool run --help` fails)"
+    return None
+
+
+def make_tools(out_dir: Path, wanted: set[str]) -> dict[str, Tool]:
+    tools: dict[str, Tool] = {
+        "s3spool": S3spool("s3spool"),
+        "s3spool-run": S3spoolRun("s3spool-run"),
+        "s5cmd": S5cmd("s5cmd"),
+        "rclone": Rclone("rclone"),
+        "aws": Aws("aws", out_dir / "awscli-venv"),
+    }
+    tools = {k: v for k, v in tools.items() if k in wanted}
+    reason = s3spool_unavailable()
+    for t in tools.values():
+        if isinstance(t, S3spool):
+            t.unavailable = reason
+    for name, binary in (("s5cmd", S5CMD), ("rclone", RCLONE)):
+        if name in tools and not binary.exists():
+            tools[name].unavailable = f"not installed ({binary} missing)"
+    aws = tools.get("aws")
+    if isinstance(aws, Aws):
+        aws.ensure_installed()
+    return tools
