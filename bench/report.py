@@ -12,6 +12,7 @@ from bench.runner import RunRecord
 from bench.targets import (
     LIVE_BACKLOG_LAST_MAX,
     LIVE_P99_MAX_MS,
+    RSS_ABS_MAX_MIB,
     RSS_GROWTH_MAX,
     TARGETS,
 )
@@ -108,6 +109,10 @@ def _memory_growth(by_case: dict[str, dict[str, Row]]) -> None:
     big = by_case.get("3b", {}).get(BASELINE)
     if small is None or big is None:
         return
+    if big.all_ok:
+        rss = big.metrics["rss_mib"]
+        met = "met" if rss <= RSS_ABS_MAX_MIB else "MISSED"
+        big.notes.append(f"RSS {rss:.0f} MiB (<={RSS_ABS_MAX_MIB:.0f} {met})")
     if small.all_ok and big.all_ok:
         growth = big.metrics["rss_mib"] / small.metrics["rss_mib"]
         big.notes.append(f"RSS 3b/3a {_judge(growth, RSS_GROWTH_MAX, False)}")

@@ -26,6 +26,9 @@ TARGETS: dict[str, Target] = {
 # Memory check (case 3b vs 3a): streaming upload means RSS must not grow with
 # file size; allow a little allocator noise.
 RSS_GROWTH_MAX = 1.25
+# Absolute ceiling for s3spool in the memory check: the memory limit that
+# docs/kubernetes.md recommends for the default settings.
+RSS_ABS_MAX_MIB = 512.0
 
 # Case 4 (live, 200 files/s).
 LIVE_P99_MAX_MS = 1000.0
