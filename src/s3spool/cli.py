@@ -1,4 +1,4 @@
-"""Command line: ``s3spool run`` and friends.
+"""Command line: ``s3spool run`` (``--once``, ``--dry-run``), ``check``, ``status``, ``enqueue``.
 
 Every setting of ``settings.Settings`` becomes a flag of the same name
 (``S3SPOOL_KEY_FORMAT`` ↔ ``--key-format``); a flag wins over the variable.
@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
-from . import __version__, logs
+from . import __version__, logs, ops
 from .errors import ConfigError
 from .service import EXIT_CONFIG, run_service
 from .settings import Settings, env_name, flag_name, load_settings
@@ -105,7 +107,62 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="drain every file eligible now, then exit (0 if none failed)",
     )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list each file that would be uploaded and its key (or why it is skipped); "
+        "touch nothing: no directory, claim or store request",
+    )
     _add_settings(run)
+
+    check = sub.add_parser(
+        "check",
+        help="check settings, directories, inotify and the store",
+        description="Check the settings, the spool directories (created if missing, as the "
+        "service would), inotify limits and the store (HeadBucket, then a PUT and DELETE of a "
+        "small test object under the prefix). One PASS/WARN/FAIL line per check.",
+        epilog="Exit codes: 0 all passed (warnings allowed), 1 a check failed, "
+        "78 invalid settings.",
+    )
+    check.add_argument(
+        "--read-only",
+        action="store_true",
+        help="do not write a test object to the store (HeadBucket only)",
+    )
+    _add_settings(check)
+
+    status = sub.add_parser(
+        "status",
+        help="files per state, oldest waiting file and instances of each spool",
+        description="Read the spool directories (never the store) and report files and bytes "
+        "in incoming/, working/, done/, failed/, the age of the oldest file in incoming/, and "
+        "the instances in working/ (live: its lock is held).",
+        epilog="Exit codes: 0 ok, 1 a directory could not be read, 78 invalid settings.",
+    )
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_settings(status)
+
+    enqueue = sub.add_parser(
+        "enqueue",
+        help="put files into a spool safely (atomic: never seen half-written)",
+        description="Copy (or --move) each FILE into the spool's incoming/: the data is "
+        "written to a staging file next to incoming/, fsynced, then renamed in without "
+        "replacing an existing file. A name that already exists fails and keeps both files.",
+        epilog="Exit codes: 0 all enqueued, 1 some file was not enqueued, 78 no usable spool.",
+    )
+    enqueue.add_argument("files", nargs="+", metavar="FILE", type=Path, help="files to enqueue")
+    enqueue.add_argument(
+        "--spool",
+        metavar="DIR",
+        type=Path,
+        help="spool root (holding incoming/); default: the only spool of the settings",
+    )
+    enqueue.add_argument(
+        "--move",
+        action="store_true",
+        help="remove each source once it is safely in incoming/ (a rename on one filesystem)",
+    )
+    _add_settings(enqueue)
     return parser
 
 
@@ -133,16 +190,68 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings_from(args)
     except ConfigError as exc:
+        if args.command == "check":
+            print(f"FAIL settings: {exc}", flush=True)
+            return EXIT_CONFIG
+        if args.command == "enqueue":
+            if args.spool is not None:
+                # A producer needs only the spool; it need not know the destination.
+                logs.setup("INFO", "text")
+                return _enqueue(args, None)
+            print(
+                f"s3spool enqueue: no spool: pass --spool DIR, or fix the settings: {exc}",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
         print(f"s3spool: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     logs.setup(settings.log_level, settings.log_format)
     try:
         if args.command == "run":
+            if args.dry_run:
+                return ops.dry_run(settings)
             return run_async(lambda: run_service(settings, once=args.once))
+        if args.command == "check":
+            return run_async(lambda: ops.check(settings, read_only=args.read_only))
+        if args.command == "status":
+            return ops.status(settings, as_json=args.json)
+        if args.command == "enqueue":
+            return _enqueue(args, settings)
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
+    except BaseExceptionGroup as group:
+        # A task of the service's TaskGroup (e.g. the HTTP server) could not start.
+        found = _config_error(group)
+        if found is None:
+            raise
+        log.error("%s", found)
+        return EXIT_CONFIG
     except KeyboardInterrupt:  # pragma: no cover - signal handlers normally catch it
         return 130
+    except BrokenPipeError:
+        # the reader went away (s3spool status | head): stop quietly, like other tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover
     return 2  # pragma: no cover
+
+
+def _enqueue(args: argparse.Namespace, settings: Settings | None) -> int:
+    try:
+        target = ops.enqueue_target(settings, args.spool)
+    except ConfigError as exc:
+        print(f"s3spool enqueue: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return ops.enqueue(args.files, target, move=args.move)
+
+
+def _config_error(group: BaseExceptionGroup[BaseException]) -> ConfigError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, ConfigError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            inner = _config_error(exc)
+            if inner is not None:
+                return inner
+    return None

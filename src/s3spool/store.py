@@ -514,6 +514,38 @@ class S3Store:
             return etag == local.etag
         return False
 
+    async def test_write(self) -> str:
+        """Put and delete a small object under the prefix (``s3spool check``); returns its key.
+
+        The PUT carries the same headers as a real upload (checksum, SSE, ACL,
+        storage class, If-None-Match), so a store or policy that would refuse
+        uploads refuses this too.  A failed DELETE raises ``PermanentError``
+        with reason ``test_object_left``: uploads need no s3:DeleteObject.
+        """
+        import secrets
+
+        key = f"{self.prefix}.s3spool-check-{secrets.token_hex(8)}"
+        data = b"s3spool check: safe to delete\n"
+        src = Source(-1, len(data), time.time_ns(), key, "check.txt")
+        params = self._object_params(key, src)
+        digest = self.ck.body(data)
+        params.update(self._digest_params(digest))
+        if self.s.overwrite == "never":
+            params["IfNoneMatch"] = "*"
+        try:
+            await self._client.put_object(Body=data, **params)
+        except Exception as exc:
+            raise translate(exc, f"PutObject {key!r}") from None
+        try:
+            await self._client.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            err = translate(exc, f"DeleteObject {key!r}")
+            raise PermanentError(
+                f"the test object {key!r} was left behind ({err}); remove it by hand",
+                reason="test_object_left",
+            ) from None
+        return key
+
 
 @dataclass(slots=True)
 class _FileDigest:
@@ -585,6 +617,9 @@ class NoopStore:
 
     async def stale_uploads(self, older_than: float) -> list[tuple[str, str]]:
         return []
+
+    async def test_write(self) -> str:
+        return ""
 
 
 class FaultyStore:
