@@ -106,3 +106,15 @@ def test_cited_tests_exist(doc: Path) -> None:
         if not source.exists() or not re.search(pattern, source.read_text(), re.MULTILINE):
             missing.append(f"{file}::{name}")
     assert not missing, f"{doc.name} cites tests that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("doc", [README, GUARANTEES], ids=["README", "guarantees"])
+def test_relative_links_resolve(doc: Path) -> None:
+    text = doc.read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    missing = [
+        t
+        for t in targets
+        if "://" not in t and not t.startswith("mailto:") and not (doc.parent / t).exists()
+    ]
+    assert not missing, f"{doc.name} links to files that do not exist: {missing}"
