@@ -122,6 +122,8 @@ class S3Target:
             "AWS_ACCESS_KEY_ID": self.access_key,
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
             "AWS_EC2_METADATA_DISABLED": "true",
+            # tests run several processes at once: no fixed metrics port unless asked
+            "S3SPOOL_HTTP_ADDR": "",
             # Keep a developer's ~/.aws profile from changing behaviour under test.
             "AWS_CONFIG_FILE": os.devnull,
             "AWS_SHARED_CREDENTIALS_FILE": os.devnull,

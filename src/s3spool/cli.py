@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -181,9 +182,22 @@ def run_async(coro: Callable[[], Coroutine[Any, Any, int]]) -> int:
         return runner.run(coro())
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None = None) -> int:
+    """Parse, configure, dispatch.
+
+    ``early_signals``: SIGTERM/SIGINT caught by ``__main__`` before the event loop
+    existed; the service treats them as a drain request.
+    """
+    early = early_signals if early_signals is not None else []
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not (args.command == "run" and not args.dry_run):
+        # Only the service drains on signals: Ctrl-C must still interrupt check, status
+        # and enqueue at once.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if early:
+            return 128 + early[0]
     if not args.command:
         parser.print_help(sys.stderr)
         return 2
@@ -210,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             if args.dry_run:
                 return ops.dry_run(settings)
-            return run_async(lambda: run_service(settings, once=args.once))
+            return run_async(lambda: run_service(settings, once=args.once, early_signals=early))
         if args.command == "check":
             return run_async(lambda: ops.check(settings, read_only=args.read_only))
         if args.command == "status":

@@ -26,7 +26,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .errors import (
-    ConfigError,
     FileChanged,
     FileVanished,
     PermanentError,
@@ -99,6 +98,7 @@ class Service:
         self._idle: set[asyncio.Task[Any]] = set()
         self._tg: asyncio.TaskGroup | None = None
         self._last_sweep = 0.0
+        self.early_signals: list[int] = []
         self._wire_metrics()
 
     # --- setup ------------------------------------------------------------------------------
@@ -144,6 +144,8 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
+        for early in self.early_signals:
+            self._on_signal(early)  # arrived during startup, before these handlers existed
         try:
             try:
                 await store.probe()
@@ -161,6 +163,12 @@ class Service:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 intake: list[asyncio.Task[Any]] = []
+                http: asyncio.Task[Any] | None = None
+                if self.s.http_addr and not self.once:
+                    from .http import serve_http
+
+                    # not intake: /readyz must keep answering (503) while draining
+                    http = tg.create_task(serve_http(self))
                 workers = [
                     tg.create_task(self._worker(i), name=f"worker-{i}")
                     for i in range(self.s.workers)
@@ -178,6 +186,9 @@ class Service:
                     tg.create_task(self._mark_ready())
                 await self._stop.wait()
                 await self._shutdown(intake, workers)
+                if http is not None:
+                    await asyncio.wait(workers)
+                    http.cancel()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -201,7 +212,9 @@ class Service:
         self.request_stop()
 
     async def _mark_ready(self) -> None:
-        await self.discovery.wait_first_scan()
+        # Ready once discovery runs; waiting for the first scan to *finish* would keep
+        # a pod unready for as long as a backlog larger than QUEUE_SIZE takes to hand out.
+        await self.discovery.wait_scan_started()
         self.ready = True
         log.info(
             "watching %d spool(s) -> %s with %d workers (instance %s)",
@@ -221,7 +234,9 @@ class Service:
         for task in list(self._idle):
             task.cancel()
         busy = [t for t in workers if t in self._busy]
-        if busy and not self._force:
+        if busy and not self.gate.is_set():
+            log.warning("store unavailable: not waiting for %d stalled uploads", len(busy))
+        elif busy and not self._force:
             _, still = await asyncio.wait(busy, timeout=self.s.shutdown_grace)
             if still:
                 log.warning(
@@ -367,8 +382,11 @@ class Service:
 
         def record_upload_id(upload_id: str | None) -> None:
             claim.upload_id = upload_id
-            with contextlib.suppress(OSError):
+            try:
                 claim.spool.save_key(claim)
+            except TransientError as exc:
+                # the stale-upload sweep still finds it if we crash before completing
+                log.warning("%s", exc)
 
         src = Source(
             fd, claim.size, claim.mtime_ns, claim.key, claim.name, on_upload_id=record_upload_id
@@ -592,21 +610,22 @@ class Service:
 
     # --- cleanup ------------------------------------------------------------------------------
     async def _cleanup_loop(self) -> None:
+        await self.discovery.wait_first_scan()
         while True:
-            await asyncio.sleep(self.s.cleanup_interval)
             try:
                 await self.cleanup_once()
             except Exception:
                 log.exception("cleanup failed; trying again in %.0fs", self.s.cleanup_interval)
+            await asyncio.sleep(self.s.cleanup_interval)
 
     async def cleanup_once(self) -> None:
-        from .cleanup import expire_done, spool_counts
+        from .cleanup import expire_done
 
         self._adopt_dead()
         unrouted, self._unrouted = self._unrouted, []
         for claim in unrouted:
             self._commit(claim, Delivery(claim.key or "", claim.size), claim.claimed_at)
-        for index, spool in enumerate(self.spools):
+        for spool in self.spools:
             if spool.dirs.done is not None:
                 removed = await asyncio.to_thread(expire_done, spool.dirs.done, self.s.delete_after)
                 if removed:
@@ -616,12 +635,6 @@ class Service:
                         removed,
                         self.s.delete_after,
                     )
-            counts = await asyncio.to_thread(spool_counts, spool)
-            for state, n in counts.items():
-                self.metrics.spool_files.labels(spool.label, state).set(n)
-            scan = self.discovery.stats[index]
-            lag = time.time() - scan.oldest_mtime if scan.oldest_mtime else 0.0
-            self.metrics.lag.labels(spool.label).set(max(lag, 0.0))
         await self._sweep_multipart()
 
     async def _sweep_multipart(self) -> None:
@@ -682,9 +695,9 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-async def run_service(settings: Settings, *, once: bool = False) -> int:
+async def run_service(
+    settings: Settings, *, once: bool = False, early_signals: list[int] | None = None
+) -> int:
     service = Service(settings, once=once)
-    try:
-        return await service.run()
-    except ConfigError:
-        raise
+    service.early_signals = early_signals if early_signals is not None else []
+    return await service.run()

@@ -296,9 +296,17 @@ class Spool:
             "mtime_ns": claim.mtime_ns,
         }
         tmp = self.keys / f".tmp.{secrets.token_hex(6)}"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(record, fh)
-        os.replace(tmp, self.keys / claim.name)
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(record, fh)
+            os.replace(tmp, self.keys / claim.name)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise TransientError(
+                f"cannot record the key of {claim.name!r} in {self.keys}: {exc.strerror}",
+                reason="key_record",
+            ) from None
 
     def load_key(self, keys_dir: Path, name: str) -> dict[str, Any] | None:
         try:
@@ -442,18 +450,23 @@ class Spool:
                 os.close(fd)
 
     def _adopt_locked(self, dead: Path) -> list[Claim]:
-        files = dead / "files"
+        files, keys = dead / "files", dead / "keys"
         adopted: list[Claim] = []
         try:
             names = [e.name for e in os.scandir(files)]
         except FileNotFoundError:
             names = []
-        # An older layout or a crash may have left files directly in dead/; files/ is canonical.
         for name in names:
-            record = self.load_key(dead / "keys", name)
-            dst = self.files / name
+            record = self.load_key(keys, name)
+            claim = Claim(self, name, self.files / name, recovered=True)
+            if record:
+                claim.key = record.get("key")
+                claim.upload_id = record.get("upload_id")
+                # Key first, file second: a crash in between leaves an orphan record
+                # here (removed below on the next pass), never a file without its key.
+                self.save_key(claim)
             try:
-                rename_noreplace(files / name, dst)
+                rename_noreplace(files / name, claim.path)
             except FileExistsError:
                 log.warning(
                     "spool=%s name=%r: a claim of this name is in flight here; adopting it later",
@@ -463,18 +476,15 @@ class Spool:
                 continue
             except FileNotFoundError:
                 continue
-            claim = Claim(self, name, dst, recovered=True)
-            if record:
-                claim.key = record.get("key")
-                claim.upload_id = record.get("upload_id")
-                self.save_key(claim)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(dead / "keys" / name)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(keys / name)
             adopted.append(claim)
+        _remove_orphan_keys(keys, files)
         return adopted
 
     def recover_own(self) -> list[Claim]:
         """Claims in our own directory (left by a cancelled upload): deliver them again."""
+        _remove_orphan_keys(self.keys, self.files)
         out = []
         for name in self.own_claims():
             claim = Claim(self, name, self.files / name, recovered=True)
@@ -525,6 +535,19 @@ def open_claimed(claim: Claim) -> int:
     claim.mtime = st.st_mtime
     claim.mtime_ns = st.st_mtime_ns
     return fd
+
+
+def _remove_orphan_keys(keys: Path, files: Path) -> None:
+    """Key records whose file is gone (routed just before a crash) and stray temp files."""
+    try:
+        records = os.listdir(keys)
+        present = set(os.listdir(files))
+    except FileNotFoundError:
+        return
+    for name in records:
+        if name.startswith(".tmp.") or name not in present:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(keys / name)
 
 
 def _unlink(path: Path) -> None:

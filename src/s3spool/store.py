@@ -470,7 +470,10 @@ class S3Store:
                     if initiated is not None and initiated.timestamp() < older_than:
                         found.append((up["Key"], up["UploadId"]))
         except Exception as exc:
-            raise translate(exc, "ListMultipartUploads") from None
+            err = translate(exc, "ListMultipartUploads")
+            if err.reason == "NoSuchUpload":
+                return found  # some stores answer an empty listing this way
+            raise err from None
         return found
 
     async def probe(self) -> None:

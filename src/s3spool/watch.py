@@ -126,6 +126,7 @@ class Discovery:
         self._inotify: object | None = None
         self._index = {os.fspath(s.dirs.incoming): i for i, s in enumerate(self.spools)}
         self._first_scan_done = asyncio.Event()
+        self._scan_started = asyncio.Event()
 
     # --- public -------------------------------------------------------------------------
     def request_rescan(self) -> None:
@@ -150,6 +151,9 @@ class Discovery:
 
     async def wait_first_scan(self) -> None:
         await self._first_scan_done.wait()
+
+    async def wait_scan_started(self) -> None:
+        await self._scan_started.wait()
 
     def close(self) -> None:
         for handle in self._timers.values():
@@ -230,6 +234,7 @@ class Discovery:
         interval = self.rescan_interval if self._inotify is not None else self._fallback_interval()
         while True:
             self._rescan.clear()
+            self._scan_started.set()
             await self.scan_all()
             self._first_scan_done.set()
             with contextlib.suppress(TimeoutError):
