@@ -32,7 +32,9 @@ class SpoolProc:
         env: dict[str, str],
         cwd: Path | str,
         log_path: Path | None = None,
+        wrapper: list[str] | None = None,
     ) -> None:
+        """``wrapper``: a command prefix, e.g. setpriv to run as another user."""
         self.args = args
         self.cwd = Path(cwd)
         self.log_path = log_path or self.cwd / f"s3spool-{next(_ids)}.log"
@@ -40,7 +42,7 @@ class SpoolProc:
         full_env = {**base, "PYTHONUNBUFFERED": "1", **env}
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "s3spool", *args],
+                [*(wrapper or []), sys.executable, "-m", "s3spool", *args],
                 env=full_env,
                 cwd=self.cwd,
                 stdin=subprocess.DEVNULL,
