@@ -14,7 +14,7 @@ import socket
 import struct
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 
@@ -116,6 +116,8 @@ class FaultProxy:
         self.in_flight = 0  # DATA_KINDS requests currently inside the proxy
         self.max_in_flight = 0
         self.in_flight_samples: list[tuple[float, int]] = []
+        # (kind, lower-cased request headers) of the last requests, for header assertions
+        self.seen_headers: deque[tuple[str, dict[str, str]]] = deque(maxlen=1000)
         self._corrupt_left = 0
         self._corrupt_kinds: frozenset[str] = frozenset()
         self._lock = threading.Lock()
@@ -258,6 +260,7 @@ class FaultProxy:
         url = URL(self.upstream + request.raw_path, encoded=True)
         has_body = bool(body) or request.content_length is not None
         self._count(self.counts, kind)
+        self.seen_headers.append((kind, {k.lower(): v for k, v in request.headers.items()}))
         assert self._session is not None
         try:
             async with self._session.request(

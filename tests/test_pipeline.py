@@ -231,3 +231,82 @@ async def test_same_name_again_while_first_in_flight(spool: Path, moto_s3: S3Tar
     contents = {(spool / "done" / n).read_bytes() for n in names(spool / "done")}
     assert contents == {b"first", b"second"}
     assert names(spool / "done") == {"dup", "dup~1"}
+
+
+async def test_object_options_and_metadata(spool: Path, moto_s3: S3Target) -> None:
+    (spool / "incoming").mkdir(parents=True)
+    path = spool / "incoming" / "report.csv"
+    path.write_bytes(b"a,b\n")
+    os.utime(path, (1_600_000_000.25, 1_600_000_000.25))
+    settings = settings_for(spool, moto_s3, acl="public-read", storage_class="STANDARD_IA",
+                            sse="AES256")
+    async with running(settings):
+        drop(spool / "incoming", "notes.bin", b"\x00\x01")
+        await wait_until(lambda: len(names(spool / "done")) == 2)
+    head = moto_s3.head("report.csv")
+    assert head["ContentType"] == "text/csv"
+    assert head["StorageClass"] == "STANDARD_IA"
+    assert head["ServerSideEncryption"] == "AES256"
+    assert head["Metadata"]["s3spool-mtime"] == "1600000000.250000"
+    assert head["Metadata"]["s3spool-checksum"].startswith("crc32c:")
+    grants = moto_s3.client().get_object_acl(Bucket=moto_s3.bucket, Key="report.csv")["Grants"]
+    assert any(g["Grantee"].get("URI", "").endswith("/global/AllUsers") for g in grants)
+
+
+async def test_content_type_setting_wins(spool: Path, moto_s3: S3Target) -> None:
+    async with running(settings_for(spool, moto_s3, content_type="application/x-ndjson")):
+        drop(spool / "incoming", "x.csv", b"{}")
+        await wait_until(lambda: names(spool / "done") == {"x.csv"})
+    assert moto_s3.head("x.csv")["ContentType"] == "application/x-ndjson"
+
+
+@pytest.mark.parametrize("algorithm", ["crc32c", "crc32", "sha256", "md5", "none"])
+async def test_checksum_algorithms(spool: Path, s3: S3Target, algorithm: str) -> None:
+    small, big = os.urandom(3000), os.urandom(6 * MIB)
+    settings = settings_for(spool, s3, checksum=algorithm, multipart_threshold=5 * MIB,
+                            part_size=5 * MIB)
+    async with running(settings):
+        drop(spool / "incoming", "small", small)
+        drop(spool / "incoming", "big", big)
+        await wait_until(lambda: names(spool / "done") == {"small", "big"}, 30)
+    assert s3.get("small") == small
+    assert s3.get("big") == big
+
+
+async def test_checksum_compat_sends_only_content_md5(spool: Path, moto_s3: S3Target) -> None:
+    with FaultProxy(moto_s3.endpoint_url) as proxy:
+        async with running(settings_for(spool, moto_s3.via(proxy.url), checksum_compat=True)):
+            drop(spool / "incoming", "legacy", b"old store")
+            await wait_until(lambda: names(spool / "done") == {"legacy"})
+        headers = proxy.seen_headers
+    put = [h for kind, h in headers if kind == "put_object"]
+    assert put
+    assert "content-md5" in put[0]
+    assert not [k for k in put[0] if k.startswith("x-amz-checksum-")]
+
+
+async def test_done_name_clash_same_file_is_replaced(spool: Path, moto_s3: S3Target) -> None:
+    (spool / "done").mkdir(parents=True)
+    (spool / "done" / "again").write_bytes(b"same bytes")
+    async with running(settings_for(spool, moto_s3)):
+        drop(spool / "incoming", "again", b"same bytes")
+        await wait_until(lambda: moto_s3.keys() == ["again"])
+        await asyncio.sleep(0.2)
+    assert names(spool / "done") == {"again"}  # replaced, not suffixed
+
+
+async def test_delete_after_counts_from_arrival_in_done(spool: Path, moto_s3: S3Target) -> None:
+    (spool / "incoming").mkdir(parents=True)
+    old = spool / "incoming" / "ancient"
+    old.write_bytes(b"from 2001")
+    os.utime(old, (1_000_000_000, 1_000_000_000))
+    settings = settings_for(spool, moto_s3, delete_after=2, cleanup_interval=0.2)
+    async with running(settings):
+        await wait_until(lambda: names(spool / "done") == {"ancient"})
+        arrived = time.monotonic()
+        await asyncio.sleep(1.0)
+        # an mtime from 2001 must not make it expire at once
+        assert names(spool / "done") == {"ancient"}
+        await wait_until(lambda: names(spool / "done") == set(), 10, "expired from done/")
+        assert time.monotonic() - arrived >= 1.9
+    assert moto_s3.get("ancient") == b"from 2001"
