@@ -436,8 +436,10 @@ def test_shell_scripts_parse() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # first run may build the base image and download wheels
 def test_container_smoke() -> None:
-    if os.environ.get("S3SPOOL_SMOKE") != "1":
-        pytest.skip("image smoke test is opt-in: set S3SPOOL_SMOKE=1 (builds and runs the image)")
+    # Runs wherever a container engine exists (smoke.sh prints SKIP where none does);
+    # S3SPOOL_SMOKE=0 opts out on a machine where building images is unwanted.
+    if os.environ.get("S3SPOOL_SMOKE") == "0":
+        pytest.skip("image smoke test disabled by S3SPOOL_SMOKE=0")
     proc = subprocess.run(
         ["bash", str(DOCKER / "smoke.sh")],
         cwd=ROOT,
