@@ -75,6 +75,16 @@ _TRANSIENT_CODES = frozenset(
 _PERMANENT_CODES = frozenset(
     {"EntityTooLarge", "EntityTooSmall", "KeyTooLongError", "InvalidStorageClass", "InvalidPart"}
 )
+#: PutObject parameters sent as plain headers by the direct path
+_HEADER = {
+    "ContentType": "content-type",
+    "ContentMD5": "content-md5",
+    "ACL": "x-amz-acl",
+    "StorageClass": "x-amz-storage-class",
+    "ServerSideEncryption": "x-amz-server-side-encryption",
+    "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id",
+    "IfNoneMatch": "if-none-match",
+}
 _MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
 _MPU_ETAG = re.compile(r"^[0-9a-f]{32}-\d+$")
 
@@ -151,6 +161,21 @@ def _read_exact(fd: int, offset: int, length: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def classify_error(code: str, status: int, msg: str) -> UploadError:
+    """The pipeline's error class for an S3 error code and HTTP status."""
+    if code in _SLOWDOWN_CODES or status == 503:
+        return SlowDown(msg, reason="slowdown")
+    if code in _GLOBAL_CODES or (status == 403 and not code):
+        return StoreUnavailable(msg, reason=code or "forbidden")
+    if code in _PERMANENT_CODES:
+        return PermanentError(msg, reason=code)
+    if code in _TRANSIENT_CODES or status >= 500 or status in (408, 429):
+        return TransientError(msg, reason=code or f"http_{status}")
+    if code == "PreconditionFailed" or status == 412:
+        return PermanentError(msg, reason="precondition_failed")
+    return PermanentError(msg, reason=code or f"http_{status}")
+
+
 def translate(exc: BaseException, what: str) -> UploadError:
     """Map a botocore / aiohttp / OS error to the pipeline's classes."""
     from botocore import exceptions as bex
@@ -162,17 +187,7 @@ def translate(exc: BaseException, what: str) -> UploadError:
         code = str(err.get("Code") or "")
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         msg = f"{what}: {code or status} {err.get('Message') or ''}".strip()
-        if code in _SLOWDOWN_CODES or status == 503:
-            return SlowDown(msg, reason="slowdown")
-        if code in _GLOBAL_CODES or (status == 403 and not code):
-            return StoreUnavailable(msg, reason=code or "forbidden")
-        if code in _PERMANENT_CODES:
-            return PermanentError(msg, reason=code)
-        if code in _TRANSIENT_CODES or status >= 500 or status in (408, 429):
-            return TransientError(msg, reason=code or f"http_{status}")
-        if code in ("PreconditionFailed",) or status == 412:
-            return PermanentError(msg, reason="precondition_failed")
-        return PermanentError(msg, reason=code or f"http_{status}")
+        return classify_error(code, status, msg)
     if isinstance(
         exc,
         bex.NoCredentialsError
@@ -212,6 +227,7 @@ class S3Store:
         self._on_slowdown = on_slowdown
         self._stack = AsyncExitStack()
         self._client: Any = None
+        self._direct: Any = None  # direct.DirectPut when DIRECT_PUT is on
         self._parts = asyncio.Semaphore(max(settings.part_concurrency, 1))
         self._instance = settings.resolved_instance_id
 
@@ -240,6 +256,20 @@ class S3Store:
             session.create_client("s3", endpoint_url=s.endpoint_url, config=config)
         )
         self._client.meta.events.register("response-received.s3.*", self._observe)
+        credentials = await session.get_credentials()
+        if s.direct_put and credentials is not None:
+            from .direct import DirectPut
+
+            direct = await DirectPut.for_client(
+                self._client,
+                self.bucket,
+                credentials,
+                pool=pool,
+                connect_timeout=s.connect_timeout,
+                read_timeout=s.read_timeout,
+                on_slowdown=self._on_slowdown,
+            )
+            self._direct = await self._stack.enter_async_context(direct)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -340,13 +370,31 @@ class S3Store:
             if self.s.overwrite == "never":
                 params["IfNoneMatch"] = "*"
             try:
-                resp = await self._client.put_object(Body=data, **params)
+                if self._direct is not None:
+                    resp = await self._direct_put(data, params)
+                else:
+                    resp = await self._client.put_object(Body=data, **params)
             except Exception as exc:
                 raise self._precondition_or(exc, src, "PutObject") from None
         etag = str(resp.get("ETag", "")).strip('"') or None
         self._check_etag("PutObject", etag, digest.md5.hex() if digest.md5 else None)
         self._check_echo("PutObject", resp, digest.checksum_b64)
         return Delivery(src.key, src.size, etag=etag, checksum=self.ck.label(digest.checksum_b64))
+
+    async def _direct_put(self, data: bytes, params: dict[str, Any]) -> dict[str, Any]:
+        """PutObject through ``direct.DirectPut``; answers in botocore's response shape."""
+        headers = {_HEADER[name]: str(value) for name, value in params.items() if name in _HEADER}
+        for name, value in params["Metadata"].items():
+            headers[f"x-amz-meta-{name}"] = value
+        if self.ck.param:
+            echo_header = f"x-amz-checksum-{self.ck.param.lower()}"
+            if f"Checksum{self.ck.param}" in params:
+                headers[echo_header] = params[f"Checksum{self.ck.param}"]
+        got = await self._direct.put(params["Key"], data, headers)
+        resp: dict[str, Any] = {"ETag": got.get("etag")}
+        if self.ck.param and got.get(f"x-amz-checksum-{self.ck.param.lower()}"):
+            resp[f"Checksum{self.ck.param}"] = got[f"x-amz-checksum-{self.ck.param.lower()}"]
+        return resp
 
     def _precondition_or(self, exc: Exception, src: Source, what: str) -> UploadError:
         err = translate(exc, what)
