@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-import types
-import typing
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -27,112 +24,13 @@ END = "<!-- settings:end -->"
 
 try:
     from s3spool.cli import settings_table
-    from s3spool.settings import ENV_PREFIX, Settings
+    from s3spool.settings import ENV_PREFIX, format_default, value_kind
 except ImportError:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT / "src"))
     from s3spool.cli import settings_table
-    from s3spool.settings import ENV_PREFIX, Settings
+    from s3spool.settings import ENV_PREFIX, format_default, value_kind
 
 HEADER = ("Environment variable", "Flag", "Default", "Value", "Meaning")
-
-KIB = 1024
-UNITS = (("GiB", KIB**3), ("MiB", KIB**2), ("KiB", KIB))
-
-
-def _validator_names(annotation: Any, metadata: list[Any]) -> set[str]:
-    """Names of the BeforeValidator functions on a field (parse_size, parse_duration, ...)."""
-    names: set[str] = set()
-    stack: list[Any] = [*metadata, annotation]
-    while stack:
-        item = stack.pop()
-        func = getattr(item, "func", None)
-        if func is not None:
-            names.add(getattr(func, "__name__", ""))
-        stack.extend(getattr(item, "__metadata__", ()))
-        stack.extend(typing.get_args(item))
-    return names
-
-
-def _strip_optional(annotation: Any) -> Any:
-    args = typing.get_args(annotation)
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        rest = [a for a in args if a is not type(None)]
-        if len(rest) == 1:
-            return _strip_optional(rest[0])
-    if origin is typing.Annotated:
-        return _strip_optional(args[0])
-    return annotation
-
-
-def _kind(field: str) -> str:
-    """What kind of value a setting takes: size, duration, list, boolean, choice, ..."""
-    info = Settings.model_fields.get(field)
-    if info is None:
-        return ""
-    validators = _validator_names(info.annotation, list(info.metadata))
-    if "parse_size" in validators:
-        return "size"
-    if "parse_duration" in validators:
-        return "duration"
-    if "parse_list" in validators:
-        return "list"
-    base = _strip_optional(info.annotation)
-    if typing.get_origin(base) is typing.Literal:
-        return ", ".join(f"`{v}`" for v in typing.get_args(base))
-    bounds = {
-        name: getattr(m, name)
-        for m in info.metadata
-        for name in ("ge", "le")
-        if getattr(m, name, None) is not None
-    }
-    if base is bool:
-        return "boolean"
-    if base in (int, float):
-        word = "integer" if base is int else "number"
-        if "ge" in bounds and "le" in bounds:
-            return f"{word}, {_num(bounds['ge'])} to {_num(bounds['le'])}"
-        if "ge" in bounds:
-            return f"{word}, at least {_num(bounds['ge'])}"
-        return word
-    if base is Path:
-        return "path"
-    return "string"
-
-
-def _num(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def human_size(n: int) -> str:
-    for unit, scale in UNITS:
-        if n >= scale and n % scale == 0:
-            return f"{n // scale}{unit}"
-    return str(n)
-
-
-def human_duration(seconds: float) -> str:
-    if seconds == 0:
-        return "0"
-    for unit, scale in (("h", 3600), ("m", 60)):
-        if seconds >= scale and seconds % scale == 0:
-            return f"{int(seconds // scale)}{unit}"
-    return f"{seconds:g}s"
-
-
-def _default(kind: str, text: str) -> str:
-    """Show size and duration defaults the way an operator would write them."""
-    try:
-        if kind == "size":
-            return human_size(int(text))
-        if kind == "duration":
-            return human_duration(float(text))
-        if kind.startswith("number"):
-            return f"{float(text):g}"
-    except ValueError:
-        pass
-    return text
-
 
 def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
@@ -150,11 +48,11 @@ def render() -> str:
     ]
     for env, flag, default, description in settings_table():
         field = env.removeprefix(ENV_PREFIX).lower()
-        kind = _kind(field)
+        kind = value_kind(field)
         cells = (
             f"`{env}`",
             f"`{flag}`",
-            _code(_default(kind, default)),
+            _code(format_default(kind, default)),
             kind,
             description,
         )

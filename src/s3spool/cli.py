@@ -22,7 +22,7 @@ from typing import Any
 from . import __version__, logs, ops
 from .errors import ConfigError
 from .service import EXIT_CONFIG, run_service
-from .settings import Settings, env_name, flag_name, load_settings
+from .settings import Settings, env_name, flag_name, format_default, load_settings, value_kind
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def _default_text(field: str) -> str:
         return str(value).lower()
     if isinstance(value, list):
         return ",".join(str(v) for v in value)
-    return str(value)
+    return format_default(value_kind(field), str(value))
 
 
 def settings_table() -> list[tuple[str, str, str, str]]:
