@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -48,9 +47,11 @@ def main() -> int:
     (data / BUCKET).mkdir(parents=True, exist_ok=True)
     spool = ROOT / "spool"
     port = free_port(9000)
+    # own session: a Ctrl-C meant for s3spool must not stop the server under it
     server = subprocess.Popen(
         [rclone, "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key", f"{KEY},{SECRET}",
          "--log-file", str(data / "rclone.log"), str(data)],
+        start_new_session=True,
     )
     try:
         wait_port(port)
@@ -82,7 +83,7 @@ def main() -> int:
         try:
             return service.wait()
         except KeyboardInterrupt:
-            service.send_signal(signal.SIGTERM)
+            # the terminal already sent SIGINT to s3spool too: one signal means "drain"
             return service.wait(timeout=60)
     finally:
         server.terminate()

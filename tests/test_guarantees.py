@@ -196,33 +196,65 @@ async def test_recovered_claim_with_stale_object_is_uploaded_to_same_key(
     assert moto_s3.get("fixed/key") == b"the real content"
 
 
-def test_inotify_exhausted_falls_back_to_rescans(moto_s3: S3Target) -> None:
+_HOG_INSTANCES = """
+import ctypes, sys, time
+libc = ctypes.CDLL(None)
+fds = [libc.inotify_init() for _ in range(int(sys.argv[1]))]
+print(sum(f >= 0 for f in fds), flush=True)
+time.sleep(120)
+"""
+
+_HOG_WATCHES = """
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init()
+base = sys.argv[2]
+n = 0
+for i in range(int(sys.argv[1]) + 10):
+    path = os.path.join(base, str(i)).encode()
+    open(path, "wb").close()
+    if libc.inotify_add_watch(fd, path, 0x2) < 0:  # IN_MODIFY; fails with ENOSPC at the limit
+        break
+    n += 1
+print(n, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize(
+    ("limit_file", "hog", "hint"),
+    [
+        ("max_user_instances", _HOG_INSTANCES, "max_user_instances"),
+        ("max_user_watches", _HOG_WATCHES, "max_user_watches"),
+    ],
+    ids=["instances", "watches"],
+)
+def test_inotify_exhausted_falls_back_to_rescans(
+    moto_s3: S3Target, limit_file: str, hog: str, hint: str
+) -> None:
+    """Another process of the same user holds every inotify instance (or watch) allowed."""
     if os.geteuid() != 0:
         pytest.skip("needs root to run the service as a separate user with its own limits")
-    limit = int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())
+    limit = int(Path(f"/proc/sys/fs/inotify/{limit_file}").read_text())
+    if limit > 300_000:
+        pytest.skip(f"fs.inotify.{limit_file}={limit} is too large to exhaust in a test")
     base = Path(tempfile.mkdtemp(prefix="s3spool-inotify-"))
     base.chmod(0o755)
-    spool = base / "spool"
+    spool, hog_dir = base / "spool", base / "hog"
     for sub in ("incoming", "working", "done", "failed"):
         (spool / sub).mkdir(parents=True)
-    os.system(f"chown -R 65534:65534 {spool}")
+    hog_dir.mkdir()
+    subprocess.run(["chown", "-R", "65534:65534", str(spool), str(hog_dir)], check=True)
     user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    # Another process of the same user holds every inotify instance the kernel allows.
-    hog = subprocess.Popen(
-        [*user, sys.executable, "-c",
-         "import ctypes,sys,time\nlibc=ctypes.CDLL(None)\n"
-         f"fds=[libc.inotify_init() for _ in range({limit})]\n"
-         "print(sum(f>=0 for f in fds),flush=True)\ntime.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )
+    hogger = subprocess.Popen([*user, sys.executable, "-c", hog, str(limit), str(hog_dir)],
+                              stdout=subprocess.PIPE, text=True)
     try:
-        assert hog.stdout is not None
-        assert int(hog.stdout.readline()) > 0
+        assert hogger.stdout is not None
+        assert int(hogger.stdout.readline()) > 0
         env = {**moto_s3.env(), "S3SPOOL_SPOOL_DIRS": str(spool), "S3SPOOL_RESCAN_INTERVAL": "1"}
-        cmd_env = {**env}
-        with SpoolProc(["run"], cmd_env, cwd=base, log_path=base / "s3spool.log",
+        with SpoolProc(["run"], env, cwd=base, log_path=base / "s3spool.log",
                        wrapper=user) as proc:
-            proc.wait_for_log(r"max_user_instances", 15)
+            proc.wait_for_log(hint, 15)
             proc.wait_for_log(r"falling back to scanning every 1s", 5)
             (spool / "incoming" / "late").write_bytes(b"found by a rescan")
             deadline = time.monotonic() + 15
@@ -233,6 +265,6 @@ def test_inotify_exhausted_falls_back_to_rescans(moto_s3: S3Target) -> None:
             assert proc.wait(20) == 0
         assert moto_s3.get("late") == b"found by a rescan"
     finally:
-        hog.kill()
-        hog.wait()
+        hogger.kill()
+        hogger.wait()
         subprocess.run(["rm", "-rf", str(base)], check=False)

@@ -331,19 +331,12 @@ CASES: list[Case] = [
              make=regular(b"from 1970", mtime=0.0)),
     uploaded("19c-future-mtime", b"future", b"from 2100", PREFIX + "future",
              "mtime 2100-01-01 (a producer with a skewed clock), HOLD_FOR=0 (default)",
-             make=regular(b"from 2100", mtime=FUTURE),
-             bug="service.py Service._take: wait = st_mtime + HOLD_FOR - now is positive for "
-                 "a future mtime even with HOLD_FOR=0, so the file is silently skipped by "
-                 "--once (and deferred until 2100 by run), with no log line"),
+             make=regular(b"from 2100", mtime=FUTURE)),
     Case("19d-future-mtime-held", "failed_ro", b"future-held",
          "mtime 2100-01-01, HOLD_FOR=1s, FAIL_RATE=1 (so it ends in failed/), `run`",
          {"level": "^WARNING$", "event": r"name='future-held'.*\bfuture\b"},
          "failed", reason="injected", data=b"held, not for 75 years",
-         note="a clock ahead of ours: HOLD_FOR counts from now, with one warning",
-         bug="service.py Service._take: a future mtime holds the file forever. At HEAD the "
-             "hold is st_mtime + HOLD_FOR - now (until 2100, silently); the uncommitted fix "
-             "min(st_mtime, now) + HOLD_FOR - now re-arms HOLD_FOR from *now* at every look, "
-             "so the deferred file never becomes eligible (warned once, then stuck)"),
+         note="a clock ahead of ours: HOLD_FOR counts from now, with one warning"),
     # -- KEY_FORMAT too long for one name; text format quoting; DEBUG logs without credentials
     uploaded("16-key-fits", A220, b"fits", f"{PREFIX}{LONG}/{A220.decode()}",
              f"KEY_FORMAT={LONG[:3]}...(400)/{{fname}}; 220-byte ASCII name: key of 624 bytes",
@@ -430,11 +423,7 @@ CASES: list[Case] = [
           "event": r"name='good-on-full-disk'.*\bkey\b.*No space left on device"},
          "incoming", data=b"good file",
          make=regular(b"good file"),
-         note="nothing was sent: the claim should be given back (or kept), not failed",
-         bug="service.py Service._upload: the TransientError(reason='key_record') from "
-             "Spool.save_key escapes before the retry loop, and _deliver sends every "
-             "UploadError to _fail, so a good file goes to failed/ because the local disk is "
-             "full (and, the disk being full, without its reason file)"),
+         note="nothing was sent: the claim should be given back (or kept), not failed"),
     Case("25b-enospc-reason-file", "enospc", b"unreadable-full",
          "root-owned 0600 file; no free inode for failed/NAME.reason.json",
          {"level": "^WARNING$",

@@ -51,7 +51,11 @@ EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h
 
 
 class _NotStarted(Exception):
-    """Shutdown began before this claim's upload started: give it back."""
+    """This claim's upload did not start (shutdown, or its key could not be recorded)."""
+
+    def __init__(self, retry_after: float | None = None) -> None:
+        super().__init__()
+        self.retry_after = retry_after
 
 
 @dataclass(slots=True)
@@ -93,7 +97,9 @@ class Service:
         self._warn = WarnOnce()
         self._not_before: dict[Item, float] = {}
         self._resubmits: dict[Item, int] = {}
-        self._unrouted: list[Claim] = []
+        self._unrouted: list[Claim] = []  # uploaded, but done/ refused the file
+        self._unfailed: list[tuple[Claim, UploadError]] = []  # failed/ refused the file
+        self._first_seen: dict[Item, float] = {}  # future-dated files: when first looked at
         self._busy: set[asyncio.Task[Any]] = set()
         self._idle: set[asyncio.Task[Any]] = set()
         self._tg: asyncio.TaskGroup | None = None
@@ -193,7 +199,9 @@ class Service:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
-        if self.once and self.exit_code == EXIT_OK and self.counts.failed:
+        if self.once and self.exit_code == EXIT_OK and (
+            self.counts.failed or self._unrouted or self._unfailed
+        ):
             return EXIT_FAILED_FILES
         return self.exit_code
 
@@ -249,6 +257,8 @@ class Service:
         """--once: one scan, then stop when every queued and recovered file is handled."""
         await self.discovery.scan_all()
         await self.pending.join()
+        # the cleanup phase a cron job expects: expire done/, sweep stale multipart uploads
+        await self.cleanup_once()
         self.request_stop()
 
     # --- workers -----------------------------------------------------------------------------
@@ -298,7 +308,22 @@ class Service:
                 )
             return
         now = time.time()
-        wait = max(st.st_mtime + self.s.hold_for - now, self._not_before.get(item, 0.0) - now)
+        wait = self._not_before.get(item, 0.0) - now
+        if self.s.hold_for > 0:
+            since = st.st_mtime
+            if since > now + 1:
+                # A clock ahead of ours must not hold a file until that future arrives:
+                # count HOLD_FOR from when we first saw it instead.
+                since = self._first_seen.setdefault(item, now)
+                if self._warn((item, "future")):
+                    log.warning(
+                        "spool=%s name=%r: mtime is in the future; HOLD_FOR counts from now",
+                        spool.label,
+                        name,
+                    )
+                if len(self._first_seen) > 100_000:
+                    self._first_seen.pop(next(iter(self._first_seen)))
+            wait = max(wait, since + self.s.hold_for - now)
         if wait > 0:
             if not self.once:
                 self.discovery.defer(item, wait + 0.01)
@@ -318,6 +343,7 @@ class Service:
             return  # another worker or instance won the rename
         claim.ctime = st.st_ctime
         self._not_before.pop(item, None)
+        self._first_seen.pop(item, None)
         await self._deliver(claim)
 
     async def _deliver(self, claim: Claim) -> None:
@@ -344,8 +370,18 @@ class Service:
             return
         try:
             delivery = await self._upload(claim, fd)
-        except _NotStarted:
+        except _NotStarted as why:
+            if claim.recovered:
+                # its key record must survive: the next start delivers it to the same key
+                log.info(
+                    "spool=%s name=%r: recovered claim left in working/ for the next start",
+                    spool.label,
+                    claim.name,
+                )
+                return
             spool.unclaim(claim)
+            if why.retry_after is not None and not self.once:
+                self.discovery.defer((self.spools.index(spool), claim.name), why.retry_after)
             return
         except UploadError as exc:
             self._fail(claim, exc, started)
@@ -371,7 +407,18 @@ class Service:
                 )
             )
             if not self.template.stable or claim.size >= self.s.multipart_threshold:
-                claim.spool.save_key(claim)
+                try:
+                    claim.spool.save_key(claim)
+                except TransientError as exc:
+                    # never upload under a key a crash could forget: give the file back
+                    log.error(
+                        "spool=%s name=%r: %s; returned to incoming/, retrying later",
+                        claim.spool.label,
+                        claim.name,
+                        exc,
+                    )
+                    claim.key = None
+                    raise _NotStarted(retry_after=self.s.retry_backoff_max) from None
         if claim.upload_id:
             # a dead instance's open multipart upload: abort it, then start clean
             with contextlib.suppress(UploadError):
@@ -520,6 +567,7 @@ class Service:
         try:
             dest = spool.route_failed(claim, reason)
         except OSError as exc2:
+            self._unfailed.append((claim, exc))
             log.error(
                 "spool=%s name=%r: failed (%s) and cannot be moved to failed/: %s; it stays in %s",
                 spool.label,
@@ -625,6 +673,9 @@ class Service:
         unrouted, self._unrouted = self._unrouted, []
         for claim in unrouted:
             self._commit(claim, Delivery(claim.key or "", claim.size), claim.claimed_at)
+        unfailed, self._unfailed = self._unfailed, []
+        for claim, error in unfailed:
+            self._fail(claim, error, claim.claimed_at)
         for spool in self.spools:
             if spool.dirs.done is not None:
                 removed = await asyncio.to_thread(expire_done, spool.dirs.done, self.s.delete_after)
