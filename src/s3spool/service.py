@@ -199,8 +199,10 @@ class Service:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
-        if self.once and self.exit_code == EXIT_OK and (
-            self.counts.failed or self._unrouted or self._unfailed
+        if (
+            self.once
+            and self.exit_code == EXIT_OK
+            and (self.counts.failed or self._unrouted or self._unfailed)
         ):
             return EXIT_FAILED_FILES
         return self.exit_code
