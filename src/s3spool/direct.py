@@ -58,6 +58,7 @@ class Signer:
         self,
         method: str,
         path: str,
+        query: str,
         headers: dict[str, str],
         payload_hash: str,
         access_key: str,
@@ -78,7 +79,7 @@ class Signer:
         names = sorted(headers)
         canonical = "".join(f"{n}:{' '.join(headers[n].split())}\n" for n in names)
         signed = ";".join(names)
-        request = f"{method}\n{path}\n\n{canonical}\n{signed}\n{payload_hash}"
+        request = f"{method}\n{path}\n{query}\n{canonical}\n{signed}\n{payload_hash}"
         scope = f"{date}/{self.region}/s3/aws4_request"
         to_sign = (
             f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(request.encode()).hexdigest()}"
@@ -157,21 +158,47 @@ class DirectPut:
         # S3 signs the path encoded once (no double encoding, '/' kept).
         return f"{self.base_path}/{quote(key, safe='/~')}"
 
-    async def put(self, key: str, body: bytes, headers: Mapping[str, str]) -> dict[str, str]:
-        """PUT ``body`` at ``key``; returns the response headers (lower-case names)."""
+    async def put(
+        self,
+        key: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        query: Mapping[str, str] | None = None,
+        what: str = "PutObject",
+        payload_hash: str | None = None,
+    ) -> dict[str, str]:
+        """PUT ``body`` at ``key`` (``query``: e.g. an UploadPart's partNumber and uploadId).
+
+        ``payload_hash``: the body's SHA-256 hex, when the caller already computed it
+        off the event loop (only used over plain HTTP).  Returns the response headers
+        with lower-case names.
+        """
         assert self._session is not None, "use DirectPut as an async context manager"
         creds = await self.credentials.get_frozen_credentials()
         path = self.path_for(key)
+        qs = (
+            "&".join(
+                f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(query.items())
+            )
+            if query
+            else ""
+        )
         signed = {k.lower(): v for k, v in headers.items()}
         signed["host"] = self.host
         # Over plain HTTP the body is signed too (as botocore does); over TLS the
         # Content-MD5 / x-amz-checksum headers already guard it.
-        payload = "UNSIGNED-PAYLOAD" if self.secure else hashlib.sha256(body).hexdigest()
+        if self.secure:
+            payload = "UNSIGNED-PAYLOAD"
+        else:
+            payload = payload_hash or hashlib.sha256(body).hexdigest()
         self.signer.sign(
-            "PUT", path, signed, payload, creds.access_key, creds.secret_key, creds.token
+            "PUT", path, qs, signed, payload, creds.access_key, creds.secret_key, creds.token
         )
         signed["content-length"] = str(len(body))
-        url = URL(self.base_url.removesuffix(self.base_path) + path, encoded=True)
+        url = URL(
+            self.base_url.removesuffix(self.base_path) + path + (f"?{qs}" if qs else ""),
+            encoded=True,
+        )
         try:
             async with self._session.put(url, data=body, headers=signed) as resp:
                 if resp.status == 200:
@@ -189,4 +216,4 @@ class DirectPut:
         message = msg_m.group(1).decode(errors="replace") if msg_m else ""
         if (code == "SlowDown" or resp.status == 503) and self._on_slowdown:
             self._on_slowdown()
-        raise classify_status(resp.status, code, message, "PutObject")
+        raise classify_status(resp.status, code, message, what)

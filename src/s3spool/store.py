@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import mimetypes
 import os
@@ -26,6 +27,7 @@ from typing import Any, Protocol
 
 from .checksums import BodyDigest, Checksummer
 from .errors import (
+    FileChanged,
     PermanentError,
     SlowDown,
     StoreUnavailable,
@@ -317,22 +319,26 @@ class S3Store:
             params[f"Checksum{self.ck.param}"] = d.checksum_b64
         return params
 
-    async def _read(self, fd: int, offset: int, length: int) -> tuple[bytes, BodyDigest]:
-        def work() -> tuple[bytes, BodyDigest]:
+    async def _read(
+        self, fd: int, offset: int, length: int
+    ) -> tuple[bytes, BodyDigest, str | None]:
+        """Read and digest a body; large ones in a thread (hashlib releases the GIL)."""
+        sign_body = self._direct is not None and not self._direct.secure
+
+        def work() -> tuple[bytes, BodyDigest, str | None]:
             data = _read_exact(fd, offset, length)
-            return data, self.ck.body(data)
+            payload = hashlib.sha256(data).hexdigest() if sign_body else None
+            return data, self.ck.body(data), payload
 
         if length <= INLINE_READ_MAX:
-            data, digest = work()
+            data, digest, payload = work()
         else:
-            data, digest = await asyncio.to_thread(work)
+            data, digest, payload = await asyncio.to_thread(work)
         if len(data) != length:
-            from .errors import FileChanged
-
             raise FileChanged(
                 f"file shrank while reading ({len(data)} of {length} bytes)", reason="changed"
             )
-        return data, digest
+        return data, digest, payload
 
     def _check_etag(self, what: str, etag: str | None, expected: str | None) -> None:
         if not etag or not expected or self.s.sse == "aws:kms":
@@ -362,7 +368,7 @@ class S3Store:
 
     async def _put(self, src: Source) -> Delivery:
         async with self.budget.hold(src.size):
-            data, digest = await self._read(src.fd, 0, src.size)
+            data, digest, payload = await self._read(src.fd, 0, src.size)
             params = self._object_params(src.key, src)
             params.update(self._digest_params(digest))
             if digest.checksum is not None:
@@ -371,7 +377,7 @@ class S3Store:
                 params["IfNoneMatch"] = "*"
             try:
                 if self._direct is not None:
-                    resp = await self._direct_put(data, params)
+                    resp = await self._direct_put(data, params, payload)
                 else:
                     resp = await self._client.put_object(Body=data, **params)
             except Exception as exc:
@@ -381,7 +387,9 @@ class S3Store:
         self._check_echo("PutObject", resp, digest.checksum_b64)
         return Delivery(src.key, src.size, etag=etag, checksum=self.ck.label(digest.checksum_b64))
 
-    async def _direct_put(self, data: bytes, params: dict[str, Any]) -> dict[str, Any]:
+    async def _direct_put(
+        self, data: bytes, params: dict[str, Any], payload: str | None
+    ) -> dict[str, Any]:
         """PutObject through ``direct.DirectPut``; answers in botocore's response shape."""
         headers = {_HEADER[name]: str(value) for name, value in params.items() if name in _HEADER}
         for name, value in params["Metadata"].items():
@@ -390,7 +398,10 @@ class S3Store:
             echo_header = f"x-amz-checksum-{self.ck.param.lower()}"
             if f"Checksum{self.ck.param}" in params:
                 headers[echo_header] = params[f"Checksum{self.ck.param}"]
-        got = await self._direct.put(params["Key"], data, headers)
+        got = await self._direct.put(params["Key"], data, headers, payload_hash=payload)
+        return self._botocore_shape(got)
+
+    def _botocore_shape(self, got: dict[str, str]) -> dict[str, Any]:
         resp: dict[str, Any] = {"ETag": got.get("etag")}
         if self.ck.param and got.get(f"x-amz-checksum-{self.ck.param.lower()}"):
             resp[f"Checksum{self.ck.param}"] = got[f"x-amz-checksum-{self.ck.param.lower()}"]
@@ -429,16 +440,37 @@ class S3Store:
             offset = index * part_size
             length = min(part_size, src.size - offset)
             async with sem, self.budget.hold(length):
-                data, digest = await self._read(src.fd, offset, length)
+                data, digest, payload = await self._read(src.fd, offset, length)
                 try:
-                    resp = await client.upload_part(
-                        Bucket=self.bucket,
-                        Key=src.key,
-                        UploadId=upload_id,
-                        PartNumber=index + 1,
-                        Body=data,
-                        **self._digest_params(digest),
-                    )
+                    if self._direct is not None:
+                        # no botocore: it would copy each part and hash it on the loop
+                        headers = {
+                            _HEADER[k]: v
+                            for k, v in self._digest_params(digest).items()
+                            if k in _HEADER
+                        }
+                        if self.ck.param and not self.s.checksum_compat and digest.checksum:
+                            headers[f"x-amz-checksum-{self.ck.param.lower()}"] = (
+                                digest.checksum_b64 or ""
+                            )
+                        got = await self._direct.put(
+                            src.key,
+                            data,
+                            headers,
+                            query={"partNumber": str(index + 1), "uploadId": upload_id},
+                            what=f"UploadPart {index + 1}/{count}",
+                            payload_hash=payload,
+                        )
+                        resp = self._botocore_shape(got)
+                    else:
+                        resp = await client.upload_part(
+                            Bucket=self.bucket,
+                            Key=src.key,
+                            UploadId=upload_id,
+                            PartNumber=index + 1,
+                            Body=data,
+                            **self._digest_params(digest),
+                        )
                 except Exception as exc:
                     raise translate(exc, f"UploadPart {index + 1}/{count}") from None
                 del data
