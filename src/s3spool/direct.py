@@ -170,8 +170,8 @@ class DirectPut:
         """PUT ``body`` at ``key`` (``query``: e.g. an UploadPart's partNumber and uploadId).
 
         ``payload_hash``: the body's SHA-256 hex, when the caller already computed it
-        off the event loop (only used over plain HTTP).  Returns the response headers
-        with lower-case names.
+        off the event loop (only used over plain HTTP).  Returns the ETag and
+        x-amz-checksum-* response headers, with lower-case names.
         """
         assert self._session is not None, "use DirectPut as an async context manager"
         creds = await self.credentials.get_frozen_credentials()
@@ -203,7 +203,11 @@ class DirectPut:
             async with self._session.put(url, data=body, headers=signed) as resp:
                 if resp.status == 200:
                     await resp.release()
-                    return {k.lower(): v for k, v in resp.headers.items()}
+                    return {
+                        k.lower(): v
+                        for k, v in resp.headers.items()
+                        if k[0] in "Ee" or k[:15].lower() == "x-amz-checksum-"
+                    }
                 text = await resp.read()
         except aiohttp.ClientConnectorError as exc:
             raise StoreUnavailable(f"PutObject: cannot connect: {exc}", reason="connect") from None

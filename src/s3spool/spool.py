@@ -159,6 +159,7 @@ class Claim:
     key: str | None = None
     upload_id: str | None = None
     recovered: bool = False  # adopted from a dead instance: check the store first
+    key_saved: bool = False  # a keys/NAME record exists for this claim
     attempts: int = 0
     claimed_at: float = field(default_factory=time.monotonic)
 
@@ -300,6 +301,7 @@ class Spool:
             with open(tmp, "w", encoding="utf-8") as fh:
                 json.dump(record, fh)
             os.replace(tmp, self.keys / claim.name)
+            claim.key_saved = True
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -325,8 +327,11 @@ class Spool:
         return data if isinstance(data, dict) else None
 
     def forget_key(self, claim: Claim) -> None:
+        if not claim.key_saved:
+            return  # most claims never write one: skip a failing unlink per file
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.keys / claim.name)
+        claim.key_saved = False
 
     # --- routing ---------------------------------------------------------------------------
     def route_done(self, claim: Claim) -> Path | None:
@@ -489,6 +494,7 @@ class Spool:
         for name in self.own_claims():
             claim = Claim(self, name, self.files / name, recovered=True)
             record = self.load_key(self.keys, name)
+            claim.key_saved = record is not None
             if record:
                 claim.key = record.get("key")
                 claim.upload_id = record.get("upload_id")

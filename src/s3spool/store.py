@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import mimetypes
@@ -20,7 +21,8 @@ import os
 import random
 import re
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -130,25 +132,59 @@ class Store(Protocol):
 
 
 class ByteBudget:
-    """Caps the file bytes held in memory by all uploads together (invariant 5)."""
+    """Caps the file bytes held in memory by all uploads together (invariant 5).
+
+    FIFO waiters, and no lock on the fast path: most bodies are small and never wait.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = max(1, limit)
         self.used = 0
-        self._cond = asyncio.Condition()
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
 
     @contextlib.asynccontextmanager
-    async def hold(self, n: int) -> Any:
+    async def hold(self, n: int) -> AsyncIterator[None]:
         n = min(n, self.limit)  # a single body larger than the budget still proceeds alone
-        async with self._cond:
-            await self._cond.wait_for(lambda: self.used + n <= self.limit)
+        if self._waiters or self.used + n > self.limit:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append((n, fut))
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():
+                    self._release(n)  # granted as we were cancelled: give it back
+                else:
+                    self._waiters.remove((n, fut))
+                    self._wake()
+                raise
+        else:
             self.used += n
         try:
             yield
         finally:
-            async with self._cond:
-                self.used -= n
-                self._cond.notify_all()
+            self._release(n)
+
+    def _release(self, n: int) -> None:
+        self.used -= n
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.used + self._waiters[0][0] <= self.limit:
+            n, fut = self._waiters.popleft()
+            if not fut.done():
+                self.used += n
+                fut.set_result(None)
+
+
+def _guess_type(name: str) -> str | None:
+    dot = name.rfind(".")
+    return _guess_by_suffix(name[dot:].lower()) if dot > 0 else None
+
+
+@functools.lru_cache(maxsize=512)
+def _guess_by_suffix(suffix: str) -> str | None:
+    # by suffix only, cached: guess_type on every name costs more than the rest of a header
+    return mimetypes.guess_type("x" + suffix, strict=False)[0]
 
 
 def _read_exact(fd: int, offset: int, length: int) -> bytes:
@@ -298,7 +334,7 @@ class S3Store:
                 "s3spool-instance": self._instance,
             },
         }
-        ctype = s.content_type or mimetypes.guess_type(src.name, strict=False)[0]
+        ctype = s.content_type or _guess_type(src.name)
         if ctype:
             params["ContentType"] = ctype
         if s.acl:
