@@ -127,6 +127,14 @@ class StreamDigest:
     def md5_hex(self) -> str:
         return self._md5.hexdigest()
 
+    def result(self) -> BodyDigest:
+        """The same digests ``Checksummer.body`` gives for the whole data fed in."""
+        if self.algorithm == "none":
+            return BodyDigest(None, None)
+        if self.algorithm in ("crc32", "crc32c"):
+            return BodyDigest(self._md5.digest(), self._crc.to_bytes(4, "big"))
+        return BodyDigest(self._md5.digest(), self._sha.digest() if self._sha else None)
+
     def checksum_b64(self) -> str | None:
         if self.algorithm in ("crc32", "crc32c"):
             return b64(self._crc.to_bytes(4, "big"))

@@ -15,19 +15,22 @@ listings.  ``DIRECT_PUT=false`` sends single PUTs through botocore as well.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
+import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 from yarl import URL
 
-from .errors import StoreUnavailable, TransientError, UploadError
+from .errors import FileChanged, StoreUnavailable, TransientError, UploadError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,27 @@ _PROBE_KEY = "s3spool-endpoint-probe"
 _CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]{0,300})</Message>")
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+#: Streamed bodies are read and sent in chunks of this size: memory per request in
+#: flight is a chunk or two, whatever the part size.
+STREAM_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class FileRange:
+    """A body streamed from an open file: ``length`` bytes at ``offset``."""
+
+    fd: int
+    offset: int
+    length: int
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        pos, end = self.offset, self.offset + self.length
+        while pos < end:
+            chunk = await asyncio.to_thread(os.pread, self.fd, min(STREAM_CHUNK, end - pos), pos)
+            if not chunk:
+                raise FileChanged("file shrank while it was being sent", reason="changed")
+            yield chunk
+            pos += len(chunk)
 
 
 class Signer:
@@ -161,7 +185,7 @@ class DirectPut:
     async def put(
         self,
         key: str,
-        body: bytes,
+        body: bytes | FileRange,
         headers: Mapping[str, str],
         query: Mapping[str, str] | None = None,
         what: str = "PutObject",
@@ -170,7 +194,7 @@ class DirectPut:
         """PUT ``body`` at ``key`` (``query``: e.g. an UploadPart's partNumber and uploadId).
 
         ``payload_hash``: the body's SHA-256 hex, when the caller already computed it
-        off the event loop (only used over plain HTTP).  Returns the ETag and
+        off the event loop (needed only over plain HTTP without Content-MD5).  Returns the ETag and
         x-amz-checksum-* response headers, with lower-case names.
         """
         assert self._session is not None, "use DirectPut as an async context manager"
@@ -185,22 +209,28 @@ class DirectPut:
         )
         signed = {k.lower(): v for k, v in headers.items()}
         signed["host"] = self.host
-        # Over plain HTTP the body is signed too (as botocore does); over TLS the
-        # Content-MD5 / x-amz-checksum headers already guard it.
-        if self.secure:
+        if self.secure or "content-md5" in signed:
+            # TLS, or a signed Content-MD5 the store checks, already ties the body to
+            # this signature; hashing it again with SHA-256 would only cost CPU.
             payload = "UNSIGNED-PAYLOAD"
+        elif payload_hash is not None:
+            payload = payload_hash
+        elif isinstance(body, bytes):
+            payload = hashlib.sha256(body).hexdigest()
         else:
-            payload = payload_hash or hashlib.sha256(body).hexdigest()
+            raise ValueError("a streamed body over plain HTTP needs its payload_hash")
         self.signer.sign(
             "PUT", path, qs, signed, payload, creds.access_key, creds.secret_key, creds.token
         )
-        signed["content-length"] = str(len(body))
+        length = len(body) if isinstance(body, bytes) else body.length
+        signed["content-length"] = str(length)  # also keeps aiohttp from chunking a stream
+        data: bytes | AsyncIterator[bytes] = body if isinstance(body, bytes) else body.chunks()
         url = URL(
             self.base_url.removesuffix(self.base_path) + path + (f"?{qs}" if qs else ""),
             encoded=True,
         )
         try:
-            async with self._session.put(url, data=body, headers=signed) as resp:
+            async with self._session.put(url, data=data, headers=signed) as resp:
                 if resp.status == 200:
                     await resp.release()
                     return {

@@ -106,6 +106,14 @@ class Service:
         self._last_sweep = 0.0
         self.early_signals: list[int] = []
         self._wire_metrics()
+        # labelled children looked up once, not per file
+        self._uploaded_metrics = {
+            sp.label: (
+                self.metrics.files.labels(sp.label, "uploaded"),
+                self.metrics.bytes.labels(sp.label, "uploaded"),
+            )
+            for sp in self.spools
+        }
 
     # --- setup ------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -522,10 +530,14 @@ class Service:
             return
         duration = time.monotonic() - started
         self.counts.delivered += 1
-        self.metrics.files.labels(spool.label, "uploaded").inc()
-        self.metrics.bytes.labels(spool.label, "uploaded").inc(delivery.size)
+        files, size_bytes = self._uploaded_metrics[spool.label]
+        files.inc()
+        size_bytes.inc(delivery.size)
         self.metrics.duration.labels(size_class(delivery.size)).observe(duration)
-        self._resubmits.pop((self.spools.index(spool), claim.name), None)
+        if self._resubmits:
+            self._resubmits.pop((self.spools.index(spool), claim.name), None)
+        if not file_log.isEnabledFor(logging.INFO):
+            return
         file_log.info(
             "file",
             extra={

@@ -29,6 +29,7 @@ import logging
 import os
 import secrets
 import stat
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -57,6 +58,14 @@ try:
 except (OSError, AttributeError):  # pragma: no cover - glibc < 2.28 or not Linux
     _renameat2 = None
 _noreplace_ok = _renameat2 is not None
+
+
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+
+
+def _fsencode(path: str | Path) -> bytes:
+    # os.fsencode's generic path handling costs more than the encode itself
+    return path.encode(_FS_ENCODING, _FS_ERRORS) if isinstance(path, str) else os.fsencode(path)
 
 
 def rename_noreplace(src: str | Path, dst: str | Path) -> None:
@@ -151,7 +160,7 @@ class Claim:
 
     spool: Spool
     name: str  # the file name (str with surrogateescape for non-UTF-8 bytes)
-    path: Path
+    path: str  # working/<instance>/files/NAME (a str: built for every file, cheaply)
     size: int = 0
     mtime: float = 0.0
     mtime_ns: int = 0
@@ -174,6 +183,9 @@ class Spool:
         self.me = dirs.working / instance_id
         self.files = self.me / "files"
         self.keys = self.me / "keys"
+        # str prefixes for the per-file hot path (pathlib joins cost more than the syscalls)
+        self._incoming_s = os.fspath(dirs.incoming) + "/"
+        self._files_s = os.fspath(self.files) + "/"
         self._lock_fd: int | None = None
 
     # --- start / stop ---------------------------------------------------------------------
@@ -255,9 +267,9 @@ class Spool:
         ``None`` if another worker or instance took it first (ENOENT), or if a
         claim of the same name is still in flight here (EEXIST: try later).
         """
-        dst = self.files / name
+        dst = self._files_s + name
         try:
-            rename_noreplace(self.dirs.incoming / name, dst)
+            rename_noreplace(self._incoming_s + name, dst)
         except FileNotFoundError:
             return None
         except FileExistsError:
@@ -273,7 +285,7 @@ class Spool:
     def unclaim(self, claim: Claim) -> bool:
         """Put a claimed, not yet uploaded file back into incoming/."""
         try:
-            rename_noreplace(claim.path, self.dirs.incoming / claim.name)
+            rename_noreplace(claim.path, self._incoming_s + claim.name)
         except FileExistsError:
             log.warning(
                 "spool=%s name=%r: a new file of the same name is in incoming/; "
@@ -373,14 +385,14 @@ class Spool:
             )
         return dest
 
-    def _place(self, src: Path, directory: Path, name: str) -> Path:
+    def _place(self, src: str, directory: Path, name: str) -> Path:
         """rename src → directory/name; an existing *different* file is never replaced."""
-        dest = directory / name
         try:
-            rename_noreplace(src, dest)
-            return dest
+            rename_noreplace(src, f"{directory}/{name}")
+            return directory / name
         except FileExistsError:
             pass
+        dest = directory / name
         if _same_file_content(src, dest):
             os.replace(src, dest)
             return dest
@@ -463,7 +475,7 @@ class Spool:
             names = []
         for name in names:
             record = self.load_key(keys, name)
-            claim = Claim(self, name, self.files / name, recovered=True)
+            claim = Claim(self, name, self._files_s + name, recovered=True)
             if record:
                 claim.key = record.get("key")
                 claim.upload_id = record.get("upload_id")
@@ -492,7 +504,7 @@ class Spool:
         _remove_orphan_keys(self.keys, self.files)
         out = []
         for name in self.own_claims():
-            claim = Claim(self, name, self.files / name, recovered=True)
+            claim = Claim(self, name, self._files_s + name, recovered=True)
             record = self.load_key(self.keys, name)
             claim.key_saved = record is not None
             if record:
@@ -556,7 +568,7 @@ def _remove_orphan_keys(keys: Path, files: Path) -> None:
                 os.unlink(keys / name)
 
 
-def _unlink(path: Path) -> None:
+def _unlink(path: str | Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
 
@@ -579,7 +591,7 @@ def _lock_is_free(lock_path: Path) -> bool:
         os.close(fd)
 
 
-def _same_file_content(a: Path, b: Path) -> bool:
+def _same_file_content(a: str | Path, b: str | Path) -> bool:
     try:
         sa, sb = os.lstat(a), os.lstat(b)
     except OSError:

@@ -359,7 +359,7 @@ class S3Store:
         self, fd: int, offset: int, length: int
     ) -> tuple[bytes, BodyDigest, str | None]:
         """Read and digest a body; large ones in a thread (hashlib releases the GIL)."""
-        sign_body = self._direct is not None and not self._direct.secure
+        sign_body = self._needs_payload_hash()
 
         def work() -> tuple[bytes, BodyDigest, str | None]:
             data = _read_exact(fd, offset, length)
@@ -403,6 +403,8 @@ class S3Store:
         return await self._put(src)
 
     async def _put(self, src: Source) -> Delivery:
+        if self._direct is not None and src.size > INLINE_READ_MAX:
+            return await self._put_streamed(src)
         async with self.budget.hold(src.size):
             data, digest, payload = await self._read(src.fd, 0, src.size)
             params = self._object_params(src.key, src)
@@ -423,8 +425,53 @@ class S3Store:
         self._check_echo("PutObject", resp, digest.checksum_b64)
         return Delivery(src.key, src.size, etag=etag, checksum=self.ck.label(digest.checksum_b64))
 
+    async def _put_streamed(self, src: Source) -> Delivery:
+        """Hash the file in one pass, then stream it: memory stays at a chunk or two."""
+        from .direct import FileRange
+
+        digest, payload = await asyncio.to_thread(self._digest_range, src.fd, 0, src.size)
+        params = self._object_params(src.key, src)
+        params.update(self._digest_params(digest))
+        if digest.checksum is not None:
+            params["Metadata"]["s3spool-checksum"] = self.ck.label(digest.checksum_b64) or ""
+        if self.s.overwrite == "never":
+            params["IfNoneMatch"] = "*"
+        try:
+            resp = await self._direct_put(FileRange(src.fd, 0, src.size), params, payload)
+        except Exception as exc:
+            raise self._precondition_or(exc, src, "PutObject") from None
+        etag = str(resp.get("ETag", "")).strip('"') or None
+        self._check_etag("PutObject", etag, digest.md5.hex() if digest.md5 else None)
+        self._check_echo("PutObject", resp, digest.checksum_b64)
+        return Delivery(src.key, src.size, etag=etag, checksum=self.ck.label(digest.checksum_b64))
+
+    def _needs_payload_hash(self) -> bool:
+        """SigV4 over plain HTTP must cover the body unless a Content-MD5 header does."""
+        return self._direct is not None and not self._direct.secure and not self.ck.enabled
+
+    def _digest_range(self, fd: int, offset: int, length: int) -> tuple[BodyDigest, str | None]:
+        """Digests (and the SigV4 payload hash over plain HTTP) of a file range, chunk by chunk.
+
+        The bytes are read again when sent; a change in between makes the store reject
+        the body (Content-MD5) and the after-upload stat check send it again.
+        """
+        from .direct import STREAM_CHUNK
+
+        stream = self.ck.stream()
+        sha = hashlib.sha256() if self._needs_payload_hash() else None
+        pos, end = offset, offset + length
+        while pos < end:
+            chunk = os.pread(fd, min(STREAM_CHUNK, end - pos), pos)
+            if not chunk:
+                raise FileChanged("file shrank while it was being read", reason="changed")
+            stream.update(chunk)
+            if sha is not None:
+                sha.update(chunk)
+            pos += len(chunk)
+        return stream.result(), (sha.hexdigest() if sha is not None else None)
+
     async def _direct_put(
-        self, data: bytes, params: dict[str, Any], payload: str | None
+        self, data: bytes | Any, params: dict[str, Any], payload: str | None
     ) -> dict[str, Any]:
         """PutObject through ``direct.DirectPut``; answers in botocore's response shape."""
         headers = {_HEADER[name]: str(value) for name, value in params.items() if name in _HEADER}
@@ -454,6 +501,8 @@ class S3Store:
         return err
 
     async def _multipart(self, src: Source) -> Delivery:
+        from .direct import FileRange
+
         client = self._client
         params = self._object_params(src.key, src)
         params["Metadata"]["s3spool-part-size"] = str(self.s.part_size)
@@ -475,11 +524,13 @@ class S3Store:
         async def one(index: int) -> None:
             offset = index * part_size
             length = min(part_size, src.size - offset)
-            async with sem, self.budget.hold(length):
-                data, digest, payload = await self._read(src.fd, offset, length)
+            async with sem:
                 try:
                     if self._direct is not None:
-                        # no botocore: it would copy each part and hash it on the loop
+                        # streamed: no part-sized buffer, no copy in the socket's buffer
+                        digest, payload = await asyncio.to_thread(
+                            self._digest_range, src.fd, offset, length
+                        )
                         headers = {
                             _HEADER[k]: v
                             for k, v in self._digest_params(digest).items()
@@ -491,7 +542,7 @@ class S3Store:
                             )
                         got = await self._direct.put(
                             src.key,
-                            data,
+                            FileRange(src.fd, offset, length),
                             headers,
                             query={"partNumber": str(index + 1), "uploadId": upload_id},
                             what=f"UploadPart {index + 1}/{count}",
@@ -499,17 +550,21 @@ class S3Store:
                         )
                         resp = self._botocore_shape(got)
                     else:
-                        resp = await client.upload_part(
-                            Bucket=self.bucket,
-                            Key=src.key,
-                            UploadId=upload_id,
-                            PartNumber=index + 1,
-                            Body=data,
-                            **self._digest_params(digest),
-                        )
+                        async with self.budget.hold(length):
+                            data, digest, _ = await self._read(src.fd, offset, length)
+                            resp = await client.upload_part(
+                                Bucket=self.bucket,
+                                Key=src.key,
+                                UploadId=upload_id,
+                                PartNumber=index + 1,
+                                Body=data,
+                                **self._digest_params(digest),
+                            )
+                            del data
+                except FileChanged:
+                    raise
                 except Exception as exc:
                     raise translate(exc, f"UploadPart {index + 1}/{count}") from None
-                del data
             etag = str(resp.get("ETag", "")).strip('"')
             self._check_etag(
                 f"UploadPart {index + 1}", etag, digest.md5.hex() if digest.md5 else None
