@@ -536,21 +536,9 @@ class Service:
         self.metrics.duration.labels(size_class(delivery.size)).observe(duration)
         if self._resubmits:
             self._resubmits.pop((self.spools.index(spool), claim.name), None)
-        if not file_log.isEnabledFor(logging.INFO):
-            return
-        file_log.info(
-            "file",
-            extra={
-                "fields": {
-                    "spool": spool.label,
-                    "name": claim.name,
-                    "key": claim.key,
-                    "size": delivery.size,
-                    "duration": round(duration, 4),
-                    "outcome": "done" if dest else "removed",
-                    **({"note": "already in store"} if delivery.already_there else {}),
-                }
-            },
+        extra = {"note": "already in store"} if delivery.already_there else {}
+        self._log_file(
+            logging.INFO, claim, delivery.size, duration, "done" if dest else "removed", **extra
         )
 
     def _fail(self, claim: Claim, exc: UploadError, started: float) -> None:
@@ -597,21 +585,32 @@ class Service:
         self.metrics.files.labels(spool.label, "failed").inc()
         self.metrics.bytes.labels(spool.label, "failed").inc(claim.size)
         self.metrics.failures.labels(spool.label, exc.reason).inc()
-        file_log.warning(
-            "file",
-            extra={
-                "fields": {
-                    "spool": spool.label,
-                    "name": claim.name,
-                    "key": claim.key,
-                    "size": claim.size,
-                    "duration": round(time.monotonic() - started, 4),
-                    "outcome": outcome,
-                    "reason": exc.reason,
-                    "error": str(exc),
-                }
-            },
+        self._log_file(
+            logging.WARNING,
+            claim,
+            claim.size,
+            time.monotonic() - started,
+            outcome,
+            reason=exc.reason,
+            error=str(exc),
         )
+
+    def _log_file(
+        self, level: int, claim: Claim, size: int, duration: float, outcome: str, **extra: str
+    ) -> None:
+        """The one log record per file: spool, name, key, size, duration, outcome."""
+        if not file_log.isEnabledFor(level):
+            return
+        fields = {
+            "spool": claim.spool.label,
+            "name": claim.name,
+            "key": claim.key,
+            "size": size,
+            "duration": round(duration, 4),
+            "outcome": outcome,
+            **extra,
+        }
+        file_log.log(level, "file", extra={"fields": fields})
 
     def _cancelled(self, claim: Claim) -> None:
         """Shutdown cut an upload short: return the file if its key can be recomputed."""

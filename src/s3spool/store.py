@@ -404,32 +404,18 @@ class S3Store:
 
     async def _put(self, src: Source) -> Delivery:
         if self._direct is not None and src.size > INLINE_READ_MAX:
-            return await self._put_streamed(src)
+            # hash in one chunked pass, then stream: memory stays at a chunk or two
+            from .direct import FileRange
+
+            digest, payload = await asyncio.to_thread(self._digest_range, src.fd, 0, src.size)
+            return await self._send_put(src, FileRange(src.fd, 0, src.size), digest, payload)
         async with self.budget.hold(src.size):
             data, digest, payload = await self._read(src.fd, 0, src.size)
-            params = self._object_params(src.key, src)
-            params.update(self._digest_params(digest))
-            if digest.checksum is not None:
-                params["Metadata"]["s3spool-checksum"] = self.ck.label(digest.checksum_b64) or ""
-            if self.s.overwrite == "never":
-                params["IfNoneMatch"] = "*"
-            try:
-                if self._direct is not None:
-                    resp = await self._direct_put(data, params, payload)
-                else:
-                    resp = await self._client.put_object(Body=data, **params)
-            except Exception as exc:
-                raise self._precondition_or(exc, src, "PutObject") from None
-        etag = str(resp.get("ETag", "")).strip('"') or None
-        self._check_etag("PutObject", etag, digest.md5.hex() if digest.md5 else None)
-        self._check_echo("PutObject", resp, digest.checksum_b64)
-        return Delivery(src.key, src.size, etag=etag, checksum=self.ck.label(digest.checksum_b64))
+            return await self._send_put(src, data, digest, payload)
 
-    async def _put_streamed(self, src: Source) -> Delivery:
-        """Hash the file in one pass, then stream it: memory stays at a chunk or two."""
-        from .direct import FileRange
-
-        digest, payload = await asyncio.to_thread(self._digest_range, src.fd, 0, src.size)
+    async def _send_put(
+        self, src: Source, body: Any, digest: BodyDigest, payload: str | None
+    ) -> Delivery:
         params = self._object_params(src.key, src)
         params.update(self._digest_params(digest))
         if digest.checksum is not None:
@@ -437,7 +423,10 @@ class S3Store:
         if self.s.overwrite == "never":
             params["IfNoneMatch"] = "*"
         try:
-            resp = await self._direct_put(FileRange(src.fd, 0, src.size), params, payload)
+            if self._direct is not None:
+                resp = await self._direct_put(body, params, payload)
+            else:
+                resp = await self._client.put_object(Body=body, **params)
         except Exception as exc:
             raise self._precondition_or(exc, src, "PutObject") from None
         etag = str(resp.get("ETag", "")).strip('"') or None
