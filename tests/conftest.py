@@ -22,6 +22,7 @@ from s3servers import (
     moto_server,
     rclone_server,
 )
+from svc import use_credentials
 
 
 @pytest.fixture(scope="session")
@@ -64,3 +65,11 @@ def rclone_private(tmp_path: Path) -> Iterator[RcloneServer]:
 def spool(tmp_path: Path) -> Path:
     """Where the service's spool directory should live; deliberately not created."""
     return tmp_path / "spool"
+
+
+@pytest.fixture(autouse=True)
+def _creds(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """In-process services read credentials from the environment, as botocore does."""
+    for name in ("s3", "moto_s3", "rclone_s3"):
+        if name in request.fixturenames:
+            use_credentials(monkeypatch, request.getfixturevalue(name))

@@ -24,13 +24,6 @@ from svc import drop, names, running, settings_for, use_credentials, wait_until
 MIB = 1024 * 1024
 
 
-@pytest.fixture(autouse=True)
-def _creds(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
-    for name in ("s3", "moto_s3", "rclone_s3"):
-        if name in request.fixturenames:
-            use_credentials(monkeypatch, request.getfixturevalue(name))
-
-
 async def test_faulty_proxy_all_delivered_and_concurrency_drops(
     spool: Path, s3: S3Target, caplog: pytest.LogCaptureFixture
 ) -> None:

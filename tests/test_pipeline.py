@@ -17,16 +17,9 @@ import pytest
 
 from faultproxy import FaultProxy
 from s3servers import S3Target
-from svc import drop, names, running, settings_for, use_credentials, wait_until
+from svc import drop, names, running, settings_for, wait_until
 
 MIB = 1024 * 1024
-
-
-@pytest.fixture(autouse=True)
-def _creds(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
-    for name in ("s3", "moto_s3", "rclone_s3"):
-        if name in request.fixturenames:
-            use_credentials(monkeypatch, request.getfixturevalue(name))
 
 
 async def test_renamed_in_while_running(spool: Path, s3: S3Target) -> None:
