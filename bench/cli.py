@@ -7,7 +7,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.config import DEFAULT_OUT, RCLONE, live_spec, workloads
@@ -31,6 +31,19 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--tools", default=",".join(TOOL_ORDER), help="comma list of tools")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
     ap.add_argument(
+        "--s3spool-env",
+        action="append",
+        default=[],
+        metavar="S3SPOOL_X=VALUE",
+        help="extra s3spool setting for every s3spool run (repeatable)",
+    )
+    ap.add_argument(
+        "--render",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="do not run: re-render a saved results-*.json with the current targets",
+    )
+    ap.add_argument(
         "--quiet-wait",
         type=float,
         default=None,
@@ -38,6 +51,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(default 30, 0 with --quick)",
     )
     ns = ap.parse_args(argv)
+    env = dict(kv.split("=", 1) for kv in ns.s3spool_env if "=" in kv)
+    if len(env) != len(ns.s3spool_env) or any(not k.startswith("S3SPOOL_") for k in env):
+        ap.error("--s3spool-env takes S3SPOOL_NAME=VALUE")
+    ns.s3spool_env = env
     if ns.quiet_wait is None:
         ns.quiet_wait = 0.0 if ns.quick else 30.0
     ns.cases = [c.strip() for c in ns.cases.split(",") if c.strip()]
@@ -58,22 +75,36 @@ def _progress(rec: RunRecord) -> None:
     )
 
 
+@dataclass(frozen=True)
+class Slot:
+    """One table row to be: a case/tool pair, or why the tool could not run."""
+
+    case: str
+    title: str
+    tool: str
+    unavailable: str = ""
+
+
+def live_title(quick: bool) -> str:
+    spec = live_spec(quick)
+    return f"live {spec.rate:.0f} files/s x {spec.duration_s:.0f} s, 4 KiB"
+
+
 def run_all(
     ns: argparse.Namespace, tools: dict[str, Tool], log_dir: Path
-) -> tuple[list[Row], list[RunRecord]]:
+) -> tuple[list[Slot], list[RunRecord]]:
     work_dir = ns.out / "work"
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
-    rows: list[Row] = []
+    slots: list[Slot] = []
     records: list[RunRecord] = []
     specs = workloads(ns.quick)
     for case in sorted(ns.cases):
         if case == "4":
-            rows.append(_run_live_case(ns, tools, work_dir, log_dir, records))
+            slots.append(_run_live_case(ns, tools, work_dir, log_dir, records))
             continue
         for work in specs[case]:
             order = [t for t in TOOL_ORDER if t in work.tools and t in tools]
-            runs: dict[str, list[RunRecord]] = {t: [] for t in order}
             for rep in range(1, ns.reps + 1):
                 for name in order:
                     if tools[name].unavailable:
@@ -81,17 +112,10 @@ def run_all(
                     log(f"case {work.key} ({work.title}) {name} rep {rep}/{ns.reps} ...")
                     rec = run_batch(work, tools[name], rep, work_dir, log_dir, ns.quiet_wait)
                     _progress(rec)
-                    runs[name].append(rec)
                     records.append(rec)
-            for name in order:
-                why = tools[name].unavailable
-                if why:
-                    rows.append(unavailable_row(work.key, work.title, name, why))
-                else:
-                    rows.append(aggregate(work.key, work.title, name, runs[name]))
+            slots += [Slot(work.key, work.title, n, tools[n].unavailable or "") for n in order]
     shutil.rmtree(work_dir, ignore_errors=True)
-    add_ratios(rows)
-    return rows, records
+    return slots, records
 
 
 def _run_live_case(
@@ -100,28 +124,62 @@ def _run_live_case(
     work_dir: Path,
     log_dir: Path,
     records: list[RunRecord],
-) -> Row:
-    spec = live_spec(ns.quick)
-    title = f"live {spec.rate:.0f} files/s x {spec.duration_s:.0f} s, 4 KiB"
+) -> Slot:
+    title = live_title(ns.quick)
     tool = tools.get("s3spool-run")
     if not isinstance(tool, S3spoolRun):
-        return unavailable_row("4", title, "s3spool-run", "not selected (--tools)")
+        return Slot("4", title, "s3spool-run", "not selected (--tools)")
     if tool.unavailable:
-        return unavailable_row("4", title, "s3spool-run", tool.unavailable)
-    runs = []
+        return Slot("4", title, "s3spool-run", tool.unavailable)
     for rep in range(1, ns.reps + 1):
         log(f"case 4 ({title}) rep {rep}/{ns.reps} ...")
-        rec = run_live(spec, tool, rep, work_dir, log_dir, ns.quiet_wait)
+        rec = run_live(live_spec(ns.quick), tool, rep, work_dir, log_dir, ns.quiet_wait)
         _progress(rec)
-        runs.append(rec)
         records.append(rec)
-    return aggregate("4", title, "s3spool-run", runs)
+    return Slot("4", title, "s3spool-run")
+
+
+def build_rows(slots: list[Slot], records: list[RunRecord]) -> list[Row]:
+    rows = []
+    for slot in slots:
+        if slot.unavailable:
+            rows.append(unavailable_row(slot.case, slot.title, slot.tool, slot.unavailable))
+        else:
+            runs = [r for r in records if r.case == slot.case and r.tool == slot.tool]
+            rows.append(aggregate(slot.case, slot.title, slot.tool, runs))
+    add_ratios(rows)
+    return rows
+
+
+def render(path: Path) -> int:
+    """Re-render a saved results JSON with the current targets and report code."""
+    data = json.loads(path.read_text())
+    if isinstance(data, list):
+        # First format: only the runs, always from a full (non --quick) run.
+        head = f"# s3spool benchmark (re-rendered from {path.name})"
+        records = [RunRecord(**r) for r in data]
+        titles = {w.key: w.title for ws in workloads(False).values() for w in ws}
+        titles["4"] = live_title(False)
+        seen = dict.fromkeys((r.case, r.tool) for r in records)
+        order = sorted(seen, key=lambda ct: (ct[0], TOOL_ORDER.index(ct[1])))
+        slots = [Slot(c, titles[c], t) for c, t in order]
+    else:
+        head = data["header"] + f"\n- re-rendered from {path.name} with the current targets"
+        records = [RunRecord(**r) for r in data["runs"]]
+        slots = [Slot(**s) for s in data["slots"]]
+    report = f"{head}\n\n{markdown_table(build_rows(slots, records))}\n"
+    print(report)
+    out = path.with_name(path.stem + ".rerendered.md")
+    out.write_text(report)
+    log(f"wrote {out}")
+    return 0
 
 
 def header(ns: argparse.Namespace, stamp: str, tools: dict[str, Tool]) -> str:
     m = machine_info()
     args = f"--cases {','.join(ns.cases)} --reps {ns.reps}" + (" --quick" if ns.quick else "")
     args += f" --quiet-wait {ns.quiet_wait:g}"
+    args += "".join(f" --s3spool-env {k}={v}" for k, v in ns.s3spool_env.items())
     if ns.tools != set(TOOL_ORDER):
         args += f" --tools {','.join(t for t in TOOL_ORDER if t in ns.tools)}"
     lines = [
@@ -149,25 +207,30 @@ def header(ns: argparse.Namespace, stamp: str, tools: dict[str, Tool]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ns = _parse_args(argv)
+    if ns.render:
+        return render(ns.render)
     ns.out = ns.out.resolve()
     ns.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_dir = ns.out / f"logs-{stamp}"
     log_dir.mkdir()
-    tools = make_tools(ns.out, ns.tools)
+    tools = make_tools(ns.out, ns.tools, ns.s3spool_env)
     for name, tool in tools.items():
         if tool.unavailable:
             log(f"{name}: {tool.unavailable}")
     head = header(ns, stamp, tools)
-    rows, records = run_all(ns, tools, log_dir)
-    report = f"{head}\n\n{markdown_table(rows)}\n"
+    slots, records = run_all(ns, tools, log_dir)
+    report = f"{head}\n\n{markdown_table(build_rows(slots, records))}\n"
     print(report)
     out_md = ns.out / f"results-{stamp}.md"
     out_md.write_text(report)
-    # Raw per-run numbers, for anyone who wants more than medians.
-    (ns.out / f"results-{stamp}.json").write_text(
-        json.dumps([asdict(r) for r in records], indent=1)
-    )
+    # Raw per-run numbers: for more than medians, and for --render with new targets.
+    raw = {
+        "header": head,
+        "slots": [asdict(s) for s in slots],
+        "runs": [asdict(r) for r in records],
+    }
+    (ns.out / f"results-{stamp}.json").write_text(json.dumps(raw, indent=1))
     log(f"wrote {out_md} (tool logs in {log_dir})")
     return 0 if all(r.ok for r in records) else 1
 

@@ -14,6 +14,7 @@ from bench.config import (
     PREFIX,
     RCLONE,
     REGION,
+    REPO,
     S3SPOOL,
     S5CMD,
     SECRET_KEY,
@@ -172,6 +173,9 @@ class Aws(Tool):
 class S3spool(Tool):
     """``s3spool run --once``: drain incoming/ and exit, 0 = all delivered."""
 
+    # Settings overrides from --s3spool-env (e.g. tuning experiments).
+    extra_env: dict[str, str] = {}  # noqa: RUF012 - replaced, never mutated
+
     def spool_root(self, rundir: Path) -> Path:
         return rundir / "spool"
 
@@ -196,6 +200,7 @@ class S3spool(Tool):
                 # The metrics endpoint stays on (default behaviour) but on a
                 # free port, so a test run on :9108 cannot make it fail.
                 "S3SPOOL_HTTP_ADDR": f"127.0.0.1:{free_port()}",
+                **self.extra_env,
             }
         )
 
@@ -206,7 +211,13 @@ class S3spool(Tool):
         return f"{shown} {' '.join(self.argv(Path('<RUN>'), '<URL>'))}"
 
     def version(self) -> str:
-        return _first_line([str(S3SPOOL), "--version"])
+        # The service changes under the benchmark: pin the numbers to a commit.
+        version = _first_line([str(S3SPOOL), "--version"])
+        sha = _first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", "src"], check=False
+        ).returncode
+        return f"{version} (git {sha}{', src/ modified' if dirty else ''})"
 
     def done_count(self, rundir: Path) -> int:
         return count_entries(self.spool_root(rundir) / "done")
@@ -254,7 +265,9 @@ def s3spool_unavailable() -> str | None:
     return None
 
 
-def make_tools(out_dir: Path, wanted: set[str]) -> dict[str, Tool]:
+def make_tools(
+    out_dir: Path, wanted: set[str], s3spool_env: dict[str, str] | None = None
+) -> dict[str, Tool]:
     tools: dict[str, Tool] = {
         "s3spool": S3spool("s3spool"),
         "s3spool-run": S3spoolRun("s3spool-run"),
@@ -267,6 +280,7 @@ def make_tools(out_dir: Path, wanted: set[str]) -> dict[str, Tool]:
     for t in tools.values():
         if isinstance(t, S3spool):
             t.unavailable = reason
+            t.extra_env = dict(s3spool_env or {})
     for name, binary in (("s5cmd", S5CMD), ("rclone", RCLONE)):
         if name in tools and not binary.exists():
             tools[name].unavailable = f"not installed ({binary} missing)"
