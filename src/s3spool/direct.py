@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 _PROBE_KEY = "s3spool-endpoint-probe"
 _CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]{0,300})</Message>")
+_REGION = re.compile(rb"<Region>([a-z0-9-]{1,40})</Region>")
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 #: Streamed bodies are read and sent in chunks of this size: memory per request in
 #: flight is a chunk or two, whatever the part size.
@@ -250,4 +251,8 @@ class DirectPut:
         message = msg_m.group(1).decode(errors="replace") if msg_m else ""
         if (code == "SlowDown" or resp.status == 503) and self._on_slowdown:
             self._on_slowdown()
+        region = _REGION.search(text)
+        if region and code in ("AuthorizationHeaderMalformed", "PermanentRedirect"):
+            # botocore would follow the bucket to its region; a signed request cannot
+            message += f" (the bucket is in {region.group(1).decode()}: set S3SPOOL_REGION to it)"
         raise classify_status(resp.status, code, message, what)
