@@ -13,19 +13,19 @@ from pathlib import Path
 from bench.config import DEFAULT_OUT, RCLONE, live_spec, workloads
 from bench.live import run_live
 from bench.machine import machine_info
-from bench.report import Row, add_ratios, aggregate, markdown_table, unavailable_row
+from bench.report import Row, add_ratios, aggregate, legend, markdown_table, unavailable_row
 from bench.runner import RunRecord, log, run_batch
 from bench.sysstat import loadavg
 from bench.tools import S3spoolRun, Tool, make_tools
 
-ALL_CASES = ("1", "2", "3", "4")
+ALL_CASES = ("1", "2", "3", "4", "5")
 # Fixed order inside every repetition, so slow drift hits every tool alike.
 TOOL_ORDER = ("s3spool", "s3spool-run", "s5cmd", "rclone", "aws")
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    ap.add_argument("--cases", default=",".join(ALL_CASES), help="comma list of 1,2,3,4")
+    ap.add_argument("--cases", default=",".join(ALL_CASES), help="comma list of 1,2,3,4,5")
     ap.add_argument("--reps", type=int, default=3, help="repetitions per case and tool")
     ap.add_argument("--quick", action="store_true", help="shrunken cases for a smoke run")
     ap.add_argument("--tools", default=",".join(TOOL_ORDER), help="comma list of tools")
@@ -167,7 +167,7 @@ def render(path: Path) -> int:
         head = data["header"] + f"\n- re-rendered from {path.name} with the current targets"
         records = [RunRecord(**r) for r in data["runs"]]
         slots = [Slot(**s) for s in data["slots"]]
-    report = f"{head}\n\n{markdown_table(build_rows(slots, records))}\n"
+    report = f"{head}\n\n{legend()}\n\n{markdown_table(build_rows(slots, records))}\n"
     print(report)
     out = path.with_name(path.stem + ".rerendered.md")
     out.write_text(report)
@@ -190,8 +190,6 @@ def header(ns: argparse.Namespace, stamp: str, tools: dict[str, Tool]) -> str:
         f"Python {m['python']}; load average at start {loadavg()}",
         f"- server: `{RCLONE} serve s3` on 127.0.0.1, local backend, fresh per run "
         "(server CPU = its utime+stime during the tool run)",
-        "- ratios are s3spool/peer: throughput >1 = s3spool faster; CPU and RSS <1 = s3spool "
-        "leaner; targets from bench/targets.py (placeholders until agreed)",
         "- versions:",
     ]
     for name, tool in tools.items():
@@ -220,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{name}: {tool.unavailable}")
     head = header(ns, stamp, tools)
     slots, records = run_all(ns, tools, log_dir)
-    report = f"{head}\n\n{markdown_table(build_rows(slots, records))}\n"
+    # The legend is not part of the saved header: --render prints the
+    # current one, matching the current targets.
+    report = f"{head}\n\n{legend()}\n\n{markdown_table(build_rows(slots, records))}\n"
     print(report)
     out_md = ns.out / f"results-{stamp}.md"
     out_md.write_text(report)

@@ -73,9 +73,13 @@ class LiveSpec:
 
 ALL_PEERS = ("s5cmd", "rclone", "aws")
 
+# Case 5 backlog sizes (full, --quick).
+BACKLOG_FULL = 100_000
+BACKLOG_QUICK = 20_000
 
-def _small_files(n: int) -> tuple[tuple[str, int], ...]:
-    return tuple((f"small-{i:06d}.bin", 4 * KIB) for i in range(n))
+
+def _small_files(n: int, size: int = 4 * KIB, stem: str = "small") -> tuple[tuple[str, int], ...]:
+    return tuple((f"{stem}-{i:06d}.bin", size) for i in range(n))
 
 
 def _mixed_files(n: int, hi: int) -> tuple[tuple[str, int], ...]:
@@ -127,6 +131,19 @@ def workloads(quick: bool) -> dict[str, list[Workload]]:
                 ("s3spool", "s5cmd"),
                 t,
             ),
+        ],
+        # Memory with a big backlog: 1 KiB files (size is irrelevant to the
+        # per-file state this checks, and small files keep preparation and
+        # disk use low). s3spool only: the target is its own peak RSS, and
+        # the peers would add ~10 minutes per repetition.
+        "5": [
+            Workload(
+                "5",
+                f"{BACKLOG_QUICK if quick else BACKLOG_FULL} x 1 KiB backlog (memory)",
+                _small_files(BACKLOG_QUICK if quick else BACKLOG_FULL, KIB, "backlog"),
+                ("s3spool",),
+                t,
+            )
         ],
     }
 

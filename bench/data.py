@@ -25,19 +25,25 @@ def write_files(directory: Path, files: Iterable[tuple[str, int]]) -> None:
     """Write ``files`` with the same bytes every time (random, incompressible)."""
     pool = memoryview(_pool())
     directory.mkdir(parents=True, exist_ok=True)
-    for index, (name, size) in enumerate(files):
-        # A per-file offset so files are not byte-identical to each other.
-        offset = (index * 1_048_583) % _POOL
-        fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            left = size
-            while left:
-                n = min(left, _POOL)
-                os.write(fd, pool[offset : offset + n])
-                left -= n
-                offset = (offset + 4_099) % _POOL
-        finally:
-            os.close(fd)
+    # Names relative to a directory fd: no path join and lookup per file,
+    # which dominates writing case 5's 100,000 small files.
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for index, (name, size) in enumerate(files):
+            # A per-file offset so files are not byte-identical to each other.
+            offset = (index * 1_048_583) % _POOL
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=dir_fd)
+            try:
+                left = size
+                while left:
+                    n = min(left, _POOL)
+                    os.write(fd, pool[offset : offset + n])
+                    left -= n
+                    offset = (offset + 4_099) % _POOL
+            finally:
+                os.close(fd)
+    finally:
+        os.close(dir_fd)
 
 
 def payload(index: int, size: int) -> memoryview:

@@ -148,6 +148,9 @@ def run_live(
                     sampler.start()
                     t_start = _produce(spec, names, scratch, incoming, renamed)
                     t_produced = time.monotonic()
+                    # Exactly at the end of producing (the sampler's last tick
+                    # can be up to 1 s earlier): what is not yet claimed.
+                    rec.extra["backlog_end"] = float(count_entries(incoming))
                     t_end = _wait_until(done_dir, spec.count + 1, p, spec.drain_timeout_s)
                     sampler.stop()
                     end = t_end if t_end is not None else time.monotonic()
@@ -156,6 +159,7 @@ def run_live(
                     rec.extra.update(_backlog_stats(sampler.samples, t_produced - t_start))
                     rec.extra["drain_s"] = end - t_produced
                     rec.extra["rate_achieved"] = spec.count / (t_produced - t_start)
+                    rec.extra["rate_nominal"] = spec.rate
                 if not p.wait_exit(0):
                     p.stop(30.0)
                 m = p.reap()
@@ -234,6 +238,7 @@ def _latency(rec: RunRecord, log_prefix: Path, renamed: dict[str, float]) -> lis
     missing = sum(1 for n in renamed if n not in events)
     for q in (50, 95, 99):
         rec.extra[f"p{q}_ms"] = percentile(lat, q)
+    rec.extra["max_ms"] = lat[-1] if lat else float("nan")
     rec.extra["log_missing"] = float(missing)
     rec.extra["log_repeats"] = float(repeats)
     if missing:

@@ -1,4 +1,4 @@
-"""Medians over repetitions, s3spool/peer ratios against targets, markdown."""
+"""Medians over repetitions, s3spool/peer ratios, target verdicts, markdown."""
 
 from __future__ import annotations
 
@@ -10,16 +10,22 @@ from dataclasses import dataclass, field
 from bench.config import MIB
 from bench.runner import RunRecord
 from bench.targets import (
-    LIVE_BACKLOG_LAST_MAX,
+    CPU_MS_PER_FILE_CASES,
+    CPU_MS_PER_FILE_MAX,
+    LIVE_BACKLOG_END_MAX_S,
+    LIVE_DRAIN_MAX_S,
     LIVE_P99_MAX_MS,
-    RSS_ABS_MAX_MIB,
-    RSS_GROWTH_MAX,
-    TARGETS,
+    LIVE_RATE_MIN_SHARE,
+    RSS_MAX_MIB,
+    THROUGHPUT_MIN,
 )
 
 BASELINE = "s3spool"  # the row every peer is compared with
+S3SPOOL_ROWS = (BASELINE, "s3spool-run")
 # Unrelated CPU use above this share of the run's own CPU marks a row NOISY.
 NOISE_SHARE = 0.1
+# Case 4's producer rate when an old results file did not record it.
+_DEFAULT_LIVE_RATE = 200.0
 
 
 @dataclass
@@ -31,6 +37,7 @@ class Row:
     all_ok: bool
     metrics: dict[str, float] = field(default_factory=dict)  # medians over ok reps
     ratios: dict[str, str] = field(default_factory=dict)
+    targets: list[str] = field(default_factory=list)  # absolute verdicts (s3spool rows)
     notes: list[str] = field(default_factory=list)
 
 
@@ -56,6 +63,8 @@ def aggregate(case: str, title: str, tool: str, runs: Sequence[RunRecord]) -> Ro
         "rss_mib": _median(ok, lambda r: r.maxrss_kib / 1024),
         "server_cpu_s": _median(ok, lambda r: r.server_cpu_s),
     }
+    if case in CPU_MS_PER_FILE_CASES:
+        row.metrics["cpu_ms_file"] = _median(ok, lambda r: r.cpu_s / r.files * 1000.0)
     # Flag, do not hide, runs that shared the CPUs with unrelated work.
     other = _median(ok, lambda r: r.other_cpu_s)
     steal = _median(ok, lambda r: r.steal_s)
@@ -73,78 +82,132 @@ def unavailable_row(case: str, title: str, tool: str, reason: str) -> Row:
     return Row(case, title, tool, reason, all_ok=False)
 
 
-def _judge(value: float, target: float, higher_is_better: bool) -> str:
+def judge(
+    value: float, target: float, higher_is_better: bool, unit: str = "", digits: int = 2
+) -> str:
+    """``value (>=target met)`` or ``... MISSED by <gap>, <gap % of target>)``."""
     met = value >= target if higher_is_better else value <= target
     op = ">=" if higher_is_better else "<="
-    return f"{value:.2f} ({op}{target:.2f} {'met' if met else 'MISSED'})"
+    head = f"{value:.{digits}f}{unit} ({op}{target:g}{unit}"
+    if met:
+        return f"{head} met)"
+    gap = abs(value - target)
+    share = f", {gap / target:.0%}" if target else ""
+    return f"{head} MISSED by {gap:.{digits}f}{unit}{share})"
 
 
 def add_ratios(rows: list[Row]) -> None:
-    """Fill ratio cells of peer rows from the s3spool row of the same case."""
+    """Ratio cells of peer rows (vs the s3spool row of the same case), then targets."""
     by_case: dict[str, dict[str, Row]] = {}
     for r in rows:
         by_case.setdefault(r.case, {})[r.tool] = r
-    for case_rows in by_case.values():
+    for case, case_rows in by_case.items():
         base = case_rows.get(BASELINE)
         for r in case_rows.values():
-            target = TARGETS.get(r.tool)
-            if target is None:
+            if r.tool in S3SPOOL_ROWS:
                 continue
+            target = THROUGHPUT_MIN.get((case, r.tool))
             if base is None or not base.all_ok or not r.all_ok:
                 # The Status column of the two rows says why.
-                r.ratios = {"thr": "n/a", "cpu": "n/a", "rss": "n/a"}
+                why = "s3spool failed" if base is None or not base.all_ok else "peer failed"
+                cell = f"n/a: {why}" + (" (target not judged)" if target else "")
+                r.ratios = {"thr": cell, "cpu": "n/a", "rss": "n/a"}
                 continue
             b, p = base.metrics, r.metrics
+            # files/s of one workload: the same ratio as MiB/s.
+            thr = b["files_s"] / p["files_s"]
             r.ratios = {
-                "thr": _judge(b["files_s"] / p["files_s"], target.throughput_min, True),
-                "cpu": _judge(b["cpu_s"] / p["cpu_s"], target.cpu_max, False),
-                "rss": _judge(b["rss_mib"] / p["rss_mib"], target.rss_max, False),
+                "thr": f"{thr:.2f}" if target is None else judge(thr, target, True),
+                "cpu": f"{b['cpu_s'] / p['cpu_s']:.2f}",
+                "rss": f"{b['rss_mib'] / p['rss_mib']:.2f}",
             }
+    _absolute_targets(by_case)
+    _run_mode_note(by_case)
     _memory_growth(by_case)
-    _live_notes(by_case)
+    _live(by_case)
+
+
+def _absolute_targets(by_case: dict[str, dict[str, Row]]) -> None:
+    for case, case_rows in by_case.items():
+        for name in S3SPOOL_ROWS:
+            row = case_rows.get(name)
+            if row is None:
+                continue
+            cpu_max = CPU_MS_PER_FILE_MAX.get(case)
+            rss_max = RSS_MAX_MIB.get(case)
+            if cpu_max is not None:
+                row.targets.append(_abs(row, "cpu_ms_file", "CPU/file", cpu_max, " ms", 2))
+            if rss_max is not None:
+                row.targets.append(_abs(row, "rss_mib", "RSS", rss_max, " MiB", 0))
+
+
+def _abs(row: Row, key: str, label: str, limit: float, unit: str, digits: int) -> str:
+    """An upper-limit verdict on one of the row's own medians."""
+    if not row.all_ok:
+        # A run that did not deliver everything does not meet any target.
+        return f"{label} <={limit:g}{unit} MISSED: failed run"
+    return f"{label} {judge(row.metrics[key], limit, False, unit, digits)}"
+
+
+def _run_mode_note(by_case: dict[str, dict[str, Row]]) -> None:
+    # The service mode should not be slower than --once on the same backlog.
+    for case_rows in by_case.values():
+        once, run = case_rows.get(BASELINE), case_rows.get("s3spool-run")
+        if once is None or run is None or not (once.all_ok and run.all_ok):
+            continue
+        share = run.metrics["files_s"] / once.metrics["files_s"]
+        run.notes.append(f"files/s vs `--once` {share:.2f}x")
 
 
 def _memory_growth(by_case: dict[str, dict[str, Row]]) -> None:
-    # The documented pod memory limit applies to every s3spool run, not only 3b.
-    for case_rows in by_case.values():
-        for name in (BASELINE, "s3spool-run"):
-            row = case_rows.get(name)
-            if row is not None and row.all_ok:
-                rss = row.metrics["rss_mib"]
-                met = "met" if rss <= RSS_ABS_MAX_MIB else "MISSED"
-                row.notes.append(f"RSS vs pod limit (<={RSS_ABS_MAX_MIB:.0f} MiB {met})")
+    # Bounded memory means RSS does not grow with file size (4x from 3a to 3b).
     small = by_case.get("3a", {}).get(BASELINE)
     big = by_case.get("3b", {}).get(BASELINE)
     if small is None or big is None:
         return
     if small.all_ok and big.all_ok:
         growth = big.metrics["rss_mib"] / small.metrics["rss_mib"]
-        big.notes.append(f"RSS 3b/3a {_judge(growth, RSS_GROWTH_MAX, False)}")
+        big.notes.append(f"RSS 3b/3a {growth:.2f}")
     else:
         big.notes.append("RSS 3b/3a n/a")
 
 
-def _live_notes(by_case: dict[str, dict[str, Row]]) -> None:
+def _live(by_case: dict[str, dict[str, Row]]) -> None:
     row = by_case.get("4", {}).get("s3spool-run")
     if row is None or not row.metrics:
+        if row is not None and not row.all_ok:
+            row.targets.append("p99, backlog, drain: MISSED: failed run")
         return
     m = row.metrics
-    row.notes.append(
-        "latency p50/p95/p99 "
-        f"{m.get('p50_ms', math.nan):.0f}/{m.get('p95_ms', math.nan):.0f}/"
-        f"{m.get('p99_ms', math.nan):.0f} ms "
-        f"(p99 {'<=' + format(LIVE_P99_MAX_MS, '.0f')} "
-        f"{'met' if row.all_ok and m.get('p99_ms', math.inf) <= LIVE_P99_MAX_MS else 'MISSED'})"
+    nan = math.nan
+    rate = m.get("rate_nominal", _DEFAULT_LIVE_RATE)
+    # Older results files only have the last once-a-second sample.
+    end = m.get("backlog_end", m.get("backlog_last", nan))
+    checks: tuple[tuple[str, float, float, str, int], ...] = (
+        ("p99", m.get("p99_ms", nan), LIVE_P99_MAX_MS, " ms", 0),
+        ("backlog at end", end, LIVE_BACKLOG_END_MAX_S * rate, "", 0),
+        ("drain", m.get("drain_s", nan), LIVE_DRAIN_MAX_S, " s", 2),
     )
-    last = m.get("backlog_last", math.nan)
-    row.notes.append(
-        f"backlog max {m.get('backlog_max', math.nan):.0f}, last {last:.0f} "
-        f"(last <={LIVE_BACKLOG_LAST_MAX} "
-        f"{'met' if row.all_ok and last <= LIVE_BACKLOG_LAST_MAX else 'MISSED'})"
+    for label, value, limit, unit, digits in checks:
+        if not row.all_ok:
+            row.targets.append(f"{label} <={limit:g}{unit} MISSED: failed run")
+        elif math.isnan(value):
+            row.targets.append(f"{label} <={limit:g}{unit} MISSED: not measured")
+        else:
+            row.targets.append(f"{label} {judge(value, limit, False, unit, digits)}")
+    latency = (
+        f"latency p50/p95/p99 {m.get('p50_ms', nan):.0f}/{m.get('p95_ms', nan):.0f}/"
+        f"{m.get('p99_ms', nan):.0f} ms"
     )
-    row.notes.append(
-        f"rate {m.get('rate_achieved', math.nan):.0f}/s, drain {m.get('drain_s', math.nan):.2f} s"
-    )
+    if "max_ms" in m:  # not in older results files
+        latency += f", max {m['max_ms']:.0f} ms"
+    row.notes.append(latency)
+    row.notes.append(f"backlog max {m.get('backlog_max', nan):.0f}")
+    achieved = m.get("rate_achieved", nan)
+    row.notes.append(f"producer {achieved:.0f}/s")
+    if not achieved >= LIVE_RATE_MIN_SHARE * rate:
+        # The harness could not offer the load: the verdicts are not about s3spool.
+        row.notes.append(f"PRODUCER BEHIND: {achieved:.0f} of {rate:.0f} files/s")
 
 
 def _fmt(row: Row, key: str, spec: str) -> str:
@@ -152,14 +215,63 @@ def _fmt(row: Row, key: str, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-HEADER = (
-    "| Case | Tool | Status | Wall s | Files/s | MiB/s | Client CPU s | Client RSS MiB "
-    "| Server CPU s | Thr s3spool/peer | CPU s3spool/peer | RSS s3spool/peer | Notes |"
+COLUMNS = (
+    "Case",
+    "Tool",
+    "Status",
+    "Wall s",
+    "Files/s",
+    "MiB/s",
+    "Client CPU s",
+    "CPU ms/file",
+    "Client RSS MiB",
+    "Server CPU s",
+    "Thr s3spool/peer",
+    "CPU s3spool/peer",
+    "RSS s3spool/peer",
+    "s3spool targets",
+    "Notes",
 )
 
 
+def legend() -> str:
+    """One line per column and per target, printed above the table."""
+    thr = ", ".join(f"case {c} vs {p} >={v:g}" for (c, p), v in THROUGHPUT_MIN.items())
+    cpu = ", ".join(f"case {c} <={v:g} ms" for c, v in CPU_MS_PER_FILE_MAX.items())
+    rss = ", ".join(f"case {c} <={v:g} MiB" for c, v in RSS_MAX_MIB.items())
+    lines = [
+        "Columns (each a median over the row's successful repetitions):",
+        "- Status: `ok n/n`, or FAILED with the first failure's reason (never dropped)",
+        "- Wall s: tool start to exit (`s3spool-run`: to done/ full; case 4: first "
+        "rename to last file in done/)",
+        "- Files/s, MiB/s: workload files and bytes / wall time",
+        "- Client CPU s: user+sys of the tool and the children it reaped (`wait4` rusage)",
+        "- CPU ms/file: client CPU s / files x 1000 (small-file cases only)",
+        "- Client RSS MiB: peak resident set of the tool's largest process (`ru_maxrss`)",
+        "- Server CPU s: user+sys of the fresh `rclone serve s3` during the run (same 2 CPUs)",
+        "- Thr s3spool/peer: s3spool `--once` files/s / peer files/s (= MiB/s ratio); "
+        ">1 = s3spool faster",
+        "- CPU, RSS s3spool/peer: client CPU s and RSS ratios; <1 = s3spool leaner (no target)",
+        "- s3spool targets: absolute targets of the row, `met` or `MISSED by` gap, % of target",
+        "- Notes: NOISY = other processes or steal used >10% of the run's CPU; case 4 "
+        "latency/backlog; case 3b RSS growth over 3a",
+        "",
+        "Targets (issue 4, bench/targets.py; ratios within this one run):",
+        f"- throughput s3spool/peer: {thr}; no target for rclone and case 2",
+        f"- s3spool client CPU per small file: {cpu} (both s3spool modes)",
+        f"- s3spool peak RSS: {rss}",
+        f"- case 4: p99 rename->committed <={LIVE_P99_MAX_MS:g} ms; no growing backlog = "
+        f"incoming/ at end of producing <={LIVE_BACKLOG_END_MAX_S:g} s of production, "
+        f"all in done/ <={LIVE_DRAIN_MAX_S:g} s after the last rename",
+    ]
+    return "\n".join(lines)
+
+
 def markdown_table(rows: list[Row]) -> str:
-    lines = [HEADER, "|" + "---|" * HEADER.count(" | ") + "---|"]
+    lines = [
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
     for r in rows:
         cells = [
             f"{r.case} {r.title}",
@@ -169,11 +281,13 @@ def markdown_table(rows: list[Row]) -> str:
             _fmt(r, "files_s", ".1f"),
             _fmt(r, "mib_s", ".1f"),
             _fmt(r, "cpu_s", ".2f"),
+            _fmt(r, "cpu_ms_file", ".3f"),
             _fmt(r, "rss_mib", ".0f"),
             _fmt(r, "server_cpu_s", ".2f"),
             r.ratios.get("thr", ""),
             r.ratios.get("cpu", ""),
             r.ratios.get("rss", ""),
+            "; ".join(r.targets),
             "; ".join(r.notes),
         ]
         lines.append("| " + " | ".join(cells) + " |")

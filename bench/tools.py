@@ -273,7 +273,9 @@ def make_tools(
         "s3spool-run": S3spoolRun("s3spool-run"),
         "s5cmd": S5cmd("s5cmd"),
         "rclone": Rclone("rclone"),
-        "aws": Aws("aws", out_dir / "awscli-venv"),
+        # A dot-directory: `mypy bench` skips those, and must not type-check
+        # the scripts of aws cli's venv.
+        "aws": Aws("aws", out_dir / ".awscli-venv"),
     }
     tools = {k: v for k, v in tools.items() if k in wanted}
     reason = s3spool_unavailable()
