@@ -73,8 +73,8 @@ def main() -> int:
   spool:           {spool}/{{incoming,working,done,failed}}
   metrics:         http://{env['S3SPOOL_HTTP_ADDR']}/metrics
 
-  Drop a file in (write elsewhere, then rename into incoming/):
-      echo hello > /tmp/hello.txt && mv /tmp/hello.txt {spool}/incoming/
+  Drop a file in (write it next to incoming/, then rename it in):
+      echo hello > {spool}/hello.txt && mv {spool}/hello.txt {spool}/incoming/
   See it arrive:
       ls {data / BUCKET}   and   ls {spool}/done
   Ctrl-C stops s3spool and the server.
