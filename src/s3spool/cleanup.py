@@ -12,8 +12,6 @@ import os
 import time
 from pathlib import Path
 
-from .spool import Spool
-
 log = logging.getLogger(__name__)
 
 
@@ -46,40 +44,3 @@ def expire_done(done: Path, delete_after: float, *, now: float | None = None) ->
             except OSError as exc:
                 log.warning("cannot remove %s: %s", entry.path, exc.strerror)
     return removed
-
-
-def count_entries(path: Path | None) -> int:
-    if path is None:
-        return 0
-    try:
-        with os.scandir(path) as it:
-            return sum(1 for _ in it)
-    except OSError:
-        return 0
-
-
-def spool_counts(spool: Spool) -> dict[str, int]:
-    """Files per state of one spool (working counts every instance's claims)."""
-    working = 0
-    try:
-        with os.scandir(spool.dirs.working) as it:
-            for inst in it:
-                if inst.is_dir(follow_symlinks=False):
-                    working += count_entries(Path(inst.path) / "files")
-    except OSError:
-        pass
-    failed = count_entries(spool.dirs.failed)
-    if spool.dirs.failed is not None and not spool.dirs.resubmit:
-        failed -= sum(1 for n in _names(spool.dirs.failed) if n.endswith(".reason.json"))
-    return {
-        "incoming": count_entries(spool.dirs.incoming),
-        "working": working,
-        "failed": 0 if spool.dirs.resubmit else failed,
-    }
-
-
-def _names(path: Path) -> list[str]:
-    try:
-        return os.listdir(path)
-    except OSError:
-        return []

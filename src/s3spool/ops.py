@@ -48,7 +48,7 @@ GAUGE_REFRESH_INTERVAL = 1.0
 
 @dataclass(slots=True)
 class SpoolGauges:
-    """Files per state (as ``cleanup.spool_counts`` counts them) and the lag of one spool."""
+    """Files per state of one spool (working: every instance's claims) and its lag."""
 
     incoming: int = 0
     working: int = 0

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .checksums import BodyDigest, Checksummer
@@ -114,7 +114,6 @@ class Delivery:
     checksum: str | None = None
     parts: int = 0
     already_there: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Store(Protocol):
@@ -266,7 +265,6 @@ class S3Store:
         self._stack = AsyncExitStack()
         self._client: Any = None
         self._direct: Any = None  # direct.DirectPut when DIRECT_PUT is on
-        self._parts = asyncio.Semaphore(max(settings.part_concurrency, 1))
         self._instance = settings.resolved_instance_id
 
     async def __aenter__(self) -> S3Store:
@@ -819,7 +817,3 @@ async def open_store(
         else:
             inner = await stack.enter_async_context(S3Store(settings, on_slowdown=on_slowdown))
         yield FaultyStore(inner, settings.fail_rate) if settings.fail_rate > 0 else inner
-
-
-def now() -> float:
-    return time.time()

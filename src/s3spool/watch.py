@@ -16,10 +16,8 @@ import fnmatch
 import logging
 import os
 import re
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from .spool import Claim, Spool
 
@@ -87,15 +85,6 @@ def compile_ignore(patterns: Sequence[str]) -> Callable[[str], bool]:
     return lambda name: rx.match(name) is not None
 
 
-@dataclass(slots=True)
-class ScanStats:
-    """What the last full scan of one incoming/ saw (for metrics and status)."""
-
-    files: int = 0
-    oldest_mtime: float | None = None
-    at: float = 0.0
-
-
 INOTIFY_HELP = {
     errno.EMFILE: "raise the sysctl fs.inotify.max_user_instances (e.g. to 512)",
     errno.ENOSPC: "raise the sysctl fs.inotify.max_user_watches (e.g. to 524288)",
@@ -118,9 +107,7 @@ class Discovery:
         self.pending = pending
         self.is_ignored = compile_ignore(ignore)
         self.rescan_interval = rescan_interval
-        self.stats = [ScanStats() for _ in self.spools]
         self.watching = False  # inotify active (readiness)
-        self.scans = 0
         self._rescan = asyncio.Event()
         self._timers: dict[Item, asyncio.TimerHandle] = {}
         self._inotify: object | None = None
@@ -144,10 +131,6 @@ class Discovery:
                 self.request_rescan()
 
         self._timers[item] = loop.call_later(max(delay, 0.0), fire)
-
-    @property
-    def deferred(self) -> int:
-        return len(self._timers)
 
     async def wait_first_scan(self) -> None:
         await self._first_scan_done.wait()
@@ -243,11 +226,8 @@ class Discovery:
     async def scan_all(self) -> None:
         for index, spool in enumerate(self.spools):
             await self.scan(index, spool)
-        self.scans += 1
 
     async def scan(self, index: int, spool: Spool) -> None:
-        count = 0
-        oldest: float | None = None
         try:
             it = os.scandir(spool.dirs.incoming)
         except OSError as exc:
@@ -258,19 +238,11 @@ class Discovery:
                 name = entry.name
                 if self.is_ignored(name):
                     continue
-                count += 1
-                try:
-                    mtime = entry.stat(follow_symlinks=False).st_mtime
-                except OSError:
-                    continue
-                if oldest is None or mtime < oldest:
-                    oldest = mtime
                 item = (index, name)
                 if item in self._timers or item in self.pending:
                     continue
                 if not self.pending.offer(item):
                     await self.pending.put(item)
-        self.stats[index] = ScanStats(count, oldest, time.time())
 
 
 class WarnOnce:
