@@ -1,4 +1,5 @@
-"""Shared fixtures: local S3 servers (moto, rclone), a fresh bucket per test, spool paths.
+"""Shared fixtures: local S3 servers (moto, rclone, rclone over HTTPS), a fresh
+bucket per test, spool paths.
 
 Servers are session-scoped because starting them costs ~0.5-1 s; isolation comes from a
 unique bucket per test. Tests that stop/start a server use `rclone_private` instead.
@@ -23,6 +24,7 @@ from s3servers import (
     rclone_server,
 )
 from svc import use_credentials
+from tlsca import TLSFiles, make_tls_files
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +36,26 @@ def moto_srv() -> Iterator[S3Server]:
 @pytest.fixture(scope="session")
 def rclone_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RcloneServer]:
     with rclone_server(tmp_path_factory.mktemp("rclone") / "data") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    """A private CA (ca_pem) and a server certificate for 127.0.0.1 and localhost."""
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def rclone_tls_srv(
+    tmp_path_factory: pytest.TempPathFactory, tls_files: TLSFiles
+) -> Iterator[RcloneServer]:
+    """rclone on https://127.0.0.1:PORT; its certificate is signed by tls_files.ca_pem.
+
+    Its helper clients trust the CA (srv.ca_bundle); s3spool must be told to, e.g. through
+    AWS_CA_BUNDLE or S3SPOOL_CA_BUNDLE. rclone over HTTPS rejects botocore's aws-chunked
+    uploads: clients need request_checksum_calculation="when_required".
+    """
+    with rclone_server(tmp_path_factory.mktemp("rclone-tls") / "data", tls=tls_files) as srv:
         yield srv
 
 
@@ -55,6 +77,11 @@ def rclone_s3(rclone_srv: RcloneServer) -> S3Target:
 
 
 @pytest.fixture
+def rclone_tls_s3(rclone_tls_srv: RcloneServer) -> S3Target:
+    return rclone_tls_srv.new_target()
+
+
+@pytest.fixture
 def rclone_private(tmp_path: Path) -> Iterator[RcloneServer]:
     """An rclone server owned by one test, which may stop()/start() it (same port and data)."""
     with rclone_server(tmp_path / "rclone-data") as srv:
@@ -70,6 +97,6 @@ def spool(tmp_path: Path) -> Path:
 @pytest.fixture(autouse=True)
 def _creds(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
     """In-process services read credentials from the environment, as botocore does."""
-    for name in ("s3", "moto_s3", "rclone_s3"):
+    for name in ("s3", "moto_s3", "rclone_s3", "rclone_tls_s3"):
         if name in request.fixturenames:
             use_credentials(monkeypatch, request.getfixturevalue(name))

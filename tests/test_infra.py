@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import signal
+import socket
+import ssl
 import textwrap
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,11 +17,12 @@ from typing import Any
 
 import pytest
 from aiobotocore.session import get_session
-from botocore.exceptions import ClientError, EndpointConnectionError, HTTPClientError
+from botocore.exceptions import ClientError, EndpointConnectionError, HTTPClientError, SSLError
 
 from faultproxy import FaultProxy, classify
 from proc import SpoolProc
 from s3servers import RcloneServer, S3Target, client_config, make_client
+from tlsca import make_tls_files
 
 # What a dropped connection looks like at a boto3 client.
 CONNECTION_ERRORS = (HTTPClientError, EndpointConnectionError)
@@ -77,6 +81,45 @@ def test_rclone_stop_start_same_port_keeps_data(rclone_private: RcloneServer) ->
     rclone_private.start()
     assert rclone_private.url == url
     assert target.get("k") == b"survives"
+
+
+def tls_handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, name: str) -> str:
+    """Handshake over a socketpair, the server side in a thread; returns the TLS version."""
+
+    def serve(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError), server_ctx.wrap_socket(sock, server_side=True):
+            pass
+
+    a, b = socket.socketpair()
+    with a, b, ThreadPoolExecutor(1) as pool:
+        pool.submit(serve, a)
+        with client_ctx.wrap_socket(b, server_hostname=name) as tls:
+            return str(tls.version())
+
+
+def test_tls_files_verify_for_ip_and_localhost(tmp_path: Path) -> None:
+    files = make_tls_files(tmp_path / "tls")
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(files.server_pem, files.server_key)
+    client_ctx = ssl.create_default_context(cafile=str(files.ca_pem))
+    assert tls_handshake(server_ctx, client_ctx, "127.0.0.1").startswith("TLSv1.")
+    assert tls_handshake(server_ctx, client_ctx, "localhost").startswith("TLSv1.")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        tls_handshake(server_ctx, client_ctx, "127.0.0.2")  # no such SAN
+    with pytest.raises(ssl.SSLCertVerificationError):
+        tls_handshake(server_ctx, ssl.create_default_context(), "127.0.0.1")  # CA not trusted
+
+
+def test_rclone_https_with_private_ca(rclone_tls_s3: S3Target) -> None:
+    assert rclone_tls_s3.endpoint_url.startswith("https://127.0.0.1:")
+    assert rclone_tls_s3.ca_bundle
+    assert Path(rclone_tls_s3.ca_bundle).is_file()
+    rclone_tls_s3.put("k", b"over tls")
+    assert rclone_tls_s3.get("k") == b"over tls"
+    # Untrusted without the CA; env() leaves the choice of CA setting to the test.
+    with pytest.raises(SSLError):
+        no_retry_client(rclone_tls_s3, rclone_tls_s3.endpoint_url).list_buckets()
+    assert not [k for k in rclone_tls_s3.env() if "CA_BUNDLE" in k]
 
 
 # -- proxy: forwarding ----------------------------------------------------------------------
