@@ -1,4 +1,4 @@
-"""Shared fixtures: local S3 servers (moto, rclone, rclone over HTTPS), a fresh
+"""Shared fixtures: local S3 servers (moto, rclone, rclone over HTTPS, JuiceFS), a fresh
 bucket per test, spool paths.
 
 Servers are session-scoped because starting them costs ~0.5-1 s; isolation comes from a
@@ -17,9 +17,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from s3servers import (
+    JuiceFSServer,
     RcloneServer,
     S3Server,
     S3Target,
+    juicefs_server,
     moto_server,
     rclone_server,
 )
@@ -59,6 +61,13 @@ def rclone_tls_srv(
         yield srv
 
 
+@pytest.fixture(scope="session")
+def juicefs_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JuiceFSServer]:
+    """The JuiceFS S3 gateway (MinIO-derived), started with --keep-etag."""
+    with juicefs_server(tmp_path_factory.mktemp("juicefs")) as srv:
+        yield srv
+
+
 @pytest.fixture(params=["moto", "rclone"], ids=["moto", "rclone"])
 def s3(request: pytest.FixtureRequest) -> S3Target:
     """A fresh bucket on each server kind; servers start lazily, only when a test needs one."""
@@ -82,6 +91,11 @@ def rclone_tls_s3(rclone_tls_srv: RcloneServer) -> S3Target:
 
 
 @pytest.fixture
+def juicefs_s3(juicefs_srv: JuiceFSServer) -> S3Target:
+    return juicefs_srv.new_target()
+
+
+@pytest.fixture
 def rclone_private(tmp_path: Path) -> Iterator[RcloneServer]:
     """An rclone server owned by one test, which may stop()/start() it (same port and data)."""
     with rclone_server(tmp_path / "rclone-data") as srv:
@@ -97,6 +111,6 @@ def spool(tmp_path: Path) -> Path:
 @pytest.fixture(autouse=True)
 def _creds(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
     """In-process services read credentials from the environment, as botocore does."""
-    for name in ("s3", "moto_s3", "rclone_s3", "rclone_tls_s3"):
+    for name in ("s3", "moto_s3", "rclone_s3", "rclone_tls_s3", "juicefs_s3"):
         if name in request.fixturenames:
             use_credentials(monkeypatch, request.getfixturevalue(name))

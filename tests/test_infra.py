@@ -21,7 +21,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError, HTTPClient
 
 from faultproxy import FaultProxy, classify
 from proc import SpoolProc
-from s3servers import RcloneServer, S3Target, client_config, make_client
+from s3servers import JuiceFSServer, RcloneServer, S3Target, client_config, make_client
 from tlsca import make_tls_files
 
 # What a dropped connection looks like at a boto3 client.
@@ -120,6 +120,44 @@ def test_rclone_https_with_private_ca(rclone_tls_s3: S3Target) -> None:
     with pytest.raises(SSLError):
         no_retry_client(rclone_tls_s3, rclone_tls_s3.endpoint_url).list_buckets()
     assert not [k for k in rclone_tls_s3.env() if "CA_BUNDLE" in k]
+
+
+def test_juicefs_gateway_objects_multipart_and_quiet_process(
+    juicefs_srv: JuiceFSServer, juicefs_s3: S3Target
+) -> None:
+    data = b"juice" * 1000
+    juicefs_s3.put("a/b.txt", data)
+    assert juicefs_s3.get("a/b.txt") == data
+    assert juicefs_s3.keys() == ["a/b.txt"]
+    assert juicefs_s3.head("a/b.txt")["ETag"] == f'"{hashlib.md5(data).hexdigest()}"'
+    c = juicefs_s3.client()
+    upload_id = c.create_multipart_upload(Bucket=juicefs_s3.bucket, Key="m")["UploadId"]
+    uploads = c.list_multipart_uploads(Bucket=juicefs_s3.bucket)["Uploads"]
+    assert [u["UploadId"] for u in uploads] == [upload_id]
+    parts = [
+        {
+            "PartNumber": n,
+            "ETag": c.upload_part(
+                Bucket=juicefs_s3.bucket, Key="m", UploadId=upload_id, PartNumber=n, Body=body
+            )["ETag"],
+        }
+        for n, body in ((1, b"x" * (5 << 20)), (2, b"y"))
+    ]
+    done = c.complete_multipart_upload(
+        Bucket=juicefs_s3.bucket, Key="m", UploadId=upload_id, MultipartUpload={"Parts": parts}
+    )
+    assert done["ETag"].endswith('-2"')
+    assert juicefs_s3.head("m")["ETag"] == done["ETag"]  # --keep-etag
+    # The gateway runs with a scrubbed environment and no phoning home.
+    assert juicefs_srv.proc is not None
+    pid = juicefs_srv.proc.pid
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    names = {e.split(b"=", 1)[0].decode() for e in environ if e}
+    assert not {n for n in names if "proxy" in n.lower() or n.startswith("AWS_")}
+    # (juicefs rewrites its argv into one string, so search the raw bytes)
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert b" --no-usage-report " in cmdline
+    assert b" --no-agent " in cmdline
 
 
 # -- proxy: forwarding ----------------------------------------------------------------------
