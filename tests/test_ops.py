@@ -191,9 +191,23 @@ def test_check_good_config_passes_and_leaves_nothing(s3: S3Target, tmp_path: Pat
     assert verdicts["inotify"] in ("PASS", "WARN")  # WARN only for low kernel limits
     assert verdicts["store"] == "PASS", r.stdout
     assert not lines_starting(r.stdout, "FAIL")
-    assert counts.get("put_object") == 1, counts
-    assert counts.get("delete_object") == 1, counts
-    assert s3.keys() == [], "the test object must be gone"
+    # a PUT, the same PUT with If-None-Match (conditional writes), a one-part multipart upload
+    assert counts.get("put_object") == 2, counts
+    # ... and one more multipart upload, aborted
+    assert counts.get("create_mpu") == 2, counts
+    assert counts.get("upload_part") == 1, counts
+    assert counts.get("abort_mpu") == 1, counts
+    assert counts.get("complete_mpu") == 1, counts
+    assert counts.get("delete_object") == 2, counts
+    assert s3.keys() == [], "the test objects must be gone"
+    found = dict(
+        line.strip().split(": ", 1) for line in r.stdout.splitlines() if line.startswith("  ")
+    )
+    assert found["conditional writes"] == (
+        "honoured" if s3.kind == "moto" else "ignored (OVERWRITE=never is unsafe)"
+    ), r.stdout
+    assert found["ListMultipartUploads"] == found["AbortMultipartUpload"] == "yes", r.stdout
+    assert found["verification"].startswith(("checksum", "md5")), r.stdout
     # the directories were created the way the service would create them
     assert sorted(p.name for p in (tmp_path / "spool").iterdir()) == [
         "done",

@@ -14,9 +14,14 @@ pipeline then only has to tell four things apart:
     This file will never upload as it is (object too large, unreadable file,
     a different object already under the key with ``OVERWRITE=never``).
     It goes to ``failed/`` at once, with the reason written next to it.
+``Refused``
+    The store refused one request (AccessDenied, an expired token, a missing
+    bucket).  Whether that is one object's problem (a prefix policy, a KMS
+    grant) or the whole store's, only a probe can tell: the pipeline probes the
+    bucket, then fails that one file if the probe succeeds, or pauses intake.
 ``StoreUnavailable``
-    The store as a whole is unusable (bucket missing, credentials refused,
-    endpoint unreachable).  Intake pauses; no file is blamed for it.
+    The store as a whole is unusable (endpoint unreachable, TLS not trusted,
+    a probe refused).  Intake pauses; no file is blamed for it.
 """
 
 from __future__ import annotations
@@ -52,6 +57,10 @@ class FileChanged(TransientError):
 
 class PermanentError(UploadError):
     """This file cannot be delivered as it is; it belongs in failed/."""
+
+
+class Refused(UploadError):
+    """The store refused this request; a probe decides whether the file or the store is at fault."""
 
 
 class StoreUnavailable(UploadError):

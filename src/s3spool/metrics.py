@@ -75,4 +75,9 @@ class Metrics:
         self.paused = Gauge(
             "s3spool_paused", "1 while intake is paused by a store fault.", registry=r
         )
+        self.store_up = Gauge(
+            "s3spool_store_up",
+            "1 while the store answers (the last probe or request succeeded), else 0.",
+            registry=r,
+        )
         Info("s3spool_build", "Build information.", registry=r).info({"version": __version__})

@@ -520,8 +520,10 @@ async def check(settings: Settings, *, read_only: bool = False, out: TextIO | No
         report(verdict, "directories", detail)
     verdict, detail = await asyncio.to_thread(check_inotify, layouts)
     report(verdict, "inotify", detail)
-    verdict, detail = await check_store(settings, read_only=read_only)
+    verdict, detail, found = await check_store(settings, read_only=read_only)
     report(verdict, "store", detail)
+    for topic, finding in found:
+        print(f"  {topic}: {finding}", file=report.out, flush=True)
     return EXIT_NOT_OK if report.failed else EXIT_OK
 
 
@@ -613,12 +615,15 @@ def check_inotify(layouts: Sequence[SpoolDirs]) -> tuple[str, str]:
     return PASS, detail
 
 
-async def check_store(settings: Settings, *, read_only: bool) -> tuple[str, str]:
+async def check_store(
+    settings: Settings, *, read_only: bool
+) -> tuple[str, str, list[tuple[str, str]]]:
+    """(verdict, detail, what the store supports as (topic, finding) lines)."""
     from .store import open_store
 
     scheme, bucket, prefix = parse_destination(settings.destination)
     if scheme == "noop":
-        return PASS, "noop:// stores nothing; nothing to check"
+        return PASS, "noop:// stores nothing; nothing to check", []
     where = f"s3://{bucket}/{prefix}"
     # Fault injection is for exercising the service, not for judging the store.
     s = settings.model_copy(update={"fail_rate": 0.0})
@@ -627,25 +632,39 @@ async def check_store(settings: Settings, *, read_only: bool) -> tuple[str, str]
     try:
         async with asyncio.timeout(limit), open_store(s) as store:
             try:
-                await store.probe()
+                found = await store.survey()
             except StoreUnavailable as exc:
-                return FAIL, _explain_probe(exc, bucket)
+                return FAIL, _explain_probe(exc, bucket), []
             if read_only:
                 return (
                     PASS,
                     f"{where}: bucket reachable (HeadBucket); write not tested (--read-only)",
+                    found,
                 )
             try:
                 key = await store.test_write()
             except UploadError as exc:
                 if exc.reason == "test_object_left":
-                    return WARN, f"{where}: PutObject works, but {exc}"
-                return FAIL, f"{where}: cannot write: {exc}{_checksum_hint(exc, s)}"
-            return PASS, f"{where}: HeadBucket, PutObject and DeleteObject of {key!r} work"
+                    return WARN, f"{where}: PutObject works, but {exc}", store.describe()
+                found = store.describe()
+                return FAIL, f"{where}: cannot write: {exc}{_checksum_hint(exc, s)}", found
+            found = store.describe()
+            detail = f"{where}: HeadBucket, PutObject, multipart and DeleteObject of {key!r} work"
+            if s.overwrite == "never" and store.facts.conditional_writes is False:
+                return (
+                    WARN,
+                    detail + "; but the store ignores If-None-Match (OVERWRITE=never)",
+                    found,
+                )
+            return PASS, detail, found
     except TimeoutError:
-        return FAIL, f"{where}: no answer within {limit:.0f}s (S3SPOOL_ENDPOINT_URL, network?)"
+        return (
+            FAIL,
+            f"{where}: no answer within {limit:.0f}s (S3SPOOL_ENDPOINT_URL, network?)",
+            [],
+        )
     except UploadError as exc:
-        return FAIL, f"{where}: {exc}"
+        return FAIL, f"{where}: {exc}", []
 
 
 def _explain_probe(exc: StoreUnavailable, bucket: str) -> str:

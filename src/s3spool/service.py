@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import signal
 import stat
 import time
@@ -29,6 +28,7 @@ from .errors import (
     FileChanged,
     FileVanished,
     PermanentError,
+    Refused,
     StoreUnavailable,
     TransientError,
     UploadError,
@@ -38,7 +38,7 @@ from .metrics import Metrics, size_class
 from .settings import Settings, parse_destination
 from .spool import Claim, Spool, open_claimed, spool_layouts
 from .store import Delivery, Source, Store, open_store
-from .throttle import Throttle
+from .throttle import Throttle, backoff
 from .watch import Discovery, Item, Pending, WarnOnce
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,8 @@ class Service:
         m.limit.set_function(lambda: self.throttle.limit)
         m.queue.set_function(lambda: len(self.pending))
         m.paused.set_function(lambda: 0 if self.gate.is_set() else 1)
+        # intake pauses exactly while the last probe of the store failed
+        m.store_up.set_function(lambda: 1 if self.gate.is_set() else 0)
 
     def request_stop(self, *, force: bool = False) -> None:
         if self._stop.is_set():
@@ -162,7 +164,11 @@ class Service:
             self._on_signal(early)  # arrived during startup, before these handlers existed
         try:
             try:
-                await store.probe()
+                found = await store.survey()
+                if found:
+                    log.info(
+                        "store: %s", "; ".join(f"{topic}: {finding}" for topic, finding in found)
+                    )
             except StoreUnavailable as exc:
                 if self.once:
                     log.error("store unavailable: %s", exc)
@@ -193,6 +199,8 @@ class Service:
                     intake.append(tg.create_task(self.discovery.read_events()))
                     intake.append(tg.create_task(self.discovery.scan_loop()))
                     intake.append(tg.create_task(self._cleanup_loop()))
+                    if self.s.probe_interval > 0:
+                        intake.append(tg.create_task(self._watch_store()))
                 if not self.gate.is_set():
                     intake.append(tg.create_task(self._probe_until_ok()))
                 self._intake = intake
@@ -429,24 +437,28 @@ class Service:
                     )
                     claim.key = None
                     raise _NotStarted(retry_after=self.s.retry_backoff_max) from None
-        if claim.upload_id:
-            # a dead instance's open multipart upload: abort it, then start clean
-            with contextlib.suppress(UploadError):
-                await store.abort_upload(claim.key, claim.upload_id)
-                self.metrics.aborted.inc()
-            claim.upload_id = None
-            claim.spool.save_key(claim)
 
-        def record_upload_id(upload_id: str | None) -> None:
-            claim.upload_id = upload_id
+        def record_upload_id(upload_id: str | None, part_size: int) -> None:
+            if upload_id == claim.upload_id and part_size == claim.part_size:
+                return
+            claim.upload_id, claim.part_size = upload_id, part_size
             try:
                 claim.spool.save_key(claim)
             except TransientError as exc:
                 # the stale-upload sweep still finds it if we crash before completing
                 log.warning("%s", exc)
 
+        # A recorded multipart upload (ours, or a dead instance's) continues from the
+        # parts the store holds.
         src = Source(
-            fd, claim.size, claim.mtime_ns, claim.key, claim.name, on_upload_id=record_upload_id
+            fd,
+            claim.size,
+            claim.mtime_ns,
+            claim.key,
+            claim.name,
+            on_upload_id=record_upload_id,
+            upload_id=claim.upload_id,
+            part_size=claim.part_size,
         )
         begun = False
         while True:
@@ -478,6 +490,14 @@ class Service:
                 )
             except StoreUnavailable as exc:
                 await self._pause(exc)
+            except Refused as exc:
+                # One object refused: a prefix policy or a KMS grant, or the whole store?
+                try:
+                    await store.probe()
+                except StoreUnavailable as down:
+                    await self._pause(down)
+                    continue
+                raise PermanentError(str(exc), reason=exc.reason) from None
             except PermanentError as exc:
                 if exc.reason == "exists" and await store.delivered(src):
                     return Delivery(claim.key, claim.size, already_there=True)
@@ -509,9 +529,7 @@ class Service:
                 await asyncio.sleep(delay)
 
     def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with full jitter (never a tight loop)."""
-        ceiling = min(self.s.retry_backoff_max, self.s.retry_backoff * 2 ** (attempt - 1))
-        return random.uniform(ceiling / 2, ceiling)
+        return backoff(attempt, self.s.retry_backoff, self.s.retry_backoff_max)
 
     # --- outcomes ---------------------------------------------------------------------------
     def _commit(self, claim: Claim, delivery: Delivery, started: float) -> None:
@@ -650,6 +668,19 @@ class Service:
             if self._tg is not None:
                 self._intake.append(self._tg.create_task(self._probe_until_ok()))
         await self.gate.wait()
+
+    async def _watch_store(self) -> None:
+        """While nothing else reaches the store, probe it: an outage shows before files pile up."""
+        assert self.store is not None
+        interval = self.s.probe_interval
+        while True:
+            await asyncio.sleep(interval)
+            if not self.gate.is_set() or time.monotonic() - self.store.last_answer < interval:
+                continue  # already paused (and probing), or the store answered recently
+            try:
+                await self.store.probe()
+            except StoreUnavailable as exc:
+                await self._pause(exc)
 
     async def _probe_until_ok(self) -> None:
         assert self.store is not None

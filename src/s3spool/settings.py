@@ -155,6 +155,22 @@ class Settings(BaseSettings):
     addressing_style: Literal["auto", "path", "virtual"] = Field(
         "auto", description="Bucket addressing style."
     )
+    ca_bundle: Path | None = Field(
+        None,
+        description="PEM file of the CA certificates that sign the store's TLS certificate "
+        "(like the aws cli's --ca-bundle; default: botocore's AWS_CA_BUNDLE or the profile's "
+        "ca_bundle, else the system's).",
+    )
+    verify_ssl: bool = Field(
+        True,
+        description="Verify the store's TLS certificate; --no-verify-ssl as with the aws cli "
+        "(only for testing: anyone on the path can then read and change uploads).",
+    )
+    probe_interval: Duration = Field(
+        30.0,
+        description="While no request reaches the store, probe it (HeadBucket) this often; "
+        "a failed probe pauses intake and makes /readyz unready. 0: off.",
+    )
     key_format: str = Field(
         "{fname}",
         description="Object key template under the prefix; fields: "
@@ -213,8 +229,9 @@ class Settings(BaseSettings):
     retry_backoff_max: Duration = Field(60.0, description="Longest retry delay.")
     direct_put: bool = Field(
         True,
-        description="Send single PutObject requests signed directly over aiohttp (a third "
-        "of botocore's CPU per small file); false: every request goes through botocore.",
+        description="Send object bodies (PutObject, UploadPart) signed by botocore's signer "
+        "over the client's own HTTP session, without botocore's per-request pipeline (about half "
+        "its CPU per small file); false: every request takes botocore's full pipeline.",
     )
     connect_timeout: Duration = Field(10.0, description="Connection timeout to the store.")
     read_timeout: Duration = Field(60.0, description="Read timeout of one request.")
@@ -299,6 +316,16 @@ class Settings(BaseSettings):
             raise ValueError("retry_backoff_max: must be at least RETRY_BACKOFF")
         if self.http_addr:
             parse_http_addr(self.http_addr)
+        if self.ca_bundle is not None:
+            try:
+                with open(self.ca_bundle, "rb") as fh:
+                    head = fh.read(4096)
+            except OSError as exc:
+                raise ValueError(
+                    f"ca_bundle: cannot read {self.ca_bundle}: {exc.strerror}"
+                ) from None
+            if b"-----BEGIN CERTIFICATE-----" not in head:
+                raise ValueError(f"ca_bundle: {self.ca_bundle} holds no PEM certificate")
         if self.instance_id is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.instance_id):
             raise ValueError("instance_id: only letters, digits, '_', '.', '-' are allowed")
         return self

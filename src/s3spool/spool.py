@@ -167,6 +167,7 @@ class Claim:
     ctime: float = 0.0
     key: str | None = None
     upload_id: str | None = None
+    part_size: int | None = None  # of the recorded multipart upload
     recovered: bool = False  # adopted from a dead instance: check the store first
     key_saved: bool = False  # a keys/NAME record exists for this claim
     attempts: int = 0
@@ -305,6 +306,7 @@ class Spool:
         record = {
             "key": claim.key,
             "upload_id": claim.upload_id,
+            "part_size": claim.part_size,
             "size": claim.size,
             "mtime_ns": claim.mtime_ns,
         }
@@ -479,6 +481,7 @@ class Spool:
             if record:
                 claim.key = record.get("key")
                 claim.upload_id = record.get("upload_id")
+                claim.part_size = record.get("part_size")
                 # Key first, file second: a crash in between leaves an orphan record
                 # here (removed below on the next pass), never a file without its key.
                 self.save_key(claim)
@@ -510,6 +513,7 @@ class Spool:
             if record:
                 claim.key = record.get("key")
                 claim.upload_id = record.get("upload_id")
+                claim.part_size = record.get("part_size")
             out.append(claim)
         return out
 

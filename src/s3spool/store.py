@@ -1,20 +1,23 @@
 """Destinations: the S3 store (aiobotocore), ``noop://`` and fault injection.
 
 This module is the boundary with botocore: every botocore/aiohttp error is
-translated into ``errors.py``'s classes here, so nothing above it imports
-botocore.
+translated (``s3errors.translate``) into ``errors.py``'s classes here or in the
+sender, so nothing above it imports botocore.
 
 One client per process, opened as an async context manager, with an aiohttp
-pool sized to the configured concurrency.  botocore's ``standard`` retry mode
-retries single requests; the pipeline retries whole files on top of it.
+pool sized to the configured concurrency; object bodies go through one
+``sender.Sender`` built on that client.  botocore's ``standard`` retry mode
+retries single requests, a failed part is retried alone with backoff, and the
+pipeline retries whole files on top of that.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
-import hashlib
+import itertools
 import logging
 import mimetypes
 import os
@@ -27,68 +30,27 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .bodies import FileRange, digest_range, read_exact, whole_file_digest
 from .checksums import BodyDigest, Checksummer
 from .errors import (
     FileChanged,
     PermanentError,
+    Refused,
     SlowDown,
     StoreUnavailable,
     TransientError,
     UploadError,
 )
+from .s3errors import SLOWDOWN_CODES, is_unsupported, translate
+from .sender import Body, Sender
 from .settings import Settings, parse_destination
+from .throttle import backoff
 
 log = logging.getLogger(__name__)
 
 #: Reading a small file inline is cheaper than a thread hop; above this, use a thread.
 INLINE_READ_MAX = 1024 * 1024
 
-_GLOBAL_CODES = frozenset(
-    {
-        "NoSuchBucket",
-        "AccessDenied",
-        "AllAccessDisabled",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "ExpiredToken",
-        "InvalidToken",
-        "TokenRefreshRequired",
-        "AccountProblem",
-        "PermanentRedirect",
-        "AuthorizationHeaderMalformed",
-        "InvalidBucketName",
-    }
-)
-_SLOWDOWN_CODES = frozenset(
-    {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
-)
-_TRANSIENT_CODES = frozenset(
-    {
-        "InternalError",
-        "ServiceUnavailable",
-        "RequestTimeout",
-        "RequestTimeTooSkewed",
-        "BadDigest",
-        "InvalidDigest",
-        "XAmzContentSHA256Mismatch",
-        "NoSuchUpload",
-        "IncompleteBody",
-        "OperationAborted",
-    }
-)
-_PERMANENT_CODES = frozenset(
-    {"EntityTooLarge", "EntityTooSmall", "KeyTooLongError", "InvalidStorageClass", "InvalidPart"}
-)
-#: PutObject parameters sent as plain headers by the direct path
-_HEADER = {
-    "ContentType": "content-type",
-    "ContentMD5": "content-md5",
-    "ACL": "x-amz-acl",
-    "StorageClass": "x-amz-storage-class",
-    "ServerSideEncryption": "x-amz-server-side-encryption",
-    "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id",
-    "IfNoneMatch": "if-none-match",
-}
 _MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
 _MPU_ETAG = re.compile(r"^[0-9a-f]{32}-\d+$")
 
@@ -102,8 +64,11 @@ class Source:
     mtime_ns: int
     key: str
     name: str  # for logs
-    #: set by a multipart upload as soon as the store has assigned an id
-    on_upload_id: Callable[[str | None], None] | None = None
+    #: set by a multipart upload as soon as the store has assigned an id (id, part size)
+    on_upload_id: Callable[[str | None, int], None] | None = None
+    #: a recorded multipart upload to continue, and the part size it was started with
+    upload_id: str | None = None
+    part_size: int | None = None
 
 
 @dataclass(slots=True)
@@ -124,6 +89,15 @@ class Store(Protocol):
     async def delivered(self, src: Source) -> bool: ...
 
     async def probe(self) -> None: ...
+
+    async def survey(self) -> list[tuple[str, str]]:
+        """Probe at startup; what the store supports, as (topic, finding) lines."""
+        ...
+
+    @property
+    def last_answer(self) -> float:
+        """Monotonic time of the store's last answer (idle probes skip a busy store)."""
+        ...
 
     async def abort_upload(self, key: str, upload_id: str) -> None: ...
 
@@ -186,65 +160,61 @@ def _guess_by_suffix(suffix: str) -> str | None:
     return mimetypes.guess_type("x" + suffix, strict=False)[0]
 
 
-def _read_exact(fd: int, offset: int, length: int) -> bytes:
-    chunks: list[bytes] = []
-    got = 0
-    while got < length:
-        chunk = os.pread(fd, length - got, offset + got)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        got += len(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+@dataclass(slots=True)
+class StoreFacts:
+    """What the store supports, as probed at startup and learned from its answers.
+
+    ``None`` means not known yet: the service probes only what a read can tell
+    (HeadBucket, ListMultipartUploads) and learns the rest from the first uploads;
+    ``s3spool check`` writes test objects and so knows everything.
+    """
+
+    endpoint: str = ""
+    addressing: str = ""
+    tls: str = ""
+    list_uploads: bool | None = None
+    abort_uploads: bool | None = None
+    checksum_echo: bool | None = None
+    put_etag_md5: bool | None = None
+    multipart_etag: str | None = None  # composite | whole-object MD5 | opaque
+    conditional_writes: bool | None = None
+
+    def verification(self, ck: Checksummer, etag_opaque: bool) -> str:
+        """How an upload's result is checked against the file, in one phrase."""
+        if not ck.enabled:
+            return "none (CHECKSUM=none)"
+        if self.checksum_echo:
+            return f"checksum: the store echoes {ck.algorithm} and it is compared"
+        if self.put_etag_md5 and not etag_opaque:
+            return "md5: the store's ETag is the body's MD5 and it is compared"
+        if self.checksum_echo is None and self.put_etag_md5 is None:
+            return "not known yet (learned from the first upload)"
+        return (
+            "store-side only: the store checks Content-MD5 on receipt, but its answers "
+            "give nothing to compare"
+        )
+
+    def lines(self, ck: Checksummer, etag_opaque: bool) -> list[tuple[str, str]]:
+        def yes(v: bool | None, yes: str = "yes", no: str = "no") -> str:
+            return "not known yet" if v is None else (yes if v else no)
+
+        return [
+            ("endpoint", f"{self.endpoint} ({self.addressing}-style addressing, {self.tls})"),
+            ("ListMultipartUploads", yes(self.list_uploads, no="not supported")),
+            ("AbortMultipartUpload", yes(self.abort_uploads, no="not supported")),
+            ("checksum echo", yes(self.checksum_echo)),
+            ("PutObject ETag", yes(self.put_etag_md5, "MD5 of the body", "not an MD5")),
+            ("multipart ETag", self.multipart_etag or "not known yet"),
+            (
+                "conditional writes",
+                yes(self.conditional_writes, "honoured", "ignored (OVERWRITE=never is unsafe)"),
+            ),
+            ("verification", self.verification(ck, etag_opaque)),
+        ]
 
 
-def classify_error(code: str, status: int, msg: str) -> UploadError:
-    """The pipeline's error class for an S3 error code and HTTP status."""
-    if code in _SLOWDOWN_CODES or status == 503:
-        return SlowDown(msg, reason="slowdown")
-    if code in _GLOBAL_CODES or (status == 403 and not code):
-        return StoreUnavailable(msg, reason=code or "forbidden")
-    if code in _PERMANENT_CODES:
-        return PermanentError(msg, reason=code)
-    if code in _TRANSIENT_CODES or status >= 500 or status in (408, 429):
-        return TransientError(msg, reason=code or f"http_{status}")
-    if code == "PreconditionFailed" or status == 412:
-        return PermanentError(msg, reason="precondition_failed")
-    return PermanentError(msg, reason=code or f"http_{status}")
-
-
-def translate(exc: BaseException, what: str) -> UploadError:
-    """Map a botocore / aiohttp / OS error to the pipeline's classes."""
-    from botocore import exceptions as bex
-
-    if isinstance(exc, UploadError):
-        return exc
-    if isinstance(exc, bex.ClientError):
-        err = exc.response.get("Error", {})
-        code = str(err.get("Code") or "")
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        msg = f"{what}: {code or status} {err.get('Message') or ''}".strip()
-        return classify_error(code, status, msg)
-    if isinstance(
-        exc,
-        bex.NoCredentialsError
-        | bex.PartialCredentialsError
-        | bex.CredentialRetrievalError
-        | bex.EndpointConnectionError
-        | bex.ConnectTimeoutError
-        | bex.InvalidRegionError,
-    ):
-        return StoreUnavailable(f"{what}: {exc}", reason=type(exc).__name__)
-    if isinstance(exc, bex.BotoCoreError | ConnectionError | TimeoutError | OSError):
-        return TransientError(f"{what}: {type(exc).__name__}: {exc}", reason=type(exc).__name__)
-    try:
-        import aiohttp
-
-        if isinstance(exc, aiohttp.ClientError):
-            return TransientError(f"{what}: {type(exc).__name__}: {exc}", reason="connection")
-    except ImportError:  # pragma: no cover
-        pass
-    return TransientError(f"{what}: {type(exc).__name__}: {exc}", reason=type(exc).__name__)
+def _etag(resp: dict[str, Any]) -> str | None:
+    return str(resp.get("ETag") or "").strip('"') or None
 
 
 class S3Store:
@@ -261,15 +231,25 @@ class S3Store:
         self.s = settings
         self.ck = Checksummer(settings.checksum)
         self.budget = budget or ByteBudget(settings.buffer_limit)
+        self.facts = StoreFacts()
+        #: monotonic time of the last answer from the store (any status): idle probes skip
+        #: a store that answered recently
+        self.last_answer = 0.0
         self._on_slowdown = on_slowdown
         self._stack = AsyncExitStack()
         self._client: Any = None
-        self._direct: Any = None  # direct.DirectPut when DIRECT_PUT is on
+        self._sender: Sender | None = None
         self._instance = settings.resolved_instance_id
+        self._told: set[str] = set()
+        # SSE-KMS and SSE-C objects have ETags that are not MD5s
+        self._etag_opaque = settings.sse == "aws:kms"
+        self._send_checksum = bool(self.ck.param) and not settings.checksum_compat
 
     async def __aenter__(self) -> S3Store:
         from aiobotocore.config import AioConfig
         from aiobotocore.session import get_session
+
+        from .sender import make_sender
 
         s = self.s
         pool = min(max(s.workers, 1) * max(1, s.part_concurrency) + 4, 512)
@@ -287,39 +267,57 @@ class S3Store:
             response_checksum_validation="when_required",
             tcp_keepalive=True,
         )
+        # None leaves botocore's own chain (AWS_CA_BUNDLE, the profile's ca_bundle) in charge
+        verify: bool | str | None = None
+        if not s.verify_ssl:
+            verify = False
+        elif s.ca_bundle is not None:
+            verify = str(s.ca_bundle)
         session = get_session()
         self._client = await self._stack.enter_async_context(
-            session.create_client("s3", endpoint_url=s.endpoint_url, config=config)
+            session.create_client("s3", endpoint_url=s.endpoint_url, config=config, verify=verify)
         )
         self._client.meta.events.register("response-received.s3.*", self._observe)
-        credentials = await session.get_credentials()
-        if s.direct_put and credentials is not None:
-            from .direct import DirectPut
-
-            direct = await DirectPut.for_client(
-                self._client,
-                self.bucket,
-                credentials,
-                pool=pool,
-                connect_timeout=s.connect_timeout,
-                read_timeout=s.read_timeout,
-                on_slowdown=self._on_slowdown,
-            )
-            self._direct = await self._stack.enter_async_context(direct)
+        self._sender = await make_sender(
+            self._client, self.bucket, direct=s.direct_put, on_slowdown=self._on_answer_slowdown
+        )
+        self.facts.endpoint = self._client.meta.endpoint_url
+        self.facts.addressing = s.addressing_style if s.addressing_style != "auto" else "auto"
+        url = getattr(self._sender, "base_url", "")
+        if url:
+            bucket_in_host = f"//{self.bucket}." in url
+            self.facts.addressing = "virtual" if bucket_in_host else "path"
+        if not self.facts.endpoint.startswith("https:"):
+            self.facts.tls = "plain HTTP"
+        elif verify is False:
+            self.facts.tls = "TLS, certificate NOT verified (VERIFY_SSL=false)"
+        else:
+            self.facts.tls = f"TLS verified against {s.ca_bundle or 'the default CA bundle'}"
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
+    def _on_answer_slowdown(self) -> None:
+        self.last_answer = time.monotonic()
+        if self._on_slowdown:
+            self._on_slowdown()
+
     def _observe(self, parsed_response: Any = None, **_: Any) -> None:
         # Every attempt passes here, including the ones botocore retries by itself,
         # so throttling is seen even when the retry hides it from the caller.
+        self.last_answer = time.monotonic()
         if not parsed_response or not self._on_slowdown:
             return
         code = (parsed_response.get("Error") or {}).get("Code")
         status = (parsed_response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-        if code in _SLOWDOWN_CODES or status == 503:
+        if code in SLOWDOWN_CODES or status == 503:
             self._on_slowdown()
+
+    def _tell_once(self, topic: str, level: int, msg: str, *args: Any) -> None:
+        if topic not in self._told:
+            self._told.add(topic)
+            log.log(level, msg, *args)
 
     # --- request helpers --------------------------------------------------------------------
     def _object_params(self, key: str, src: Source) -> dict[str, Any]:
@@ -349,71 +347,161 @@ class S3Store:
         params: dict[str, Any] = {}
         if d.md5 is not None:
             params["ContentMD5"] = d.md5_b64
-        if d.checksum is not None and self.ck.param and not self.s.checksum_compat:
+        if d.checksum is not None and self._send_checksum:
             params[f"Checksum{self.ck.param}"] = d.checksum_b64
         return params
 
-    async def _read(
-        self, fd: int, offset: int, length: int
-    ) -> tuple[bytes, BodyDigest, str | None]:
-        """Read and digest a body; large ones in a thread (hashlib releases the GIL)."""
-        sign_body = self._needs_payload_hash()
+    def _mismatch(self, what: str, field: str, got: str, want: str) -> TransientError:
+        return TransientError(
+            f"{what}: store reported {field} {got}, expected {want} (body corrupted?)",
+            reason="verify_failed",
+        )
 
-        def work() -> tuple[bytes, BodyDigest, str | None]:
-            data = _read_exact(fd, offset, length)
-            payload = hashlib.sha256(data).hexdigest() if sign_body else None
-            return data, self.ck.body(data), payload
+    async def _body(
+        self, fd: int, offset: int, length: int, content_md5: bool
+    ) -> tuple[Body, BodyDigest, str | None]:
+        """The body to send, its digests and (when signing needs it) its SHA-256.
+
+        Streamed from the file when the sender can (memory: a chunk or two), else read
+        into memory; the caller holds the byte budget for in-memory bodies.
+        """
+        assert self._sender is not None
+        sha = self._sender.needs_payload_hash(content_md5)
+        if self._sender.streams and length > INLINE_READ_MAX:
+            digest, payload = await asyncio.to_thread(
+                digest_range, fd, offset, length, self.ck, sha
+            )
+            return FileRange(fd, offset, length), digest, payload
 
         if length <= INLINE_READ_MAX:
-            data, digest, payload = work()
+            data = read_exact(fd, offset, length)
         else:
-            data, digest, payload = await asyncio.to_thread(work)
+            data = await asyncio.to_thread(read_exact, fd, offset, length)
         if len(data) != length:
             raise FileChanged(
                 f"file shrank while reading ({len(data)} of {length} bytes)", reason="changed"
             )
-        return data, digest, payload
+        digest = (
+            self.ck.body(data)
+            if length <= INLINE_READ_MAX
+            else await asyncio.to_thread(self.ck.body, data)
+        )
+        return data, digest, None  # a bytes body is hashed by the signer when needed
 
-    def _check_etag(self, what: str, etag: str | None, expected: str | None) -> None:
-        if not etag or not expected or self.s.sse == "aws:kms":
-            return  # SSE-KMS ETags are not MD5s
-        etag = etag.strip('"')
-        if (_MD5_HEX.match(etag) or _MPU_ETAG.match(etag)) and etag != expected:
-            raise TransientError(
-                f"{what}: store reported ETag {etag}, expected {expected} (body corrupted?)",
-                reason="verify_failed",
+    # --- verification -----------------------------------------------------------------------
+    def _verify_body(self, what: str, resp: dict[str, Any], digest: BodyDigest) -> None:
+        """A PutObject's or a part's answer against the body: any contradiction fails it."""
+        self.last_answer = time.monotonic()
+        etag = _etag(resp)
+        echoed = resp.get(f"Checksum{self.ck.param}") if self._send_checksum else None
+        if what == "PutObject" and self.facts.put_etag_md5 is None and self.ck.enabled:
+            self.facts.put_etag_md5 = bool(etag and _MD5_HEX.match(etag))
+            if self._send_checksum:
+                self.facts.checksum_echo = bool(echoed)
+            self._tell_once(
+                "verification",
+                logging.INFO
+                if self.facts.checksum_echo or self.facts.put_etag_md5
+                else logging.WARNING,
+                "store's answers to uploads: verification %s",
+                self.facts.verification(self.ck, self._etag_opaque),
             )
+        if echoed and digest.checksum_b64 and echoed != digest.checksum_b64:
+            raise self._mismatch(what, "checksum", echoed, digest.checksum_b64)
+        md5 = digest.md5.hex() if digest.md5 else None
+        if etag and md5 and not self._etag_opaque and _MD5_HEX.match(etag) and etag != md5:
+            raise self._mismatch(what, "ETag", etag, md5)
 
-    def _check_echo(self, what: str, resp: dict[str, Any], expected: str | None) -> None:
-        if not self.ck.param or expected is None:
-            return
-        echoed = resp.get(f"Checksum{self.ck.param}")
-        if echoed and echoed != expected:
-            raise TransientError(
-                f"{what}: store reported checksum {echoed}, expected {expected}",
-                reason="verify_failed",
+    async def _verify_object(
+        self, src: Source, resp: dict[str, Any], parts: list[BodyDigest]
+    ) -> str | None:
+        """A completed multipart object against the file; returns the checksum label.
+
+        Accepts the composite forms (``-N``), whole-object MD5 ETags and whole-object
+        checksums (computed from the file only when a store answers that way), and
+        falls back to a HEAD with checksum mode when the answer has nothing to compare.
+        """
+        etag_want, ck_want = self.ck.composite(parts)
+        whole: tuple[str, str | None] | None = None
+
+        async def whole_file() -> tuple[str, str | None]:
+            nonlocal whole
+            if whole is None:
+                whole = await asyncio.to_thread(whole_file_digest, src.fd, src.size, self.ck)
+            return whole
+
+        async def judge(answer: dict[str, Any], what: str) -> bool:
+            """True: matched; False: nothing to compare; raises on a contradiction."""
+            matched = False
+            echoed = answer.get(f"Checksum{self.ck.param}") if self._send_checksum else None
+            if echoed and ck_want:
+                if "-" in echoed:
+                    if echoed != ck_want:
+                        raise self._mismatch(what, "checksum", echoed, ck_want)
+                else:  # a full-object checksum
+                    got = (await whole_file())[1]
+                    if got and echoed != got:
+                        raise self._mismatch(what, "checksum", echoed, got)
+                matched = True
+            etag = _etag(answer)
+            if etag and etag_want and not self._etag_opaque:
+                if _MPU_ETAG.match(etag):
+                    if etag != etag_want:
+                        raise self._mismatch(what, "ETag", etag, etag_want)
+                    self.facts.multipart_etag = "composite MD5 (-N)"
+                    matched = True
+                elif _MD5_HEX.match(etag):
+                    got_md5 = (await whole_file())[0]
+                    if etag != got_md5:
+                        raise self._mismatch(what, "ETag", etag, got_md5)
+                    self.facts.multipart_etag = "MD5 of the whole object"
+                    matched = True
+                else:
+                    self.facts.multipart_etag = "opaque (not an MD5)"
+            return matched
+
+        if not self.ck.enabled or await judge(resp, "CompleteMultipartUpload"):
+            return self.ck.label(ck_want)
+        try:
+            head = await self._client.head_object(
+                Bucket=self.bucket, Key=src.key, ChecksumMode="ENABLED"
             )
+        except Exception as exc:
+            raise translate(exc, "HeadObject") from None
+        if int(head.get("ContentLength", -1)) != src.size:
+            raise self._mismatch(
+                "HeadObject", "size", str(head.get("ContentLength")), str(src.size)
+            )
+        if not await judge(head, "HeadObject"):
+            self._tell_once(
+                "multipart-unverified",
+                logging.WARNING,
+                "the store's multipart answers give nothing to compare with the file (ETag %r, "
+                "no checksum): multipart uploads are verified part by part only",
+                _etag(resp),
+            )
+        return self.ck.label(ck_want)
 
     # --- Store protocol ---------------------------------------------------------------------
     async def upload(self, src: Source) -> Delivery:
-        if src.size >= self.s.multipart_threshold:
+        if src.upload_id is not None or src.size >= self.s.multipart_threshold:
             return await self._multipart(src)
         return await self._put(src)
 
     async def _put(self, src: Source) -> Delivery:
-        if self._direct is not None and src.size > INLINE_READ_MAX:
-            # hash in one chunked pass, then stream: memory stays at a chunk or two
-            from .direct import FileRange
-
-            digest, payload = await asyncio.to_thread(self._digest_range, src.fd, 0, src.size)
-            return await self._send_put(src, FileRange(src.fd, 0, src.size), digest, payload)
-        async with self.budget.hold(src.size):
-            data, digest, payload = await self._read(src.fd, 0, src.size)
-            return await self._send_put(src, data, digest, payload)
+        assert self._sender is not None
+        streamed = self._sender.streams and src.size > INLINE_READ_MAX
+        async with contextlib.AsyncExitStack() as stack:
+            if not streamed:
+                await stack.enter_async_context(self.budget.hold(src.size))
+            body, digest, payload = await self._body(src.fd, 0, src.size, self.ck.enabled)
+            return await self._send_put(src, body, digest, payload)
+        raise AssertionError("unreachable")  # pragma: no cover - keeps mypy's flow simple
 
     async def _send_put(
-        self, src: Source, body: Any, digest: BodyDigest, payload: str | None
+        self, src: Source, body: Body, digest: BodyDigest, payload: str | None
     ) -> Delivery:
+        assert self._sender is not None
         params = self._object_params(src.key, src)
         params.update(self._digest_params(digest))
         if digest.checksum is not None:
@@ -421,64 +509,15 @@ class S3Store:
         if self.s.overwrite == "never":
             params["IfNoneMatch"] = "*"
         try:
-            if self._direct is not None:
-                resp = await self._direct_put(body, params, payload)
-            else:
-                resp = await self._client.put_object(Body=body, **params)
-        except Exception as exc:
+            resp = await self._sender.send("PutObject", params, body, payload)
+        except UploadError as exc:
             raise self._precondition_or(exc, src, "PutObject") from None
-        etag = str(resp.get("ETag", "")).strip('"') or None
-        self._check_etag("PutObject", etag, digest.md5.hex() if digest.md5 else None)
-        self._check_echo("PutObject", resp, digest.checksum_b64)
-        return Delivery(src.key, src.size, etag=etag, checksum=self.ck.label(digest.checksum_b64))
+        self._verify_body("PutObject", resp, digest)
+        return Delivery(
+            src.key, src.size, etag=_etag(resp), checksum=self.ck.label(digest.checksum_b64)
+        )
 
-    def _needs_payload_hash(self) -> bool:
-        """SigV4 over plain HTTP must cover the body unless a Content-MD5 header does."""
-        return self._direct is not None and not self._direct.secure and not self.ck.enabled
-
-    def _digest_range(self, fd: int, offset: int, length: int) -> tuple[BodyDigest, str | None]:
-        """Digests (and the SigV4 payload hash over plain HTTP) of a file range, chunk by chunk.
-
-        The bytes are read again when sent; a change in between makes the store reject
-        the body (Content-MD5) and the after-upload stat check send it again.
-        """
-        from .direct import STREAM_CHUNK
-
-        stream = self.ck.stream()
-        sha = hashlib.sha256() if self._needs_payload_hash() else None
-        pos, end = offset, offset + length
-        while pos < end:
-            chunk = os.pread(fd, min(STREAM_CHUNK, end - pos), pos)
-            if not chunk:
-                raise FileChanged("file shrank while it was being read", reason="changed")
-            stream.update(chunk)
-            if sha is not None:
-                sha.update(chunk)
-            pos += len(chunk)
-        return stream.result(), (sha.hexdigest() if sha is not None else None)
-
-    async def _direct_put(
-        self, data: bytes | Any, params: dict[str, Any], payload: str | None
-    ) -> dict[str, Any]:
-        """PutObject through ``direct.DirectPut``; answers in botocore's response shape."""
-        headers = {_HEADER[name]: str(value) for name, value in params.items() if name in _HEADER}
-        for name, value in params["Metadata"].items():
-            headers[f"x-amz-meta-{name}"] = value
-        if self.ck.param:
-            echo_header = f"x-amz-checksum-{self.ck.param.lower()}"
-            if f"Checksum{self.ck.param}" in params:
-                headers[echo_header] = params[f"Checksum{self.ck.param}"]
-        got = await self._direct.put(params["Key"], data, headers, payload_hash=payload)
-        return self._botocore_shape(got)
-
-    def _botocore_shape(self, got: dict[str, str]) -> dict[str, Any]:
-        resp: dict[str, Any] = {"ETag": got.get("etag")}
-        if self.ck.param and got.get(f"x-amz-checksum-{self.ck.param.lower()}"):
-            resp[f"Checksum{self.ck.param}"] = got[f"x-amz-checksum-{self.ck.param.lower()}"]
-        return resp
-
-    def _precondition_or(self, exc: Exception, src: Source, what: str) -> UploadError:
-        err = translate(exc, what)
+    def _precondition_or(self, err: UploadError, src: Source, what: str) -> UploadError:
         if err.reason == "precondition_failed":
             # OVERWRITE=never and the key exists; the caller decides whether it is ours.
             return PermanentError(
@@ -487,81 +526,103 @@ class S3Store:
             )
         return err
 
-    async def _multipart(self, src: Source) -> Delivery:
-        from .direct import FileRange
-
-        client = self._client
-        params = self._object_params(src.key, src)
-        params["Metadata"]["s3spool-part-size"] = str(self.s.part_size)
-        if self.ck.param and not self.s.checksum_compat:
-            params["ChecksumAlgorithm"] = self.ck.param
+    async def _stored_parts(self, key: str, upload_id: str) -> dict[int, dict[str, Any]] | None:
+        """Parts the store holds for a recorded upload; None if it is gone or unlistable."""
+        have: dict[int, dict[str, Any]] = {}
         try:
-            created = await client.create_multipart_upload(**params)
+            paginator = self._client.get_paginator("list_parts")
+            async for page in paginator.paginate(Bucket=self.bucket, Key=key, UploadId=upload_id):
+                for part in page.get("Parts", []) or []:
+                    have[int(part["PartNumber"])] = part
         except Exception as exc:
-            raise translate(exc, "CreateMultipartUpload") from None
-        upload_id = created["UploadId"]
-        if src.on_upload_id:
-            src.on_upload_id(upload_id)
-        part_size = self.s.part_size
+            err = translate(exc, "ListParts")
+            if err.reason in ("NoSuchUpload", "not_implemented", "http_404", "404"):
+                log.info("cannot resume multipart upload %s of %r: %s", upload_id, key, err)
+                return None
+            raise err from None
+        return have
+
+    async def _multipart(self, src: Source) -> Delivery:
+        assert self._sender is not None
+        sender = self._sender
+        client = self._client
+        part_size = src.part_size or self.s.part_size
         count = max(1, -(-src.size // part_size))
+        upload_id = src.upload_id
+        stored: dict[int, dict[str, Any]] = {}
+        if upload_id is not None:
+            found = await self._stored_parts(src.key, upload_id)
+            if found is None:
+                await self._abort_quietly(src.key, upload_id)
+                upload_id = None
+            else:
+                stored = found
+                log.info(
+                    "resuming multipart upload of %r: the store holds %d of %d parts",
+                    src.key,
+                    len(stored),
+                    count,
+                )
+        if upload_id is None:
+            params = self._object_params(src.key, src)
+            params["Metadata"]["s3spool-part-size"] = str(part_size)
+            if self._send_checksum:
+                params["ChecksumAlgorithm"] = self.ck.param
+            try:
+                created = await client.create_multipart_upload(**params)
+            except Exception as exc:
+                raise translate(exc, "CreateMultipartUpload") from None
+            upload_id = str(created["UploadId"])
+        if src.on_upload_id:
+            src.on_upload_id(upload_id, part_size)
         digests: list[BodyDigest | None] = [None] * count
         results: list[dict[str, Any] | None] = [None] * count
         sem = asyncio.Semaphore(self.s.part_concurrency)
+        reused = 0
 
         async def one(index: int) -> None:
+            nonlocal reused
+            number = index + 1
             offset = index * part_size
             length = min(part_size, src.size - offset)
-            async with sem:
-                try:
-                    if self._direct is not None:
-                        # streamed: no part-sized buffer, no copy in the socket's buffer
-                        digest, payload = await asyncio.to_thread(
-                            self._digest_range, src.fd, offset, length
+            what = f"UploadPart {number}/{count}"
+            async with sem, contextlib.AsyncExitStack() as stack:
+                if not (sender.streams and length > INLINE_READ_MAX):
+                    await stack.enter_async_context(self.budget.hold(length))
+                body, digest, payload = await self._body(src.fd, offset, length, self.ck.enabled)
+                digests[index] = digest
+                part: dict[str, Any] = {"PartNumber": number}
+                if digest.checksum is not None and self._send_checksum:
+                    part[f"Checksum{self.ck.param}"] = digest.checksum_b64
+                old = stored.get(number)
+                if old is not None and self._reusable(old, length, digest):
+                    part["ETag"] = old.get("ETag")
+                    results[index] = part
+                    reused += 1
+                    return
+                params = {
+                    "Bucket": self.bucket,
+                    "Key": src.key,
+                    "UploadId": upload_id,
+                    "PartNumber": number,
+                    **self._digest_params(digest),
+                }
+                for attempt in itertools.count(1):
+                    try:
+                        resp = await sender.send("UploadPart", params, body, payload)
+                        self._verify_body(what, resp, digest)
+                        break
+                    except TransientError as exc:
+                        # one part failing must not cost the parts already sent
+                        if isinstance(exc, FileChanged) or attempt >= self.s.retry_attempts:
+                            raise
+                        delay = backoff(attempt, self.s.retry_backoff, self.s.retry_backoff_max)
+                        log.info(
+                            "%s of %r: %s; retrying the part in %.1fs", what, src.key, exc, delay
                         )
-                        headers = {
-                            _HEADER[k]: v
-                            for k, v in self._digest_params(digest).items()
-                            if k in _HEADER
-                        }
-                        if self.ck.param and not self.s.checksum_compat and digest.checksum:
-                            headers[f"x-amz-checksum-{self.ck.param.lower()}"] = (
-                                digest.checksum_b64 or ""
-                            )
-                        got = await self._direct.put(
-                            src.key,
-                            FileRange(src.fd, offset, length),
-                            headers,
-                            query={"partNumber": str(index + 1), "uploadId": upload_id},
-                            what=f"UploadPart {index + 1}/{count}",
-                            payload_hash=payload,
-                        )
-                        resp = self._botocore_shape(got)
-                    else:
-                        async with self.budget.hold(length):
-                            data, digest, _ = await self._read(src.fd, offset, length)
-                            resp = await client.upload_part(
-                                Bucket=self.bucket,
-                                Key=src.key,
-                                UploadId=upload_id,
-                                PartNumber=index + 1,
-                                Body=data,
-                                **self._digest_params(digest),
-                            )
-                            del data
-                except FileChanged:
-                    raise
-                except Exception as exc:
-                    raise translate(exc, f"UploadPart {index + 1}/{count}") from None
-            etag = str(resp.get("ETag", "")).strip('"')
-            self._check_etag(
-                f"UploadPart {index + 1}", etag, digest.md5.hex() if digest.md5 else None
-            )
-            self._check_echo(f"UploadPart {index + 1}", resp, digest.checksum_b64)
-            part: dict[str, Any] = {"PartNumber": index + 1, "ETag": resp.get("ETag")}
-            if self.ck.param and not self.s.checksum_compat and digest.checksum is not None:
-                part[f"Checksum{self.ck.param}"] = digest.checksum_b64
-            digests[index] = digest
-            results[index] = part
+                        await asyncio.sleep(delay)
+                part["ETag"] = resp.get("ETag")
+                results[index] = part
 
         try:
             try:
@@ -570,7 +631,6 @@ class S3Store:
                         tg.create_task(one(i))
             except BaseExceptionGroup as group:
                 raise _first_error(group) from None
-            done_parts = [p for p in results if p is not None]
             extra: dict[str, Any] = {}
             if self.s.overwrite == "never":
                 extra["IfNoneMatch"] = "*"
@@ -579,26 +639,44 @@ class S3Store:
                     Bucket=self.bucket,
                     Key=src.key,
                     UploadId=upload_id,
-                    MultipartUpload={"Parts": done_parts},
+                    MultipartUpload={"Parts": [p for p in results if p is not None]},
                     **extra,
                 )
             except Exception as exc:
-                raise self._precondition_or(exc, src, "CompleteMultipartUpload") from None
+                raise self._precondition_or(
+                    translate(exc, "CompleteMultipartUpload"), src, "CompleteMultipartUpload"
+                ) from None
+        except asyncio.CancelledError:
+            # Shutdown: keep the upload; its id is recorded with the claim, so the next
+            # start continues from the parts already stored.
+            raise
         except BaseException:
-            # Leftover parts are billed forever: abort even when cancelled.
+            # Leftover parts are billed forever: abort what cannot be resumed.
             await asyncio.shield(self._abort_quietly(src.key, upload_id))
             if src.on_upload_id:
-                src.on_upload_id(None)
+                src.on_upload_id(None, part_size)
             raise
         if src.on_upload_id:
-            src.on_upload_id(None)
-        etag_expected, checksum_expected = self.ck.composite([d for d in digests if d])
-        etag = str(resp.get("ETag", "")).strip('"') or None
-        self._check_etag("CompleteMultipartUpload", etag, etag_expected)
-        self._check_echo("CompleteMultipartUpload", resp, checksum_expected)
-        return Delivery(
-            src.key, src.size, etag=etag, checksum=self.ck.label(checksum_expected), parts=count
-        )
+            src.on_upload_id(None, part_size)
+        if reused:
+            log.info(
+                "multipart upload of %r resumed: %d of %d parts reused", src.key, reused, count
+            )
+        checksum = await self._verify_object(src, resp, [d for d in digests if d is not None])
+        return Delivery(src.key, src.size, etag=_etag(resp), checksum=checksum, parts=count)
+
+    def _reusable(self, stored: dict[str, Any], length: int, digest: BodyDigest) -> bool:
+        """Does a part the store already holds carry exactly these bytes?"""
+        if int(stored.get("Size", -1)) != length:
+            return False
+        if self._send_checksum and digest.checksum_b64:
+            echoed = stored.get(f"Checksum{self.ck.param}")
+            if echoed:
+                return bool(echoed == digest.checksum_b64)
+        etag = _etag(stored)
+        if etag and digest.md5 and not self._etag_opaque and _MD5_HEX.match(etag):
+            return etag == digest.md5.hex()
+        return False  # nothing to compare: send it again rather than trust it
 
     async def _abort_quietly(self, key: str, upload_id: str) -> None:
         try:
@@ -607,19 +685,34 @@ class S3Store:
             log.warning("could not abort multipart upload %s of %r: %s", upload_id, key, exc)
 
     async def abort_upload(self, key: str, upload_id: str) -> None:
+        if self.facts.abort_uploads is False:
+            return
         try:
             await self._client.abort_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id
             )
+            self.facts.abort_uploads = True
         except Exception as exc:
             err = translate(exc, "AbortMultipartUpload")
-            if err.reason in ("NoSuchUpload",):
+            if err.reason == "NoSuchUpload":
+                return
+            if is_unsupported(err):
+                self.facts.abort_uploads = False
+                self._tell_once(
+                    "abort",
+                    logging.WARNING,
+                    "the store does not support AbortMultipartUpload (%s): unfinished uploads "
+                    "stay until the store expires them (set a lifecycle rule)",
+                    err,
+                )
                 return
             raise err from None
 
     async def stale_uploads(self, older_than: float) -> list[tuple[str, str]]:
         """(key, upload id) of multipart uploads under the prefix started before ``older_than``."""
         found: list[tuple[str, str]] = []
+        if self.facts.list_uploads is False:
+            return found
         try:
             paginator = self._client.get_paginator("list_multipart_uploads")
             async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
@@ -631,17 +724,49 @@ class S3Store:
             err = translate(exc, "ListMultipartUploads")
             if err.reason == "NoSuchUpload":
                 return found  # some stores answer an empty listing this way
+            if is_unsupported(err):
+                self._no_listing(err)
+                return found
             raise err from None
+        self.facts.list_uploads = True
         return found
+
+    def _no_listing(self, err: UploadError) -> None:
+        self.facts.list_uploads = False
+        self._tell_once(
+            "list-uploads",
+            logging.WARNING,
+            "the store does not support ListMultipartUploads (%s): the sweep of stale multipart "
+            "uploads is off; uploads s3spool recorded are still resumed or aborted",
+            err,
+        )
 
     async def probe(self) -> None:
         try:
             await self._client.head_bucket(Bucket=self.bucket)
         except Exception as exc:
             err = translate(exc, "HeadBucket")
-            if isinstance(err, StoreUnavailable | TransientError):
-                raise StoreUnavailable(str(err), reason=err.reason) from None
             raise StoreUnavailable(str(err), reason=err.reason) from None
+
+    def describe(self) -> list[tuple[str, str]]:
+        """What is known of the store, as (topic, finding) lines for logs and ``check``."""
+        return self.facts.lines(self.ck, self._etag_opaque)
+
+    async def survey(self) -> list[tuple[str, str]]:
+        """Probe the bucket, then what a read can tell: is ListMultipartUploads there?"""
+        await self.probe()
+        try:
+            await self._client.list_multipart_uploads(Bucket=self.bucket, MaxUploads=1)
+            self.facts.list_uploads = True
+        except Exception as exc:
+            err = translate(exc, "ListMultipartUploads")
+            if err.reason == "NoSuchUpload":
+                self.facts.list_uploads = True  # some stores answer an empty listing this way
+            elif is_unsupported(err):
+                self._no_listing(err)
+            else:
+                log.info("ListMultipartUploads not usable (%s); the sweep will try again", err)
+        return self.describe()
 
     async def delivered(self, src: Source) -> bool:
         """Is ``src.key`` already in the store with this file's bytes?  (crash recovery)"""
@@ -676,29 +801,95 @@ class S3Store:
         return False
 
     async def test_write(self) -> str:
-        """Put and delete a small object under the prefix (``s3spool check``); returns its key.
+        """Write test objects under the prefix (``s3spool check``); returns the PUT's key.
 
         The PUT carries the same headers as a real upload (checksum, SSE, ACL,
-        storage class, If-None-Match), so a store or policy that would refuse
-        uploads refuses this too.  A failed DELETE raises ``PermanentError``
-        with reason ``test_object_left``: uploads need no s3:DeleteObject.
+        storage class) through the same sender, so a store or policy that would refuse
+        uploads refuses this too.  On the way it learns what the store's answers allow
+        (``facts``): checksum echo, ETag forms, whether If-None-Match is honoured.
+        A failed DELETE raises ``PermanentError`` with reason ``test_object_left``:
+        uploads need no s3:DeleteObject.
         """
         import secrets
 
         key = f"{self.prefix}.s3spool-check-{secrets.token_hex(8)}"
         data = b"s3spool check: safe to delete\n"
         src = Source(-1, len(data), time.time_ns(), key, "check.txt")
-        # the same sender as a real upload (direct signing included), so its quirks show here
-        await self._send_put(src, data, self.ck.body(data), None)
+        left: list[str] = []
         try:
-            await self._client.delete_object(Bucket=self.bucket, Key=key)
-        except Exception as exc:
-            err = translate(exc, f"DeleteObject {key!r}")
-            raise PermanentError(
-                f"the test object {key!r} was left behind ({err}); remove it by hand",
-                reason="test_object_left",
-            ) from None
+            await self._send_put(src, data, self.ck.body(data), None)
+            left.append(key)
+            await self._learn_conditional(src, data)
+            mpu_key = key + "-multipart"
+            left.append(mpu_key)
+            await self._learn_multipart(src, mpu_key, data)
+            created = await self._client.create_multipart_upload(Bucket=self.bucket, Key=mpu_key)
+            await self.abort_upload(mpu_key, created["UploadId"])
+        finally:
+            for name in left:
+                try:
+                    await self._client.delete_object(Bucket=self.bucket, Key=name)
+                except Exception as exc:
+                    err = translate(exc, f"DeleteObject {name!r}")
+                    raise PermanentError(
+                        f"the test object {name!r} was left behind ({err}); remove it by hand",
+                        reason="test_object_left",
+                    ) from None
         return key
+
+    async def _learn_conditional(self, src: Source, data: bytes) -> None:
+        assert self._sender is not None
+        params = {"Bucket": self.bucket, "Key": src.key, "IfNoneMatch": "*"}
+        params.update(self._digest_params(self.ck.body(data)))
+        try:
+            await self._sender.send("PutObject", params, data)
+            self.facts.conditional_writes = False
+        except UploadError as exc:
+            if exc.reason == "not_implemented":
+                self.facts.conditional_writes = False
+            elif exc.reason == "precondition_failed":
+                self.facts.conditional_writes = True
+            else:
+                raise
+
+    async def _learn_multipart(self, src: Source, key: str, data: bytes) -> None:
+        """A one-part multipart upload (a last part may be small): its ETag form."""
+        s = dataclasses.replace(src, key=key, upload_id=None, on_upload_id=None)
+        try:
+            created = await self._client.create_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                **({"ChecksumAlgorithm": self.ck.param} if self._send_checksum else {}),
+            )
+            upload_id = created["UploadId"]
+            digest = self.ck.body(data)
+            assert self._sender is not None
+            resp = await self._sender.send(
+                "UploadPart",
+                {
+                    "Bucket": self.bucket,
+                    "Key": key,
+                    "UploadId": upload_id,
+                    "PartNumber": 1,
+                    **self._digest_params(digest),
+                },
+                data,
+            )
+            part = {"PartNumber": 1, "ETag": resp.get("ETag")}
+            if self._send_checksum and digest.checksum_b64:
+                part[f"Checksum{self.ck.param}"] = digest.checksum_b64
+            done = await self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": [part]}
+            )
+        except Exception as exc:
+            raise translate(exc, "multipart test upload") from None
+        fd = os.memfd_create("s3spool-check")
+        try:
+            os.write(fd, data)
+            s.fd = fd
+            await self._verify_object(s, done, [digest])
+        finally:
+            os.close(fd)
 
 
 @dataclass(slots=True)
@@ -714,10 +905,10 @@ def _digest_file(fd: int, size: int, ck: Checksummer, part_size: int | None) -> 
             return _FileDigest(None, None)
         stream = ck.stream()
         for offset in range(0, size, 8 * 1024 * 1024):
-            stream.update(_read_exact(fd, offset, min(8 * 1024 * 1024, size - offset)))
+            stream.update(read_exact(fd, offset, min(8 * 1024 * 1024, size - offset)))
         return _FileDigest(stream.md5_hex(), stream.checksum_b64())
     parts = [
-        ck.body(_read_exact(fd, off, min(part_size, size - off)))
+        ck.body(read_exact(fd, off, min(part_size, size - off)))
         for off in range(0, max(size, 1), part_size)
     ]
     etag, checksum = ck.composite(parts)
@@ -736,7 +927,7 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
                 flat.append(e)
 
     walk(group)
-    for cls in (StoreUnavailable, PermanentError, SlowDown, TransientError):
+    for cls in (StoreUnavailable, Refused, PermanentError, SlowDown, TransientError):
         for e in flat:
             if isinstance(e, cls):
                 return e
@@ -766,6 +957,13 @@ class NoopStore:
     async def probe(self) -> None:
         return None
 
+    async def survey(self) -> list[tuple[str, str]]:
+        return []
+
+    @property
+    def last_answer(self) -> float:
+        return time.monotonic()
+
     async def abort_upload(self, key: str, upload_id: str) -> None:
         return None
 
@@ -794,6 +992,13 @@ class FaultyStore:
 
     async def probe(self) -> None:
         await self.inner.probe()
+
+    async def survey(self) -> list[tuple[str, str]]:
+        return await self.inner.survey()
+
+    @property
+    def last_answer(self) -> float:
+        return self.inner.last_answer
 
     async def abort_upload(self, key: str, upload_id: str) -> None:
         await self.inner.abort_upload(key, upload_id)

@@ -10,11 +10,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator
 
 log = logging.getLogger(__name__)
+
+
+def backoff(attempt: int, first: float, longest: float) -> float:
+    """Delay before retry ``attempt`` (1, 2, ...): doubling from ``first`` up to ``longest``,
+    with equal jitter (a random point in the upper half), so retries never form a tight
+    loop and many failed requests do not come back in step."""
+    ceiling = min(longest, first * 2 ** (attempt - 1))
+    return random.uniform(ceiling / 2, ceiling)
 
 
 class Throttle:
