@@ -205,7 +205,7 @@ def test_classify_edge_cases() -> None:
     assert classify("PUT", "/b/k", {}, {"x-amz-copy-source": "b/o"}) == "other"
     assert classify("PUT", "/b", {}, {}) == "other"  # create bucket
     assert classify("GET", "/b", {"list-type": "2"}, {}) == "list"
-    assert classify("GET", "/b/k", {"uploadId": "u"}, {}) == "other"  # list parts
+    assert classify("GET", "/b/k", {"uploadId": "u"}, {}) == "list_parts"
 
 
 async def test_proxy_serves_async_client_on_running_loop(moto_s3: S3Target) -> None:
