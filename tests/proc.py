@@ -15,6 +15,31 @@ from types import TracebackType
 
 _ids = itertools.count(1)
 POLL_S = 0.05
+CLI_TIMEOUT_S = 60.0
+
+
+def clean_env(extra: dict[str, str]) -> dict[str, str]:
+    """The test process's environment without AWS_*/S3SPOOL_*, plus ``extra``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3SPOOL_"))}
+    return {**base, "PYTHONUNBUFFERED": "1", **extra}
+
+
+def cli(
+    args: list[str], env: dict[str, str], *, as_nobody: bool = False, timeout: float = CLI_TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
+    """Run ``s3spool ARGS`` to completion with ``env`` (on top of a clean environment)."""
+    cmd = [sys.executable, "-m", "s3spool", *args]
+    if as_nobody:
+        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+    return subprocess.run(
+        cmd,
+        env=clean_env(env),
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 class SpoolProc:

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import stat
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,33 +21,10 @@ import pytest
 from asyncinotify import Inotify, Mask
 
 from faultproxy import FaultProxy
-from proc import SpoolProc
+from proc import CLI_TIMEOUT_S, SpoolProc, clean_env, cli
 from s3servers import S3Target
 
-CLI_TIMEOUT_S = 60.0
 UNREACHABLE = "http://127.0.0.1:1"  # nothing listens on port 1: any store call would fail
-
-
-def clean_env(extra: dict[str, str]) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3SPOOL_"))}
-    return {**base, "PYTHONUNBUFFERED": "1", **extra}
-
-
-def cli(
-    args: list[str], env: dict[str, str], *, as_nobody: bool = False
-) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "s3spool", *args]
-    if as_nobody:
-        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
-    return subprocess.run(
-        cmd,
-        env=clean_env(env),
-        cwd="/",
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
-        check=False,
-    )
 
 
 def lines_starting(text: str, prefix: str) -> list[str]:

@@ -31,8 +31,9 @@ from collections.abc import Callable
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
-from botocore.auth import S3SigV4Auth
+from botocore.auth import SIGNED_HEADERS_BLACKLIST, S3SigV4Auth, _host_from_url
 from botocore.awsrequest import AWSPreparedRequest, AWSRequest
+from multidict import CIMultiDict
 
 from .bodies import FileRange
 from .s3errors import SLOWDOWN_CODES, classify_error, parse_error_body, translate
@@ -104,6 +105,13 @@ class BotocoreSender:
         return resp
 
 
+class _Signed(dict[str, str]):
+    """The headers to sign: single-valued, so ``get_all`` is one lookup."""
+
+    def get_all(self, name: str) -> list[str]:
+        return [self[name]]
+
+
 class _Auth(S3SigV4Auth):  # type: ignore[misc]
     """botocore's S3 SigV4 signer, fed the payload hash our digest pass computed.
 
@@ -112,7 +120,21 @@ class _Auth(S3SigV4Auth):  # type: ignore[misc]
     against the body, which is what the SHA-256 would prove; skipping the second hash
     saves about 0.6 s of CPU per GiB here (SHA-256 runs at ~1.7 GB/s on these cores).
     An explicit ``payload_signing_enabled`` in the botocore config still wins.
+
+    ``headers_to_sign`` picks the same headers as botocore's, into a plain dict instead
+    of botocore's email.message-based ``HTTPHeaders``: that alone cost 0.19 ms of CPU
+    per small file (a profile of 3,000 PUTs), a third of the whole per-file budget.
     """
+
+    def headers_to_sign(self, request: Any) -> _Signed:
+        signed = _Signed()
+        for name, value in request.headers.items():
+            lname = name.lower()
+            if lname not in SIGNED_HEADERS_BLACKLIST:
+                signed[lname] = value
+        if "host" not in signed:
+            signed["host"] = _host_from_url(request.url)
+        return signed
 
     def _should_sha256_sign_payload(self, request: Any) -> bool:
         explicit = _payload_signing(request.context.get("client_config"))
@@ -156,6 +178,9 @@ class SignedSender:
         self._config = client.meta.config
         self._region = client.meta.region_name or "us-east-1"
         self.base_url = base_url.rstrip("/")
+        # botocore's own rule for the signed Host, worked out once: per request it costs
+        # 60 us of URL parsing
+        self._host = _host_from_url(self.base_url)
         self._on_slowdown = on_slowdown
         self._fallback = BotocoreSender(client)
         self._via_botocore = False
@@ -188,7 +213,7 @@ class SignedSender:
     def _request(
         self, op: Op, params: dict[str, Any], body: Body, payload_sha256: str | None
     ) -> Any:
-        headers: dict[str, str] = {}
+        headers: dict[str, str] = {"Host": self._host}
         for name, value in params.items():
             if name in _HEADER:
                 headers[_HEADER[name]] = str(value)
@@ -202,7 +227,9 @@ class SignedSender:
         if op == "UploadPart":
             upload_id = quote(params["UploadId"], safe="-_.~")
             url += f"?partNumber={params['PartNumber']}&uploadId={upload_id}"
-        request = AWSRequest(method="PUT", url=url, headers=headers, data=body)
+        request = AWSRequest(method="PUT", url=url, data=body)
+        # case-insensitive like botocore's HTTPHeaders, without its email.message cost
+        request.headers = CIMultiDict(headers)
         request.context["client_config"] = self._config
         request.context["has_streaming_input"] = True
         request.context["payload_sha256"] = payload_sha256
