@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -134,7 +134,7 @@ def test_not_implemented_kinds(moto_s3: S3Target, moto_proxy: FaultProxy) -> Non
     bucket = moto_s3.bucket
     upload_id = c.create_multipart_upload(Bucket=bucket, Key="m")["UploadId"]
     moto_proxy.not_implemented = {"list_mpu", "list_parts", "abort_mpu"}
-    calls = [
+    calls: list[Callable[[], Any]] = [
         lambda: c.list_multipart_uploads(Bucket=bucket),
         lambda: c.list_parts(Bucket=bucket, Key="m", UploadId=upload_id),
         lambda: c.abort_multipart_upload(Bucket=bucket, Key="m", UploadId=upload_id),
