@@ -206,11 +206,7 @@ class FaultProxy:
     def snapshot(self) -> dict[str, dict[str, int]]:
         """Consistent copy of the counters (iterating them live can race the proxy thread)."""
         with self._lock:
-            return {
-                "counts": dict(self.counts),
-                "injected": dict(self.injected),
-                "bytes_in": dict(self.bytes_in),
-            }
+            return {"counts": dict(self.counts), "injected": dict(self.injected)}
 
     # -- lifecycle ------------------------------------------------------------------------
 
