@@ -109,10 +109,10 @@ def strip_checksum_elements(xml: bytes) -> bytes:
     return CHECKSUM_ELEMENT.sub(b"", xml)
 
 
-def s3_error_xml(code: str, message: str) -> bytes:
+def s3_error_xml(code: str, message: str, extra: str = "") -> bytes:
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f"<Error><Code>{code}</Code><Message>{message}</Message>"
+        f"<Error><Code>{code}</Code><Message>{message}</Message>{extra}"
         "<RequestId>faultproxy</RequestId></Error>"
     ).encode()
 
@@ -136,6 +136,8 @@ class FaultProxy:
     UploadParts with that number to answer 500 InternalError (counted down).
     Requests answered by the proxy itself (except resets) have their bodies read first;
     `bytes_in` counts request body bytes received, by kind, whether forwarded or not.
+    `bucket_region` - requests not signed for that region get 400 AuthorizationHeaderMalformed
+    naming it (body and x-amz-bucket-region header), as S3 answers for a bucket elsewhere.
     """
 
     def __init__(self, upstream: str, *, seed: int = 0) -> None:
@@ -151,6 +153,7 @@ class FaultProxy:
         self.strip_checksums = False
         self.not_implemented: set[str] = set()
         self.deny_prefix: str | None = None
+        self.bucket_region: str | None = None
         self.fail_parts: dict[int, int] = {}
         self.url = ""
         self.counts: Counter[str] = Counter()  # kinds actually forwarded upstream
@@ -191,6 +194,7 @@ class FaultProxy:
         self.whole_md5_etag = self.strip_checksums = False
         self.not_implemented = set()
         self.deny_prefix = None
+        self.bucket_region = None
         with self._lock:
             self.fail_parts = {}
 
@@ -297,6 +301,20 @@ class FaultProxy:
             await self._drain(request, kind)
             self._count(self.injected, "access_denied")
             return self._error(403, "AccessDenied", "Access Denied", request)
+        region = self.bucket_region
+        if region is not None and f"/{region}/s3/" not in request.headers.get("Authorization", ""):
+            # signed for another region: answer as S3 does for a bucket that lives elsewhere
+            await self._drain(request, kind)
+            self._count(self.injected, "wrong_region")
+            reply = self._error(400, "AuthorizationHeaderMalformed", "wrong region", request)
+            if reply.body:
+                reply.body = s3_error_xml(
+                    "AuthorizationHeaderMalformed",
+                    "wrong region",
+                    extra=f"<Region>{region}</Region>",
+                )
+            reply.headers["x-amz-bucket-region"] = region
+            return reply
         if kind in self.not_implemented:
             await self._drain(request, kind)
             self._count(self.injected, "not_implemented")

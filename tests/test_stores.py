@@ -189,6 +189,28 @@ def test_denied_prefix_fails_those_files_and_delivers_the_rest(
     assert "AccessDenied" in reason["error"], reason
 
 
+def test_bucket_in_another_region_is_followed(moto_s3: S3Target, spool: Path) -> None:
+    with FaultProxy(moto_s3.endpoint_url) as fp:
+        fp.bucket_region = "eu-west-1"  # REGION says us-east-1 (target.env())
+        files = backlog(spool / "incoming")
+        r = cli(
+            ["run", "--once"],
+            {
+                **moto_s3.via(fp.url).env(),
+                "S3SPOOL_SPOOL_DIRS": str(spool),
+                "S3SPOOL_WORKERS": "4",
+                **MULTIPART,
+            },
+        )
+        wrong = fp.snapshot()["injected"].get("wrong_region", 0)
+    assert r.returncode == 0, r.stderr
+    assert names(spool / "done") == set(files)
+    assert "bucket answers from region eu-west-1" in r.stderr, r.stderr
+    # botocore learns the region from the first answer (the startup probe); bodies already in
+    # flight when the sender hears of it are refused once each, then none
+    assert 1 <= wrong <= 1 + 4 * 2, wrong
+
+
 def test_whole_object_md5_multipart_etag_is_accepted(moto_s3: S3Target, spool: Path) -> None:
     data = os.urandom(11 * MIB)
     (spool / "incoming").mkdir(parents=True)

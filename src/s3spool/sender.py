@@ -126,6 +126,23 @@ class _Auth(S3SigV4Auth):  # type: ignore[misc]
     per small file (a profile of 3,000 PUTs), a third of the whole per-file budget.
     """
 
+    #: derived signing keys by (secret, day, region): botocore derives one with four HMACs
+    #: for every request; the key only changes daily
+    _keys: dict[tuple[str, str, str], bytes] = {}  # noqa: RUF012 - a shared cache on purpose
+
+    def signature(self, string_to_sign: str, request: Any) -> str:
+        day = request.context["timestamp"][0:8]
+        cache_key = (self.credentials.secret_key, day, self._region_name)
+        key = self._keys.get(cache_key)
+        if key is None:
+            key = self._sign(f"AWS4{cache_key[0]}".encode(), day)
+            for part in (self._region_name, self._service_name, "aws4_request"):
+                key = self._sign(key, part)
+            if len(self._keys) > 16:  # rotated credentials, day changes: keep it small
+                self._keys.clear()
+            self._keys[cache_key] = key
+        return str(self._sign(key, string_to_sign, hex=True))
+
     def headers_to_sign(self, request: Any) -> _Signed:
         signed = _Signed()
         for name, value in request.headers.items():
