@@ -398,16 +398,17 @@ CASES: list[Case] = [
     Case("21-done-unwritable", "done_ro", b"stuck-done",
          "done/ chowned to root 0755 while running; the file arrives; done/ given back",
          {"level": "^ERROR$",
-          "event": r"name='stuck-done': uploaded to 'in/stuck-done' but cannot move it to "
-                   r"done/: Permission denied; will retry$"},
+          "event": r"^spool=\S+: cannot move 'stuck-done' in \S+/done: Permission denied "
+                   r"\(EACCES\); this spool takes no new files until it works again$"},
          "done", key=PREFIX + "stuck-done", data=b"routed late",
          note="while done/ is unwritable: object stored, file in working/<instance>/files/, "
-              "retried each CLEANUP_INTERVAL (checked during the run)"),
+              "one line for the fault, moved within 2s of done/ working again (checked "
+              "during the run)"),
     Case("22-failed-unwritable", "failed_ro", b"stuck-failed",
          "FAIL_RATE=1; failed/ chowned to root 0755 while running; the file arrives",
          {"level": "^ERROR$",
-          "event": r"name='stuck-failed': failed \(injected failure \(FAIL_RATE\)\) and cannot "
-                   r"be moved to failed/: Permission denied; it stays in \S+/working/\S+/files$"},
+          "event": r"^spool=\S+: cannot move 'stuck-failed' in \S+/failed: Permission denied "
+                   r"\(EACCES\); this spool takes no new files until it works again$"},
          "working", data=b"kept in working"),
     Case("23-growing-during-upload", "done_ro", b"growing.log",
          "renamed in with 1000 bytes, fd kept open; 500 more appended while its PUT is held "
@@ -419,8 +420,10 @@ CASES: list[Case] = [
     # -- ENOSPC: a whole spool on a tmpfs with every inode used
     Case("25-enospc-key-record", "enospc", b"good-on-full-disk",
          "KEY_FORMAT={now}/{fname} (key record needed); no free inode on the spool's tmpfs",
-         {"level": "^(ERROR|WARNING)$",
-          "event": r"name='good-on-full-disk'.*\bkey\b.*No space left on device"},
+         {"level": "^ERROR$",
+          "event": r"^spool=\S+: cannot record the key of 'good-on-full-disk' in \S+/keys: No "
+                   r"space left on device \(ENOSPC\); files that need space wait until it works "
+                   r"again$"},
          "incoming", data=b"good file",
          make=regular(b"good file"),
          note="nothing was sent: the claim should be given back (or kept), not failed"),
@@ -702,20 +705,20 @@ def run_done_ro(base: Path, moto_srv: S3Server) -> Result:
                 lock_out(done)
                 mark = proc.mark()
                 drop(spot, "stuck-done", b"routed late")
-                stuck = r"'stuck-done'.* cannot move it to done/"
+                stuck = r"cannot move 'stuck-done' in \S+/done"
                 proc.wait_for_log(stuck, 15, since=mark)
                 if "stuck-done" not in files_in_working(spot):
                     res.note("21-done-unwritable", "not in working/<instance>/files/ while "
                                                    "done/ was unwritable")
                 if target.get(PREFIX + "stuck-done") != b"routed late":
                     res.note("21-done-unwritable", "object missing while done/ was unwritable")
-                retried = wait_until(
-                    lambda: len(re.findall(stuck, proc.log_text()[mark:])) >= 2, 10, "retry")
-                if not retried:
-                    res.note("21-done-unwritable", "routing not retried within 10s")
+                time.sleep(2)  # probes of the fault go on meanwhile, without a line each
+                if len(re.findall('"ERROR".*' + stuck, proc.log_text()[mark:])) != 1:
+                    res.note("21-done-unwritable", "the fault was not logged exactly once")
                 give_back(done)
-                if not wait_until(lambda: (done / "stuck-done").exists(), 10, "stuck-done"):
-                    res.note("21-done-unwritable", "not in done/ 10s after done/ was writable")
+                if not wait_until(lambda: (done / "stuck-done").exists(), 2.5, "stuck-done"):
+                    res.note("21-done-unwritable", "not in done/ 2s after done/ was writable")
+                proc.wait_for_log(r"/done works again after [0-9.]+s; resuming", 5, since=mark)
             finally:
                 give_back(done)
                 proc.signal(signal.SIGTERM)
@@ -756,7 +759,7 @@ def run_failed_ro(base: Path, moto_srv: S3Server) -> Result:
             # 22: a failure that cannot be moved to failed/
             lock_out(failed)
             drop(spot, "stuck-failed", b"kept in working")
-            proc.wait_for_log(r"'stuck-failed'.* cannot be moved to failed/", 15)
+            proc.wait_for_log(r"cannot move 'stuck-failed' in \S+/failed", 15)
         finally:
             give_back(failed)
             proc.signal(signal.SIGTERM)
@@ -1043,7 +1046,7 @@ RUNS = {
     "badsecret": (3, 20.0),  # 3: store unavailable
     "done_ro": (0, 60.0),
     "failed_ro": (0, 40.0),
-    "enospc": (1, 20.0),
+    "enospc": (75, 20.0),  # 75: a file left behind by a full disk (and one failed)
     "unit": (0, 20.0),
 }
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
+
+from .clock import cautious_now
 
 log = logging.getLogger(__name__)
 
@@ -19,10 +20,11 @@ def expire_done(done: Path, delete_after: float, *, now: float | None = None) ->
     """Remove files that reached done/ more than ``delete_after`` seconds ago.
 
     "Reached done/" is the file's ctime: rename(2) sets it, while the mtime is
-    still the producer's (an old file would otherwise be removed at once).
+    still the producer's (an old file would otherwise be removed at once).  A clock
+    stepped forward removes nothing early (``clock.cautious_now``).
     Reason files of failed/ are never here; subdirectories are left alone.
     """
-    cutoff = (now if now is not None else time.time()) - delete_after
+    cutoff = (now if now is not None else cautious_now()) - delete_after
     removed = 0
     try:
         it = os.scandir(done)

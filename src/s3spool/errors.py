@@ -14,6 +14,12 @@ pipeline then only has to tell four things apart:
     This file will never upload as it is (object too large, unreadable file,
     a different object already under the key with ``OVERWRITE=never``).
     It goes to ``failed/`` at once, with the reason written next to it.
+``LocalFault``
+    A spool directory refused an operation: no space (ENOSPC, EDQUOT), no
+    permission (EACCES, EPERM), read-only (EROFS), or gone (ENOENT).  ``path``
+    names the directory, ``reason`` the errno.  That spool pauses (a spool that
+    is only full still moves files that need no space) and resumes by itself
+    when the directory works again; the other spools go on; nothing is lost.
 ``Refused``
     The store refused one request (AccessDenied, an expired token, a missing
     bucket).  Whether that is one object's problem (a prefix policy, a KMS
@@ -57,6 +63,19 @@ class FileChanged(TransientError):
 
 class PermanentError(UploadError):
     """This file cannot be delivered as it is; it belongs in failed/."""
+
+
+class LocalFault(TransientError):
+    """A spool directory is full, read-only, not writable or gone; that spool pauses."""
+
+    def __init__(self, message: str, *, reason: str, path: str) -> None:
+        super().__init__(message, reason=reason)
+        self.path = path
+
+    @property
+    def no_space(self) -> bool:
+        """Only space is missing: renames and unlinks still work."""
+        return self.reason in ("ENOSPC", "EDQUOT")
 
 
 class Refused(UploadError):

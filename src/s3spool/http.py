@@ -38,6 +38,9 @@ def readiness(service: Service, lags: dict[str, float]) -> list[str]:
         problems.append("inotify watches not active (see the log; rescans only)")
     if not service.gate.is_set():
         problems.append("store unavailable: intake paused until a probe succeeds")
+    for guard in service.guards.values():
+        if guard.fault is not None:
+            problems.append(f"spool {guard.spool.label}: {guard.fault}")
     max_lag = service.s.max_lag
     if max_lag is not None:
         for label, lag in sorted(lags.items()):

@@ -75,6 +75,12 @@ class Metrics:
         self.paused = Gauge(
             "s3spool_paused", "1 while intake is paused by a store fault.", registry=r
         )
+        self.spool_up = Gauge(
+            "s3spool_spool_up",
+            "0 while a directory of the spool is full, read-only, not writable or gone.",
+            ["spool"],
+            registry=r,
+        )
         self.store_up = Gauge(
             "s3spool_store_up",
             "1 while the store answers (the last probe or request succeeded), else 0.",

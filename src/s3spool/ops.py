@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from .errors import ConfigError, StoreUnavailable, UploadError
 from .keys import KeyInput, KeyTemplate, encode_name, spool_dir_field
 from .settings import Settings, parse_destination
-from .spool import Spool, SpoolDirs, _lock_is_free, rename_noreplace, spool_layouts
+from .spool import Spool, SpoolDirs, instance_is_live, rename_noreplace, spool_layouts
 from .watch import INOTIFY_HELP, compile_ignore
 
 if TYPE_CHECKING:
@@ -256,8 +256,8 @@ def survey_spool(dirs: SpoolDirs, is_ignored: Callable[[str], bool]) -> dict[str
         working.error = f"{dirs.working}: {exc.strerror}"
         entries = []
     for entry in entries:
-        if not entry.is_dir(follow_symlinks=False):
-            continue
+        if not entry.is_dir(follow_symlinks=False) or entry.name.startswith("."):
+            continue  # .resubmit/ holds backoff records, not an instance
         mine = survey_dir(Path(entry.path) / "files")
         if mine.error:
             working.error = mine.error
@@ -267,7 +267,7 @@ def survey_spool(dirs: SpoolDirs, is_ignored: Callable[[str], bool]) -> dict[str
             working.oldest_mtime is None or mine.oldest_mtime < working.oldest_mtime
         ):
             working.oldest_mtime = mine.oldest_mtime
-        live = not _lock_is_free(Path(entry.path) / "lock")
+        live = instance_is_live(Path(entry.path))
         instances.append(InstanceSurvey(entry.name, live, mine.files, mine.bytes))
     done = survey_dir(dirs.done) if dirs.done is not None else None
     failed: DirSurvey | None = None

@@ -14,19 +14,23 @@ returned or kept for the next start.  A second signal skips the grace.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
 import signal
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from .clock import cautious_now
 from .errors import (
     FileChanged,
     FileVanished,
+    LocalFault,
     PermanentError,
     Refused,
     StoreUnavailable,
@@ -37,6 +41,7 @@ from .keys import KeyInput, KeyTemplate, spool_dir_field
 from .metrics import Metrics, size_class
 from .settings import Settings, parse_destination
 from .spool import Claim, Spool, open_claimed, spool_layouts
+from .spoolguard import Guard
 from .store import Delivery, Source, Store, open_store
 from .throttle import Throttle, backoff
 from .watch import Discovery, Item, Pending, WarnOnce
@@ -47,15 +52,17 @@ file_log = logging.getLogger("s3spool.file")
 EXIT_OK = 0
 EXIT_FAILED_FILES = 1
 EXIT_STORE_UNAVAILABLE = 3
+EXIT_TEMPFAIL = 75  # EX_TEMPFAIL: --once left files behind because of a local fault
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h
 
 
 class _NotStarted(Exception):
     """This claim's upload did not start (shutdown, or its key could not be recorded)."""
 
-    def __init__(self, retry_after: float | None = None) -> None:
+    def __init__(self, retry_after: float | None = None, local: LocalFault | None = None) -> None:
         super().__init__()
         self.retry_after = retry_after
+        self.local = local  # a spool directory refused: the spool's guard takes over
 
 
 @dataclass(slots=True)
@@ -73,6 +80,10 @@ class Service:
         self.template = KeyTemplate(settings.key_format, prefix)
         self.instance_id = settings.resolved_instance_id
         self.spools = [Spool(d, self.instance_id) for d in spool_layouts(settings)]
+        self._index = {sp: i for i, sp in enumerate(self.spools)}
+        self.guards = {sp: Guard(sp) for sp in self.spools}
+        #: --once: files left behind by local faults, by "ERRNO in DIRECTORY"
+        self.deferred: collections.Counter[str] = collections.Counter()
         self._spool_field = [
             spool_dir_field(sp.dirs.root or sp.dirs.incoming) for sp in self.spools
         ]
@@ -82,6 +93,8 @@ class Service:
             self.pending,
             ignore=settings.ignore,
             rescan_interval=settings.rescan_interval,
+            on_fault=lambda index, fault: self._trip(self.spools[index], fault),
+            is_paused=lambda index: self.guards[self.spools[index]].paused,
         )
         self.throttle = Throttle(settings.workers)
         self.metrics = Metrics()
@@ -97,9 +110,8 @@ class Service:
         self._warn = WarnOnce()
         self._not_before: dict[Item, float] = {}
         self._resubmits: dict[Item, int] = {}
-        self._unrouted: list[Claim] = []  # uploaded, but done/ refused the file
-        self._unfailed: list[tuple[Claim, UploadError]] = []  # failed/ refused the file
-        self._first_seen: dict[Item, float] = {}  # future-dated files: when first looked at
+        # future-dated files: when first looked at (monotonic, immune to clock steps)
+        self._first_seen: dict[Item, float] = {}
         self._busy: set[asyncio.Task[Any]] = set()
         self._idle: set[asyncio.Task[Any]] = set()
         self._tg: asyncio.TaskGroup | None = None
@@ -129,6 +141,8 @@ class Service:
         m.paused.set_function(lambda: 0 if self.gate.is_set() else 1)
         # intake pauses exactly while the last probe of the store failed
         m.store_up.set_function(lambda: 1 if self.gate.is_set() else 0)
+        for spool, guard in self.guards.items():
+            m.spool_up.labels(spool.label).set_function(guard.up)
 
     def request_stop(self, *, force: bool = False) -> None:
         if self._stop.is_set():
@@ -142,16 +156,20 @@ class Service:
     # --- run ---------------------------------------------------------------------------------
     async def run(self) -> int:
         self.prepare()
-        opened: list[Spool] = []
         try:
             for spool in self.spools:
-                spool.open()
-                opened.append(spool)
+                try:
+                    spool.open()
+                except LocalFault as exc:
+                    # e.g. a full filesystem: this spool waits, the others start
+                    self.guards[spool].trip(exc)
             async with open_store(self.s, on_slowdown=self._on_slowdown) as store:
                 self.store = store
                 return await self._run(store)
         finally:
-            for spool in opened:
+            for guard in self.guards.values():
+                guard.stop_healing()
+            for spool in self.spools:
                 spool.close()
             self.discovery.close()
 
@@ -175,8 +193,9 @@ class Service:
                     return EXIT_STORE_UNAVAILABLE
                 self._pause_now(exc)
             for spool in self.spools:
-                for claim in spool.recover_own():
-                    self.pending.put_claim(claim)
+                if spool.opened:
+                    for claim in spool.recover_own():
+                        self.pending.put_claim(claim)
             self._adopt_dead()
             if not self.once:
                 self.discovery.open_watches()
@@ -203,6 +222,11 @@ class Service:
                         intake.append(tg.create_task(self._watch_store()))
                 if not self.gate.is_set():
                     intake.append(tg.create_task(self._probe_until_ok()))
+                if not self.once:
+                    intake.append(tg.create_task(self.discovery.layout_loop()))
+                    for guard in self.guards.values():
+                        if guard.fault is not None:
+                            guard.start_healing(self._healed)
                 self._intake = intake
                 if not self.once:
                     tg.create_task(self._mark_ready())
@@ -215,13 +239,30 @@ class Service:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
-        if (
-            self.once
-            and self.exit_code == EXIT_OK
-            and (self.counts.failed or self._unrouted or self._unfailed)
-        ):
-            return EXIT_FAILED_FILES
+        if self.once:
+            return self._once_summary()
         return self.exit_code
+
+    def _once_summary(self) -> int:
+        """--once: one line of counts, and the exit code they give."""
+        for guard in self.guards.values():
+            if guard.stranded and guard.fault is not None:  # uploaded or failed, not moved
+                self.deferred[_why(guard.fault)] += len(guard.stranded)
+        deferred = sum(self.deferred.values())
+        why = ", ".join(f"{n} ({reason})" for reason, n in self.deferred.most_common())
+        log.log(
+            logging.WARNING if deferred or self.counts.failed else logging.INFO,
+            "run --once: %d delivered, %d failed, %d deferred%s",
+            self.counts.delivered,
+            self.counts.failed,
+            deferred,
+            f": {why}" if why else "",
+        )
+        if self.exit_code != EXIT_OK:
+            return self.exit_code
+        if deferred:
+            return EXIT_TEMPFAIL
+        return EXIT_FAILED_FILES if self.counts.failed else EXIT_OK
 
     def _on_signal(self, sig: int) -> None:
         name = signal.Signals(sig).name
@@ -325,14 +366,18 @@ class Service:
                     "spool=%s name=%r: skipped, %s (left in place)", spool.label, name, kind
                 )
             return
-        now = time.time()
-        wait = self._not_before.get(item, 0.0) - now
+        # Backoffs are measured on the monotonic clock; a file's age can only be measured
+        # on the wall clock its mtime comes from.
+        mono = time.monotonic()
+        if spool.dirs.resubmit and item not in self._not_before:
+            self._recall_resubmit(item, spool, mono)
+        wait = self._not_before.get(item, 0.0) - mono
         if self.s.hold_for > 0:
-            since = st.st_mtime
-            if since > now + 1:
-                # A clock ahead of ours must not hold a file until that future arrives:
-                # count HOLD_FOR from when we first saw it instead.
-                since = self._first_seen.setdefault(item, now)
+            now = cautious_now()
+            if st.st_mtime > now + 1:
+                # A clock ahead of ours (or ours stepped back) must not hold a file until
+                # that future arrives: count HOLD_FOR from when we first saw it instead.
+                since = self._first_seen.setdefault(item, mono)
                 if self._warn((item, "future")):
                     log.warning(
                         "spool=%s name=%r: mtime is in the future; HOLD_FOR counts from now",
@@ -341,16 +386,26 @@ class Service:
                     )
                 if len(self._first_seen) > 100_000:
                     self._first_seen.pop(next(iter(self._first_seen)))
-            wait = max(wait, since + self.s.hold_for - now)
+                wait = max(wait, since + self.s.hold_for - mono)
+            else:
+                wait = max(wait, st.st_mtime + self.s.hold_for - now)
         if wait > 0:
             if not self.once:
                 self.discovery.defer(item, wait + 0.01)
+            return
+        guard = self.guards[spool]
+        if guard.paused and guard.fault is not None:
+            self._left_behind(guard.fault)  # its healing rescans the spool
             return
         await self.gate.wait()
         if self.stopping:
             return
         try:
             claim = spool.claim(name)
+        except LocalFault as exc:
+            self._trip(spool, exc)
+            self._left_behind(exc)
+            return
         except TransientError as exc:
             if exc.reason == "busy" and not self.once:
                 self.discovery.defer(item, 1.0)
@@ -389,6 +444,15 @@ class Service:
         try:
             delivery = await self._upload(claim, fd)
         except _NotStarted as why:
+            if why.local is not None:
+                if claim.recovered:
+                    # its key record must survive: deliver it from working/ once healed
+                    self._strand(claim, why.local, lambda: self.pending.put_claim(claim))
+                    return
+                self._left_behind(why.local)
+                spool.unclaim(claim)
+                self._trip(spool, why.local)  # its healing rescans incoming/
+                return
             if claim.recovered:
                 # its key record must survive: the next start delivers it to the same key
                 log.info(
@@ -399,7 +463,7 @@ class Service:
                 return
             spool.unclaim(claim)
             if why.retry_after is not None and not self.once:
-                self.discovery.defer((self.spools.index(spool), claim.name), why.retry_after)
+                self.discovery.defer((self._index[spool], claim.name), why.retry_after)
             return
         except UploadError as exc:
             self._fail(claim, exc, started)
@@ -424,18 +488,21 @@ class Service:
                     claim.ctime or claim.mtime,
                 )
             )
-            if not self.template.stable or claim.size >= self.s.multipart_threshold:
+            if self._needs_record(claim.size):
                 try:
                     claim.spool.save_key(claim)
                 except TransientError as exc:
                     # never upload under a key a crash could forget: give the file back
+                    claim.key = None
+                    if isinstance(exc, LocalFault):
+                        log.debug("spool=%s name=%r: %s", claim.spool.label, claim.name, exc)
+                        raise _NotStarted(local=exc) from None
                     log.error(
                         "spool=%s name=%r: %s; returned to incoming/, retrying later",
                         claim.spool.label,
                         claim.name,
                         exc,
                     )
-                    claim.key = None
                     raise _NotStarted(retry_after=self.s.retry_backoff_max) from None
 
         def record_upload_id(upload_id: str | None, part_size: int) -> None:
@@ -528,41 +595,60 @@ class Service:
                 )
                 await asyncio.sleep(delay)
 
+    def _recall_resubmit(self, item: Item, spool: Spool, mono: float) -> None:
+        """A resubmitted file seen for the first time by this process: its recorded backoff."""
+        record = spool.load_resubmit(item[1])
+        if record is None:
+            return
+        attempts, not_before = record
+        self._resubmits[item] = attempts
+        # wall clock across restarts; a clock stepped back cannot stretch it past the cap
+        left = min(max(not_before - time.time(), 0.0), self.s.retry_backoff_max)
+        self._not_before[item] = mono + left
+
     def _backoff(self, attempt: int) -> float:
         return backoff(attempt, self.s.retry_backoff, self.s.retry_backoff_max)
 
     # --- outcomes ---------------------------------------------------------------------------
     def _commit(self, claim: Claim, delivery: Delivery, started: float) -> None:
-        spool = claim.spool
         try:
-            dest = spool.route_done(claim)
-        except OSError as exc:
-            log.error(
-                "spool=%s name=%r: uploaded to %r but cannot move it to done/: %s; will retry",
-                spool.label,
-                claim.name,
-                claim.key,
-                exc.strerror,
-            )
-            self._unrouted.append(claim)
-            return
+            self._route_done(claim, delivery, started)
+        except LocalFault as exc:
+            # uploaded: it waits in working/ and moves as soon as the directory works
+            self._strand(claim, exc, lambda: self._route_done(claim, delivery, started))
+        except FileVanished as exc:
+            log.warning("spool=%s name=%r: uploaded, but %s", claim.spool.label, claim.name, exc)
+
+    def _route_done(self, claim: Claim, delivery: Delivery, started: float) -> None:
+        spool = claim.spool
+        dest = spool.route_done(claim)
         duration = time.monotonic() - started
         self.counts.delivered += 1
         files, size_bytes = self._uploaded_metrics[spool.label]
         files.inc()
         size_bytes.inc(delivery.size)
         self.metrics.duration.labels(size_class(delivery.size)).observe(duration)
-        if self._resubmits:
-            self._resubmits.pop((self.spools.index(spool), claim.name), None)
+        if spool.dirs.resubmit:
+            self._resubmits.pop((self._index[spool], claim.name), None)
+            spool.forget_resubmit(claim.name)
         extra = {"note": "already in store"} if delivery.already_there else {}
         self._log_file(
             logging.INFO, claim, delivery.size, duration, "done" if dest else "removed", **extra
         )
 
     def _fail(self, claim: Claim, exc: UploadError, started: float) -> None:
+        try:
+            self._route_failed(claim, exc, started)
+        except LocalFault as fault:
+            self._strand(claim, fault, lambda: self._route_failed(claim, exc, started))
+        except FileVanished as gone:
+            log.warning(
+                "spool=%s name=%r: failed (%s), and %s", claim.spool.label, claim.name, exc, gone
+            )
+
+    def _route_failed(self, claim: Claim, exc: UploadError, started: float) -> None:
         spool = claim.spool
-        index = self.spools.index(spool)
-        item = (index, claim.name)
+        item = (self._index[spool], claim.name)
         reason = {
             "name": claim.name,
             "key": claim.key,
@@ -579,24 +665,14 @@ class Service:
             n = self._resubmits.get(item, 0) + 1
             self._resubmits[item] = n
             delay = self._backoff(n)
-            self._not_before[item] = time.time() + delay
+            self._not_before[item] = time.monotonic() + delay
+            # on disk too: a restart must not retry a poison file at once
+            spool.save_resubmit(claim.name, n, time.time() + delay)
             outcome = "resubmitted"
             if len(self._not_before) > 100_000:  # bounded; an old entry only shortens a wait
                 self._not_before.pop(next(iter(self._not_before)))
                 self._resubmits.pop(next(iter(self._resubmits)), None)
-        try:
-            dest = spool.route_failed(claim, reason)
-        except OSError as exc2:
-            self._unfailed.append((claim, exc))
-            log.error(
-                "spool=%s name=%r: failed (%s) and cannot be moved to failed/: %s; it stays in %s",
-                spool.label,
-                claim.name,
-                exc,
-                exc2.strerror,
-                spool.files,
-            )
-            return
+        dest = spool.route_failed(claim, reason)
         if dest is None:
             outcome = "removed"
         self.counts.failed += 1
@@ -642,6 +718,34 @@ class Service:
                 claim.name,
                 claim.key,
             )
+
+    # --- local faults -------------------------------------------------------------------------
+    def _needs_record(self, size: int) -> bool:
+        """Must this file's key be written down before its upload (which takes space)?"""
+        return not self.template.stable or size >= self.s.multipart_threshold
+
+    def _trip(self, spool: Spool, fault: LocalFault) -> None:
+        """A directory of ``spool`` refused: pause that spool (see spoolguard.py)."""
+        guard = self.guards[spool]
+        guard.trip(fault)
+        if not self.once and self._tg is not None and not self.stopping:
+            guard.start_healing(self._healed)
+
+    def _strand(self, claim: Claim, fault: LocalFault, route: Callable[[], None]) -> None:
+        """A claim that a directory refused to take: the spool's guard routes it later."""
+        log.debug("spool=%s name=%r: waits in working/: %s", claim.spool.label, claim.name, fault)
+        self.guards[claim.spool].stranded.append((claim, route))
+        self._trip(claim.spool, fault)
+
+    def _left_behind(self, fault: LocalFault) -> None:
+        """--once: one more file left behind by a local fault (exit 75)."""
+        if self.once:
+            self.deferred[_why(fault)] += 1
+
+    def _healed(self, guard: Guard) -> None:
+        index = self._index[guard.spool]
+        self.discovery.rewatch(index)
+        self.discovery.request_rescan()
 
     # --- store faults -------------------------------------------------------------------------
     def _on_slowdown(self) -> None:
@@ -714,13 +818,16 @@ class Service:
         from .cleanup import expire_done
 
         self._adopt_dead()
-        unrouted, self._unrouted = self._unrouted, []
-        for claim in unrouted:
-            self._commit(claim, Delivery(claim.key or "", claim.size), claim.claimed_at)
-        unfailed, self._unfailed = self._unfailed, []
-        for claim, error in unfailed:
-            self._fail(claim, error, claim.claimed_at)
+        if self.once:
+            for guard in self.guards.values():
+                if (
+                    guard.stranded
+                    and await asyncio.to_thread(guard.spool.heal, guard.fault) is None
+                ):
+                    guard.reroute()  # the directory works again: move what waited
         for spool in self.spools:
+            if self.guards[spool].paused:
+                continue
             if spool.dirs.done is not None:
                 removed = await asyncio.to_thread(expire_done, spool.dirs.done, self.s.delete_after)
                 if removed:
@@ -730,6 +837,10 @@ class Service:
                         removed,
                         self.s.delete_after,
                     )
+            if spool.dirs.resubmit:
+                # records of files that are gone (delivered elsewhere, removed by hand)
+                stale = time.time() - max(4 * self.s.retry_backoff_max, 3600.0)
+                await asyncio.to_thread(spool.expire_resubmits, stale)
         await self._sweep_multipart()
 
     async def _sweep_multipart(self) -> None:
@@ -755,6 +866,8 @@ class Service:
 
     def _adopt_dead(self) -> None:
         for spool in self.spools:
+            if not spool.opened or self.guards[spool].paused:
+                continue
             for dead in list(spool.dead_instances()):
                 claims = spool.adopt(dead)
                 if claims:
@@ -796,3 +909,7 @@ async def run_service(
     service = Service(settings, once=once)
     service.early_signals = early_signals if early_signals is not None else []
     return await service.run()
+
+
+def _why(fault: LocalFault) -> str:
+    return f"{fault.reason} in {fault.path}"

@@ -6,15 +6,22 @@ into ``errors.py``'s classes here.
 Layout of one spool (directories are created if missing)::
 
     incoming/                  producers rename files in here
-    working/<instance>/lock    flock held by a live instance for its lifetime
+    working/<instance>/        flock'ed by a live instance for its lifetime (the
+                               directory itself: starting needs no free space)
     working/<instance>/files/  files this instance claimed (rename is the lock)
     working/<instance>/keys/   per-claim JSON: the object key fixed at claim time,
                                and the multipart upload id while one is open
+    working/.resubmit/         resubmit mode: per-name attempt count and next try
+                               (wall clock), so a restart keeps a poison file's backoff
     done/                      delivered files (unless REMOVE_ON_SUCCESS)
     failed/                    undeliverable files + NAME.reason.json
 
-An instance whose ``lock`` can be taken is dead: any live instance adopts its
-claims (with their keys) and delivers them.
+An instance whose directory can be locked is dead: any live instance adopts its
+claims (with their keys) and delivers them.  (Instances before this layout held a
+``lock`` file inside it instead; that file is still honoured.)
+
+Directory faults met at run time (no space, no permission, read-only, gone) are
+raised as ``LocalFault`` naming the directory; ``heal`` tells when they are over.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, FileVanished, PermanentError, TransientError
+from .errors import ConfigError, FileVanished, LocalFault, PermanentError, TransientError
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -93,6 +100,42 @@ def rename_noreplace(src: str | Path, dst: str | Path) -> None:
         # someone else moved it first: they own it, undo our link
         os.unlink(dst)
         raise
+
+
+#: errno values that mean "this directory does not work now", not "this file is bad"
+_LOCAL_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT}
+    | {errno.EXDEV}  # a filesystem mounted over one directory of the spool
+)
+#: bytes written by the probe of a full filesystem: a page, as a key record needs
+_PROBE_BYTES = b"\0" * 4096
+
+
+def local_fault(exc: OSError, what: str, directory: str | Path) -> TransientError:
+    """``LocalFault`` for a directory's errno (see ``_LOCAL_ERRNOS``), else ``TransientError``."""
+    name = errno.errorcode.get(exc.errno or 0, "EIO")
+    msg = f"cannot {what} in {directory}: {exc.strerror} ({name})"
+    if exc.errno in _LOCAL_ERRNOS:
+        return LocalFault(msg, reason=name, path=os.fspath(directory))
+    return TransientError(msg, reason=name)
+
+
+def _writable(path: Path) -> LocalFault | None:
+    """Why ``path`` cannot take new entries now (read-only filesystem, permissions), or None."""
+    try:
+        vfs = os.statvfs(path)
+    except OSError as exc:
+        fault = local_fault(exc, "look at the directory", path)
+        return fault if isinstance(fault, LocalFault) else None
+    if vfs.f_flag & os.ST_RDONLY:
+        return LocalFault(
+            f"{path} is on a read-only filesystem (EROFS)", reason="EROFS", path=str(path)
+        )
+    if not os.access(path, os.W_OK | os.X_OK):
+        return LocalFault(
+            f"{path} is not writable by uid {os.getuid()} (EACCES)", reason="EACCES", path=str(path)
+        )
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,10 +273,18 @@ class Spool:
             )
 
     def open(self) -> None:
-        """Create this instance's claim directory and hold its lock."""
-        self.files.mkdir(parents=True, exist_ok=True)
-        self.keys.mkdir(exist_ok=True)
-        fd = os.open(self.me / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        """Create this instance's claim directory and lock it.
+
+        The lock is an flock on the directory itself, so starting writes no file: a full
+        filesystem still starts, and drains where uploads free space.  ``LocalFault``
+        when the directory cannot be made; ``ConfigError`` when a live process has it.
+        """
+        try:
+            self.files.mkdir(parents=True, exist_ok=True)
+            self.keys.mkdir(exist_ok=True)
+            fd = os.open(self.me, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise local_fault(exc, "create this instance's directory", self.me.parent) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -242,9 +293,11 @@ class Spool:
                 f"spool {self.label}: instance id {self.instance_id!r} is in use by a live "
                 "process (S3SPOOL_INSTANCE_ID must be unique)"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {time.time():.0f}\n".encode())
         self._lock_fd = fd
+
+    @property
+    def opened(self) -> bool:
+        return self._lock_fd is not None
 
     def close(self) -> None:
         """Release the lock; remove the claim directory if nothing is left in it."""
@@ -256,10 +309,83 @@ class Spool:
                     p.unlink()
                 self.keys.rmdir()
                 self.files.rmdir()
-                (self.me / "lock").unlink()
                 self.me.rmdir()
         os.close(self._lock_fd)
         self._lock_fd = None
+
+    def heal(self, fault: LocalFault | None) -> LocalFault | None:
+        """After a local fault: None once every directory works again, else what still fails.
+
+        Recreates a missing directory as startup does, except the spool root: a root that
+        is gone waits for whoever removed it.  Re-creates and re-locks this instance's own
+        directory if it was removed.  After running out of space, also writes a page in it.
+        """
+        d = self.dirs
+        root = d.root or d.incoming.parent
+        if not root.is_dir():
+            return LocalFault(
+                f"the spool root {root} is gone (ENOENT)", reason="ENOENT", path=str(root)
+            )
+        for role, path in (
+            ("incoming", d.incoming),
+            ("working", d.working),
+            ("done", d.done),
+            ("failed", d.failed),
+        ):
+            if path is None:
+                continue
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                found = local_fault(exc, f"create the {role} directory", path.parent)
+                return found if isinstance(found, LocalFault) else None
+            problem = _writable(path)
+            if problem is not None:
+                return problem
+        try:
+            devices = {p.stat().st_dev for p in (d.incoming, d.working, d.done, d.failed) if p}
+        except OSError as exc:  # removed again meanwhile
+            found = local_fault(exc, "look at the directories", root)
+            return found if isinstance(found, LocalFault) else None
+        if len(devices) > 1:
+            return LocalFault(
+                f"the directories of spool {self.label} are on different filesystems now "
+                "(EXDEV): rename(2) cannot move files between them",
+                reason="EXDEV",
+                path=str(root),
+            )
+        if self._lock_fd is not None:
+            try:
+                same = os.path.samestat(os.fstat(self._lock_fd), os.stat(self.me))
+            except OSError:
+                same = False
+            if not same:  # removed by hand: make and lock it again
+                os.close(self._lock_fd)
+                self._lock_fd = None
+        try:
+            if self._lock_fd is None:
+                self.open()
+            self.files.mkdir(exist_ok=True)
+            self.keys.mkdir(exist_ok=True)
+        except (OSError, LocalFault) as exc:
+            if isinstance(exc, LocalFault):
+                return exc
+            found = local_fault(exc, "recreate this instance's directories", self.me)
+            return found if isinstance(found, LocalFault) else None
+        if fault is not None and fault.no_space:
+            probe = self.me / f".probe.{secrets.token_hex(4)}"
+            try:
+                with open(probe, "wb") as fh:
+                    fh.write(_PROBE_BYTES)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:
+                found = local_fault(exc, "write", self.me)
+                return found if isinstance(found, LocalFault) else None
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(probe)
+        return None
 
     # --- claims ----------------------------------------------------------------------------
     def claim(self, name: str) -> Claim | None:
@@ -272,15 +398,20 @@ class Spool:
         try:
             rename_noreplace(self._incoming_s + name, dst)
         except FileNotFoundError:
+            if not os.path.isdir(self.files):  # our claim directory is gone, not the file
+                raise LocalFault(
+                    f"cannot claim {name!r}: {self.files} is gone (ENOENT)",
+                    reason="ENOENT",
+                    path=str(self.files),
+                ) from None
             return None
         except FileExistsError:
             raise TransientError(
                 f"a file named {name!r} is still in flight", reason="busy"
             ) from None
         except OSError as exc:
-            raise TransientError(
-                f"claim of {name!r} failed: {exc.strerror}", reason="claim"
-            ) from None
+            where = self.files if _writable(self.dirs.incoming) is None else self.dirs.incoming
+            raise local_fault(exc, f"claim {name!r}", where) from None
         return Claim(self, name, dst)
 
     def unclaim(self, claim: Claim) -> bool:
@@ -319,10 +450,7 @@ class Spool:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            raise TransientError(
-                f"cannot record the key of {claim.name!r} in {self.keys}: {exc.strerror}",
-                reason="key_record",
-            ) from None
+            raise local_fault(exc, f"record the key of {claim.name!r}", self.keys) from None
 
     def load_key(self, keys_dir: Path, name: str) -> dict[str, Any] | None:
         try:
@@ -347,29 +475,93 @@ class Spool:
             os.unlink(self.keys / claim.name)
         claim.key_saved = False
 
+    # --- resubmit backoff records ---------------------------------------------------------
+    @property
+    def _resubmit_dir(self) -> Path:
+        return self.dirs.working / ".resubmit"
+
+    def load_resubmit(self, name: str) -> tuple[int, float] | None:
+        """(attempts so far, wall time of the next try) recorded for a resubmitted name."""
+        try:
+            with open(self._resubmit_dir / name, encoding="utf-8") as fh:
+                data = json.load(fh)
+            return int(data["attempts"]), float(data["not_before"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def save_resubmit(self, name: str, attempts: int, not_before: float) -> None:
+        """Record a resubmission; on failure the backoff only lives in memory (logged)."""
+        tmp = self._resubmit_dir / f".tmp.{secrets.token_hex(6)}"
+        try:
+            self._resubmit_dir.mkdir(exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump({"attempts": attempts, "not_before": round(not_before, 3)}, fh)
+            os.replace(tmp, self._resubmit_dir / name)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            log.warning(
+                "spool=%s name=%r: cannot record its resubmit backoff in %s: %s (kept in memory)",
+                self.label,
+                name,
+                self._resubmit_dir,
+                exc.strerror,
+            )
+
+    def forget_resubmit(self, name: str) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self._resubmit_dir / name)
+
+    def expire_resubmits(self, before: float) -> int:
+        """Remove records whose next try is before ``before`` and whose file is gone."""
+        removed = 0
+        try:
+            entries = list(os.scandir(self._resubmit_dir))
+        except OSError:
+            return 0
+        for entry in entries:
+            if os.path.lexists(self._incoming_s + entry.name):
+                continue
+            record = self.load_resubmit(entry.name)
+            if record is None or record[1] < before:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
+
     # --- routing ---------------------------------------------------------------------------
     def route_done(self, claim: Claim) -> Path | None:
         """Move a delivered file to done/ (or unlink it); returns where it went."""
-        if self.dirs.done is None:
-            _unlink(claim.path)
-            self.forget_key(claim)
-            return None
-        dest = self._place(claim.path, self.dirs.done, claim.name)
+        try:
+            if self.dirs.done is None:
+                _unlink(claim.path)
+                dest = None
+            else:
+                dest = self._place(claim.path, self.dirs.done, claim.name)
+        except OSError as exc:
+            raise self._route_fault(exc, claim, self.dirs.done) from None
         self.forget_key(claim)
         return dest
 
+    def _route_fault(self, exc: OSError, claim: Claim, directory: Path | None) -> Exception:
+        if not os.path.lexists(claim.path):
+            return FileVanished(f"{claim.name!r} vanished from {self.files}")
+        where = directory if directory is not None and _writable(self.files) is None else self.files
+        return local_fault(exc, f"move {claim.name!r}", where)
+
     def route_failed(self, claim: Claim, reason: dict[str, Any]) -> Path | None:
         """Move an undeliverable file to failed/ with a reason file (or unlink it)."""
-        if self.dirs.failed is None:
-            _unlink(claim.path)
-            self.forget_key(claim)
-            return None
-        if self.dirs.resubmit:
-            dest = self._place(claim.path, self.dirs.failed, claim.name)
-            self.forget_key(claim)
-            return dest
-        dest = self._place(claim.path, self.dirs.failed, claim.name)
+        try:
+            if self.dirs.failed is None:
+                _unlink(claim.path)
+                dest = None
+            else:
+                dest = self._place(claim.path, self.dirs.failed, claim.name)
+        except OSError as exc:
+            raise self._route_fault(exc, claim, self.dirs.failed) from None
         self.forget_key(claim)
+        if dest is None or self.dirs.resubmit:
+            return dest
         note = dest.with_name(dest.name + ".reason.json")
         try:
             tmp = dest.with_name(f".tmp.{secrets.token_hex(6)}")
@@ -435,29 +627,30 @@ class Spool:
         for entry in entries:
             if entry.name == self.instance_id or not entry.is_dir(follow_symlinks=False):
                 continue
-            if _lock_is_free(Path(entry.path) / "lock"):
+            if entry.name.startswith("."):
+                continue  # .resubmit/: backoff records, not an instance
+            if not instance_is_live(Path(entry.path)):
                 yield Path(entry.path)
 
     def adopt(self, dead: Path) -> list[Claim]:
         """Move a dead instance's claims (and their keys) into ours."""
-        lock_path = dead / "lock"
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
+            fd = os.open(dead, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
-            fd = None
+            return []
         except OSError as exc:
-            log.warning("spool=%s: cannot open %s: %s", self.label, lock_path, exc.strerror)
+            log.warning("spool=%s: cannot open %s: %s", self.label, dead, exc.strerror)
             return []
         try:
-            if fd is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return []  # alive after all, or another instance is adopting it
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return []  # alive after all, or another instance is adopting it
+            if _flock_held(dead / "lock"):
+                return []  # an instance of the older layout, alive
             adopted = self._adopt_locked(dead)
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(lock_path)
+            with contextlib.suppress(OSError):
+                os.unlink(dead / "lock")
             for sub in (dead / "keys", dead / "files", dead):
                 with contextlib.suppress(OSError):
                     for leftover in sub.glob(".tmp.*"):
@@ -465,8 +658,7 @@ class Spool:
                     sub.rmdir()
             return adopted
         finally:
-            if fd is not None:
-                os.close(fd)
+            os.close(fd)
 
     def _adopt_locked(self, dead: Path) -> list[Claim]:
         files, keys = dead / "files", dead / "keys"
@@ -577,20 +769,25 @@ def _unlink(path: str | Path) -> None:
         os.unlink(path)
 
 
-def _lock_is_free(lock_path: Path) -> bool:
+def instance_is_live(path: Path) -> bool:
+    """Does a live process hold the lock of the instance directory ``path``?"""
+    return _flock_held(path) or _flock_held(path / "lock")  # "lock": the older layout
+
+
+def _flock_held(path: Path) -> bool:
     try:
-        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return True  # crashed before the lock existed, or an adopter removed it
+        return False  # gone: an adopter removed it, or it never existed
     except OSError:
-        return False
+        return True  # cannot tell: never adopt what may be alive
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        return False
+        return True
     else:
         fcntl.flock(fd, fcntl.LOCK_UN)
-        return True
+        return False
     finally:
         os.close(fd)
 

@@ -16,10 +16,13 @@ import fnmatch
 import logging
 import os
 import re
+import stat
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from .spool import Claim, Spool
+from .errors import LocalFault
+from .spool import Claim, Spool, local_fault
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,20 @@ def compile_ignore(patterns: Sequence[str]) -> Callable[[str], bool]:
     return lambda name: rx.match(name) is not None
 
 
+def _identity(path: os.PathLike[str] | str) -> tuple[int, int]:
+    st = os.stat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), os.fspath(path))
+    return st.st_dev, st.st_ino
+
+
+def _watch_mask() -> Any:
+    from asyncinotify import Mask
+
+    # DELETE_SELF / MOVE_SELF: incoming/ itself went away (IGNORED follows, always sent)
+    return Mask.MOVED_TO | Mask.CLOSE_WRITE | Mask.ONLYDIR | Mask.DELETE_SELF | Mask.MOVE_SELF
+
+
 INOTIFY_HELP = {
     errno.EMFILE: "raise the sysctl fs.inotify.max_user_instances (e.g. to 512)",
     errno.ENOSPC: "raise the sysctl fs.inotify.max_user_watches (e.g. to 524288)",
@@ -102,8 +119,16 @@ class Discovery:
         *,
         ignore: Sequence[str],
         rescan_interval: float,
+        on_fault: Callable[[int, LocalFault], None] = lambda index, fault: None,
+        is_paused: Callable[[int], bool] = lambda index: False,
     ) -> None:
         self.spools = list(spools)
+        #: a spool's incoming/ is gone or unreadable (the service pauses that spool)
+        self.on_fault = on_fault
+        #: scans skip a paused spool; its guard asks for a rescan when it heals
+        self.is_paused = is_paused
+        self._watches: dict[int, Any] = {}  # spool index -> asyncinotify Watch
+        self._ident: dict[int, tuple[int, int]] = {}  # spool index -> incoming/'s (dev, ino)
         self.pending = pending
         self.is_ignored = compile_ignore(ignore)
         self.rescan_interval = rescan_interval
@@ -147,7 +172,7 @@ class Discovery:
     def open_watches(self) -> None:
         """Set up inotify before the first scan; on failure, say why and rely on rescans."""
         try:
-            from asyncinotify import Inotify, Mask
+            from asyncinotify import Inotify
         except ImportError as exc:  # pragma: no cover - a dependency
             log.error("inotify unavailable (%s); relying on rescans", exc)
             return
@@ -156,16 +181,85 @@ class Discovery:
         except OSError as exc:
             self._inotify_failed(exc, "create an inotify instance")
             return
-        mask = Mask.MOVED_TO | Mask.CLOSE_WRITE | Mask.ONLYDIR
         try:
-            for spool in self.spools:
-                inotify.add_watch(spool.dirs.incoming, mask)
+            for index, spool in enumerate(self.spools):
+                self._watches[index] = inotify.add_watch(spool.dirs.incoming, _watch_mask())
+                self._ident[index] = _identity(spool.dirs.incoming)
         except OSError as exc:
             inotify.close()
+            self._watches.clear()
             self._inotify_failed(exc, "watch incoming/")
             return
         self._inotify = inotify
         self.watching = True
+
+    def rewatch(self, index: int) -> None:
+        """Watch a spool's incoming/ again (recreated, remounted, or back after a fault)."""
+        incoming = self.spools[index].dirs.incoming
+        try:
+            self._ident[index] = _identity(incoming)
+        except OSError as exc:
+            self._lost(index, exc)
+            return
+        inotify: Any = self._inotify
+        if inotify is None:
+            return  # scans only
+        old = self._watches.pop(index, None)
+        if old is not None:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                inotify.rm_watch(old)
+        try:
+            self._watches[index] = inotify.add_watch(incoming, _watch_mask())
+        except OSError as exc:
+            self._lost(index, exc)
+
+    def _lost(self, index: int, exc: OSError) -> None:
+        fault = local_fault(exc, "watch incoming/", self.spools[index].dirs.incoming)
+        if isinstance(fault, LocalFault):
+            self.on_fault(index, fault)
+        else:
+            log.error("spool=%s: %s", self.spools[index].label, fault)
+
+    async def layout_loop(self, interval: float = 1.0) -> None:
+        """Notice an incoming/ that was removed, replaced or had a filesystem mounted on it.
+
+        inotify says when a watched directory goes away, but not when a new one (or a
+        mount) takes its place: compare the directory's identity every ``interval``.
+        """
+        while True:
+            await asyncio.sleep(interval)
+            for index, spool in enumerate(self.spools):
+                if self.is_paused(index):
+                    continue  # its guard probes it
+                try:
+                    ident = _identity(spool.dirs.incoming)
+                except OSError as exc:
+                    self._lost(index, exc)
+                    continue
+                if ident != self._ident.get(index):
+                    log.warning(
+                        "spool=%s: %s was replaced (recreated or remounted); watching the new "
+                        "one and rescanning",
+                        spool.label,
+                        spool.dirs.incoming,
+                    )
+                    self.rewatch(index)
+                    self.request_rescan()
+
+    def _watch_gone(self, watch: Any, mask: Any) -> None:
+        """incoming/ was deleted, moved away or unmounted: its spool pauses until it is back."""
+        from asyncinotify import Mask
+
+        index = next((i for i, w in self._watches.items() if w is watch), None)
+        if index is None:
+            return  # an old watch we replaced, or already reported
+        del self._watches[index]
+        how = "moved away" if mask & Mask.MOVE_SELF else "deleted or unmounted"
+        incoming = self.spools[index].dirs.incoming
+        self.on_fault(
+            index,
+            LocalFault(f"{incoming} was {how} (ENOENT)", reason="ENOENT", path=str(incoming)),
+        )
 
     def _inotify_failed(self, exc: OSError, what: str) -> None:
         hint = INOTIFY_HELP.get(exc.errno or 0, "")
@@ -193,12 +287,8 @@ class Discovery:
                     log.warning("inotify queue overflowed; rescanning")
                     self.request_rescan()
                     continue
-                if event.mask & Mask.IGNORED:
-                    log.error(
-                        "watch on %s was removed (directory deleted?); rescans only",
-                        event.watch.path if event.watch else "?",
-                    )
-                    self.watching = False
+                if event.mask & (Mask.IGNORED | Mask.DELETE_SELF | Mask.MOVE_SELF):
+                    self._watch_gone(event.watch, event.mask)
                     continue
                 if event.name is None or event.watch is None or event.mask & Mask.ISDIR:
                     continue
@@ -228,10 +318,16 @@ class Discovery:
             await self.scan(index, spool)
 
     async def scan(self, index: int, spool: Spool) -> None:
+        if self.is_paused(index):
+            return
         try:
             it = os.scandir(spool.dirs.incoming)
         except OSError as exc:
-            log.error("spool=%s: cannot list incoming/: %s", spool.label, exc.strerror)
+            fault = local_fault(exc, "list incoming/", spool.dirs.incoming)
+            if isinstance(fault, LocalFault):
+                self.on_fault(index, fault)
+            else:
+                log.error("spool=%s: %s", spool.label, fault)
             return
         with it:
             for entry in it:
