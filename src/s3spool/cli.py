@@ -4,7 +4,8 @@ Every setting of ``settings.Settings`` becomes a flag of the same name
 (``S3SPOOL_KEY_FORMAT`` ↔ ``--key-format``); a flag wins over the variable.
 
 Exit codes: 0 success · 1 some file failed (``run --once``) · 2 usage error ·
-3 store unavailable (``run --once``) · 78 configuration error.
+3 store unavailable (``run --once``) · 75 files left behind by a local fault
+(``run --once``) · 78 configuration error.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def _epilog() -> str:
     lines.append("Durations: seconds or 30s/5m/1h. Sizes: bytes or 8MiB/1GiB.")
     lines.append(
         "Exit codes: 0 ok, 1 files failed (--once), 2 usage, 3 store unavailable "
-        "(--once), 78 bad configuration."
+        "(--once), 75 files left behind by a full, read-only or missing directory (--once), "
+        "78 bad configuration."
     )
     return "\n".join(lines)
 
