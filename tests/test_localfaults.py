@@ -186,6 +186,41 @@ def test_full_filesystem_at_startup_still_drains(moto_s3: S3Target, tmp_path: Pa
 
 
 @needs_root
+async def test_no_free_inode_for_the_instance_directory_then_one(
+    moto_s3: S3Target, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="s3spool")
+    other = tmp_path / "other"
+    with tmpfs(tmp_path / "fs", inodes=64) as fs:
+        spool = fs / "spool"
+        for sub in ("incoming", "working", "done", "failed"):
+            (spool / sub).mkdir(parents=True)
+        (spool / "incoming" / "waiting").write_bytes(b"since before the start")
+        fillers = []
+        with contextlib.suppress(OSError):
+            for i in range(1000):
+                (fs / f"inode-{i}").touch()
+                fillers.append(fs / f"inode-{i}")
+        async with running(
+            settings_for([spool, other], moto_s3, key_format="{spool_dir}/{fname}")
+        ) as svc:
+            guard = svc.guards[svc.spools[0]]
+            assert guard.fault is not None, "mkdir of working/<instance> needs an inode"
+            assert guard.fault.reason == "ENOSPC"
+            drop(other / "incoming", "elsewhere", b"the other spool starts")
+            await wait_until(lambda: names(other / "done") == {"elsewhere"}, 5)
+            await asyncio_sleep(1.0)
+            assert names(spool / "incoming") == {"waiting"}
+            for f in fillers[:8]:
+                f.unlink()
+            await wait_until(lambda: names(spool / "done") == {"waiting"}, RECOVERY_S + 1)
+    lines = fault_lines(caplog)
+    assert len(lines) == 2, lines
+    assert "No space left on device (ENOSPC)" in lines[0]
+    no_tracebacks(caplog)
+
+
+@needs_root
 def test_key_records_on_a_full_disk_exit_75_with_a_summary(
     moto_s3: S3Target, tmp_path: Path
 ) -> None:
@@ -288,11 +323,26 @@ def test_permissions_removed_and_restored(moto_s3: S3Target, public_dir: Path) -
             assert time.monotonic() < deadline, proc.log_tail()
             time.sleep(0.05)
         proc.wait_for_log(r"/incoming works again after", 5)
+        # failed/: a file that cannot be read fails, and failed/ will not take it
+        failed = spool / "failed"
+        failed.chmod(0o555)
+        mark = proc.mark()
+        secret = drop(incoming, "unreadable", b"root only")
+        secret.chmod(0o600)
+        proc.wait_for_log(r"cannot move 'unreadable' in \S+/failed: Permission denied", 10, mark)
+        assert "unreadable" in names(
+            spool / "working" / next(iter(names(spool / "working"))) / "files"
+        )
+        failed.chmod(0o755)
+        cleared = time.monotonic()
+        while "unreadable" not in names(failed):
+            assert time.monotonic() < cleared + RECOVERY_S + 0.5, proc.log_tail()
+            time.sleep(0.05)
         proc.signal(signal.SIGTERM)
         assert proc.wait(20) == 0
     log_text = proc.log_text()
     assert "Traceback" not in log_text, log_text
-    assert log_text.count("Permission denied (EACCES)") == 1, log_text
+    assert log_text.count("Permission denied (EACCES)") == 2, log_text  # one per fault
     assert moto_s3.get("locked-in") == b"wait for me"
 
 

@@ -51,8 +51,9 @@ class Guard:
 
     @property
     def paused(self) -> bool:
-        """No new files from this spool (any fault but a lack of space)."""
-        return self.fault is not None and not self.fault.no_space
+        """No new files from this spool: any fault but a lack of space, or no claim
+        directory yet (it could not be made at startup)."""
+        return self.fault is not None and (not self.fault.no_space or not self.spool.opened)
 
     @property
     def no_space(self) -> bool:
