@@ -1,11 +1,12 @@
 """A fault-injecting reverse proxy for S3 traffic.
 
-Runs aiohttp on its own event loop in a daemon thread, so sync tests, async tests and a
-subprocess under test can all talk to it. Requests are forwarded byte-for-byte (Host header
-included, since SigV4 signs it) to one upstream S3 endpoint; faults are decided per request
-with a seeded RNG so failures are reproducible. Besides random faults it can play a store
-with missing features or other habits (plain-MD5 multipart ETags, no checksums, 501 for
-some operations, a denied prefix) and fail chosen UploadParts a set number of times.
+Runs aiohttp on its own event loop in a daemon thread (``LoopThread``), so sync tests,
+async tests and a subprocess under test can all talk to it. Requests are forwarded
+byte-for-byte (Host header included, since SigV4 signs it) to one upstream S3 endpoint;
+faults are decided per request with a seeded RNG so failures are reproducible. Besides
+random faults it can play a store with missing features or other habits (plain-MD5
+multipart ETags, no checksums, 501 for some operations, a denied prefix, a bucket in
+another region) and fail chosen UploadParts a set number of times.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
-from types import TracebackType
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
+
+from loopthread import LoopThread
 
 KINDS = (
     "put_object",
@@ -117,7 +119,7 @@ def s3_error_xml(code: str, message: str, extra: str = "") -> bytes:
     ).encode()
 
 
-class FaultProxy:
+class FaultProxy(LoopThread):
     """Reverse proxy to `upstream` with runtime-adjustable faults.
 
     Fractions (0.0..1.0) of faultable requests: `slowdown` (503 SlowDown), `error500`
@@ -171,8 +173,6 @@ class FaultProxy:
         self._part_bodies: dict[str, dict[int, bytes]] = {}
         self._whole_etags: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -213,48 +213,6 @@ class FaultProxy:
             return {"counts": dict(self.counts), "injected": dict(self.injected)}
 
     # -- lifecycle ------------------------------------------------------------------------
-
-    def start(self) -> FaultProxy:
-        assert self._thread is None, "already started"
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(
-            target=self._run_loop, args=(loop,), name="faultproxy", daemon=True
-        )
-        self._thread.start()
-        port = asyncio.run_coroutine_threadsafe(self._astart(), loop).result(timeout=10)
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        try:
-            asyncio.run_coroutine_threadsafe(self._astop(), loop).result(timeout=10)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=10)
-            self._loop = self._thread = None
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @staticmethod
-    def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_forever()
-        finally:
-            loop.close()
 
     async def _astart(self) -> int:
         # Force-closed upstream connections: no stale keep-alive sockets after an upstream

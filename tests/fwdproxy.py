@@ -19,8 +19,9 @@ import threading
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from urllib.parse import urlsplit
+
+from loopthread import LoopThread
 
 HEAD_LIMIT = 64 * 1024  # largest request/response head accepted
 PIECE = 1 << 20  # bodies move in pieces of at most this many bytes
@@ -136,7 +137,7 @@ def _reply(writer: asyncio.StreamWriter, status: str, note: str = "") -> None:
     )
 
 
-class ForwardProxy:
+class ForwardProxy(LoopThread):
     """Forward proxy on http://127.0.0.1:PORT (`.url`).
 
     `route` maps a requested authority ("127.0.0.1:P1") to the upstream that serves it
@@ -163,8 +164,6 @@ class ForwardProxy:
         self.expect_continue = 0
         self._held: list[socket.socket] = []  # closed ports kept closed until stop()
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -203,51 +202,13 @@ class ForwardProxy:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self) -> ForwardProxy:
-        assert self._thread is None, "already started"
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(
-            target=self._run_loop, args=(loop,), name="fwdproxy", daemon=True
-        )
-        self._thread.start()
-        port = asyncio.run_coroutine_threadsafe(self._astart(), loop).result(timeout=10)
-        self.url = f"http://{LOOPBACK}:{port}"
-        return self
-
     def stop(self) -> None:
-        loop, thread = self._loop, self._thread
         try:
-            if loop is not None and thread is not None:
-                try:
-                    asyncio.run_coroutine_threadsafe(self._astop(), loop).result(timeout=10)
-                finally:
-                    loop.call_soon_threadsafe(loop.stop)
-                    thread.join(timeout=10)
-                    self._loop = self._thread = None
+            super().stop()
         finally:
             for sock in self._held:
                 sock.close()
             self._held.clear()
-
-    def __enter__(self) -> ForwardProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @staticmethod
-    def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_forever()
-        finally:
-            loop.close()
 
     async def _astart(self) -> int:
         self._server = await asyncio.start_server(self._serve_client, LOOPBACK, 0, limit=HEAD_LIMIT)

@@ -43,6 +43,12 @@ def tmpfs(where: Path, size: str = "2m", inodes: int | None = None) -> Iterator[
             subprocess.run(["umount", "-l", str(where)], check=False)
 
 
+def lay_out(spool: Path) -> None:
+    """A spool's directories, made before s3spool starts (on a filesystem about to be full)."""
+    for sub in ("incoming", "working", "done", "failed"):
+        (spool / sub).mkdir(parents=True)
+
+
 def fill(fs: Path) -> None:
     """Use every free byte of the filesystem under ``fs``."""
     with open(fs / "filler", "wb") as fh, contextlib.suppress(OSError):
@@ -164,8 +170,7 @@ def test_full_filesystem_at_startup_still_drains(moto_s3: S3Target, tmp_path: Pa
     root = tmp_path / "fs"
     with tmpfs(root, size="1m"):
         spool = root / "spool"
-        for sub in ("incoming", "working", "done", "failed"):
-            (spool / sub).mkdir(parents=True)
+        lay_out(spool)
         files = {f"f{i}": os.urandom(3000) for i in range(20)}
         for name, data in files.items():
             (spool / "incoming" / name).write_bytes(data)
@@ -193,8 +198,7 @@ async def test_no_free_inode_for_the_instance_directory_then_one(
     other = tmp_path / "other"
     with tmpfs(tmp_path / "fs", inodes=64) as fs:
         spool = fs / "spool"
-        for sub in ("incoming", "working", "done", "failed"):
-            (spool / sub).mkdir(parents=True)
+        lay_out(spool)
         (spool / "incoming" / "waiting").write_bytes(b"since before the start")
         fillers = []
         with contextlib.suppress(OSError):
@@ -227,8 +231,7 @@ def test_key_records_on_a_full_disk_exit_75_with_a_summary(
     full, fine = tmp_path / "fs", tmp_path / "fine"
     with tmpfs(full, size="1m"):
         spool = full / "spool"
-        for sub in ("incoming", "working", "done", "failed"):
-            (spool / sub).mkdir(parents=True)
+        lay_out(spool)
         waiting = {f"w{i}": b"needs a key record" for i in range(5)}
         for name, data in waiting.items():
             (spool / "incoming" / name).write_bytes(data)
@@ -299,8 +302,7 @@ def public_dir() -> Iterator[Path]:
 def test_permissions_removed_and_restored(moto_s3: S3Target, public_dir: Path) -> None:
     tmp_path = public_dir
     spool = tmp_path / "spool"
-    for sub in ("incoming", "working", "done", "failed"):
-        (spool / sub).mkdir(parents=True)
+    lay_out(spool)
     _as_nobody(spool)
     env = {**moto_s3.env(), "S3SPOOL_SPOOL_DIRS": str(spool), "S3SPOOL_FAIL_RATE": "0"}
     wrapper = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
@@ -327,8 +329,11 @@ def test_permissions_removed_and_restored(moto_s3: S3Target, public_dir: Path) -
         failed = spool / "failed"
         failed.chmod(0o555)
         mark = proc.mark()
-        secret = drop(incoming, "unreadable", b"root only")
-        secret.chmod(0o600)
+        producer = tmp_path / "producer"
+        producer.mkdir()
+        (producer / "unreadable").write_bytes(b"root only")
+        (producer / "unreadable").chmod(0o600)  # before it arrives: s3spool is quick
+        os.rename(producer / "unreadable", incoming / "unreadable")
         proc.wait_for_log(r"cannot move 'unreadable' in \S+/failed: Permission denied", 10, mark)
         assert "unreadable" in names(
             spool / "working" / next(iter(names(spool / "working"))) / "files"
