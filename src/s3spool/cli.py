@@ -20,9 +20,9 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, logs, ops
-from .errors import ConfigError
-from .service import EXIT_CONFIG, run_service
+from . import __version__, check, enqueue, logs, status
+from .errors import EXIT_CONFIG, ConfigError
+from .service import run_service
 from .settings import Settings, env_name, flag_name, format_default, load_settings, value_kind
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_settings(run)
 
-    check = sub.add_parser(
+    check_cmd = sub.add_parser(
         "check",
         help="check settings, directories, inotify and the store",
         description="Check the settings, the spool directories (created if missing, as the "
@@ -127,14 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 all passed (warnings allowed), 1 a check failed, "
         "78 invalid settings.",
     )
-    check.add_argument(
+    check_cmd.add_argument(
         "--read-only",
         action="store_true",
         help="do not write a test object to the store (HeadBucket only)",
     )
-    _add_settings(check)
+    _add_settings(check_cmd)
 
-    status = sub.add_parser(
+    status_cmd = sub.add_parser(
         "status",
         help="files per state, oldest waiting file and instances of each spool",
         description="Read the spool directories (never the store) and report files and bytes "
@@ -142,10 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
         "the instances in working/ (live: its lock is held).",
         epilog="Exit codes: 0 ok, 1 a directory could not be read, 78 invalid settings.",
     )
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-    _add_settings(status)
+    status_cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_settings(status_cmd)
 
-    enqueue = sub.add_parser(
+    enqueue_cmd = sub.add_parser(
         "enqueue",
         help="put files into a spool safely (atomic: never seen half-written)",
         description="Copy (or --move) each FILE into the spool's incoming/: the data is "
@@ -153,19 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
         "replacing an existing file. A name that already exists fails and keeps both files.",
         epilog="Exit codes: 0 all enqueued, 1 some file was not enqueued, 78 no usable spool.",
     )
-    enqueue.add_argument("files", nargs="+", metavar="FILE", type=Path, help="files to enqueue")
-    enqueue.add_argument(
+    enqueue_cmd.add_argument("files", nargs="+", metavar="FILE", type=Path, help="files to enqueue")
+    enqueue_cmd.add_argument(
         "--spool",
         metavar="DIR",
         type=Path,
         help="spool root (holding incoming/); default: the only spool of the settings",
     )
-    enqueue.add_argument(
+    enqueue_cmd.add_argument(
         "--move",
         action="store_true",
         help="remove each source once it is safely in incoming/ (a rename on one filesystem)",
     )
-    _add_settings(enqueue)
+    _add_settings(enqueue_cmd)
     return parser
 
 
@@ -225,12 +225,12 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
     try:
         if args.command == "run":
             if args.dry_run:
-                return ops.dry_run(settings)
+                return status.dry_run(settings)
             return run_async(lambda: run_service(settings, once=args.once, early_signals=early))
         if args.command == "check":
-            return run_async(lambda: ops.check(settings, read_only=args.read_only))
+            return run_async(lambda: check.check(settings, read_only=args.read_only))
         if args.command == "status":
-            return ops.status(settings, as_json=args.json)
+            return status.status(settings, as_json=args.json)
         if args.command == "enqueue":
             return _enqueue(args, settings)
     except ConfigError as exc:
@@ -255,11 +255,11 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
 
 def _enqueue(args: argparse.Namespace, settings: Settings | None) -> int:
     try:
-        target = ops.enqueue_target(settings, args.spool)
+        target = enqueue.enqueue_target(settings, args.spool)
     except ConfigError as exc:
         print(f"s3spool enqueue: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    return ops.enqueue(args.files, target, move=args.move)
+    return enqueue.enqueue(args.files, target, move=args.move)
 
 
 def _config_error(group: BaseExceptionGroup[BaseException]) -> ConfigError | None:

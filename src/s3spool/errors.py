@@ -32,6 +32,14 @@ pipeline then only has to tell four things apart:
 
 from __future__ import annotations
 
+# Exit codes of every command, in one table (README "Exit codes" documents them).
+EXIT_OK = 0
+EXIT_NOT_OK = 1  # run --once: a file failed; check: a check failed; status: a dir unreadable
+EXIT_USAGE = 2  # argparse's own
+EXIT_STORE_UNAVAILABLE = 3  # run --once
+EXIT_TEMPFAIL = 75  # EX_TEMPFAIL: run --once left files behind because of a local fault
+EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h
+
 
 class S3SpoolError(Exception):
     """Base class of every error s3spool raises on purpose."""

@@ -3,21 +3,26 @@
 Served by aiohttp on the service's own event loop, so ``/healthz`` answering
 at all proves the loop is not blocked.  Nothing here touches the store; the
 only filesystem work (spool gauges at scrape time) runs in a thread and is
-rate-limited in ``ops.refresh_spool_gauges``.
+rate-limited in ``refresh_spool_gauges``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
+import weakref
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .clock import cautious_now
 from .errors import ConfigError
-from .ops import refresh_spool_gauges
 from .settings import parse_http_addr
+from .survey import SpoolGauges, spool_gauges
 
 if TYPE_CHECKING:
     from .service import Service
@@ -25,6 +30,56 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _SERVICE: web.AppKey[Service] = web.AppKey("service")
+
+
+# --- spool gauges for /metrics ---------------------------------------------------------------
+
+#: A scrape re-reads the spools at most this often; scrapes in between reuse the values.
+GAUGE_REFRESH_INTERVAL = 1.0
+
+
+@dataclass(slots=True)
+class _GaugeState:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    at: float = -math.inf
+    lags: dict[str, float] = field(default_factory=dict)
+
+
+_gauge_states: weakref.WeakKeyDictionary[Service, _GaugeState] = weakref.WeakKeyDictionary()
+
+
+async def refresh_spool_gauges(service: Service) -> dict[str, float]:
+    """Refresh ``s3spool_spool_files`` and ``s3spool_spool_lag_seconds``; returns lag per spool.
+
+    At most once per ``GAUGE_REFRESH_INTERVAL``: concurrent or frequent scrapes
+    wait for / reuse the last pass instead of walking the spools again.
+    """
+    state = _gauge_states.get(service)
+    if state is None:
+        state = _gauge_states[service] = _GaugeState()
+    async with state.lock:
+        if time.monotonic() - state.at < GAUGE_REFRESH_INTERVAL:
+            return dict(state.lags)
+        layouts = [sp.dirs for sp in service.spools]
+        is_ignored = service.discovery.is_ignored
+        hold_for = service.s.hold_for
+
+        def work() -> list[SpoolGauges]:
+            now = cautious_now()
+            return [spool_gauges(d, is_ignored, hold_for, now) for d in layouts]
+
+        values = await asyncio.to_thread(work)
+        lags: dict[str, float] = {}
+        m = service.metrics
+        for dirs, g in zip(layouts, values, strict=True):
+            m.spool_files.labels(dirs.label, "incoming").set(g.incoming)
+            m.spool_files.labels(dirs.label, "working").set(g.working)
+            m.spool_files.labels(dirs.label, "failed").set(g.failed)
+            m.lag.labels(dirs.label).set(g.lag)
+            lags[dirs.label] = g.lag
+        state.lags = lags
+        state.at = time.monotonic()
+        return dict(lags)
 
 
 def readiness(service: Service, lags: dict[str, float]) -> list[str]:

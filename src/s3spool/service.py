@@ -28,6 +28,10 @@ from typing import Any
 
 from .clock import cautious_now
 from .errors import (
+    EXIT_NOT_OK,
+    EXIT_OK,
+    EXIT_STORE_UNAVAILABLE,
+    EXIT_TEMPFAIL,
     FileChanged,
     FileVanished,
     LocalFault,
@@ -43,17 +47,12 @@ from .settings import Settings, parse_destination
 from .spool import Claim, Spool, open_claimed, spool_layouts
 from .spoolguard import Guard
 from .store import Delivery, Source, Store, open_store
+from .survey import hold_left
 from .throttle import Throttle, backoff
 from .watch import Discovery, Item, Pending, WarnOnce
 
 log = logging.getLogger(__name__)
 file_log = logging.getLogger("s3spool.file")
-
-EXIT_OK = 0
-EXIT_FAILED_FILES = 1
-EXIT_STORE_UNAVAILABLE = 3
-EXIT_TEMPFAIL = 75  # EX_TEMPFAIL: --once left files behind because of a local fault
-EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h
 
 
 class _NotStarted(Exception):
@@ -262,7 +261,7 @@ class Service:
             return self.exit_code
         if deferred:
             return EXIT_TEMPFAIL
-        return EXIT_FAILED_FILES if self.counts.failed else EXIT_OK
+        return EXIT_NOT_OK if self.counts.failed else EXIT_OK
 
     def _on_signal(self, sig: int) -> None:
         name = signal.Signals(sig).name
@@ -374,10 +373,11 @@ class Service:
         wait = self._not_before.get(item, 0.0) - mono
         if self.s.hold_for > 0:
             now = cautious_now()
+            seen_for = 0.0
             if st.st_mtime > now + 1:
-                # A clock ahead of ours (or ours stepped back) must not hold a file until
-                # that future arrives: count HOLD_FOR from when we first saw it instead.
-                since = self._first_seen.setdefault(item, mono)
+                # A clock ahead of ours (or ours stepped back): HOLD_FOR counts from when we
+                # first saw the file (survey.hold_left), on the monotonic clock.
+                seen_for = mono - self._first_seen.setdefault(item, mono)
                 if self._warn((item, "future")):
                     log.warning(
                         "spool=%s name=%r: mtime is in the future; HOLD_FOR counts from now",
@@ -386,9 +386,7 @@ class Service:
                     )
                 if len(self._first_seen) > 100_000:
                     self._first_seen.pop(next(iter(self._first_seen)))
-                wait = max(wait, since + self.s.hold_for - mono)
-            else:
-                wait = max(wait, st.st_mtime + self.s.hold_for - now)
+            wait = max(wait, hold_left(st.st_mtime, self.s.hold_for, now, seen_for))
         if wait > 0:
             if not self.once:
                 self.discovery.defer(item, wait + 0.01)
