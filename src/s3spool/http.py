@@ -14,7 +14,7 @@ import math
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -25,7 +25,42 @@ from .settings import parse_http_addr
 from .survey import SpoolGauges, spool_gauges
 
 if TYPE_CHECKING:
-    from .service import Service
+    from collections.abc import Mapping, Sequence
+
+    from .metrics import Metrics
+    from .settings import Settings
+    from .spool import Spool
+    from .spoolguard import Guard
+    from .watch import Discovery
+
+
+class Service(Protocol):
+    """What the endpoints read of the running service (service.py never imported here)."""
+
+    @property
+    def s(self) -> Settings: ...
+
+    @property
+    def spools(self) -> Sequence[Spool]: ...
+
+    @property
+    def discovery(self) -> Discovery: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def gate(self) -> asyncio.Event: ...
+
+    @property
+    def guards(self) -> Mapping[Spool, Guard]: ...
+
 
 log = logging.getLogger(__name__)
 
