@@ -2,7 +2,8 @@
 
 Each ``Metrics`` owns its registry, so several services in one process (tests)
 never share counters.  Gauges that describe the spool (files per state, lag)
-are filled from the scanner's last pass, not by walking directories on scrape.
+are refreshed when ``/metrics`` is scraped, at most once a second, in a thread
+(``http.refresh_spool_gauges``); the state gauges read the service directly.
 """
 
 from __future__ import annotations

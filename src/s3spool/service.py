@@ -68,7 +68,6 @@ class _NotStarted(Exception):
 class Counts:
     delivered: int = 0
     failed: int = 0
-    retried: int = 0
 
 
 class Service:
@@ -569,7 +568,6 @@ class Service:
                 raise
             except TransientError as exc:
                 claim.attempts += 1
-                self.counts.retried += 1
                 self.metrics.files.labels(claim.spool.label, "retried").inc()
                 self.metrics.failures.labels(claim.spool.label, exc.reason).inc()
                 if claim.attempts >= self.s.retry_attempts:

@@ -36,7 +36,6 @@ import logging
 import os
 import secrets
 import stat
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -65,14 +64,6 @@ try:
 except (OSError, AttributeError):  # pragma: no cover - glibc < 2.28 or not Linux
     _renameat2 = None
 _noreplace_ok = _renameat2 is not None
-
-
-_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
-
-
-def _fsencode(path: str | Path) -> bytes:
-    # os.fsencode's generic path handling costs more than the encode itself
-    return path.encode(_FS_ENCODING, _FS_ERRORS) if isinstance(path, str) else os.fsencode(path)
 
 
 def rename_noreplace(src: str | Path, dst: str | Path) -> None:

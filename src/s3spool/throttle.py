@@ -31,7 +31,6 @@ class Throttle:
         self.maximum = maximum
         self.limit = maximum
         self.in_flight = 0
-        self.slowdowns = 0
         self._cooldown = cooldown  # one cut per window: a burst of 503s is one signal
         self._last_cut = 0.0
         self._successes = 0
@@ -71,7 +70,6 @@ class Throttle:
                 fut.set_result(None)
 
     def on_slowdown(self) -> None:
-        self.slowdowns += 1
         now = time.monotonic()
         if now - self._last_cut < self._cooldown:
             return
