@@ -380,21 +380,21 @@ CASES: list[Case] = [
          None, "nowhere",
          note="nothing to say: the file never became eligible, and there is nothing to lose"),
     Case("20b-vanish-after-claim", "unit", b"gone",
-         "Service._deliver on a Claim whose file (and key record) was removed",
+         "Pipeline.deliver on a Claim whose file (and key record) was removed",
          {"level": "^WARNING$",
           "event": r"name='gone': 'gone' vanished after it was claimed; nothing to deliver$"},
          "nowhere"),
     Case("20c-symlink-swapped-in", "unit", b"swapped-link",
-         "Service._deliver on a Claim whose file was replaced by a symlink to a decoy",
+         "Pipeline.deliver on a Claim whose file was replaced by a symlink to a decoy",
          {"level": "^WARNING$", "event": r"name='swapped-link': skipped, is a symlink \(never "
                                          r"followed\) \(returned to incoming/\)$"},
          "incoming", kind="symlink", link="{outside}/decoy.txt",
          never=("{outside}/decoy.txt",)),
     Case("20d-fifo-swapped-in", "unit", b"swapped-fifo",
-         "Service._deliver on a Claim whose file was replaced by a fifo with no writer",
+         "Pipeline.deliver on a Claim whose file was replaced by a fifo with no writer",
          {"level": "^WARNING$", "event": r"name='swapped-fifo': skipped, not a regular file "
                                          r"\(returned to incoming/\)$"},
-         "incoming", kind="fifo", note="_deliver must return within 5s (O_NONBLOCK)"),
+         "incoming", kind="fifo", note="deliver must return within 5s (O_NONBLOCK)"),
     Case("21-done-unwritable", "done_ro", b"stuck-done",
          "done/ chowned to root 0755 while running; the file arrives; done/ given back",
          {"level": "^ERROR$",
@@ -837,7 +837,7 @@ class _Collect(logging.Handler):
 
 @pytest.fixture(scope="module")
 def run_unit(base: Path) -> Result:
-    """In-process: races after the claim, arranged by hand around ``Service._deliver``."""
+    """In-process: races after the claim, arranged by hand around ``Pipeline.deliver``."""
     spot = new_spot(base, "unit")
     res = Result("unit", spot)
     handler = _Collect()
@@ -868,11 +868,11 @@ async def _unit_races(spot: Spot, res: Result) -> None:
 
     async def deliver(cid: str, claim: Claim, timeout: float = 10) -> None:
         try:
-            await asyncio.wait_for(svc._deliver(claim), timeout)
+            await asyncio.wait_for(svc.pipeline.deliver(claim), timeout)
         except TimeoutError:
-            res.note(cid, f"_deliver did not return within {timeout}s")
+            res.note(cid, f"deliver did not return within {timeout}s")
         except Exception as exc:
-            res.note(cid, f"_deliver raised {exc!r}")
+            res.note(cid, f"deliver raised {exc!r}")
 
     def claimed(name: str) -> Claim:
         drop(spot, name, b"regular when claimed")
@@ -914,7 +914,7 @@ async def _unit_races(spot: Spot, res: Result) -> None:
         finally:
             watchdog.cancel()
         if time.monotonic() - started > 4:
-            res.note("20d-fifo-swapped-in", "_deliver blocked on the fifo (released by a writer)")
+            res.note("20d-fifo-swapped-in", "deliver blocked on the fifo (released by a writer)")
     finally:
         sp.close()
 

@@ -1,0 +1,545 @@
+"""The life of one file: take, claim, key, upload, verify, route, and its one log line.
+
+``Pipeline`` holds the per-file state that outlives one attempt (backoffs, resubmit counts,
+when a future-dated file was first seen) and needs from the service only what ``Host``
+names: the store, the store gate, whether it is stopping, and where local faults go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from .clock import cautious_now
+from .errors import (
+    FileChanged,
+    FileVanished,
+    LocalFault,
+    PermanentError,
+    Refused,
+    StoreUnavailable,
+    TransientError,
+    UploadError,
+)
+from .keys import KeyInput, KeyTemplate, spool_dir_field
+from .metrics import Metrics, size_class
+from .settings import Settings, parse_destination
+from .spool import Claim, Spool, open_claimed
+from .spoolguard import Guard
+from .store import Delivery, Source, Store
+from .survey import hold_left
+from .throttle import Throttle, backoff
+from .watch import Discovery, Item, Pending, WarnOnce
+
+log = logging.getLogger("s3spool.service")  # the name operators' log filters know
+file_log = logging.getLogger("s3spool.file")
+
+
+class Host(Protocol):
+    """What the pipeline needs from the running service."""
+
+    @property
+    def store(self) -> Store | None: ...
+
+    @property
+    def gate(self) -> asyncio.Event:
+        """Set while intake runs; cleared while the store is unavailable."""
+        ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+    async def pause(self, exc: UploadError) -> None:
+        """The store is unavailable: pause intake until a probe succeeds."""
+        ...
+
+    def trip(self, spool: Spool, fault: LocalFault) -> None:
+        """A directory of ``spool`` refused: pause that spool (spoolguard.py)."""
+        ...
+
+
+class _NotStarted(Exception):
+    """This claim's upload did not start (shutdown, or its key could not be recorded)."""
+
+    def __init__(self, retry_after: float | None = None, local: LocalFault | None = None) -> None:
+        super().__init__()
+        self.retry_after = retry_after
+        self.local = local  # a spool directory refused: the spool's guard takes over
+
+
+@dataclass(slots=True)
+class Counts:
+    delivered: int = 0
+    failed: int = 0
+
+
+class Pipeline:
+    """Per-file work of every worker; one instance per service."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        spools: Sequence[Spool],
+        *,
+        host: Host,
+        once: bool,
+        pending: Pending,
+        discovery: Discovery,
+        throttle: Throttle,
+        metrics: Metrics,
+        guards: dict[Spool, Guard],
+    ) -> None:
+        self.s = settings
+        self.host = host
+        self.once = once
+        self.pending = pending
+        self.discovery = discovery
+        self.throttle = throttle
+        self.metrics = metrics
+        self.guards = guards
+        self.spools = list(spools)
+        self.instance_id = settings.resolved_instance_id
+        _, _, prefix = parse_destination(settings.destination)
+        self.template = KeyTemplate(settings.key_format, prefix)
+        self._index = {sp: i for i, sp in enumerate(self.spools)}
+        self._spool_field = [
+            spool_dir_field(sp.dirs.root or sp.dirs.incoming) for sp in self.spools
+        ]
+        self.counts = Counts()
+        #: --once: files left behind by local faults, by "ERRNO in DIRECTORY"
+        self.deferred: collections.Counter[str] = collections.Counter()
+        self._warn = WarnOnce()
+        self._not_before: dict[Item, float] = {}
+        self._resubmits: dict[Item, int] = {}
+        # future-dated files: when first looked at (monotonic, immune to clock steps)
+        self._first_seen: dict[Item, float] = {}
+        # labelled children looked up once, not per file
+        self._uploaded_metrics = {
+            sp.label: (
+                metrics.files.labels(sp.label, "uploaded"),
+                metrics.bytes.labels(sp.label, "uploaded"),
+            )
+            for sp in self.spools
+        }
+
+    async def take(self, item: Item) -> None:
+        index, name = item
+        spool = self.spools[index]
+        if self.host.stopping:
+            return
+        path = spool.dirs.incoming / name
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if self._warn((item, "lstat")):
+                log.warning("spool=%s name=%r: cannot stat: %s", spool.label, name, exc.strerror)
+            return
+        if not stat.S_ISREG(st.st_mode):
+            kind = _kind(st.st_mode)
+            if self._warn((item, kind)):
+                log.warning(
+                    "spool=%s name=%r: skipped, %s (left in place)", spool.label, name, kind
+                )
+            return
+        # Backoffs are measured on the monotonic clock; a file's age can only be measured
+        # on the wall clock its mtime comes from.
+        mono = time.monotonic()
+        if spool.dirs.resubmit and item not in self._not_before:
+            self._recall_resubmit(item, spool, mono)
+        wait = self._not_before.get(item, 0.0) - mono
+        if self.s.hold_for > 0:
+            now = cautious_now()
+            seen_for = 0.0
+            if st.st_mtime > now + 1:
+                # A clock ahead of ours (or ours stepped back): HOLD_FOR counts from when we
+                # first saw the file (survey.hold_left), on the monotonic clock.
+                seen_for = mono - self._first_seen.setdefault(item, mono)
+                if self._warn((item, "future")):
+                    log.warning(
+                        "spool=%s name=%r: mtime is in the future; HOLD_FOR counts from now",
+                        spool.label,
+                        name,
+                    )
+                if len(self._first_seen) > 100_000:
+                    self._first_seen.pop(next(iter(self._first_seen)))
+            wait = max(wait, hold_left(st.st_mtime, self.s.hold_for, now, seen_for))
+        if wait > 0:
+            if not self.once:
+                self.discovery.defer(item, wait + 0.01)
+            return
+        guard = self.guards[spool]
+        if guard.paused and guard.fault is not None:
+            self._left_behind(guard.fault)  # its healing rescans the spool
+            return
+        await self.host.gate.wait()
+        if self.host.stopping:
+            return
+        try:
+            claim = spool.claim(name)
+        except LocalFault as exc:
+            self.host.trip(spool, exc)
+            self._left_behind(exc)
+            return
+        except TransientError as exc:
+            if exc.reason == "busy" and not self.once:
+                self.discovery.defer(item, 1.0)
+            elif exc.reason != "busy":
+                log.warning("spool=%s name=%r: %s", spool.label, name, exc)
+            return
+        if claim is None:
+            return  # another worker or instance won the rename
+        claim.ctime = st.st_ctime
+        self._not_before.pop(item, None)
+        self._first_seen.pop(item, None)
+        await self.deliver(claim)
+
+    async def deliver(self, claim: Claim) -> None:
+        spool = claim.spool
+        started = time.monotonic()
+        try:
+            fd = open_claimed(claim)
+        except FileVanished as exc:
+            log.warning("spool=%s name=%r: %s; nothing to deliver", spool.label, claim.name, exc)
+            spool.forget_key(claim)
+            return
+        except PermanentError as exc:
+            if exc.reason in ("symlink", "not_regular"):
+                # swapped after the check: give it back untouched, like any non-regular file
+                log.warning(
+                    "spool=%s name=%r: skipped, %s (returned to incoming/)",
+                    spool.label,
+                    claim.name,
+                    exc,
+                )
+                spool.unclaim(claim)
+                return
+            self.fail(claim, exc, started)
+            return
+        try:
+            delivery = await self._upload(claim, fd)
+        except _NotStarted as why:
+            if why.local is not None:
+                if claim.recovered:
+                    # its key record must survive: deliver it from working/ once healed
+                    self._strand(claim, why.local, lambda: self.pending.put_claim(claim))
+                    return
+                self._left_behind(why.local)
+                spool.unclaim(claim)
+                self.host.trip(spool, why.local)  # its healing rescans incoming/
+                return
+            if claim.recovered:
+                # its key record must survive: the next start delivers it to the same key
+                log.info(
+                    "spool=%s name=%r: recovered claim left in working/ for the next start",
+                    spool.label,
+                    claim.name,
+                )
+                return
+            spool.unclaim(claim)
+            if why.retry_after is not None and not self.once:
+                self.discovery.defer((self._index[spool], claim.name), why.retry_after)
+            return
+        except UploadError as exc:
+            self.fail(claim, exc, started)
+            return
+        except asyncio.CancelledError:
+            self.cancelled(claim)
+            raise
+        finally:
+            os.close(fd)
+        # No await between a confirmed upload and routing: cancellation cannot split them.
+        self.commit(claim, delivery, started)
+
+    async def _upload(self, claim: Claim, fd: int) -> Delivery:
+        assert self.host.store is not None
+        store = self.host.store
+        if claim.key is None:
+            claim.key = self.template.render(
+                KeyInput(
+                    os.fsencode(claim.name),
+                    self._spool_field[self.spools.index(claim.spool)],
+                    claim.mtime,
+                    claim.ctime or claim.mtime,
+                )
+            )
+            if self._needs_record(claim.size):
+                try:
+                    claim.spool.save_key(claim)
+                except TransientError as exc:
+                    # never upload under a key a crash could forget: give the file back
+                    claim.key = None
+                    if isinstance(exc, LocalFault):
+                        log.debug("spool=%s name=%r: %s", claim.spool.label, claim.name, exc)
+                        raise _NotStarted(local=exc) from None
+                    log.error(
+                        "spool=%s name=%r: %s; returned to incoming/, retrying later",
+                        claim.spool.label,
+                        claim.name,
+                        exc,
+                    )
+                    raise _NotStarted(retry_after=self.s.retry_backoff_max) from None
+
+        def record_upload_id(upload_id: str | None, part_size: int) -> None:
+            if upload_id == claim.upload_id and part_size == claim.part_size:
+                return
+            claim.upload_id, claim.part_size = upload_id, part_size
+            try:
+                claim.spool.save_key(claim)
+            except TransientError as exc:
+                # the stale-upload sweep still finds it if we crash before completing
+                log.warning("%s", exc)
+
+        # A recorded multipart upload (ours, or a dead instance's) continues from the
+        # parts the store holds.
+        src = Source(
+            fd,
+            claim.size,
+            claim.mtime_ns,
+            claim.key,
+            claim.name,
+            on_upload_id=record_upload_id,
+            upload_id=claim.upload_id,
+            part_size=claim.part_size,
+        )
+        begun = False
+        while True:
+            if self.host.stopping and not begun:
+                raise _NotStarted
+            await self.host.gate.wait()
+            if self.host.stopping and not begun:
+                raise _NotStarted
+            try:
+                async with self.throttle.slot():
+                    begun = True
+                    if claim.recovered:
+                        claim.recovered = False
+                        if await store.delivered(src):
+                            return Delivery(claim.key, claim.size, already_there=True)
+                    delivery = await store.upload(src)
+                _check_unchanged(fd, claim)
+                self.throttle.on_success()
+                return delivery
+            except FileChanged as exc:
+                claim.attempts += 1
+                if claim.attempts >= self.s.retry_attempts:
+                    raise
+                st = os.fstat(fd)
+                claim.size, claim.mtime, claim.mtime_ns = st.st_size, st.st_mtime, st.st_mtime_ns
+                src.size, src.mtime_ns = claim.size, claim.mtime_ns
+                log.warning(
+                    "spool=%s name=%r: %s; uploading again", claim.spool.label, claim.name, exc
+                )
+            except StoreUnavailable as exc:
+                await self.host.pause(exc)
+            except Refused as exc:
+                # One object refused: a prefix policy or a KMS grant, or the whole store?
+                try:
+                    await store.probe()
+                except StoreUnavailable as down:
+                    await self.host.pause(down)
+                    continue
+                raise PermanentError(str(exc), reason=exc.reason) from None
+            except PermanentError as exc:
+                if exc.reason == "exists" and await store.delivered(src):
+                    return Delivery(claim.key, claim.size, already_there=True)
+                raise
+            except TransientError as exc:
+                claim.attempts += 1
+                self.metrics.files.labels(claim.spool.label, "retried").inc()
+                self.metrics.failures.labels(claim.spool.label, exc.reason).inc()
+                if claim.attempts >= self.s.retry_attempts:
+                    try:
+                        await store.probe()
+                    except StoreUnavailable as down:
+                        # the store is the problem, not this file: wait, then start over
+                        claim.attempts = 0
+                        await self.host.pause(down)
+                        continue
+                    raise
+                delay = self._backoff(claim.attempts)
+                log.info(
+                    "spool=%s name=%r: %s; retry %d/%d in %.1fs",
+                    claim.spool.label,
+                    claim.name,
+                    exc,
+                    claim.attempts,
+                    self.s.retry_attempts - 1,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    def _recall_resubmit(self, item: Item, spool: Spool, mono: float) -> None:
+        """A resubmitted file seen for the first time by this process: its recorded backoff."""
+        record = spool.load_resubmit(item[1])
+        if record is None:
+            return
+        attempts, not_before = record
+        self._resubmits[item] = attempts
+        # wall clock across restarts; a clock stepped back cannot stretch it past the cap
+        left = min(max(not_before - time.time(), 0.0), self.s.retry_backoff_max)
+        self._not_before[item] = mono + left
+
+    def _backoff(self, attempt: int) -> float:
+        return backoff(attempt, self.s.retry_backoff, self.s.retry_backoff_max)
+
+    # --- outcomes ---------------------------------------------------------------------------
+    def commit(self, claim: Claim, delivery: Delivery, started: float) -> None:
+        try:
+            self._route_done(claim, delivery, started)
+        except LocalFault as exc:
+            # uploaded: it waits in working/ and moves as soon as the directory works
+            self._strand(claim, exc, lambda: self._route_done(claim, delivery, started))
+        except FileVanished as exc:
+            log.warning("spool=%s name=%r: uploaded, but %s", claim.spool.label, claim.name, exc)
+
+    def _route_done(self, claim: Claim, delivery: Delivery, started: float) -> None:
+        spool = claim.spool
+        dest = spool.route_done(claim)
+        duration = time.monotonic() - started
+        self.counts.delivered += 1
+        files, size_bytes = self._uploaded_metrics[spool.label]
+        files.inc()
+        size_bytes.inc(delivery.size)
+        self.metrics.duration.labels(size_class(delivery.size)).observe(duration)
+        if spool.dirs.resubmit:
+            self._resubmits.pop((self._index[spool], claim.name), None)
+            spool.forget_resubmit(claim.name)
+        extra = {"note": "already in store"} if delivery.already_there else {}
+        self._log_file(
+            logging.INFO, claim, delivery.size, duration, "done" if dest else "removed", **extra
+        )
+
+    def fail(self, claim: Claim, exc: UploadError, started: float) -> None:
+        try:
+            self._route_failed(claim, exc, started)
+        except LocalFault as fault:
+            self._strand(claim, fault, lambda: self._route_failed(claim, exc, started))
+        except FileVanished as gone:
+            log.warning(
+                "spool=%s name=%r: failed (%s), and %s", claim.spool.label, claim.name, exc, gone
+            )
+
+    def _route_failed(self, claim: Claim, exc: UploadError, started: float) -> None:
+        spool = claim.spool
+        item = (self._index[spool], claim.name)
+        reason = {
+            "name": claim.name,
+            "key": claim.key,
+            "reason": exc.reason,
+            "error": str(exc),
+            "attempts": claim.attempts,
+            "size": claim.size,
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "instance": self.instance_id,
+            "destination": self.s.destination,
+        }
+        outcome = "failed"
+        if spool.dirs.resubmit:
+            n = self._resubmits.get(item, 0) + 1
+            self._resubmits[item] = n
+            delay = self._backoff(n)
+            self._not_before[item] = time.monotonic() + delay
+            # on disk too: a restart must not retry a poison file at once
+            spool.save_resubmit(claim.name, n, time.time() + delay)
+            outcome = "resubmitted"
+            if len(self._not_before) > 100_000:  # bounded; an old entry only shortens a wait
+                self._not_before.pop(next(iter(self._not_before)))
+                self._resubmits.pop(next(iter(self._resubmits)), None)
+        dest = spool.route_failed(claim, reason)
+        if dest is None:
+            outcome = "removed"
+        self.counts.failed += 1
+        self.metrics.files.labels(spool.label, "failed").inc()
+        self.metrics.bytes.labels(spool.label, "failed").inc(claim.size)
+        self.metrics.failures.labels(spool.label, exc.reason).inc()
+        self._log_file(
+            logging.WARNING,
+            claim,
+            claim.size,
+            time.monotonic() - started,
+            outcome,
+            reason=exc.reason,
+            error=str(exc),
+        )
+
+    def _log_file(
+        self, level: int, claim: Claim, size: int, duration: float, outcome: str, **extra: str
+    ) -> None:
+        """The one log record per file: spool, name, key, size, duration, outcome."""
+        if not file_log.isEnabledFor(level):
+            return
+        fields = {
+            "spool": claim.spool.label,
+            "name": claim.name,
+            "key": claim.key,
+            "size": size,
+            "duration": round(duration, 4),
+            "outcome": outcome,
+            **extra,
+        }
+        file_log.log(level, "file", extra={"fields": fields})
+
+    def cancelled(self, claim: Claim) -> None:
+        """Shutdown cut an upload short: return the file if its key can be recomputed."""
+        if self.template.stable and claim.upload_id is None:
+            claim.spool.unclaim(claim)
+        else:
+            log.info(
+                "spool=%s name=%r: upload cut short; kept in working/ so the next start "
+                "delivers it to the same key %r",
+                claim.spool.label,
+                claim.name,
+                claim.key,
+            )
+
+    def _needs_record(self, size: int) -> bool:
+        """Must this file's key be written down before its upload (which takes space)?"""
+        return not self.template.stable or size >= self.s.multipart_threshold
+
+    def _strand(self, claim: Claim, fault: LocalFault, route: Callable[[], None]) -> None:
+        """A claim that a directory refused to take: the spool's guard routes it later."""
+        log.debug("spool=%s name=%r: waits in working/: %s", claim.spool.label, claim.name, fault)
+        self.guards[claim.spool].stranded.append((claim, route))
+        self.host.trip(claim.spool, fault)
+
+    def _left_behind(self, fault: LocalFault) -> None:
+        """--once: one more file left behind by a local fault (exit 75)."""
+        if self.once:
+            self.deferred[why(fault)] += 1
+
+
+def _check_unchanged(fd: int, claim: Claim) -> None:
+    st = os.fstat(fd)
+    if st.st_size != claim.size or st.st_mtime_ns != claim.mtime_ns:
+        raise FileChanged(
+            f"changed during upload (size {claim.size}->{st.st_size})", reason="changed"
+        )
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "not a regular file"
+
+
+def why(fault: LocalFault) -> str:
+    """How --once's summary names a local fault."""
+    return f"{fault.reason} in {fault.path}"
