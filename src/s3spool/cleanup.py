@@ -1,17 +1,24 @@
-"""Periodic housekeeping helpers that touch only the filesystem.
-
-The service's cleanup loop (``Service.cleanup_once``) also adopts dead
-instances' claims and sweeps stale multipart uploads; those need the store
-and the queue, so they live with the service.
+"""Housekeeping, as plain functions the service calls every CLEANUP_INTERVAL (and --once
+calls once at its end): done/ expiry, stale resubmit records, adoption of dead instances'
+claims, and the sweep of stale multipart uploads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from .clock import cautious_now
+from .errors import UploadError
+from .metrics import Metrics
+from .settings import Settings
+from .spool import Claim, Spool
+from .spoolguard import Guard
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -46,3 +53,69 @@ def expire_done(done: Path, delete_after: float, *, now: float | None = None) ->
             except OSError as exc:
                 log.warning("cannot remove %s: %s", entry.path, exc.strerror)
     return removed
+
+
+async def tidy_spools(spools: Sequence[Spool], guards: Mapping[Spool, Guard], s: Settings) -> None:
+    """done/ expiry and stale resubmit records, for every spool that is not paused."""
+    for spool in spools:
+        if guards[spool].paused:
+            continue
+        if spool.dirs.done is not None:
+            removed = await asyncio.to_thread(expire_done, spool.dirs.done, s.delete_after)
+            if removed:
+                log.info(
+                    "spool=%s: removed %d files from done/ (older than %.0fs)",
+                    spool.label,
+                    removed,
+                    s.delete_after,
+                )
+        if spool.dirs.resubmit:
+            # records of files that are gone (delivered elsewhere, removed by hand)
+            stale = time.time() - max(4 * s.retry_backoff_max, 3600.0)
+            await asyncio.to_thread(spool.expire_resubmits, stale)
+
+
+def adopt_dead(
+    spools: Sequence[Spool], guards: Mapping[Spool, Guard], deliver: Callable[[Claim], None]
+) -> None:
+    """Claims of dead instances, with their keys, into ours; each handed to ``deliver``."""
+    for spool in spools:
+        if not spool.opened or guards[spool].paused:
+            continue
+        for dead in list(spool.dead_instances()):
+            claims = spool.adopt(dead)
+            if claims:
+                log.warning(
+                    "spool=%s: recovered %d claims of dead instance %s",
+                    spool.label,
+                    len(claims),
+                    dead.name,
+                )
+            for claim in claims:
+                deliver(claim)
+
+
+async def sweep_multipart(
+    store: Store, spools: Sequence[Spool], s: Settings, metrics: Metrics, last: float
+) -> float:
+    """Abort multipart uploads older than ABORT_MULTIPART_AFTER that no instance recorded.
+
+    At most every ``min(ABORT_MULTIPART_AFTER, 10 min)``; returns when it last ran.
+    """
+    now = time.time()
+    if s.abort_multipart_after <= 0 or now - last < min(s.abort_multipart_after, 600.0):
+        return last
+    live: set[str] = set()
+    for spool in spools:
+        live |= spool.open_uploads()
+    try:
+        stale = await store.stale_uploads(now - s.abort_multipart_after)
+        for key, upload_id in stale:
+            if upload_id in live:
+                continue
+            await store.abort_upload(key, upload_id)
+            metrics.aborted.inc()
+            log.info("aborted stale multipart upload %s of %r", upload_id, key)
+    except UploadError as exc:
+        log.warning("multipart sweep skipped: %s", exc)
+    return now

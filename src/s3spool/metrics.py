@@ -8,9 +8,20 @@ are refreshed when ``/metrics`` is scraped, at most once a second, in a thread
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from . import __version__
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from .spool import Spool
+    from .spoolguard import Guard
+    from .throttle import Throttle
+    from .watch import Pending
 
 SIZE_CLASSES = ((1024 * 1024, "small"), (64 * 1024 * 1024, "medium"))
 
@@ -88,3 +99,21 @@ class Metrics:
             registry=r,
         )
         Info("s3spool_build", "Build information.", registry=r).info({"version": __version__})
+
+    def follow(
+        self,
+        *,
+        throttle: Throttle,
+        pending: Pending,
+        gate: asyncio.Event,
+        guards: Mapping[Spool, Guard],
+    ) -> None:
+        """Gauges read from the running service's parts at scrape time."""
+        self.in_flight.set_function(lambda: throttle.in_flight)
+        self.limit.set_function(lambda: throttle.limit)
+        self.queue.set_function(lambda: len(pending))
+        self.paused.set_function(lambda: 0 if gate.is_set() else 1)
+        # intake pauses exactly while the last probe of the store failed
+        self.store_up.set_function(lambda: 1 if gate.is_set() else 0)
+        for spool, guard in guards.items():
+            self.spool_up.labels(spool.label).set_function(guard.up)

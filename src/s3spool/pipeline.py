@@ -8,14 +8,11 @@ names: the store, the store gate, whether it is stopping, and where local faults
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from typing import Protocol
 
 from .clock import cautious_now
@@ -30,7 +27,8 @@ from .errors import (
     UploadError,
 )
 from .keys import KeyInput, KeyTemplate, spool_dir_field
-from .metrics import Metrics, size_class
+from .metrics import Metrics
+from .outcomes import Outcomes, Resubmits
 from .settings import Settings, parse_destination
 from .spool import Claim, Spool, open_claimed
 from .spoolguard import Guard
@@ -75,12 +73,6 @@ class _NotStarted(Exception):
         self.local = local  # a spool directory refused: the spool's guard takes over
 
 
-@dataclass(slots=True)
-class Counts:
-    delivered: int = 0
-    failed: int = 0
-
-
 class Pipeline:
     """Per-file work of every worker; one instance per service."""
 
@@ -113,22 +105,20 @@ class Pipeline:
         self._spool_field = [
             spool_dir_field(sp.dirs.root or sp.dirs.incoming) for sp in self.spools
         ]
-        self.counts = Counts()
-        #: --once: files left behind by local faults, by "ERRNO in DIRECTORY"
-        self.deferred: collections.Counter[str] = collections.Counter()
         self._warn = WarnOnce()
-        self._not_before: dict[Item, float] = {}
-        self._resubmits: dict[Item, int] = {}
+        self.resubmits = Resubmits(settings)
         # future-dated files: when first looked at (monotonic, immune to clock steps)
         self._first_seen: dict[Item, float] = {}
-        # labelled children looked up once, not per file
-        self._uploaded_metrics = {
-            sp.label: (
-                metrics.files.labels(sp.label, "uploaded"),
-                metrics.bytes.labels(sp.label, "uploaded"),
-            )
-            for sp in self.spools
-        }
+        self.outcomes = Outcomes(
+            settings,
+            self._index,
+            trip=host.trip,
+            once=once,
+            metrics=metrics,
+            guards=guards,
+            resubmits=self.resubmits,
+            stable_keys=self.template.stable,
+        )
 
     async def take(self, item: Item) -> None:
         index, name = item
@@ -154,9 +144,7 @@ class Pipeline:
         # Backoffs are measured on the monotonic clock; a file's age can only be measured
         # on the wall clock its mtime comes from.
         mono = time.monotonic()
-        if spool.dirs.resubmit and item not in self._not_before:
-            self._recall_resubmit(item, spool, mono)
-        wait = self._not_before.get(item, 0.0) - mono
+        wait = self.resubmits.wait(item, spool, mono) if spool.dirs.resubmit else 0.0
         if self.s.hold_for > 0:
             now = cautious_now()
             seen_for = 0.0
@@ -179,7 +167,7 @@ class Pipeline:
             return
         guard = self.guards[spool]
         if guard.paused and guard.fault is not None:
-            self._left_behind(guard.fault)  # its healing rescans the spool
+            self.outcomes.left_behind(guard.fault)  # its healing rescans the spool
             return
         await self.host.gate.wait()
         if self.host.stopping:
@@ -188,7 +176,7 @@ class Pipeline:
             claim = spool.claim(name)
         except LocalFault as exc:
             self.host.trip(spool, exc)
-            self._left_behind(exc)
+            self.outcomes.left_behind(exc)
             return
         except TransientError as exc:
             if exc.reason == "busy" and not self.once:
@@ -199,7 +187,7 @@ class Pipeline:
         if claim is None:
             return  # another worker or instance won the rename
         claim.ctime = st.st_ctime
-        self._not_before.pop(item, None)
+        self.resubmits.taken(item)
         self._first_seen.pop(item, None)
         await self.deliver(claim)
 
@@ -223,7 +211,7 @@ class Pipeline:
                 )
                 spool.unclaim(claim)
                 return
-            self.fail(claim, exc, started)
+            self.outcomes.fail(claim, exc, started)
             return
         try:
             delivery = await self._upload(claim, fd)
@@ -231,9 +219,9 @@ class Pipeline:
             if why.local is not None:
                 if claim.recovered:
                     # its key record must survive: deliver it from working/ once healed
-                    self._strand(claim, why.local, lambda: self.pending.put_claim(claim))
+                    self.outcomes.strand(claim, why.local, lambda: self.pending.put_claim(claim))
                     return
-                self._left_behind(why.local)
+                self.outcomes.left_behind(why.local)
                 spool.unclaim(claim)
                 self.host.trip(spool, why.local)  # its healing rescans incoming/
                 return
@@ -250,15 +238,15 @@ class Pipeline:
                 self.discovery.defer((self._index[spool], claim.name), why.retry_after)
             return
         except UploadError as exc:
-            self.fail(claim, exc, started)
+            self.outcomes.fail(claim, exc, started)
             return
         except asyncio.CancelledError:
-            self.cancelled(claim)
+            self.outcomes.cancelled(claim)
             raise
         finally:
             os.close(fd)
         # No await between a confirmed upload and routing: cancellation cannot split them.
-        self.commit(claim, delivery, started)
+        self.outcomes.commit(claim, delivery, started)
 
     async def _upload(self, claim: Claim, fd: int) -> Delivery:
         assert self.host.store is not None
@@ -378,144 +366,12 @@ class Pipeline:
                 )
                 await asyncio.sleep(delay)
 
-    def _recall_resubmit(self, item: Item, spool: Spool, mono: float) -> None:
-        """A resubmitted file seen for the first time by this process: its recorded backoff."""
-        record = spool.load_resubmit(item[1])
-        if record is None:
-            return
-        attempts, not_before = record
-        self._resubmits[item] = attempts
-        # wall clock across restarts; a clock stepped back cannot stretch it past the cap
-        left = min(max(not_before - time.time(), 0.0), self.s.retry_backoff_max)
-        self._not_before[item] = mono + left
-
     def _backoff(self, attempt: int) -> float:
         return backoff(attempt, self.s.retry_backoff, self.s.retry_backoff_max)
-
-    # --- outcomes ---------------------------------------------------------------------------
-    def commit(self, claim: Claim, delivery: Delivery, started: float) -> None:
-        try:
-            self._route_done(claim, delivery, started)
-        except LocalFault as exc:
-            # uploaded: it waits in working/ and moves as soon as the directory works
-            self._strand(claim, exc, lambda: self._route_done(claim, delivery, started))
-        except FileVanished as exc:
-            log.warning("spool=%s name=%r: uploaded, but %s", claim.spool.label, claim.name, exc)
-
-    def _route_done(self, claim: Claim, delivery: Delivery, started: float) -> None:
-        spool = claim.spool
-        dest = spool.route_done(claim)
-        duration = time.monotonic() - started
-        self.counts.delivered += 1
-        files, size_bytes = self._uploaded_metrics[spool.label]
-        files.inc()
-        size_bytes.inc(delivery.size)
-        self.metrics.duration.labels(size_class(delivery.size)).observe(duration)
-        if spool.dirs.resubmit:
-            self._resubmits.pop((self._index[spool], claim.name), None)
-            spool.forget_resubmit(claim.name)
-        extra = {"note": "already in store"} if delivery.already_there else {}
-        self._log_file(
-            logging.INFO, claim, delivery.size, duration, "done" if dest else "removed", **extra
-        )
-
-    def fail(self, claim: Claim, exc: UploadError, started: float) -> None:
-        try:
-            self._route_failed(claim, exc, started)
-        except LocalFault as fault:
-            self._strand(claim, fault, lambda: self._route_failed(claim, exc, started))
-        except FileVanished as gone:
-            log.warning(
-                "spool=%s name=%r: failed (%s), and %s", claim.spool.label, claim.name, exc, gone
-            )
-
-    def _route_failed(self, claim: Claim, exc: UploadError, started: float) -> None:
-        spool = claim.spool
-        item = (self._index[spool], claim.name)
-        reason = {
-            "name": claim.name,
-            "key": claim.key,
-            "reason": exc.reason,
-            "error": str(exc),
-            "attempts": claim.attempts,
-            "size": claim.size,
-            "time": datetime.now(UTC).isoformat(timespec="seconds"),
-            "instance": self.instance_id,
-            "destination": self.s.destination,
-        }
-        outcome = "failed"
-        if spool.dirs.resubmit:
-            n = self._resubmits.get(item, 0) + 1
-            self._resubmits[item] = n
-            delay = self._backoff(n)
-            self._not_before[item] = time.monotonic() + delay
-            # on disk too: a restart must not retry a poison file at once
-            spool.save_resubmit(claim.name, n, time.time() + delay)
-            outcome = "resubmitted"
-            if len(self._not_before) > 100_000:  # bounded; an old entry only shortens a wait
-                self._not_before.pop(next(iter(self._not_before)))
-                self._resubmits.pop(next(iter(self._resubmits)), None)
-        dest = spool.route_failed(claim, reason)
-        if dest is None:
-            outcome = "removed"
-        self.counts.failed += 1
-        self.metrics.files.labels(spool.label, "failed").inc()
-        self.metrics.bytes.labels(spool.label, "failed").inc(claim.size)
-        self.metrics.failures.labels(spool.label, exc.reason).inc()
-        self._log_file(
-            logging.WARNING,
-            claim,
-            claim.size,
-            time.monotonic() - started,
-            outcome,
-            reason=exc.reason,
-            error=str(exc),
-        )
-
-    def _log_file(
-        self, level: int, claim: Claim, size: int, duration: float, outcome: str, **extra: str
-    ) -> None:
-        """The one log record per file: spool, name, key, size, duration, outcome."""
-        if not file_log.isEnabledFor(level):
-            return
-        fields = {
-            "spool": claim.spool.label,
-            "name": claim.name,
-            "key": claim.key,
-            "size": size,
-            "duration": round(duration, 4),
-            "outcome": outcome,
-            **extra,
-        }
-        file_log.log(level, "file", extra={"fields": fields})
-
-    def cancelled(self, claim: Claim) -> None:
-        """Shutdown cut an upload short: return the file if its key can be recomputed."""
-        if self.template.stable and claim.upload_id is None:
-            claim.spool.unclaim(claim)
-        else:
-            log.info(
-                "spool=%s name=%r: upload cut short; kept in working/ so the next start "
-                "delivers it to the same key %r",
-                claim.spool.label,
-                claim.name,
-                claim.key,
-            )
 
     def _needs_record(self, size: int) -> bool:
         """Must this file's key be written down before its upload (which takes space)?"""
         return not self.template.stable or size >= self.s.multipart_threshold
-
-    def _strand(self, claim: Claim, fault: LocalFault, route: Callable[[], None]) -> None:
-        """A claim that a directory refused to take: the spool's guard routes it later."""
-        log.debug("spool=%s name=%r: waits in working/: %s", claim.spool.label, claim.name, fault)
-        self.guards[claim.spool].stranded.append((claim, route))
-        self.host.trip(claim.spool, fault)
-
-    def _left_behind(self, fault: LocalFault) -> None:
-        """--once: one more file left behind by a local fault (exit 75)."""
-        if self.once:
-            self.deferred[why(fault)] += 1
 
 
 def _check_unchanged(fd: int, claim: Claim) -> None:
@@ -538,8 +394,3 @@ def _kind(mode: int) -> str:
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "device"
     return "not a regular file"
-
-
-def why(fault: LocalFault) -> str:
-    """How --once's summary names a local fault."""
-    return f"{fault.reason} in {fault.path}"

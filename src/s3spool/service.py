@@ -17,24 +17,24 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from typing import Any
 
+from .cleanup import adopt_dead, sweep_multipart, tidy_spools
 from .errors import (
-    EXIT_NOT_OK,
     EXIT_OK,
     EXIT_STORE_UNAVAILABLE,
-    EXIT_TEMPFAIL,
     LocalFault,
     StoreUnavailable,
     UploadError,
 )
 from .metrics import Metrics
-from .pipeline import Counts, Pipeline, why
+from .outcomes import Counts
+from .pipeline import Pipeline
 from .settings import Settings
 from .spool import Claim, Spool, spool_layouts
 from .spoolguard import Guard
 from .store import Store, open_store
+from .storegate import StoreGate
 from .throttle import Throttle
 from .watch import Discovery, Pending
 
@@ -64,8 +64,8 @@ class Service:
         self.throttle = Throttle(settings.workers)
         self.metrics = Metrics()
         self.store: Store | None = None
-        self.gate = asyncio.Event()  # set: intake running; clear: paused by a store fault
-        self.gate.set()
+        self.store_gate = StoreGate()
+        self.gate = self.store_gate.event  # set: intake running; clear: the store is down
         self.stopping = False
         self.ready = False
         self.exit_code = EXIT_OK
@@ -87,28 +87,19 @@ class Service:
         self._tg: asyncio.TaskGroup | None = None
         self._last_sweep = 0.0
         self.early_signals: list[int] = []
-        self._wire_metrics()
+        self.metrics.follow(
+            throttle=self.throttle, pending=self.pending, gate=self.gate, guards=self.guards
+        )
 
     @property
     def counts(self) -> Counts:
-        return self.pipeline.counts
+        return self.pipeline.outcomes.counts
 
     # --- setup ------------------------------------------------------------------------------
     def prepare(self) -> None:
         """Create and check every directory (``ConfigError`` on the first problem)."""
         for spool in self.spools:
             spool.prepare()
-
-    def _wire_metrics(self) -> None:
-        m = self.metrics
-        m.in_flight.set_function(lambda: self.throttle.in_flight)
-        m.limit.set_function(lambda: self.throttle.limit)
-        m.queue.set_function(lambda: len(self.pending))
-        m.paused.set_function(lambda: 0 if self.gate.is_set() else 1)
-        # intake pauses exactly while the last probe of the store failed
-        m.store_up.set_function(lambda: 1 if self.gate.is_set() else 0)
-        for spool, guard in self.guards.items():
-            m.spool_up.labels(spool.label).set_function(guard.up)
 
     def request_stop(self, *, force: bool = False) -> None:
         if self._stop.is_set():
@@ -157,12 +148,12 @@ class Service:
                 if self.once:
                     log.error("store unavailable: %s", exc)
                     return EXIT_STORE_UNAVAILABLE
-                self._pause_now(exc)
+                self.store_gate.close(exc)
             for spool in self.spools:
                 if spool.opened:
                     for claim in spool.recover_own():
                         self.pending.put_claim(claim)
-            self._adopt_dead()
+            adopt_dead(self.spools, self.guards, self.pending.put_claim)
             if not self.once:
                 self.discovery.open_watches()
             async with asyncio.TaskGroup() as tg:
@@ -185,9 +176,10 @@ class Service:
                     intake.append(tg.create_task(self.discovery.scan_loop()))
                     intake.append(tg.create_task(self._cleanup_loop()))
                     if self.s.probe_interval > 0:
-                        intake.append(tg.create_task(self._watch_store()))
+                        watch = self.store_gate.watch(store, self.s.probe_interval, self.pause)
+                        intake.append(tg.create_task(watch))
                 if not self.gate.is_set():
-                    intake.append(tg.create_task(self._probe_until_ok()))
+                    intake.append(tg.create_task(self.store_gate.reopen_when_up(store)))
                 if not self.once:
                     intake.append(tg.create_task(self.discovery.layout_loop()))
                     for guard in self.guards.values():
@@ -206,29 +198,8 @@ class Service:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
         if self.once:
-            return self._once_summary()
+            return self.pipeline.outcomes.once_summary(self.guards.values(), self.exit_code)
         return self.exit_code
-
-    def _once_summary(self) -> int:
-        """--once: one line of counts, and the exit code they give."""
-        for guard in self.guards.values():
-            if guard.stranded and guard.fault is not None:  # uploaded or failed, not moved
-                self.pipeline.deferred[why(guard.fault)] += len(guard.stranded)
-        deferred = sum(self.pipeline.deferred.values())
-        reasons = ", ".join(f"{n} ({r})" for r, n in self.pipeline.deferred.most_common())
-        log.log(
-            logging.WARNING if deferred or self.counts.failed else logging.INFO,
-            "run --once: %d delivered, %d failed, %d deferred%s",
-            self.counts.delivered,
-            self.counts.failed,
-            deferred,
-            f": {reasons}" if reasons else "",
-        )
-        if self.exit_code != EXIT_OK:
-            return self.exit_code
-        if deferred:
-            return EXIT_TEMPFAIL
-        return EXIT_NOT_OK if self.counts.failed else EXIT_OK
 
     def _on_signal(self, sig: int) -> None:
         name = signal.Signals(sig).name
@@ -329,57 +300,15 @@ class Service:
         self.metrics.slowdowns.inc()
         self.throttle.on_slowdown()
 
-    def _pause_now(self, exc: UploadError) -> None:
-        if self.gate.is_set():
-            self.gate.clear()
-            log.error(
-                "store unavailable (%s): intake paused, files stay where they are; "
-                "probing until it answers",
-                exc,
-            )
-
     async def pause(self, exc: UploadError) -> None:
         if self.once:
             log.error("store unavailable (%s): stopping (--once)", exc)
             self.exit_code = EXIT_STORE_UNAVAILABLE
             self.request_stop(force=True)
             raise asyncio.CancelledError
-        if self.gate.is_set():
-            self._pause_now(exc)
-            if self._tg is not None:
-                self._intake.append(self._tg.create_task(self._probe_until_ok()))
+        if self.store_gate.close(exc) and self._tg is not None and self.store is not None:
+            self._intake.append(self._tg.create_task(self.store_gate.reopen_when_up(self.store)))
         await self.gate.wait()
-
-    async def _watch_store(self) -> None:
-        """While nothing else reaches the store, probe it: an outage shows before files pile up."""
-        assert self.store is not None
-        interval = self.s.probe_interval
-        while True:
-            await asyncio.sleep(interval)
-            if not self.gate.is_set() or time.monotonic() - self.store.last_answer < interval:
-                continue  # already paused (and probing), or the store answered recently
-            try:
-                await self.store.probe()
-            except StoreUnavailable as exc:
-                await self.pause(exc)
-
-    async def _probe_until_ok(self) -> None:
-        assert self.store is not None
-        delay = 1.0
-        last_log = time.monotonic()
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                await self.store.probe()
-            except StoreUnavailable as exc:
-                if time.monotonic() - last_log >= 60:
-                    log.error("store still unavailable: %s (intake paused)", exc)
-                    last_log = time.monotonic()
-                delay = min(delay * 2, 10.0)
-                continue
-            log.warning("store reachable again: resuming intake")
-            self.gate.set()
-            return
 
     # --- cleanup ------------------------------------------------------------------------------
     async def _cleanup_loop(self) -> None:
@@ -392,9 +321,7 @@ class Service:
             await asyncio.sleep(self.s.cleanup_interval)
 
     async def cleanup_once(self) -> None:
-        from .cleanup import expire_done
-
-        self._adopt_dead()
+        adopt_dead(self.spools, self.guards, self.pending.put_claim)
         if self.once:
             for guard in self.guards.values():
                 if (
@@ -402,60 +329,11 @@ class Service:
                     and await asyncio.to_thread(guard.spool.heal, guard.fault) is None
                 ):
                     guard.reroute()  # the directory works again: move what waited
-        for spool in self.spools:
-            if self.guards[spool].paused:
-                continue
-            if spool.dirs.done is not None:
-                removed = await asyncio.to_thread(expire_done, spool.dirs.done, self.s.delete_after)
-                if removed:
-                    log.info(
-                        "spool=%s: removed %d files from done/ (older than %.0fs)",
-                        spool.label,
-                        removed,
-                        self.s.delete_after,
-                    )
-            if spool.dirs.resubmit:
-                # records of files that are gone (delivered elsewhere, removed by hand)
-                stale = time.time() - max(4 * self.s.retry_backoff_max, 3600.0)
-                await asyncio.to_thread(spool.expire_resubmits, stale)
-        await self._sweep_multipart()
-
-    async def _sweep_multipart(self) -> None:
-        if self.store is None or self.s.abort_multipart_after <= 0 or not self.gate.is_set():
-            return
-        now = time.time()
-        if now - self._last_sweep < min(self.s.abort_multipart_after, 600.0):
-            return
-        self._last_sweep = now
-        live: set[str] = set()
-        for spool in self.spools:
-            live |= spool.open_uploads()
-        try:
-            stale = await self.store.stale_uploads(now - self.s.abort_multipart_after)
-            for key, upload_id in stale:
-                if upload_id in live:
-                    continue
-                await self.store.abort_upload(key, upload_id)
-                self.metrics.aborted.inc()
-                log.info("aborted stale multipart upload %s of %r", upload_id, key)
-        except UploadError as exc:
-            log.warning("multipart sweep skipped: %s", exc)
-
-    def _adopt_dead(self) -> None:
-        for spool in self.spools:
-            if not spool.opened or self.guards[spool].paused:
-                continue
-            for dead in list(spool.dead_instances()):
-                claims = spool.adopt(dead)
-                if claims:
-                    log.warning(
-                        "spool=%s: recovered %d claims of dead instance %s",
-                        spool.label,
-                        len(claims),
-                        dead.name,
-                    )
-                for claim in claims:
-                    self.pending.put_claim(claim)
+        await tidy_spools(self.spools, self.guards, self.s)
+        if self.store is not None and self.gate.is_set():
+            self._last_sweep = await sweep_multipart(
+                self.store, self.spools, self.s, self.metrics, self._last_sweep
+            )
 
 
 async def run_service(

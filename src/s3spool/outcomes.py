@@ -1,0 +1,245 @@
+"""Where a file goes after its upload: done/, failed/ (or back, resubmitted), and its log line.
+
+A directory that refuses a file (a local fault) strands the claim with its spool's guard,
+which routes it once the directory works again (spoolguard.py).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from .errors import EXIT_NOT_OK, EXIT_OK, EXIT_TEMPFAIL, FileVanished, LocalFault, UploadError
+from .metrics import Metrics, size_class
+from .settings import Settings
+from .spool import Claim, Spool
+from .spoolguard import Guard
+from .store import Delivery
+from .throttle import backoff
+from .watch import Item
+
+log = logging.getLogger("s3spool.service")
+file_log = logging.getLogger("s3spool.file")
+
+
+@dataclass(slots=True)
+class Counts:
+    delivered: int = 0
+    failed: int = 0
+
+
+def why(fault: LocalFault) -> str:
+    """How --once's summary names a local fault."""
+    return f"{fault.reason} in {fault.path}"
+
+
+class Resubmits:
+    """Resubmit mode: each name's attempts and next try, in memory and on disk for restarts."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self._not_before: dict[Item, float] = {}  # monotonic
+        self._attempts: dict[Item, int] = {}
+
+    def wait(self, item: Item, spool: Spool, mono: float) -> float:
+        """Seconds until ``item`` may be tried again (0: now)."""
+        if item not in self._not_before:
+            record = spool.load_resubmit(item[1])  # seen first by this process
+            if record is not None:
+                self._attempts[item], not_before = record
+                # wall clock across restarts; a clock stepped back cannot stretch it past the cap
+                left = min(max(not_before - time.time(), 0.0), self.s.retry_backoff_max)
+                self._not_before[item] = mono + left
+        return self._not_before.get(item, 0.0) - mono
+
+    def taken(self, item: Item) -> None:
+        self._not_before.pop(item, None)
+
+    def failed(self, item: Item, spool: Spool) -> None:
+        """One more failed attempt: back off, in memory and on disk."""
+        n = self._attempts.get(item, 0) + 1
+        self._attempts[item] = n
+        delay = backoff(n, self.s.retry_backoff, self.s.retry_backoff_max)
+        self._not_before[item] = time.monotonic() + delay
+        # on disk too: a restart must not retry a poison file at once
+        spool.save_resubmit(item[1], n, time.time() + delay)
+        if len(self._not_before) > 100_000:  # bounded; an old entry only shortens a wait
+            self._not_before.pop(next(iter(self._not_before)))
+            self._attempts.pop(next(iter(self._attempts)), None)
+
+    def forget(self, item: Item, spool: Spool) -> None:
+        self._attempts.pop(item, None)
+        spool.forget_resubmit(item[1])
+
+
+class Outcomes:
+    """Routes delivered and failed claims and writes the one log record per file."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        index: dict[Spool, int],
+        *,
+        trip: Callable[[Spool, LocalFault], None],
+        once: bool,
+        metrics: Metrics,
+        guards: dict[Spool, Guard],
+        resubmits: Resubmits,
+        stable_keys: bool,
+    ) -> None:
+        self.s = settings
+        self.trip = trip  # a directory refused: pause that spool (the service's guard)
+        self.once = once
+        self.metrics = metrics
+        self.guards = guards
+        self.resubmits = resubmits
+        self.stable_keys = stable_keys  # a key the next start renders the same
+        self._index = index
+        self.instance_id = settings.resolved_instance_id
+        self.counts = Counts()
+        #: --once: files left behind by local faults, by "ERRNO in DIRECTORY"
+        self.deferred: collections.Counter[str] = collections.Counter()
+        # labelled children looked up once, not per file
+        self._uploaded_metrics = {
+            sp.label: (
+                metrics.files.labels(sp.label, "uploaded"),
+                metrics.bytes.labels(sp.label, "uploaded"),
+            )
+            for sp in index
+        }
+
+    def commit(self, claim: Claim, delivery: Delivery, started: float) -> None:
+        try:
+            self._route_done(claim, delivery, started)
+        except LocalFault as exc:
+            # uploaded: it waits in working/ and moves as soon as the directory works
+            self.strand(claim, exc, lambda: self._route_done(claim, delivery, started))
+        except FileVanished as exc:
+            log.warning("spool=%s name=%r: uploaded, but %s", claim.spool.label, claim.name, exc)
+
+    def _route_done(self, claim: Claim, delivery: Delivery, started: float) -> None:
+        spool = claim.spool
+        dest = spool.route_done(claim)
+        duration = time.monotonic() - started
+        self.counts.delivered += 1
+        files, size_bytes = self._uploaded_metrics[spool.label]
+        files.inc()
+        size_bytes.inc(delivery.size)
+        self.metrics.duration.labels(size_class(delivery.size)).observe(duration)
+        if spool.dirs.resubmit:
+            self.resubmits.forget((self._index[spool], claim.name), spool)
+        extra = {"note": "already in store"} if delivery.already_there else {}
+        self.log_file(
+            logging.INFO, claim, delivery.size, duration, "done" if dest else "removed", **extra
+        )
+
+    def fail(self, claim: Claim, exc: UploadError, started: float) -> None:
+        try:
+            self._route_failed(claim, exc, started)
+        except LocalFault as fault:
+            self.strand(claim, fault, lambda: self._route_failed(claim, exc, started))
+        except FileVanished as gone:
+            log.warning(
+                "spool=%s name=%r: failed (%s), and %s", claim.spool.label, claim.name, exc, gone
+            )
+
+    def _route_failed(self, claim: Claim, exc: UploadError, started: float) -> None:
+        spool = claim.spool
+        item = (self._index[spool], claim.name)
+        reason = {
+            "name": claim.name,
+            "key": claim.key,
+            "reason": exc.reason,
+            "error": str(exc),
+            "attempts": claim.attempts,
+            "size": claim.size,
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "instance": self.instance_id,
+            "destination": self.s.destination,
+        }
+        outcome = "failed"
+        if spool.dirs.resubmit:
+            self.resubmits.failed(item, spool)
+            outcome = "resubmitted"
+        dest = spool.route_failed(claim, reason)
+        if dest is None:
+            outcome = "removed"
+        self.counts.failed += 1
+        self.metrics.files.labels(spool.label, "failed").inc()
+        self.metrics.bytes.labels(spool.label, "failed").inc(claim.size)
+        self.metrics.failures.labels(spool.label, exc.reason).inc()
+        self.log_file(
+            logging.WARNING,
+            claim,
+            claim.size,
+            time.monotonic() - started,
+            outcome,
+            reason=exc.reason,
+            error=str(exc),
+        )
+
+    def log_file(
+        self, level: int, claim: Claim, size: int, duration: float, outcome: str, **extra: str
+    ) -> None:
+        """The one log record per file: spool, name, key, size, duration, outcome."""
+        if not file_log.isEnabledFor(level):
+            return
+        fields = {
+            "spool": claim.spool.label,
+            "name": claim.name,
+            "key": claim.key,
+            "size": size,
+            "duration": round(duration, 4),
+            "outcome": outcome,
+            **extra,
+        }
+        file_log.log(level, "file", extra={"fields": fields})
+
+    def strand(self, claim: Claim, fault: LocalFault, route: Callable[[], None]) -> None:
+        """A claim that a directory refused to take: the spool's guard routes it later."""
+        log.debug("spool=%s name=%r: waits in working/: %s", claim.spool.label, claim.name, fault)
+        self.guards[claim.spool].stranded.append((claim, route))
+        self.trip(claim.spool, fault)
+
+    def left_behind(self, fault: LocalFault) -> None:
+        """--once: one more file left behind by a local fault (exit 75)."""
+        if self.once:
+            self.deferred[why(fault)] += 1
+
+    def cancelled(self, claim: Claim) -> None:
+        """Shutdown cut an upload short: return the file if its key can be recomputed."""
+        if self.stable_keys and claim.upload_id is None:
+            claim.spool.unclaim(claim)
+        else:
+            log.info(
+                "spool=%s name=%r: upload cut short; kept in working/ so the next start "
+                "delivers it to the same key %r",
+                claim.spool.label,
+                claim.name,
+                claim.key,
+            )
+
+    def once_summary(self, guards: Iterable[Guard], exit_code: int) -> int:
+        """--once: one line of counts, and the exit code they give (0, 1, 75, or ``exit_code``)."""
+        for guard in guards:
+            if guard.stranded and guard.fault is not None:  # uploaded or failed, not moved
+                self.deferred[why(guard.fault)] += len(guard.stranded)
+        deferred = sum(self.deferred.values())
+        reasons = ", ".join(f"{n} ({r})" for r, n in self.deferred.most_common())
+        log.log(
+            logging.WARNING if deferred or self.counts.failed else logging.INFO,
+            "run --once: %d delivered, %d failed, %d deferred%s",
+            self.counts.delivered,
+            self.counts.failed,
+            deferred,
+            f": {reasons}" if reasons else "",
+        )
+        if exit_code != EXIT_OK:
+            return exit_code
+        if deferred:
+            return EXIT_TEMPFAIL
+        return EXIT_NOT_OK if self.counts.failed else EXIT_OK
