@@ -50,9 +50,9 @@ import pytest
 from faultproxy import FaultProxy
 from proc import SpoolProc
 from s3servers import RcloneServer, S3Server, S3Target
+from s3spool.destinations import NoopStore
 from s3spool.service import Service
 from s3spool.spool import Claim
-from s3spool.store import NoopStore
 from svc import settings_for
 
 AS_ROOT = os.geteuid() == 0

@@ -159,7 +159,7 @@ async def check_store(
     settings: Settings, *, read_only: bool
 ) -> tuple[str, str, list[tuple[str, str]]]:
     """(verdict, detail, what the store supports as (topic, finding) lines)."""
-    from .store import open_store
+    from .destinations import open_store
 
     scheme, bucket, prefix = parse_destination(settings.destination)
     if scheme == "noop":

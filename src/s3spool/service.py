@@ -20,6 +20,7 @@ import signal
 from typing import Any
 
 from .cleanup import adopt_dead, sweep_multipart, tidy_spools
+from .destinations import open_store
 from .errors import (
     EXIT_OK,
     EXIT_STORE_UNAVAILABLE,
@@ -33,7 +34,7 @@ from .pipeline import Pipeline
 from .settings import Settings
 from .spool import Claim, Spool, spool_layouts
 from .spoolguard import Guard
-from .store import Store, open_store
+from .store import Store
 from .storegate import StoreGate
 from .throttle import Throttle
 from .watch import Discovery, Pending

@@ -1,0 +1,111 @@
+"""The configured destination: ``s3://`` (``S3Store``), ``noop://``, and fault injection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+from .checksums import Checksummer
+from .errors import PermanentError
+from .s3store import S3Store
+from .settings import Settings, parse_destination
+from .store import Delivery, Source, Store
+from .verify import digest_file
+
+log = logging.getLogger("s3spool.store")
+
+
+class NoopStore:
+    """``noop://``: read the file (so read errors surface) and log; store nothing."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.ck = Checksummer(settings.checksum)
+
+    async def __aenter__(self) -> NoopStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def upload(self, src: Source) -> Delivery:
+        digest = await asyncio.to_thread(digest_file, src.fd, src.size, self.ck, None)
+        log.debug("noop: would upload %r to %r", src.name, src.key)
+        return Delivery(src.key, src.size, etag=digest.etag, checksum=digest.checksum)
+
+    async def delivered(self, src: Source) -> bool:
+        return False
+
+    async def probe(self) -> None:
+        return None
+
+    async def survey(self) -> list[tuple[str, str]]:
+        return []
+
+    @property
+    def last_answer(self) -> float:
+        return time.monotonic()
+
+    async def abort_upload(self, key: str, upload_id: str) -> None:
+        return None
+
+    async def stale_uploads(self, older_than: float) -> list[tuple[str, str]]:
+        return []
+
+    async def test_write(self) -> str:
+        return ""
+
+
+class FaultyStore:
+    """``FAIL_RATE``: fail a fraction of uploads on purpose, before anything is sent."""
+
+    def __init__(self, inner: Store, rate: float, seed: int | None = None) -> None:
+        self.inner = inner
+        self.rate = rate
+        self._rng = random.Random(seed)
+
+    async def upload(self, src: Source) -> Delivery:
+        if self._rng.random() < self.rate:
+            raise PermanentError("injected failure (FAIL_RATE)", reason="injected")
+        return await self.inner.upload(src)
+
+    async def delivered(self, src: Source) -> bool:
+        return await self.inner.delivered(src)
+
+    async def probe(self) -> None:
+        await self.inner.probe()
+
+    async def survey(self) -> list[tuple[str, str]]:
+        return await self.inner.survey()
+
+    @property
+    def last_answer(self) -> float:
+        return self.inner.last_answer
+
+    async def abort_upload(self, key: str, upload_id: str) -> None:
+        await self.inner.abort_upload(key, upload_id)
+
+    async def stale_uploads(self, older_than: float) -> list[tuple[str, str]]:
+        return await self.inner.stale_uploads(older_than)
+
+
+@contextlib.asynccontextmanager
+async def open_store(
+    settings: Settings,
+    *,
+    on_slowdown: Callable[[], None] | None = None,
+) -> Any:
+    """The configured destination as an async context manager."""
+    scheme, _, _ = parse_destination(settings.destination)
+    async with AsyncExitStack() as stack:
+        inner: Store
+        if scheme == "noop":
+            inner = await stack.enter_async_context(NoopStore(settings))
+        else:
+            inner = await stack.enter_async_context(S3Store(settings, on_slowdown=on_slowdown))
+        yield FaultyStore(inner, settings.fail_rate) if settings.fail_rate > 0 else inner
