@@ -15,6 +15,8 @@ from pathlib import Path
 from .clock import cautious_now
 from .errors import UploadError
 from .metrics import Metrics
+from .outcomes import expire_records
+from .recovery import adopt, dead_instances, open_uploads
 from .settings import Settings
 from .spool import Claim, Spool
 from .spoolguard import Guard
@@ -72,7 +74,7 @@ async def tidy_spools(spools: Sequence[Spool], guards: Mapping[Spool, Guard], s:
         if spool.dirs.resubmit:
             # records of files that are gone (delivered elsewhere, removed by hand)
             stale = time.time() - max(4 * s.retry_backoff_max, 3600.0)
-            await asyncio.to_thread(spool.expire_resubmits, stale)
+            await asyncio.to_thread(expire_records, spool, stale)
 
 
 def adopt_dead(
@@ -82,8 +84,8 @@ def adopt_dead(
     for spool in spools:
         if not spool.opened or guards[spool].paused:
             continue
-        for dead in list(spool.dead_instances()):
-            claims = spool.adopt(dead)
+        for dead in list(dead_instances(spool)):
+            claims = adopt(spool, dead)
             if claims:
                 log.warning(
                     "spool=%s: recovered %d claims of dead instance %s",
@@ -107,7 +109,7 @@ async def sweep_multipart(
         return last
     live: set[str] = set()
     for spool in spools:
-        live |= spool.open_uploads()
+        live |= open_uploads(spool)
     try:
         stale = await store.stale_uploads(now - s.abort_multipart_after)
         for key, upload_id in stale:

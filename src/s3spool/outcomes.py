@@ -7,11 +7,16 @@ which routes it once the directory works again (spoolguard.py).
 from __future__ import annotations
 
 import collections
+import contextlib
+import json
 import logging
+import os
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from .errors import EXIT_NOT_OK, EXIT_OK, EXIT_TEMPFAIL, FileVanished, LocalFault, UploadError
 from .metrics import Metrics, size_class
@@ -37,6 +42,66 @@ def why(fault: LocalFault) -> str:
     return f"{fault.reason} in {fault.path}"
 
 
+# --- resubmit records: working/.resubmit/NAME, shared by every instance of the spool ----
+
+
+def _records(spool: Spool) -> Path:
+    return spool.dirs.working / ".resubmit"
+
+
+def load_record(spool: Spool, name: str) -> tuple[int, float] | None:
+    """(attempts so far, wall time of the next try) recorded for a resubmitted name."""
+    try:
+        with open(_records(spool) / name, encoding="utf-8") as fh:
+            data = json.load(fh)
+        return int(data["attempts"]), float(data["not_before"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def save_record(spool: Spool, name: str, attempts: int, not_before: float) -> None:
+    """Record a resubmission; on failure the backoff only lives in memory (logged)."""
+    tmp = _records(spool) / f".tmp.{secrets.token_hex(6)}"
+    try:
+        _records(spool).mkdir(exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"attempts": attempts, "not_before": round(not_before, 3)}, fh)
+        os.replace(tmp, _records(spool) / name)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        log.warning(
+            "spool=%s name=%r: cannot record its resubmit backoff in %s: %s (kept in memory)",
+            spool.label,
+            name,
+            _records(spool),
+            exc.strerror,
+        )
+
+
+def forget_record(spool: Spool, name: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(_records(spool) / name)
+
+
+def expire_records(spool: Spool, before: float) -> int:
+    """Remove records whose next try is before ``before`` and whose file is gone."""
+    removed = 0
+    try:
+        entries = list(os.scandir(_records(spool)))
+    except OSError:
+        return 0
+    for entry in entries:
+        if os.path.lexists(spool.dirs.incoming / entry.name):
+            continue
+        record = load_record(spool, entry.name)
+        if record is None or record[1] < before:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed += 1
+    return removed
+
+
 class Resubmits:
     """Resubmit mode: each name's attempts and next try, in memory and on disk for restarts."""
 
@@ -48,7 +113,7 @@ class Resubmits:
     def wait(self, item: Item, spool: Spool, mono: float) -> float:
         """Seconds until ``item`` may be tried again (0: now)."""
         if item not in self._not_before:
-            record = spool.load_resubmit(item[1])  # seen first by this process
+            record = load_record(spool, item[1])  # seen first by this process
             if record is not None:
                 self._attempts[item], not_before = record
                 # wall clock across restarts; a clock stepped back cannot stretch it past the cap
@@ -66,14 +131,14 @@ class Resubmits:
         delay = backoff(n, self.s.retry_backoff, self.s.retry_backoff_max)
         self._not_before[item] = time.monotonic() + delay
         # on disk too: a restart must not retry a poison file at once
-        spool.save_resubmit(item[1], n, time.time() + delay)
+        save_record(spool, item[1], n, time.time() + delay)
         if len(self._not_before) > 100_000:  # bounded; an old entry only shortens a wait
             self._not_before.pop(next(iter(self._not_before)))
             self._attempts.pop(next(iter(self._attempts)), None)
 
     def forget(self, item: Item, spool: Spool) -> None:
         self._attempts.pop(item, None)
-        spool.forget_resubmit(item[1])
+        forget_record(spool, item[1])
 
 
 class Outcomes:

@@ -31,9 +31,10 @@ from .errors import (
 from .metrics import Metrics
 from .outcomes import Counts
 from .pipeline import Pipeline
+from .recovery import recover_own
 from .settings import Settings
 from .spool import Claim, Spool, spool_layouts
-from .spoolguard import Guard
+from .spoolguard import Guard, heal
 from .store import Store
 from .storegate import StoreGate
 from .throttle import Throttle
@@ -152,7 +153,7 @@ class Service:
                 self.store_gate.close(exc)
             for spool in self.spools:
                 if spool.opened:
-                    for claim in spool.recover_own():
+                    for claim in recover_own(spool):
                         self.pending.put_claim(claim)
             adopt_dead(self.spools, self.guards, self.pending.put_claim)
             if not self.once:
@@ -327,7 +328,7 @@ class Service:
             for guard in self.guards.values():
                 if (
                     guard.stranded
-                    and await asyncio.to_thread(guard.spool.heal, guard.fault) is None
+                    and await asyncio.to_thread(heal, guard.spool, guard.fault) is None
                 ):
                     guard.reroute()  # the directory works again: move what waited
         await tidy_spools(self.spools, self.guards, self.s)

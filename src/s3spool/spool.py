@@ -98,8 +98,6 @@ _LOCAL_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT}
     | {errno.EXDEV}  # a filesystem mounted over one directory of the spool
 )
-#: bytes written by the probe of a full filesystem: a page, as a key record needs
-_PROBE_BYTES = b"\0" * 4096
 
 
 def local_fault(exc: OSError, what: str, directory: str | Path) -> TransientError:
@@ -111,7 +109,7 @@ def local_fault(exc: OSError, what: str, directory: str | Path) -> TransientErro
     return TransientError(msg, reason=name)
 
 
-def _writable(path: Path) -> LocalFault | None:
+def writable(path: Path) -> LocalFault | None:
     """Why ``path`` cannot take new entries now (read-only filesystem, permissions), or None."""
     try:
         vfs = os.statvfs(path)
@@ -304,79 +302,23 @@ class Spool:
         os.close(self._lock_fd)
         self._lock_fd = None
 
-    def heal(self, fault: LocalFault | None) -> LocalFault | None:
-        """After a local fault: None once every directory works again, else what still fails.
-
-        Recreates a missing directory as startup does, except the spool root: a root that
-        is gone waits for whoever removed it.  Re-creates and re-locks this instance's own
-        directory if it was removed.  After running out of space, also writes a page in it.
-        """
-        d = self.dirs
-        root = d.root or d.incoming.parent
-        if not root.is_dir():
-            return LocalFault(
-                f"the spool root {root} is gone (ENOENT)", reason="ENOENT", path=str(root)
-            )
-        for role, path in (
-            ("incoming", d.incoming),
-            ("working", d.working),
-            ("done", d.done),
-            ("failed", d.failed),
-        ):
-            if path is None:
-                continue
-            try:
-                path.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                found = local_fault(exc, f"create the {role} directory", path.parent)
-                return found if isinstance(found, LocalFault) else None
-            problem = _writable(path)
-            if problem is not None:
-                return problem
-        try:
-            devices = {p.stat().st_dev for p in (d.incoming, d.working, d.done, d.failed) if p}
-        except OSError as exc:  # removed again meanwhile
-            found = local_fault(exc, "look at the directories", root)
-            return found if isinstance(found, LocalFault) else None
-        if len(devices) > 1:
-            return LocalFault(
-                f"the directories of spool {self.label} are on different filesystems now "
-                "(EXDEV): rename(2) cannot move files between them",
-                reason="EXDEV",
-                path=str(root),
-            )
+    def relock(self) -> None:
+        """Make and lock this instance's directory again if it was removed by hand."""
         if self._lock_fd is not None:
             try:
                 same = os.path.samestat(os.fstat(self._lock_fd), os.stat(self.me))
             except OSError:
                 same = False
-            if not same:  # removed by hand: make and lock it again
+            if not same:
                 os.close(self._lock_fd)
                 self._lock_fd = None
+        if self._lock_fd is None:
+            self.open()
         try:
-            if self._lock_fd is None:
-                self.open()
             self.files.mkdir(exist_ok=True)
             self.keys.mkdir(exist_ok=True)
-        except (OSError, LocalFault) as exc:
-            if isinstance(exc, LocalFault):
-                return exc
-            found = local_fault(exc, "recreate this instance's directories", self.me)
-            return found if isinstance(found, LocalFault) else None
-        if fault is not None and fault.no_space:
-            probe = self.me / f".probe.{secrets.token_hex(4)}"
-            try:
-                with open(probe, "wb") as fh:
-                    fh.write(_PROBE_BYTES)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            except OSError as exc:
-                found = local_fault(exc, "write", self.me)
-                return found if isinstance(found, LocalFault) else None
-            finally:
-                with contextlib.suppress(OSError):
-                    os.unlink(probe)
-        return None
+        except OSError as exc:
+            raise local_fault(exc, "recreate this instance's directories", self.me) from None
 
     # --- claims ----------------------------------------------------------------------------
     def claim(self, name: str) -> Claim | None:
@@ -401,7 +343,7 @@ class Spool:
                 f"a file named {name!r} is still in flight", reason="busy"
             ) from None
         except OSError as exc:
-            where = self.files if _writable(self.dirs.incoming) is None else self.dirs.incoming
+            where = self.files if writable(self.dirs.incoming) is None else self.dirs.incoming
             raise local_fault(exc, f"claim {name!r}", where) from None
         return Claim(self, name, dst)
 
@@ -466,60 +408,6 @@ class Spool:
             os.unlink(self.keys / claim.name)
         claim.key_saved = False
 
-    # --- resubmit backoff records ---------------------------------------------------------
-    @property
-    def _resubmit_dir(self) -> Path:
-        return self.dirs.working / ".resubmit"
-
-    def load_resubmit(self, name: str) -> tuple[int, float] | None:
-        """(attempts so far, wall time of the next try) recorded for a resubmitted name."""
-        try:
-            with open(self._resubmit_dir / name, encoding="utf-8") as fh:
-                data = json.load(fh)
-            return int(data["attempts"]), float(data["not_before"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def save_resubmit(self, name: str, attempts: int, not_before: float) -> None:
-        """Record a resubmission; on failure the backoff only lives in memory (logged)."""
-        tmp = self._resubmit_dir / f".tmp.{secrets.token_hex(6)}"
-        try:
-            self._resubmit_dir.mkdir(exist_ok=True)
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump({"attempts": attempts, "not_before": round(not_before, 3)}, fh)
-            os.replace(tmp, self._resubmit_dir / name)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            log.warning(
-                "spool=%s name=%r: cannot record its resubmit backoff in %s: %s (kept in memory)",
-                self.label,
-                name,
-                self._resubmit_dir,
-                exc.strerror,
-            )
-
-    def forget_resubmit(self, name: str) -> None:
-        with contextlib.suppress(OSError):
-            os.unlink(self._resubmit_dir / name)
-
-    def expire_resubmits(self, before: float) -> int:
-        """Remove records whose next try is before ``before`` and whose file is gone."""
-        removed = 0
-        try:
-            entries = list(os.scandir(self._resubmit_dir))
-        except OSError:
-            return 0
-        for entry in entries:
-            if os.path.lexists(self._incoming_s + entry.name):
-                continue
-            record = self.load_resubmit(entry.name)
-            if record is None or record[1] < before:
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
-                    removed += 1
-        return removed
-
     # --- routing ---------------------------------------------------------------------------
     def route_done(self, claim: Claim) -> Path | None:
         """Move a delivered file to done/ (or unlink it); returns where it went."""
@@ -537,7 +425,7 @@ class Spool:
     def _route_fault(self, exc: OSError, claim: Claim, directory: Path | None) -> Exception:
         if not os.path.lexists(claim.path):
             return FileVanished(f"{claim.name!r} vanished from {self.files}")
-        where = directory if directory is not None and _writable(self.files) is None else self.files
+        where = directory if directory is not None and writable(self.files) is None else self.files
         return local_fault(exc, f"move {claim.name!r}", where)
 
     def route_failed(self, claim: Claim, reason: dict[str, Any]) -> Path | None:
@@ -609,116 +497,6 @@ class Spool:
             for entry in it:
                 yield entry.name
 
-    def dead_instances(self) -> Iterator[Path]:
-        """working/<id>/ directories whose lock nobody holds."""
-        try:
-            entries = list(os.scandir(self.dirs.working))
-        except FileNotFoundError:
-            return
-        for entry in entries:
-            if entry.name == self.instance_id or not entry.is_dir(follow_symlinks=False):
-                continue
-            if entry.name.startswith("."):
-                continue  # .resubmit/: backoff records, not an instance
-            if not instance_is_live(Path(entry.path)):
-                yield Path(entry.path)
-
-    def adopt(self, dead: Path) -> list[Claim]:
-        """Move a dead instance's claims (and their keys) into ours."""
-        try:
-            fd = os.open(dead, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            log.warning("spool=%s: cannot open %s: %s", self.label, dead, exc.strerror)
-            return []
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return []  # alive after all, or another instance is adopting it
-            if _flock_held(dead / "lock"):
-                return []  # an instance of the older layout, alive
-            adopted = self._adopt_locked(dead)
-            with contextlib.suppress(OSError):
-                os.unlink(dead / "lock")
-            for sub in (dead / "keys", dead / "files", dead):
-                with contextlib.suppress(OSError):
-                    for leftover in sub.glob(".tmp.*"):
-                        leftover.unlink()
-                    sub.rmdir()
-            return adopted
-        finally:
-            os.close(fd)
-
-    def _adopt_locked(self, dead: Path) -> list[Claim]:
-        files, keys = dead / "files", dead / "keys"
-        adopted: list[Claim] = []
-        try:
-            names = [e.name for e in os.scandir(files)]
-        except FileNotFoundError:
-            names = []
-        for name in names:
-            record = self.load_key(keys, name)
-            claim = Claim(self, name, self._files_s + name, recovered=True)
-            if record:
-                claim.key = record.get("key")
-                claim.upload_id = record.get("upload_id")
-                claim.part_size = record.get("part_size")
-                # Key first, file second: a crash in between leaves an orphan record
-                # here (removed below on the next pass), never a file without its key.
-                self.save_key(claim)
-            try:
-                rename_noreplace(files / name, claim.path)
-            except FileExistsError:
-                log.warning(
-                    "spool=%s name=%r: a claim of this name is in flight here; adopting it later",
-                    self.label,
-                    name,
-                )
-                continue
-            except FileNotFoundError:
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(keys / name)
-            adopted.append(claim)
-        _remove_orphan_keys(keys, files)
-        return adopted
-
-    def recover_own(self) -> list[Claim]:
-        """Claims in our own directory (left by a cancelled upload): deliver them again."""
-        _remove_orphan_keys(self.keys, self.files)
-        out = []
-        for name in self.own_claims():
-            claim = Claim(self, name, self._files_s + name, recovered=True)
-            record = self.load_key(self.keys, name)
-            claim.key_saved = record is not None
-            if record:
-                claim.key = record.get("key")
-                claim.upload_id = record.get("upload_id")
-                claim.part_size = record.get("part_size")
-            out.append(claim)
-        return out
-
-    def open_uploads(self) -> set[str]:
-        """Upload ids recorded by every instance of this spool (ours and others)."""
-        ids: set[str] = set()
-        try:
-            instances = list(os.scandir(self.dirs.working))
-        except FileNotFoundError:
-            return ids
-        for inst in instances:
-            keys = Path(inst.path) / "keys"
-            try:
-                names = [e.name for e in os.scandir(keys) if not e.name.startswith(".tmp.")]
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for name in names:
-                record = self.load_key(keys, name)
-                if record and record.get("upload_id"):
-                    ids.add(str(record["upload_id"]))
-        return ids
-
 
 def open_claimed(claim: Claim) -> int:
     """Open a claimed file without following links or blocking on fifos; fill its stat."""
@@ -742,45 +520,9 @@ def open_claimed(claim: Claim) -> int:
     return fd
 
 
-def _remove_orphan_keys(keys: Path, files: Path) -> None:
-    """Key records whose file is gone (routed just before a crash) and stray temp files."""
-    try:
-        records = os.listdir(keys)
-        present = set(os.listdir(files))
-    except FileNotFoundError:
-        return
-    for name in records:
-        if name.startswith(".tmp.") or name not in present:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(keys / name)
-
-
 def _unlink(path: str | Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-
-
-def instance_is_live(path: Path) -> bool:
-    """Does a live process hold the lock of the instance directory ``path``?"""
-    return _flock_held(path) or _flock_held(path / "lock")  # "lock": the older layout
-
-
-def _flock_held(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False  # gone: an adopter removed it, or it never existed
-    except OSError:
-        return True  # cannot tell: never adopt what may be alive
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
 
 
 def _same_file_content(a: str | Path, b: str | Path) -> bool:

@@ -20,16 +20,20 @@ the spool resumes.  The other spools never notice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
 
-from .errors import LocalFault
+from .errors import LocalFault, TransientError
+from .spool import Claim, Spool, local_fault, writable
 
-if TYPE_CHECKING:
-    from .spool import Claim, Spool
+#: bytes written by the probe of a full filesystem: a page, as a key record needs
+_PROBE_BYTES = b"\0" * 4096
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +100,7 @@ class Guard:
             await asyncio.sleep(delay)
             delay = min(delay * 2, LAST_PROBE)
             try:
-                still = await asyncio.to_thread(self.spool.heal, self.fault)
+                still = await asyncio.to_thread(heal, self.spool, self.fault)
             except Exception:  # a bug must not end the probing: the spool would stay paused
                 log.exception("spool=%s: probe failed; trying again", self.spool.label)
                 continue
@@ -128,3 +132,67 @@ class Guard:
                 self.trip(exc)
                 return False
         return True
+
+
+def heal(spool: Spool, fault: LocalFault | None) -> LocalFault | None:
+    """After a local fault: None once every directory works again, else what still fails.
+
+    Recreates a missing directory as startup does, except the spool root: a root that is
+    gone waits for whoever removed it.  Re-creates and re-locks this instance's own directory
+    if it was removed.  After running out of space, also writes (and removes) a page in it.
+    """
+    d = spool.dirs
+    root = d.root or d.incoming.parent
+    if not root.is_dir():
+        return LocalFault(
+            f"the spool root {root} is gone (ENOENT)", reason="ENOENT", path=str(root)
+        )
+    try:
+        for role, path in (
+            ("incoming", d.incoming),
+            ("working", d.working),
+            ("done", d.done),
+            ("failed", d.failed),
+        ):
+            if path is None:
+                continue
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise local_fault(exc, f"create the {role} directory", path.parent) from None
+            problem = writable(path)
+            if problem is not None:
+                return problem
+        try:
+            devices = {p.stat().st_dev for p in (d.incoming, d.working, d.done, d.failed) if p}
+        except OSError as exc:  # removed again meanwhile
+            raise local_fault(exc, "look at the directories", root) from None
+        if len(devices) > 1:
+            return LocalFault(
+                f"the directories of spool {spool.label} are on different filesystems now "
+                "(EXDEV): rename(2) cannot move files between them",
+                reason="EXDEV",
+                path=str(root),
+            )
+        spool.relock()
+        if fault is not None and fault.no_space:
+            _write_probe(spool.me)
+    except LocalFault as still:
+        return still
+    except TransientError:
+        return None  # not a directory fault (another errno): nothing to wait for here
+    return None
+
+
+def _write_probe(directory: Path) -> None:
+    probe = directory / f".probe.{secrets.token_hex(4)}"
+    try:
+        with open(probe, "wb") as fh:
+            fh.write(_PROBE_BYTES)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise local_fault(exc, "write", directory) from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)

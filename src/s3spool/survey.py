@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .keys import encode_name
-from .spool import SpoolDirs, instance_is_live
+from .recovery import instance_is_live
+from .spool import SpoolDirs
 
 
 def hold_left(mtime: float, hold_for: float, now: float, seen_for: float = 0.0) -> float:

@@ -1,0 +1,170 @@
+"""Crash recovery: our own claims after a restart, dead instances' claims, recorded uploads.
+
+An instance whose directory can be locked is dead: a live instance adopts its claims, key
+records included, into its own directory and delivers them (checking the store first).
+Instances of the older layout held a ``lock`` file inside the directory; it is honoured too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from .spool import Claim, Spool, rename_noreplace
+
+log = logging.getLogger("s3spool.spool")
+
+
+def dead_instances(spool: Spool) -> Iterator[Path]:
+    """working/<id>/ directories whose lock nobody holds."""
+    try:
+        entries = list(os.scandir(spool.dirs.working))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.name == spool.instance_id or not entry.is_dir(follow_symlinks=False):
+            continue
+        if entry.name.startswith("."):
+            continue  # .resubmit/: backoff records, not an instance
+        if not instance_is_live(Path(entry.path)):
+            yield Path(entry.path)
+
+
+def adopt(spool: Spool, dead: Path) -> list[Claim]:
+    """Move a dead instance's claims (and their keys) into ours."""
+    try:
+        fd = os.open(dead, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        log.warning("spool=%s: cannot open %s: %s", spool.label, dead, exc.strerror)
+        return []
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return []  # alive after all, or another instance is adopting it
+        if _flock_held(dead / "lock"):
+            return []  # an instance of the older layout, alive
+        adopted = _adopt_locked(spool, dead)
+        with contextlib.suppress(OSError):
+            os.unlink(dead / "lock")
+        for sub in (dead / "keys", dead / "files", dead):
+            with contextlib.suppress(OSError):
+                for leftover in sub.glob(".tmp.*"):
+                    leftover.unlink()
+                sub.rmdir()
+        return adopted
+    finally:
+        os.close(fd)
+
+
+def _adopt_locked(spool: Spool, dead: Path) -> list[Claim]:
+    files, keys = dead / "files", dead / "keys"
+    adopted: list[Claim] = []
+    try:
+        names = [e.name for e in os.scandir(files)]
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        record = spool.load_key(keys, name)
+        claim = Claim(spool, name, f"{spool.files}/{name}", recovered=True)
+        if record:
+            claim.key = record.get("key")
+            claim.upload_id = record.get("upload_id")
+            claim.part_size = record.get("part_size")
+            # Key first, file second: a crash in between leaves an orphan record
+            # here (removed below on the next pass), never a file without its key.
+            spool.save_key(claim)
+        try:
+            rename_noreplace(files / name, claim.path)
+        except FileExistsError:
+            log.warning(
+                "spool=%s name=%r: a claim of this name is in flight here; adopting it later",
+                spool.label,
+                name,
+            )
+            continue
+        except FileNotFoundError:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(keys / name)
+        adopted.append(claim)
+    _remove_orphan_keys(keys, files)
+    return adopted
+
+
+def recover_own(spool: Spool) -> list[Claim]:
+    """Claims in our own directory (left by a cancelled upload): deliver them again."""
+    _remove_orphan_keys(spool.keys, spool.files)
+    out = []
+    for name in spool.own_claims():
+        claim = Claim(spool, name, f"{spool.files}/{name}", recovered=True)
+        record = spool.load_key(spool.keys, name)
+        claim.key_saved = record is not None
+        if record:
+            claim.key = record.get("key")
+            claim.upload_id = record.get("upload_id")
+            claim.part_size = record.get("part_size")
+        out.append(claim)
+    return out
+
+
+def open_uploads(spool: Spool) -> set[str]:
+    """Upload ids recorded by every instance of this spool (ours and others)."""
+    ids: set[str] = set()
+    try:
+        instances = list(os.scandir(spool.dirs.working))
+    except FileNotFoundError:
+        return ids
+    for inst in instances:
+        keys = Path(inst.path) / "keys"
+        try:
+            names = [e.name for e in os.scandir(keys) if not e.name.startswith(".tmp.")]
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for name in names:
+            record = spool.load_key(keys, name)
+            if record and record.get("upload_id"):
+                ids.add(str(record["upload_id"]))
+    return ids
+
+
+def instance_is_live(path: Path) -> bool:
+    """Does a live process hold the lock of the instance directory ``path``?"""
+    return _flock_held(path) or _flock_held(path / "lock")  # "lock": the older layout
+
+
+def _flock_held(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False  # gone: an adopter removed it, or it never existed
+    except OSError:
+        return True  # cannot tell: never adopt what may be alive
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _remove_orphan_keys(keys: Path, files: Path) -> None:
+    """Key records whose file is gone (routed just before a crash) and stray temp files."""
+    try:
+        records = os.listdir(keys)
+        present = set(os.listdir(files))
+    except FileNotFoundError:
+        return
+    for name in records:
+        if name.startswith(".tmp.") or name not in present:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(keys / name)
