@@ -4,7 +4,7 @@
     python scripts/settings_doc.py --write    rewrite the README section in place
     python scripts/settings_doc.py --check    exit 1 if the README section is out of date
 
-The rows come from ``s3spool.cli.settings_table()`` (the same rows ``s3spool --help``
+The rows come from ``s3spool.settings_help.settings_table()`` (the same rows ``s3spool --help``
 prints), so the README cannot drift from the code: ``tests/test_docs.py`` fails when the
 section between the markers differs from this script's output.  The "Value" column and
 the human-readable defaults (``16MiB``, ``1h``) are derived from the field types of
@@ -23,12 +23,12 @@ BEGIN = "<!-- settings:begin -->"
 END = "<!-- settings:end -->"
 
 try:
-    from s3spool.cli import settings_table
-    from s3spool.settings import ENV_PREFIX, format_default, value_kind
+    from s3spool.settings import ENV_PREFIX
+    from s3spool.settings_help import format_default, settings_table, value_kind
 except ImportError:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT / "src"))
-    from s3spool.cli import settings_table
-    from s3spool.settings import ENV_PREFIX, format_default, value_kind
+    from s3spool.settings import ENV_PREFIX
+    from s3spool.settings_help import format_default, settings_table, value_kind
 
 HEADER = ("Environment variable", "Flag", "Default", "Value", "Meaning")
 

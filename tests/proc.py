@@ -10,6 +10,7 @@ import signal as signal_mod
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -128,6 +129,17 @@ class SpoolProc:
             if exited or time.monotonic() > deadline:
                 raise self._fail(pattern, timeout, exited)
             await asyncio.sleep(POLL_S)
+
+    def wait_until(self, pred: Callable[[], object], timeout: float, what: str = "") -> None:
+        """Poll ``pred`` while the process runs; fail with the log tail after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not pred():
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out after {timeout}s waiting for {what or pred}; args={self.args}\n"
+                    f"--- log tail ---\n{self.log_tail()}"
+                )
+            time.sleep(POLL_S)
 
     def signal(self, sig: int = signal_mod.SIGTERM) -> None:
         if self.alive():

@@ -456,6 +456,15 @@ class Result:
         self.problems.setdefault(cid, []).append(problem)
 
 
+def finish(
+    res: Result, proc: ServiceProc, started: float, target: S3Target, fmt: str
+) -> None:
+    """A run is over: its time, its log records and the objects it left in the bucket."""
+    res.elapsed = time.monotonic() - started
+    parse_log(res, proc.log_text(), fmt)
+    fetch_objects(res, target)
+
+
 def parse_log(res: Result, text: str, fmt: str) -> None:
     res.log = text
     for line in text.splitlines():
@@ -610,9 +619,7 @@ def run_main(base: Path, moto_srv: S3Server) -> Result:
     with watch_opens(watched, res), \
             ServiceProc(["run", "--once"], env, spot.root, spot.root / "log") as proc:
         res.exit_code = proc.wait(40)
-    res.elapsed = time.monotonic() - started
-    parse_log(res, proc.log_text(), "json")
-    fetch_objects(res, target)
+    finish(res, proc, started, target, "json")
     shared = spot.outside / "shared.dat"
     if not shared.exists() or shared.read_bytes() != b"hard-linked from outside the spool":
         res.note("19-hard-link-outside", "the file outside the spool was changed or removed")
@@ -634,9 +641,7 @@ def run_text(base: Path, moto_srv: S3Server) -> Result:
     started = time.monotonic()
     with ServiceProc(["run", "--once"], env, spot.root, spot.root / "log") as proc:
         res.exit_code = proc.wait(40)
-    res.elapsed = time.monotonic() - started
-    parse_log(res, proc.log_text(), "text")
-    fetch_objects(res, target)
+    finish(res, proc, started, target, "text")
     return res
 
 
@@ -652,9 +657,7 @@ def run_badsecret(base: Path, rclone_srv: RcloneServer) -> Result:
     started = time.monotonic()
     with ServiceProc(["run", "--once"], env, spot.root, spot.root / "log") as proc:
         res.exit_code = proc.wait(40)
-    res.elapsed = time.monotonic() - started
-    parse_log(res, proc.log_text(), "json")
-    fetch_objects(res, target)
+    finish(res, proc, started, target, "json")
     return res
 
 
@@ -723,9 +726,7 @@ def run_done_ro(base: Path, moto_srv: S3Server) -> Result:
                 give_back(done)
                 proc.signal(signal.SIGTERM)
                 res.exit_code = proc.wait(30)
-    res.elapsed = time.monotonic() - started
-    parse_log(res, proc.log_text(), "json")
-    fetch_objects(res, target)
+    finish(res, proc, started, target, "json")
     return res
 
 
@@ -764,9 +765,7 @@ def run_failed_ro(base: Path, moto_srv: S3Server) -> Result:
             give_back(failed)
             proc.signal(signal.SIGTERM)
             res.exit_code = proc.wait(30)
-    res.elapsed = time.monotonic() - started
-    parse_log(res, proc.log_text(), "json")
-    fetch_objects(res, target)
+    finish(res, proc, started, target, "json")
     return res
 
 
@@ -812,9 +811,7 @@ def run_enospc(base: Path, moto_srv: S3Server) -> Iterator[Result]:
         started = time.monotonic()
         with ServiceProc(["run", "--once"], env, spot.root, spot.root / "log") as proc:
             res.exit_code = proc.wait(40)
-        res.elapsed = time.monotonic() - started
-        parse_log(res, proc.log_text(), "json")
-        fetch_objects(res, target)
+        finish(res, proc, started, target, "json")
         yield res
     finally:
         if subprocess.run(["umount", str(spot.spool)], capture_output=True, timeout=30,

@@ -319,11 +319,7 @@ def test_permissions_removed_and_restored(moto_s3: S3Target, public_dir: Path) -
         time.sleep(1.5)
         assert names(spool / "done") == set()
         incoming.chmod(0o755)
-        cleared = time.monotonic()
-        deadline = cleared + RECOVERY_S + 0.5
-        while names(spool / "done") != {"locked-in"}:
-            assert time.monotonic() < deadline, proc.log_tail()
-            time.sleep(0.05)
+        proc.wait_until(lambda: names(spool / "done") == {"locked-in"}, RECOVERY_S + 0.5)
         proc.wait_for_log(r"/incoming works again after", 5)
         # failed/: a file that cannot be read fails, and failed/ will not take it
         failed = spool / "failed"
@@ -339,10 +335,7 @@ def test_permissions_removed_and_restored(moto_s3: S3Target, public_dir: Path) -
             spool / "working" / next(iter(names(spool / "working"))) / "files"
         )
         failed.chmod(0o755)
-        cleared = time.monotonic()
-        while "unreadable" not in names(failed):
-            assert time.monotonic() < cleared + RECOVERY_S + 0.5, proc.log_tail()
-            time.sleep(0.05)
+        proc.wait_until(lambda: "unreadable" in names(failed), RECOVERY_S + 0.5)
         proc.signal(signal.SIGTERM)
         assert proc.wait(20) == 0
     log_text = proc.log_text()
@@ -368,10 +361,7 @@ def test_inotify_overflow_rescans_and_delivers_everything(tmp_path: Path) -> Non
     limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
     count = limit + 4000
     with SpoolProc(["run"], env, cwd=tmp_path) as proc:
-        deadline = time.monotonic() + 15
-        while not (spool / "incoming").is_dir():
-            assert time.monotonic() < deadline, proc.log_tail()
-            time.sleep(0.05)
+        proc.wait_until(lambda: (spool / "incoming").is_dir(), 15)
         time.sleep(1.0)  # watches set up
         staging = tmp_path / "staging"
         staging.mkdir()
@@ -384,10 +374,7 @@ def test_inotify_overflow_rescans_and_delivers_everything(tmp_path: Path) -> Non
         finally:
             os.kill(proc.pid, signal.SIGCONT)
         proc.wait_for_log("inotify queue overflowed; rescanning", 20)
-        deadline = time.monotonic() + 120
-        while any((spool / "incoming").iterdir()):
-            assert time.monotonic() < deadline, proc.log_tail()
-            time.sleep(0.2)
+        proc.wait_until(lambda: not any((spool / "incoming").iterdir()), 120)
         proc.signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     assert list((spool / "incoming").iterdir()) == []
@@ -478,19 +465,14 @@ def test_clock_stepped_forward_releases_and_deletes_nothing_early(
     with SpoolProc(["run"], env, cwd=tmp_path) as proc:
         proc.wait_for_log("watching 1 spool", 15)
         drop(spool / "incoming", "delivered", b"old enough")
-        deadline = time.monotonic() + 10
-        while names(spool / "done") != {"delivered"}:
-            assert time.monotonic() < deadline, proc.log_tail()
-            time.sleep(0.05)
+        proc.wait_until(lambda: names(spool / "done") == {"delivered"}, 10)
         drop(spool / "incoming", "fresh", b"written just now")
         written = time.monotonic()
         offset.write_text("+3600\n")  # an hour forward
         time.sleep(2.0)
         # HOLD_FOR=3s still holds the fresh file, and DELETE_AFTER=60s keeps the other
         assert names(spool / "done") == {"delivered"}, proc.log_tail()
-        while "fresh" not in names(spool / "done"):
-            assert time.monotonic() < written + 6, proc.log_tail()
-            time.sleep(0.05)
+        proc.wait_until(lambda: "fresh" in names(spool / "done"), written + 6 - time.monotonic())
         assert time.monotonic() - written >= 2.9
         time.sleep(1.0)  # three more cleanups
         assert names(spool / "done") == {"delivered", "fresh"}
@@ -510,9 +492,7 @@ def test_clock_stepped_back_delays_nothing_for_long(
         time.sleep(1.2)
         drop(spool / "incoming", "from-the-future", b"held 2 s, not an hour")
         written = time.monotonic()
-        while "from-the-future" not in names(spool / "done"):
-            assert time.monotonic() < written + 5, proc.log_tail()
-            time.sleep(0.05)
+        proc.wait_until(lambda: "from-the-future" in names(spool / "done"), 5)
         assert time.monotonic() - written >= 1.9
         proc.signal(signal.SIGTERM)
         assert proc.wait(20) == 0

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -290,19 +289,13 @@ def test_kill_during_multipart_resumes_from_stored_parts(
             **MULTIPART,
         }
         with SpoolProc(["run"], env, cwd=tmp_path) as first:
-            deadline = time.monotonic() + 60
-            while fp.snapshot()["counts"].get("upload_part", 0) < 6:
-                assert time.monotonic() < deadline, first.log_tail()
-                time.sleep(0.05)
+            first.wait_until(lambda: fp.snapshot()["counts"].get("upload_part", 0) >= 6, 60)
             first.kill()  # SIGKILL: no abort, no cleanup
         before = fp.snapshot()["counts"].get("upload_part", 0)
         fp.latency_s = 0.0
         with SpoolProc(["run"], env, cwd=tmp_path) as second:
             second.wait_for_log(r"resuming multipart upload of 'big'", 30)
-            deadline = time.monotonic() + 60
-            while names(spool / "done") != {"big"}:
-                assert time.monotonic() < deadline, second.log_tail()
-                time.sleep(0.05)
+            second.wait_until(lambda: names(spool / "done") == {"big"}, 60)
         counts = fp.snapshot()["counts"]
     assert counts.get("list_parts", 0) >= 1, counts
     assert counts.get("create_mpu") == 1, counts  # the same upload, continued

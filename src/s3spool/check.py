@@ -12,7 +12,7 @@ from typing import TextIO
 
 from .errors import EXIT_CONFIG, EXIT_NOT_OK, EXIT_OK, ConfigError, StoreUnavailable, UploadError
 from .keys import KeyTemplate
-from .settings import Settings, parse_destination
+from .settings import Settings
 from .spool import Spool, SpoolDirs, spool_layouts
 from .survey import plural
 from .watch import INOTIFY_HELP
@@ -44,7 +44,7 @@ async def check(settings: Settings, *, read_only: bool = False, out: TextIO | No
     """
     report = Report(out or sys.stdout)
     try:
-        _, _, prefix = parse_destination(settings.destination)
+        prefix = settings.prefix
         KeyTemplate(settings.key_format, prefix)
         layouts = spool_layouts(settings)
     except (ConfigError, ValueError) as exc:
@@ -161,7 +161,7 @@ async def check_store(
     """(verdict, detail, what the store supports as (topic, finding) lines)."""
     from .destinations import open_store
 
-    scheme, bucket, prefix = parse_destination(settings.destination)
+    scheme, bucket, prefix = settings.scheme, settings.bucket, settings.prefix
     if scheme == "noop":
         return PASS, "noop:// stores nothing; nothing to check", []
     where = f"s3://{bucket}/{prefix}"

@@ -23,34 +23,10 @@ from typing import Any
 from . import __version__, check, enqueue, logs, status
 from .errors import EXIT_CONFIG, ConfigError
 from .service import run_service
-from .settings import Settings, env_name, flag_name, format_default, load_settings, value_kind
+from .settings import Settings, env_name, flag_name, load_settings
+from .settings_help import default_text, settings_table
 
 log = logging.getLogger(__name__)
-
-
-def _default_text(field: str) -> str:
-    info = Settings.model_fields[field]
-    if info.default_factory is not None:
-        value: Any = info.default_factory()  # type: ignore[call-arg]
-    else:
-        value = info.default
-    if value is None or value == "" or value == []:
-        return "none"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    return format_default(value_kind(field), str(value))
-
-
-def settings_table() -> list[tuple[str, str, str, str]]:
-    """(env var, flag, default, description) for every setting: the CLI help and the README."""
-    rows = []
-    for field, info in Settings.model_fields.items():
-        rows.append(
-            (env_name(field), flag_name(field), _default_text(field), info.description or "")
-        )
-    return rows
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +34,7 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
         "settings", "each flag overrides the S3SPOOL_* environment variable of the same name"
     )
     for field, info in Settings.model_fields.items():
-        help_text = f"{info.description} [env {env_name(field)}; default {_default_text(field)}]"
+        help_text = f"{info.description} [env {env_name(field)}; default {default_text(field)}]"
         help_text = help_text.replace("%", "%%")
         if info.annotation is bool:
             group.add_argument(

@@ -14,7 +14,7 @@ from typing import Any
 from .checksums import Checksummer
 from .errors import PermanentError
 from .s3store import S3Store
-from .settings import Settings, parse_destination
+from .settings import Settings
 from .store import Delivery, Source, Store
 from .verify import digest_file
 
@@ -101,7 +101,7 @@ async def open_store(
     on_slowdown: Callable[[], None] | None = None,
 ) -> Any:
     """The configured destination as an async context manager."""
-    scheme, _, _ = parse_destination(settings.destination)
+    scheme = settings.scheme
     async with AsyncExitStack() as stack:
         inner: Store
         if scheme == "noop":

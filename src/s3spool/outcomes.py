@@ -110,10 +110,10 @@ class Resubmits:
         self._not_before: dict[Item, float] = {}  # monotonic
         self._attempts: dict[Item, int] = {}
 
-    def wait(self, item: Item, spool: Spool, mono: float) -> float:
+    def wait(self, item: Item, mono: float) -> float:
         """Seconds until ``item`` may be tried again (0: now)."""
         if item not in self._not_before:
-            record = load_record(spool, item[1])  # seen first by this process
+            record = load_record(*item)  # seen first by this process
             if record is not None:
                 self._attempts[item], not_before = record
                 # wall clock across restarts; a clock stepped back cannot stretch it past the cap
@@ -124,21 +124,21 @@ class Resubmits:
     def taken(self, item: Item) -> None:
         self._not_before.pop(item, None)
 
-    def failed(self, item: Item, spool: Spool) -> None:
+    def failed(self, item: Item) -> None:
         """One more failed attempt: back off, in memory and on disk."""
         n = self._attempts.get(item, 0) + 1
         self._attempts[item] = n
         delay = backoff(n, self.s.retry_backoff, self.s.retry_backoff_max)
         self._not_before[item] = time.monotonic() + delay
         # on disk too: a restart must not retry a poison file at once
-        save_record(spool, item[1], n, time.time() + delay)
+        save_record(*item, n, time.time() + delay)
         if len(self._not_before) > 100_000:  # bounded; an old entry only shortens a wait
             self._not_before.pop(next(iter(self._not_before)))
             self._attempts.pop(next(iter(self._attempts)), None)
 
-    def forget(self, item: Item, spool: Spool) -> None:
+    def forget(self, item: Item) -> None:
         self._attempts.pop(item, None)
-        forget_record(spool, item[1])
+        forget_record(*item)
 
 
 class Outcomes:
@@ -147,7 +147,7 @@ class Outcomes:
     def __init__(
         self,
         settings: Settings,
-        index: dict[Spool, int],
+        spools: list[Spool],
         *,
         trip: Callable[[Spool, LocalFault], None],
         once: bool,
@@ -163,7 +163,6 @@ class Outcomes:
         self.guards = guards
         self.resubmits = resubmits
         self.stable_keys = stable_keys  # a key the next start renders the same
-        self._index = index
         self.instance_id = settings.resolved_instance_id
         self.counts = Counts()
         #: --once: files left behind by local faults, by "ERRNO in DIRECTORY"
@@ -174,7 +173,7 @@ class Outcomes:
                 metrics.files.labels(sp.label, "uploaded"),
                 metrics.bytes.labels(sp.label, "uploaded"),
             )
-            for sp in index
+            for sp in spools
         }
 
     def commit(self, claim: Claim, delivery: Delivery, started: float) -> None:
@@ -196,7 +195,7 @@ class Outcomes:
         size_bytes.inc(delivery.size)
         self.metrics.duration.labels(size_class(delivery.size)).observe(duration)
         if spool.dirs.resubmit:
-            self.resubmits.forget((self._index[spool], claim.name), spool)
+            self.resubmits.forget((spool, claim.name))
         extra = {"note": "already in store"} if delivery.already_there else {}
         self.log_file(
             logging.INFO, claim, delivery.size, duration, "done" if dest else "removed", **extra
@@ -214,7 +213,7 @@ class Outcomes:
 
     def _route_failed(self, claim: Claim, exc: UploadError, started: float) -> None:
         spool = claim.spool
-        item = (self._index[spool], claim.name)
+        item = (spool, claim.name)
         reason = {
             "name": claim.name,
             "key": claim.key,
@@ -228,7 +227,7 @@ class Outcomes:
         }
         outcome = "failed"
         if spool.dirs.resubmit:
-            self.resubmits.failed(item, spool)
+            self.resubmits.failed(item)
             outcome = "resubmitted"
         dest = spool.route_failed(claim, reason)
         if dest is None:

@@ -29,7 +29,7 @@ from .errors import (
 from .keys import KeyInput, KeyTemplate, spool_dir_field
 from .metrics import Metrics
 from .outcomes import Outcomes, Resubmits
-from .settings import Settings, parse_destination
+from .settings import Settings
 from .spool import Claim, Spool, open_claimed
 from .spoolguard import Guard
 from .store import Delivery, Source, Store
@@ -99,19 +99,17 @@ class Pipeline:
         self.guards = guards
         self.spools = list(spools)
         self.instance_id = settings.resolved_instance_id
-        _, _, prefix = parse_destination(settings.destination)
-        self.template = KeyTemplate(settings.key_format, prefix)
-        self._index = {sp: i for i, sp in enumerate(self.spools)}
-        self._spool_field = [
-            spool_dir_field(sp.dirs.root or sp.dirs.incoming) for sp in self.spools
-        ]
+        self.template = KeyTemplate(settings.key_format, settings.prefix)
+        self._spool_field = {
+            sp: spool_dir_field(sp.dirs.root or sp.dirs.incoming) for sp in self.spools
+        }
         self._warn = WarnOnce()
         self.resubmits = Resubmits(settings)
         # future-dated files: when first looked at (monotonic, immune to clock steps)
         self._first_seen: dict[Item, float] = {}
         self.outcomes = Outcomes(
             settings,
-            self._index,
+            self.spools,
             trip=host.trip,
             once=once,
             metrics=metrics,
@@ -121,8 +119,7 @@ class Pipeline:
         )
 
     async def take(self, item: Item) -> None:
-        index, name = item
-        spool = self.spools[index]
+        spool, name = item
         if self.host.stopping:
             return
         path = spool.dirs.incoming / name
@@ -144,7 +141,7 @@ class Pipeline:
         # Backoffs are measured on the monotonic clock; a file's age can only be measured
         # on the wall clock its mtime comes from.
         mono = time.monotonic()
-        wait = self.resubmits.wait(item, spool, mono) if spool.dirs.resubmit else 0.0
+        wait = self.resubmits.wait(item, mono) if spool.dirs.resubmit else 0.0
         if self.s.hold_for > 0:
             now = cautious_now()
             seen_for = 0.0
@@ -235,7 +232,7 @@ class Pipeline:
                 return
             spool.unclaim(claim)
             if why.retry_after is not None and not self.once:
-                self.discovery.defer((self._index[spool], claim.name), why.retry_after)
+                self.discovery.defer((spool, claim.name), why.retry_after)
             return
         except UploadError as exc:
             self.outcomes.fail(claim, exc, started)
@@ -255,7 +252,7 @@ class Pipeline:
             claim.key = self.template.render(
                 KeyInput(
                     os.fsencode(claim.name),
-                    self._spool_field[self.spools.index(claim.spool)],
+                    self._spool_field[claim.spool],
                     claim.mtime,
                     claim.ctime or claim.mtime,
                 )

@@ -23,7 +23,7 @@ from .checksums import BodyDigest, Checksummer
 from .errors import FileChanged, PermanentError, StoreUnavailable, UploadError
 from .s3errors import SLOWDOWN_CODES, is_unsupported, translate
 from .sender import Body, Sender
-from .settings import Settings, parse_destination
+from .settings import Settings
 from .store import INLINE_READ_MAX, ByteBudget, Delivery, Source, guess_type
 from .verify import StoreFacts, Verifier, etag_of
 
@@ -40,7 +40,7 @@ class S3Store:
         on_slowdown: Callable[[], None] | None = None,
         budget: ByteBudget | None = None,
     ) -> None:
-        _, self.bucket, self.prefix = parse_destination(settings.destination)
+        self.bucket, self.prefix = settings.bucket, settings.prefix
         self.s = settings
         self.ck = Checksummer(settings.checksum)
         self.budget = budget or ByteBudget(settings.buffer_limit)

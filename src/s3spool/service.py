@@ -52,7 +52,6 @@ class Service:
         self.once = once
         self.instance_id = settings.resolved_instance_id
         self.spools = [Spool(d, self.instance_id) for d in spool_layouts(settings)]
-        self._index = {sp: i for i, sp in enumerate(self.spools)}
         self.guards = {sp: Guard(sp) for sp in self.spools}
         self.pending = Pending(settings.queue_size)
         self.discovery = Discovery(
@@ -60,8 +59,8 @@ class Service:
             self.pending,
             ignore=settings.ignore,
             rescan_interval=settings.rescan_interval,
-            on_fault=lambda index, fault: self.trip(self.spools[index], fault),
-            is_paused=lambda index: self.guards[self.spools[index]].paused,
+            on_fault=self.trip,
+            is_paused=lambda spool: self.guards[spool].paused,
         )
         self.throttle = Throttle(settings.workers)
         self.metrics = Metrics()
@@ -293,8 +292,7 @@ class Service:
             guard.start_healing(self._healed)
 
     def _healed(self, guard: Guard) -> None:
-        index = self._index[guard.spool]
-        self.discovery.rewatch(index)
+        self.discovery.rewatch(guard.spool)
         self.discovery.request_rescan()
 
     # --- store faults -------------------------------------------------------------------------

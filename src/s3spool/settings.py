@@ -12,13 +12,18 @@ import json
 import re
 import socket
 import string
-import types
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigError
@@ -286,7 +291,7 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if not self.destination:
             raise ValueError("destination: required (s3://bucket/prefix or noop://)")
-        parse_destination(self.destination)
+        self._destination = parse_destination(self.destination)
         fields = key_format_fields(self.key_format)
         unknown = sorted(fields - KEY_FIELDS)
         if unknown:
@@ -329,6 +334,22 @@ class Settings(BaseSettings):
         if self.instance_id is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.instance_id):
             raise ValueError("instance_id: only letters, digits, '_', '.', '-' are allowed")
         return self
+
+    _destination: tuple[str, str, str] = PrivateAttr(default=("", "", ""))
+
+    @property
+    def scheme(self) -> str:
+        """``s3`` or ``noop`` (DESTINATION, parsed once when the settings were read)."""
+        return self._destination[0]
+
+    @property
+    def bucket(self) -> str:
+        return self._destination[1]
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix, always a "directory" (``a/b/``) or empty."""
+        return self._destination[2]
 
     @property
     def resolved_instance_id(self) -> str:
@@ -418,100 +439,3 @@ def format_validation_error(exc: ValidationError) -> str:
 
 
 # --- describing settings (CLI help and the README's reference table) ----------------------
-KIB = 1024
-UNITS = (("GiB", KIB**3), ("MiB", KIB**2), ("KiB", KIB))
-
-
-def _validator_names(annotation: Any, metadata: list[Any]) -> set[str]:
-    """Names of the BeforeValidator functions on a field (parse_size, parse_duration, ...)."""
-    names: set[str] = set()
-    stack: list[Any] = [*metadata, annotation]
-    while stack:
-        item = stack.pop()
-        func = getattr(item, "func", None)
-        if func is not None:
-            names.add(getattr(func, "__name__", ""))
-        stack.extend(getattr(item, "__metadata__", ()))
-        stack.extend(typing.get_args(item))
-    return names
-
-
-def _strip_optional(annotation: Any) -> Any:
-    args = typing.get_args(annotation)
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        rest = [a for a in args if a is not type(None)]
-        if len(rest) == 1:
-            return _strip_optional(rest[0])
-    if origin is typing.Annotated:
-        return _strip_optional(args[0])
-    return annotation
-
-
-def value_kind(field: str) -> str:
-    """What kind of value a setting takes: size, duration, list, boolean, choice, ..."""
-    info = Settings.model_fields.get(field)
-    if info is None:
-        return ""
-    validators = _validator_names(info.annotation, list(info.metadata))
-    if "parse_size" in validators:
-        return "size"
-    if "parse_duration" in validators:
-        return "duration"
-    if "parse_list" in validators:
-        return "list"
-    base = _strip_optional(info.annotation)
-    if typing.get_origin(base) is typing.Literal:
-        return ", ".join(f"`{v}`" for v in typing.get_args(base))
-    bounds = {
-        name: getattr(m, name)
-        for m in info.metadata
-        for name in ("ge", "le")
-        if getattr(m, name, None) is not None
-    }
-    if base is bool:
-        return "boolean"
-    if base in (int, float):
-        word = "integer" if base is int else "number"
-        if "ge" in bounds and "le" in bounds:
-            return f"{word}, {_num(bounds['ge'])} to {_num(bounds['le'])}"
-        if "ge" in bounds:
-            return f"{word}, at least {_num(bounds['ge'])}"
-        return word
-    if base is Path:
-        return "path"
-    return "string"
-
-
-def _num(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def human_size(n: int) -> str:
-    for unit, scale in UNITS:
-        if n >= scale and n % scale == 0:
-            return f"{n // scale}{unit}"
-    return str(n)
-
-
-def human_duration(seconds: float) -> str:
-    if seconds == 0:
-        return "0"
-    for unit, scale in (("h", 3600), ("m", 60)):
-        if seconds >= scale and seconds % scale == 0:
-            return f"{int(seconds // scale)}{unit}"
-    return f"{seconds:g}s"
-
-
-def format_default(kind: str, text: str) -> str:
-    """Show size and duration defaults the way an operator would write them."""
-    try:
-        if kind == "size":
-            return human_size(int(text))
-        if kind == "duration":
-            return human_duration(float(text))
-        if kind.startswith("number"):
-            return f"{float(text):g}"
-    except ValueError:
-        pass
-    return text

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 from .clock import cautious_now
 from .errors import EXIT_NOT_OK, EXIT_OK, UploadError
 from .keys import KeyInput, KeyTemplate, spool_dir_field
-from .settings import Settings, parse_destination
+from .settings import Settings
 from .spool import spool_layouts
 from .survey import (
     claimed_count,
@@ -125,7 +125,7 @@ def dry_run(settings: Settings, *, out: TextIO | None = None) -> int:
     Exit 1 if an incoming/ could not be read or a key cannot be rendered.
     """
     out = out or sys.stdout
-    _, _, prefix = parse_destination(settings.destination)
+    prefix = settings.prefix
     template = KeyTemplate(settings.key_format, prefix)
     is_ignored = compile_ignore(settings.ignore)
     status_code = EXIT_OK

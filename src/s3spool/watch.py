@@ -26,8 +26,8 @@ from .spool import Claim, Spool, local_fault
 
 log = logging.getLogger(__name__)
 
-#: (spool index, file name)
-Item = tuple[int, str]
+#: (spool, file name): a file in that spool's incoming/
+Item = tuple[Spool, str]
 Job = Item | Claim
 
 
@@ -119,16 +119,16 @@ class Discovery:
         *,
         ignore: Sequence[str],
         rescan_interval: float,
-        on_fault: Callable[[int, LocalFault], None] = lambda index, fault: None,
-        is_paused: Callable[[int], bool] = lambda index: False,
+        on_fault: Callable[[Spool, LocalFault], None] = lambda spool, fault: None,
+        is_paused: Callable[[Spool], bool] = lambda spool: False,
     ) -> None:
         self.spools = list(spools)
         #: a spool's incoming/ is gone or unreadable (the service pauses that spool)
         self.on_fault = on_fault
         #: scans skip a paused spool; its guard asks for a rescan when it heals
         self.is_paused = is_paused
-        self._watches: dict[int, Any] = {}  # spool index -> asyncinotify Watch
-        self._ident: dict[int, tuple[int, int]] = {}  # spool index -> incoming/'s (dev, ino)
+        self._watches: dict[Spool, Any] = {}  # spool -> asyncinotify Watch
+        self._ident: dict[Spool, tuple[int, int]] = {}  # spool -> incoming/'s (dev, ino)
         self.pending = pending
         self.is_ignored = compile_ignore(ignore)
         self.rescan_interval = rescan_interval
@@ -136,7 +136,7 @@ class Discovery:
         self._rescan = asyncio.Event()
         self._timers: dict[Item, asyncio.TimerHandle] = {}
         self._inotify: object | None = None
-        self._index = {os.fspath(s.dirs.incoming): i for i, s in enumerate(self.spools)}
+        self._by_path = {os.fspath(s.dirs.incoming): s for s in self.spools}
         self._first_scan_done = asyncio.Event()
         self._scan_started = asyncio.Event()
 
@@ -182,9 +182,9 @@ class Discovery:
             self._inotify_failed(exc, "create an inotify instance")
             return
         try:
-            for index, spool in enumerate(self.spools):
-                self._watches[index] = inotify.add_watch(spool.dirs.incoming, _watch_mask())
-                self._ident[index] = _identity(spool.dirs.incoming)
+            for spool in self.spools:
+                self._watches[spool] = inotify.add_watch(spool.dirs.incoming, _watch_mask())
+                self._ident[spool] = _identity(spool.dirs.incoming)
         except OSError as exc:
             inotify.close()
             self._watches.clear()
@@ -193,32 +193,32 @@ class Discovery:
         self._inotify = inotify
         self.watching = True
 
-    def rewatch(self, index: int) -> None:
+    def rewatch(self, spool: Spool) -> None:
         """Watch a spool's incoming/ again (recreated, remounted, or back after a fault)."""
-        incoming = self.spools[index].dirs.incoming
+        incoming = spool.dirs.incoming
         try:
-            self._ident[index] = _identity(incoming)
+            self._ident[spool] = _identity(incoming)
         except OSError as exc:
-            self._lost(index, exc)
+            self._lost(spool, exc)
             return
         inotify: Any = self._inotify
         if inotify is None:
             return  # scans only
-        old = self._watches.pop(index, None)
+        old = self._watches.pop(spool, None)
         if old is not None:
             with contextlib.suppress(OSError, ValueError, KeyError):
                 inotify.rm_watch(old)
         try:
-            self._watches[index] = inotify.add_watch(incoming, _watch_mask())
+            self._watches[spool] = inotify.add_watch(incoming, _watch_mask())
         except OSError as exc:
-            self._lost(index, exc)
+            self._lost(spool, exc)
 
-    def _lost(self, index: int, exc: OSError) -> None:
-        fault = local_fault(exc, "watch incoming/", self.spools[index].dirs.incoming)
+    def _lost(self, spool: Spool, exc: OSError) -> None:
+        fault = local_fault(exc, "watch incoming/", spool.dirs.incoming)
         if isinstance(fault, LocalFault):
-            self.on_fault(index, fault)
+            self.on_fault(spool, fault)
         else:
-            log.error("spool=%s: %s", self.spools[index].label, fault)
+            log.error("spool=%s: %s", spool.label, fault)
 
     async def layout_loop(self, interval: float = 1.0) -> None:
         """Notice an incoming/ that was removed, replaced or had a filesystem mounted on it.
@@ -228,36 +228,36 @@ class Discovery:
         """
         while True:
             await asyncio.sleep(interval)
-            for index, spool in enumerate(self.spools):
-                if self.is_paused(index):
+            for spool in self.spools:
+                if self.is_paused(spool):
                     continue  # its guard probes it
                 try:
                     ident = _identity(spool.dirs.incoming)
                 except OSError as exc:
-                    self._lost(index, exc)
+                    self._lost(spool, exc)
                     continue
-                if ident != self._ident.get(index):
+                if ident != self._ident.get(spool):
                     log.warning(
                         "spool=%s: %s was replaced (recreated or remounted); watching the new "
                         "one and rescanning",
                         spool.label,
                         spool.dirs.incoming,
                     )
-                    self.rewatch(index)
+                    self.rewatch(spool)
                     self.request_rescan()
 
     def _watch_gone(self, watch: Any, mask: Any) -> None:
         """incoming/ was deleted, moved away or unmounted: its spool pauses until it is back."""
         from asyncinotify import Mask
 
-        index = next((i for i, w in self._watches.items() if w is watch), None)
-        if index is None:
+        spool = next((s for s, w in self._watches.items() if w is watch), None)
+        if spool is None:
             return  # an old watch we replaced, or already reported
-        del self._watches[index]
+        del self._watches[spool]
         how = "moved away" if mask & Mask.MOVE_SELF else "deleted or unmounted"
-        incoming = self.spools[index].dirs.incoming
+        incoming = spool.dirs.incoming
         self.on_fault(
-            index,
+            spool,
             LocalFault(f"{incoming} was {how} (ENOENT)", reason="ENOENT", path=str(incoming)),
         )
 
@@ -293,10 +293,10 @@ class Discovery:
                 if event.name is None or event.watch is None or event.mask & Mask.ISDIR:
                     continue
                 name = os.fsdecode(event.name)
-                index = self._index.get(os.fspath(event.watch.path))
-                if index is None or self.is_ignored(name):
+                spool = self._by_path.get(os.fspath(event.watch.path))
+                if spool is None or self.is_ignored(name):
                     continue
-                if not self.pending.offer((index, name)):
+                if not self.pending.offer((spool, name)):
                     self.request_rescan()
         finally:
             inotify.close()  # type: ignore[attr-defined]
@@ -314,18 +314,18 @@ class Discovery:
                 await asyncio.wait_for(self._rescan.wait(), interval if interval > 0 else None)
 
     async def scan_all(self) -> None:
-        for index, spool in enumerate(self.spools):
-            await self.scan(index, spool)
+        for spool in self.spools:
+            await self.scan(spool)
 
-    async def scan(self, index: int, spool: Spool) -> None:
-        if self.is_paused(index):
+    async def scan(self, spool: Spool) -> None:
+        if self.is_paused(spool):
             return
         try:
             it = os.scandir(spool.dirs.incoming)
         except OSError as exc:
             fault = local_fault(exc, "list incoming/", spool.dirs.incoming)
             if isinstance(fault, LocalFault):
-                self.on_fault(index, fault)
+                self.on_fault(spool, fault)
             else:
                 log.error("spool=%s: %s", spool.label, fault)
             return
@@ -334,7 +334,7 @@ class Discovery:
                 name = entry.name
                 if self.is_ignored(name):
                     continue
-                item = (index, name)
+                item = (spool, name)
                 if item in self._timers or item in self.pending:
                     continue
                 if not self.pending.offer(item):

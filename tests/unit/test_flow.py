@@ -188,3 +188,4 @@ def test_cautious_now_is_the_wall_clock_when_it_was_not_stepped() -> None:
     before = time.time()
     now = cautious_now()
     assert before - 0.5 <= now <= time.time()
+
