@@ -310,8 +310,12 @@ class Discovery:
             self._scan_started.set()
             await self.scan_all()
             self._first_scan_done.set()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # arrives as the rescan event is set (seen: a SIGTERM right after a spool healed
+            # left this loop running, and the service waited a whole RESCAN_INTERVAL to stop)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._rescan.wait(), interval if interval > 0 else None)
+                async with asyncio.timeout(interval if interval > 0 else None):
+                    await self._rescan.wait()
 
     async def scan_all(self) -> None:
         for spool in self.spools:

@@ -189,3 +189,16 @@ def test_cautious_now_is_the_wall_clock_when_it_was_not_stepped() -> None:
     now = cautious_now()
     assert before - 0.5 <= now <= time.time()
 
+
+async def test_scan_loop_stops_when_cancelled_as_a_rescan_is_asked_for() -> None:
+    """A SIGTERM right as a healed spool asks for a rescan must still stop the loop."""
+    from s3spool.watch import Discovery
+
+    discovery = Discovery([], Pending(10), ignore=[], rescan_interval=600.0)
+    task = asyncio.create_task(discovery.scan_loop())
+    await discovery.wait_first_scan()
+    await asyncio.sleep(0)  # the loop now waits for a rescan request
+    discovery.request_rescan()
+    task.cancel()  # in the same turn of the event loop
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 2.0)
