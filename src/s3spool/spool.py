@@ -411,34 +411,31 @@ class Spool:
     # --- routing ---------------------------------------------------------------------------
     def route_done(self, claim: Claim) -> Path | None:
         """Move a delivered file to done/ (or unlink it); returns where it went."""
+        return self._move_out(claim, self.dirs.done)
+
+    def _move_out(self, claim: Claim, directory: Path | None) -> Path | None:
+        """Move a claim to ``directory`` (None: unlink it) and drop its key record.
+
+        A directory that refuses raises ``LocalFault`` naming it; a claim that is gone,
+        ``FileVanished``.
+        """
         try:
-            if self.dirs.done is None:
+            if directory is None:
                 _unlink(claim.path)
                 dest = None
             else:
-                dest = self._place(claim.path, self.dirs.done, claim.name)
+                dest = self._place(claim.path, directory, claim.name)
         except OSError as exc:
-            raise self._route_fault(exc, claim, self.dirs.done) from None
+            if not os.path.lexists(claim.path):
+                raise FileVanished(f"{claim.name!r} vanished from {self.files}") from None
+            where = directory if directory and writable(self.files) is None else self.files
+            raise local_fault(exc, f"move {claim.name!r}", where) from None
         self.forget_key(claim)
         return dest
 
-    def _route_fault(self, exc: OSError, claim: Claim, directory: Path | None) -> Exception:
-        if not os.path.lexists(claim.path):
-            return FileVanished(f"{claim.name!r} vanished from {self.files}")
-        where = directory if directory is not None and writable(self.files) is None else self.files
-        return local_fault(exc, f"move {claim.name!r}", where)
-
     def route_failed(self, claim: Claim, reason: dict[str, Any]) -> Path | None:
         """Move an undeliverable file to failed/ with a reason file (or unlink it)."""
-        try:
-            if self.dirs.failed is None:
-                _unlink(claim.path)
-                dest = None
-            else:
-                dest = self._place(claim.path, self.dirs.failed, claim.name)
-        except OSError as exc:
-            raise self._route_fault(exc, claim, self.dirs.failed) from None
-        self.forget_key(claim)
+        dest = self._move_out(claim, self.dirs.failed)
         if dest is None or self.dirs.resubmit:
             return dest
         note = dest.with_name(dest.name + ".reason.json")
