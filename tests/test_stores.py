@@ -325,7 +325,14 @@ async def test_idle_store_outage_makes_readyz_unready(
             return next(ln for ln in text.splitlines() if ln.startswith("s3spool_store_up "))
 
         await wait_until(lambda: svc.ready, 10)
-        assert await ready() == 200
+        for _ in range(100):  # the HTTP server binds in its own task: wait until it answers
+            try:
+                assert await ready() == 200
+                break
+            except aiohttp.ClientConnectorError:
+                await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("/readyz never answered")
         rclone_private.stop()  # no file arrives: only the idle probe can notice
         await wait_until(lambda: not svc.gate.is_set(), 10, "the idle probe notices")
         assert await ready() == 503
