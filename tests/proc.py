@@ -19,8 +19,19 @@ POLL_S = 0.05
 CLI_TIMEOUT_S = 60.0
 
 
+NOBODY = 65534
+
+
+def as_user(uid: int = NOBODY, gid: int | None = None) -> list[str]:
+    """A command prefix that runs the rest as ``uid`` (tests run as root to use it)."""
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid if gid is None else gid}", "--clear-groups"]
+
+
 def clean_env(extra: dict[str, str]) -> dict[str, str]:
-    """The test process's environment without AWS_*/S3SPOOL_*, plus ``extra``."""
+    """The test process's environment without AWS_*/S3SPOOL_*, plus ``extra``.
+
+    The developer's shell must not leak credentials or settings into a test.
+    """
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3SPOOL_"))}
     return {**base, "PYTHONUNBUFFERED": "1", **extra}
 
@@ -31,7 +42,7 @@ def cli(
     """Run ``s3spool ARGS`` to completion with ``env`` (on top of a clean environment)."""
     cmd = [sys.executable, "-m", "s3spool", *args]
     if as_nobody:
-        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+        cmd = [*as_user(), *cmd]
     return subprocess.run(
         cmd,
         env=clean_env(env),
@@ -64,8 +75,7 @@ class SpoolProc:
         self.args = args
         self.cwd = Path(cwd)
         self.log_path = log_path or self.cwd / f"s3spool-{next(_ids)}.log"
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3SPOOL_"))}
-        full_env = {**base, "PYTHONUNBUFFERED": "1", **env}
+        full_env = clean_env(env)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [*(wrapper or []), sys.executable, "-m", "s3spool", *args],

@@ -66,7 +66,7 @@ async def running(settings: Settings, *, once: bool = False) -> AsyncIterator[Se
         await asyncio.wait_for(task, 30)
 
 
-def drop(incoming: Path, name: str | bytes, data: bytes) -> Path:
+def drop(incoming: Path, name: str | bytes, data: bytes, mtime: float | None = None) -> Path:
     """Write to a temp name beside the spool and rename(2) it in, as producers do."""
     tmp_dir = incoming.parent / "tmp-producer"
     tmp_dir.mkdir(exist_ok=True)
@@ -74,6 +74,8 @@ def drop(incoming: Path, name: str | bytes, data: bytes) -> Path:
     tmp = os.path.join(os.fsencode(tmp_dir), raw)
     with open(tmp, "wb") as fh:
         fh.write(data)
+    if mtime is not None:
+        os.utime(tmp, (mtime, mtime))
     dest = os.path.join(os.fsencode(incoming), raw)
     os.rename(tmp, dest)
     return Path(os.fsdecode(dest))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from faultproxy import FaultProxy
-from proc import SpoolProc
+from proc import SpoolProc, as_user, clean_env
 from s3servers import S3Target, free_port
 from s3spool.settings import Settings, env_name, flag_name
 from svc import drop, names
@@ -25,14 +25,11 @@ BASE_ENV = {"AWS_EC2_METADATA_DISABLED": "true", "S3SPOOL_HTTP_ADDR": ""}
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
         user: int | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("S3SPOOL_", "AWS_"))}
-    clean.update(BASE_ENV)
-    clean.update(env or {})
     cmd = [sys.executable, "-m", "s3spool", *args]
     if user is not None:
-        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
-    return subprocess.run(cmd, env=clean, capture_output=True, text=True, timeout=timeout,
-                          check=False)
+        cmd = [*as_user(user), *cmd]
+    return subprocess.run(cmd, env=clean_env({**BASE_ENV, **(env or {})}), capture_output=True,
+                          text=True, timeout=timeout, check=False)
 
 
 def test_help_documents_every_setting() -> None:

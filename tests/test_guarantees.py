@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from faultproxy import FaultProxy
-from proc import SpoolProc
+from proc import SpoolProc, as_user
 from s3servers import RcloneServer, S3Target
 from svc import drop, names, running, settings_for, use_credentials, wait_until
 
@@ -238,7 +238,7 @@ def test_inotify_exhausted_falls_back_to_rescans(
         (spool / sub).mkdir(parents=True)
     hog_dir.mkdir()
     subprocess.run(["chown", "-R", "65534:65534", str(spool), str(hog_dir)], check=True)
-    user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    user = as_user()
     hogger = subprocess.Popen([*user, sys.executable, "-c", hog, str(limit), str(hog_dir)],
                               stdout=subprocess.PIPE, text=True)
     try:

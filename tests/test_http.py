@@ -20,6 +20,7 @@ from s3spool import __version__
 from s3spool.http import refresh_spool_gauges
 from s3spool.service import Service
 from s3spool.settings import load_settings
+from svc import drop
 
 T = TypeVar("T")
 WAIT_S = 30.0
@@ -64,15 +65,6 @@ def value(
     m: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
 ) -> float:
     return m.get((name, frozenset(labels.items())), 0.0)
-
-
-def drop(incoming: Path, name: str, data: bytes, mtime: float | None = None) -> None:
-    """The way a producer should: write elsewhere, then rename in."""
-    tmp = incoming.parent / f".{name}.tmp"
-    tmp.write_bytes(data)
-    if mtime is not None:
-        os.utime(tmp, (mtime, mtime))
-    tmp.rename(incoming / name)
 
 
 def test_metrics_and_readiness_follow_files_and_store(

@@ -48,7 +48,7 @@ from urllib.parse import unquote_to_bytes
 import pytest
 
 from faultproxy import FaultProxy
-from proc import SpoolProc
+from proc import SpoolProc, as_user
 from s3servers import RcloneServer, S3Server, S3Target
 from s3spool.destinations import NoopStore
 from s3spool.service import Service
@@ -490,22 +490,13 @@ class ServiceProc(SpoolProc):
     """SpoolProc, but as the unprivileged service user (setpriv) when the tests run as root."""
 
     def __init__(self, args: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> None:
-        self.args = args
-        self.cwd = cwd
-        self.log_path = log_path
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3SPOOL_"))}
-        cmd = [sys.executable, "-m", "s3spool", *args]
-        if AS_ROOT:
-            cmd = ["setpriv", f"--reuid={UID}", f"--regid={GID}", "--clear-groups", *cmd]
-        with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                cmd,
-                env={**base, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", **env},
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        super().__init__(
+            args,
+            {**env, "PYTHONDONTWRITEBYTECODE": "1"},
+            cwd,
+            log_path,
+            wrapper=as_user(UID, GID) if AS_ROOT else None,
+        )
 
 
 def service_env(target: S3Target, spool: Path, **settings: str) -> dict[str, str]:
@@ -596,7 +587,7 @@ def base() -> Iterator[Path]:
     path.chmod(0o755)
     if AS_ROOT:
         check = subprocess.run(
-            ["setpriv", f"--reuid={UID}", f"--regid={GID}", "--clear-groups", sys.executable,
+            [*as_user(UID, GID), sys.executable,
              "-c", "import s3spool.cli"], capture_output=True, text=True, timeout=60, check=False,
         )
         if check.returncode != 0:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from proc import SpoolProc, cli
+from proc import SpoolProc, as_user, cli
 from s3servers import S3Target
 from svc import drop, names, running, settings_for, wait_until
 
@@ -305,7 +305,7 @@ def test_permissions_removed_and_restored(moto_s3: S3Target, public_dir: Path) -
     lay_out(spool)
     _as_nobody(spool)
     env = {**moto_s3.env(), "S3SPOOL_SPOOL_DIRS": str(spool), "S3SPOOL_FAIL_RATE": "0"}
-    wrapper = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    wrapper = as_user()
     incoming = spool / "incoming"
     with SpoolProc(["run"], env, cwd=tmp_path, wrapper=wrapper) as proc:
         proc.wait_for_log("watching 1 spool", 15)
