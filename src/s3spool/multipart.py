@@ -55,7 +55,7 @@ class Parts(Protocol):
         self, fd: int, offset: int, length: int, content_md5: bool
     ) -> tuple[Body, BodyDigest, str | None]: ...
 
-    def answered(self, resp: dict[str, Any]) -> None: ...
+    def answered(self) -> None: ...
 
     async def abort_quietly(self, key: str, upload_id: str) -> None: ...
 
@@ -133,7 +133,7 @@ async def upload(s3: Parts, src: Source) -> Delivery:
             for attempt in itertools.count(1):
                 try:
                     resp = await sender.send("UploadPart", params, body, payload)
-                    s3.answered(resp)
+                    s3.answered()
                     s3.verifier.body(what, resp, digest)
                     break
                 except TransientError as exc:

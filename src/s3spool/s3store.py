@@ -114,7 +114,7 @@ class S3Store:
         assert self._sender is not None, "use S3Store as an async context manager"
         return self._sender
 
-    def answered(self, resp: dict[str, Any]) -> None:
+    def answered(self) -> None:
         """The store answered a body: idle probes can wait."""
         self.last_answer = time.monotonic()
 
@@ -185,7 +185,7 @@ class S3Store:
             resp = await self._sender.send("PutObject", params, body, payload)
         except UploadError as exc:
             raise self.precondition_or(exc, src, "PutObject") from None
-        self.answered(resp)
+        self.answered()
         self.verifier.body("PutObject", resp, digest)
         return Delivery(
             src.key, src.size, etag=etag_of(resp), checksum=self.ck.label(digest.checksum_b64)

@@ -217,10 +217,6 @@ class SignedSender:
             raise ValueError(f"unexpected presigned URL shape: {base}")
         return cls(client, base[: -len(_PROBE_KEY) - 1], on_slowdown=on_slowdown)
 
-    @property
-    def secure(self) -> bool:
-        return self.base_url.startswith("https:")
-
     def needs_payload_hash(self, content_md5: bool) -> bool:
         if self._via_botocore:
             return False

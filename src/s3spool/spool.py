@@ -36,9 +36,8 @@ import logging
 import os
 import secrets
 import stat
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +202,6 @@ class Claim:
     recovered: bool = False  # adopted from a dead instance: check the store first
     key_saved: bool = False  # a keys/NAME record exists for this claim
     attempts: int = 0
-    claimed_at: float = field(default_factory=time.monotonic)
 
 
 class Spool:

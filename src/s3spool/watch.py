@@ -213,8 +213,9 @@ class Discovery:
         except OSError as exc:
             self._lost(spool, exc)
 
-    def _lost(self, spool: Spool, exc: OSError) -> None:
-        fault = local_fault(exc, "watch incoming/", spool.dirs.incoming)
+    def _lost(self, spool: Spool, exc: OSError, what: str = "watch incoming/") -> None:
+        """incoming/ failed us: a directory fault pauses the spool; anything else is logged."""
+        fault = local_fault(exc, what, spool.dirs.incoming)
         if isinstance(fault, LocalFault):
             self.on_fault(spool, fault)
         else:
@@ -327,11 +328,7 @@ class Discovery:
         try:
             it = os.scandir(spool.dirs.incoming)
         except OSError as exc:
-            fault = local_fault(exc, "list incoming/", spool.dirs.incoming)
-            if isinstance(fault, LocalFault):
-                self.on_fault(spool, fault)
-            else:
-                log.error("spool=%s: %s", spool.label, fault)
+            self._lost(spool, exc, "list incoming/")
             return
         with it:
             for entry in it:
