@@ -96,8 +96,7 @@ async def upload(s3: Parts, src: Source) -> Delivery:
         except Exception as exc:
             raise translate(exc, "CreateMultipartUpload") from None
         upload_id = str(created["UploadId"])
-    if src.on_upload_id:
-        src.on_upload_id(upload_id, part_size)
+    src.uploading(upload_id, part_size)
     digests: list[BodyDigest | None] = [None] * count
     results: list[dict[str, Any] | None] = [None] * count
     sem = asyncio.Semaphore(s3.s.part_concurrency)
@@ -175,11 +174,9 @@ async def upload(s3: Parts, src: Source) -> Delivery:
     except BaseException:
         # Leftover parts are billed forever: abort what cannot be resumed.
         await asyncio.shield(s3.abort_quietly(src.key, upload_id))
-        if src.on_upload_id:
-            src.on_upload_id(None, part_size)
+        src.uploading(None, part_size)
         raise
-    if src.on_upload_id:
-        src.on_upload_id(None, part_size)
+    src.uploading(None, part_size)
     if reused:
         log.info("multipart upload of %r resumed: %d of %d parts reused", src.key, reused, count)
     checksum = await s3.verifier.whole_object(

@@ -21,7 +21,7 @@ from pathlib import Path
 from .errors import EXIT_NOT_OK, EXIT_OK, EXIT_TEMPFAIL, FileVanished, LocalFault, UploadError
 from .metrics import Metrics, size_class
 from .settings import Settings
-from .spool import Claim, Spool
+from .spool import Claim, Spool, about
 from .spoolguard import Guard
 from .store import Delivery
 from .throttle import backoff
@@ -183,7 +183,7 @@ class Outcomes:
             # uploaded: it waits in working/ and moves as soon as the directory works
             self.strand(claim, exc, lambda: self._route_done(claim, delivery, started))
         except FileVanished as exc:
-            log.warning("spool=%s name=%r: uploaded, but %s", claim.spool.label, claim.name, exc)
+            about(log.warning, claim.spool, claim.name, "uploaded, but %s", exc)
 
     def _route_done(self, claim: Claim, delivery: Delivery, started: float) -> None:
         spool = claim.spool
@@ -207,16 +207,14 @@ class Outcomes:
         except LocalFault as fault:
             self.strand(claim, fault, lambda: self._route_failed(claim, exc, started))
         except FileVanished as gone:
-            log.warning(
-                "spool=%s name=%r: failed (%s), and %s", claim.spool.label, claim.name, exc, gone
-            )
+            about(log.warning, claim.spool, claim.name, "failed (%s), and %s", exc, gone)
 
     def _route_failed(self, claim: Claim, exc: UploadError, started: float) -> None:
         spool = claim.spool
         item = (spool, claim.name)
         reason = {
             "name": claim.name,
-            "key": claim.key,
+            "key": claim.key or None,
             "reason": exc.reason,
             "error": str(exc),
             "attempts": claim.attempts,
@@ -255,7 +253,7 @@ class Outcomes:
         fields = {
             "spool": claim.spool.label,
             "name": claim.name,
-            "key": claim.key,
+            "key": claim.key or None,
             "size": size,
             "duration": round(duration, 4),
             "outcome": outcome,
@@ -265,7 +263,7 @@ class Outcomes:
 
     def strand(self, claim: Claim, fault: LocalFault, route: Callable[[], None]) -> None:
         """A claim that a directory refused to take: the spool's guard routes it later."""
-        log.debug("spool=%s name=%r: waits in working/: %s", claim.spool.label, claim.name, fault)
+        about(log.debug, claim.spool, claim.name, "waits in working/: %s", fault)
         self.guards[claim.spool].stranded.append((claim, route))
         self.trip(claim.spool, fault)
 
@@ -279,11 +277,12 @@ class Outcomes:
         if self.stable_keys and claim.upload_id is None:
             claim.spool.unclaim(claim)
         else:
-            log.info(
-                "spool=%s name=%r: upload cut short; kept in working/ so the next start "
-                "delivers it to the same key %r",
-                claim.spool.label,
+            about(
+                log.info,
+                claim.spool,
                 claim.name,
+                "upload cut short; kept in working/ so the next start delivers it to the "
+                "same key %r",
                 claim.key,
             )
 

@@ -30,9 +30,9 @@ from .keys import KeyInput, KeyTemplate, spool_dir_field
 from .metrics import Metrics
 from .outcomes import Outcomes, Resubmits
 from .settings import Settings
-from .spool import Claim, Spool, open_claimed
+from .spool import Claim, Spool, about, open_claimed
 from .spoolguard import Guard
-from .store import Delivery, Source, Store
+from .store import Delivery, Store
 from .survey import hold_left
 from .throttle import Throttle, backoff
 from .watch import Discovery, Item, Pending, WarnOnce
@@ -129,14 +129,12 @@ class Pipeline:
             return
         except OSError as exc:
             if self._warn((item, "lstat")):
-                log.warning("spool=%s name=%r: cannot stat: %s", spool.label, name, exc.strerror)
+                about(log.warning, spool, name, "cannot stat: %s", exc.strerror)
             return
         if not stat.S_ISREG(st.st_mode):
             kind = _kind(st.st_mode)
             if self._warn((item, kind)):
-                log.warning(
-                    "spool=%s name=%r: skipped, %s (left in place)", spool.label, name, kind
-                )
+                about(log.warning, spool, name, "skipped, %s (left in place)", kind)
             return
         # Backoffs are measured on the monotonic clock; a file's age can only be measured
         # on the wall clock its mtime comes from.
@@ -150,10 +148,8 @@ class Pipeline:
                 # first saw the file (survey.hold_left), on the monotonic clock.
                 seen_for = mono - self._first_seen.setdefault(item, mono)
                 if self._warn((item, "future")):
-                    log.warning(
-                        "spool=%s name=%r: mtime is in the future; HOLD_FOR counts from now",
-                        spool.label,
-                        name,
+                    about(
+                        log.warning, spool, name, "mtime is in the future; HOLD_FOR counts from now"
                     )
                 if len(self._first_seen) > 100_000:
                     self._first_seen.pop(next(iter(self._first_seen)))
@@ -179,7 +175,7 @@ class Pipeline:
             if exc.reason == "busy" and not self.once:
                 self.discovery.defer(item, 1.0)
             elif exc.reason != "busy":
-                log.warning("spool=%s name=%r: %s", spool.label, name, exc)
+                about(log.warning, spool, name, "%s", exc)
             return
         if claim is None:
             return  # another worker or instance won the rename
@@ -192,26 +188,21 @@ class Pipeline:
         spool = claim.spool
         started = time.monotonic()
         try:
-            fd = open_claimed(claim)
+            open_claimed(claim)
         except FileVanished as exc:
-            log.warning("spool=%s name=%r: %s; nothing to deliver", spool.label, claim.name, exc)
+            about(log.warning, spool, claim.name, "%s; nothing to deliver", exc)
             spool.forget_key(claim)
             return
         except PermanentError as exc:
             if exc.reason in ("symlink", "not_regular"):
                 # swapped after the check: give it back untouched, like any non-regular file
-                log.warning(
-                    "spool=%s name=%r: skipped, %s (returned to incoming/)",
-                    spool.label,
-                    claim.name,
-                    exc,
-                )
+                about(log.warning, spool, claim.name, "skipped, %s (returned to incoming/)", exc)
                 spool.unclaim(claim)
                 return
             self.outcomes.fail(claim, exc, started)
             return
         try:
-            delivery = await self._upload(claim, fd)
+            delivery = await self._upload(claim)
         except _NotStarted as why:
             if why.local is not None:
                 if claim.recovered:
@@ -224,10 +215,11 @@ class Pipeline:
                 return
             if claim.recovered:
                 # its key record must survive: the next start delivers it to the same key
-                log.info(
-                    "spool=%s name=%r: recovered claim left in working/ for the next start",
-                    spool.label,
+                about(
+                    log.info,
+                    spool,
                     claim.name,
+                    "recovered claim left in working/ for the next start",
                 )
                 return
             spool.unclaim(claim)
@@ -241,14 +233,14 @@ class Pipeline:
             self.outcomes.cancelled(claim)
             raise
         finally:
-            os.close(fd)
+            os.close(claim.fd)
         # No await between a confirmed upload and routing: cancellation cannot split them.
         self.outcomes.commit(claim, delivery, started)
 
-    async def _upload(self, claim: Claim, fd: int) -> Delivery:
+    async def _upload(self, claim: Claim) -> Delivery:
         assert self.host.store is not None
         store = self.host.store
-        if claim.key is None:
+        if not claim.key:
             claim.key = self.template.render(
                 KeyInput(
                     os.fsencode(claim.name),
@@ -262,40 +254,19 @@ class Pipeline:
                     claim.spool.save_key(claim)
                 except TransientError as exc:
                     # never upload under a key a crash could forget: give the file back
-                    claim.key = None
+                    claim.key = ""
                     if isinstance(exc, LocalFault):
-                        log.debug("spool=%s name=%r: %s", claim.spool.label, claim.name, exc)
+                        about(log.debug, claim.spool, claim.name, "%s", exc)
                         raise _NotStarted(local=exc) from None
-                    log.error(
-                        "spool=%s name=%r: %s; returned to incoming/, retrying later",
-                        claim.spool.label,
+                    about(
+                        log.error,
+                        claim.spool,
                         claim.name,
+                        "%s; returned to incoming/, retrying later",
                         exc,
                     )
                     raise _NotStarted(retry_after=self.s.retry_backoff_max) from None
 
-        def record_upload_id(upload_id: str | None, part_size: int) -> None:
-            if upload_id == claim.upload_id and part_size == claim.part_size:
-                return
-            claim.upload_id, claim.part_size = upload_id, part_size
-            try:
-                claim.spool.save_key(claim)
-            except TransientError as exc:
-                # the stale-upload sweep still finds it if we crash before completing
-                log.warning("%s", exc)
-
-        # A recorded multipart upload (ours, or a dead instance's) continues from the
-        # parts the store holds.
-        src = Source(
-            fd,
-            claim.size,
-            claim.mtime_ns,
-            claim.key,
-            claim.name,
-            on_upload_id=record_upload_id,
-            upload_id=claim.upload_id,
-            part_size=claim.part_size,
-        )
         begun = False
         while True:
             if self.host.stopping and not begun:
@@ -308,22 +279,19 @@ class Pipeline:
                     begun = True
                     if claim.recovered:
                         claim.recovered = False
-                        if await store.delivered(src):
+                        if await store.delivered(claim):
                             return Delivery(claim.key, claim.size, already_there=True)
-                    delivery = await store.upload(src)
-                _check_unchanged(fd, claim)
+                    delivery = await store.upload(claim)
+                _check_unchanged(claim)
                 self.throttle.on_success()
                 return delivery
             except FileChanged as exc:
                 claim.attempts += 1
                 if claim.attempts >= self.s.retry_attempts:
                     raise
-                st = os.fstat(fd)
+                st = os.fstat(claim.fd)
                 claim.size, claim.mtime, claim.mtime_ns = st.st_size, st.st_mtime, st.st_mtime_ns
-                src.size, src.mtime_ns = claim.size, claim.mtime_ns
-                log.warning(
-                    "spool=%s name=%r: %s; uploading again", claim.spool.label, claim.name, exc
-                )
+                about(log.warning, claim.spool, claim.name, "%s; uploading again", exc)
             except StoreUnavailable as exc:
                 await self.host.pause(exc)
             except Refused as exc:
@@ -335,7 +303,7 @@ class Pipeline:
                     continue
                 raise PermanentError(str(exc), reason=exc.reason) from None
             except PermanentError as exc:
-                if exc.reason == "exists" and await store.delivered(src):
+                if exc.reason == "exists" and await store.delivered(claim):
                     return Delivery(claim.key, claim.size, already_there=True)
                 raise
             except TransientError as exc:
@@ -352,10 +320,11 @@ class Pipeline:
                         continue
                     raise
                 delay = self._backoff(claim.attempts)
-                log.info(
-                    "spool=%s name=%r: %s; retry %d/%d in %.1fs",
-                    claim.spool.label,
+                about(
+                    log.info,
+                    claim.spool,
                     claim.name,
+                    "%s; retry %d/%d in %.1fs",
                     exc,
                     claim.attempts,
                     self.s.retry_attempts - 1,
@@ -371,8 +340,8 @@ class Pipeline:
         return not self.template.stable or size >= self.s.multipart_threshold
 
 
-def _check_unchanged(fd: int, claim: Claim) -> None:
-    st = os.fstat(fd)
+def _check_unchanged(claim: Claim) -> None:
+    st = os.fstat(claim.fd)
     if st.st_size != claim.size or st.st_mtime_ns != claim.mtime_ns:
         raise FileChanged(
             f"changed during upload (size {claim.size}->{st.st_size})", reason="changed"

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .spool import Claim, Spool, rename_noreplace
+from .spool import Claim, Spool, about, rename_noreplace
 
 log = logging.getLogger("s3spool.spool")
 
@@ -71,22 +71,19 @@ def _adopt_locked(spool: Spool, dead: Path) -> list[Claim]:
     except FileNotFoundError:
         names = []
     for name in names:
-        record = spool.load_key(keys, name)
-        claim = Claim(spool, name, f"{spool.files}/{name}", recovered=True)
-        if record:
-            claim.key = record.get("key")
-            claim.upload_id = record.get("upload_id")
-            claim.part_size = record.get("part_size")
+        claim = spool.recovered(keys, name)
+        if claim.key:
             # Key first, file second: a crash in between leaves an orphan record
             # here (removed below on the next pass), never a file without its key.
             spool.save_key(claim)
         try:
             rename_noreplace(files / name, claim.path)
         except FileExistsError:
-            log.warning(
-                "spool=%s name=%r: a claim of this name is in flight here; adopting it later",
-                spool.label,
+            about(
+                log.warning,
+                spool,
                 name,
+                "a claim of this name is in flight here; adopting it later",
             )
             continue
         except FileNotFoundError:
@@ -101,17 +98,7 @@ def _adopt_locked(spool: Spool, dead: Path) -> list[Claim]:
 def recover_own(spool: Spool) -> list[Claim]:
     """Claims in our own directory (left by a cancelled upload): deliver them again."""
     _remove_orphan_keys(spool.keys, spool.files)
-    out = []
-    for name in spool.own_claims():
-        claim = Claim(spool, name, f"{spool.files}/{name}", recovered=True)
-        record = spool.load_key(spool.keys, name)
-        claim.key_saved = record is not None
-        if record:
-            claim.key = record.get("key")
-            claim.upload_id = record.get("upload_id")
-            claim.part_size = record.get("part_size")
-        out.append(claim)
-    return out
+    return [spool.recovered(spool.keys, name) for name in spool.own_claims()]
 
 
 def open_uploads(spool: Spool) -> set[str]:

@@ -36,13 +36,14 @@ import logging
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, FileVanished, LocalFault, PermanentError, TransientError
 from .settings import Settings
+from .store import Source
 
 log = logging.getLogger(__name__)
 
@@ -185,23 +186,34 @@ def spool_layouts(s: Settings) -> list[SpoolDirs]:
     ]
 
 
-@dataclass(slots=True, eq=False)
-class Claim:
-    """A file this instance has renamed into its working directory."""
+def about(emit: Callable[..., None], spool: Spool, name: str, msg: str, *args: object) -> None:
+    """Log a line about one file, with the prefix operators' filters know."""
+    emit("spool=%s name=%r: " + msg, spool.label, name, *args)
+
+
+@dataclass(slots=True, eq=False, kw_only=True)
+class Claim(Source):
+    """A file this instance has renamed into its working directory: the one record of a
+    file in flight, from the claim to done/ or failed/ (``name`` is str with
+    surrogateescape for non-UTF-8 bytes)."""
 
     spool: Spool
-    name: str  # the file name (str with surrogateescape for non-UTF-8 bytes)
     path: str  # working/<instance>/files/NAME (a str: built for every file, cheaply)
-    size: int = 0
     mtime: float = 0.0
-    mtime_ns: int = 0
     ctime: float = 0.0
-    key: str | None = None
-    upload_id: str | None = None
-    part_size: int | None = None  # of the recorded multipart upload
     recovered: bool = False  # adopted from a dead instance: check the store first
     key_saved: bool = False  # a keys/NAME record exists for this claim
     attempts: int = 0
+
+    def uploading(self, upload_id: str | None, part_size: int) -> None:
+        if (upload_id, part_size) == (self.upload_id, self.part_size):
+            return
+        self.upload_id, self.part_size = upload_id, part_size
+        try:
+            self.spool.save_key(self)
+        except TransientError as exc:
+            # the stale-upload sweep still finds it if we crash before completing
+            log.warning("%s", exc)
 
 
 class Spool:
@@ -343,18 +355,19 @@ class Spool:
         except OSError as exc:
             where = self.files if writable(self.dirs.incoming) is None else self.dirs.incoming
             raise local_fault(exc, f"claim {name!r}", where) from None
-        return Claim(self, name, dst)
+        return Claim(name, spool=self, path=dst)
 
     def unclaim(self, claim: Claim) -> bool:
         """Put a claimed, not yet uploaded file back into incoming/."""
         try:
             rename_noreplace(claim.path, self._incoming_s + claim.name)
         except FileExistsError:
-            log.warning(
-                "spool=%s name=%r: a new file of the same name is in incoming/; "
-                "the claimed one stays in %s and is recovered on next start",
-                self.label,
+            about(
+                log.warning,
+                self,
                 claim.name,
+                "a new file of the same name is in incoming/; the claimed one stays in %s "
+                "and is recovered on next start",
                 self.files,
             )
             return False
@@ -366,7 +379,7 @@ class Spool:
     def save_key(self, claim: Claim) -> None:
         """Persist the claim's key (and open multipart upload) atomically."""
         record = {
-            "key": claim.key,
+            "key": claim.key or None,
             "upload_id": claim.upload_id,
             "part_size": claim.part_size,
             "size": claim.size,
@@ -383,6 +396,18 @@ class Spool:
                 os.unlink(tmp)
             raise local_fault(exc, f"record the key of {claim.name!r}", self.keys) from None
 
+    def recovered(self, keys_dir: Path, name: str) -> Claim:
+        """A claim left in working/ (by a cancelled upload or a dead instance) with what
+        its key record in ``keys_dir`` says."""
+        claim = Claim(name, spool=self, path=self._files_s + name, recovered=True)
+        record = self.load_key(keys_dir, name)
+        if record is not None:
+            claim.key = record.get("key") or ""
+            claim.upload_id = record.get("upload_id")
+            claim.part_size = record.get("part_size")
+            claim.key_saved = keys_dir == self.keys
+        return claim
+
     def load_key(self, keys_dir: Path, name: str) -> dict[str, Any] | None:
         try:
             with open(keys_dir / name, encoding="utf-8") as fh:
@@ -390,12 +415,7 @@ class Spool:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            log.warning(
-                "spool=%s name=%r: unreadable key record (%s); key is recomputed",
-                self.label,
-                name,
-                exc,
-            )
+            about(log.warning, self, name, "unreadable key record (%s); key is recomputed", exc)
             return None
         return data if isinstance(data, dict) else None
 
@@ -444,13 +464,7 @@ class Spool:
                 fh.write("\n")
             os.replace(tmp, note)
         except OSError as exc:
-            log.warning(
-                "spool=%s name=%r: could not write %s: %s",
-                self.label,
-                claim.name,
-                note.name,
-                exc.strerror,
-            )
+            about(log.warning, self, claim.name, "could not write %s: %s", note.name, exc.strerror)
         return dest
 
     def _place(self, src: str, directory: Path, name: str) -> Path:
@@ -493,8 +507,8 @@ class Spool:
                 yield entry.name
 
 
-def open_claimed(claim: Claim) -> int:
-    """Open a claimed file without following links or blocking on fifos; fill its stat."""
+def open_claimed(claim: Claim) -> None:
+    """Open a claimed file without following links or blocking on fifos; fill its fd and stat."""
     try:
         fd = os.open(claim.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -512,7 +526,7 @@ def open_claimed(claim: Claim) -> int:
     claim.size = st.st_size
     claim.mtime = st.st_mtime
     claim.mtime_ns = st.st_mtime_ns
-    return fd
+    claim.fd = fd
 
 
 def _unlink(path: str | Path) -> None:

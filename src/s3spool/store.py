@@ -12,7 +12,7 @@ import contextlib
 import functools
 import mimetypes
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,18 +22,20 @@ INLINE_READ_MAX = 1024 * 1024
 
 @dataclass(slots=True)
 class Source:
-    """An open, claimed file to deliver."""
+    """An open file to deliver; the pipeline's ``spool.Claim`` is one, carried to the end."""
 
-    fd: int
-    size: int
-    mtime_ns: int
-    key: str
     name: str  # for logs
-    #: set by a multipart upload as soon as the store has assigned an id (id, part size)
-    on_upload_id: Callable[[str | None, int], None] | None = None
+    fd: int = -1
+    size: int = 0
+    mtime_ns: int = 0
+    key: str = ""  # "" until rendered: never a valid object key
     #: a recorded multipart upload to continue, and the part size it was started with
     upload_id: str | None = None
     part_size: int | None = None
+
+    def uploading(self, upload_id: str | None, part_size: int) -> None:
+        """A multipart upload got its id (or ended): a claim records it durably."""
+        self.upload_id, self.part_size = upload_id, part_size
 
 
 @dataclass(slots=True)

@@ -44,7 +44,7 @@ async def test_write(s3: Writable) -> str:
 
     key = f"{s3.prefix}.s3spool-check-{secrets.token_hex(8)}"
     data = b"s3spool check: safe to delete\n"
-    src = Source(-1, len(data), time.time_ns(), key, "check.txt")
+    src = Source("check.txt", size=len(data), mtime_ns=time.time_ns(), key=key)
     left: list[str] = []
     try:
         await s3.send_put(src, data, s3.ck.body(data), None)
@@ -85,7 +85,7 @@ async def _learn_conditional(s3: Writable, src: Source, data: bytes) -> None:
 
 async def _learn_multipart(s3: Writable, src: Source, key: str, data: bytes) -> None:
     """A one-part multipart upload (a last part may be small): its ETag form."""
-    s = dataclasses.replace(src, key=key, upload_id=None, on_upload_id=None)
+    s = dataclasses.replace(src, key=key, upload_id=None)
     try:
         created = await s3.client.create_multipart_upload(
             Bucket=s3.bucket,

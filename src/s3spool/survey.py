@@ -79,9 +79,7 @@ def spool_gauges(
         if oldest is None or st.st_mtime < oldest:
             oldest = st.st_mtime
     g.lag = max(now - oldest, 0.0) if oldest is not None else 0.0
-    for inst in scan_dir(dirs.working):
-        if inst.is_dir(follow_symlinks=False):
-            g.working += sum(1 for _ in scan_dir(Path(inst.path) / "files"))
+    g.working = claimed_count(dirs)
     if dirs.failed is not None and not dirs.resubmit:
         # reason files sit next to the failed files; they are not files of their own
         g.failed = sum(1 for e in scan_dir(dirs.failed) if not e.name.endswith(".reason.json"))
