@@ -27,13 +27,20 @@ def as_user(uid: int = NOBODY, gid: int | None = None) -> list[str]:
     return ["setpriv", f"--reuid={uid}", f"--regid={uid if gid is None else gid}", "--clear-groups"]
 
 
-def clean_env(extra: dict[str, str]) -> dict[str, str]:
+def clean_env(
+    extra: dict[str, str], *, also: tuple[str, ...] = (), unbuffered: bool = True
+) -> dict[str, str]:
     """The test process's environment without AWS_*/S3SPOOL_*, plus ``extra``.
 
-    The developer's shell must not leak credentials or settings into a test.
+    The developer's shell must not leak credentials or settings into a test. ``also``: more
+    prefixes to drop (bench/ drops RCLONE_* too); ``unbuffered``: set PYTHONUNBUFFERED=1, so
+    a Python child's output reaches its log at once.
     """
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3SPOOL_"))}
-    return {**base, "PYTHONUNBUFFERED": "1", **extra}
+    drop = ("AWS_", "S3SPOOL_", *also)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    if unbuffered:
+        base["PYTHONUNBUFFERED"] = "1"
+    return {**base, **extra}
 
 
 def cli(
@@ -140,16 +147,25 @@ class SpoolProc:
                 raise self._fail(pattern, timeout, exited)
             await asyncio.sleep(POLL_S)
 
-    def wait_until(self, pred: Callable[[], object], timeout: float, what: str = "") -> None:
-        """Poll ``pred`` while the process runs; fail with the log tail after ``timeout``."""
+    def wait_until(
+        self, pred: Callable[[], object], timeout: float, what: str = "", *, check: bool = True
+    ) -> bool:
+        """Poll ``pred`` while the process runs; True once it holds.
+
+        After ``timeout`` fail with the log tail, or with ``check=False`` return False (for a
+        caller that notes the miss and carries on).
+        """
         deadline = time.monotonic() + timeout
         while not pred():
             if time.monotonic() > deadline:
+                if not check:
+                    return False
                 raise AssertionError(
                     f"timed out after {timeout}s waiting for {what or pred}; args={self.args}\n"
                     f"--- log tail ---\n{self.log_tail()}"
                 )
             time.sleep(POLL_S)
+        return True
 
     def signal(self, sig: int = signal_mod.SIGTERM) -> None:
         if self.alive():

@@ -20,12 +20,15 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import boto3  # type: ignore[import-untyped]
 from botocore.config import Config
 
-from tlsca import TLSFiles
+if TYPE_CHECKING:
+    # Annotations only: bench/ imports this module as tests.s3servers, without tests/ (so
+    # tlsca) on the path, and needs neither it nor cryptography.
+    from tlsca import TLSFiles  # type: ignore[import-not-found, unused-ignore]
 
 Kind = Literal["moto", "rclone", "juicefs"]
 REGION = "us-east-1"
@@ -288,6 +291,10 @@ class ProcServer(S3Server):
 class RcloneServer(ProcServer):
     data_dir: Path = Path()
     tls: TLSFiles | None = None  # serve HTTPS with this certificate (ca_bundle = tls.ca_pem)
+    environ: dict[str, str] | None = None  # rclone's environment (None: inherit ours)
+
+    def environment(self) -> dict[str, str] | None:
+        return self.environ
 
     def command(self) -> list[str]:
         cmd = [
@@ -309,10 +316,18 @@ class RcloneServer(ProcServer):
 
 
 @contextlib.contextmanager
-def rclone_server(data_dir: Path, tls: TLSFiles | None = None) -> Iterator[RcloneServer]:
+def rclone_server(
+    data_dir: Path,
+    tls: TLSFiles | None = None,
+    *,
+    log_file: Path | None = None,
+    environ: dict[str, str] | None = None,
+) -> Iterator[RcloneServer]:
     """rclone over a plain directory: a bucket is a subdirectory of data_dir.
 
     With `tls` it serves https://127.0.0.1:PORT and its helper clients trust `tls.ca_pem`.
+    `log_file` defaults to rclone-PORT.log beside data_dir; `environ` replaces the
+    environment rclone inherits (bench/ runs it without AWS_* or RCLONE_* variables).
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -324,9 +339,10 @@ def rclone_server(data_dir: Path, tls: TLSFiles | None = None) -> Iterator[Rclon
         kind="rclone",
         ca_bundle=str(tls.ca_pem) if tls else None,
         data_dir=data_dir,
-        log_file=data_dir.parent / f"rclone-{port}.log",
+        log_file=log_file or data_dir.parent / f"rclone-{port}.log",
         port=port,
         tls=tls,
+        environ=environ,
     )
     srv.start()
     try:

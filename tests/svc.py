@@ -66,14 +66,26 @@ async def running(settings: Settings, *, once: bool = False) -> AsyncIterator[Se
         await asyncio.wait_for(task, 30)
 
 
-def drop(incoming: Path, name: str | bytes, data: bytes, mtime: float | None = None) -> Path:
-    """Write to a temp name beside the spool and rename(2) it in, as producers do."""
+def drop(
+    incoming: Path,
+    name: str | bytes,
+    data: bytes,
+    mtime: float | None = None,
+    *,
+    owner: tuple[int, int] | None = None,
+) -> Path:
+    """Write to a temp name beside the spool and rename(2) it in, as producers do.
+
+    ``owner``: (uid, gid) to chown the file to first, e.g. the user a service runs as.
+    """
     tmp_dir = incoming.parent / "tmp-producer"
     tmp_dir.mkdir(exist_ok=True)
     raw = name if isinstance(name, bytes) else os.fsencode(name)
     tmp = os.path.join(os.fsencode(tmp_dir), raw)
     with open(tmp, "wb") as fh:
         fh.write(data)
+    if owner is not None:
+        os.chown(tmp, *owner)
     if mtime is not None:
         os.utime(tmp, (mtime, mtime))
     dest = os.path.join(os.fsencode(incoming), raw)
