@@ -8,6 +8,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.proc import clean_env as tests_clean_env
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
 # Explicit venv binaries: /usr/bin/rclone is 1.60, which has no `serve s3`.
@@ -17,11 +19,6 @@ S5CMD = VENV_BIN / "s5cmd"
 S3SPOOL = Path(os.environ.get("BENCH_S3SPOOL", str(VENV_BIN / "s3spool")))
 DEFAULT_OUT = REPO / "bench" / "out"
 
-# rclone serve s3 answered InvalidAccessKeyId for a one-letter key id, so use
-# longer throwaway credentials.
-ACCESS_KEY = "benchkey"
-SECRET_KEY = "benchsecret"
-REGION = "us-east-1"
 BUCKET = "bench"
 PREFIX = "p/"
 
@@ -31,15 +28,15 @@ GIB = 1024 * MIB
 
 SEED = 42
 
-# Env vars that would change a tool's behaviour behind our back (profiles,
-# credentials, rclone remotes, s3spool settings); every child gets a clean env.
-_SCRUB_PREFIXES = ("AWS_", "RCLONE_", "S3SPOOL_")
-
 
 def clean_env(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB_PREFIXES)}
-    env.update(extra)
-    return env
+    """The harness's environment plus ``extra``, for every child (tools and server).
+
+    Without the variables that would change a tool's behaviour behind our back (profiles,
+    credentials, rclone remotes, s3spool settings): the tests' scrubber, plus RCLONE_*, and
+    no PYTHONUNBUFFERED (the tools run as they would from a shell).
+    """
+    return tests_clean_env(extra, also=("RCLONE_",), unbuffered=False)
 
 
 @dataclass(frozen=True)

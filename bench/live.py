@@ -26,7 +26,7 @@ from bench.config import BUCKET, LiveSpec
 from bench.data import check_delivery, count_entries, payload
 from bench.proc import MeasuredProcess
 from bench.runner import RunRecord, fill_measured, log
-from bench.server import RcloneServer
+from bench.server import bench_server, server_cpu_seconds
 from bench.sysstat import others, snap, wait_for_quiet
 from bench.tools import S3spool
 
@@ -123,12 +123,12 @@ def run_live(
     problems: list[str] = []
     t_start = end = 0.0
     try:
-        with RcloneServer(rundir / "s3", log_dir / f"{tag}.server.log") as server:
+        with bench_server(rundir / "s3", log_dir / f"{tag}.server.log") as server:
             env = tool.env(rundir, server.url, log_level="INFO")
             env["S3SPOOL_LOG_FORMAT"] = "json"
             if wait_for_quiet(quiet_wait_s) >= quiet_wait_s > 0:
                 log(f"machine still busy after {quiet_wait_s:.0f} s, measuring anyway")
-            cpu0 = server.cpu_seconds()
+            cpu0 = server_cpu_seconds(server)
             sys0 = snap()
             with (
                 open(log_dir / f"{tag}.out", "wb") as out,
@@ -163,7 +163,7 @@ def run_live(
                 if not p.wait_exit(0):
                     p.stop(30.0)
                 m = p.reap()
-            rec.server_cpu_s = server.cpu_seconds() - cpu0
+            rec.server_cpu_s = server_cpu_seconds(server) - cpu0
             rec.other_cpu_s, rec.steal_s = others(sys0, snap(), m.cpu_s + rec.server_cpu_s)
         fill_measured(rec, m)
         if "drain_s" in rec.extra:

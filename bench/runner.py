@@ -11,7 +11,7 @@ from pathlib import Path
 from bench.config import BUCKET, Workload
 from bench.data import check_delivery, write_files
 from bench.proc import Measured, run_measured
-from bench.server import RcloneServer
+from bench.server import bench_server, server_cpu_seconds
 from bench.sysstat import others, snap, wait_for_quiet
 from bench.tools import S3spoolRun, Tool
 
@@ -76,7 +76,7 @@ def run_batch(
             rec.reason = reason
             return rec
         datadir = rundir / "s3"
-        with RcloneServer(datadir, log_dir / f"{tag}.server.log") as server:
+        with bench_server(datadir, log_dir / f"{tag}.server.log") as server:
             write_files(tool.source_dir(rundir), work.files)
             # Flush the freshly written data now so its writeback does not
             # compete with the measured run (and leftovers from the last run).
@@ -91,7 +91,7 @@ def run_batch(
             waited = wait_for_quiet(quiet_wait_s)
             if waited >= quiet_wait_s > 0:
                 log(f"machine still busy after {waited:.0f} s, measuring anyway")
-            cpu0 = server.cpu_seconds()
+            cpu0 = server_cpu_seconds(server)
             sys0 = snap()
             m = run_measured(
                 tool.argv(rundir, server.url),
@@ -100,7 +100,7 @@ def run_batch(
                 timeout_s=work.timeout_s,
                 done=done,
             )
-            rec.server_cpu_s = server.cpu_seconds() - cpu0
+            rec.server_cpu_s = server_cpu_seconds(server) - cpu0
             rec.other_cpu_s, rec.steal_s = others(sys0, snap(), m.cpu_s + rec.server_cpu_s)
         fill_measured(rec, m)
         rec.reason = verdict(tool, m, rundir, datadir / BUCKET, work)

@@ -8,20 +8,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.config import (
-    ACCESS_KEY,
-    BUCKET,
-    PREFIX,
-    RCLONE,
-    REGION,
-    REPO,
-    S3SPOOL,
-    S5CMD,
-    SECRET_KEY,
-    clean_env,
-)
+# The S3 server is the tests' rclone (bench/server.py): its credentials and region.
+from tests.s3servers import ACCESS_KEY, REGION, SECRET_KEY, free_port
+
+from bench.config import BUCKET, PREFIX, RCLONE, REPO, S3SPOOL, S5CMD, clean_env
 from bench.data import count_entries
-from bench.server import free_port
 
 _AWS_ENV = {
     "AWS_ACCESS_KEY_ID": ACCESS_KEY,
