@@ -1,14 +1,15 @@
 """Generate the README's configuration reference from the settings model.
 
     python scripts/settings_doc.py            print the table (markdown)
-    python scripts/settings_doc.py --write    rewrite the README section in place
-    python scripts/settings_doc.py --check    exit 1 if the README section is out of date
+    python scripts/settings_doc.py --write    rewrite the README section (and flags.py) in place
+    python scripts/settings_doc.py --check    exit 1 if either is out of date
 
 The rows come from ``s3spool.settings_help.settings_table()`` (the same rows ``s3spool --help``
 prints), so the README cannot drift from the code: ``tests/test_docs.py`` fails when the
-section between the markers differs from this script's output.  The "Value" column and
-the human-readable defaults (``16MiB``, ``1h``) are derived from the field types of
-``s3spool.settings.Settings``.
+section between the markers differs from this script's output.  ``src/s3spool/flags.py``
+(the same settings as plain data, so the command line needs no pydantic) is written
+alongside.  The "Value" column and the human-readable defaults (``16MiB``, ``1h``) are
+derived from the field types of ``s3spool.settings.Settings``.
 """
 
 from __future__ import annotations
@@ -19,16 +20,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+FLAGS = ROOT / "src" / "s3spool" / "flags.py"
 BEGIN = "<!-- settings:begin -->"
 END = "<!-- settings:end -->"
 
 try:
     from s3spool.settings import ENV_PREFIX
-    from s3spool.settings_help import format_default, settings_table, value_kind
+    from s3spool.settings_help import flags_table, format_default, settings_table, value_kind
 except ImportError:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT / "src"))
     from s3spool.settings import ENV_PREFIX
-    from s3spool.settings_help import format_default, settings_table, value_kind
+    from s3spool.settings_help import flags_table, format_default, settings_table, value_kind
 
 HEADER = ("Environment variable", "Flag", "Default", "Value", "Meaning")
 
@@ -81,6 +83,16 @@ def rewrite(text: str, table: str) -> str:
     return text.replace(old, section(table), 1)
 
 
+FLAGS_BEGIN = "# --- generated: settings_doc.py ---\n"
+FLAGS_END = "# --- end generated ---\n"
+
+
+def rewrite_flags(text: str) -> str:
+    """flags.py with its generated part (between the marker lines) made anew."""
+    start = text.index(FLAGS_BEGIN) + len(FLAGS_BEGIN)
+    return text[:start] + flags_table() + text[text.index(FLAGS_END, start) :]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
@@ -92,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.write or args.check):
         sys.stdout.write(table)
         return 0
+    old_flags = FLAGS.read_text(encoding="utf-8")
+    flags = rewrite_flags(old_flags)
+    if flags != old_flags:
+        if args.check:
+            print(f"{FLAGS}: out of date; run `python scripts/settings_doc.py --write`")
+            return 1
+        FLAGS.write_text(flags, encoding="utf-8")
+        print(f"{FLAGS}: rewritten")
     text = args.readme.read_text(encoding="utf-8")
     new = rewrite(text, table)
     if args.check:

@@ -51,6 +51,12 @@ def test_readme_settings_section_matches_the_settings_model(settings_doc: Module
         pytest.fail(f"README.md's configuration reference is out of date: {FIX}\n{diff}")
 
 
+def test_flags_module_matches_the_settings_model(settings_doc: ModuleType) -> None:
+    """The command line reads flags.py, not the model: it must say what the model says."""
+    text = settings_doc.FLAGS.read_text(encoding="utf-8")
+    assert settings_doc.rewrite_flags(text) == text, FIX
+
+
 def test_generated_table_has_every_setting(settings_doc: ModuleType) -> None:
     table = settings_doc.render()
     rows = [line for line in table.splitlines() if line.startswith("| `S3SPOOL_")]

@@ -11,20 +11,23 @@ Exit codes: 0 success · 1 some file failed (``run --once``) · 2 usage error ·
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import __version__, check, enqueue, logs, status
+from . import __version__
 from .errors import EXIT_CONFIG, ConfigError
-from .service import run_service
-from .settings import Settings, env_name, flag_name, load_settings
-from .settings_help import default_text, settings_table
+from .flags import SETTINGS, env_name, flag_name
+from .logs import setup as setup_logging
+
+# What a command needs is imported when it runs: botocore, aiohttp and pydantic cost
+# most of a cold start, and --help or an empty `run --once` needs none or few of them.
+if TYPE_CHECKING:
+    from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +36,10 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "settings", "each flag overrides the S3SPOOL_* environment variable of the same name"
     )
-    for field, info in Settings.model_fields.items():
-        help_text = f"{info.description} [env {env_name(field)}; default {default_text(field)}]"
+    for field, switch, default, description in SETTINGS:
+        help_text = f"{description} [env {env_name(field)}; default {default}]"
         help_text = help_text.replace("%", "%%")
-        if info.annotation is bool:
+        if switch:
             group.add_argument(
                 flag_name(field),
                 dest=field,
@@ -52,8 +55,8 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
 
 def _epilog() -> str:
     lines = ["settings (environment variable, flag, default):"]
-    for env, flag, default, _desc in settings_table():
-        lines.append(f"  {env:<30} {flag:<24} {default}")
+    for field, _switch, default, _desc in SETTINGS:
+        lines.append(f"  {env_name(field):<30} {flag_name(field):<24} {default}")
     lines.append("")
     lines.append("Durations: seconds or 30s/5m/1h. Sizes: bytes or 8MiB/1GiB.")
     lines.append(
@@ -146,12 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:
-    overrides = {f: getattr(args, f, None) for f in Settings.model_fields}
-    return load_settings(**overrides)
+    from .settings import load_settings
+
+    return load_settings(**{f[0]: getattr(args, f[0], None) for f in SETTINGS})
 
 
 def run_async(coro: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Run on uvloop where installed: it halves the loop's per-request overhead."""
+    import asyncio
+
     try:
         import uvloop
     except ImportError:  # pragma: no cover - optional on non-Linux
@@ -188,7 +194,7 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
         if args.command == "enqueue":
             if args.spool is not None:
                 # A producer needs only the spool; it need not know the destination.
-                logs.setup("INFO", "text")
+                setup_logging("INFO", "text")
                 return _enqueue(args, None)
             print(
                 f"s3spool enqueue: no spool: pass --spool DIR, or fix the settings: {exc}",
@@ -197,16 +203,24 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
             return EXIT_CONFIG
         print(f"s3spool: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    logs.setup(settings.log_level, settings.log_format)
+    setup_logging(settings.log_level, settings.log_format)
     try:
         if args.command == "run":
             if args.dry_run:
-                return status.dry_run(settings)
+                from .status import dry_run
+
+                return dry_run(settings)
+            from .service import run_service
+
             return run_async(lambda: run_service(settings, once=args.once, early_signals=early))
         if args.command == "check":
-            return run_async(lambda: check.check(settings, read_only=args.read_only))
+            from .check import check
+
+            return run_async(lambda: check(settings, read_only=args.read_only))
         if args.command == "status":
-            return status.status(settings, as_json=args.json)
+            from .status import status
+
+            return status(settings, as_json=args.json)
         if args.command == "enqueue":
             return _enqueue(args, settings)
     except ConfigError as exc:
@@ -230,6 +244,8 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
 
 
 def _enqueue(args: argparse.Namespace, settings: Settings | None) -> int:
+    from . import enqueue
+
     try:
         target = enqueue.enqueue_target(settings, args.spool)
     except ConfigError as exc:

@@ -1,6 +1,8 @@
 """Describing the settings to people: ``--help`` and the README's table come from here.
 
-Kept apart from ``settings.py``, which only reads and checks them.
+Kept apart from ``settings.py``, which only reads and checks them.  ``flags.py`` is this
+module's output, written by ``scripts/settings_doc.py --write`` so that ``s3spool --help``
+and the flag parser need not import pydantic (tests/test_docs.py fails when it is stale).
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from .settings import Settings, env_name, flag_name
+from .flags import env_name, flag_name
+from .settings import Settings
 
 KIB = 1024
 UNITS = (("GiB", KIB**3), ("MiB", KIB**2), ("KiB", KIB))
@@ -135,3 +138,14 @@ def settings_table() -> list[tuple[str, str, str, str]]:
             (env_name(field), flag_name(field), default_text(field), info.description or "")
         )
     return rows
+
+
+def flags_table() -> str:
+    """The generated part of ``flags.py``: each setting's name, whether it is a switch,
+    its default and its help."""
+    rows = "".join(
+        f"    ({field!r}, {info.annotation is bool}, {default_text(field)!r},\n"
+        f"     {info.description or ''!r}),\n"
+        for field, info in Settings.model_fields.items()
+    )
+    return "SETTINGS: tuple[tuple[str, bool, str, str], ...] = (\n" + rows + ")\n"

@@ -1,0 +1,121 @@
+"""Every setting as the command line shows it, and the names it goes by.
+
+``SETTINGS`` (field, switch, default, help) is written by ``python scripts/settings_doc.py
+--write`` from ``settings.Settings``; tests/test_docs.py fails when it is stale.  Plain
+data, so that ``--help`` and parsing flags import no pydantic (start-up time).
+"""
+
+ENV_PREFIX = "S3SPOOL_"
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+# generated lines are as long as the help texts they hold
+# ruff: noqa: E501
+# fmt: off
+# --- generated: settings_doc.py ---
+SETTINGS: tuple[tuple[str, bool, str, str], ...] = (
+    ('spool_dirs', False, 'none',
+     'Spool roots (comma-separated or JSON list); each holds incoming/ working/ done/ failed/, created if missing.'),
+    ('incoming_dir', False, 'none',
+     'Explicit incoming directory of a single spool (instead of SPOOL_DIRS).'),
+    ('working_dir', False, 'none',
+     'Explicit working directory (single spool).'),
+    ('done_dir', False, 'none',
+     'Explicit done directory (single spool).'),
+    ('failed_dir', False, 'none',
+     'Explicit failed directory (single spool); equal to INCOMING_DIR means failed files are resubmitted after a backoff.'),
+    ('destination', False, 'none',
+     's3://bucket/prefix (the prefix is treated as a directory) or noop:// (log only).'),
+    ('endpoint_url', False, 'none',
+     'S3-compatible endpoint URL.'),
+    ('region', False, 'none',
+     'Region of the bucket (botocore default chain).'),
+    ('addressing_style', False, 'auto',
+     'Bucket addressing style.'),
+    ('ca_bundle', False, 'none',
+     "PEM file of the CA certificates that sign the store's TLS certificate (like the aws cli's --ca-bundle; default: botocore's AWS_CA_BUNDLE or the profile's ca_bundle, else the system's)."),
+    ('verify_ssl', True, 'true',
+     "Verify the store's TLS certificate; --no-verify-ssl as with the aws cli (only for testing: anyone on the path can then read and change uploads)."),
+    ('probe_interval', False, '30s',
+     'While no request reaches the store, probe it (HeadBucket) this often; a failed probe pauses intake and makes /readyz unready. 0: off.'),
+    ('key_format', False, '{fname}',
+     'Object key template under the prefix; fields: c_DD, c_MM, c_YYYY, c_hh, c_mm, c_ss, fname, hostname, m_DD, m_MM, m_YYYY, m_hh, m_mm, m_ss, now, spool_dir, uuid1, uuid4.'),
+    ('acl', False, 'none',
+     'Canned ACL, e.g. private or public-read.'),
+    ('storage_class', False, 'none',
+     'Storage class, e.g. STANDARD_IA.'),
+    ('sse', False, 'none',
+     'Server-side encryption.'),
+    ('sse_kms_key_id', False, 'none',
+     'KMS key id when SSE=aws:kms.'),
+    ('content_type', False, 'none',
+     'Content-Type for every object (default: guessed from the name).'),
+    ('checksum', False, 'crc32c',
+     "Checksum computed while reading, sent so the store rejects corrupted bodies, and compared with the store's answer."),
+    ('checksum_compat', True, 'false',
+     'For stores that reject the newer x-amz-checksum-* headers: send only Content-MD5 (single-PUT objects still record the configured checksum in metadata).'),
+    ('overwrite', False, 'always',
+     'never: conditional write (If-None-Match: *); an existing object with other content sends the file to failed/.'),
+    ('workers', False, '16',
+     'Concurrent file uploads.'),
+    ('hold_for', False, '0',
+     'A file is eligible only once its mtime is at least this old.'),
+    ('ignore', False, '.*,*.tmp,*.part',
+     'Glob patterns of names never picked up.'),
+    ('rescan_interval', False, '1m',
+     'Full rescan of every incoming/.'),
+    ('queue_size', False, '1024',
+     'Bound of the in-memory queue of discovered files.'),
+    ('multipart_threshold', False, '16MiB',
+     'Files of at least this size use multipart upload.'),
+    ('part_size', False, '16MiB',
+     'Multipart part size (5MiB to 5GiB).'),
+    ('part_concurrency', False, '4',
+     'Parts of one file in flight.'),
+    ('buffer_limit', False, '128MiB',
+     'Upper bound on file bytes held in memory by all uploads together.'),
+    ('retry_attempts', False, '6',
+     'Attempts per file for transient errors before failed/.'),
+    ('retry_backoff', False, '0.5s',
+     'First retry delay (doubles, with jitter).'),
+    ('retry_backoff_max', False, '1m',
+     'Longest retry delay.'),
+    ('direct_put', True, 'true',
+     "Send object bodies (PutObject, UploadPart) signed by botocore's signer over the client's own HTTP session, without botocore's per-request pipeline (about half its CPU per small file); false: every request takes botocore's full pipeline."),
+    ('connect_timeout', False, '10s',
+     'Connection timeout to the store.'),
+    ('read_timeout', False, '1m',
+     'Read timeout of one request.'),
+    ('remove_on_success', True, 'false',
+     'Unlink instead of moving to done/.'),
+    ('remove_on_failure', True, 'false',
+     'Unlink instead of moving to failed/ (the file is lost!).'),
+    ('delete_after', False, '1h',
+     'Cleanup removes done/ files this long after they reached done/.'),
+    ('cleanup_interval', False, '1m',
+     'How often cleanup and dead-instance recovery run.'),
+    ('abort_multipart_after', False, '24h',
+     "Abort s3spool's multipart uploads older than this."),
+    ('shutdown_grace', False, '30s',
+     'On SIGTERM/SIGINT, time allowed for in-flight uploads to finish.'),
+    ('instance_id', False, 'none',
+     "Name of this instance's working/ subdirectory (default: host.pid.random)."),
+    ('http_addr', False, '127.0.0.1:9108',
+     'host:port of /metrics, /healthz, /readyz; empty: off.'),
+    ('max_lag', False, 'none',
+     'If set, /readyz is unready while the spool lag exceeds it.'),
+    ('fail_rate', False, '0',
+     'Fault injection: fail this fraction of uploads (0-1).'),
+    ('log_level', False, 'INFO',
+     'Log level.'),
+    ('log_format', False, 'text',
+     'Log format.'),
+)
+# --- end generated ---
