@@ -200,3 +200,28 @@ def test_two_thousand_files_dropped_while_running(tmp_path: Path, rclone_s3: S3T
         assert rclone_s3.get(name) == data, name
         assert (spool / "done" / name).read_bytes() == data
     assert names(spool / "incoming") == set()
+
+
+def test_once_on_an_empty_spool_asks_the_store_nothing(moto_s3: S3Target, tmp_path: Path) -> None:
+    """A cron job's `run --once` every minute: no request (and no botocore) while there is
+    nothing to take, one multipart sweep per interval, and a file is still delivered."""
+    spool = tmp_path / "spool"
+    with FaultProxy(moto_s3.endpoint_url) as fp:
+        env = {**moto_s3.via(fp.url).env(), "S3SPOOL_SPOOL_DIRS": str(spool)}
+        first = cli("run", "--once", env=env)  # never swept: the sweep is due
+        assert first.returncode == 0, first.stderr
+        assert fp.snapshot()["counts"].get("list_mpu", 0) >= 1
+        swept = (spool / "working" / ".multipart-sweep").stat().st_mtime_ns
+
+        fp.clear_counters()
+        (spool / "incoming" / "partial.tmp").write_bytes(b"ignored by IGNORE")
+        idle = cli("run", "--once", env=env)
+        assert idle.returncode == 0, idle.stderr
+        assert fp.snapshot()["counts"] == {}
+
+        drop(spool / "incoming", "a", b"a")
+        busy = cli("run", "--once", env=env)
+        assert busy.returncode == 0, busy.stderr
+        assert fp.snapshot()["counts"].get("put_object") == 1
+        assert (spool / "working" / ".multipart-sweep").stat().st_mtime_ns == swept  # not due
+        assert names(spool / "done") == {"a"}

@@ -6,6 +6,7 @@ claims, and the sweep of stale multipart uploads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -97,16 +98,35 @@ def adopt_dead(
                 deliver(claim)
 
 
+#: In each spool's working/: its mtime says when a multipart sweep last ran, for every
+#: instance and every `run --once` (a cron job then sweeps once per interval, not per run).
+SWEEP_STAMP = ".multipart-sweep"
+
+
+def last_sweep(spools: Sequence[Spool]) -> float:
+    """Wall time of the last multipart sweep any instance made of these spools (0: never)."""
+    last = 0.0
+    for spool in spools:
+        with contextlib.suppress(OSError):
+            last = max(last, os.stat(spool.dirs.working / SWEEP_STAMP).st_mtime)
+    return last
+
+
+def sweep_due(s: Settings, last: float) -> bool:
+    """At most every ``min(ABORT_MULTIPART_AFTER, 10 min)``; a clock stepped back sweeps now."""
+    if s.abort_multipart_after <= 0:
+        return False
+    return not 0 <= time.time() - last < min(s.abort_multipart_after, 600.0)
+
+
 async def sweep_multipart(
     store: Store, spools: Sequence[Spool], s: Settings, metrics: Metrics, last: float
 ) -> float:
-    """Abort multipart uploads older than ABORT_MULTIPART_AFTER that no instance recorded.
-
-    At most every ``min(ABORT_MULTIPART_AFTER, 10 min)``; returns when it last ran.
-    """
-    now = time.time()
-    if s.abort_multipart_after <= 0 or now - last < min(s.abort_multipart_after, 600.0):
+    """Abort multipart uploads older than ABORT_MULTIPART_AFTER that no instance recorded,
+    when one is due (``sweep_due``); returns when the last sweep ran."""
+    if not sweep_due(s, last):
         return last
+    now = time.time()
     live: set[str] = set()
     for spool in spools:
         live |= open_uploads(spool)
@@ -120,4 +140,10 @@ async def sweep_multipart(
             log.info("aborted stale multipart upload %s of %r", upload_id, key)
     except UploadError as exc:
         log.warning("multipart sweep skipped: %s", exc)
+        return now
+    for spool in spools:
+        try:
+            (spool.dirs.working / SWEEP_STAMP).touch()
+        except OSError as err:  # only costs an earlier sweep next time
+            log.debug("cannot mark the sweep in %s: %s", spool.dirs.working, err.strerror)
     return now

@@ -19,8 +19,7 @@ import logging
 import signal
 from typing import Any
 
-from .cleanup import adopt_dead, sweep_multipart, tidy_spools
-from .destinations import open_store
+from .cleanup import adopt_dead, last_sweep, sweep_due, sweep_multipart, tidy_spools
 from .errors import (
     EXIT_OK,
     EXIT_STORE_UNAVAILABLE,
@@ -37,6 +36,7 @@ from .spool import Claim, Spool, spool_layouts
 from .spoolguard import Guard, heal
 from .store import Store
 from .storegate import StoreGate
+from .survey import any_entry, claimed_count
 from .throttle import Throttle
 from .watch import Discovery, Pending
 
@@ -87,6 +87,7 @@ class Service:
         self._idle: set[asyncio.Task[Any]] = set()
         self._tg: asyncio.TaskGroup | None = None
         self._last_sweep = 0.0
+        self._surveyed = asyncio.Event()
         self.early_signals: list[int] = []
         self.metrics.follow(
             throttle=self.throttle, pending=self.pending, gate=self.gate, guards=self.guards
@@ -121,6 +122,13 @@ class Service:
                 except LocalFault as exc:
                     # e.g. a full filesystem: this spool waits, the others start
                     self.guards[spool].trip(exc)
+            self._last_sweep = last_sweep(self.spools)
+            if self.once and not self._store_needed():
+                # A cron job's empty run: no botocore to import, no client, no request.
+                await self.cleanup_once()
+                return self.pipeline.outcomes.once_summary(self.guards.values(), self.exit_code)
+            from .destinations import open_store
+
             async with open_store(self.s, on_slowdown=self._on_slowdown) as store:
                 self.store = store
                 return await self._run(store)
@@ -131,6 +139,16 @@ class Service:
                 spool.close()
             self.discovery.close()
 
+    def _store_needed(self) -> bool:
+        """--once: is there a file to take or recover, or a multipart sweep due?"""
+        if sweep_due(self.s, self._last_sweep):
+            return True
+        return any(
+            any_entry(sp.dirs.incoming, self.discovery.is_ignored) or claimed_count(sp.dirs)
+            for sp in self.spools
+            if sp.opened
+        )
+
     async def _run(self, store: Store) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -139,17 +157,6 @@ class Service:
         for early in self.early_signals:
             self._on_signal(early)  # arrived during startup, before these handlers existed
         try:
-            try:
-                found = await store.survey()
-                if found:
-                    log.info(
-                        "store: %s", "; ".join(f"{topic}: {finding}" for topic, finding in found)
-                    )
-            except StoreUnavailable as exc:
-                if self.once:
-                    log.error("store unavailable: %s", exc)
-                    return EXIT_STORE_UNAVAILABLE
-                self.store_gate.close(exc)
             for spool in self.spools:
                 if spool.opened:
                     for claim in recover_own(spool):
@@ -159,7 +166,9 @@ class Service:
                 self.discovery.open_watches()
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                intake: list[asyncio.Task[Any]] = []
+                # the start-up survey runs beside the first uploads, not before them
+                intake: list[asyncio.Task[Any]] = [tg.create_task(self._survey(store))]
+                self._intake = intake
                 http: asyncio.Task[Any] | None = None
                 if self.s.http_addr and not self.once:
                     from .http import serve_http
@@ -179,14 +188,11 @@ class Service:
                     if self.s.probe_interval > 0:
                         watch = self.store_gate.watch(store, self.s.probe_interval, self.pause)
                         intake.append(tg.create_task(watch))
-                if not self.gate.is_set():
-                    intake.append(tg.create_task(self.store_gate.reopen_when_up(store)))
                 if not self.once:
                     intake.append(tg.create_task(self.discovery.layout_loop()))
                     for guard in self.guards.values():
                         if guard.fault is not None:
                             guard.start_healing(self._healed)
-                self._intake = intake
                 if not self.once:
                     tg.create_task(self._mark_ready())
                 await self._stop.wait()
@@ -302,13 +308,25 @@ class Service:
 
     async def pause(self, exc: UploadError) -> None:
         if self.once:
-            log.error("store unavailable (%s): stopping (--once)", exc)
-            self.exit_code = EXIT_STORE_UNAVAILABLE
+            if self.exit_code != EXIT_STORE_UNAVAILABLE:
+                log.error("store unavailable: %s; stopping (--once)", exc)
+                self.exit_code = EXIT_STORE_UNAVAILABLE
             self.request_stop(force=True)
             raise asyncio.CancelledError
         if self.store_gate.close(exc) and self._tg is not None and self.store is not None:
             self._intake.append(self._tg.create_task(self.store_gate.reopen_when_up(self.store)))
         await self.gate.wait()
+
+    async def _survey(self, store: Store) -> None:
+        try:
+            found = await store.survey()
+        except StoreUnavailable as exc:
+            await self.pause(exc)
+            return
+        finally:
+            self._surveyed.set()  # the sweep needs what it learned (ListMultipartUploads?)
+        if found:
+            log.info("store: %s", "; ".join(f"{topic}: {finding}" for topic, finding in found))
 
     # --- cleanup ------------------------------------------------------------------------------
     async def _cleanup_loop(self) -> None:
@@ -331,6 +349,7 @@ class Service:
                     guard.reroute()  # the directory works again: move what waited
         await tidy_spools(self.spools, self.guards, self.s)
         if self.store is not None and self.gate.is_set():
+            await self._surveyed.wait()
             self._last_sweep = await sweep_multipart(
                 self.store, self.spools, self.s, self.metrics, self._last_sweep
             )

@@ -54,6 +54,11 @@ def scan_dir(path: Path | None) -> Iterator[os.DirEntry[str]]:
         yield from it
 
 
+def any_entry(path: Path, is_ignored: Callable[[str], bool]) -> bool:
+    """Does ``path`` hold any entry that is not ignored?  (stops at the first)"""
+    return any(not is_ignored(entry.name) for entry in scan_dir(path))
+
+
 def spool_gauges(
     dirs: SpoolDirs, is_ignored: Callable[[str], bool], hold_for: float, now: float
 ) -> SpoolGauges:
