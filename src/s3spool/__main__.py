@@ -7,7 +7,11 @@ request, instead of killing the process with the default action.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import signal
+import sys
 
 _early_signals: list[int] = []
 
@@ -21,7 +25,15 @@ def main() -> int:
         signal.signal(sig, _remember)
     from .cli import main as cli_main
 
-    return cli_main(early_signals=_early_signals)
+    code = cli_main(early_signals=_early_signals)
+    # Leave without the interpreter's teardown: after a large `run --once` it spends
+    # ~0.2 s freeing objects one by one (bench/RESULTS.md). Every file is written and
+    # closed by now; what is buffered in logging and stdio is flushed here.
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a reader gone, or stdio closed
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
