@@ -18,14 +18,16 @@ from bench.runner import RunRecord, log, run_batch
 from bench.sysstat import loadavg
 from bench.tools import S3spoolRun, Tool, make_tools
 
-ALL_CASES = ("1", "2", "3", "4", "5")
+ALL_CASES = ("h", "1", "2", "3", "4", "5")  # in the order they run
 # Fixed order inside every repetition, so slow drift hits every tool alike.
 TOOL_ORDER = ("s3spool", "s3spool-run", "s5cmd", "rclone", "aws")
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    ap.add_argument("--cases", default=",".join(ALL_CASES), help="comma list of 1,2,3,4,5")
+    ap.add_argument(
+        "--cases", default=",".join(ALL_CASES), help="comma list of h (headline), 1, 2, 3, 4, 5"
+    )
     ap.add_argument("--reps", type=int, default=3, help="repetitions per case and tool")
     ap.add_argument("--quick", action="store_true", help="shrunken cases for a smoke run")
     ap.add_argument("--tools", default=",".join(TOOL_ORDER), help="comma list of tools")
@@ -99,7 +101,7 @@ def run_all(
     slots: list[Slot] = []
     records: list[RunRecord] = []
     specs = workloads(ns.quick)
-    for case in sorted(ns.cases):
+    for case in sorted(ns.cases, key=ALL_CASES.index):
         if case == "4":
             slots.append(_run_live_case(ns, tools, work_dir, log_dir, records))
             continue
@@ -147,7 +149,7 @@ def build_rows(slots: list[Slot], records: list[RunRecord]) -> list[Row]:
         else:
             runs = [r for r in records if r.case == slot.case and r.tool == slot.tool]
             rows.append(aggregate(slot.case, slot.title, slot.tool, runs))
-    add_ratios(rows)
+    add_ratios(rows, records)
     return rows
 
 

@@ -79,19 +79,57 @@ def _small_files(n: int, size: int = 4 * KIB, stem: str = "small") -> tuple[tupl
     return tuple((f"{stem}-{i:06d}.bin", size) for i in range(n))
 
 
-def _mixed_files(n: int, hi: int) -> tuple[tuple[str, int], ...]:
-    # Log-uniform sizes so every order of magnitude is equally represented;
-    # fixed seed so each tool and each run sees exactly the same set.
+def _mixed_files(n: int, hi: int, skew: float = 1.0) -> tuple[tuple[str, int], ...]:
+    # Log-uniform sizes (skew 1) so every order of magnitude is equally represented; a
+    # larger skew makes most files small and a few large. Fixed seed: each tool and
+    # each run sees exactly the same set.
     rng = random.Random(SEED)
     lo_l, hi_l = math.log(KIB), math.log(hi)
-    return tuple((f"mixed-{i:05d}.bin", int(math.exp(rng.uniform(lo_l, hi_l)))) for i in range(n))
+    return tuple(
+        (f"mixed-{i:05d}.bin", int(math.exp(lo_l + (hi_l - lo_l) * rng.random() ** skew)))
+        for i in range(n)
+    )
 
 
 def workloads(quick: bool) -> dict[str, list[Workload]]:
     """Batch workloads per case number ("3" has two parts)."""
     all_tools = ("s3spool", *ALL_PEERS)
     t = 600.0 if quick else 3600.0
+    pair = ("s3spool", "s5cmd")
     return {
+        # The headline: s3spool `run --once` with default settings against `s5cmd mv`
+        # with its defaults, judged by the median of per-pair time ratios (report.py).
+        # Mixed: 400 files of 1 KiB..48 MiB, half under 1.1 KiB, 9 over 16 MiB, 391 MiB.
+        "h": [
+            Workload(
+                "h1",
+                f"{500 if quick else 2000} x 4 KiB",
+                _small_files(500 if quick else 2000),
+                pair,
+                t,
+            ),
+            Workload(
+                "h2",
+                f"{2000 if quick else 10000} x 4 KiB",
+                _small_files(2000 if quick else 10000),
+                pair,
+                t,
+            ),
+            Workload(
+                "h3",
+                f"{100 if quick else 400} mixed 1 KiB..{8 if quick else 48} MiB",
+                _mixed_files(100, 8 * MIB, 8) if quick else _mixed_files(400, 48 * MIB, 8),
+                pair,
+                t,
+            ),
+            Workload(
+                "h4",
+                f"1 x {'128 MiB' if quick else '1 GiB'}",
+                (("big-1.bin", 128 * MIB if quick else GIB),),
+                pair,
+                t,
+            ),
+        ],
         "1": [
             Workload(
                 "1",

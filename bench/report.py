@@ -16,6 +16,7 @@ from bench.targets import (
     LIVE_DRAIN_MAX_S,
     LIVE_P99_MAX_MS,
     LIVE_RATE_MIN_SHARE,
+    PAIRED_CASES,
     RSS_MAX_MIB,
     THROUGHPUT_MIN,
 )
@@ -96,7 +97,20 @@ def judge(
     return f"{head} MISSED by {gap:.{digits}f}{unit}{share})"
 
 
-def add_ratios(rows: list[Row]) -> None:
+def paired_ratio(records: Sequence[RunRecord], case: str, peer: str) -> float | None:
+    """Median over repetitions of peer wall / s3spool wall, both from the same repetition."""
+    walls: dict[tuple[str, int], float] = {
+        (r.tool, r.rep): r.wall_s for r in records if r.case == case and r.ok
+    }
+    ratios = [
+        walls[(peer, rep)] / walls[(BASELINE, rep)]
+        for (tool, rep) in walls
+        if tool == BASELINE and (peer, rep) in walls
+    ]
+    return statistics.median(ratios) if ratios else None
+
+
+def add_ratios(rows: list[Row], records: Sequence[RunRecord] = ()) -> None:
     """Ratio cells of peer rows (vs the s3spool row of the same case), then targets."""
     by_case: dict[str, dict[str, Row]] = {}
     for r in rows:
@@ -116,6 +130,10 @@ def add_ratios(rows: list[Row]) -> None:
             b, p = base.metrics, r.metrics
             # files/s of one workload: the same ratio as MiB/s.
             thr = b["files_s"] / p["files_s"]
+            paired = paired_ratio(records, case, r.tool) if case in PAIRED_CASES else None
+            if paired is not None:
+                thr = paired
+                r.notes.append("throughput: median of per-pair wall-time ratios")
             r.ratios = {
                 "thr": f"{thr:.2f}" if target is None else judge(thr, target, True),
                 "cpu": f"{b['cpu_s'] / p['cpu_s']:.2f}",
@@ -256,7 +274,8 @@ def legend() -> str:
         "- Notes: NOISY = other processes or steal used >10% of the run's CPU; case 4 "
         "latency/backlog; case 3b RSS growth over 3a",
         "",
-        "Targets (issue 4, bench/targets.py; ratios within this one run):",
+        "Targets (issues 4 and 11, bench/targets.py; ratios within this one run; cases "
+        f"{', '.join(PAIRED_CASES)}: median of per-repetition ratios peer wall / s3spool wall):",
         f"- throughput s3spool/peer: {thr}; no target for rclone and case 2",
         f"- s3spool client CPU per small file: {cpu} (both s3spool modes)",
         f"- s3spool peak RSS: {rss}",
