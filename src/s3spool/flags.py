@@ -63,7 +63,7 @@ SETTINGS: tuple[tuple[str, bool, str, str], ...] = (
      'For stores that reject the newer x-amz-checksum-* headers: send only Content-MD5 (single-PUT objects still record the configured checksum in metadata).'),
     ('overwrite', False, 'always',
      'never: conditional write (If-None-Match: *); an existing object with other content sends the file to failed/.'),
-    ('workers', False, '16',
+    ('workers', False, '64',
      'Concurrent file uploads.'),
     ('hold_for', False, '0',
      'A file is eligible only once its mtime is at least this old.'),

@@ -205,7 +205,7 @@ class Settings(BaseSettings):
     )
 
     # --- how ---------------------------------------------------------------------------------
-    workers: int = Field(16, ge=1, le=1024, description="Concurrent file uploads.")
+    workers: int = Field(64, ge=1, le=1024, description="Concurrent file uploads.")
     hold_for: Duration = Field(
         0.0, description="A file is eligible only once its mtime is at least this old."
     )
