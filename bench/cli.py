@@ -10,15 +10,16 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.config import DEFAULT_OUT, RCLONE, live_spec, workloads
+from bench.config import DEFAULT_OUT, RCLONE, live_spec, soak_spec, workloads
 from bench.live import run_live
 from bench.machine import machine_info
 from bench.report import Row, add_ratios, aggregate, legend, markdown_table, unavailable_row
 from bench.runner import RunRecord, log, run_batch
+from bench.soak import run_soak
 from bench.sysstat import loadavg
 from bench.tools import S3spoolRun, Tool, make_tools
 
-ALL_CASES = ("h", "1", "2", "3", "4", "5")  # in the order they run
+ALL_CASES = ("h", "1", "2", "3", "4", "5", "6")  # in the order they run
 # Fixed order inside every repetition, so slow drift hits every tool alike.
 TOOL_ORDER = ("s3spool", "s3spool-run", "s5cmd", "rclone", "aws")
 
@@ -26,7 +27,9 @@ TOOL_ORDER = ("s3spool", "s3spool-run", "s5cmd", "rclone", "aws")
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument(
-        "--cases", default=",".join(ALL_CASES), help="comma list of h (headline), 1, 2, 3, 4, 5"
+        "--cases",
+        default=",".join(ALL_CASES),
+        help="comma list of h (headline), 1, 2, 3, 4, 5, 6 (soak)",
     )
     ap.add_argument("--reps", type=int, default=3, help="repetitions per case and tool")
     ap.add_argument("--quick", action="store_true", help="shrunken cases for a smoke run")
@@ -105,6 +108,9 @@ def run_all(
         if case == "4":
             slots.append(_run_live_case(ns, tools, work_dir, log_dir, records))
             continue
+        if case == "6":
+            slots.append(_run_soak_case(ns, tools, work_dir, log_dir, records))
+            continue
         for work in specs[case]:
             order = [t for t in TOOL_ORDER if t in work.tools and t in tools]
             for rep in range(1, ns.reps + 1):
@@ -141,6 +147,35 @@ def _run_live_case(
     return Slot("4", title, "s3spool-run")
 
 
+def soak_title(quick: bool) -> str:
+    spec = soak_spec(quick)
+    return (
+        f"soak {spec.rate:.0f} files/s x {spec.duration_s / 60:g} min, 1-64 KiB, "
+        f"{spec.fail_share:.0%} of uploads fail"
+    )
+
+
+def _run_soak_case(
+    ns: argparse.Namespace,
+    tools: dict[str, Tool],
+    work_dir: Path,
+    log_dir: Path,
+    records: list[RunRecord],
+) -> Slot:
+    title = soak_title(ns.quick)
+    tool = tools.get("s3spool-run")
+    if not isinstance(tool, S3spoolRun):
+        return Slot("6", title, "s3spool-run", "not selected (--tools)")
+    if tool.unavailable:
+        return Slot("6", title, "s3spool-run", tool.unavailable)
+    for rep in range(1, ns.reps + 1):
+        log(f"case 6 ({title}) rep {rep}/{ns.reps} ...")
+        rec = run_soak(soak_spec(ns.quick), tool, rep, work_dir, log_dir, ns.quiet_wait)
+        _progress(rec)
+        records.append(rec)
+    return Slot("6", title, "s3spool-run")
+
+
 def build_rows(slots: list[Slot], records: list[RunRecord]) -> list[Row]:
     rows = []
     for slot in slots:
@@ -162,6 +197,7 @@ def render(path: Path) -> int:
         records = [RunRecord(**r) for r in data]
         titles = {w.key: w.title for ws in workloads(False).values() for w in ws}
         titles["4"] = live_title(False)
+        titles["6"] = soak_title(False)
         seen = dict.fromkeys((r.case, r.tool) for r in records)
         order = sorted(seen, key=lambda ct: (ct[0], TOOL_ORDER.index(ct[1])))
         slots = [Slot(c, titles[c], t) for c, t in order]

@@ -68,6 +68,26 @@ class LiveSpec:
         return int(self.rate * self.duration_s)
 
 
+@dataclass(frozen=True)
+class SoakSpec:
+    """Case 6: a running s3spool fed at a fixed rate for a long time, some requests failing."""
+
+    rate: float  # files per second
+    duration_s: float
+    fail_share: float  # of PutObject/UploadPart requests answered 500 InternalError
+    drain_timeout_s: float
+
+    @property
+    def count(self) -> int:
+        return int(self.rate * self.duration_s)
+
+
+def soak_spec(quick: bool) -> SoakSpec:
+    return SoakSpec(
+        rate=300.0, duration_s=90.0 if quick else 1200.0, fail_share=0.02, drain_timeout_s=60.0
+    )
+
+
 ALL_PEERS = ("s5cmd", "rclone", "aws")
 
 # Case 5 backlog sizes (full, --quick).

@@ -175,7 +175,7 @@ def run_live(
             problems.append(f"exit {m.returncode} after SIGTERM")
         elif not p.term_sent:
             problems.append(f"exited on its own with {m.returncode}")
-        problems += _latency(rec, log_dir / tag, renamed)
+        problems += latency_stats(rec, log_dir / tag, renamed)
         src = tool.check_source(rundir, spec.count + 1)
         if src:
             problems.append(src)
@@ -227,7 +227,8 @@ def _backlog_stats(samples: list[tuple[float, int]], produce_s: float) -> dict[s
     }
 
 
-def _latency(rec: RunRecord, log_prefix: Path, renamed: dict[str, float]) -> list[str]:
+def latency_stats(rec: RunRecord, log_prefix: Path, renamed: dict[str, float]) -> list[str]:
+    """p50/p95/p99/max rename -> commit into ``rec.extra``; problems if lines are missing."""
     lines: list[str] = []
     for suffix in (".err", ".out"):
         path = log_prefix.with_suffix(suffix)

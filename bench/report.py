@@ -18,6 +18,10 @@ from bench.targets import (
     LIVE_RATE_MIN_SHARE,
     PAIRED_CASES,
     RSS_MAX_MIB,
+    SOAK_BACKLOG_MAX_S,
+    SOAK_FD_GROWTH_MAX,
+    SOAK_P99_MAX_MS,
+    SOAK_RSS_GROWTH_MAX_MIB,
     THROUGHPUT_MIN,
 )
 
@@ -143,6 +147,7 @@ def add_ratios(rows: list[Row], records: Sequence[RunRecord] = ()) -> None:
     _run_mode_note(by_case)
     _memory_growth(by_case)
     _live(by_case)
+    _soak(by_case)
 
 
 def _absolute_targets(by_case: dict[str, dict[str, Row]]) -> None:
@@ -228,6 +233,37 @@ def _live(by_case: dict[str, dict[str, Row]]) -> None:
         row.notes.append(f"PRODUCER BEHIND: {achieved:.0f} of {rate:.0f} files/s")
 
 
+def _soak(by_case: dict[str, dict[str, Row]]) -> None:
+    row = by_case.get("6", {}).get("s3spool-run")
+    if row is None:
+        return
+    m = row.metrics
+    nan = math.nan
+    rate = m.get("rate_nominal", nan)
+    checks: tuple[tuple[str, str, float, str, int], ...] = (
+        ("RSS growth", "rss_growth", SOAK_RSS_GROWTH_MAX_MIB, " MiB", 1),
+        ("fd growth", "fds_growth", SOAK_FD_GROWTH_MAX, "", 0),
+        ("p99", "p99_ms", SOAK_P99_MAX_MS, " ms", 0),
+        ("backlog max", "backlog_max", SOAK_BACKLOG_MAX_S * rate, "", 0),
+    )
+    for label, key, limit, unit, digits in checks:
+        if not row.all_ok:
+            row.targets.append(f"{label} <={limit:g}{unit} MISSED: failed run")
+        elif math.isnan(m.get(key, nan)):
+            row.targets.append(f"{label} <={limit:g}{unit} MISSED: not measured")
+        else:
+            row.targets.append(f"{label} {judge(m[key], limit, False, unit, digits)}")
+    if m:
+        g = m.get
+        row.notes.append(
+            f"{g('duration_s', nan) / 60:.0f} min at {g('rate_achieved', nan):.0f} files/s; "
+            f"RSS {g('rss_at_warmup', nan):.0f} MiB at 1 min, peak {g('rss_max', nan):.0f}; "
+            f"fds {g('fds_at_warmup', nan):.0f} at 1 min, peak {g('fds_max', nan):.0f}; "
+            f"latency p50/p99/max {m.get('p50_ms', nan):.0f}/{m.get('p99_ms', nan):.0f}/"
+            f"{m.get('max_ms', nan):.0f} ms; {m.get('injected_500', nan):.0f} uploads answered 500"
+        )
+
+
 def _fmt(row: Row, key: str, spec: str) -> str:
     v = row.metrics.get(key)
     return "-" if v is None else format(v, spec)
@@ -282,6 +318,9 @@ def legend() -> str:
         f"- case 4: p99 rename->committed <={LIVE_P99_MAX_MS:g} ms; no growing backlog = "
         f"incoming/ at end of producing <={LIVE_BACKLOG_END_MAX_S:g} s of production, "
         f"all in done/ <={LIVE_DRAIN_MAX_S:g} s after the last rename",
+        f"- case 6 (soak): after the first minute RSS growth <={SOAK_RSS_GROWTH_MAX_MIB:g} MiB "
+        f"and open fds growth <={SOAK_FD_GROWTH_MAX:g}; p99 rename->committed "
+        f"<={SOAK_P99_MAX_MS:g} ms; incoming/ never above {SOAK_BACKLOG_MAX_S:g} s of production",
     ]
     return "\n".join(lines)
 

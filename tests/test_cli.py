@@ -211,7 +211,7 @@ def test_once_on_an_empty_spool_asks_the_store_nothing(moto_s3: S3Target, tmp_pa
         first = cli("run", "--once", env=env)  # never swept: the sweep is due
         assert first.returncode == 0, first.stderr
         assert fp.snapshot()["counts"].get("list_mpu", 0) >= 1
-        swept = (spool / "working" / ".multipart-sweep").stat().st_mtime_ns
+        swept = (spool / ".s3spool-multipart-sweep").stat().st_mtime_ns
 
         fp.clear_counters()
         (spool / "incoming" / "partial.tmp").write_bytes(b"ignored by IGNORE")
@@ -223,5 +223,5 @@ def test_once_on_an_empty_spool_asks_the_store_nothing(moto_s3: S3Target, tmp_pa
         busy = cli("run", "--once", env=env)
         assert busy.returncode == 0, busy.stderr
         assert fp.snapshot()["counts"].get("put_object") == 1
-        assert (spool / "working" / ".multipart-sweep").stat().st_mtime_ns == swept  # not due
+        assert (spool / ".s3spool-multipart-sweep").stat().st_mtime_ns == swept  # not due
         assert names(spool / "done") == {"a"}

@@ -98,9 +98,14 @@ def adopt_dead(
                 deliver(claim)
 
 
-#: In each spool's working/: its mtime says when a multipart sweep last ran, for every
-#: instance and every `run --once` (a cron job then sweeps once per interval, not per run).
-SWEEP_STAMP = ".multipart-sweep"
+#: Beside each spool's incoming/ (where `enqueue` stages too): its mtime says when a
+#: multipart sweep last ran, for every instance and every `run --once` (a cron job then
+#: sweeps once per interval, not once per run).
+SWEEP_STAMP = ".s3spool-multipart-sweep"
+
+
+def _stamp(spool: Spool) -> Path:
+    return spool.dirs.incoming.parent / SWEEP_STAMP
 
 
 def last_sweep(spools: Sequence[Spool]) -> float:
@@ -108,7 +113,7 @@ def last_sweep(spools: Sequence[Spool]) -> float:
     last = 0.0
     for spool in spools:
         with contextlib.suppress(OSError):
-            last = max(last, os.stat(spool.dirs.working / SWEEP_STAMP).st_mtime)
+            last = max(last, os.stat(_stamp(spool)).st_mtime)
     return last
 
 
@@ -143,7 +148,7 @@ async def sweep_multipart(
         return now
     for spool in spools:
         try:
-            (spool.dirs.working / SWEEP_STAMP).touch()
+            _stamp(spool).touch()
         except OSError as err:  # only costs an earlier sweep next time
-            log.debug("cannot mark the sweep in %s: %s", spool.dirs.working, err.strerror)
+            log.debug("cannot mark the sweep in %s: %s", _stamp(spool), err.strerror)
     return now

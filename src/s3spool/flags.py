@@ -84,7 +84,7 @@ SETTINGS: tuple[tuple[str, bool, str, str], ...] = (
     ('retry_attempts', False, '6',
      'Attempts per file for transient errors before failed/.'),
     ('retry_backoff', False, '0.5s',
-     'First retry delay (doubles, with jitter).'),
+     'Backoff of a failed upload: the first retry follows within 25 ms, the next after this delay, doubling with jitter (SlowDown: from this delay at once).'),
     ('retry_backoff_max', False, '1m',
      'Longest retry delay.'),
     ('direct_put', True, 'true',

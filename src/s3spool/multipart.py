@@ -26,7 +26,7 @@ from .s3errors import translate
 from .sender import Body, Sender
 from .settings import Settings
 from .store import INLINE_READ_MAX, ByteBudget, Delivery, Source
-from .throttle import backoff
+from .throttle import retry_delay
 from .verify import Verifier, etag_of
 
 log = logging.getLogger("s3spool.store")
@@ -139,8 +139,13 @@ async def upload(s3: Parts, src: Source) -> Delivery:
                     # one part failing must not cost the parts already sent
                     if isinstance(exc, FileChanged) or attempt >= s3.s.retry_attempts:
                         raise
-                    delay = backoff(attempt, s3.s.retry_backoff, s3.s.retry_backoff_max)
-                    log.info("%s of %r: %s; retrying the part in %.1fs", what, src.key, exc, delay)
+                    delay = retry_delay(
+                        attempt,
+                        s3.s.retry_backoff,
+                        s3.s.retry_backoff_max,
+                        slowdown=isinstance(exc, SlowDown),
+                    )
+                    log.info("%s of %r: %s; retrying the part in %.2fs", what, src.key, exc, delay)
                     await asyncio.sleep(delay)
             part["ETag"] = resp.get("ETag")
             results[index] = part

@@ -22,6 +22,7 @@ from .errors import (
     LocalFault,
     PermanentError,
     Refused,
+    SlowDown,
     StoreUnavailable,
     TransientError,
     UploadError,
@@ -34,7 +35,7 @@ from .spool import Claim, Spool, about, open_claimed
 from .spoolguard import Guard
 from .store import Delivery, Store
 from .survey import hold_left
-from .throttle import Throttle, backoff
+from .throttle import Throttle, retry_delay
 from .watch import Discovery, Item, Pending, WarnOnce
 
 log = logging.getLogger("s3spool.service")  # the name operators' log filters know
@@ -319,21 +320,23 @@ class Pipeline:
                         await self.host.pause(down)
                         continue
                     raise
-                delay = self._backoff(claim.attempts)
+                delay = retry_delay(
+                    claim.attempts,
+                    self.s.retry_backoff,
+                    self.s.retry_backoff_max,
+                    slowdown=isinstance(exc, SlowDown),
+                )
                 about(
                     log.info,
                     claim.spool,
                     claim.name,
-                    "%s; retry %d/%d in %.1fs",
+                    "%s; retry %d/%d in %.2fs",
                     exc,
                     claim.attempts,
                     self.s.retry_attempts - 1,
                     delay,
                 )
                 await asyncio.sleep(delay)
-
-    def _backoff(self, attempt: int) -> float:
-        return backoff(attempt, self.s.retry_backoff, self.s.retry_backoff_max)
 
     def _needs_record(self, size: int) -> bool:
         """Must this file's key be written down before its upload (which takes space)?"""

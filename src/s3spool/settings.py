@@ -229,7 +229,11 @@ class Settings(BaseSettings):
     retry_attempts: int = Field(
         6, ge=1, le=100, description="Attempts per file for transient errors before failed/."
     )
-    retry_backoff: Duration = Field(0.5, description="First retry delay (doubles, with jitter).")
+    retry_backoff: Duration = Field(
+        0.5,
+        description="Backoff of a failed upload: the first retry follows within 25 ms, the "
+        "next after this delay, doubling with jitter (SlowDown: from this delay at once).",
+    )
     retry_backoff_max: Duration = Field(60.0, description="Longest retry delay.")
     direct_put: bool = Field(
         True,

@@ -26,6 +26,21 @@ def backoff(attempt: int, first: float, longest: float) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
+#: A failed request is retried once within this (a 500 or a reset connection is usually
+#: gone by then); later retries back off from RETRY_BACKOFF. One quick retry is no loop.
+QUICK_RETRY = 0.025
+
+
+def retry_delay(attempt: int, first: float, longest: float, *, slowdown: bool = False) -> float:
+    """Delay before retry ``attempt`` of a request: the first within ``QUICK_RETRY`` (unless
+    the store asked us to slow down), then ``backoff`` from ``first``."""
+    if slowdown:
+        return backoff(attempt, first, longest)
+    if attempt <= 1:
+        return random.uniform(0.0, min(QUICK_RETRY, first))
+    return backoff(attempt - 1, first, longest)
+
+
 class Throttle:
     def __init__(self, maximum: int, *, cooldown: float = 1.0) -> None:
         self.maximum = maximum

@@ -14,7 +14,7 @@ from s3spool.checksums import Checksummer
 from s3spool.clock import cautious_now
 from s3spool.store import ByteBudget
 from s3spool.survey import hold_left
-from s3spool.throttle import Throttle, backoff
+from s3spool.throttle import QUICK_RETRY, Throttle, backoff, retry_delay
 from s3spool.watch import Pending
 
 
@@ -163,6 +163,25 @@ def test_backoff_doubles_with_equal_jitter_up_to_the_cap(
     delays = [backoff(attempt, 0.5, 60.0) for _ in range(200)]
     assert all(low <= d <= high for d in delays)
     assert max(delays) - min(delays) > (high - low) / 4  # jittered, not constant
+
+
+@pytest.mark.parametrize(
+    ("attempt", "slowdown", "low", "high"),
+    [
+        (1, False, 0.0, QUICK_RETRY),  # a 500 or a reset: once at once
+        (2, False, 0.25, 0.5),  # then RETRY_BACKOFF, doubling
+        (3, False, 0.5, 1.0),
+        (1, True, 0.25, 0.5),  # SlowDown: never a quick retry
+        (2, True, 0.5, 1.0),
+        (50, False, 30.0, 60.0),
+    ],
+)
+def test_retry_delay_retries_once_at_once_then_backs_off(
+    attempt: int, slowdown: bool, low: float, high: float
+) -> None:
+    delays = [retry_delay(attempt, 0.5, 60.0, slowdown=slowdown) for _ in range(200)]
+    assert all(low <= d <= high for d in delays)
+    assert len(set(delays)) > 100  # jittered
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,226 @@
+"""Case 6: a long soak of a running s3spool behind a store that fails some requests.
+
+A producer renames mixed 1-64 KiB files into incoming/ at a fixed rate while s3spool
+(`run`, default settings) uploads them through the tests' fault-injecting proxy, which
+answers a share of PutObject/UploadPart requests with 500 InternalError, in front of a
+fresh `rclone serve s3`. Every 5 s the harness samples the service's RSS, its open file
+descriptors and incoming/; latency is rename -> commit from the service's JSON log
+(bench/live.py). What it judges: memory and descriptors do not grow after the first
+minute, p99 latency, and a backlog that stays bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+from bench.config import BUCKET, KIB, REPO, SEED, SoakSpec
+from bench.data import check_delivery, count_entries, payload
+from bench.live import PROBE, latency_stats
+from bench.proc import MeasuredProcess
+from bench.runner import RunRecord, fill_measured, log
+from bench.server import bench_server, server_cpu_seconds
+from bench.sysstat import others, snap, wait_for_quiet
+from bench.tools import S3spool
+
+# The tests' fault-injecting proxy imports its siblings by their plain names.
+sys.path.insert(0, str(REPO / "tests"))
+from faultproxy import FaultProxy
+
+SAMPLE_S = 5.0
+
+
+def service_pid(spawner: int) -> int | None:
+    """The tool's pid: the only child of bench/_spawn.py."""
+    try:
+        children = Path(f"/proc/{spawner}/task/{spawner}/children").read_text().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
+
+
+def rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def open_fds(pid: int) -> int | None:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+class _Sampler(threading.Thread):
+    """(seconds since start, RSS MiB, open fds, files in incoming/) every SAMPLE_S."""
+
+    def __init__(self, spawner: int, incoming: Path) -> None:
+        super().__init__(daemon=True)
+        self.spawner = spawner
+        self.incoming = incoming
+        self.samples: list[tuple[float, float, int, int]] = []
+        self._stop_evt = threading.Event()
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        pid = None
+        while not self._stop_evt.is_set():
+            pid = pid or service_pid(self.spawner)
+            if pid is not None:
+                rss, fds = rss_mib(pid), open_fds(pid)
+                if rss is not None and fds is not None:
+                    backlog = count_entries(self.incoming)
+                    self.samples.append((time.monotonic() - t0, rss, fds, backlog))
+            self._stop_evt.wait(SAMPLE_S)
+
+    def stop(self) -> None:
+        self._stop_evt.set()
+        self.join()
+
+
+def sample_stats(samples: list[tuple[float, float, int, int]], warmup_s: float) -> dict[str, float]:
+    """Growth after the warm-up: last-minute peak over the first post-warm-up sample."""
+    after = [s for s in samples if s[0] >= warmup_s]
+    if len(after) < 2:
+        return {}
+    last_min = [s for s in after if s[0] >= after[-1][0] - 60.0]
+    return {
+        "rss_at_warmup": after[0][1],
+        "rss_max": max(s[1] for s in samples),
+        "rss_growth": max(s[1] for s in last_min) - after[0][1],
+        "fds_at_warmup": float(after[0][2]),
+        "fds_max": float(max(s[2] for s in after)),
+        "fds_growth": float(max(s[2] for s in last_min) - max(s[2] for s in after[:12])),
+        "backlog_max": float(max(s[3] for s in samples)),
+    }
+
+
+def run_soak(
+    spec: SoakSpec, tool: S3spool, rep: int, work_dir: Path, log_dir: Path, quiet_wait_s: float
+) -> RunRecord:
+    rng = random.Random(SEED)
+    sizes = [rng.randint(KIB, 64 * KIB) for _ in range(spec.count)]
+    rec = RunRecord("6", "s3spool-run", rep, ok=False, files=spec.count, bytes=sum(sizes))
+    tag = f"6-soak-r{rep}"
+    rundir = work_dir / tag
+    shutil.rmtree(rundir, ignore_errors=True)
+    incoming = tool.source_dir(rundir)
+    done_dir = tool.spool_root(rundir) / "done"
+    scratch = rundir / "producer-tmp"
+    incoming.mkdir(parents=True)
+    scratch.mkdir()
+    names = [f"soak-{i:07d}.bin" for i in range(spec.count)]
+    renamed: dict[str, float] = {}
+    problems: list[str] = []
+    t_start = end = 0.0
+    try:
+        with (
+            bench_server(rundir / "s3", log_dir / f"{tag}.server.log") as server,
+            FaultProxy(server.url, seed=SEED) as proxy,
+        ):
+            proxy.error500 = spec.fail_share
+            env = tool.env(rundir, proxy.url, log_level="INFO")
+            env["S3SPOOL_LOG_FORMAT"] = "json"
+            if wait_for_quiet(quiet_wait_s) >= quiet_wait_s > 0:
+                log(f"machine still busy after {quiet_wait_s:.0f} s, measuring anyway")
+            cpu0 = server_cpu_seconds(server)
+            sys0 = snap()
+            with (
+                open(log_dir / f"{tag}.out", "wb") as out,
+                open(log_dir / f"{tag}.err", "wb") as err,
+                MeasuredProcess(tool.argv(rundir, proxy.url), env=env, stdout=out, stderr=err) as p,
+            ):
+                (scratch / PROBE).write_bytes(payload(0, KIB))
+                os.rename(scratch / PROBE, incoming / PROBE)
+                if not _wait_count(done_dir, 1, p, 60.0):
+                    problems.append("probe file not delivered within 60 s of start")
+                else:
+                    sampler = _Sampler(p.pid, incoming)
+                    sampler.start()
+                    t_start = _produce(spec.rate, names, sizes, scratch, incoming, renamed)
+                    t_produced = time.monotonic()
+                    drained = _wait_count(done_dir, spec.count + 1, p, spec.drain_timeout_s)
+                    sampler.stop()
+                    end = time.monotonic()
+                    if not drained:
+                        problems.append(f"not drained {spec.drain_timeout_s:.0f} s after producing")
+                    rec.extra.update(sample_stats(sampler.samples, 60.0))
+                    rec.extra["drain_s"] = end - t_produced
+                    rec.extra["rate_achieved"] = spec.count / (t_produced - t_start)
+                    rec.extra["rate_nominal"] = spec.rate
+                    rec.extra["duration_s"] = t_produced - t_start
+                if not p.wait_exit(0):
+                    p.stop(30.0)
+                m = p.reap()
+            rec.server_cpu_s = server_cpu_seconds(server) - cpu0
+            rec.other_cpu_s, rec.steal_s = others(sys0, snap(), m.cpu_s + rec.server_cpu_s)
+            rec.extra["injected_500"] = float(proxy.snapshot()["injected"].get("error500", 0))
+        fill_measured(rec, m)
+        if "drain_s" in rec.extra:
+            rec.wall_s = end - t_start
+        if m.killed_after_term:
+            problems.append("ignored SIGTERM (killed)")
+        elif p.term_sent and m.returncode != 0:
+            problems.append(f"exit {m.returncode} after SIGTERM")
+        problems += latency_stats(rec, log_dir / tag, renamed)
+        src = tool.check_source(rundir, spec.count + 1)
+        if src:
+            problems.append(src)
+        expected = [(PROBE, KIB), *zip(names, sizes, strict=True)]
+        dst = check_delivery(rundir / "s3" / BUCKET, expected)
+        if dst:
+            problems.append(dst)
+    except Exception as e:  # report, do not abort the remaining cases
+        problems.append(f"harness error: {e.__class__.__name__}: {e}")
+    finally:
+        shutil.rmtree(rundir, ignore_errors=True)
+    rec.reason = "; ".join(problems)
+    rec.ok = not problems
+    return rec
+
+
+def _wait_count(directory: Path, want: int, proc: MeasuredProcess, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if count_entries(directory) >= want:
+            return True
+        if proc.wait_exit(0.2):
+            return count_entries(directory) >= want
+    return False
+
+
+def _produce(
+    rate: float,
+    names: list[str],
+    sizes: list[int],
+    scratch: Path,
+    incoming: Path,
+    renamed: dict[str, float],
+) -> float:
+    """Rename files in on a fixed schedule (slots from t0, so one late rename does not
+    shift the rest); returns the start time."""
+    interval = 1.0 / rate
+    t0 = time.monotonic() + 0.05
+    for i, (name, size) in enumerate(zip(names, sizes, strict=True)):
+        tmp = scratch / name
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, payload(i + 1, size))
+        finally:
+            os.close(fd)
+        delay = t0 + i * interval - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        os.rename(tmp, incoming / name)
+        renamed[name] = time.time()
+    return t0
