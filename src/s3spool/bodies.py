@@ -9,10 +9,20 @@ from dataclasses import dataclass
 
 from .checksums import BodyDigest, Checksummer
 from .errors import FileChanged
+from .store import INLINE_READ_MAX
 
 #: Streamed bodies are read, hashed and sent in chunks of this size: memory per request
 #: in flight is a chunk or two, whatever the part size.
 STREAM_CHUNK = 2 * 1024 * 1024
+
+
+def held_bytes(streams: bool, length: int) -> int:
+    """Bytes of the byte budget a body holds while it is read and sent: all of them when
+    it is read into memory, the chunks in flight (digest pass, send) when it is streamed.
+    Counting streams too keeps memory within BUFFER_LIMIT however many WORKERS there are."""
+    if streams and length > INLINE_READ_MAX:
+        return min(length, 2 * STREAM_CHUNK)
+    return length
 
 
 def read_exact(fd: int, offset: int, length: int) -> bytes:

@@ -7,11 +7,11 @@ Written against ``Parts``, the slice of ``S3Store`` it needs, so this module nev
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from typing import Any, Protocol
 
+from .bodies import held_bytes
 from .checksums import BodyDigest, Checksummer
 from .errors import (
     FileChanged,
@@ -25,7 +25,7 @@ from .errors import (
 from .s3errors import translate
 from .sender import Body, Sender
 from .settings import Settings
-from .store import INLINE_READ_MAX, ByteBudget, Delivery, Source
+from .store import ByteBudget, Delivery, Source
 from .throttle import retry_delay
 from .verify import Verifier, etag_of
 
@@ -108,9 +108,7 @@ async def upload(s3: Parts, src: Source) -> Delivery:
         offset = index * part_size
         length = min(part_size, src.size - offset)
         what = f"UploadPart {number}/{count}"
-        async with sem, contextlib.AsyncExitStack() as stack:
-            if not (sender.streams and length > INLINE_READ_MAX):
-                await stack.enter_async_context(s3.budget.hold(length))
+        async with sem, s3.budget.hold(held_bytes(sender.streams, length)):
             body, digest, payload = await s3.body(src.fd, offset, length, s3.ck.enabled)
             digests[index] = digest
             part: dict[str, Any] = {"PartNumber": number}

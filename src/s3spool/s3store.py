@@ -10,7 +10,6 @@ answers is checked against the file by ``verify.py``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from . import multipart
-from .bodies import FileRange, digest_range, read_exact
+from .bodies import FileRange, digest_range, held_bytes, read_exact
 from .checksums import BodyDigest, Checksummer
 from .errors import FileChanged, PermanentError, StoreUnavailable, UploadError
 from .s3errors import SLOWDOWN_CODES, is_unsupported, translate
@@ -163,13 +162,9 @@ class S3Store:
 
     async def _put(self, src: Source) -> Delivery:
         assert self._sender is not None
-        streamed = self._sender.streams and src.size > INLINE_READ_MAX
-        async with contextlib.AsyncExitStack() as stack:
-            if not streamed:
-                await stack.enter_async_context(self.budget.hold(src.size))
+        async with self.budget.hold(held_bytes(self._sender.streams, src.size)):
             body, digest, payload = await self.body(src.fd, 0, src.size, self.ck.enabled)
             return await self.send_put(src, body, digest, payload)
-        raise AssertionError("unreachable")  # pragma: no cover - keeps mypy's flow simple
 
     async def send_put(
         self, src: Source, body: Body, digest: BodyDigest, payload: str | None

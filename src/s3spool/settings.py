@@ -218,7 +218,9 @@ class Settings(BaseSettings):
         1024, ge=1, description="Bound of the in-memory queue of discovered files."
     )
     multipart_threshold: Size = Field(
-        16 * MIB, description="Files of at least this size use multipart upload."
+        64 * MIB,
+        description="Files of at least this size use multipart upload (smaller ones go in "
+        "one streamed PUT: parts cost a request each and the store's assembly).",
     )
     part_size: Size = Field(16 * MIB, description="Multipart part size (5MiB to 5GiB).")
     part_concurrency: int = Field(4, ge=1, le=64, description="Parts of one file in flight.")
