@@ -204,24 +204,33 @@ def test_two_thousand_files_dropped_while_running(tmp_path: Path, rclone_s3: S3T
 
 def test_once_on_an_empty_spool_asks_the_store_nothing(moto_s3: S3Target, tmp_path: Path) -> None:
     """A cron job's `run --once` every minute: no request (and no botocore) while there is
-    nothing to take, one multipart sweep per interval, and a file is still delivered."""
+    nothing to take, a multipart sweep once per interval, and a file is still delivered."""
     spool = tmp_path / "spool"
+    stamp = spool / ".s3spool-multipart-sweep"
     with FaultProxy(moto_s3.endpoint_url) as fp:
         env = {**moto_s3.via(fp.url).env(), "S3SPOOL_SPOOL_DIRS": str(spool)}
-        first = cli("run", "--once", env=env)  # never swept: the sweep is due
+        first = cli("run", "--once", env=env)  # a new spool: its sweep clock starts now
         assert first.returncode == 0, first.stderr
-        assert fp.snapshot()["counts"].get("list_mpu", 0) >= 1
-        swept = (spool / ".s3spool-multipart-sweep").stat().st_mtime_ns
+        assert fp.snapshot()["counts"] == {}
+        assert stamp.is_file()
 
-        fp.clear_counters()
         (spool / "incoming" / "partial.tmp").write_bytes(b"ignored by IGNORE")
         idle = cli("run", "--once", env=env)
         assert idle.returncode == 0, idle.stderr
         assert fp.snapshot()["counts"] == {}
 
+        past = time.time() - 3600  # the last sweep an hour ago: one is due
+        os.utime(stamp, (past, past))
+        due = cli("run", "--once", env=env)
+        assert due.returncode == 0, due.stderr
+        assert fp.snapshot()["counts"].get("list_mpu", 0) >= 1
+        assert stamp.stat().st_mtime > past + 3000
+
+        fp.clear_counters()
+        swept = stamp.stat().st_mtime_ns
         drop(spool / "incoming", "a", b"a")
         busy = cli("run", "--once", env=env)
         assert busy.returncode == 0, busy.stderr
         assert fp.snapshot()["counts"].get("put_object") == 1
-        assert (spool / ".s3spool-multipart-sweep").stat().st_mtime_ns == swept  # not due
+        assert stamp.stat().st_mtime_ns == swept  # swept a moment ago: not due
         assert names(spool / "done") == {"a"}

@@ -109,12 +109,28 @@ def _stamp(spool: Spool) -> Path:
 
 
 def last_sweep(spools: Sequence[Spool]) -> float:
-    """Wall time of the last multipart sweep any instance made of these spools (0: never)."""
+    """Wall time of the last multipart sweep any instance made of these spools.
+
+    Spools that were never swept start the clock now (their stamp is written): the first
+    `run --once` on a new spool then asks the store nothing either, and leftovers of
+    earlier uploads are swept one interval later.
+    """
     last = 0.0
     for spool in spools:
         with contextlib.suppress(OSError):
             last = max(last, os.stat(_stamp(spool)).st_mtime)
+    if last == 0.0:
+        last = time.time()
+        _mark(spools)
     return last
+
+
+def _mark(spools: Sequence[Spool]) -> None:
+    for spool in spools:
+        try:
+            _stamp(spool).touch()
+        except OSError as err:  # only costs an earlier sweep next time
+            log.debug("cannot mark the sweep in %s: %s", _stamp(spool), err.strerror)
 
 
 def sweep_due(s: Settings, last: float) -> bool:
@@ -146,9 +162,5 @@ async def sweep_multipart(
     except UploadError as exc:
         log.warning("multipart sweep skipped: %s", exc)
         return now
-    for spool in spools:
-        try:
-            _stamp(spool).touch()
-        except OSError as err:  # only costs an earlier sweep next time
-            log.debug("cannot mark the sweep in %s: %s", _stamp(spool), err.strerror)
+    _mark(spools)
     return now
