@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench.cold import run_cold
 from bench.config import DEFAULT_OUT, RCLONE, live_spec, soak_spec, workloads
 from bench.live import run_live
 from bench.machine import machine_info
@@ -17,9 +18,9 @@ from bench.report import Row, add_ratios, aggregate, legend, markdown_table, una
 from bench.runner import RunRecord, log, run_batch
 from bench.soak import run_soak
 from bench.sysstat import loadavg
-from bench.tools import S3spoolRun, Tool, make_tools
+from bench.tools import S3spool, S3spoolRun, Tool, make_tools
 
-ALL_CASES = ("h", "1", "2", "3", "4", "5", "6")  # in the order they run
+ALL_CASES = ("0", "h", "1", "2", "3", "4", "5", "6")  # in the order they run
 # Fixed order inside every repetition, so slow drift hits every tool alike.
 TOOL_ORDER = ("s3spool", "s3spool-run", "s5cmd", "rclone", "aws")
 
@@ -29,7 +30,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--cases",
         default=",".join(ALL_CASES),
-        help="comma list of h (headline), 1, 2, 3, 4, 5, 6 (soak)",
+        help="comma list of 0 (cold start), h (headline), 1, 2, 3, 4, 5, 6 (soak)",
     )
     ap.add_argument("--reps", type=int, default=3, help="repetitions per case and tool")
     ap.add_argument("--quick", action="store_true", help="shrunken cases for a smoke run")
@@ -108,6 +109,9 @@ def run_all(
         if case == "4":
             slots.append(_run_live_case(ns, tools, work_dir, log_dir, records))
             continue
+        if case == "0":
+            slots += _run_cold_case(ns, tools, work_dir, log_dir, records)
+            continue
         if case == "6":
             slots.append(_run_soak_case(ns, tools, work_dir, log_dir, records))
             continue
@@ -145,6 +149,31 @@ def _run_live_case(
         _progress(rec)
         records.append(rec)
     return Slot("4", title, "s3spool-run")
+
+
+COLD_TITLES = {
+    "0 help": "cold start: `s3spool --help`",
+    "0 empty": "cold start: `run --once`, empty spool",
+}
+
+
+def _run_cold_case(
+    ns: argparse.Namespace,
+    tools: dict[str, Tool],
+    work_dir: Path,
+    log_dir: Path,
+    records: list[RunRecord],
+) -> list[Slot]:
+    tool = tools.get("s3spool")
+    if not isinstance(tool, S3spool) or tool.unavailable:
+        why = "not selected (--tools)" if tool is None else tool.unavailable or "?"
+        return [Slot(c, t, "s3spool", why) for c, t in COLD_TITLES.items()]
+    for rep in range(1, ns.reps + 1):
+        log(f"case 0 (cold start) rep {rep}/{ns.reps} ...")
+        for rec in run_cold(tool, rep, work_dir, log_dir):
+            _progress(rec)
+            records.append(rec)
+    return [Slot(c, t, "s3spool") for c, t in COLD_TITLES.items()]
 
 
 def soak_title(quick: bool) -> str:
@@ -198,6 +227,7 @@ def render(path: Path) -> int:
         titles = {w.key: w.title for ws in workloads(False).values() for w in ws}
         titles["4"] = live_title(False)
         titles["6"] = soak_title(False)
+        titles.update(COLD_TITLES)
         seen = dict.fromkeys((r.case, r.tool) for r in records)
         order = sorted(seen, key=lambda ct: (ct[0], TOOL_ORDER.index(ct[1])))
         slots = [Slot(c, titles[c], t) for c, t in order]

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from bench.config import MIB
 from bench.runner import RunRecord
 from bench.targets import (
+    COLD_MAX_S,
     CPU_MS_PER_FILE_CASES,
     CPU_MS_PER_FILE_MAX,
     LIVE_BACKLOG_END_MAX_S,
@@ -158,6 +159,9 @@ def _absolute_targets(by_case: dict[str, dict[str, Row]]) -> None:
                 continue
             cpu_max = CPU_MS_PER_FILE_MAX.get(case)
             rss_max = RSS_MAX_MIB.get(case)
+            wall_max = COLD_MAX_S.get(case)
+            if wall_max is not None:
+                row.targets.append(_abs(row, "wall_s", "wall", wall_max, " s", 3))
             if cpu_max is not None:
                 row.targets.append(_abs(row, "cpu_ms_file", "CPU/file", cpu_max, " ms", 2))
             if rss_max is not None:
@@ -318,6 +322,8 @@ def legend() -> str:
         f"- case 4: p99 rename->committed <={LIVE_P99_MAX_MS:g} ms; no growing backlog = "
         f"incoming/ at end of producing <={LIVE_BACKLOG_END_MAX_S:g} s of production, "
         f"all in done/ <={LIVE_DRAIN_MAX_S:g} s after the last rename",
+        f"- case 0 (cold start, median of its runs): wall `--help` <={COLD_MAX_S['0 help']:g} s, "
+        f"`run --once` on an empty spool <={COLD_MAX_S['0 empty']:g} s",
         f"- case 6 (soak): after the first minute RSS growth <={SOAK_RSS_GROWTH_MAX_MIB:g} MiB "
         f"and open fds growth <={SOAK_FD_GROWTH_MAX:g}; p99 rename->committed "
         f"<={SOAK_P99_MAX_MS:g} ms; incoming/ never above {SOAK_BACKLOG_MAX_S:g} s of production",

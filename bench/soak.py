@@ -30,7 +30,7 @@ from bench.tools import S3spool
 
 # The tests' fault-injecting proxy imports its siblings by their plain names.
 sys.path.insert(0, str(REPO / "tests"))
-from faultproxy import FaultProxy
+from faultproxy import FaultProxy  # type: ignore[import-not-found]  # on sys.path above
 
 SAMPLE_S = 5.0
 KEY_FORMAT = "{m_mm}{m_ss}/{fname}"

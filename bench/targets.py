@@ -58,3 +58,6 @@ SOAK_RSS_GROWTH_MAX_MIB = 10.0
 SOAK_FD_GROWTH_MAX = 8.0  # a pool connection or two more is not a leak
 SOAK_P99_MAX_MS = 50.0
 SOAK_BACKLOG_MAX_S = 1.0
+
+# Case 0: wall time of a command that finds nothing to do (median of its runs).
+COLD_MAX_S: dict[str, float] = {"0 help": 0.15, "0 empty": 0.30}
