@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -106,14 +108,17 @@ def run_all(
     records: list[RunRecord] = []
     specs = workloads(ns.quick)
     for case in sorted(ns.cases, key=ALL_CASES.index):
-        if case == "4":
-            slots.append(_run_live_case(ns, tools, work_dir, log_dir, records))
+        if case in ("4", "6"):
+            title = live_title(ns.quick) if case == "4" else soak_title(ns.quick)
+            run = (
+                functools.partial(run_live, live_spec(ns.quick))
+                if case == "4"
+                else functools.partial(run_soak, soak_spec(ns.quick))
+            )
+            slots.append(_run_service_case(case, title, run, ns, tools, work_dir, log_dir, records))
             continue
         if case == "0":
             slots += _run_cold_case(ns, tools, work_dir, log_dir, records)
-            continue
-        if case == "6":
-            slots.append(_run_soak_case(ns, tools, work_dir, log_dir, records))
             continue
         for work in specs[case]:
             order = [t for t in TOOL_ORDER if t in work.tools and t in tools]
@@ -130,25 +135,28 @@ def run_all(
     return slots, records
 
 
-def _run_live_case(
+def _run_service_case(
+    case: str,
+    title: str,
+    run: Callable[[S3spoolRun, int, Path, Path, float], RunRecord],
     ns: argparse.Namespace,
     tools: dict[str, Tool],
     work_dir: Path,
     log_dir: Path,
     records: list[RunRecord],
 ) -> Slot:
-    title = live_title(ns.quick)
+    """Case 4 or 6: repetitions of a running s3spool fed by a producer."""
     tool = tools.get("s3spool-run")
     if not isinstance(tool, S3spoolRun):
-        return Slot("4", title, "s3spool-run", "not selected (--tools)")
+        return Slot(case, title, "s3spool-run", "not selected (--tools)")
     if tool.unavailable:
-        return Slot("4", title, "s3spool-run", tool.unavailable)
+        return Slot(case, title, "s3spool-run", tool.unavailable)
     for rep in range(1, ns.reps + 1):
-        log(f"case 4 ({title}) rep {rep}/{ns.reps} ...")
-        rec = run_live(live_spec(ns.quick), tool, rep, work_dir, log_dir, ns.quiet_wait)
+        log(f"case {case} ({title}) rep {rep}/{ns.reps} ...")
+        rec = run(tool, rep, work_dir, log_dir, ns.quiet_wait)
         _progress(rec)
         records.append(rec)
-    return Slot("4", title, "s3spool-run")
+    return Slot(case, title, "s3spool-run")
 
 
 COLD_TITLES = {
@@ -182,27 +190,6 @@ def soak_title(quick: bool) -> str:
         f"soak {spec.rate:.0f} files/s x {spec.duration_s / 60:g} min, 1-64 KiB, "
         f"{spec.fail_share:.0%} of uploads fail"
     )
-
-
-def _run_soak_case(
-    ns: argparse.Namespace,
-    tools: dict[str, Tool],
-    work_dir: Path,
-    log_dir: Path,
-    records: list[RunRecord],
-) -> Slot:
-    title = soak_title(ns.quick)
-    tool = tools.get("s3spool-run")
-    if not isinstance(tool, S3spoolRun):
-        return Slot("6", title, "s3spool-run", "not selected (--tools)")
-    if tool.unavailable:
-        return Slot("6", title, "s3spool-run", tool.unavailable)
-    for rep in range(1, ns.reps + 1):
-        log(f"case 6 ({title}) rep {rep}/{ns.reps} ...")
-        rec = run_soak(soak_spec(ns.quick), tool, rep, work_dir, log_dir, ns.quiet_wait)
-        _progress(rec)
-        records.append(rec)
-    return Slot("6", title, "s3spool-run")
 
 
 def build_rows(slots: list[Slot], records: list[RunRecord]) -> list[Row]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench.config import BUCKET, LiveSpec
 from bench.data import check_delivery, count_entries, payload
-from bench.proc import MeasuredProcess
+from bench.proc import Measured, MeasuredProcess
 from bench.runner import RunRecord, fill_measured, log
 from bench.server import bench_server, server_cpu_seconds
 from bench.sysstat import others, snap, wait_for_quiet
@@ -91,9 +91,7 @@ class _BacklogSampler(threading.Thread):
         self.join()
 
 
-def _wait_until(
-    directory: Path, want: int, proc: MeasuredProcess, timeout_s: float
-) -> float | None:
+def wait_until(directory: Path, want: int, proc: MeasuredProcess, timeout_s: float) -> float | None:
     """Poll done/ every 50 ms; the time it reached ``want``, None on timeout/exit."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -141,17 +139,18 @@ def run_live(
                 # starts, so service start-up is not billed as latency.
                 (scratch / PROBE).write_bytes(payload(0, spec.size))
                 os.rename(scratch / PROBE, incoming / PROBE)
-                if _wait_until(done_dir, 1, p, 60.0) is None:
+                if wait_until(done_dir, 1, p, 60.0) is None:
                     problems.append("probe file not delivered within 60 s of start")
                 else:
                     sampler = _BacklogSampler(incoming)
                     sampler.start()
-                    t_start = _produce(spec, names, scratch, incoming, renamed)
+                    sizes = [spec.size] * spec.count
+                    t_start = produce(spec.rate, names, sizes, scratch, incoming, renamed)
                     t_produced = time.monotonic()
                     # Exactly at the end of producing (the sampler's last tick
                     # can be up to 1 s earlier): what is not yet claimed.
                     rec.extra["backlog_end"] = float(count_entries(incoming))
-                    t_end = _wait_until(done_dir, spec.count + 1, p, spec.drain_timeout_s)
+                    t_end = wait_until(done_dir, spec.count + 1, p, spec.drain_timeout_s)
                     sampler.stop()
                     end = t_end if t_end is not None else time.monotonic()
                     if t_end is None:
@@ -165,24 +164,10 @@ def run_live(
                 m = p.reap()
             rec.server_cpu_s = server_cpu_seconds(server) - cpu0
             rec.other_cpu_s, rec.steal_s = others(sys0, snap(), m.cpu_s + rec.server_cpu_s)
-        fill_measured(rec, m)
-        if "drain_s" in rec.extra:
-            # Wall = first rename to last file in done/, not process lifetime.
-            rec.wall_s = end - t_start
-        if m.killed_after_term:
-            problems.append("ignored SIGTERM (killed)")
-        elif p.term_sent and m.returncode != 0:
-            problems.append(f"exit {m.returncode} after SIGTERM")
-        elif not p.term_sent:
-            problems.append(f"exited on its own with {m.returncode}")
-        problems += latency_stats(rec, log_dir / tag, renamed)
-        src = tool.check_source(rundir, spec.count + 1)
-        if src:
-            problems.append(src)
         expected = [(PROBE, spec.size)] + [(n, spec.size) for n in names]
-        dst = check_delivery(rundir / "s3" / BUCKET, expected)
-        if dst:
-            problems.append(dst)
+        problems += service_problems(m, p, tool, rundir, log_dir / tag, renamed, expected, rec)
+        if "drain_s" in rec.extra:
+            rec.wall_s = end - t_start
     except Exception as e:  # report, do not abort the remaining cases
         problems.append(f"harness error: {e.__class__.__name__}: {e}")
     finally:
@@ -192,21 +177,26 @@ def run_live(
     return rec
 
 
-def _produce(
-    spec: LiveSpec, names: list[str], scratch: Path, incoming: Path, renamed: dict[str, float]
+def produce(
+    rate: float,
+    names: list[str],
+    sizes: list[int],
+    scratch: Path,
+    incoming: Path,
+    renamed: dict[str, float],
 ) -> float:
     """Rename files into incoming/ on a fixed schedule; returns the start time.
 
     Each slot is scheduled from t0 (not from the previous rename) so a late
     rename does not shift all later ones; the actual rename time is recorded.
     """
-    interval = 1.0 / spec.rate
+    interval = 1.0 / rate
     t0 = time.monotonic() + 0.05
-    for i, name in enumerate(names):
+    for i, (name, size) in enumerate(zip(names, sizes, strict=True)):
         tmp = scratch / name
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.write(fd, payload(i + 1, spec.size))
+            os.write(fd, payload(i + 1, size))
         finally:
             os.close(fd)
         delay = t0 + i * interval - time.monotonic()
@@ -216,6 +206,39 @@ def _produce(
         # Wall-clock time to match the service's unix "ts".
         renamed[name] = time.time()
     return t0
+
+
+def service_problems(
+    m: Measured,
+    p: MeasuredProcess,
+    tool: S3spool,
+    rundir: Path,
+    log_prefix: Path,
+    renamed: dict[str, float],
+    expected: list[tuple[str, int]],
+    rec: RunRecord,
+) -> list[str]:
+    """What went wrong with a running service fed by the producer: its exit, the latency
+    join (into ``rec``), files left in the spool, objects missing from the bucket.
+
+    Fills ``rec`` from the process's measurement first; the caller then sets its wall time
+    to first rename -> last file in done/ (not the process's lifetime)."""
+    fill_measured(rec, m)
+    problems: list[str] = []
+    if m.killed_after_term:
+        problems.append("ignored SIGTERM (killed)")
+    elif p.term_sent and m.returncode != 0:
+        problems.append(f"exit {m.returncode} after SIGTERM")
+    elif not p.term_sent:
+        problems.append(f"exited on its own with {m.returncode}")
+    problems += latency_stats(rec, log_prefix, renamed)
+    src = tool.check_source(rundir, len(expected))
+    if src:
+        problems.append(src)
+    dst = check_delivery(rundir / "s3" / BUCKET, expected)
+    if dst:
+        problems.append(dst)
+    return problems
 
 
 def _backlog_stats(samples: list[tuple[float, int]], produce_s: float) -> dict[str, float]:

@@ -19,11 +19,11 @@ import threading
 import time
 from pathlib import Path
 
-from bench.config import BUCKET, KIB, REPO, SEED, SoakSpec
-from bench.data import check_delivery, count_entries, payload
-from bench.live import PROBE, latency_stats
+from bench.config import KIB, REPO, SEED, SoakSpec
+from bench.data import count_entries, payload
+from bench.live import PROBE, produce, service_problems, wait_until
 from bench.proc import MeasuredProcess
-from bench.runner import RunRecord, fill_measured, log
+from bench.runner import RunRecord, log
 from bench.server import bench_server, server_cpu_seconds
 from bench.sysstat import others, snap, wait_for_quiet
 from bench.tools import S3spool
@@ -147,17 +147,17 @@ def run_soak(
             ):
                 (scratch / PROBE).write_bytes(payload(0, KIB))
                 os.rename(scratch / PROBE, incoming / PROBE)
-                if not _wait_count(done_dir, 1, p, 60.0):
+                if wait_until(done_dir, 1, p, 60.0) is None:
                     problems.append("probe file not delivered within 60 s of start")
                 else:
                     sampler = _Sampler(p.pid, incoming)
                     sampler.start()
-                    t_start = _produce(spec.rate, names, sizes, scratch, incoming, renamed)
+                    t_start = produce(spec.rate, names, sizes, scratch, incoming, renamed)
                     t_produced = time.monotonic()
-                    drained = _wait_count(done_dir, spec.count + 1, p, spec.drain_timeout_s)
+                    drained = wait_until(done_dir, spec.count + 1, p, spec.drain_timeout_s)
                     sampler.stop()
                     end = time.monotonic()
-                    if not drained:
+                    if drained is None:
                         problems.append(f"not drained {spec.drain_timeout_s:.0f} s after producing")
                     rec.extra.update(sample_stats(sampler.samples, 60.0))
                     rec.extra["drain_s"] = end - t_produced
@@ -170,21 +170,10 @@ def run_soak(
             rec.server_cpu_s = server_cpu_seconds(server) - cpu0
             rec.other_cpu_s, rec.steal_s = others(sys0, snap(), m.cpu_s + rec.server_cpu_s)
             rec.extra["injected_500"] = float(proxy.snapshot()["injected"].get("error500", 0))
-        fill_measured(rec, m)
+        expected = [(PROBE, KIB), *zip(names, sizes, strict=True)]
+        problems += service_problems(m, p, tool, rundir, log_dir / tag, renamed, expected, rec)
         if "drain_s" in rec.extra:
             rec.wall_s = end - t_start
-        if m.killed_after_term:
-            problems.append("ignored SIGTERM (killed)")
-        elif p.term_sent and m.returncode != 0:
-            problems.append(f"exit {m.returncode} after SIGTERM")
-        problems += latency_stats(rec, log_dir / tag, renamed)
-        src = tool.check_source(rundir, spec.count + 1)
-        if src:
-            problems.append(src)
-        expected = [(PROBE, KIB), *zip(names, sizes, strict=True)]
-        dst = check_delivery(rundir / "s3" / BUCKET, expected)
-        if dst:
-            problems.append(dst)
     except Exception as e:  # report, do not abort the remaining cases
         problems.append(f"harness error: {e.__class__.__name__}: {e}")
     finally:
@@ -192,40 +181,3 @@ def run_soak(
     rec.reason = "; ".join(problems)
     rec.ok = not problems
     return rec
-
-
-def _wait_count(directory: Path, want: int, proc: MeasuredProcess, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if count_entries(directory) >= want:
-            return True
-        if proc.wait_exit(0.2):
-            return count_entries(directory) >= want
-    return False
-
-
-def _produce(
-    rate: float,
-    names: list[str],
-    sizes: list[int],
-    scratch: Path,
-    incoming: Path,
-    renamed: dict[str, float],
-) -> float:
-    """Rename files in on a fixed schedule (slots from t0, so one late rename does not
-    shift the rest); returns the start time."""
-    interval = 1.0 / rate
-    t0 = time.monotonic() + 0.05
-    for i, (name, size) in enumerate(zip(names, sizes, strict=True)):
-        tmp = scratch / name
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, payload(i + 1, size))
-        finally:
-            os.close(fd)
-        delay = t0 + i * interval - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        os.rename(tmp, incoming / name)
-        renamed[name] = time.time()
-    return t0
