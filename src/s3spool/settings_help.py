@@ -144,8 +144,8 @@ def flags_table() -> str:
     """The generated part of ``flags.py``: each setting's name, whether it is a switch,
     its default and its help."""
     rows = "".join(
-        f"    ({field!r}, {info.annotation is bool}, {default_text(field)!r},\n"
-        f"     {info.description or ''!r}),\n"
+        f"    ({field!r}, {info.annotation is bool}, {default_text(field)!r}, "
+        f"{info.description or ''!r}),\n"
         for field, info in Settings.model_fields.items()
     )
     return "SETTINGS: tuple[tuple[str, bool, str, str], ...] = (\n" + rows + ")\n"
