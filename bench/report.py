@@ -263,8 +263,9 @@ def _soak(by_case: dict[str, dict[str, Row]]) -> None:
             f"{g('duration_s', nan) / 60:.0f} min at {g('rate_achieved', nan):.0f} files/s; "
             f"RSS {g('rss_at_warmup', nan):.0f} MiB at 1 min, peak {g('rss_max', nan):.0f}; "
             f"fds {g('fds_at_warmup', nan):.0f} at 1 min, peak {g('fds_max', nan):.0f}; "
-            f"latency p50/p99/max {m.get('p50_ms', nan):.0f}/{m.get('p99_ms', nan):.0f}/"
-            f"{m.get('max_ms', nan):.0f} ms; {m.get('injected_500', nan):.0f} uploads answered 500"
+            f"latency p50/p99/max {g('p50_ms', nan):.0f}/{g('p99_ms', nan):.0f}/"
+            f"{g('max_ms', nan):.0f} ms; {g('injected_500', nan):.0f} uploads answered 500; "
+            f"fault proxy {g('proxy_cpu_s', nan):.0f} CPU-s"
         )
 
 
