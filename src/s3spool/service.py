@@ -36,7 +36,7 @@ from .spool import Claim, Spool, spool_layouts
 from .spoolguard import Guard, heal
 from .store import Store
 from .storegate import StoreGate
-from .survey import any_entry, claimed_count
+from .survey import work_waiting
 from .throttle import Throttle
 from .watch import Discovery, Pending
 
@@ -123,7 +123,8 @@ class Service:
                     # e.g. a full filesystem: this spool waits, the others start
                     self.guards[spool].trip(exc)
             self._last_sweep = last_sweep(self.spools)
-            if self.once and not self._store_needed():
+            idle = not work_waiting(self.spools, self.discovery.is_ignored)
+            if self.once and idle and not sweep_due(self.s, self._last_sweep):
                 # A cron job's empty run: no botocore to import, no client, no request.
                 await self.cleanup_once()
                 return self.pipeline.outcomes.once_summary(self.guards.values(), self.exit_code)
@@ -138,16 +139,6 @@ class Service:
             for spool in self.spools:
                 spool.close()
             self.discovery.close()
-
-    def _store_needed(self) -> bool:
-        """--once: is there a file to take or recover, or a multipart sweep due?"""
-        if sweep_due(self.s, self._last_sweep):
-            return True
-        return any(
-            any_entry(sp.dirs.incoming, self.discovery.is_ignored) or claimed_count(sp.dirs)
-            for sp in self.spools
-            if sp.opened
-        )
 
     async def _run(self, store: Store) -> int:
         loop = asyncio.get_running_loop()

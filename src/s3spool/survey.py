@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .keys import encode_name
 from .recovery import instance_is_live
-from .spool import SpoolDirs
+from .spool import Spool, SpoolDirs
 
 
 def hold_left(mtime: float, hold_for: float, now: float, seen_for: float = 0.0) -> float:
@@ -54,9 +54,15 @@ def scan_dir(path: Path | None) -> Iterator[os.DirEntry[str]]:
         yield from it
 
 
-def any_entry(path: Path, is_ignored: Callable[[str], bool]) -> bool:
-    """Does ``path`` hold any entry that is not ignored?  (stops at the first)"""
-    return any(not is_ignored(entry.name) for entry in scan_dir(path))
+def work_waiting(spools: Iterable[Spool], is_ignored: Callable[[str], bool]) -> bool:
+    """Does an open spool hold a file to take (any entry of incoming/ not ignored) or a
+    claim to recover?  Stops at the first."""
+    return any(
+        any(not is_ignored(entry.name) for entry in scan_dir(sp.dirs.incoming))
+        or claimed_count(sp.dirs)
+        for sp in spools
+        if sp.opened
+    )
 
 
 def spool_gauges(
