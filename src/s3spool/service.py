@@ -24,7 +24,6 @@ from .errors import (
     EXIT_OK,
     EXIT_STORE_UNAVAILABLE,
     LocalFault,
-    StoreUnavailable,
     UploadError,
 )
 from .metrics import Metrics
@@ -87,7 +86,6 @@ class Service:
         self._idle: set[asyncio.Task[Any]] = set()
         self._tg: asyncio.TaskGroup | None = None
         self._last_sweep = 0.0
-        self._surveyed = asyncio.Event()
         self.early_signals: list[int] = []
         self.metrics.follow(
             throttle=self.throttle, pending=self.pending, gate=self.gate, guards=self.guards
@@ -123,8 +121,11 @@ class Service:
                     # e.g. a full filesystem: this spool waits, the others start
                     self.guards[spool].trip(exc)
             self._last_sweep = last_sweep(self.spools)
-            idle = not work_waiting(self.spools, self.discovery.is_ignored)
-            if self.once and idle and not sweep_due(self.s, self._last_sweep):
+            if (
+                self.once
+                and not sweep_due(self.s, self._last_sweep)
+                and not work_waiting(self.spools, self.discovery.is_ignored)
+            ):
                 # A cron job's empty run: no botocore to import, no client, no request.
                 await self.cleanup_once()
                 return self.pipeline.outcomes.once_summary(self.guards.values(), self.exit_code)
@@ -158,7 +159,8 @@ class Service:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 # the start-up survey runs beside the first uploads, not before them
-                intake: list[asyncio.Task[Any]] = [tg.create_task(self._survey(store))]
+                survey = self.store_gate.survey(store, self.pause)
+                intake: list[asyncio.Task[Any]] = [tg.create_task(survey)]
                 self._intake = intake
                 http: asyncio.Task[Any] | None = None
                 if self.s.http_addr and not self.once:
@@ -308,17 +310,6 @@ class Service:
             self._intake.append(self._tg.create_task(self.store_gate.reopen_when_up(self.store)))
         await self.gate.wait()
 
-    async def _survey(self, store: Store) -> None:
-        try:
-            found = await store.survey()
-        except StoreUnavailable as exc:
-            await self.pause(exc)
-            return
-        finally:
-            self._surveyed.set()  # the sweep needs what it learned (ListMultipartUploads?)
-        if found:
-            log.info("store: %s", "; ".join(f"{topic}: {finding}" for topic, finding in found))
-
     # --- cleanup ------------------------------------------------------------------------------
     async def _cleanup_loop(self) -> None:
         await self.discovery.wait_first_scan()
@@ -340,7 +331,7 @@ class Service:
                     guard.reroute()  # the directory works again: move what waited
         await tidy_spools(self.spools, self.guards, self.s)
         if self.store is not None and self.gate.is_set():
-            await self._surveyed.wait()
+            await self.store_gate.surveyed.wait()
             self._last_sweep = await sweep_multipart(
                 self.store, self.spools, self.s, self.metrics, self._last_sweep
             )

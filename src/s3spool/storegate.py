@@ -23,6 +23,21 @@ class StoreGate:
     def __init__(self) -> None:
         self.event = asyncio.Event()
         self.event.set()
+        #: set once the start-up survey ended: the sweep needs what it learned
+        #: (is ListMultipartUploads there?)
+        self.surveyed = asyncio.Event()
+
+    async def survey(self, store: Store, pause: Callable[[UploadError], Awaitable[None]]) -> None:
+        """The start-up survey, beside the first uploads: one ``store:`` line, or a pause."""
+        try:
+            found = await store.survey()
+        except StoreUnavailable as exc:
+            await pause(exc)
+            return
+        finally:
+            self.surveyed.set()
+        if found:
+            log.info("store: %s", "; ".join(f"{topic}: {finding}" for topic, finding in found))
 
     def close(self, exc: UploadError) -> bool:
         """Pause intake; True if it was running (the caller starts the reopening probe)."""
