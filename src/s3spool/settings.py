@@ -204,6 +204,12 @@ class Settings(BaseSettings):
         "content sends the file to failed/.",
     )
 
+    # --- object options (routes issue) ------------------------------------------------------
+    # --- end object options --------------------------------------------------------------
+
+    # --- recursive spools (routes issue) ----------------------------------------------------
+    # --- end recursive spools ------------------------------------------------------------
+
     # --- how ---------------------------------------------------------------------------------
     workers: int = Field(64, ge=1, le=1024, description="Concurrent file uploads.")
     hold_for: Duration = Field(
