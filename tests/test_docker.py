@@ -131,7 +131,9 @@ def test_dockerfile_contract() -> None:
     assert "/spool" in values["VOLUME"]
     env = " ".join(rest for word, rest in ins if word == "ENV")
     assert "S3SPOOL_HTTP_ADDR=0.0.0.0:9108" in env
-    assert "S3SPOOL_SPOOL_DIRS=/spool" in env
+    # the spool at /spool comes from the image's config file, which a mounted file replaces
+    assert "S3SPOOL_CONFIG=/etc/s3spool/s3spool.toml" in env
+    assert ("COPY", "docker/s3spool.toml /etc/s3spool/s3spool.toml") in ins
     assert "healthcheck.py" in values["HEALTHCHECK"]
     runs = " ".join(rest for word, rest in ins if word == "RUN")
     assert "--no-cache-dir" in runs
@@ -352,7 +354,8 @@ def s3spool_container(spec: dict[str, Any]) -> dict[str, Any]:
 
 def test_k8s_manifests_parse() -> None:
     kinds = sorted(obj["kind"] for obj in k8s_objects())
-    assert kinds == ["ConfigMap", "DaemonSet", "Deployment", "ServiceAccount"]
+    # ConfigMaps: the sidecar's variables, the DaemonSet's config file with routes
+    assert kinds == ["ConfigMap", "ConfigMap", "DaemonSet", "Deployment", "ServiceAccount"]
     for obj in k8s_objects():
         assert obj["apiVersion"]
         assert obj["metadata"]["name"]
@@ -395,6 +398,49 @@ def test_k8s_volumes() -> None:
     assert "emptyDir" in sidecar["spool"]
     daemonset = {v["name"]: v for v in specs["s3spool"]["volumes"]}
     assert "hostPath" in daemonset["spool"]
+
+
+def _load_config_file(path: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> Any:
+    from s3spool.config import load_config
+
+    for name in list(os.environ):
+        if name.upper().startswith("S3SPOOL_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return load_config({"config": str(path)})
+
+
+def test_the_daemonsets_config_file_loads_with_the_images_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ConfigMap's s3spool.toml, under the image's ENV, is a valid two-route config."""
+    (cm,) = [o for o in load_yaml_docs(K8S / "daemonset.yaml") if o["kind"] == "ConfigMap"]
+    path = tmp_path / "s3spool.toml"
+    path.write_text(cm["data"]["s3spool.toml"])
+    config = _load_config_file(path, monkeypatch, S3SPOOL_HTTP_ADDR="0.0.0.0:9108")
+    assert [r.name for r in config.routes] == ["app-logs", "audit"]
+    assert [str(r.s.spool_dirs[0]) for r in config.routes] == ["/spool/app-logs", "/spool/audit"]
+    assert {r.s.bucket for r in config.routes} == {"example-logs", "example-audit"}
+    (ds,) = [o for o in load_yaml_docs(K8S / "daemonset.yaml") if o["kind"] == "DaemonSet"]
+    spec = ds["spec"]["template"]["spec"]
+    c = s3spool_container(spec)
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == cm["metadata"]["name"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["S3SPOOL_CONFIG"] == f"{mounts['config']}/s3spool.toml"
+
+
+def test_the_images_default_config_file_is_one_spool_at_the_volume(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = _load_config_file(
+        DOCKER / "s3spool.toml", monkeypatch, S3SPOOL_DESTINATION="s3://bucket/p"
+    )
+    (route,) = config.routes
+    assert route.s.spool_dirs == [Path("/spool")]
+    assert route.origin["spool_dirs"] == "file"
 
 
 def test_docs_kubernetes_embeds_manifests() -> None:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from .config import Config, routes_of
 from .errors import EXIT_CONFIG, EXIT_NOT_OK, EXIT_OK, ConfigError, StoreUnavailable, UploadError
 from .keys import KeyTemplate
 from .settings import Settings
@@ -37,12 +38,25 @@ class Report:
         print(f"{verdict} {what}{': ' + detail if detail else ''}", file=self.out, flush=True)
 
 
-async def check(settings: Settings, *, read_only: bool = False, out: TextIO | None = None) -> int:
-    """Settings, directories, inotify and the store; one PASS/WARN/FAIL line each.
+async def check(
+    config: Config | Settings, *, read_only: bool = False, out: TextIO | None = None
+) -> int:
+    """Settings, directories, inotify and the store; one PASS/WARN/FAIL line each (per
+    route, when there are several).
 
     Exit 0 if nothing failed, 1 if a check failed, 78 if the settings are invalid.
     """
     report = Report(out or sys.stdout)
+    routes = routes_of(config)
+    for route in routes:
+        if len(routes) > 1:
+            print(f"# route {route.name}", file=report.out, flush=True)
+        if await _check_route(route.s, report, read_only=read_only) == EXIT_CONFIG:
+            return EXIT_CONFIG
+    return EXIT_NOT_OK if report.failed else EXIT_OK
+
+
+async def _check_route(settings: Settings, report: Report, *, read_only: bool) -> int:
     try:
         prefix = settings.prefix
         KeyTemplate(settings.key_format, prefix)
@@ -64,12 +78,12 @@ async def check(settings: Settings, *, read_only: bool = False, out: TextIO | No
     report(verdict, "store", detail)
     for topic, finding in found:
         print(f"  {topic}: {finding}", file=report.out, flush=True)
-    return EXIT_NOT_OK if report.failed else EXIT_OK
+    return EXIT_OK
 
 
 def check_directories(dirs: SpoolDirs, settings: Settings) -> tuple[str, str]:
     """Spool.prepare() (creates missing dirs, like the service), then a real write test."""
-    spool = Spool(dirs, settings.resolved_instance_id)
+    spool = Spool(dirs, settings.resolved_instance_id, recursive=settings.recursive)
     try:
         spool.prepare()
     except ConfigError as exc:

@@ -1,4 +1,5 @@
-"""Command line: ``s3spool run`` (``--once``, ``--dry-run``), ``check``, ``status``, ``enqueue``.
+"""Command line: ``s3spool run`` (``--once``, ``--dry-run``), ``check``, ``status``, ``enqueue``,
+``config``.
 
 Every setting of ``settings.Settings`` becomes a flag of the same name
 (``S3SPOOL_KEY_FORMAT`` ↔ ``--key-format``); a flag wins over the variable.
@@ -27,7 +28,7 @@ from .logs import setup as setup_logging
 # What a command needs is imported when it runs: botocore, aiohttp and pydantic cost
 # most of a cold start, and --help or an empty `run --once` needs none or few of them.
 if TYPE_CHECKING:
-    from .settings import Settings
+    from .config import Config
 
 log = logging.getLogger(__name__)
 
@@ -145,13 +146,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="remove each source once it is safely in incoming/ (a rename on one filesystem)",
     )
     _add_settings(enqueue_cmd)
+
+    config_cmd = sub.add_parser(
+        "config",
+        help="print the effective configuration, route by route",
+        description="Print every setting of every route with where its value came from "
+        "(flag, env, route table, file, default); secrets are masked. The text form is TOML.",
+        epilog="Exit codes: 0 ok, 78 invalid settings (each problem names its route and key).",
+    )
+    config_cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_settings(config_cmd)
     return parser
 
 
-def _settings_from(args: argparse.Namespace) -> Settings:
-    from .settings import load_settings
+def _config_from(args: argparse.Namespace) -> Config:
+    from .config import load_config
 
-    return load_settings(**{f[0]: getattr(args, f[0], None) for f in SETTINGS})
+    return load_config({f[0]: getattr(args, f[0], None) for f in SETTINGS})
 
 
 def run_async(coro: Callable[[], Coroutine[Any, Any, int]]) -> int:
@@ -186,7 +197,7 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
         parser.print_help(sys.stderr)
         return 2
     try:
-        settings = _settings_from(args)
+        config = _config_from(args)
     except ConfigError as exc:
         if args.command == "check":
             print(f"FAIL settings: {exc}", flush=True)
@@ -203,26 +214,30 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
             return EXIT_CONFIG
         print(f"s3spool: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging(settings.log_level, settings.log_format)
+    setup_logging(config.s.log_level, config.s.log_format)
     try:
         if args.command == "run":
             if args.dry_run:
                 from .status import dry_run
 
-                return dry_run(settings)
+                return dry_run(config)
             from .service import run_service
 
-            return run_async(lambda: run_service(settings, once=args.once, early_signals=early))
+            return run_async(lambda: run_service(config, once=args.once, early_signals=early))
         if args.command == "check":
             from .check import check
 
-            return run_async(lambda: check(settings, read_only=args.read_only))
+            return run_async(lambda: check(config, read_only=args.read_only))
         if args.command == "status":
             from .status import status
 
-            return status(settings, as_json=args.json)
+            return status(config, as_json=args.json)
         if args.command == "enqueue":
-            return _enqueue(args, settings)
+            return _enqueue(args, config)
+        if args.command == "config":
+            from .configview import show_config
+
+            return show_config(config, as_json=args.json)
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
@@ -243,11 +258,11 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
     return 2  # pragma: no cover
 
 
-def _enqueue(args: argparse.Namespace, settings: Settings | None) -> int:
+def _enqueue(args: argparse.Namespace, config: Config | None) -> int:
     from . import enqueue
 
     try:
-        target = enqueue.enqueue_target(settings, args.spool)
+        target = enqueue.enqueue_target(config, args.spool)
     except ConfigError as exc:
         print(f"s3spool enqueue: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -15,7 +15,7 @@ from .checksums import Checksummer
 from .errors import PermanentError
 from .s3store import S3Store
 from .settings import Settings
-from .store import Delivery, Source, Store
+from .store import ByteBudget, Delivery, Source, Store
 from .verify import digest_file
 
 log = logging.getLogger("s3spool.store")
@@ -99,6 +99,7 @@ async def open_store(
     settings: Settings,
     *,
     on_slowdown: Callable[[], None] | None = None,
+    budget: ByteBudget | None = None,
 ) -> Any:
     """The configured destination as an async context manager."""
     scheme = settings.scheme
@@ -107,5 +108,7 @@ async def open_store(
         if scheme == "noop":
             inner = await stack.enter_async_context(NoopStore(settings))
         else:
-            inner = await stack.enter_async_context(S3Store(settings, on_slowdown=on_slowdown))
+            inner = await stack.enter_async_context(
+                S3Store(settings, on_slowdown=on_slowdown, budget=budget)
+            )
         yield FaultyStore(inner, settings.fail_rate) if settings.fail_rate > 0 else inner

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from .config import Config, routes_of
 from .errors import EXIT_NOT_OK, EXIT_OK, ConfigError
 from .settings import Settings
 from .spool import rename_noreplace, spool_layouts
@@ -41,13 +42,14 @@ class EnqueueTarget:
     ignore: tuple[str, ...]
 
 
-def enqueue_target(settings: Settings | None, spool: Path | None) -> EnqueueTarget:
+def enqueue_target(config: Config | Settings | None, spool: Path | None) -> EnqueueTarget:
     """Which incoming/ to deliver into: ``--spool DIR`` or the settings' only spool."""
-    ignore = tuple(settings.ignore if settings else _default_ignore())
+    routes = routes_of(config) if config is not None else ()
+    layouts = [(r.s, d) for r in routes for d in spool_layouts(r.s, route=r.name)]
+    ignore = tuple(_default_ignore())
     is_ignored = compile_ignore(ignore)
-    layouts = spool_layouts(settings) if settings is not None else []
     if spool is None:
-        if settings is None:
+        if config is None:
             raise ConfigError(
                 "enqueue: no spool: pass --spool DIR, or set S3SPOOL_SPOOL_DIRS / "
                 "S3SPOOL_INCOMING_DIR (with valid settings)"
@@ -57,12 +59,12 @@ def enqueue_target(settings: Settings | None, spool: Path | None) -> EnqueueTarg
                 f"S3SPOOL_SPOOL_DIRS (--spool-dirs) lists {len(layouts)} spools; "
                 "choose one with --spool DIR"
             )
-        d = layouts[0]
-        return EnqueueTarget(d.label, d.incoming, is_ignored, ignore)
+        s, d = layouts[0]
+        return EnqueueTarget(d.label, d.incoming, compile_ignore(s.ignore), tuple(s.ignore))
     path = Path(os.path.abspath(spool))
-    for d in layouts:
+    for s, d in layouts:
         if path in (d.root, d.incoming):
-            return EnqueueTarget(d.label, d.incoming, is_ignored, ignore)
+            return EnqueueTarget(d.label, d.incoming, compile_ignore(s.ignore), tuple(s.ignore))
     if (path / "incoming").is_dir():
         return EnqueueTarget(str(path), path / "incoming", is_ignored, ignore)
     raise ConfigError(

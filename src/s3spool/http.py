@@ -34,8 +34,11 @@ if TYPE_CHECKING:
     from .watch import Discovery
 
 
-class Service(Protocol):
-    """What the endpoints read of the running service (service.py never imported here)."""
+class Route(Protocol):
+    """What the endpoints read of one route (routes.RouteRun)."""
+
+    @property
+    def name(self) -> str: ...
 
     @property
     def s(self) -> Settings: ...
@@ -47,6 +50,19 @@ class Service(Protocol):
     def discovery(self) -> Discovery: ...
 
     @property
+    def gate(self) -> asyncio.Event: ...
+
+
+class Service(Protocol):
+    """What the endpoints read of the running service (service.py never imported here)."""
+
+    @property
+    def s(self) -> Settings: ...
+
+    @property
+    def routes(self) -> Sequence[Route]: ...
+
+    @property
     def metrics(self) -> Metrics: ...
 
     @property
@@ -54,9 +70,6 @@ class Service(Protocol):
 
     @property
     def ready(self) -> bool: ...
-
-    @property
-    def gate(self) -> asyncio.Event: ...
 
     @property
     def guards(self) -> Mapping[Spool, Guard]: ...
@@ -95,13 +108,19 @@ async def refresh_spool_gauges(service: Service) -> dict[str, float]:
     async with state.lock:
         if time.monotonic() - state.at < GAUGE_REFRESH_INTERVAL:
             return dict(state.lags)
-        layouts = [sp.dirs for sp in service.spools]
-        is_ignored = service.discovery.is_ignored
-        hold_for = service.s.hold_for
+        each = [
+            (sp.dirs, r.discovery.is_ignored, r.s.hold_for, sp.recursive)
+            for r in service.routes
+            for sp in r.spools
+        ]
+        layouts = [dirs for dirs, *_ in each]
 
         def work() -> list[SpoolGauges]:
             now = cautious_now()
-            return [spool_gauges(d, is_ignored, hold_for, now) for d in layouts]
+            return [
+                spool_gauges(d, ignored, hold, now, recursive=recursive)
+                for d, ignored, hold, recursive in each
+            ]
 
         values = await asyncio.to_thread(work)
         lags: dict[str, float] = {}
@@ -124,10 +143,13 @@ def readiness(service: Service, lags: dict[str, float]) -> list[str]:
         problems.append("shutting down")
     elif not service.ready:
         problems.append("first scan of the spools not finished")
-    if not service.discovery.watching:
-        problems.append("inotify watches not active (see the log; rescans only)")
-    if not service.gate.is_set():
-        problems.append("store unavailable: intake paused until a probe succeeds")
+    several = len(service.routes) > 1
+    for route in service.routes:
+        which = f"route {route.name}: " if several else ""
+        if not route.discovery.watching:
+            problems.append(f"{which}inotify watches not active (see the log; rescans only)")
+        if not route.gate.is_set():
+            problems.append(f"{which}store unavailable: intake paused until a probe succeeds")
     for guard in service.guards.values():
         if guard.fault is not None:
             problems.append(f"spool {guard.spool.label}: {guard.fault}")

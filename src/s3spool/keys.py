@@ -12,24 +12,31 @@ back (``urllib.parse.unquote_to_bytes``) to exactly one name.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import string
 import time
 import uuid
+from collections.abc import Set
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError, PermanentError
-from .settings import KEY_FIELDS, key_format_fields
+from .optioncheck import key_format_fields
+from .settings import KEY_FIELDS
+
+if TYPE_CHECKING:
+    from .spool import Claim
 
 MAX_KEY_BYTES = 1024
 #: Fields whose value depends only on the file and the spool; a key built only
 #: from these can be recomputed after a crash, so it need not be persisted.
-STABLE_FIELDS = frozenset(
-    {"fname", "spool_dir"} | {f"m_{u}" for u in ("YYYY", "MM", "DD", "hh", "mm", "ss")}
-)
+_M_FIELDS = frozenset(f"m_{u}" for u in ("YYYY", "MM", "DD", "hh", "mm", "ss"))
+_C_FIELDS = frozenset(f"c_{u}" for u in ("YYYY", "MM", "DD", "hh", "mm", "ss"))
+STABLE_FIELDS = frozenset({"fname", "relpath", "dirname", "spool_dir"}) | _M_FIELDS
 
 
 def encode_name(raw: bytes) -> str:
@@ -48,13 +55,14 @@ def encode_name(raw: bytes) -> str:
             out.append(f"%{b:02X}" if b < 0x20 or b in (0x25, 0x7F) else chr(b))
             i += 1
             continue
-        # take the longest valid UTF-8 sequence starting here, else escape one byte
-        for width in (4, 3, 2):
-            chunk = raw[i : i + width]
+        # take the one character a valid UTF-8 sequence starting here encodes, else escape
+        # one byte (a wider chunk would take the ASCII after it unescaped: é then % or \n)
+        for width in (2, 3, 4):
             try:
-                out.append(chunk.decode("utf-8"))
+                char = raw[i : i + width].decode("utf-8")
             except UnicodeDecodeError:
                 continue
+            out.append(char)
             i += width
             break
         else:
@@ -77,12 +85,60 @@ def _time_fields(prefix: str, ts: float) -> dict[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class KeyInput:
-    """What a key is rendered from: the file's name and claim-time stat."""
+    """What a key is rendered from: the file's name and claim-time stat.
+
+    ``dirname``: the directories between incoming/ and the file (RECURSIVE spools, ``a/b``),
+    empty for a file directly in incoming/; a claim keeps them, so they are stable too.
+    """
 
     name: bytes
     spool_dir: str
     mtime: float
     ctime: float
+    dirname: bytes = b""
+
+
+def claim_input(claim: Claim) -> KeyInput:
+    """What a claimed file's key (and its object options, ``objectopts.py``) render from.
+
+    A claim adopted after a crash has no ctime of its own: its mtime stands in.
+    """
+    dirs = claim.spool.dirs
+    dirname, _, name = claim.name.rpartition("/")  # a claim's name is its relpath
+    return KeyInput(
+        os.fsencode(name),
+        _spool_field(dirs.root or dirs.incoming),
+        claim.mtime,
+        claim.ctime or claim.mtime,
+        os.fsencode(dirname),
+    )
+
+
+def field_values(item: KeyInput, used: Set[str], hostname: str) -> dict[str, object]:
+    """The values of the key fields for ``item``: the cheap ones always, the others
+    (``now``, UUIDs, times) only when ``used`` names them."""
+    values: dict[str, object] = {
+        "fname": encode_name(item.name),
+        "spool_dir": item.spool_dir,
+        "hostname": hostname,
+    }
+    if "relpath" in used or "dirname" in used:
+        # segments encoded like names; "/" is never escaped, so the split is lossless too
+        values["dirname"] = encode_name(item.dirname)
+        values["relpath"] = (
+            f"{values['dirname']}/{values['fname']}" if item.dirname else values["fname"]
+        )
+    if "now" in used:
+        values["now"] = int(time.time())
+    if "uuid1" in used:
+        values["uuid1"] = str(uuid.uuid1())
+    if "uuid4" in used:
+        values["uuid4"] = str(uuid.uuid4())
+    if not used.isdisjoint(_M_FIELDS):
+        values.update(_time_fields("m", item.mtime))
+    if not used.isdisjoint(_C_FIELDS):
+        values.update(_time_fields("c", item.ctime))
+    return values
 
 
 class KeyTemplate:
@@ -92,9 +148,9 @@ class KeyTemplate:
         self.template = template
         self.prefix = prefix
         try:
-            self.fields = key_format_fields(template)
+            self.fields = key_format_fields(template, "S3SPOOL_KEY_FORMAT (--key-format)")
         except ValueError as exc:
-            raise ConfigError(f"S3SPOOL_KEY_FORMAT (--key-format): {exc}") from None
+            raise ConfigError(str(exc)) from None
         unknown = self.fields - KEY_FIELDS
         if unknown:
             raise ConfigError(
@@ -116,21 +172,7 @@ class KeyTemplate:
                 )
 
     def render(self, item: KeyInput) -> str:
-        values: dict[str, object] = {
-            "fname": encode_name(item.name),
-            "spool_dir": item.spool_dir,
-            "hostname": self._hostname,
-        }
-        if "now" in self.fields:
-            values["now"] = int(time.time())
-        if "uuid1" in self.fields:
-            values["uuid1"] = str(uuid.uuid1())
-        if "uuid4" in self.fields:
-            values["uuid4"] = str(uuid.uuid4())
-        if self.fields & {f"m_{u}" for u in ("YYYY", "MM", "DD", "hh", "mm", "ss")}:
-            values.update(_time_fields("m", item.mtime))
-        if self.fields & {f"c_{u}" for u in ("YYYY", "MM", "DD", "hh", "mm", "ss")}:
-            values.update(_time_fields("c", item.ctime))
+        values = field_values(item, self.fields, self._hostname)
         try:
             rendered = self._formatter.vformat(self.template, (), values)
         except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
@@ -157,3 +199,7 @@ def sanitize_key(rendered: str) -> str:
 def spool_dir_field(path: Path) -> str:
     """The ``{spool_dir}`` value: the spool root with its slashes stripped at both ends."""
     return encode_name(os.fsencode(path)).strip("/")
+
+
+# once per spool, not per file: a handful of spools per process
+_spool_field = functools.lru_cache(maxsize=256)(spool_dir_field)

@@ -8,7 +8,7 @@ are refreshed when ``/metrics`` is scraped, at most once a second, in a thread
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence, Sized
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from .spool import Spool
     from .spoolguard import Guard
     from .throttle import Throttle
-    from .watch import Pending
 
 SIZE_CLASSES = ((1024 * 1024, "small"), (64 * 1024 * 1024, "medium"))
 
@@ -98,22 +97,33 @@ class Metrics:
             "1 while the store answers (the last probe or request succeeded), else 0.",
             registry=r,
         )
+        # The spool label of every other series leads to its route: a join, not a second label
+        # on each series, so dashboards and alerts written before routes keep working.
+        self.route = Gauge(
+            "s3spool_route_spool",
+            "1 for each spool of each route (join on spool to see a series' route).",
+            ["route", "spool"],
+            registry=r,
+        )
         Info("s3spool_build", "Build information.", registry=r).info({"version": __version__})
 
     def follow(
         self,
         *,
-        throttle: Throttle,
-        pending: Pending,
-        gate: asyncio.Event,
-        guards: Mapping[Spool, Guard],
+        throttles: Sequence[Throttle],
+        gates: Sequence[asyncio.Event],
+        guards: Mapping[str, Mapping[Spool, Guard]],
+        queue: Sized,
     ) -> None:
-        """Gauges read from the running service's parts at scrape time."""
-        self.in_flight.set_function(lambda: throttle.in_flight)
-        self.limit.set_function(lambda: throttle.limit)
-        self.queue.set_function(lambda: len(pending))
-        self.paused.set_function(lambda: 0 if gate.is_set() else 1)
-        # intake pauses exactly while the last probe of the store failed
-        self.store_up.set_function(lambda: 1 if gate.is_set() else 0)
-        for spool, guard in guards.items():
-            self.spool_up.labels(spool.label).set_function(guard.up)
+        """Gauges read from the running service's parts at scrape time (``guards``: per
+        route name)."""
+        self.in_flight.set_function(lambda: sum(t.in_flight for t in throttles))
+        self.limit.set_function(lambda: sum(t.limit for t in throttles))
+        self.queue.set_function(lambda: len(queue))
+        # intake pauses exactly while the last probe of a store failed
+        self.paused.set_function(lambda: 0 if all(g.is_set() for g in gates) else 1)
+        self.store_up.set_function(lambda: 1 if all(g.is_set() for g in gates) else 0)
+        for route, of_route in guards.items():
+            for spool, guard in of_route.items():
+                self.spool_up.labels(spool.label).set_function(guard.up)
+                self.route.labels(route, spool.label).set(1)

@@ -14,17 +14,18 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import EXIT_NOT_OK, EXIT_OK, EXIT_TEMPFAIL, FileVanished, LocalFault, UploadError
 from .metrics import Metrics, size_class
 from .settings import Settings
-from .spool import Claim, Spool, about
+from .spool import DEFAULT_ROUTE, Claim, Spool, about
 from .spoolguard import Guard
 from .store import Delivery
 from .throttle import backoff
+from .tree import files_below, move_into, prune_empty, prune_parents
 from .watch import Item
 
 log = logging.getLogger("s3spool.service")
@@ -35,6 +36,9 @@ file_log = logging.getLogger("s3spool.file")
 class Counts:
     delivered: int = 0
     failed: int = 0
+    bytes: int = 0  # delivered
+    #: --once: files left behind by local faults, by "ERRNO in DIRECTORY"
+    deferred: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
 def why(fault: LocalFault) -> str:
@@ -42,7 +46,7 @@ def why(fault: LocalFault) -> str:
     return f"{fault.reason} in {fault.path}"
 
 
-# --- resubmit records: working/.resubmit/NAME, shared by every instance of the spool ----
+# --- resubmit records: working/.resubmit/RELPATH, shared by every instance of the spool ---
 
 
 def _records(spool: Spool) -> Path:
@@ -66,7 +70,7 @@ def save_record(spool: Spool, name: str, attempts: int, not_before: float) -> No
         _records(spool).mkdir(exist_ok=True)
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump({"attempts": attempts, "not_before": round(not_before, 3)}, fh)
-        os.replace(tmp, _records(spool) / name)
+        move_into(os.replace, os.fspath(tmp), os.fspath(_records(spool)), name)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -82,23 +86,26 @@ def save_record(spool: Spool, name: str, attempts: int, not_before: float) -> No
 def forget_record(spool: Spool, name: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(_records(spool) / name)
+        prune_parents(os.fspath(_records(spool)), name)
 
 
 def expire_records(spool: Spool, before: float) -> int:
     """Remove records whose next try is before ``before`` and whose file is gone."""
     removed = 0
+    records = _records(spool)
     try:
-        entries = list(os.scandir(_records(spool)))
+        names = files_below(records)
     except OSError:
         return 0
-    for entry in entries:
-        if os.path.lexists(spool.dirs.incoming / entry.name):
+    for name in names:
+        if os.path.lexists(spool.dirs.incoming / name):
             continue
-        record = load_record(spool, entry.name)
+        record = load_record(spool, name)
         if record is None or record[1] < before:
             with contextlib.suppress(OSError):
-                os.unlink(entry.path)
+                os.unlink(records / name)
                 removed += 1
+    prune_empty(records, unchanged_since=before)  # directories of RECURSIVE spools' records
     return removed
 
 
@@ -155,6 +162,7 @@ class Outcomes:
         guards: dict[Spool, Guard],
         resubmits: Resubmits,
         stable_keys: bool,
+        counts: Counts | None = None,
     ) -> None:
         self.s = settings
         self.trip = trip  # a directory refused: pause that spool (the service's guard)
@@ -164,9 +172,8 @@ class Outcomes:
         self.resubmits = resubmits
         self.stable_keys = stable_keys  # a key the next start renders the same
         self.instance_id = settings.resolved_instance_id
-        self.counts = Counts()
-        #: --once: files left behind by local faults, by "ERRNO in DIRECTORY"
-        self.deferred: collections.Counter[str] = collections.Counter()
+        self.counts = counts if counts is not None else Counts()  # shared by all routes
+        self.deferred = self.counts.deferred
         # labelled children looked up once, not per file
         self._uploaded_metrics = {
             sp.label: (
@@ -190,6 +197,7 @@ class Outcomes:
         dest = spool.route_done(claim)
         duration = time.monotonic() - started
         self.counts.delivered += 1
+        self.counts.bytes += delivery.size
         files, size_bytes = self._uploaded_metrics[spool.label]
         files.inc()
         size_bytes.inc(delivery.size)
@@ -247,10 +255,10 @@ class Outcomes:
     def log_file(
         self, level: int, claim: Claim, size: int, duration: float, outcome: str, **extra: str
     ) -> None:
-        """The one log record per file: spool, name, key, size, duration, outcome."""
+        """The one log record per file: (route,) spool, name, key, size, duration, outcome."""
         if not file_log.isEnabledFor(level):
             return
-        fields = {
+        fields: dict[str, object] = {
             "spool": claim.spool.label,
             "name": claim.name,
             "key": claim.key or None,
@@ -259,6 +267,10 @@ class Outcomes:
             "outcome": outcome,
             **extra,
         }
+        route = claim.spool.dirs.route
+        if route != DEFAULT_ROUTE:
+            # only with [[route]] tables: the line stays as it was for everyone else
+            fields = {"route": route, **fields}
         file_log.log(level, "file", extra={"fields": fields})
 
     def strand(self, claim: Claim, fault: LocalFault, route: Callable[[], None]) -> None:

@@ -27,9 +27,9 @@ from .errors import (
     TransientError,
     UploadError,
 )
-from .keys import KeyInput, KeyTemplate, spool_dir_field
+from .keys import KeyTemplate, claim_input
 from .metrics import Metrics
-from .outcomes import Outcomes, Resubmits
+from .outcomes import Counts, Outcomes, Resubmits
 from .settings import Settings
 from .spool import Claim, Spool, about, open_claimed
 from .spoolguard import Guard
@@ -89,6 +89,7 @@ class Pipeline:
         throttle: Throttle,
         metrics: Metrics,
         guards: dict[Spool, Guard],
+        counts: Counts | None = None,
     ) -> None:
         self.s = settings
         self.host = host
@@ -101,9 +102,14 @@ class Pipeline:
         self.spools = list(spools)
         self.instance_id = settings.resolved_instance_id
         self.template = KeyTemplate(settings.key_format, settings.prefix)
-        self._spool_field = {
-            sp: spool_dir_field(sp.dirs.root or sp.dirs.incoming) for sp in self.spools
-        }
+        if any(sp.recursive for sp in spools) and self.template.fields.isdisjoint(
+            {"relpath", "dirname"}
+        ):
+            log.warning(
+                "RECURSIVE is on but KEY_FORMAT %r uses neither {relpath} nor {dirname}: files "
+                "of one name in different subdirectories get the same key",
+                settings.key_format,
+            )
         self._warn = WarnOnce()
         self.resubmits = Resubmits(settings)
         # future-dated files: when first looked at (monotonic, immune to clock steps)
@@ -117,6 +123,7 @@ class Pipeline:
             guards=guards,
             resubmits=self.resubmits,
             stable_keys=self.template.stable,
+            counts=counts,
         )
 
     async def take(self, item: Item) -> None:
@@ -242,14 +249,7 @@ class Pipeline:
         assert self.host.store is not None
         store = self.host.store
         if not claim.key:
-            claim.key = self.template.render(
-                KeyInput(
-                    os.fsencode(claim.name),
-                    self._spool_field[claim.spool],
-                    claim.mtime,
-                    claim.ctime or claim.mtime,
-                )
-            )
+            claim.key = self.template.render(claim_input(claim))
             if self._needs_record(claim.size):
                 try:
                     claim.spool.save_key(claim)

@@ -3,6 +3,7 @@
 An instance whose directory can be locked is dead: a live instance adopts its claims, key
 records included, into its own directory and delivers them (checking the store first).
 Instances of the older layout held a ``lock`` file inside the directory; it is honoured too.
+Claims are found by walking ``files/``: a RECURSIVE claim's relpath is its path below it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .spool import Claim, Spool, about, rename_noreplace
+from .tree import files_below, move_into, prune_empty
 
 log = logging.getLogger("s3spool.spool")
 
@@ -57,6 +59,7 @@ def adopt(spool: Spool, dead: Path) -> list[Claim]:
             with contextlib.suppress(OSError):
                 for leftover in sub.glob(".tmp.*"):
                     leftover.unlink()
+                prune_empty(sub)
                 sub.rmdir()
         return adopted
     finally:
@@ -66,19 +69,15 @@ def adopt(spool: Spool, dead: Path) -> list[Claim]:
 def _adopt_locked(spool: Spool, dead: Path) -> list[Claim]:
     files, keys = dead / "files", dead / "keys"
     adopted: list[Claim] = []
-    try:
-        names = [e.name for e in os.scandir(files)]
-    except FileNotFoundError:
-        names = []
-    for name in names:
+    for name in files_below(files):
         claim = spool.recovered(keys, name)
         if claim.key:
             # Key first, file second: a crash in between leaves an orphan record
             # here (removed below on the next pass), never a file without its key.
             spool.save_key(claim)
         try:
-            rename_noreplace(files / name, claim.path)
-        except FileExistsError:
+            move_into(rename_noreplace, os.fspath(files / name), os.fspath(spool.files), name)
+        except (FileExistsError, NotADirectoryError):
             about(
                 log.warning,
                 spool,
@@ -98,6 +97,7 @@ def _adopt_locked(spool: Spool, dead: Path) -> list[Claim]:
 def recover_own(spool: Spool) -> list[Claim]:
     """Claims in our own directory (left by a cancelled upload): deliver them again."""
     _remove_orphan_keys(spool.keys, spool.files)
+    prune_empty(spool.files)  # left by a crash between a RECURSIVE claim's move and its tidy-up
     return [spool.recovered(spool.keys, name) for name in spool.own_claims()]
 
 
@@ -110,11 +110,9 @@ def open_uploads(spool: Spool) -> set[str]:
         return ids
     for inst in instances:
         keys = Path(inst.path) / "keys"
-        try:
-            names = [e.name for e in os.scandir(keys) if not e.name.startswith(".tmp.")]
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        for name in names:
+        for name in files_below(keys):
+            if name.startswith(".tmp."):
+                continue
             record = spool.load_key(keys, name)
             if record and record.get("upload_id"):
                 ids.add(str(record["upload_id"]))
@@ -146,12 +144,10 @@ def _flock_held(path: Path) -> bool:
 
 def _remove_orphan_keys(keys: Path, files: Path) -> None:
     """Key records whose file is gone (routed just before a crash) and stray temp files."""
-    try:
-        records = os.listdir(keys)
-        present = set(os.listdir(files))
-    except FileNotFoundError:
+    if not files.is_dir():
         return
-    for name in records:
-        if name.startswith(".tmp.") or name not in present:
+    for name in files_below(keys):
+        if name.startswith(".tmp.") or not os.path.lexists(files / name):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(keys / name)
+    prune_empty(keys)

@@ -19,7 +19,8 @@ from typing import Any
 from . import multipart
 from .bodies import FileRange, digest_range, held_bytes, read_exact
 from .checksums import BodyDigest, Checksummer
-from .errors import FileChanged, PermanentError, StoreUnavailable, UploadError
+from .errors import ConfigError, FileChanged, PermanentError, StoreUnavailable, UploadError
+from .objectopts import object_options
 from .s3errors import SLOWDOWN_CODES, is_unsupported, translate
 from .sender import Body, Sender
 from .settings import Settings
@@ -51,6 +52,7 @@ class S3Store:
         self._client: Any = None
         self._sender: Sender | None = None
         self._instance = settings.resolved_instance_id
+        self.options = object_options(settings)  # METADATA, TAGS, CACHE_CONTROL, ...
         self.verifier = Verifier(
             self.ck,
             send_checksum=bool(self.ck.param) and not settings.checksum_compat,
@@ -61,7 +63,15 @@ class S3Store:
         from .sender import make_sender
 
         s = self.s
-        self._client = await self._stack.enter_async_context(client_for(s))
+        from botocore.exceptions import ProfileNotFound
+
+        try:
+            self._client = await self._stack.enter_async_context(client_for(s))
+        except ProfileNotFound:
+            raise ConfigError(
+                f"S3SPOOL_PROFILE (--profile): no profile {s.profile!r} in the shared AWS "
+                "config files (AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE)"
+            ) from None
         self._client.meta.events.register("response-received.s3.*", self._observe)
         self._sender = await make_sender(
             self._client, self.bucket, direct=s.direct_put, on_slowdown=self._on_answer_slowdown
@@ -139,6 +149,8 @@ class S3Store:
             params["ServerSideEncryption"] = s.sse
         if s.sse_kms_key_id:
             params["SSEKMSKeyId"] = s.sse_kms_key_id
+        if self.options is not None:
+            self.options.apply(params, src)
         return params
 
     def digest_params(self, d: BodyDigest) -> dict[str, Any]:
@@ -315,7 +327,7 @@ class S3Store:
 def client_for(s: Settings) -> Any:
     """The one aiobotocore S3 client of the process (an async context manager)."""
     from aiobotocore.config import AioConfig
-    from aiobotocore.session import get_session
+    from aiobotocore.session import AioSession
 
     pool = min(max(s.workers, 1) * max(1, s.part_concurrency) + 4, 512)
     config = AioConfig(
@@ -338,9 +350,10 @@ def client_for(s: Settings) -> Any:
         verify = False
     elif s.ca_bundle is not None:
         verify = str(s.ca_bundle)
-    return get_session().create_client(
-        "s3", endpoint_url=s.endpoint_url, config=config, verify=verify
-    )
+    # PROFILE picks a profile of the shared config files (a route's own credentials);
+    # None keeps botocore's chain, AWS_PROFILE included.
+    session = AioSession(profile=s.profile)
+    return session.create_client("s3", endpoint_url=s.endpoint_url, config=config, verify=verify)
 
 
 async def body_of(

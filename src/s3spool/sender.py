@@ -53,6 +53,10 @@ _HEADER = {
     "ServerSideEncryption": "x-amz-server-side-encryption",
     "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id",
     "IfNoneMatch": "If-None-Match",
+    # object options (objectopts.py); user metadata goes out with Metadata as x-amz-meta-*
+    "Tagging": "x-amz-tagging",
+    "CacheControl": "Cache-Control",
+    "ContentDisposition": "Content-Disposition",
 }
 _CHECKSUM_PARAMS = ("ChecksumCRC32C", "ChecksumCRC32", "ChecksumSHA256", "ChecksumSHA1")
 _REDIRECT_CODES = frozenset({"PermanentRedirect", "AuthorizationHeaderMalformed"})

@@ -19,81 +19,104 @@ import logging
 import signal
 from typing import Any
 
-from .cleanup import adopt_dead, last_sweep, sweep_due, sweep_multipart, tidy_spools
-from .errors import (
-    EXIT_OK,
-    EXIT_STORE_UNAVAILABLE,
-    LocalFault,
-    UploadError,
-)
+from .cleanup import last_sweep, sweep_due
+from .config import Config
+from .errors import EXIT_OK, EXIT_STORE_UNAVAILABLE, UploadError
 from .metrics import Metrics
 from .outcomes import Counts
 from .pipeline import Pipeline
-from .recovery import recover_own
+from .progress import Progress
+from .routes import Lanes, RouteRun, make_tickets
 from .settings import Settings
-from .spool import Claim, Spool, spool_layouts
-from .spoolguard import Guard, heal
-from .store import Store
-from .storegate import StoreGate
+from .spool import Claim, Spool
+from .store import ByteBudget, Store
 from .survey import work_waiting
 from .throttle import Throttle
-from .watch import Discovery, Pending
+from .watch import Discovery
 
 log = logging.getLogger(__name__)
 file_log = logging.getLogger("s3spool.file")
 
 
 class Service:
-    """Lifecycle, signals and drain; the store gate; housekeeping. Files: ``pipeline.py``."""
+    """Lifecycle, signals and drain; the workers all routes share. Files: ``pipeline.py``;
+    each route's spools, store and store gate: ``routes.py``."""
 
-    def __init__(self, settings: Settings, *, once: bool = False) -> None:
-        self.s = settings
+    def __init__(self, config: Config | Settings, *, once: bool = False) -> None:
+        self.config = config if isinstance(config, Config) else Config.single(config)
+        self.s = settings = self.config.s
         self.once = once
         self.instance_id = settings.resolved_instance_id
-        self.spools = [Spool(d, self.instance_id) for d in spool_layouts(settings)]
-        self.guards = {sp: Guard(sp) for sp in self.spools}
-        self.pending = Pending(settings.queue_size)
-        self.discovery = Discovery(
-            self.spools,
-            self.pending,
-            ignore=settings.ignore,
-            rescan_interval=settings.rescan_interval,
-            on_fault=self.trip,
-            is_paused=lambda spool: self.guards[spool].paused,
-        )
-        self.throttle = Throttle(settings.workers)
         self.metrics = Metrics()
-        self.store: Store | None = None
-        self.store_gate = StoreGate()
-        self.gate = self.store_gate.event  # set: intake running; clear: the store is down
         self.stopping = False
         self.ready = False
         self.exit_code = EXIT_OK
-        self.pipeline = Pipeline(
-            settings,
-            self.spools,
-            host=self,
-            once=once,
-            pending=self.pending,
-            discovery=self.discovery,
-            throttle=self.throttle,
-            metrics=self.metrics,
-            guards=self.guards,
-        )
+        tickets = make_tickets(len(self.config.routes))
+        self.counts = Counts()
+        self.routes = [
+            RouteRun(
+                route,
+                service=self,
+                once=once,
+                metrics=self.metrics,
+                counts=self.counts,
+                tickets=tickets,
+            )
+            for route in self.config.routes
+        ]
+        self.lanes = Lanes([r.pending for r in self.routes], tickets)
+        self.spools = [sp for r in self.routes for sp in r.spools]
+        self.guards = {sp: g for r in self.routes for sp, g in r.guards.items()}
         self._stop = asyncio.Event()
         self._force = False
         self._busy: set[asyncio.Task[Any]] = set()
         self._idle: set[asyncio.Task[Any]] = set()
+        self._intake: list[asyncio.Task[Any]] = []
         self._tg: asyncio.TaskGroup | None = None
-        self._last_sweep = 0.0
         self.early_signals: list[int] = []
+        self.progress = Progress(
+            self.counts, [(sp, r.discovery.is_ignored) for r in self.routes for sp in r.spools]
+        )
+        self._by_spool = {sp: r for r in self.routes for sp in r.spools}
         self.metrics.follow(
-            throttle=self.throttle, pending=self.pending, gate=self.gate, guards=self.guards
+            throttles=[r.throttle for r in self.routes],
+            gates=[r.gate for r in self.routes],
+            guards={r.name: r.guards for r in self.routes},
+            queue=self.lanes,
         )
 
+    # --- the first route, by the names a single-route service has always had (tests) --------
     @property
-    def counts(self) -> Counts:
-        return self.pipeline.outcomes.counts
+    def pipeline(self) -> Pipeline:
+        return self.routes[0].pipeline
+
+    @property
+    def discovery(self) -> Discovery:
+        return self.routes[0].discovery
+
+    @property
+    def throttle(self) -> Throttle:
+        return self.routes[0].throttle
+
+    @property
+    def gate(self) -> asyncio.Event:
+        return self.routes[0].gate
+
+    @property
+    def store(self) -> Store | None:
+        return self.routes[0].store
+
+    @store.setter
+    def store(self, store: Store | None) -> None:
+        self.routes[0].store = store
+
+    @property
+    def running(self) -> bool:
+        return self._tg is not None and not self.stopping
+
+    def spawn(self, coro: Any) -> None:
+        assert self._tg is not None
+        self._intake.append(self._tg.create_task(coro))
 
     # --- setup ------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -114,34 +137,30 @@ class Service:
     async def run(self) -> int:
         self.prepare()
         try:
-            for spool in self.spools:
-                try:
-                    spool.open()
-                except LocalFault as exc:
-                    # e.g. a full filesystem: this spool waits, the others start
-                    self.guards[spool].trip(exc)
-            self._last_sweep = last_sweep(self.spools)
-            if (
-                self.once
-                and not sweep_due(self.s, self._last_sweep)
-                and not work_waiting(self.spools, self.discovery.is_ignored)
+            for route in self.routes:
+                route.open()
+                route.last_sweep = last_sweep(route.spools)
+            if self.once and not any(
+                sweep_due(r.s, r.last_sweep) or work_waiting(r.spools, r.discovery.is_ignored)
+                for r in self.routes
             ):
                 # A cron job's empty run: no botocore to import, no client, no request.
                 await self.cleanup_once()
-                return self.pipeline.outcomes.once_summary(self.guards.values(), self.exit_code)
+                return self._once_summary()
             from .destinations import open_store
 
-            async with open_store(self.s, on_slowdown=self._on_slowdown) as store:
-                self.store = store
-                return await self._run(store)
+            budget = ByteBudget(self.s.buffer_limit)  # one bound for all routes' uploads
+            async with contextlib.AsyncExitStack() as stack:
+                for route in self.routes:
+                    route.store = await stack.enter_async_context(
+                        open_store(route.s, on_slowdown=route.on_slowdown, budget=budget)
+                    )
+                return await self._run()
         finally:
-            for guard in self.guards.values():
-                guard.stop_healing()
-            for spool in self.spools:
-                spool.close()
-            self.discovery.close()
+            for route in self.routes:
+                route.close()
 
-    async def _run(self, store: Store) -> int:
+    async def _run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -149,19 +168,17 @@ class Service:
         for early in self.early_signals:
             self._on_signal(early)  # arrived during startup, before these handlers existed
         try:
-            for spool in self.spools:
-                if spool.opened:
-                    for claim in recover_own(spool):
-                        self.pending.put_claim(claim)
-            adopt_dead(self.spools, self.guards, self.pending.put_claim)
-            if not self.once:
-                self.discovery.open_watches()
+            for route in self.routes:
+                route.recover()
+                if not self.once:
+                    route.discovery.open_watches()
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                # the start-up survey runs beside the first uploads, not before them
-                survey = self.store_gate.survey(store, self.pause)
-                intake: list[asyncio.Task[Any]] = [tg.create_task(survey)]
-                self._intake = intake
+                for route in self.routes:
+                    assert route.store is not None
+                    # the start-up survey runs beside the first uploads, not before them
+                    for coro in route.intake(route.store):
+                        self.spawn(coro)
                 http: asyncio.Task[Any] | None = None
                 if self.s.http_addr and not self.once:
                     from .http import serve_http
@@ -173,23 +190,13 @@ class Service:
                     for i in range(self.s.workers)
                 ]
                 if self.once:
-                    intake.append(tg.create_task(self._once_driver()))
+                    self.spawn(self._once_driver())
+                    self.spawn(self.progress.run())
                 else:
-                    intake.append(tg.create_task(self.discovery.read_events()))
-                    intake.append(tg.create_task(self.discovery.scan_loop()))
-                    intake.append(tg.create_task(self._cleanup_loop()))
-                    if self.s.probe_interval > 0:
-                        watch = self.store_gate.watch(store, self.s.probe_interval, self.pause)
-                        intake.append(tg.create_task(watch))
-                if not self.once:
-                    intake.append(tg.create_task(self.discovery.layout_loop()))
-                    for guard in self.guards.values():
-                        if guard.fault is not None:
-                            guard.start_healing(self._healed)
-                if not self.once:
+                    self.spawn(self._cleanup_loop())
                     tg.create_task(self._mark_ready())
                 await self._stop.wait()
-                await self._shutdown(intake, workers)
+                await self._shutdown(workers)
                 if http is not None:
                     await asyncio.wait(workers)
                     http.cancel()
@@ -198,8 +205,12 @@ class Service:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
         if self.once:
-            return self.pipeline.outcomes.once_summary(self.guards.values(), self.exit_code)
+            self.progress.summary()
+            return self._once_summary()
         return self.exit_code
+
+    def _once_summary(self) -> int:
+        return self.pipeline.outcomes.once_summary(self.guards.values(), self.exit_code)
 
     def _on_signal(self, sig: int) -> None:
         name = signal.Signals(sig).name
@@ -218,27 +229,28 @@ class Service:
     async def _mark_ready(self) -> None:
         # Ready once discovery runs; waiting for the first scan to *finish* would keep
         # a pod unready for as long as a backlog larger than QUEUE_SIZE takes to hand out.
-        await self.discovery.wait_scan_started()
+        for route in self.routes:
+            await route.discovery.wait_scan_started()
         self.ready = True
-        log.info(
-            "watching %d spool(s) -> %s with %d workers (instance %s)",
-            len(self.spools),
-            self.s.destination,
-            self.s.workers,
-            self.instance_id,
-        )
+        for route in self.routes:
+            log.info(
+                "%swatching %d spool(s) -> %s with %d workers (instance %s)",
+                f"route {route.name}: " if len(self.routes) > 1 else "",
+                len(route.spools),
+                route.s.destination,
+                self.s.workers,
+                self.instance_id,
+            )
 
-    async def _shutdown(
-        self, intake: list[asyncio.Task[Any]], workers: list[asyncio.Task[Any]]
-    ) -> None:
+    async def _shutdown(self, workers: list[asyncio.Task[Any]]) -> None:
         self.stopping = True
         self.ready = False
-        for task in intake:
+        for task in self._intake:
             task.cancel()
         for task in list(self._idle):
             task.cancel()
         busy = [t for t in workers if t in self._busy]
-        if busy and not self.gate.is_set():
+        if busy and not all(r.gate.is_set() for r in self.routes):
             log.warning("store unavailable: not waiting for %d stalled uploads", len(busy))
         elif busy and not self._force:
             _, still = await asyncio.wait(busy, timeout=self.s.shutdown_grace)
@@ -251,8 +263,9 @@ class Service:
 
     async def _once_driver(self) -> None:
         """--once: one scan, then stop when every queued and recovered file is handled."""
-        await self.discovery.scan_all()
-        await self.pending.join()
+        for route in self.routes:
+            await route.discovery.scan_all()
+        await self.lanes.join()
         # the cleanup phase a cron job expects: expire done/, sweep stale multipart uploads
         await self.cleanup_once()
         self.request_stop()
@@ -264,55 +277,41 @@ class Service:
         while True:
             self._idle.add(task)
             try:
-                job = await self.pending.get()
+                lane, job = await self.lanes.get()
             finally:
                 self._idle.discard(task)
             self._busy.add(task)
             try:
+                route = self._route_of(job)
                 if isinstance(job, Claim):
-                    await self.pipeline.deliver(job)
+                    await route.pipeline.deliver(job)
                 else:
-                    await self.pipeline.take(job)
+                    await route.pipeline.take(job)
             except Exception:
                 # A bug must cost one file's turn, never the worker: log and go on.
                 log.exception("worker %d: unexpected error on %r", wid, job)
             finally:
                 self._busy.discard(task)
-                self.pending.task_done()
+                lane.task_done()
             if self.stopping:
                 return
 
-    # --- local faults -------------------------------------------------------------------------
-    def trip(self, spool: Spool, fault: LocalFault) -> None:
-        """A directory of ``spool`` refused: pause that spool (see spoolguard.py)."""
-        guard = self.guards[spool]
-        guard.trip(fault)
-        if not self.once and self._tg is not None and not self.stopping:
-            guard.start_healing(self._healed)
+    def _route_of(self, job: Claim | tuple[Spool, str]) -> RouteRun:
+        spool = job.spool if isinstance(job, Claim) else job[0]
+        return self._by_spool[spool]
 
-    def _healed(self, guard: Guard) -> None:
-        self.discovery.rewatch(guard.spool)
-        self.discovery.request_rescan()
+    # --- faults and housekeeping ------------------------------------------------------------
+    async def store_down(self, exc: UploadError) -> None:
+        """--once: a store is unavailable; stop, exit 3."""
+        if self.exit_code != EXIT_STORE_UNAVAILABLE:
+            log.error("store unavailable: %s; stopping (--once)", exc)
+            self.exit_code = EXIT_STORE_UNAVAILABLE
+        self.request_stop(force=True)
+        raise asyncio.CancelledError
 
-    # --- store faults -------------------------------------------------------------------------
-    def _on_slowdown(self) -> None:
-        self.metrics.slowdowns.inc()
-        self.throttle.on_slowdown()
-
-    async def pause(self, exc: UploadError) -> None:
-        if self.once:
-            if self.exit_code != EXIT_STORE_UNAVAILABLE:
-                log.error("store unavailable: %s; stopping (--once)", exc)
-                self.exit_code = EXIT_STORE_UNAVAILABLE
-            self.request_stop(force=True)
-            raise asyncio.CancelledError
-        if self.store_gate.close(exc) and self._tg is not None and self.store is not None:
-            self._intake.append(self._tg.create_task(self.store_gate.reopen_when_up(self.store)))
-        await self.gate.wait()
-
-    # --- cleanup ------------------------------------------------------------------------------
     async def _cleanup_loop(self) -> None:
-        await self.discovery.wait_first_scan()
+        for route in self.routes:
+            await route.discovery.wait_first_scan()
         while True:
             try:
                 await self.cleanup_once()
@@ -321,25 +320,13 @@ class Service:
             await asyncio.sleep(self.s.cleanup_interval)
 
     async def cleanup_once(self) -> None:
-        adopt_dead(self.spools, self.guards, self.pending.put_claim)
-        if self.once:
-            for guard in self.guards.values():
-                if (
-                    guard.stranded
-                    and await asyncio.to_thread(heal, guard.spool, guard.fault) is None
-                ):
-                    guard.reroute()  # the directory works again: move what waited
-        await tidy_spools(self.spools, self.guards, self.s)
-        if self.store is not None and self.gate.is_set():
-            await self.store_gate.surveyed.wait()
-            self._last_sweep = await sweep_multipart(
-                self.store, self.spools, self.s, self.metrics, self._last_sweep
-            )
+        for route in self.routes:
+            await route.cleanup_once()
 
 
 async def run_service(
-    settings: Settings, *, once: bool = False, early_signals: list[int] | None = None
+    config: Config | Settings, *, once: bool = False, early_signals: list[int] | None = None
 ) -> int:
-    service = Service(settings, once=once)
+    service = Service(config, once=once)
     service.early_signals = early_signals if early_signals is not None else []
     return await service.run()

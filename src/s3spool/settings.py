@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -28,6 +27,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigError
 from .flags import ENV_PREFIX, env_name, flag_name
+from .optioncheck import check_metadata, check_option_value, check_tags
+from .optioncheck import key_format_fields as key_format_fields  # re-exported: callers read it here
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -90,11 +91,18 @@ PathList = Annotated[list[Path], NoDecode, BeforeValidator(parse_list)]
 
 #: Fields a ``KEY_FORMAT`` may use; ``keys.py`` fills them.
 KEY_FIELDS = frozenset(
-    {"fname", "spool_dir", "uuid1", "uuid4", "now", "hostname"}
+    {"fname", "relpath", "dirname", "spool_dir", "uuid1", "uuid4", "now", "hostname"}
     | {f"{p}_{u}" for p in ("m", "c") for u in ("YYYY", "MM", "DD", "hh", "mm", "ss")}
 )
 
 MIB = 1024 * 1024
+
+#: Settings of the whole process; every other setting may differ per route (config.py).
+GLOBAL_FIELDS = frozenset(
+    {"config", "workers", "queue_size", "buffer_limit", "rescan_interval", "cleanup_interval"}
+    | {"probe_interval", "shutdown_grace", "instance_id", "http_addr", "max_lag", "fail_rate"}
+    | {"log_level", "log_format"}
+)
 
 
 ChecksumName = Literal["crc32c", "crc32", "sha256", "md5", "none"]
@@ -108,17 +116,52 @@ def _default_checksum() -> ChecksumName:
     return "crc32c"
 
 
-def key_format_fields(template: str) -> set[str]:
-    """The field names a key template refers to; ``ValueError`` on bad syntax."""
-    names: set[str] = set()
-    for _literal, field, _spec, _conv in string.Formatter().parse(template):
-        if field is None:
-            continue
-        base = re.split(r"[.\[]", field, maxsplit=1)[0]
-        if not base:
-            raise ValueError("positional fields like {} are not allowed; name a field")
-        names.add(base)
-    return names
+# object options helpers
+def parse_pairs(value: Any) -> Any:
+    """``k=v`` pairs → dict: ``"a=1,b=2"``, a JSON list ``["a=1"]``, a JSON object or a dict
+    (a TOML table; numbers become text).  Names are stripped; values only in the comma form
+    (a JSON list or object keeps them as written)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{"):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a valid JSON object: {exc}") from None
+        else:
+            comma = not text.startswith("[")
+            value = parse_list(text)
+            if comma:
+                value = [_strip_pair(item) for item in value]
+    if isinstance(value, dict):
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                v = str(v)
+            if not isinstance(v, str):
+                raise ValueError(f"the value of {k!r} is not text")
+            out[str(k).strip()] = v
+        return out
+    if not isinstance(value, list):
+        return value  # pydantic says what it expected
+    pairs: dict[str, str] = {}
+    for item in value:
+        if not isinstance(item, str) or "=" not in item:
+            raise ValueError(f"{item!r} is not k=v")
+        k, _, v = item.partition("=")
+        k = k.strip()
+        if k in pairs:
+            raise ValueError(f"{k!r} is given twice")
+        pairs[k] = v
+    return pairs
+
+
+def _strip_pair(item: str) -> str:
+    k, sep, v = item.partition("=")
+    return f"{k.strip()}{sep}{v.strip()}"
+
+
+Pairs = Annotated[dict[str, str] | None, NoDecode, BeforeValidator(parse_pairs)]
 
 
 class Settings(BaseSettings):
@@ -148,6 +191,15 @@ class Settings(BaseSettings):
         "failed files are resubmitted after a backoff.",
     )
 
+    incoming_name: str = Field(
+        "incoming",
+        description="Name of incoming/ inside each SPOOL_DIRS root (an older tool's layout in "
+        "place: e.g. new).",
+    )
+    working_name: str = Field("working", description="Name of working/ inside each root.")
+    done_name: str = Field("done", description="Name of done/ inside each root (e.g. completed).")
+    failed_name: str = Field("failed", description="Name of failed/ inside each root.")
+
     # --- where files go -----------------------------------------------------------------------
     destination: str = Field(
         "",
@@ -158,6 +210,11 @@ class Settings(BaseSettings):
     region: str | None = Field(None, description="Region of the bucket (botocore default chain).")
     addressing_style: Literal["auto", "path", "virtual"] = Field(
         "auto", description="Bucket addressing style."
+    )
+    profile: str | None = Field(
+        None,
+        description="Credentials profile of the shared AWS config files (default: botocore's "
+        "chain, AWS_PROFILE included).",
     )
     ca_bundle: Path | None = Field(
         None,
@@ -205,9 +262,56 @@ class Settings(BaseSettings):
     )
 
     # --- object options (routes issue) ------------------------------------------------------
+    metadata: Pairs = Field(
+        None,
+        description="User metadata (x-amz-meta-*) as k=v pairs (comma-separated, JSON list or "
+        "object); values may use the key fields, e.g. source={spool_dir}.",
+    )
+    tags: Pairs = Field(
+        None,
+        description="Object tags as k=v pairs, like METADATA (at most 10; values may use the "
+        "key fields).",
+    )
+    cache_control: str | None = Field(
+        None, description="Cache-Control of every object, e.g. max-age=86400."
+    )
+    content_disposition: str | None = Field(
+        None,
+        description="Content-Disposition of every object; may use the key fields, e.g. "
+        'attachment; filename="{fname}".',
+    )
+
+    @model_validator(mode="after")
+    def _check_object_options(self) -> Settings:
+        self.metadata = check_metadata(self.metadata, KEY_FIELDS) if self.metadata else None
+        self.tags = check_tags(self.tags, KEY_FIELDS) if self.tags else None
+        self.cache_control = self.cache_control or None
+        if self.cache_control:
+            if "{" in self.cache_control:
+                raise ValueError("cache_control: key fields are not allowed here")
+            check_option_value("cache_control", "", self.cache_control, header=True, known=set())
+        self.content_disposition = self.content_disposition or None
+        if self.content_disposition:
+            check_option_value(
+                "content_disposition", "", self.content_disposition, header=True, known=KEY_FIELDS
+            )
+        # a bad format spec ({now:%Y}) shows when objectopts renders a sample, at startup
+        return self
+
     # --- end object options --------------------------------------------------------------
 
     # --- recursive spools (routes issue) ----------------------------------------------------
+    recursive: bool = Field(
+        False,
+        description="Also take files from subdirectories of incoming/ (watched as they appear, "
+        "symlinks never followed); each goes to the same relative path under done/ or failed/, "
+        "and KEY_FORMAT can use {relpath} and {dirname}. false: subdirectories are left alone.",
+    )
+    rmdir_after: Duration = Field(
+        3600.0,
+        description="RECURSIVE: cleanup removes an empty subdirectory of incoming/ (and of "
+        "done/, failed/) once nothing changed in it for this long. 0: never.",
+    )
     # --- end recursive spools ------------------------------------------------------------
 
     # --- how ---------------------------------------------------------------------------------
@@ -268,6 +372,11 @@ class Settings(BaseSettings):
     )
 
     # --- process -----------------------------------------------------------------------------
+    config: Path | None = Field(
+        None,
+        description='TOML file of settings and [[route]] tables (see README "Config file"); '
+        "flags and variables override it.",
+    )
     shutdown_grace: Duration = Field(
         30.0, description="On SIGTERM/SIGINT, time allowed for in-flight uploads to finish."
     )
@@ -310,20 +419,7 @@ class Settings(BaseSettings):
                 f"key_format: unknown field {{{unknown[0]}}}; known fields: "
                 + ", ".join(sorted(KEY_FIELDS))
             )
-        explicit = [self.incoming_dir, self.working_dir, self.done_dir, self.failed_dir]
-        if self.spool_dirs and any(explicit):
-            raise ValueError(
-                "spool_dirs: use either SPOOL_DIRS or INCOMING_DIR/WORKING_DIR/DONE_DIR/FAILED_DIR"
-            )
-        if not self.spool_dirs:
-            if not self.incoming_dir:
-                raise ValueError("spool_dirs: required (or INCOMING_DIR with WORKING_DIR)")
-            if not self.working_dir:
-                raise ValueError("working_dir: required with INCOMING_DIR")
-            if not self.done_dir and not self.remove_on_success:
-                raise ValueError("done_dir: required with INCOMING_DIR unless REMOVE_ON_SUCCESS")
-            if not self.failed_dir and not self.remove_on_failure:
-                raise ValueError("failed_dir: required with INCOMING_DIR unless REMOVE_ON_FAILURE")
+        _check_spools(self)
         if not 5 * MIB <= self.part_size <= 5 * 1024 * MIB:
             raise ValueError("part_size: must be between 5MiB and 5GiB (S3 limits)")
         if self.sse_kms_key_id and self.sse != "aws:kms":
@@ -333,15 +429,8 @@ class Settings(BaseSettings):
         if self.http_addr:
             parse_http_addr(self.http_addr)
         if self.ca_bundle is not None:
-            try:
-                with open(self.ca_bundle, "rb") as fh:
-                    head = fh.read(4096)
-            except OSError as exc:
-                raise ValueError(
-                    f"ca_bundle: cannot read {self.ca_bundle}: {exc.strerror}"
-                ) from None
-            if b"-----BEGIN CERTIFICATE-----" not in head:
-                raise ValueError(f"ca_bundle: {self.ca_bundle} holds no PEM certificate")
+            _check_ca_bundle(self.ca_bundle)
+        _check_dir_names(self)
         if self.instance_id is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.instance_id):
             raise ValueError("instance_id: only letters, digits, '_', '.', '-' are allowed")
         return self
@@ -365,6 +454,50 @@ class Settings(BaseSettings):
     @property
     def resolved_instance_id(self) -> str:
         return self.instance_id or _default_instance_id()
+
+
+def _check_spools(s: Settings) -> None:
+    """SPOOL_DIRS, or a complete set of explicit directories."""
+    explicit = [s.incoming_dir, s.working_dir, s.done_dir, s.failed_dir]
+    if s.spool_dirs and any(explicit):
+        raise ValueError(
+            "spool_dirs: use either SPOOL_DIRS or INCOMING_DIR/WORKING_DIR/DONE_DIR/FAILED_DIR"
+        )
+    if not s.spool_dirs:
+        if not s.incoming_dir:
+            raise ValueError("spool_dirs: required (or INCOMING_DIR with WORKING_DIR)")
+        if not s.working_dir:
+            raise ValueError("working_dir: required with INCOMING_DIR")
+        if not s.done_dir and not s.remove_on_success:
+            raise ValueError("done_dir: required with INCOMING_DIR unless REMOVE_ON_SUCCESS")
+        if not s.failed_dir and not s.remove_on_failure:
+            raise ValueError("failed_dir: required with INCOMING_DIR unless REMOVE_ON_FAILURE")
+
+
+def _check_ca_bundle(path: Path) -> None:
+    """A readable PEM file (botocore would only fail at the first request)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError as exc:
+        raise ValueError(f"ca_bundle: cannot read {path}: {exc.strerror}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in head:
+        raise ValueError(f"ca_bundle: {path} holds no PEM certificate")
+
+
+def _check_dir_names(s: Settings) -> None:
+    """INCOMING_NAME and friends: one directory name each, and different."""
+    for name in ("incoming_name", "working_name", "done_name", "failed_name"):
+        value = getattr(s, name)
+        if not value or "/" in value or value in (".", ".."):
+            raise ValueError(f"{name}: {value!r} must be one directory name")
+    # failed_name may equal incoming_name: failed files are then resubmitted
+    names = {s.incoming_name, s.working_name, s.done_name}
+    if len(names) != 3 or s.failed_name in names - {s.incoming_name}:
+        raise ValueError(
+            "done_name: incoming/, working/, done/ and failed/ need different names "
+            "(failed/ may be incoming/: resubmit)"
+        )
 
 
 _INSTANCE_ID: str | None = None
@@ -411,10 +544,11 @@ def parse_http_addr(addr: str) -> tuple[str, int]:
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build ``Settings`` from the environment plus ``overrides`` (CLI flags).
+    """Settings of a single route from the environment plus ``overrides`` (flags).
 
     Validation errors become one ``ConfigError`` whose lines name each bad
-    setting both ways (``S3SPOOL_X`` / ``--x``).
+    setting both ways (``S3SPOOL_X`` / ``--x``).  ``config.load_config`` reads a config
+    file and routes too.
     """
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -422,22 +556,29 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(format_validation_error(exc)) from None
 
 
-def format_validation_error(exc: ValidationError) -> str:
-    lines = []
+def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
+    """(field, message) per error; field is "" when no single setting is at fault."""
+    out = []
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ()) if not isinstance(p, int)]
-        msg = str(err.get("msg", "invalid"))
-        msg = msg.removeprefix("Value error, ")
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         field = loc[0] if loc else ""
         # model-level checks put the field name first in the message: "field: text"
         if not field and ":" in msg:
             head, _, rest = msg.partition(":")
             if head in Settings.model_fields:
                 field, msg = head, rest.strip()
-        if field in Settings.model_fields:
-            lines.append(f"{env_name(field)} ({flag_name(field)}): {msg}")
-        else:
-            lines.append(f"{'.'.join(loc) or 'settings'}: {msg}")
+        if field and field not in Settings.model_fields:
+            field, msg = "", f"{'.'.join(loc)}: {msg}"
+        out.append((field, msg))
+    return out
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = [
+        f"{env_name(field)} ({flag_name(field)}): {msg}" if field else f"settings: {msg}"
+        for field, msg in validation_problems(exc)
+    ]
     return "invalid settings:\n  " + "\n  ".join(lines)
 
 

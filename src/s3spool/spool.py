@@ -16,6 +16,9 @@ Layout of one spool (directories are created if missing)::
     done/                      delivered files (unless REMOVE_ON_SUCCESS)
     failed/                    undeliverable files + NAME.reason.json
 
+A RECURSIVE spool takes files from subdirectories of incoming/ too: a claim keeps its
+relpath (``a/b/NAME``) below files/, keys/, done/ and failed/ (``tree.py``).
+
 An instance whose directory can be locked is dead: any live instance adopts its
 claims (with their keys) and delivers them.  (Instances before this layout held a
 ``lock`` file inside it instead; that file is still honoured.)
@@ -41,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import tree
 from .errors import ConfigError, FileVanished, LocalFault, PermanentError, TransientError
 from .settings import Settings
 from .store import Source
@@ -66,27 +70,26 @@ except (OSError, AttributeError):  # pragma: no cover - glibc < 2.28 or not Linu
 _noreplace_ok = _renameat2 is not None
 
 
-def rename_noreplace(src: str | Path, dst: str | Path) -> None:
+def rename_noreplace(src: str | Path, dst: str | Path, *, src_dir_fd: int | None = None) -> None:
     """rename(2) that fails with ``FileExistsError`` instead of replacing ``dst``.
 
     Uses renameat2(RENAME_NOREPLACE); where a filesystem lacks it, link+unlink
     gives the same guarantee (exactly one of several racers' unlinks succeeds).
+    ``src_dir_fd``: ``src`` is relative to that directory.
     """
     global _noreplace_ok
     if _noreplace_ok:
-        if (
-            _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
-            == 0
-        ):
+        sfd = _AT_FDCWD if src_dir_fd is None else src_dir_fd
+        if _renameat2(sfd, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
             return
         err = ctypes.get_errno()
         if err not in (errno.EINVAL, errno.ENOSYS):
             raise OSError(err, os.strerror(err), os.fspath(src), None, os.fspath(dst))
         _noreplace_ok = False
         log.info("filesystem lacks RENAME_NOREPLACE; using link+unlink")
-    os.link(src, dst, follow_symlinks=False)
+    os.link(src, dst, src_dir_fd=src_dir_fd, follow_symlinks=False)
     try:
-        os.unlink(src)
+        os.unlink(src, dir_fd=src_dir_fd)
     except FileNotFoundError:
         # someone else moved it first: they own it, undo our link
         os.unlink(dst)
@@ -137,6 +140,8 @@ class SpoolDirs:
     working: Path
     done: Path | None
     failed: Path | None
+    #: the route that serves this spool (config.py); "default" without [[route]] tables
+    route: str = "default"
 
     @property
     def resubmit(self) -> bool:
@@ -151,7 +156,11 @@ def _same_path(a: Path, b: Path) -> bool:
     return os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b))
 
 
-def spool_layouts(s: Settings) -> list[SpoolDirs]:
+#: the name of the one route of a configuration without [[route]] tables
+DEFAULT_ROUTE = "default"
+
+
+def spool_layouts(s: Settings, *, route: str = DEFAULT_ROUTE) -> list[SpoolDirs]:
     if s.spool_dirs:
         out = []
         for root in s.spool_dirs:
@@ -160,10 +169,11 @@ def spool_layouts(s: Settings) -> list[SpoolDirs]:
                 SpoolDirs(
                     label=str(root),
                     root=root,
-                    incoming=root / "incoming",
-                    working=root / "working",
-                    done=None if s.remove_on_success else root / "done",
-                    failed=None if s.remove_on_failure else root / "failed",
+                    incoming=root / s.incoming_name,
+                    working=root / s.working_name,
+                    done=None if s.remove_on_success else root / s.done_name,
+                    failed=None if s.remove_on_failure else root / s.failed_name,
+                    route=route,
                 )
             )
         labels = [d.label for d in out]
@@ -182,23 +192,26 @@ def spool_layouts(s: Settings) -> list[SpoolDirs]:
             working=_abs(s.working_dir) or incoming,
             done=None if s.remove_on_success else _abs(s.done_dir),
             failed=None if s.remove_on_failure else _abs(s.failed_dir),
+            route=route,
         )
     ]
 
 
 def about(emit: Callable[..., None], spool: Spool, name: str, msg: str, *args: object) -> None:
-    """Log a line about one file, with the prefix operators' filters know."""
+    """Log a line about one file, with the prefix operators' filters know (``name``: the
+    file's relpath below incoming/, which is its name unless the spool is RECURSIVE)."""
     emit("spool=%s name=%r: " + msg, spool.label, name, *args)
 
 
 @dataclass(slots=True, eq=False, kw_only=True)
 class Claim(Source):
     """A file this instance has renamed into its working directory: the one record of a
-    file in flight, from the claim to done/ or failed/ (``name`` is str with
-    surrogateescape for non-UTF-8 bytes)."""
+    file in flight, from the claim to done/ or failed/ (``name`` is its relpath, ``a/b/NAME``
+    in a RECURSIVE spool, kept below every directory it goes to; str with surrogateescape
+    for non-UTF-8 bytes)."""
 
     spool: Spool
-    path: str  # working/<instance>/files/NAME (a str: built for every file, cheaply)
+    path: str  # working/<instance>/files/RELPATH (a str: built for every file, cheaply)
     mtime: float = 0.0
     ctime: float = 0.0
     recovered: bool = False  # adopted from a dead instance: check the store first
@@ -219,8 +232,10 @@ class Claim(Source):
 class Spool:
     """One spool as seen by this instance."""
 
-    def __init__(self, dirs: SpoolDirs, instance_id: str) -> None:
+    def __init__(self, dirs: SpoolDirs, instance_id: str, *, recursive: bool = False) -> None:
         self.dirs = dirs
+        #: RECURSIVE: files in subdirectories of incoming/ are taken too (tree.py)
+        self.recursive = recursive
         self.label = dirs.label
         self.instance_id = instance_id
         self.me = dirs.working / instance_id
@@ -270,6 +285,12 @@ class Spool:
                 f"spool {self.label}: directories are on different filesystems ({groups}); "
                 "rename(2) cannot move files between them — put them on one filesystem"
             )
+        for role, path in named[1:] if self.recursive else ():
+            if path and tree.inside(path, d.incoming) and not (role == "failed" and d.resubmit):
+                raise ConfigError(
+                    f"spool {self.label}: the {role} directory {path} is inside {d.incoming}; "
+                    "with RECURSIVE its files would be taken again — move it out"
+                )
 
     def open(self) -> None:
         """Create this instance's claim directory and lock it.
@@ -303,9 +324,11 @@ class Spool:
         if self._lock_fd is None:
             return
         with contextlib.suppress(OSError):
+            tree.prune_empty(self.files)  # subdirectories of RECURSIVE claims
             if not any(self.files.iterdir()):
-                for p in self.keys.iterdir():
-                    p.unlink()
+                for rel in tree.files_below(self.keys):
+                    os.unlink(self.keys / rel)
+                tree.prune_empty(self.keys)
                 self.keys.rmdir()
                 self.files.rmdir()
                 self.me.rmdir()
@@ -337,9 +360,14 @@ class Spool:
         ``None`` if another worker or instance took it first (ENOENT), or if a
         claim of the same name is still in flight here (EEXIST: try later).
         """
-        dst = self._files_s + name
+        src, dst = self._incoming_s + name, self._files_s + name
         try:
-            rename_noreplace(self._incoming_s + name, dst)
+            if "/" in name:  # RECURSIVE: never through a directory swapped for a symlink
+                tree.move_from_below(
+                    rename_noreplace, self._incoming_s[:-1], name, self._files_s[:-1]
+                )
+            else:
+                rename_noreplace(src, dst)
         except FileNotFoundError:
             if not os.path.isdir(self.files):  # our claim directory is gone, not the file
                 raise LocalFault(
@@ -347,8 +375,11 @@ class Spool:
                     reason="ENOENT",
                     path=str(self.files),
                 ) from None
+            tree.prune_parents(self._files_s[:-1], name)  # if made for a file another took
             return None
-        except FileExistsError:
+        except (FileExistsError, NotADirectoryError):  # NOTDIR: a claim of a/ vs one of a/b
+            if not os.path.lexists(src):
+                return None
             raise TransientError(
                 f"a file named {name!r} is still in flight", reason="busy"
             ) from None
@@ -360,8 +391,8 @@ class Spool:
     def unclaim(self, claim: Claim) -> bool:
         """Put a claimed, not yet uploaded file back into incoming/."""
         try:
-            rename_noreplace(claim.path, self._incoming_s + claim.name)
-        except FileExistsError:
+            tree.move_into(rename_noreplace, claim.path, self._incoming_s[:-1], claim.name)
+        except (FileExistsError, NotADirectoryError):
             about(
                 log.warning,
                 self,
@@ -373,6 +404,7 @@ class Spool:
             return False
         except FileNotFoundError:
             pass
+        tree.prune_parents(self._files_s[:-1], claim.name)
         self.forget_key(claim)
         return True
 
@@ -389,7 +421,7 @@ class Spool:
         try:
             with open(tmp, "w", encoding="utf-8") as fh:
                 json.dump(record, fh)
-            os.replace(tmp, self.keys / claim.name)
+            tree.move_into(os.replace, os.fspath(tmp), os.fspath(self.keys), claim.name)
             claim.key_saved = True
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -424,6 +456,7 @@ class Spool:
             return  # most claims never write one: skip a failing unlink per file
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.keys / claim.name)
+        tree.prune_parents(os.fspath(self.keys), claim.name)
         claim.key_saved = False
 
     # --- routing ---------------------------------------------------------------------------
@@ -442,12 +475,19 @@ class Spool:
                 _unlink(claim.path)
                 dest = None
             else:
-                dest = self._place(claim.path, directory, claim.name)
+                try:
+                    dest = _place(claim.path, directory, claim.name, self.label)
+                except FileNotFoundError:
+                    if "/" not in claim.name:
+                        raise
+                    # its directory was empty and old, and cleanup removed it just now
+                    dest = _place(claim.path, directory, claim.name, self.label)
         except OSError as exc:
             if not os.path.lexists(claim.path):
                 raise FileVanished(f"{claim.name!r} vanished from {self.files}") from None
             where = directory if directory and writable(self.files) is None else self.files
             raise local_fault(exc, f"move {claim.name!r}", where) from None
+        tree.prune_parents(self._files_s[:-1], claim.name)  # a RECURSIVE claim's directories
         self.forget_key(claim)
         return dest
 
@@ -467,44 +507,10 @@ class Spool:
             about(log.warning, self, claim.name, "could not write %s: %s", note.name, exc.strerror)
         return dest
 
-    def _place(self, src: str, directory: Path, name: str) -> Path:
-        """rename src → directory/name; an existing *different* file is never replaced."""
-        try:
-            rename_noreplace(src, f"{directory}/{name}")
-            return directory / name
-        except FileExistsError:
-            pass
-        dest = directory / name
-        if _same_file_content(src, dest):
-            os.replace(src, dest)
-            return dest
-        for n in range(1, 100000):
-            alt = directory / f"{name}~{n}"
-            try:
-                rename_noreplace(src, alt)
-            except FileExistsError:
-                continue
-            except OSError as exc:
-                if exc.errno == errno.ENAMETOOLONG:
-                    alt = directory / f"{name[:200]}~{secrets.token_hex(4)}"
-                    rename_noreplace(src, alt)
-                else:
-                    raise
-            log.info(
-                "spool=%s: %s/%s exists with other content; kept both, new one is %s",
-                self.label,
-                directory.name,
-                name,
-                alt.name,
-            )
-            return alt
-        raise PermanentError(f"no free name for {name!r} in {directory}")  # pragma: no cover
-
     # --- scanning and recovery -----------------------------------------------------------
     def own_claims(self) -> Iterator[str]:
-        with os.scandir(self.files) as it:
-            for entry in it:
-                yield entry.name
+        """Relpaths of our claims (a RECURSIVE claim keeps its directories below files/)."""
+        yield from tree.files_below(self.files)
 
 
 def open_claimed(claim: Claim) -> None:
@@ -527,6 +533,46 @@ def open_claimed(claim: Claim) -> None:
     claim.mtime = st.st_mtime
     claim.mtime_ns = st.st_mtime_ns
     claim.fd = fd
+
+
+def _place(src: str, directory: Path, name: str, label: str) -> Path:
+    """rename src → directory/name; an existing *different* file is never replaced.
+
+    ``name`` is a relpath: its directories are made, and a non-directory in the way of
+    one is sidestepped like a name (``a~1/``)."""
+    reldir, name = tree.split(name)
+    if reldir:
+        directory = Path(tree.make_dirs(os.fspath(directory), reldir, sidestep=True))
+    try:
+        rename_noreplace(src, f"{directory}/{name}")
+        return directory / name
+    except FileExistsError:
+        pass
+    dest = directory / name
+    if _same_file_content(src, dest):
+        os.replace(src, dest)
+        return dest
+    for n in range(1, 100000):
+        alt = directory / f"{name}~{n}"
+        try:
+            rename_noreplace(src, alt)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                alt = directory / f"{name[:200]}~{secrets.token_hex(4)}"
+                rename_noreplace(src, alt)
+            else:
+                raise
+        log.info(
+            "spool=%s: %s/%s exists with other content; kept both, new one is %s",
+            label,
+            directory.name,
+            name,
+            alt.name,
+        )
+        return alt
+    raise PermanentError(f"no free name for {name!r} in {directory}")  # pragma: no cover
 
 
 def _unlink(path: str | Path) -> None:

@@ -10,8 +10,9 @@ import time
 from typing import Any, TextIO
 
 from .clock import cautious_now
+from .config import Config, Route, routes_of
 from .errors import EXIT_NOT_OK, EXIT_OK, UploadError
-from .keys import KeyInput, KeyTemplate, spool_dir_field
+from .keys import STABLE_FIELDS, KeyInput, KeyTemplate, spool_dir_field
 from .settings import Settings
 from .spool import spool_layouts
 from .survey import (
@@ -24,21 +25,22 @@ from .survey import (
     show_name,
     survey_spool,
 )
+from .tree import walk
 from .watch import compile_ignore
 
 
-def status(settings: Settings, *, as_json: bool = False, out: TextIO | None = None) -> int:
+def status(config: Config | Settings, *, as_json: bool = False, out: TextIO | None = None) -> int:
     """Per spool: files and bytes per state, oldest incoming file, live instances.
 
     Exit 1 if a directory could not be read, else 0.
     """
     out = out or sys.stdout
-    is_ignored = compile_ignore(settings.ignore)
     now = time.time()
     report: list[dict[str, Any]] = []
     errors: list[str] = []
-    for dirs in spool_layouts(settings):
-        s = survey_spool(dirs, is_ignored)
+    routes = routes_of(config)
+    for route, dirs in ((r, d) for r in routes for d in spool_layouts(r.s, route=r.name)):
+        s = survey_spool(dirs, compile_ignore(route.s.ignore), recursive=route.s.recursive)
         for key in ("incoming", "working", "done", "failed"):
             d = s[key]
             if d is not None and d.error:
@@ -50,6 +52,7 @@ def status(settings: Settings, *, as_json: bool = False, out: TextIO | None = No
         report.append(
             {
                 "spool": dirs.label,
+                "route": route.name,
                 "incoming": incoming_json,
                 "working": dir_json(s["working"], now),
                 "done": dir_json(s["done"], now),
@@ -66,14 +69,16 @@ def status(settings: Settings, *, as_json: bool = False, out: TextIO | None = No
         out.write("\n")
     else:
         for spool in report:
-            _status_text(spool, out)
+            _status_text(spool, out, with_route=len(routes) > 1)
     for e in errors:
         print(f"s3spool status: cannot read {e}", file=sys.stderr)
     return EXIT_NOT_OK if errors else EXIT_OK
 
 
-def _status_text(spool: dict[str, Any], out: TextIO) -> None:
-    print(f"spool {spool['spool']}", file=out)
+def _status_text(spool: dict[str, Any], out: TextIO, *, with_route: bool) -> None:
+    print(
+        f"spool {spool['spool']}" + (f" (route {spool['route']})" if with_route else ""), file=out
+    )
     for state in ("incoming", "working", "done", "failed"):
         d = spool[state]
         if d is None:
@@ -118,13 +123,28 @@ def _status_text(spool: dict[str, Any], out: TextIO) -> None:
 # --- run --dry-run -----------------------------------------------------------------------------
 
 
-def dry_run(settings: Settings, *, out: TextIO | None = None) -> int:
+def dry_run(config: Config | Settings, *, out: TextIO | None = None) -> int:
     """Print what one pass would upload, and under which key; change nothing anywhere.
 
     Lines are tab-separated: ``upload NAME SIZE KEY`` or ``skip NAME REASON``.
     Exit 1 if an incoming/ could not be read or a key cannot be rendered.
     """
     out = out or sys.stdout
+    totals = [0, 0, 0]
+    worst = EXIT_OK
+    for route in routes_of(config):
+        worst = max(worst, _dry_run_route(route, out, totals))
+    total_files, total_bytes, skipped = totals
+    print(
+        f"# {plural(total_files, 'file')} ({human_size(total_bytes)}) would be uploaded, "
+        f"{skipped} skipped",
+        file=out,
+    )
+    return worst
+
+
+def _dry_run_route(route: Route, out: TextIO, totals: list[int]) -> int:
+    settings = route.s
     prefix = settings.prefix
     template = KeyTemplate(settings.key_format, prefix)
     is_ignored = compile_ignore(settings.ignore)
@@ -132,16 +152,18 @@ def dry_run(settings: Settings, *, out: TextIO | None = None) -> int:
     if not template.stable:
         print(
             "# note: KEY_FORMAT uses fields that change per upload "
-            f"({', '.join(sorted(template.fields - {'fname', 'spool_dir'}))}); "
+            f"({', '.join(sorted(template.fields - STABLE_FIELDS))}); "
             "real keys will differ",
             file=out,
         )
     total_files = total_bytes = skipped = 0
-    for dirs in spool_layouts(settings):
+    for dirs in spool_layouts(settings, route=route.name):
         spool_dir = spool_dir_field(dirs.root or dirs.incoming)
         print(f"# spool {dirs.label}: {dirs.incoming} -> {settings.destination}", file=out)
         try:
-            names = sorted(os.listdir(dirs.incoming))
+            # RECURSIVE: relpaths below incoming/, as discovery walks them (tree.walk)
+            found = walk(dirs.incoming, recursive=settings.recursive, skip_dir=is_ignored)
+            names = sorted(rel for rel, _entry in found)
         except FileNotFoundError:
             print("# incoming/ does not exist yet; nothing to upload", file=out)
             continue
@@ -152,7 +174,8 @@ def dry_run(settings: Settings, *, out: TextIO | None = None) -> int:
         now = cautious_now()
         for name in names:
             shown = show_name(name)
-            if is_ignored(name):
+            dirname, _, base = name.rpartition("/")
+            if is_ignored(base):
                 print(f"skip\t{shown}\tignored (matches IGNORE)", file=out)
                 skipped += 1
                 continue
@@ -175,7 +198,13 @@ def dry_run(settings: Settings, *, out: TextIO | None = None) -> int:
                 continue
             try:
                 key = template.render(
-                    KeyInput(os.fsencode(name), spool_dir, st.st_mtime, st.st_ctime)
+                    KeyInput(
+                        os.fsencode(base),
+                        spool_dir,
+                        st.st_mtime,
+                        st.st_ctime,
+                        os.fsencode(dirname),
+                    )
                 )
             except UploadError as exc:
                 print(f"skip\t{shown}\twould fail: {exc}", file=out)
@@ -192,9 +221,7 @@ def dry_run(settings: Settings, *, out: TextIO | None = None) -> int:
                 "(delivered by their instance, or recovered if it is dead)",
                 file=out,
             )
-    print(
-        f"# {plural(total_files, 'file')} ({human_size(total_bytes)}) would be uploaded, "
-        f"{skipped} skipped",
-        file=out,
-    )
+    totals[0] += total_files
+    totals[1] += total_bytes
+    totals[2] += skipped
     return status_code

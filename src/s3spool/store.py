@@ -118,7 +118,8 @@ class ByteBudget:
 
 def guess_type(name: str) -> str | None:
     dot = name.rfind(".")
-    return _guess_by_suffix(name[dot:].lower()) if dot > 0 else None
+    # after the last "/": a RECURSIVE claim's name is its relpath (a.d/README has no type)
+    return _guess_by_suffix(name[dot:].lower()) if dot > name.rfind("/") + 1 else None
 
 
 @functools.lru_cache(maxsize=512)

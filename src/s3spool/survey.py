@@ -2,6 +2,8 @@
 
 Nothing here writes, claims or talks to the store.  ``hold_left`` is the one rule for
 when a regular file may be taken; the pipeline, dry-run, status and the gauges all use it.
+A RECURSIVE spool's files are counted in every subdirectory, as discovery walks them
+(``tree.walk``: symlinks never followed, subdirectories matching IGNORE not entered).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from .keys import encode_name
 from .recovery import instance_is_live
 from .spool import Spool, SpoolDirs
+from .tree import walk
 
 
 def hold_left(mtime: float, hold_for: float, now: float, seen_for: float = 0.0) -> float:
@@ -42,31 +45,66 @@ class SpoolGauges:
     lag: float = 0.0
 
 
-def scan_dir(path: Path | None) -> Iterator[os.DirEntry[str]]:
-    """Entries of a directory; nothing if it is missing or unreadable (gauges must not fail)."""
+def scan_dir(
+    path: Path | None,
+    *,
+    recursive: bool = False,
+    skip_dir: Callable[[str], bool] | None = None,
+) -> Iterator[os.DirEntry[str]]:
+    """Entries of a directory (with ``recursive``: below it, but the subdirectories walked
+    into); nothing if it is missing or unreadable (gauges must not fail)."""
     if path is None:
         return
     try:
-        it = os.scandir(path)
+        for _rel, entry in walk(path, recursive=recursive, skip_dir=skip_dir):
+            yield entry
     except OSError:
         return
-    with it:
-        yield from it
 
 
 def work_waiting(spools: Iterable[Spool], is_ignored: Callable[[str], bool]) -> bool:
-    """Does an open spool hold a file to take (any entry of incoming/ not ignored) or a
-    claim to recover?  Stops at the first."""
+    """Does an open spool hold a file to take (any entry of incoming/ not ignored; an empty
+    subdirectory of a RECURSIVE spool is not one) or a claim to recover?  Stops at the first."""
     return any(
-        any(not is_ignored(entry.name) for entry in scan_dir(sp.dirs.incoming))
+        any(
+            not is_ignored(entry.name)
+            for entry in scan_dir(sp.dirs.incoming, recursive=sp.recursive, skip_dir=is_ignored)
+        )
         or claimed_count(sp.dirs)
         for sp in spools
         if sp.opened
     )
 
 
+def regular_files(
+    incoming: Path,
+    is_ignored: Callable[[str], bool],
+    *,
+    recursive: bool = False,
+    each_entry: Callable[[], None] | None = None,
+) -> Iterator[os.stat_result]:
+    """The lstat of each regular file in incoming/ whose name is not ignored (what the
+    pipeline would consider); ``each_entry`` is called for every entry looked at."""
+    for entry in scan_dir(incoming, recursive=recursive, skip_dir=is_ignored):
+        if each_entry is not None:
+            each_entry()
+        if is_ignored(entry.name):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            yield st
+
+
 def spool_gauges(
-    dirs: SpoolDirs, is_ignored: Callable[[str], bool], hold_for: float, now: float
+    dirs: SpoolDirs,
+    is_ignored: Callable[[str], bool],
+    hold_for: float,
+    now: float,
+    *,
+    recursive: bool = False,
 ) -> SpoolGauges:
     """One pass over incoming/ (count + lag) and a count of working/ and failed/.
 
@@ -77,15 +115,12 @@ def spool_gauges(
     """
     g = SpoolGauges()
     oldest: float | None = None
-    for entry in scan_dir(dirs.incoming):
+
+    def seen() -> None:
         g.incoming += 1
-        if is_ignored(entry.name):
-            continue
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except OSError:
-            continue
-        if not stat.S_ISREG(st.st_mode) or hold_left(st.st_mtime, hold_for, now) > 0:
+
+    for st in regular_files(dirs.incoming, is_ignored, recursive=recursive, each_entry=seen):
+        if hold_left(st.st_mtime, hold_for, now) > 0:
             continue
         if oldest is None or st.st_mtime < oldest:
             oldest = st.st_mtime
@@ -93,7 +128,8 @@ def spool_gauges(
     g.working = claimed_count(dirs)
     if dirs.failed is not None and not dirs.resubmit:
         # reason files sit next to the failed files; they are not files of their own
-        g.failed = sum(1 for e in scan_dir(dirs.failed) if not e.name.endswith(".reason.json"))
+        failed = scan_dir(dirs.failed, recursive=recursive)
+        g.failed = sum(1 for e in failed if not e.name.endswith(".reason.json"))
     return g
 
 
@@ -156,20 +192,13 @@ def survey_dir(
     is_ignored: Callable[[str], bool] | None = None,
     skip: Callable[[str], bool] | None = None,
     into: DirSurvey | None = None,
+    recursive: bool = False,
 ) -> DirSurvey:
-    """Regular files (and their bytes) directly in ``path``; ``is_ignored`` names counted apart."""
+    """Regular files (and their bytes) directly in ``path`` (``recursive``: below it, not
+    entering directories ``is_ignored`` names); ``is_ignored`` names counted apart."""
     out = into or DirSurvey(str(path))
     try:
-        it = os.scandir(path)
-    except FileNotFoundError:
-        if into is None:
-            out.exists = False
-        return out
-    except OSError as exc:
-        out.error = f"{path}: {exc.strerror}"
-        return out
-    with it:
-        for entry in it:
+        for _rel, entry in walk(path, recursive=recursive, skip_dir=is_ignored):
             if skip is not None and skip(entry.name):
                 continue
             if is_ignored is not None and is_ignored(entry.name):
@@ -183,6 +212,11 @@ def survey_dir(
                 out.add(st)
             else:
                 out.not_regular += 1
+    except FileNotFoundError:
+        if into is None:
+            out.exists = False
+    except OSError as exc:
+        out.error = f"{path}: {exc.strerror}"
     return out
 
 
@@ -194,8 +228,10 @@ class InstanceSurvey:
     bytes: int
 
 
-def survey_spool(dirs: SpoolDirs, is_ignored: Callable[[str], bool]) -> dict[str, Any]:
-    incoming = survey_dir(dirs.incoming, is_ignored=is_ignored)
+def survey_spool(
+    dirs: SpoolDirs, is_ignored: Callable[[str], bool], *, recursive: bool = False
+) -> dict[str, Any]:
+    incoming = survey_dir(dirs.incoming, is_ignored=is_ignored, recursive=recursive)
     working = DirSurvey(str(dirs.working))
     instances: list[InstanceSurvey] = []
     try:
@@ -209,7 +245,7 @@ def survey_spool(dirs: SpoolDirs, is_ignored: Callable[[str], bool]) -> dict[str
     for entry in entries:
         if not entry.is_dir(follow_symlinks=False) or entry.name.startswith("."):
             continue  # .resubmit/ holds backoff records, not an instance
-        mine = survey_dir(Path(entry.path) / "files")
+        mine = survey_dir(Path(entry.path) / "files", recursive=True)
         if mine.error:
             working.error = mine.error
         working.files += mine.files
@@ -220,10 +256,11 @@ def survey_spool(dirs: SpoolDirs, is_ignored: Callable[[str], bool]) -> dict[str
             working.oldest_mtime = mine.oldest_mtime
         live = instance_is_live(Path(entry.path))
         instances.append(InstanceSurvey(entry.name, live, mine.files, mine.bytes))
-    done = survey_dir(dirs.done) if dirs.done is not None else None
+    done = survey_dir(dirs.done, recursive=recursive) if dirs.done is not None else None
     failed: DirSurvey | None = None
     if dirs.failed is not None and not dirs.resubmit:
-        failed = survey_dir(dirs.failed, skip=lambda n: n.endswith(".reason.json"))
+        reason = ".reason.json"
+        failed = survey_dir(dirs.failed, skip=lambda n: n.endswith(reason), recursive=recursive)
     return {
         "incoming": incoming,
         "working": working,
@@ -253,5 +290,6 @@ def claimed_count(dirs: SpoolDirs) -> int:
     n = 0
     for inst in scan_dir(dirs.working):
         if inst.is_dir(follow_symlinks=False):
-            n += sum(1 for _ in scan_dir(Path(inst.path) / "files"))
+            # RECURSIVE claims keep their subdirectories: count the files below
+            n += sum(1 for _ in scan_dir(Path(inst.path) / "files", recursive=True))
     return n

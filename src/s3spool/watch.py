@@ -5,6 +5,11 @@ is seen by one or the other.  A scan walks ``incoming/`` lazily and blocks
 when the queue is full, so a backlog of any length costs at most
 ``QUEUE_SIZE`` entries of memory.  The inotify reader never blocks: when the
 queue is full it drops the event and asks for a rescan instead.
+
+A RECURSIVE spool's subdirectories are walked too (``tree.walk``: one directory open at a
+time, symlinks never followed, names matching IGNORE not entered), each watched just before
+it is read (``TreeWatch``); a directory that appears is watched and then scanned, so a file
+renamed into it is seen by one or the other here as well.
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ from typing import Any
 
 from .errors import LocalFault
 from .spool import Claim, Spool, local_fault
+from .tree import walk
 
 log = logging.getLogger(__name__)
 
-#: (spool, file name): a file in that spool's incoming/
+#: (spool, relpath): a file in that spool's incoming/ (``a/b/NAME`` in a subdirectory)
 Item = tuple[Spool, str]
 Job = Item | Claim
 
@@ -34,8 +40,10 @@ Job = Item | Claim
 class Pending:
     """FIFO of discovered names (bounded, each name at most once) plus recovered claims."""
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, *, tickets: asyncio.Queue[None] | None = None) -> None:
         self.maxsize = maxsize
+        #: one ticket per job put, shared by the lanes of several routes (routes.Lanes)
+        self._tickets = tickets
         self._q: asyncio.Queue[Job] = asyncio.Queue()
         self._queued: set[Item] = set()
         self._room = asyncio.Event()
@@ -55,6 +63,8 @@ class Pending:
             return False
         self._queued.add(item)
         self._q.put_nowait(item)
+        if self._tickets is not None:
+            self._tickets.put_nowait(None)
         return True
 
     async def put(self, item: Item) -> None:
@@ -72,9 +82,16 @@ class Pending:
     def put_claim(self, claim: Claim) -> None:
         """Recovered claims bypass the bound: they are already on disk in working/."""
         self._q.put_nowait(claim)
+        if self._tickets is not None:
+            self._tickets.put_nowait(None)
 
     async def get(self) -> Job:
-        job = await self._q.get()
+        return self._taken(await self._q.get())
+
+    def get_nowait(self) -> Job:
+        return self._taken(self._q.get_nowait())
+
+    def _taken(self, job: Job) -> Job:
         if isinstance(job, tuple):
             self._queued.discard(job)
             self._room.set()
@@ -95,11 +112,14 @@ def _identity(path: os.PathLike[str] | str) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def _watch_mask() -> Any:
+def _watch_mask(recursive: bool = False) -> Any:
     from asyncinotify import Mask
 
     # DELETE_SELF / MOVE_SELF: incoming/ itself went away (IGNORED follows, always sent)
-    return Mask.MOVED_TO | Mask.CLOSE_WRITE | Mask.ONLYDIR | Mask.DELETE_SELF | Mask.MOVE_SELF
+    mask = Mask.MOVED_TO | Mask.CLOSE_WRITE | Mask.ONLYDIR | Mask.DELETE_SELF | Mask.MOVE_SELF
+    # RECURSIVE: CREATE for new directories; a file's CREATE is never taken (its CLOSE_WRITE
+    # or MOVED_TO follows)
+    return mask | Mask.CREATE if recursive else mask
 
 
 INOTIFY_HELP = {
@@ -107,6 +127,117 @@ INOTIFY_HELP = {
     errno.ENOSPC: "raise the sysctl fs.inotify.max_user_watches (e.g. to 524288)",
     errno.ENOMEM: "the kernel is out of memory for inotify",
 }
+
+
+#: new subdirectories waiting for their scan; beyond this a full rescan finds them instead
+MAX_NEW_DIRS = 10_000
+
+
+class TreeWatch:
+    """inotify watches on the subdirectories of RECURSIVE spools, and new ones to scan.
+
+    Watches are kept by descriptor: watching a directory already watched (every rescan does;
+    a directory renamed within incoming/) gives its descriptor again, which then names the
+    directory's new relpath.  One that cannot be added (``fs.inotify.max_user_watches``) is
+    logged once, and its spool is rescanned every few seconds until a scan watched them all.
+    """
+
+    def __init__(self, rescan_every: float) -> None:
+        self.rescan_every = rescan_every
+        self._dirs: dict[int, tuple[Spool, str, Any]] = {}  # wd -> (spool, reldir, Watch)
+        #: subdirectories that appeared (inotify), waiting to be watched and scanned
+        self.new: deque[tuple[Spool, str]] = deque()
+        self.has_new = asyncio.Event()
+        #: spools with a subdirectory that could not be watched: rescanned often
+        self.degraded: set[Spool] = set()
+        self._missed: set[Spool] = set()  # ... in the scan under way
+
+    def __len__(self) -> int:
+        return len(self._dirs)
+
+    def where(self, watch: Any) -> tuple[Spool, str] | None:
+        found = self._dirs.get(watch.wd)
+        return None if found is None else (found[0], found[1])
+
+    def add(self, inotify: Any, spool: Spool, reldir: str) -> None:
+        """Watch ``incoming/reldir`` (before a scan reads it)."""
+        from asyncinotify import Mask
+
+        path = f"{spool.dirs.incoming}/{reldir}"
+        try:
+            watch = inotify.add_watch(path, _watch_mask(True) | Mask.DONT_FOLLOW)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):  # gone again, or a symlink now
+                self._missed.add(spool)
+                self._degrade(spool, path, exc)
+            return
+        self._dirs[watch.wd] = (spool, reldir, watch)
+
+    def _degrade(self, spool: Spool, path: str, exc: OSError) -> None:
+        if spool in self.degraded:
+            return
+        self.degraded.add(spool)
+        hint = INOTIFY_HELP.get(exc.errno or 0, "")
+        log.error(
+            "spool=%s: cannot watch %s: %s%s; falling back to scanning every %.0fs for the "
+            "files of subdirectories without a watch",
+            spool.label,
+            path,
+            exc.strerror,
+            f" — {hint}" if hint else "",
+            self.rescan_every,
+        )
+
+    def scan_started(self, spool: Spool) -> None:
+        self._missed.discard(spool)
+
+    def scan_done(self, spool: Spool) -> None:
+        """A whole scan of ``spool`` ended: was every subdirectory watched this time?"""
+        if spool in self.degraded and spool not in self._missed:
+            self.degraded.discard(spool)
+            log.warning("spool=%s: every subdirectory is watched again", spool.label)
+
+    def appeared(self, spool: Spool, reldir: str) -> bool:
+        """Queue a new subdirectory for its scan; False if too many wait (rescan instead)."""
+        if len(self.new) >= MAX_NEW_DIRS:
+            return False
+        self.new.append((spool, reldir))
+        self.has_new.set()
+        return True
+
+    def self_event(self, inotify: Any, watch: Any, mask: Any) -> None:
+        """IGNORED, DELETE_SELF or MOVE_SELF of a subdirectory's watch."""
+        from asyncinotify import Mask
+
+        if mask & Mask.IGNORED:
+            self._dirs.pop(watch.wd, None)  # removed, by us or with its directory
+            return
+        if not mask & Mask.MOVE_SELF:
+            return  # DELETE_SELF: IGNORED follows
+        # Renamed within incoming/ (the scan of its new place watches it there, before or
+        # after this) or moved out: keep the watch only while its relpath names it.
+        spool, reldir, _ = self._dirs[watch.wd]
+        try:
+            again = inotify.add_watch(f"{spool.dirs.incoming}/{reldir}", watch.mask)
+        except OSError:
+            again = None
+        if again is not None and again.wd == watch.wd:
+            return
+        if again is not None:  # another directory took its name
+            self._dirs[again.wd] = (spool, reldir, again)
+        del self._dirs[watch.wd]
+        with contextlib.suppress(OSError, ValueError):
+            inotify.rm_watch(watch)
+
+    def drop(self, inotify: Any, spool: Spool) -> None:
+        """Forget every subdirectory watch of ``spool`` (its incoming/ is gone or replaced)."""
+        for wd, (owner, _reldir, watch) in list(self._dirs.items()):
+            if owner is spool:
+                del self._dirs[wd]
+                if inotify is not None:
+                    with contextlib.suppress(OSError, ValueError):
+                        inotify.rm_watch(watch)
+        self.degraded.discard(spool)
 
 
 class Discovery:
@@ -139,6 +270,7 @@ class Discovery:
         self._by_path = {os.fspath(s.dirs.incoming): s for s in self.spools}
         self._first_scan_done = asyncio.Event()
         self._scan_started = asyncio.Event()
+        self.tree = TreeWatch(self._fallback_interval())  # RECURSIVE spools' subdirectories
 
     # --- public -------------------------------------------------------------------------
     def request_rescan(self) -> None:
@@ -183,7 +315,8 @@ class Discovery:
             return
         try:
             for spool in self.spools:
-                self._watches[spool] = inotify.add_watch(spool.dirs.incoming, _watch_mask())
+                mask = _watch_mask(spool.recursive)
+                self._watches[spool] = inotify.add_watch(spool.dirs.incoming, mask)
                 self._ident[spool] = _identity(spool.dirs.incoming)
         except OSError as exc:
             inotify.close()
@@ -208,8 +341,9 @@ class Discovery:
         if old is not None:
             with contextlib.suppress(OSError, ValueError, KeyError):
                 inotify.rm_watch(old)
+        self.tree.drop(inotify, spool)  # the rescan that follows watches them again
         try:
-            self._watches[spool] = inotify.add_watch(incoming, _watch_mask())
+            self._watches[spool] = inotify.add_watch(incoming, _watch_mask(spool.recursive))
         except OSError as exc:
             self._lost(spool, exc)
 
@@ -255,6 +389,7 @@ class Discovery:
         if spool is None:
             return  # an old watch we replaced, or already reported
         del self._watches[spool]
+        self.tree.drop(self._inotify, spool)
         how = "moved away" if mask & Mask.MOVE_SELF else "deleted or unmounted"
         incoming = spool.dirs.incoming
         self.on_fault(
@@ -276,37 +411,69 @@ class Discovery:
         return min(self.rescan_interval, 5.0) if self.rescan_interval > 0 else 5.0
 
     async def read_events(self) -> None:
-        """Forward MOVED_TO / CLOSE_WRITE names; rescan on queue overflow."""
-        from asyncinotify import Mask
-
+        """Forward MOVED_TO / CLOSE_WRITE names; rescan on queue overflow.  New subdirectories
+        of RECURSIVE spools are scanned beside the reader, which never blocks."""
         inotify = self._inotify
         if inotify is None:
             return
         try:
-            async for event in inotify:  # type: ignore[attr-defined]
-                if event.mask & Mask.Q_OVERFLOW:
-                    log.warning("inotify queue overflowed; rescanning")
-                    self.request_rescan()
-                    continue
-                if event.mask & (Mask.IGNORED | Mask.DELETE_SELF | Mask.MOVE_SELF):
-                    self._watch_gone(event.watch, event.mask)
-                    continue
-                if event.name is None or event.watch is None or event.mask & Mask.ISDIR:
-                    continue
-                name = os.fsdecode(event.name)
-                spool = self._by_path.get(os.fspath(event.watch.path))
-                if spool is None or self.is_ignored(name):
-                    continue
-                if not self.pending.offer((spool, name)):
-                    self.request_rescan()
+            async with asyncio.TaskGroup() as tg:
+                if any(spool.recursive for spool in self.spools):
+                    tg.create_task(self._scan_new_dirs())
+                async for event in inotify:  # type: ignore[attr-defined]
+                    self._on_event(inotify, event)
         finally:
             inotify.close()  # type: ignore[attr-defined]
             self.watching = False
 
+    def _on_event(self, inotify: Any, event: Any) -> None:
+        from asyncinotify import Mask
+
+        mask, watch = event.mask, event.watch
+        if mask & Mask.Q_OVERFLOW:
+            log.warning("inotify queue overflowed; rescanning")
+            self.request_rescan()
+            return
+        if watch is None:
+            return
+        where = self.tree.where(watch)
+        if mask & (Mask.IGNORED | Mask.DELETE_SELF | Mask.MOVE_SELF):
+            if where is None:
+                self._watch_gone(watch, mask)
+            else:
+                self.tree.self_event(inotify, watch, mask)
+            return
+        if event.name is None:
+            return
+        spool, reldir = where or (self._by_path.get(os.fspath(watch.path)), "")
+        name = os.fsdecode(event.name)
+        if spool is None or self.is_ignored(name):
+            return
+        rel = f"{reldir}/{name}" if reldir else name
+        if mask & Mask.ISDIR:
+            new_dir = spool.recursive and mask & (Mask.CREATE | Mask.MOVED_TO)
+            if new_dir and not self.tree.appeared(spool, rel):
+                self.request_rescan()
+            return
+        if mask & Mask.CREATE:
+            return  # a file still being written: CLOSE_WRITE or MOVED_TO follows
+        if not self.pending.offer((spool, rel)):
+            self.request_rescan()
+
+    async def _scan_new_dirs(self) -> None:
+        """Watch and scan each subdirectory that appeared (a whole tree may be moved in)."""
+        tree = self.tree
+        while True:
+            await tree.has_new.wait()
+            tree.has_new.clear()
+            while tree.new:
+                await self.scan(*tree.new.popleft())
+
     async def scan_loop(self) -> None:
         """Scan at start, every RESCAN_INTERVAL, and whenever a rescan is requested."""
-        interval = self.rescan_interval if self._inotify is not None else self._fallback_interval()
         while True:
+            watched = self._inotify is not None and not self.tree.degraded
+            interval = self.rescan_interval if watched else self._fallback_interval()
             self._rescan.clear()
             self._scan_started.set()
             await self.scan_all()
@@ -322,24 +489,44 @@ class Discovery:
         for spool in self.spools:
             await self.scan(spool)
 
-    async def scan(self, spool: Spool) -> None:
+    async def scan(self, spool: Spool, base: str = "") -> None:
+        """Offer the files of incoming/ (or of its subdirectory ``base``) not queued yet; in a
+        RECURSIVE spool those of its subdirectories too, each watched before it is read."""
         if self.is_paused(spool):
             return
+
+        def enter(rel: str) -> None:
+            if base or rel:  # incoming/ itself has its watch
+                reldir = f"{base}/{rel}" if base and rel else base or rel
+                self.tree.add(self._inotify, spool, reldir)
+
+        watching = spool.recursive and self.watching and spool in self._watches
+        prefix = f"{base}/" if base else ""
+        if not base:
+            self.tree.scan_started(spool)
+        top = spool.dirs.incoming / base if base else spool.dirs.incoming
+        if base and (os.path.islink(top) or not os.path.isdir(top)):
+            return  # gone again, or a symlink now: never followed
         try:
-            it = os.scandir(spool.dirs.incoming)
-        except OSError as exc:
-            self._lost(spool, exc, "list incoming/")
-            return
-        with it:
-            for entry in it:
-                name = entry.name
-                if self.is_ignored(name):
+            for rel, entry in walk(
+                top,
+                recursive=spool.recursive,
+                skip_dir=self.is_ignored,
+                enter=enter if watching else None,
+            ):
+                if self.is_ignored(entry.name):
                     continue
-                item = (spool, name)
+                item = (spool, prefix + rel)
                 if item in self._timers or item in self.pending:
                     continue
                 if not self.pending.offer(item):
                     await self.pending.put(item)
+        except OSError as exc:
+            if not base:  # a new subdirectory may be gone again: nothing to say
+                self._lost(spool, exc, "list incoming/")
+            return
+        if not base:
+            self.tree.scan_done(spool)
 
 
 class WarnOnce:

@@ -1,0 +1,179 @@
+"""The text of templates and object options, checked before anything renders it.
+
+``key_format_fields`` reads a template (``KEY_FORMAT``, and the values of METADATA, TAGS and
+CONTENT_DISPOSITION): plain named fields only.  The ``check_*`` functions hold what S3 and
+HTTP allow in user metadata, tags and header values; ``settings.py`` calls them as it reads
+the settings and ``objectopts.py`` renders what passed.  Kept apart from ``settings.py``
+(which re-exports ``key_format_fields``) and free of its imports: ``known`` is the caller's
+``KEY_FIELDS``.  Every ``ValueError`` starts with the setting's name (``"metadata: ..."``), as
+settings errors do.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Set
+from urllib.parse import quote
+
+
+def key_format_fields(template: str, setting: str = "key_format") -> set[str]:
+    """The field names a template refers to; ``ValueError`` (its text starts with ``setting``)
+    on bad syntax or on a field that is more than a plain name.
+
+    Attribute and index access (``{fname.upper}``, ``{fname[0]}``), conversions
+    (``{fname!r}``) and fields nested in a format spec would reach into Python objects or
+    render text no one wrote down: only plain names are allowed.
+    """
+    names: set[str] = set()
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"{setting}: {exc}") from None
+    for _literal, field, spec, conv in parsed:
+        if field is None:
+            continue
+        base = re.split(r"[.\[]", field, maxsplit=1)[0]
+        written = "{" + field + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+        if not base:
+            raise ValueError(
+                f"{setting}: positional fields like {{}} are not allowed; name a field"
+            )
+        problem = ""
+        if field[len(base) :].startswith("."):
+            problem = "uses attribute access"
+        elif field[len(base) :].startswith("["):
+            problem = "uses index access"
+        elif conv:
+            problem = "uses a conversion"
+        elif spec and "{" in spec:
+            problem = "nests a field in its format spec"
+        if problem:
+            raise ValueError(
+                f"{setting}: {written} {problem}; only plain fields like {{{base}}} are allowed"
+            )
+        names.add(base)
+    return names
+
+
+#: an HTTP header name (RFC 9110 token): what an x-amz-meta-NAME may use
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: names of s3spool's own metadata (s3spool-mtime, -instance, -checksum, -part-size)
+RESERVED_METADATA_PREFIX = "s3spool-"
+MAX_TAGS, MAX_TAG_KEY, MAX_TAG_VALUE = 10, 128, 256  # S3's limits, in characters
+#: what S3 takes in a tag name or value (AWS's tag restrictions; S3 refuses the rest, non-ASCII
+#: letters, ',' and '(' included, with InvalidTag)
+TAG_CLASS = r"A-Za-z0-9 +\-=._:/@"
+_TAG_RE = re.compile(f"[{TAG_CLASS}]")
+TAG_CHARS = "tags take ASCII letters, digits, space and + - = . _ : / @ only"
+#: bytes of user metadata (names + values); S3 allows 2 KiB with s3spool's own entries
+MAX_USER_METADATA = 1536
+
+
+def _bad_header_char(text: str) -> str | None:
+    """The first character an HTTP header value cannot carry as written: a control character
+    or one outside US-ASCII (or None)."""
+    for c in text:
+        if not " " <= c <= "~":
+            return c
+    return None
+
+
+def _literal_length(template: str) -> int:
+    return sum(len(literal) for literal, *_ in string.Formatter().parse(template))
+
+
+def check_option_value(
+    setting: str, what: str, text: str, *, header: bool, known: Set[str]
+) -> set[str]:
+    """A value that may use key fields: plain, known fields, and text it can carry.
+
+    ``header``: sent as an HTTP header value (metadata, Content-Disposition), so printable
+    US-ASCII and no white space at either end (HTTP drops it).  Otherwise a tag value: its
+    own text only the characters S3 takes in a tag (``TAG_CHARS``).  Returns the fields
+    used; ``ValueError("setting: ...")`` names the problem.
+    """
+    label = f"{setting}: {what}" if what else setting
+    head = f"{setting}: {what}" if what else f"{setting}:"  # "field: ..." in every message
+    fields = key_format_fields(text, label)
+    if header:
+        bad = _bad_header_char(text)
+        if bad is not None and bad > "~":
+            raise ValueError(
+                f"{head} holds {bad!r}: header values are US-ASCII; write it percent-encoded "
+                f"({quote(bad)}), or take it from a key field (encoded per file, see README)"
+            )
+        if bad is not None:
+            raise ValueError(f"{head} holds the control character {bad!r}")
+        if text != text.strip():
+            raise ValueError(f"{head} starts or ends with white space, which HTTP drops")
+    else:
+        literal = "".join(part for part, *_ in string.Formatter().parse(text))
+        bad = next((c for c in literal if not _TAG_RE.fullmatch(c)), None)
+        if bad is not None:
+            raise ValueError(f"{head} holds {bad!r}; {TAG_CHARS}")
+    unknown = sorted(fields - known)
+    if unknown:
+        raise ValueError(
+            f"{label}: unknown field {{{unknown[0]}}}; known fields: " + ", ".join(sorted(known))
+        )
+    return fields
+
+
+def check_metadata(pairs: dict[str, str], known: Set[str]) -> dict[str, str]:
+    """METADATA: names lower-cased (S3 stores them so), checked; values checked."""
+    out: dict[str, str] = {}
+    for name, value in pairs.items():
+        if not name:
+            raise ValueError("metadata: a name is empty")
+        if not _TOKEN_RE.fullmatch(name):
+            raise ValueError(
+                f"metadata: name {name!r} has characters an HTTP header name cannot have "
+                "(letters, digits and !#$%&'*+-.^_`|~ only)"
+            )
+        low = name.lower()
+        if low.startswith("x-amz-meta-"):
+            raise ValueError(f"metadata: name {name!r}: give the name without x-amz-meta-")
+        if low.startswith(RESERVED_METADATA_PREFIX):
+            raise ValueError(
+                f"metadata: name {name!r}: the {RESERVED_METADATA_PREFIX} prefix is reserved "
+                "for s3spool's own metadata"
+            )
+        if low in out:
+            raise ValueError(f"metadata: name {name!r} is given twice (names ignore case)")
+        check_option_value("metadata", f"value of {name!r}", value, header=True, known=known)
+        out[low] = value
+    size = sum(len(k) + _literal_length(v) for k, v in out.items())
+    if size > MAX_USER_METADATA:
+        raise ValueError(
+            f"metadata: {size} bytes of names and values; at most {MAX_USER_METADATA} "
+            "(S3 allows 2 KiB of metadata, s3spool's own entries included)"
+        )
+    return out
+
+
+def check_tags(pairs: dict[str, str], known: Set[str]) -> dict[str, str]:
+    """TAGS: at most 10; names of at most 128 characters, values of at most 256, both of
+    the characters S3 takes (values may use key fields)."""
+    if len(pairs) > MAX_TAGS:
+        raise ValueError(f"tags: {len(pairs)} given; S3 allows at most {MAX_TAGS} per object")
+    for name, value in pairs.items():
+        if not name:
+            raise ValueError("tags: a name is empty")
+        if len(name) > MAX_TAG_KEY:
+            raise ValueError(
+                f"tags: name {name[:20]!r}… is {len(name)} characters; S3 allows {MAX_TAG_KEY}"
+            )
+        bad = next((c for c in name if not _TAG_RE.fullmatch(c)), None)
+        if bad is not None:
+            raise ValueError(
+                f"tags: name {name!r} holds {bad!r}; {TAG_CHARS} (key fields only in values)"
+            )
+        if name.lower().startswith("aws:"):
+            raise ValueError(f"tags: name {name!r}: the aws: prefix is reserved by AWS")
+        check_option_value("tags", f"value of {name!r}", value, header=False, known=known)
+        if _literal_length(value) > MAX_TAG_VALUE:
+            raise ValueError(
+                f"tags: value of {name!r} is longer than {MAX_TAG_VALUE} characters (S3's limit)"
+            )
+    return dict(pairs)

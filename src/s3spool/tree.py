@@ -1,0 +1,218 @@
+"""Relative paths below a spool directory: walking a tree, making and pruning subdirectories.
+
+A file's *relpath* is its path below ``incoming/``: ``a/b/NAME`` (a str, with surrogateescape
+for bytes that are not UTF-8, like every name here); a file directly in ``incoming/`` has
+relpath == name.  A claim keeps it wherever it goes: ``working/<instance>/files/RELPATH``,
+``keys/RELPATH``, then ``done/RELPATH`` or ``failed/RELPATH``, so a restart after a crash
+reads it back from the tree (RECURSIVE spools, README "Recursive spools").
+
+Symlinks are never followed: a symlink to a directory is an entry like any other, never a
+directory to walk into.  ``rmdir`` is the only removal here, so a directory that is not empty
+is never removed, whatever a walk believed a moment earlier.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+
+def split(relpath: str) -> tuple[str, str]:
+    """``("a/b", "NAME")`` for ``a/b/NAME``; ``("", NAME)`` for a name in the top directory."""
+    reldir, _, name = relpath.rpartition("/")
+    return reldir, name
+
+
+def walk(
+    top: str | os.PathLike[str],
+    *,
+    recursive: bool = True,
+    skip_dir: Callable[[str], bool] | None = None,
+    enter: Callable[[str], None] | None = None,
+    onerror: Callable[[str, OSError], None] | None = None,
+) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """``(relpath, entry)`` for every entry below ``top``, except the directories it walks into.
+
+    ``recursive=False`` lists ``top`` alone.  Otherwise every subdirectory is walked into,
+    unless it is a symlink or ``skip_dir(name)`` (such a directory is yielded as an entry).
+    ``enter(reldir)`` runs just before a directory is read (``""``: ``top``): discovery adds
+    its inotify watch there.  One directory is open at a time and the ones still to read wait
+    as names: memory grows with the directories, never with the files.  ``top`` that cannot
+    be read raises ``OSError``; a subdirectory that cannot (gone again, unreadable) is given
+    to ``onerror`` and skipped.
+    """
+    root = os.fspath(top)
+    pending = [""]
+    while pending:
+        reldir = pending.pop()
+        if enter is not None:
+            enter(reldir)
+        try:
+            it = os.scandir(f"{root}/{reldir}" if reldir else root)
+        except OSError as exc:
+            if not reldir:
+                raise
+            if onerror is not None:
+                onerror(reldir, exc)
+            continue
+        prefix = f"{reldir}/" if reldir else ""
+        with it:
+            for entry in it:
+                if (
+                    recursive
+                    and entry.is_dir(follow_symlinks=False)
+                    and (skip_dir is None or not skip_dir(entry.name))
+                ):
+                    pending.append(prefix + entry.name)
+                else:
+                    yield prefix + entry.name, entry
+
+
+def files_below(top: str | os.PathLike[str]) -> list[str]:
+    """Relpaths of everything below ``top`` but its directories; ``[]`` if it is missing."""
+    try:
+        return [rel for rel, _entry in walk(top)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def make_dirs(top: str, reldir: str, *, sidestep: bool = False) -> str:
+    """Create the directories of ``reldir`` below ``top``; returns the path of the last one.
+
+    ``top`` itself is never created: when it is gone, ``FileNotFoundError`` (a claim directory
+    that vanished must stay a fault, not be made again unlocked).  A segment taken by
+    something that is not a directory raises ``NotADirectoryError``, or with ``sidestep``
+    is replaced by the first free ``SEGMENT~N`` (done/ and failed/ keep both, never replace).
+    """
+    path = top
+    for segment in reldir.split("/"):
+        for n in range(100_000):
+            candidate = f"{path}/{segment}" if n == 0 else f"{path}/{segment}~{n}"
+            try:
+                os.mkdir(candidate)
+            except FileExistsError:
+                if not os.path.isdir(candidate) or os.path.islink(candidate):
+                    if sidestep:
+                        continue
+                    raise NotADirectoryError(
+                        f"{candidate} is in the way and is not a directory"
+                    ) from None
+            break
+        path = candidate
+    return path
+
+
+def move_into(rename: Callable[[str, str], None], src: str, top: str, rel: str) -> None:
+    """``rename(src, top/rel)``, first making the directories of ``rel`` below ``top`` if the
+    rename says they are missing (a claim into ``files/a/b/``, a file back to ``incoming/a/``).
+
+    ``FileNotFoundError`` when ``src`` (or ``top``) is gone; ``NotADirectoryError`` when
+    something that is not a directory holds the name of one of them (``make_dirs``).
+    """
+    try:
+        rename(src, f"{top}/{rel}")
+        return
+    except FileNotFoundError:
+        reldir = split(rel)[0]
+        if not reldir or not os.path.lexists(src):
+            raise
+        make_dirs(top, reldir)
+    rename(src, f"{top}/{rel}")
+
+
+def move_from_below(rename: Callable[..., None], top: str, rel: str, to: str) -> None:
+    """``rename(top/rel, to/rel)`` for ``rel`` in a subdirectory of ``top`` (a claim out of
+    ``incoming/a/b/``), never through a symlink: the directories of ``rel`` are opened one at
+    a time with ``O_NOFOLLOW`` and the rename is made relative to the last, so a directory
+    swapped for a symlink after a scan listed it is never followed (``FileNotFoundError``, as
+    for a file that is gone).  ``rename`` takes ``src_dir_fd``; the directories of ``rel`` are
+    made below ``to`` when the rename says they are missing (``make_dirs``' errors).
+    """
+    reldir, name = split(rel)
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+    fd = os.open(top, flags)
+    try:
+        for segment in reldir.split("/"):
+            try:
+                below = os.open(segment, flags | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                    raise
+                raise FileNotFoundError(errno.ENOENT, "a symlink now", f"{top}/{rel}") from None
+            os.close(fd)
+            fd = below
+        try:
+            rename(name, f"{to}/{rel}", src_dir_fd=fd)
+            return
+        except FileNotFoundError:
+            try:
+                os.lstat(name, dir_fd=fd)
+            except FileNotFoundError:
+                raise FileNotFoundError(errno.ENOENT, "gone", f"{top}/{rel}") from None
+        make_dirs(to, reldir)
+        rename(name, f"{to}/{rel}", src_dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def prune_parents(top: str, rel: str) -> None:
+    """Remove the directories of ``rel`` below ``top``, deepest first, while they are empty
+    (``top/a/b`` and ``top/a`` for ``a/b/NAME`` that just left; nothing for a plain name)."""
+    reldir = split(rel)[0]
+    while reldir:
+        try:
+            os.rmdir(f"{top}/{reldir}")
+        except OSError:
+            return
+        reldir = split(reldir)[0]
+
+
+def prune_empty(
+    top: str | os.PathLike[str],
+    *,
+    unchanged_since: float | None = None,
+    skip_dir: Callable[[str], bool] | None = None,
+) -> int:
+    """Remove the empty directories below ``top`` (never ``top``); returns how many.
+
+    With ``unchanged_since``, only directories whose last change (the newer of mtime and
+    ctime, as they were before this pass began) is not later than it: an emptied directory
+    stays for a grace period, in which a producer that made it may still rename a file in.
+    Children go first, so a tree emptied long ago goes in one pass.  A directory that is not
+    empty when its turn comes is left (rmdir refuses it).
+    """
+    root = os.fspath(top)
+    found: list[tuple[str, float]] = []
+
+    def note(reldir: str) -> None:
+        if not reldir:
+            return
+        try:
+            st = os.lstat(f"{root}/{reldir}")
+        except OSError:
+            return
+        found.append((reldir, max(st.st_mtime, st.st_ctime)))
+
+    try:
+        for _ in walk(root, skip_dir=skip_dir, enter=note):
+            pass
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    removed = 0
+    for reldir, changed in reversed(found):  # walk order lists a parent before its children
+        if unchanged_since is not None and changed > unchanged_since:
+            continue
+        try:
+            os.rmdir(f"{root}/{reldir}")
+            removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+def inside(path: Path, directory: Path) -> bool:
+    """Is ``path`` ``directory`` or below it (both absolute, not resolved)?"""
+    a, b = os.path.normpath(path), os.path.normpath(directory)
+    return a == b or a.startswith(b.rstrip("/") + "/")
