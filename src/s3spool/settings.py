@@ -261,7 +261,7 @@ class Settings(BaseSettings):
         "content sends the file to failed/.",
     )
 
-    # --- object options (routes issue) ------------------------------------------------------
+    # --- object options --------------------------------------------------------------------
     metadata: Pairs = Field(
         None,
         description="User metadata (x-amz-meta-*) as k=v pairs (comma-separated, JSON list or "
@@ -298,9 +298,8 @@ class Settings(BaseSettings):
         # a bad format spec ({now:%Y}) shows when objectopts renders a sample, at startup
         return self
 
-    # --- end object options --------------------------------------------------------------
 
-    # --- recursive spools (routes issue) ----------------------------------------------------
+    # --- recursive spools ------------------------------------------------------------------
     recursive: bool = Field(
         False,
         description="Also take files from subdirectories of incoming/ (watched as they appear, "
@@ -312,7 +311,6 @@ class Settings(BaseSettings):
         description="RECURSIVE: cleanup removes an empty subdirectory of incoming/ (and of "
         "done/, failed/) once nothing changed in it for this long. 0: never.",
     )
-    # --- end recursive spools ------------------------------------------------------------
 
     # --- how ---------------------------------------------------------------------------------
     workers: int = Field(64, ge=1, le=1024, description="Concurrent file uploads.")
