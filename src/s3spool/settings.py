@@ -298,7 +298,6 @@ class Settings(BaseSettings):
         # a bad format spec ({now:%Y}) shows when objectopts renders a sample, at startup
         return self
 
-
     # --- recursive spools ------------------------------------------------------------------
     recursive: bool = Field(
         False,
