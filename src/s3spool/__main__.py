@@ -2,7 +2,8 @@
 
 Signal handlers are installed before the heavy imports: a SIGTERM that arrives
 while the process is still starting is remembered and handled as a drain
-request, instead of killing the process with the default action.
+request, instead of killing the process with the default action (a SIGHUP, as a
+request to re-read the configuration).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def _remember(sig: int, _frame: object) -> None:
 
 
 def main() -> int:
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _remember)
     from .cli import main as cli_main
 

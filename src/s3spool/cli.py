@@ -181,7 +181,7 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
     """Parse, configure, dispatch.
 
     ``early_signals``: SIGTERM/SIGINT caught by ``__main__`` before the event loop
-    existed; the service treats them as a drain request.
+    existed; the service treats them as a drain request (SIGHUP: as a reload).
     """
     early = early_signals if early_signals is not None else []
     parser = build_parser()
@@ -191,6 +191,7 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
         # and enqueue at once.
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
         if early:
             return 128 + early[0]
     if not args.command:

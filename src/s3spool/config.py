@@ -43,7 +43,7 @@ FIELDS = frozenset(Settings.model_fields)
 ROUTE_FIELDS = FIELDS - GLOBAL_FIELDS
 
 #: S3SPOOL_* variables of our own build and test tooling (docker/smoke.sh, the image
-#: build): the strict check of variables leaves them alone.
+#: build) and of the exec notifier's events: the strict check leaves them alone.
 TOOL_VARIABLES = (
     "S3SPOOL_SMOKE",
     "S3SPOOL_ENGINE",
@@ -53,6 +53,7 @@ TOOL_VARIABLES = (
     "S3SPOOL_DEBIAN_",
     "S3SPOOL_ULIMITS",
     "S3SPOOL_OCI_RUNTIME",
+    "S3SPOOL_EVENT_",  # what the exec notifier passes to its command
 )
 
 #: Where a value came from, for ``s3spool config`` and for error messages.
@@ -88,6 +89,9 @@ class Route:
 class Config:
     routes: tuple[Route, ...]
     path: Path | None = None
+    #: the flags it was loaded with: SIGHUP loads it again from them (``reload.py``); None
+    #: for settings built elsewhere, which cannot be re-read
+    flags: Mapping[str, Any] | None = None
 
     @property
     def s(self) -> Settings:
@@ -205,7 +209,7 @@ def load_config(flags: Mapping[str, Any]) -> Config:
     problems += _shared_spools(routes)
     if problems:
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
-    return Config(tuple(routes), path)
+    return Config(tuple(routes), path, given)
 
 
 def _locate(field: str, where: str, route: str, path: Path | None) -> str:

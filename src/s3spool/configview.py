@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
+from pydantic import BaseModel
+
 from .config import DEFAULT, Config, Route
 from .settings import GLOBAL_FIELDS, Settings
 
-#: Setting names that hold a secret: shown as "***" (none today; webhook secrets will)
-SECRET_WORDS = ("secret", "password", "token")
+#: Names that hold a secret (settings, notifier keys, header names): shown as "***"
+SECRET_WORDS = ("secret", "password", "token", "authorization", "api-key", "api_key")
 MASK = "***"
 
 
@@ -31,8 +33,10 @@ def shown(field: str, value: Any) -> Any:
         return str(value)
     if isinstance(value, list | tuple):
         return [shown(field, v) for v in value]
+    if isinstance(value, BaseModel):  # a notifier table: what it sets
+        value = value.model_dump(mode="json", exclude_defaults=True)
     if isinstance(value, dict):
-        return {str(k): shown(field, v) for k, v in value.items()}
+        return {str(k): shown(str(k).lower(), v) for k, v in value.items()}
     if isinstance(value, str) and "@" in value and "://" in value:
         parts = urlsplit(value)
         if parts.password:

@@ -12,6 +12,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from .checksums import Checksummer
+from .compress import CompressingStore
 from .errors import PermanentError
 from .s3store import S3Store
 from .settings import Settings
@@ -111,4 +112,6 @@ async def open_store(
             inner = await stack.enter_async_context(
                 S3Store(settings, on_slowdown=on_slowdown, budget=budget)
             )
+        # always: a claim recorded with a codec is stored compressed even if COMPRESS changed
+        inner = CompressingStore(inner, settings)
         yield FaultyStore(inner, settings.fail_rate) if settings.fail_rate > 0 else inner

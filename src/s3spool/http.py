@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from .metrics import Metrics
+    from .notify import Notifications
     from .settings import Settings
     from .spool import Spool
     from .spoolguard import Guard
@@ -51,6 +52,9 @@ class Route(Protocol):
 
     @property
     def gate(self) -> asyncio.Event: ...
+
+    @property
+    def notifications(self) -> Notifications: ...
 
 
 class Service(Protocol):
@@ -153,6 +157,15 @@ def readiness(service: Service, lags: dict[str, float]) -> list[str]:
     for guard in service.guards.values():
         if guard.fault is not None:
             problems.append(f"spool {guard.spool.label}: {guard.fault}")
+    max_age = service.s.outbox_max_age
+    if max_age is not None:
+        for route in service.routes:
+            age = route.notifications.oldest() if route.notifications else 0.0
+            if age > max_age:
+                problems.append(
+                    f"route {route.name}: a notification event waits for {age:.0f}s, more than "
+                    f"S3SPOOL_OUTBOX_MAX_AGE ({max_age:.0f}s)"
+                )
     max_lag = service.s.max_lag
     if max_lag is not None:
         for label, lag in sorted(lags.items()):

@@ -171,13 +171,14 @@ class KeyTemplate:
                     f"S3SPOOL_KEY_FORMAT (--key-format): '{seg}' segments are not allowed"
                 )
 
-    def render(self, item: KeyInput) -> str:
+    def render(self, item: KeyInput, suffix: str = "") -> str:
+        """The key of ``item``; ``suffix`` (COMPRESS's ``.zst``) is appended after the rules."""
         values = field_values(item, self.fields, self._hostname)
         try:
             rendered = self._formatter.vformat(self.template, (), values)
         except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
             raise PermanentError(f"key template failed: {exc!r}", reason="bad_key") from None
-        key = self.prefix + sanitize_key(rendered)
+        key = self.prefix + sanitize_key(rendered) + suffix
         if len(key.encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES:
             raise PermanentError(
                 f"key longer than {MAX_KEY_BYTES} bytes: {key[:80]!r}…", reason="key_too_long"

@@ -97,12 +97,43 @@ class Metrics:
             "1 while the store answers (the last probe or request succeeded), else 0.",
             registry=r,
         )
+        self.bandwidth = Gauge(
+            "s3spool_bandwidth_limit_bytes",
+            "Bandwidth limit in force, bytes per second (0: none): scope global "
+            "(BANDWIDTH_LIMIT), or scope route (ROUTE_BANDWIDTH_LIMIT of that route).",
+            ["scope", "route"],
+            registry=r,
+        )
         # The spool label of every other series leads to its route: a join, not a second label
         # on each series, so dashboards and alerts written before routes keep working.
         self.route = Gauge(
             "s3spool_route_spool",
             "1 for each spool of each route (join on spool to see a series' route).",
             ["route", "spool"],
+            registry=r,
+        )
+        notifier = ["route", "notifier"]
+        self.notify_sent = Counter(
+            "s3spool_notify_sent", "Events a notifier accepted.", notifier, registry=r
+        )
+        self.notify_retried = Counter(
+            "s3spool_notify_retried", "Notifier tries that failed and were retried.", notifier,
+            registry=r,
+        )  # fmt: skip
+        self.notify_failed = Counter(
+            "s3spool_notify_failed",
+            "Events whose tries in one pass all failed (kept in the outbox, tried again).",
+            notifier,
+            registry=r,
+        )
+        self.notify_depth = Gauge(
+            "s3spool_outbox_events", "Events waiting in the outbox for a notifier.", notifier,
+            registry=r,
+        )  # fmt: skip
+        self.notify_age = Gauge(
+            "s3spool_outbox_oldest_seconds",
+            "Age of the oldest event waiting for a notifier (0 if none).",
+            notifier,
             registry=r,
         )
         Info("s3spool_build", "Build information.", registry=r).info({"version": __version__})

@@ -27,7 +27,7 @@ from .sender import Body, Sender
 from .settings import Settings
 from .store import ByteBudget, Delivery, Source
 from .throttle import retry_delay
-from .verify import Verifier, etag_of
+from .verify import Verifier, delivery_of
 
 log = logging.getLogger("s3spool.store")
 
@@ -185,7 +185,7 @@ async def upload(s3: Parts, src: Source) -> Delivery:
     checksum = await s3.verifier.whole_object(
         src, resp, [d for d in digests if d is not None], lambda: s3.head(src.key)
     )
-    return Delivery(src.key, src.size, etag=etag_of(resp), checksum=checksum, parts=count)
+    return delivery_of(src, resp, checksum, parts=count)
 
 
 async def _stored_parts(s3: Parts, key: str, upload_id: str) -> dict[int, dict[str, Any]] | None:

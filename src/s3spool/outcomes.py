@@ -17,9 +17,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from .errors import EXIT_NOT_OK, EXIT_OK, EXIT_TEMPFAIL, FileVanished, LocalFault, UploadError
+from .events import make_event
 from .metrics import Metrics, size_class
+from .notify import Notifications
 from .settings import Settings
 from .spool import DEFAULT_ROUTE, Claim, Spool, about
 from .spoolguard import Guard
@@ -173,6 +176,8 @@ class Outcomes:
         self.stable_keys = stable_keys  # a key the next start renders the same
         self.instance_id = settings.resolved_instance_id
         self.counts = counts if counts is not None else Counts()  # shared by all routes
+        #: the route's notifiers (routes.py sets them); empty: no events are written
+        self.notifications: Notifications | None = None
         self.deferred = self.counts.deferred
         # labelled children looked up once, not per file
         self._uploaded_metrics = {
@@ -194,6 +199,10 @@ class Outcomes:
 
     def _route_done(self, claim: Claim, delivery: Delivery, started: float) -> None:
         spool = claim.spool
+        if self.notifications:
+            # durable before the file leaves working/: a crash after this line redelivers
+            # nothing and loses no event; before it, recovery redelivers and records it again
+            self.notifications.record(spool, self._event(claim, "delivered", delivery=delivery))
         dest = spool.route_done(claim)
         duration = time.monotonic() - started
         self.counts.delivered += 1
@@ -204,9 +213,37 @@ class Outcomes:
         self.metrics.duration.labels(size_class(delivery.size)).observe(duration)
         if spool.dirs.resubmit:
             self.resubmits.forget((spool, claim.name))
-        extra = {"note": "already in store"} if delivery.already_there else {}
+        extra: dict[str, object] = {"note": "already in store"} if delivery.already_there else {}
+        if delivery.stored is not None:
+            extra["stored"] = delivery.stored  # bytes in the store: compressed (COMPRESS)
         self.log_file(
             logging.INFO, claim, delivery.size, duration, "done" if dest else "removed", **extra
+        )
+
+    def _event(
+        self,
+        claim: Claim,
+        outcome: str,
+        *,
+        delivery: Delivery | None = None,
+        error: UploadError | None = None,
+    ) -> dict[str, Any]:
+        return make_event(
+            outcome=outcome,
+            route=claim.spool.dirs.route,
+            spool=claim.spool.label,
+            name=claim.name,
+            size=claim.size,
+            mtime_ns=claim.mtime_ns,
+            bucket=self.s.bucket,
+            key=claim.key,
+            instance=self.instance_id,
+            now=time.time(),
+            etag=delivery.etag if delivery else None,
+            checksum=delivery.checksum if delivery else None,
+            version_id=delivery.version_id if delivery else None,
+            reason=error.reason if error else None,
+            error=str(error) if error else None,
         )
 
     def fail(self, claim: Claim, exc: UploadError, started: float) -> None:
@@ -235,6 +272,8 @@ class Outcomes:
         if spool.dirs.resubmit:
             self.resubmits.failed(item)
             outcome = "resubmitted"
+        elif self.notifications:  # a resubmitted file is not failed yet: no event
+            self.notifications.record(spool, self._event(claim, "failed", error=exc))
         dest = spool.route_failed(claim, reason)
         if dest is None:
             outcome = "removed"
@@ -253,7 +292,7 @@ class Outcomes:
         )
 
     def log_file(
-        self, level: int, claim: Claim, size: int, duration: float, outcome: str, **extra: str
+        self, level: int, claim: Claim, size: int, duration: float, outcome: str, **extra: object
     ) -> None:
         """The one log record per file: (route,) spool, name, key, size, duration, outcome."""
         if not file_log.isEnabledFor(level):

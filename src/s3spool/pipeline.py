@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from .clock import cautious_now
+from .compress import rules_for
+from .compressrules import choose
 from .errors import (
     FileChanged,
     FileVanished,
@@ -102,6 +104,7 @@ class Pipeline:
         self.spools = list(spools)
         self.instance_id = settings.resolved_instance_id
         self.template = KeyTemplate(settings.key_format, settings.prefix)
+        self.compression = rules_for(settings)
         if any(sp.recursive for sp in spools) and self.template.fields.isdisjoint(
             {"relpath", "dirname"}
         ):
@@ -249,7 +252,9 @@ class Pipeline:
         assert self.host.store is not None
         store = self.host.store
         if not claim.key:
-            claim.key = self.template.render(claim_input(claim))
+            # COMPRESS: whether (so the key's suffix) follows from its name and size, fixed here
+            claim.codec, suffix = choose(self.compression, claim.name, claim.size)
+            claim.key = self.template.render(claim_input(claim), suffix)
             if self._needs_record(claim.size):
                 try:
                     claim.spool.save_key(claim)
@@ -293,6 +298,11 @@ class Pipeline:
                 st = os.fstat(claim.fd)
                 claim.size, claim.mtime, claim.mtime_ns = st.st_size, st.st_mtime, st.st_mtime_ns
                 about(log.warning, claim.spool, claim.name, "%s; uploading again", exc)
+            except LocalFault as exc:
+                # the working directory refused the compressed copy (compress.py): nothing of
+                # this attempt was sent; an earlier one may have been, so check the store first
+                claim.recovered = claim.recovered or claim.attempts > 0
+                raise _NotStarted(local=exc) from None
             except StoreUnavailable as exc:
                 await self.host.pause(exc)
             except Refused as exc:

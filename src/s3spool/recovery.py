@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from .outbox import OUTBOX, Outbox
 from .spool import Claim, Spool, about, rename_noreplace
 from .tree import files_below, move_into, prune_empty
 
@@ -53,6 +54,15 @@ def adopt(spool: Spool, dead: Path) -> list[Claim]:
         if _flock_held(dead / "lock"):
             return []  # an instance of the older layout, alive
         adopted = _adopt_locked(spool, dead)
+        # its events not yet accepted by every notifier: ours to send now
+        events = Outbox(spool.me / OUTBOX).adopt(dead / OUTBOX)
+        if events:
+            log.warning(
+                "spool=%s: adopted %d notification events of dead instance %s",
+                spool.label,
+                events,
+                dead.name,
+            )
         with contextlib.suppress(OSError):
             os.unlink(dead / "lock")
         for sub in (dead / "keys", dead / "files", dead):
@@ -97,6 +107,9 @@ def _adopt_locked(spool: Spool, dead: Path) -> list[Claim]:
 def recover_own(spool: Spool) -> list[Claim]:
     """Claims in our own directory (left by a cancelled upload): deliver them again."""
     _remove_orphan_keys(spool.keys, spool.files)
+    with contextlib.suppress(OSError):
+        for leftover in spool.me.glob(".tmp.*"):  # a compressed copy's (compress.py)
+            leftover.unlink()
     prune_empty(spool.files)  # left by a crash between a RECURSIVE claim's move and its tidy-up
     return [spool.recovered(spool.keys, name) for name in spool.own_claims()]
 

@@ -18,6 +18,7 @@ from .cleanup import adopt_dead, sweep_multipart, tidy_spools
 from .config import Route
 from .errors import LocalFault, UploadError
 from .metrics import Metrics
+from .notify import Notifications
 from .outcomes import Counts
 from .pipeline import Pipeline
 from .recovery import recover_own
@@ -100,6 +101,8 @@ class RouteRun:
             guards=self.guards,
             counts=counts,
         )
+        self.notifications = Notifications(route.name, s, self.spools, metrics)
+        self.pipeline.outcomes.notifications = self.notifications
 
     @property
     def stopping(self) -> bool:

@@ -24,8 +24,8 @@ from .objectopts import object_options
 from .s3errors import SLOWDOWN_CODES, is_unsupported, translate
 from .sender import Body, Sender
 from .settings import Settings
-from .store import INLINE_READ_MAX, ByteBudget, Delivery, Source, guess_type
-from .verify import StoreFacts, Verifier, etag_of
+from .store import INLINE_READ_MAX, ByteBudget, Delivery, Encoded, Source, guess_type
+from .verify import StoreFacts, Verifier, delivery_of
 
 log = logging.getLogger("s3spool.store")
 
@@ -74,7 +74,11 @@ class S3Store:
             ) from None
         self._client.meta.events.register("response-received.s3.*", self._observe)
         self._sender = await make_sender(
-            self._client, self.bucket, direct=s.direct_put, on_slowdown=self._on_answer_slowdown
+            self._client,
+            self.bucket,
+            direct=s.direct_put,
+            on_slowdown=self._on_answer_slowdown,
+            limiter=s.bandwidth,
         )
         facts = self.verifier.facts
         facts.endpoint = self._client.meta.endpoint_url
@@ -139,6 +143,8 @@ class S3Store:
             },
         }
         ctype = s.content_type or guess_type(src.name)
+        if isinstance(src, Encoded):  # a compressed copy (compress.py) says what it holds
+            ctype = src.describe(params)
         if ctype:
             params["ContentType"] = ctype
         if s.acl:
@@ -194,9 +200,7 @@ class S3Store:
             raise self.precondition_or(exc, src, "PutObject") from None
         self.answered()
         self.verifier.body("PutObject", resp, digest)
-        return Delivery(
-            src.key, src.size, etag=etag_of(resp), checksum=self.ck.label(digest.checksum_b64)
-        )
+        return delivery_of(src, resp, self.ck.label(digest.checksum_b64))
 
     def precondition_or(self, err: UploadError, src: Source, what: str) -> UploadError:
         if err.reason == "precondition_failed":

@@ -21,13 +21,21 @@ through ``BotocoreSender`` instead, with one warning.
 
 ``BotocoreSender`` (``DIRECT_PUT=false``) sends through ``put_object`` /
 ``upload_part`` and so needs bodies in memory.
+
+Both pace every body through the route's bandwidth limit when one is given
+(``bandwidth.RouteLimit``): the body's first piece is waited for before the request is
+signed, the rest as it is sent.  The signed sender paces where it hands the body to the
+session; the botocore sender in botocore's ``before-send`` event, which every attempt
+botocore makes passes.  Off (``limiter.active`` is None) costs one check per body.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import io
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
@@ -35,6 +43,7 @@ from botocore.auth import SIGNED_HEADERS_BLACKLIST, S3SigV4Auth, _host_from_url
 from botocore.awsrequest import AWSPreparedRequest, AWSRequest
 from multidict import CIMultiDict
 
+from .bandwidth import RouteLimit, Turn
 from .bodies import FileRange
 from .s3errors import SLOWDOWN_CODES, classify_error, parse_error_body, translate
 
@@ -57,9 +66,13 @@ _HEADER = {
     "Tagging": "x-amz-tagging",
     "CacheControl": "Cache-Control",
     "ContentDisposition": "Content-Disposition",
+    "ContentEncoding": "Content-Encoding",  # COMPRESS_MODE=content-encoding (compress.py)
 }
 _CHECKSUM_PARAMS = ("ChecksumCRC32C", "ChecksumCRC32", "ChecksumSHA256", "ChecksumSHA1")
 _REDIRECT_CODES = frozenset({"PermanentRedirect", "AuthorizationHeaderMalformed"})
+#: The turn ``BotocoreSender.send`` waited for, handed to its ``before-send`` handler (the
+#: same task: botocore awaits the handler inside the call)
+_TURN: contextvars.ContextVar[Turn | None] = contextvars.ContextVar("s3spool_turn", default=None)
 
 
 class Sender(Protocol):
@@ -91,8 +104,35 @@ class BotocoreSender:
 
     streams = False
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, limiter: RouteLimit | None = None) -> None:
         self._client = client
+        self._limit = limiter
+        if limiter is not None:
+            for op in ("PutObject", "UploadPart"):
+                client.meta.events.register(
+                    f"before-send.s3.{op}", self._pace, unique_id=f"s3spool-pace-{op}"
+                )
+
+    async def _pace(self, request: Any, **_: Any) -> None:
+        """botocore is about to send a signed body: pace it (its first attempt goes on the
+        turn ``send`` waited for; a retry waits for a turn of its own)."""
+        limit = self._limit
+        if limit is None or limit.active is None:
+            return
+        turn = _TURN.get()
+        _TURN.set(None)
+        body = request.body  # botocore hands our bytes over in a BytesIO
+        if isinstance(body, io.BytesIO):
+            data = body.getvalue()[body.tell() :]  # the very bytes, no copy, at position 0
+        elif isinstance(body, bytes | bytearray):
+            data = bytes(body)
+        else:
+            return
+        if turn is None:
+            turn = await limit.turn(len(data))
+        paced = data if turn is None else limit.rest(data, len(data), turn)
+        if not isinstance(paced, bytes):
+            request.body = _Rewindable(paced)
 
     def needs_payload_hash(self, content_md5: bool) -> bool:
         return False  # botocore hashes what it must itself
@@ -102,11 +142,35 @@ class BotocoreSender:
     ) -> dict[str, Any]:
         data = body if isinstance(body, bytes) else await asyncio.to_thread(body.read)
         call = self._client.put_object if op == "PutObject" else self._client.upload_part
+        limit = self._limit
+        # the first piece before botocore signs: a body that waits for its turn is signed
+        # when it goes (_pace sends the rest)
+        token = None
+        if limit is not None and limit.active is not None:
+            token = _TURN.set(await limit.turn(len(data)))
         try:
             resp: dict[str, Any] = await call(Body=data, **params)
         except Exception as exc:
             raise translate(exc, _what(op, params)) from None
+        finally:
+            if token is not None:
+                _TURN.reset(token)
         return resp
+
+
+class _Rewindable:
+    """A paced body for botocore's request: an async iterable aiohttp streams, and a no-op
+    ``seek``, which botocore calls before it retries (the retry is a new request, paced
+    anew from the original bytes)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return 0
 
 
 class _Signed(dict[str, str]):
@@ -190,6 +254,7 @@ class SignedSender:
         base_url: str,
         *,
         on_slowdown: Callable[[], None] | None = None,
+        limiter: RouteLimit | None = None,
     ) -> None:
         # The client's private attributes are the point: its session carries the user's
         # TLS and proxy settings, its credentials object is the one botocore refreshes.
@@ -203,12 +268,18 @@ class SignedSender:
         # 60 us of URL parsing
         self._host = _host_from_url(self.base_url)
         self._on_slowdown = on_slowdown
-        self._fallback = BotocoreSender(client)
+        self._limit = limiter
+        self._fallback = BotocoreSender(client, limiter)
         self._via_botocore = False
 
     @classmethod
     async def for_client(
-        cls, client: Any, bucket: str, *, on_slowdown: Callable[[], None] | None = None
+        cls,
+        client: Any,
+        bucket: str,
+        *,
+        on_slowdown: Callable[[], None] | None = None,
+        limiter: RouteLimit | None = None,
     ) -> SignedSender | None:
         """A sender for ``bucket``, or None when the client signs nothing (no credentials)."""
         if client._request_signer._credentials is None:
@@ -219,7 +290,7 @@ class SignedSender:
         base = url.split("?", 1)[0]
         if not base.endswith("/" + _PROBE_KEY):
             raise ValueError(f"unexpected presigned URL shape: {base}")
-        return cls(client, base[: -len(_PROBE_KEY) - 1], on_slowdown=on_slowdown)
+        return cls(client, base[: -len(_PROBE_KEY) - 1], on_slowdown=on_slowdown, limiter=limiter)
 
     def needs_payload_hash(self, content_md5: bool) -> bool:
         if self._via_botocore:
@@ -258,17 +329,17 @@ class SignedSender:
         if self._via_botocore:
             return await self._fallback.send(op, params, body)
         what = _what(op, params)
+        data: bytes | AsyncIterator[bytes] = body if isinstance(body, bytes) else body.chunks()
+        limit = self._limit
+        if limit is not None and limit.active is not None:
+            # before signing: a body that waits for its turn is signed when it goes
+            data = await limit.start(data, len(body) if isinstance(body, bytes) else body.length)
         request = self._request(op, params, body, payload_sha256)
         try:
             creds = await self._credentials.get_frozen_credentials()
             _Auth(creds, "s3", self._region).add_auth(request)
             prepared = AWSPreparedRequest(
-                "PUT",
-                request.url,
-                request.headers,
-                body if isinstance(body, bytes) else body.chunks(),
-                False,
-                request.context,
+                "PUT", request.url, request.headers, data, False, request.context
             )
             resp = await self._http.send(prepared)
             if resp.status_code == 200:
@@ -304,11 +375,19 @@ class SignedSender:
 
 
 async def make_sender(
-    client: Any, bucket: str, *, direct: bool, on_slowdown: Callable[[], None] | None = None
+    client: Any,
+    bucket: str,
+    *,
+    direct: bool,
+    on_slowdown: Callable[[], None] | None = None,
+    limiter: RouteLimit | None = None,
 ) -> Sender:
-    """The configured sender: signed over botocore's session, or botocore throughout."""
+    """The configured sender: signed over botocore's session, or botocore throughout;
+    ``limiter``: the route's bandwidth limit (None: never limited)."""
     if direct:
-        signed = await SignedSender.for_client(client, bucket, on_slowdown=on_slowdown)
+        signed = await SignedSender.for_client(
+            client, bucket, on_slowdown=on_slowdown, limiter=limiter
+        )
         if signed is not None:
             return signed
-    return BotocoreSender(client)
+    return BotocoreSender(client, limiter)

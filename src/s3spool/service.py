@@ -9,6 +9,8 @@ Shutdown (SIGTERM/SIGINT): intake stops at once; claimed files whose upload
 has not started go back to incoming/; uploads in flight get SHUTDOWN_GRACE to
 finish, then are cancelled (a multipart upload is aborted) and their files
 returned or kept for the next start.  A second signal skips the grace.
+SIGHUP re-reads the configuration and applies the bandwidth limits (``reload.py``,
+around the service in ``run_service``).
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from .cleanup import last_sweep, sweep_due
 from .config import Config
 from .errors import EXIT_OK, EXIT_STORE_UNAVAILABLE, UploadError
 from .metrics import Metrics
+from .notify import flush
 from .outcomes import Counts
 from .pipeline import Pipeline
 from .progress import Progress
+from .reload import live_config
 from .routes import Lanes, RouteRun, make_tickets
 from .settings import Settings
 from .spool import Claim, Spool
@@ -189,6 +193,11 @@ class Service:
                     tg.create_task(self._worker(i), name=f"worker-{i}")
                     for i in range(self.s.workers)
                 ]
+                # notifiers outlive the drain of uploads, then stop: what they have not
+                # sent waits in the outbox for the next start (or another instance)
+                after = [
+                    tg.create_task(r.notifications.run()) for r in self.routes if r.notifications
+                ]
                 if self.once:
                     self.spawn(self._once_driver())
                     self.spawn(self.progress.run())
@@ -198,8 +207,11 @@ class Service:
                 await self._stop.wait()
                 await self._shutdown(workers)
                 if http is not None:
+                    after.append(http)
+                if after:
                     await asyncio.wait(workers)
-                    http.cancel()
+                    for task in after:
+                        task.cancel()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -268,6 +280,8 @@ class Service:
         await self.lanes.join()
         # the cleanup phase a cron job expects: expire done/, sweep stale multipart uploads
         await self.cleanup_once()
+        # what is left is sent by the next run, which adopts this instance's outbox
+        await flush([r.notifications for r in self.routes], self.s.shutdown_grace)
         self.request_stop()
 
     # --- workers -----------------------------------------------------------------------------
@@ -329,4 +343,6 @@ async def run_service(
 ) -> int:
     service = Service(config, once=once)
     service.early_signals = early_signals if early_signals is not None else []
-    return await service.run()
+    # the bandwidth limits, their schedules and SIGHUP live around the service (reload.py)
+    async with live_config(service.config, service.metrics.bandwidth, service.early_signals):
+        return await service.run()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -22,13 +22,17 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .compressrules import DEFAULT_SKIP, CodecName, ModeName, resolve_level
 from .errors import ConfigError
 from .flags import ENV_PREFIX, env_name, flag_name
+from .limits import BandwidthLimit
+from .notifyspec import Notifiers
 from .optioncheck import check_metadata, check_option_value, check_tags
 from .optioncheck import key_format_fields as key_format_fields  # re-exported: callers read it here
 
 # the value formats (durations, sizes, lists, k=v pairs) live in values.py; re-exported here
 from .values import Duration as Duration
+from .values import LogLevel
 from .values import Pairs as Pairs
 from .values import PathList as PathList
 from .values import Size as Size
@@ -37,6 +41,9 @@ from .values import parse_duration as parse_duration
 from .values import parse_list as parse_list
 from .values import parse_pairs as parse_pairs
 from .values import parse_size as parse_size
+
+if TYPE_CHECKING:
+    from .bandwidth import RouteLimit
 
 #: Fields a ``KEY_FORMAT`` may use; ``keys.py`` fills them.
 KEY_FIELDS = frozenset(
@@ -50,7 +57,8 @@ MIB = 1024 * 1024
 GLOBAL_FIELDS = frozenset(
     {"config", "workers", "queue_size", "buffer_limit", "rescan_interval", "cleanup_interval"}
     | {"probe_interval", "shutdown_grace", "instance_id", "http_addr", "max_lag", "fail_rate"}
-    | {"log_level", "log_format"}
+    | {"log_level", "log_format", "outbox_max_age"}
+    | {"bandwidth_limit"}
 )
 
 
@@ -182,23 +190,6 @@ class Settings(BaseSettings):
         'attachment; filename="{fname}".',
     )
 
-    @model_validator(mode="after")
-    def _check_object_options(self) -> Settings:
-        self.metadata = check_metadata(self.metadata, KEY_FIELDS) if self.metadata else None
-        self.tags = check_tags(self.tags, KEY_FIELDS) if self.tags else None
-        self.cache_control = self.cache_control or None
-        if self.cache_control:
-            if "{" in self.cache_control:
-                raise ValueError("cache_control: key fields are not allowed here")
-            check_option_value("cache_control", "", self.cache_control, header=True, known=set())
-        self.content_disposition = self.content_disposition or None
-        if self.content_disposition:
-            check_option_value(
-                "content_disposition", "", self.content_disposition, header=True, known=KEY_FIELDS
-            )
-        # a bad format spec ({now:%Y}) shows when objectopts renders a sample, at startup
-        return self
-
     # --- recursive spools ------------------------------------------------------------------
     recursive: bool = Field(
         False,
@@ -212,9 +203,66 @@ class Settings(BaseSettings):
         "done/, failed/) once nothing changed in it for this long. 0: never.",
     )
 
-    # --- compression (compress helper) ------------------------------------------------------
+    # --- compression ------------------------------------------------------------------------
+    compress: CodecName = Field(
+        "none",
+        description='Compress files on their way to the store (README "Compression"); none: '
+        "upload them as they are.",
+    )
+    compress_level: int | None = Field(
+        None,
+        description="Compression level (default: gzip 6, zstd 3); gzip takes 1 to 9 (1-3 run "
+        "on ISA-L, several times faster), zstd 1 to 19.",
+    )
+    compress_mode: ModeName = Field(
+        "suffix",
+        description="suffix: the key gets .gz or .zst and the Content-Type says gzip or zstd; "
+        "content-encoding: the key stays, with Content-Encoding and the file's Content-Type.",
+    )
+    compress_min_size: Size = Field(
+        1024, description="Files smaller than this are uploaded as they are."
+    )
+    compress_skip: StrList = Field(
+        default_factory=lambda: list(DEFAULT_SKIP),
+        description="Glob patterns (any case) of names uploaded as they are: data that is "
+        "compressed already.",
+    )
 
-    # --- bandwidth (bandwidth helper) -------------------------------------------------------
+    # --- bandwidth --------------------------------------------------------------------------
+    bandwidth_limit: BandwidthLimit = Field(
+        None,
+        description="Bytes per second for all uploads of the process together, e.g. 20MiB; off; "
+        "or a schedule in local time, e.g. 08:00-18:00=10MiB,18:00-08:00=off (README "
+        '"Bandwidth limit"); SIGHUP re-reads it.',
+    )
+    route_bandwidth_limit: BandwidthLimit = Field(
+        None,
+        description="Like BANDWIDTH_LIMIT, for the uploads of one route (each route its own), "
+        "on top of BANDWIDTH_LIMIT.",
+    )
+    _bandwidth: Any = PrivateAttr(default=None)  # a bandwidth.RouteLimit
+
+    @property
+    def bandwidth(self) -> RouteLimit | None:
+        """What this route's bodies are paced by while a service runs it (``bandwidth.py``
+        attaches it); None: nothing to pace."""
+        limit: RouteLimit | None = self._bandwidth
+        return limit
+
+    def attach_bandwidth(self, limit: RouteLimit | None) -> None:
+        self._bandwidth = limit
+
+    # --- notifications ----------------------------------------------------------------------
+    notify: Notifiers = Field(
+        default_factory=list,
+        description="Notifiers told of each delivered (and/or failed) file: a JSON list of "
+        'tables, [[route.notify]] in the config file (README "Notifications").',
+    )
+    outbox_max_age: Duration | None = Field(
+        None,
+        description="If set, /readyz is unready while an event older than this waits for a "
+        "notifier.",
+    )
 
     # --- how ---------------------------------------------------------------------------------
     workers: int = Field(64, ge=1, le=1024, description="Concurrent file uploads.")
@@ -295,46 +343,12 @@ class Settings(BaseSettings):
     fail_rate: float = Field(
         0.0, ge=0.0, le=1.0, description="Fault injection: fail this fraction of uploads (0-1)."
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", description="Log level."
-    )
+    log_level: LogLevel = Field("INFO", description="Log level (any case).")
     log_format: Literal["text", "json"] = Field("text", description="Log format.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _upper_levels(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for name in ("log_level",):
-                if isinstance(data.get(name), str):
-                    data[name] = data[name].upper()
-        return data
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        if not self.destination:
-            raise ValueError("destination: required (s3://bucket/prefix or noop://)")
-        self._destination = parse_destination(self.destination)
-        fields = key_format_fields(self.key_format)
-        unknown = sorted(fields - KEY_FIELDS)
-        if unknown:
-            raise ValueError(
-                f"key_format: unknown field {{{unknown[0]}}}; known fields: "
-                + ", ".join(sorted(KEY_FIELDS))
-            )
-        _check_spools(self)
-        if not 5 * MIB <= self.part_size <= 5 * 1024 * MIB:
-            raise ValueError("part_size: must be between 5MiB and 5GiB (S3 limits)")
-        if self.sse_kms_key_id and self.sse != "aws:kms":
-            raise ValueError("sse_kms_key_id: only valid with SSE=aws:kms")
-        if self.retry_backoff_max < self.retry_backoff:
-            raise ValueError("retry_backoff_max: must be at least RETRY_BACKOFF")
-        if self.http_addr:
-            parse_http_addr(self.http_addr)
-        if self.ca_bundle is not None:
-            _check_ca_bundle(self.ca_bundle)
-        _check_dir_names(self)
-        if self.instance_id is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.instance_id):
-            raise ValueError("instance_id: only letters, digits, '_', '.', '-' are allowed")
+        self._destination = check_settings(self)
         return self
 
     _destination: tuple[str, str, str] = PrivateAttr(default=("", "", ""))
@@ -356,6 +370,53 @@ class Settings(BaseSettings):
     @property
     def resolved_instance_id(self) -> str:
         return self.instance_id or _default_instance_id()
+
+
+def check_settings(s: Settings) -> tuple[str, str, str]:
+    """The checks across settings (a ``ValueError`` names the setting first, as
+    ``format_validation_error`` expects); returns the parsed destination."""
+    if not s.destination:
+        raise ValueError("destination: required (s3://bucket/prefix or noop://)")
+    destination = parse_destination(s.destination)
+    unknown = sorted(key_format_fields(s.key_format) - KEY_FIELDS)
+    if unknown:
+        raise ValueError(
+            f"key_format: unknown field {{{unknown[0]}}}; known fields: "
+            + ", ".join(sorted(KEY_FIELDS))
+        )
+    _check_spools(s)
+    if not 5 * MIB <= s.part_size <= 5 * 1024 * MIB:
+        raise ValueError("part_size: must be between 5MiB and 5GiB (S3 limits)")
+    if s.sse_kms_key_id and s.sse != "aws:kms":
+        raise ValueError("sse_kms_key_id: only valid with SSE=aws:kms")
+    if s.retry_backoff_max < s.retry_backoff:
+        raise ValueError("retry_backoff_max: must be at least RETRY_BACKOFF")
+    if s.http_addr:
+        parse_http_addr(s.http_addr)
+    if s.ca_bundle is not None:
+        _check_ca_bundle(s.ca_bundle)
+    _check_dir_names(s)
+    if s.instance_id is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", s.instance_id):
+        raise ValueError("instance_id: only letters, digits, '_', '.', '-' are allowed")
+    _check_object_options(s)
+    s.compress_level = resolve_level(s.compress, s.compress_level)
+    return destination
+
+
+def _check_object_options(s: Settings) -> None:
+    s.metadata = check_metadata(s.metadata, KEY_FIELDS) if s.metadata else None
+    s.tags = check_tags(s.tags, KEY_FIELDS) if s.tags else None
+    s.cache_control = s.cache_control or None
+    if s.cache_control:
+        if "{" in s.cache_control:
+            raise ValueError("cache_control: key fields are not allowed here")
+        check_option_value("cache_control", "", s.cache_control, header=True, known=set())
+    s.content_disposition = s.content_disposition or None
+    if s.content_disposition:
+        check_option_value(
+            "content_disposition", "", s.content_disposition, header=True, known=KEY_FIELDS
+        )
+    # a bad format spec ({now:%Y}) shows when objectopts renders a sample, at startup
 
 
 def _check_spools(s: Settings) -> None:

@@ -57,6 +57,8 @@ def value_kind(field: str) -> str:
         return "duration"
     if "parse_list" in validators:
         return "list"
+    if "parse_bandwidth_limit" in validators:
+        return "rate, `off` or schedule"
     base = _strip_optional(info.annotation)
     if typing.get_origin(base) is typing.Literal:
         return ", ".join(f"`{v}`" for v in typing.get_args(base))

@@ -331,6 +331,10 @@ class Spool:
                 tree.prune_empty(self.keys)
                 self.keys.rmdir()
                 self.files.rmdir()
+                outbox = self.me / "outbox"  # events not yet accepted keep the directory
+                if outbox.exists():
+                    tree.prune_empty(outbox)
+                    outbox.rmdir()
                 self.me.rmdir()
         os.close(self._lock_fd)
         self._lock_fd = None
@@ -416,6 +420,7 @@ class Spool:
             "part_size": claim.part_size,
             "size": claim.size,
             "mtime_ns": claim.mtime_ns,
+            "codec": claim.codec,  # COMPRESS: stored compressed, as its key says
         }
         tmp = self.keys / f".tmp.{secrets.token_hex(6)}"
         try:
@@ -436,7 +441,7 @@ class Spool:
         if record is not None:
             claim.key = record.get("key") or ""
             claim.upload_id = record.get("upload_id")
-            claim.part_size = record.get("part_size")
+            claim.part_size, claim.codec = record.get("part_size"), record.get("codec")
             claim.key_saved = keys_dir == self.keys
         return claim
 

@@ -10,6 +10,8 @@ import time
 from typing import Any, TextIO
 
 from .clock import cautious_now
+from .compress import rules_for
+from .compressrules import choose
 from .config import Config, Route, routes_of
 from .errors import EXIT_NOT_OK, EXIT_OK, UploadError
 from .keys import STABLE_FIELDS, KeyInput, KeyTemplate, spool_dir_field
@@ -147,6 +149,7 @@ def _dry_run_route(route: Route, out: TextIO, totals: list[int]) -> int:
     settings = route.s
     prefix = settings.prefix
     template = KeyTemplate(settings.key_format, prefix)
+    rules = rules_for(settings)
     is_ignored = compile_ignore(settings.ignore)
     status_code = EXIT_OK
     if not template.stable:
@@ -204,7 +207,8 @@ def _dry_run_route(route: Route, out: TextIO, totals: list[int]) -> int:
                         st.st_mtime,
                         st.st_ctime,
                         os.fsencode(dirname),
-                    )
+                    ),
+                    choose(rules, name, st.st_size)[1],  # COMPRESS_MODE=suffix: .gz, .zst
                 )
             except UploadError as exc:
                 print(f"skip\t{shown}\twould fail: {exc}", file=out)

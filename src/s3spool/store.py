@@ -14,7 +14,7 @@ import mimetypes
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 #: Reading a small file inline is cheaper than a thread hop; above this, use a thread.
 INLINE_READ_MAX = 1024 * 1024
@@ -32,10 +32,35 @@ class Source:
     #: a recorded multipart upload to continue, and the part size it was started with
     upload_id: str | None = None
     part_size: int | None = None
+    #: COMPRESS: the codec this file is stored with, decided with its key and fixed with it
+    codec: str | None = None
 
     def uploading(self, upload_id: str | None, part_size: int) -> None:
         """A multipart upload got its id (or ended): a claim records it durably."""
         self.upload_id, self.part_size = upload_id, part_size
+
+
+@dataclass(slots=True, eq=False, kw_only=True)
+class Encoded(Source):
+    """The compressed copy of ``original`` (``compress.py``), uploaded in its place: its
+    ``fd`` and ``size`` are the copy's; the object's headers and metadata say what it holds."""
+
+    original: Source
+    content_type: str | None = None
+    content_encoding: str | None = None
+    metadata: dict[str, str]
+
+    def describe(self, params: dict[str, Any]) -> str | None:
+        """Add the copy's metadata and Content-Encoding to ``params``; its Content-Type."""
+        params["Metadata"].update(self.metadata)
+        if self.content_encoding:
+            params["ContentEncoding"] = self.content_encoding
+        return self.content_type
+
+    def uploading(self, upload_id: str | None, part_size: int) -> None:
+        # the upload id belongs to the claim: its key record keeps it for a restart
+        self.upload_id, self.part_size = upload_id, part_size
+        self.original.uploading(upload_id, part_size)
 
 
 @dataclass(slots=True)
@@ -46,6 +71,9 @@ class Delivery:
     checksum: str | None = None
     parts: int = 0
     already_there: bool = False
+    #: bytes stored when they are not the file's (COMPRESS); ``size`` stays the file's
+    stored: int | None = None
+    version_id: str | None = None  # when the bucket keeps versions
 
 
 class Store(Protocol):

@@ -17,14 +17,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from .bodies import read_exact, whole_file_digest
-from .checksums import BodyDigest, Checksummer
+from .checksums import BodyDigest, Checksummer, ChecksumStream
 from .errors import TransientError
-from .store import Source
+from .store import Delivery, Source
 
 log = logging.getLogger("s3spool.store")
 
 MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
 MPU_ETAG = re.compile(r"^[0-9a-f]{32}-\d+$")
+#: metadata of a compressed object about its original (compress.py)
+_ORIGINAL = "s3spool-original-"
 
 
 @dataclass(slots=True)
@@ -84,6 +86,20 @@ def etag_of(resp: dict[str, Any]) -> str | None:
     return str(resp.get("ETag") or "").strip('"') or None
 
 
+def delivery_of(
+    src: Source, resp: dict[str, Any], checksum: str | None, *, parts: int = 0
+) -> Delivery:
+    """What the store's answer to PutObject or CompleteMultipartUpload confirms."""
+    return Delivery(
+        src.key,
+        src.size,
+        etag=etag_of(resp),
+        checksum=checksum,
+        parts=parts,
+        version_id=resp.get("VersionId"),
+    )
+
+
 def mismatch(what: str, field: str, got: str, want: str) -> TransientError:
     return TransientError(
         f"{what}: store reported {field} {got}, expected {want} (body corrupted?)",
@@ -112,6 +128,14 @@ def digest_file(fd: int, size: int, ck: Checksummer, part_size: int | None) -> F
     ]
     etag, checksum = ck.composite(parts)
     return FileDigest(etag, checksum)
+
+
+def file_label(fd: int, size: int, ck: Checksummer) -> str | None:
+    """The configured checksum of a whole file as a metadata label (``crc32c:BASE64``)."""
+    stream = ChecksumStream(ck.algorithm)
+    for offset in range(0, size, 8 * 1024 * 1024):
+        stream.update(read_exact(fd, offset, min(8 * 1024 * 1024, size - offset)))
+    return stream.label()
 
 
 class Verifier:
@@ -236,9 +260,16 @@ class Verifier:
 
     async def matches_stored(self, src: Source, head: dict[str, Any], part_size: int) -> bool:
         """Does an object's HEAD (checksum mode) show this file's bytes?  (crash recovery)"""
+        meta = head.get("Metadata") or {}
+        original = {k.lower(): v for k, v in meta.items() if k.lower().startswith(_ORIGINAL)}
+        if original:
+            # stored compressed (COMPRESS): its metadata names the original's size and checksum
+            label = original.get(f"{_ORIGINAL}checksum")
+            if original.get(f"{_ORIGINAL}size") != str(src.size) or not label:
+                return False
+            return bool(label == await asyncio.to_thread(file_label, src.fd, src.size, self.ck))
         if int(head.get("ContentLength", -1)) != src.size:
             return False
-        meta = head.get("Metadata") or {}
         part_size = int(meta.get("s3spool-part-size") or part_size)
         etag = str(head.get("ETag", "")).strip('"')
         echoed = head.get(f"Checksum{self.ck.param}") if self.ck.param else None

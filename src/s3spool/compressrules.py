@@ -1,0 +1,124 @@
+"""Compression rules: which files are compressed, with which codec and level, and what the
+object then says about itself (key suffix, Content-Type, Content-Encoding).
+
+Pure and free of the settings model, so ``settings.py`` validates ``COMPRESS_*`` with it and
+``keys``/``pipeline``/``status`` decide with it; the compressing pass is ``compress.py``.
+
+Whether a file is compressed depends only on facts that a restart sees again: its name
+(``COMPRESS_SKIP``), its size when it was claimed (``COMPRESS_MIN_SIZE``) and the settings.
+So a key with the suffix is as recomputable as the template it was rendered from.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+CodecName = Literal["none", "gzip", "zstd"]
+ModeName = Literal["suffix", "content-encoding"]
+
+
+@dataclass(frozen=True, slots=True)
+class Codec:
+    name: str
+    suffix: str  # appended to the key in suffix mode
+    content_type: str  # Content-Type of the object in suffix mode
+    encoding: str  # Content-Encoding in content-encoding mode
+    lowest: int
+    highest: int
+    default: int
+    levels_note: str
+
+
+#: gzip: levels 1-3 run on ISA-L (isal), 4-9 on zlib; zstd: 20-22 need 160-640 MiB a
+#: compression ("ultra" windows), more than the memory bound allows.
+CODECS = {
+    "gzip": Codec("gzip", ".gz", "application/gzip", "gzip", 1, 9, 6, "1 to 9, as with gzip(1)"),
+    "zstd": Codec(
+        "zstd", ".zst", "application/zstd", "zstd", 1, 19, 3, "1 to 19 (20-22 need too much memory)"
+    ),
+}
+
+#: Names of data that is compressed already: recompressing them costs CPU and saves nothing.
+DEFAULT_SKIP = (
+    *("*.gz", "*.tgz", "*.zst", "*.zip", "*.bz2", "*.xz", "*.7z", "*.br", "*.lz4"),
+    *("*.jpg", "*.jpeg", "*.png", "*.gif", "*.webp", "*.avif", "*.heic"),
+    *("*.mp4", "*.mkv", "*.mp3"),
+)
+
+
+def resolve_level(codec: str, level: int | None) -> int | None:
+    """The level to use (the codec's default when unset); ``ValueError`` naming the setting."""
+    spec = CODECS.get(codec)
+    if spec is None:
+        return level  # COMPRESS=none: nothing to check
+    if level is None:
+        return spec.default
+    if not spec.lowest <= level <= spec.highest:
+        raise ValueError(
+            f"compress_level: {level} is not a {codec} level; {codec} takes {spec.levels_note}"
+        )
+    return level
+
+
+def compile_globs(patterns: Sequence[str]) -> re.Pattern[str] | None:
+    """One case-insensitive regex for glob patterns (``photo.JPG`` is compressed data too)."""
+    if not patterns:
+        return None
+    return re.compile(
+        "|".join(f"(?:{fnmatch.translate(p)})" for p in patterns), re.DOTALL | re.IGNORECASE
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """The compression of one route (``COMPRESS`` is not ``none``)."""
+
+    codec: Codec
+    level: int
+    mode: ModeName
+    min_size: int
+    skip: re.Pattern[str] | None
+
+    @classmethod
+    def of(
+        cls, compress: str, level: int | None, mode: ModeName, min_size: int, skip: Sequence[str]
+    ) -> Rules | None:
+        """The rules of these settings, or None when nothing is compressed."""
+        if compress not in CODECS:
+            return None
+        resolved = resolve_level(compress, level)
+        assert resolved is not None
+        return cls(CODECS[compress], resolved, mode, min_size, compile_globs(skip))
+
+    def applies(self, name: str, size: int) -> bool:
+        """Is a file of this name (a relpath: its last segment counts) and size compressed?"""
+        if size < self.min_size:
+            return False
+        base = name.rpartition("/")[2]
+        return self.skip is None or self.skip.match(base) is None
+
+    @property
+    def key_suffix(self) -> str:
+        return self.codec.suffix if self.mode == "suffix" else ""
+
+    @staticmethod
+    def headers_for(
+        codec: Codec, mode: ModeName, original_type: str | None
+    ) -> tuple[str | None, str | None]:
+        """(Content-Type, Content-Encoding) of an object compressed with ``codec`` whose file
+        has ``original_type``: suffix mode says what the object is, content-encoding mode
+        what it decodes to."""
+        if mode == "suffix":
+            return codec.content_type, None
+        return original_type, codec.encoding
+
+
+def choose(rules: Rules | None, name: str, size: int) -> tuple[str | None, str]:
+    """(codec or None, key suffix) of a file whose key is rendered now."""
+    if rules is None or not rules.applies(name, size):
+        return None, ""
+    return rules.codec.name, rules.key_suffix
