@@ -8,7 +8,8 @@ report at least the harness's RSS. Spawned from here, the floor is this
 process's ~8 MiB.
 
 SIGTERM/SIGINT are forwarded to the tool, so the harness can stop a service
-through us. The result (JSON) goes to RESULT_FD once the tool has exited.
+through us; so is SIGHUP (case b: the service re-reads its configuration). The
+result (JSON) goes to RESULT_FD once the tool has exited.
 """
 
 import contextlib
@@ -38,6 +39,7 @@ def main() -> int:
     os.set_inheritable(result_fd, False)  # the tool must not hold it open
     signal.signal(signal.SIGTERM, _forward)
     signal.signal(signal.SIGINT, _forward)
+    signal.signal(signal.SIGHUP, _forward)
     start = time.monotonic()
     # Python ignores SIGPIPE/SIGXFSZ; ignored dispositions survive exec, so
     # restore the defaults the tool would get from a shell.

@@ -12,7 +12,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench.bandwidth import bandwidth_table
+from bench.bandwidth import run_case as run_bandwidth_case
 from bench.cold import run_cold
+from bench.compress import compress_table, run_compress
 from bench.config import DEFAULT_OUT, RCLONE, live_spec, soak_spec, workloads
 from bench.live import run_live
 from bench.machine import machine_info
@@ -22,7 +25,7 @@ from bench.soak import run_soak
 from bench.sysstat import loadavg
 from bench.tools import S3spool, S3spoolRun, Tool, make_tools
 
-ALL_CASES = ("0", "h", "1", "2", "3", "4", "5", "6")  # in the order they run
+ALL_CASES = ("0", "h", "1", "2", "3", "c", "4", "5", "6", "b")  # in the order they run
 # Fixed order inside every repetition, so slow drift hits every tool alike.
 TOOL_ORDER = ("s3spool", "s3spool-run", "s5cmd", "rclone", "aws")
 
@@ -32,7 +35,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--cases",
         default=",".join(ALL_CASES),
-        help="comma list of 0 (cold start), h (headline), 1, 2, 3, 4, 5, 6 (soak)",
+        help="comma list of 0 (cold start), h (headline), 1, 2, 3, c (compression), 4, 5, "
+        "6 (soak), b (bandwidth limit)",
     )
     ap.add_argument("--reps", type=int, default=3, help="repetitions per case and tool")
     ap.add_argument("--quick", action="store_true", help="shrunken cases for a smoke run")
@@ -119,6 +123,16 @@ def run_all(
             continue
         if case == "0":
             slots += _run_cold_case(ns, tools, work_dir, log_dir, records)
+            continue
+        if case == "b":  # its own table (bandwidth_table), like case c
+            records += run_bandwidth_case(ns, tools, work_dir, log_dir)
+            continue
+        if case == "c":  # its own table (compress_table), not slots of the main one
+            tool = tools.get("s3spool")
+            if isinstance(tool, S3spool) and not tool.unavailable:
+                records += run_compress(ns, tool, work_dir, log_dir)
+            else:
+                log("case c: needs the s3spool tool (--tools)")
             continue
         for work in specs[case]:
             order = [t for t in TOOL_ORDER if t in work.tools and t in tools]
@@ -223,11 +237,18 @@ def render(path: Path) -> int:
         records = [RunRecord(**r) for r in data["runs"]]
         slots = [Slot(**s) for s in data["slots"]]
     report = f"{head}\n\n{legend()}\n\n{markdown_table(build_rows(slots, records))}\n"
+    report += _compress_part(records)
+    report += bandwidth_table(records)
     print(report)
     out = path.with_name(path.stem + ".rerendered.md")
     out.write_text(report)
     log(f"wrote {out}")
     return 0
+
+
+def _compress_part(records: list[RunRecord]) -> str:
+    table = compress_table(records)
+    return f"\n{table}" if table else ""
 
 
 def header(ns: argparse.Namespace, stamp: str, tools: dict[str, Tool]) -> str:
@@ -276,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     # The legend is not part of the saved header: --render prints the
     # current one, matching the current targets.
     report = f"{head}\n\n{legend()}\n\n{markdown_table(build_rows(slots, records))}\n"
+    report += _compress_part(records)
+    report += bandwidth_table(records)
     print(report)
     out_md = ns.out / f"results-{stamp}.md"
     out_md.write_text(report)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
@@ -44,6 +45,52 @@ def write_files(directory: Path, files: Iterable[tuple[str, int]]) -> None:
                 os.close(fd)
     finally:
         os.close(dir_fd)
+
+
+@cache
+def log_pool() -> bytes:
+    """64 MiB of web-server log lines that compress about 10:1 (zstd level 3), doubled like
+    ``_pool`` (deterministic: the same bytes every run)."""
+    rng = random.Random(SEED)
+    hosts = [f"web-{i:02d}.prod.example.internal" for i in range(8)]
+    ips = [f"10.{rng.randrange(4)}.{rng.randrange(256)}.{rng.randrange(256)}" for _ in range(64)]
+    paths = ["/api/v1/items", "/api/v1/users", "/static/app.js", "/login", "/api/v2/search?q="]
+    agents = [
+        "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+        "curl/8.5.0",
+        "Go-http-client/1.1",
+        "python-requests/2.32.3",
+    ]
+    levels = ["INFO"] * 20 + ["WARN", "ERROR", "DEBUG"]
+    lines: list[str] = []
+    size, t = 0, 1795000000.0
+    while size < _POOL:
+        t += rng.expovariate(400.0)
+        st = time.gmtime(int(t))
+        line = (
+            f"{time.strftime('%Y-%m-%dT%H:%M:%S', st)}.{int(t % 1 * 1000):03d}Z "
+            f"{rng.choice(levels)} {rng.choice(hosts)} nginx[1042]: {rng.choice(ips)} - - "
+            f'"GET {rng.choice(paths)}{rng.randrange(500)} HTTP/1.1" '
+            f"{rng.choice((200, 200, 200, 200, 304, 404))} {rng.randrange(200, 260) * 64} "
+            f'"-" "{rng.choice(agents)}" rt={rng.randrange(100)}ms '
+            f"upstream=backend-{rng.randrange(4)}:8080\n"
+        )
+        lines.append(line)
+        size += len(line)
+    block = "".join(lines).encode()[:_POOL]
+    return block + block
+
+
+def write_stream(path: Path, size: int, pool: bytes) -> None:
+    """A file of ``size`` bytes cut from ``pool`` (``_pool()`` or ``log_pool()``)."""
+    view = memoryview(pool)
+    with open(path, "wb") as fh:
+        offset, left = 0, size
+        while left:
+            n = min(left, _POOL)
+            fh.write(view[offset : offset + n])
+            left -= n
+            offset = (offset + 4_099) % _POOL
 
 
 def payload(index: int, size: int) -> memoryview:

@@ -91,6 +91,11 @@ class MeasuredProcess:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGTERM)  # the spawner forwards it
 
+    def send_signal(self, sig: int) -> None:
+        """``sig`` to the tool (the spawner forwards SIGTERM, SIGINT and SIGHUP)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, sig)
+
     def kill_tree(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)

@@ -61,3 +61,13 @@ SOAK_BACKLOG_MAX_S = 1.0
 
 # Case 0: wall time of a command that finds nothing to do (median of its runs).
 COLD_MAX_S: dict[str, float] = {"0 help": 0.15, "0 empty": 0.30}
+
+# Case c (issue 13, COMPRESS): MiB/s of input of s3spool with zstd level 3 on one 1 GiB file
+# of compressible logs, with the rclone server on the same machine.
+COMPRESS_MIN_MIB_S: dict[tuple[str, str], float] = {("c logs", "s3spool zstd-3"): 300.0}
+
+# Case b (issue 13, BANDWIDTH_LIMIT): on a backlog drain at the limit, every 5 s window at
+# the store side within this many % of it; a SIGHUP and a schedule change take effect within
+# this many seconds (until /metrics shows the new limit, and until the bytes' rate bends).
+BANDWIDTH_WINDOW_MAX_PCT = 10.0
+BANDWIDTH_CHANGE_MAX_S = 2.0
