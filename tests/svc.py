@@ -53,8 +53,22 @@ async def wait_until(pred: Callable[[], bool], timeout: float = 20.0, what: str 
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings, *, once: bool = False) -> AsyncIterator[Service]:
+async def running(
+    settings: Settings, *, once: bool = False, live: bool = False
+) -> AsyncIterator[Service]:
+    """``live``: wrapped as ``run_service`` wraps it (bandwidth limits, SIGHUP)."""
     svc = Service(settings, once=once)
+    async with contextlib.AsyncExitStack() as stack:
+        if live:
+            from s3spool.reload import live_config
+
+            await stack.enter_async_context(live_config(svc.config, svc.metrics.bandwidth))
+        async with _started(svc) as started:
+            yield started
+
+
+@contextlib.asynccontextmanager
+async def _started(svc: Service) -> AsyncIterator[Service]:
     task = asyncio.create_task(svc.run())
     try:
         await wait_until(lambda: svc.ready or task.done(), 15, "service ready")

@@ -10,7 +10,6 @@ import os
 import signal
 import time
 import urllib.request
-from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,29 +21,10 @@ from faultproxy import FaultProxy
 from proc import SpoolProc
 from s3servers import S3Target, free_port
 from s3spool.bandwidth import Bandwidth
-from s3spool.reload import live_config
-from s3spool.service import Service
-from s3spool.settings import Settings
-from svc import drop, names, settings_for, wait_until
+from svc import drop, names, running, settings_for, wait_until
 
 KIB, MIB = 1024, 1024 * 1024
 GAUGE = "s3spool_bandwidth_limit_bytes"
-
-
-@contextlib.asynccontextmanager
-async def limited(settings: Settings) -> AsyncIterator[Service]:
-    """The real Service in this loop, wrapped as ``run_service`` wraps it (limits, SIGHUP)."""
-    svc = Service(settings)
-    async with live_config(svc.config, svc.metrics.bandwidth):
-        task = asyncio.create_task(svc.run())
-        try:
-            await wait_until(lambda: svc.ready or task.done(), 15, "service ready")
-            if task.done():
-                task.result()
-            yield svc
-        finally:
-            svc.request_stop()
-            await asyncio.wait_for(task, 30)
 
 
 # 16 MiB: bodies in memory (<= 1 MiB), streamed single PUTs, and a multipart file
@@ -76,7 +56,7 @@ async def test_the_limit_holds_for_puts_and_parts(
         **limits,
     )
     total = sum(FILES.values())
-    async with limited(settings) as svc:
+    async with running(settings, live=True) as svc:
         handle = settings.bandwidth
         assert handle is not None
         assert handle.active is not None
@@ -112,7 +92,7 @@ async def test_retried_bodies_are_paced_and_whole(
             multipart_threshold="5MiB",
             part_size="5MiB",
         )
-        async with limited(settings) as svc:
+        async with running(settings, live=True) as svc:
             start = time.monotonic()
             for name, data in files.items():
                 drop(spool / "incoming", name, data)
@@ -130,7 +110,7 @@ async def test_retried_bodies_are_paced_and_whole(
 
 async def test_no_limit_puts_nothing_on_the_path(rclone_s3: S3Target, spool: Path) -> None:
     settings = settings_for(spool, rclone_s3)
-    async with limited(settings):
+    async with running(settings, live=True):
         handle = settings.bandwidth
         assert handle is not None  # there to take a limit that SIGHUP may bring ...
         assert handle.active is None  # ... and nothing to pace with until then

@@ -48,7 +48,7 @@ from .compressrules import CODECS, Rules
 from .errors import ConfigError, FileChanged, PermanentError
 from .settings import Settings
 from .spool import Claim, about, local_fault
-from .store import Delivery, Encoded, Source, Store, guess_type
+from .store import Delivery, Encoded, Source, Store, StoreWrapper, guess_type
 
 log = logging.getLogger("s3spool.store")
 
@@ -260,11 +260,14 @@ def need_library(codec: str, level: int) -> None:
         ) from None
 
 
-class CompressingStore:
-    """A destination whose claims with a codec are stored compressed (the others pass)."""
+class CompressingStore(StoreWrapper):
+    """A destination whose claims with a codec are stored compressed (the others pass).
+
+    ``delivered`` goes to the inner store as it is: the object's original-size and
+    original-checksum metadata answer it (verify.py)."""
 
     def __init__(self, inner: Store, settings: Settings) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.s = settings
         self.rules = rules_for(settings)
         if self.rules is not None:
@@ -343,22 +346,3 @@ class CompressingStore:
             )
         finally:
             os.close(fd)
-
-    async def delivered(self, src: Source) -> bool:
-        return await self.inner.delivered(src)  # the original's metadata: verify.py
-
-    async def probe(self) -> None:
-        await self.inner.probe()
-
-    async def survey(self) -> list[tuple[str, str]]:
-        return await self.inner.survey()
-
-    @property
-    def last_answer(self) -> float:
-        return self.inner.last_answer
-
-    async def abort_upload(self, key: str, upload_id: str) -> None:
-        await self.inner.abort_upload(key, upload_id)
-
-    async def stale_uploads(self, older_than: float) -> list[tuple[str, str]]:
-        return await self.inner.stale_uploads(older_than)

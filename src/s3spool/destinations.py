@@ -16,7 +16,7 @@ from .compress import CompressingStore
 from .errors import PermanentError
 from .s3store import S3Store
 from .settings import Settings
-from .store import ByteBudget, Delivery, Source, Store
+from .store import ByteBudget, Delivery, Source, Store, StoreWrapper
 from .verify import digest_file
 
 log = logging.getLogger("s3spool.store")
@@ -62,11 +62,11 @@ class NoopStore:
         return ""
 
 
-class FaultyStore:
+class FaultyStore(StoreWrapper):
     """``FAIL_RATE``: fail a fraction of uploads on purpose, before anything is sent."""
 
     def __init__(self, inner: Store, rate: float, seed: int | None = None) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.rate = rate
         self._rng = random.Random(seed)
 
@@ -74,25 +74,6 @@ class FaultyStore:
         if self._rng.random() < self.rate:
             raise PermanentError("injected failure (FAIL_RATE)", reason="injected")
         return await self.inner.upload(src)
-
-    async def delivered(self, src: Source) -> bool:
-        return await self.inner.delivered(src)
-
-    async def probe(self) -> None:
-        await self.inner.probe()
-
-    async def survey(self) -> list[tuple[str, str]]:
-        return await self.inner.survey()
-
-    @property
-    def last_answer(self) -> float:
-        return self.inner.last_answer
-
-    async def abort_upload(self, key: str, upload_id: str) -> None:
-        await self.inner.abort_upload(key, upload_id)
-
-    async def stale_uploads(self, older_than: float) -> list[tuple[str, str]]:
-        return await self.inner.stale_uploads(older_than)
 
 
 @contextlib.asynccontextmanager

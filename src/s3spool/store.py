@@ -99,6 +99,36 @@ class Store(Protocol):
     async def stale_uploads(self, older_than: float) -> list[tuple[str, str]]: ...
 
 
+class StoreWrapper:
+    """A ``Store`` around another: every call goes to ``inner`` unless a subclass changes it
+    (fault injection, compression)."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+
+    async def upload(self, src: Source) -> Delivery:
+        return await self.inner.upload(src)
+
+    async def delivered(self, src: Source) -> bool:
+        return await self.inner.delivered(src)
+
+    async def probe(self) -> None:
+        await self.inner.probe()
+
+    async def survey(self) -> list[tuple[str, str]]:
+        return await self.inner.survey()
+
+    @property
+    def last_answer(self) -> float:
+        return self.inner.last_answer
+
+    async def abort_upload(self, key: str, upload_id: str) -> None:
+        await self.inner.abort_upload(key, upload_id)
+
+    async def stale_uploads(self, older_than: float) -> list[tuple[str, str]]:
+        return await self.inner.stale_uploads(older_than)
+
+
 class ByteBudget:
     """Caps the file bytes held in memory by all uploads together (invariant 5).
 
