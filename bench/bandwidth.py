@@ -27,7 +27,6 @@ import math
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -41,7 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.config import BUCKET, KIB, MIB
 from bench.data import check_delivery, write_files
 from bench.live import wait_until
-from bench.proc import MeasuredProcess
+from bench.proc import MeasuredProcess, helper_process
 from bench.report import judge
 from bench.runner import RunRecord, fill_measured, log
 from bench.server import bench_server, server_cpu_seconds
@@ -100,26 +99,8 @@ def relay(upstream: str) -> Iterator[tuple[str, dict[str, Any]]]:
     byte counts once it stopped."""
     host, port = upstream.removeprefix("http://").rsplit(":", 1)
     script = Path(__file__).with_name("relay.py")
-    proc = subprocess.Popen(
-        [sys.executable, str(script), host, port],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    counts: dict[str, Any] = {}
-    try:
-        url = proc.stdout.readline().strip()
-        if not url.startswith("http"):
-            raise RuntimeError("the relay did not start")
+    with helper_process([sys.executable, str(script), host, port], "relay") as (url, _, counts):
         yield url, counts
-    finally:
-        proc.stdin.close()
-        line = proc.stdout.readline()
-        if line:
-            counts.update(json.loads(line))
-        proc.wait(30)
 
 
 def gauge(url: str) -> float | None:

@@ -18,10 +18,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 _SPAWN = Path(__file__).with_name("_spawn.py")
 
@@ -187,3 +187,25 @@ def run_measured(
                 p.stop(term_grace_s)
                 break
         return p.reap(end)
+
+
+@contextlib.contextmanager
+def helper_process(argv: Sequence[str], what: str) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    """A helper server in a process of its own (the bench's fault proxy, its relay): it
+    prints its URL on stdout, stops when its stdin closes and then prints one JSON line of
+    counters.  Yields the URL, its pid and a dict that holds the counters once it stopped."""
+    proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    stats: dict[str, Any] = {}
+    try:
+        url = proc.stdout.readline().strip()
+        if not url.startswith("http"):
+            raise RuntimeError(f"the {what} did not start")
+        yield url, proc.pid, stats
+    finally:
+        proc.stdin.close()
+        line = proc.stdout.readline()
+        if line:
+            stats.update(json.loads(line))
+        proc.wait(30)

@@ -12,11 +12,9 @@ minute, p99 latency, and a backlog that stays bounded.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -27,7 +25,7 @@ from typing import Any
 from bench.config import KIB, REPO, SEED, SoakSpec
 from bench.data import count_entries, payload
 from bench.live import PROBE, produce, service_problems, wait_until
-from bench.proc import MeasuredProcess
+from bench.proc import MeasuredProcess, helper_process
 from bench.runner import RunRecord, log
 from bench.server import bench_server, proc_cpu_seconds, server_cpu_seconds
 from bench.sysstat import others, snap, wait_for_quiet
@@ -54,23 +52,8 @@ def fault_proxy(upstream: str, fail_share: float) -> Iterator[tuple[str, int, di
     uploads with 500; yields its URL, its pid and a dict that holds its counters once it
     stopped."""
     argv = [sys.executable, "-c", _PROXY, str(REPO / "tests"), upstream, str(fail_share)]
-    proc = subprocess.Popen(
-        [*argv, str(SEED)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    stats: dict[str, Any] = {}
-    try:
-        url = proc.stdout.readline().strip()
-        if not url.startswith("http"):
-            raise RuntimeError("the fault proxy did not start")
-        yield url, proc.pid, stats
-    finally:
-        proc.stdin.close()
-        line = proc.stdout.readline()
-        if line:
-            stats.update(json.loads(line))
-        proc.wait(30)
+    with helper_process([*argv, str(SEED)], "fault proxy") as started:
+        yield started
 
 
 SAMPLE_S = 5.0
