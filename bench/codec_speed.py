@@ -37,17 +37,22 @@ class Candidate:
     make: Callable[[object], Callable[[bytes], int]]  # module -> feed(chunk) -> bytes out
 
 
+def _feeder(comp: Any) -> Callable[[bytes], int]:
+    """feed(chunk) -> compressed bytes so far; an empty chunk flushes the end."""
+    out = 0
+
+    def feed(chunk: bytes) -> int:
+        nonlocal out
+        out += len(comp.compress(chunk)) if chunk else len(comp.flush())
+        return out
+
+    return feed
+
+
 def _deflate(level: int) -> Callable[[object], Callable[[bytes], int]]:
     def make(mod: object) -> Callable[[bytes], int]:
         comp = mod.compressobj(level, mod.DEFLATED, 31)  # type: ignore[attr-defined]
-        out = 0
-
-        def feed(chunk: bytes) -> int:
-            nonlocal out
-            out += len(comp.compress(chunk)) if chunk else len(comp.flush())
-            return out
-
-        return feed
+        return _feeder(comp)
 
     return make
 
@@ -59,14 +64,7 @@ def _zstd(level: int, threads: int, job: int = 0) -> Callable[[object], Callable
             level, threads=threads, write_checksum=True, **extra
         )
         comp = mod.ZstdCompressor(compression_params=params).compressobj()  # type: ignore[attr-defined]
-        out = 0
-
-        def feed(chunk: bytes) -> int:
-            nonlocal out
-            out += len(comp.compress(chunk)) if chunk else len(comp.flush())
-            return out
-
-        return feed
+        return _feeder(comp)
 
     return make
 
