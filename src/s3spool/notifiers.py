@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from .errors import S3SpoolError
 from .events import env_of
 from .notifyspec import NotifierSpec
-from .settings import Settings
+from .settings import Settings, tls_verify
 
 log = logging.getLogger("s3spool.notify")
 
@@ -61,11 +61,10 @@ class Webhook:
 
         import aiohttp
 
-        ctx: ssl.SSLContext | bool = True
-        if not self.settings.verify_ssl:
-            ctx = False
-        elif self.settings.ca_bundle is not None:
-            ctx = ssl.create_default_context(cafile=str(self.settings.ca_bundle))
+        verify = tls_verify(self.settings)
+        ctx: ssl.SSLContext | bool = verify is not False
+        if isinstance(verify, str):
+            ctx = ssl.create_default_context(cafile=verify)
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.spec.timeout),
             connector=aiohttp.TCPConnector(ssl=ctx, limit=self.spec.concurrency),
@@ -109,11 +108,6 @@ class _AwsNotifier:
         from aiobotocore.session import AioSession
 
         s = self.settings
-        verify: bool | str | None = None
-        if not s.verify_ssl:
-            verify = False
-        elif s.ca_bundle is not None:
-            verify = str(s.ca_bundle)
         config = AioConfig(
             region_name=self.spec.region or s.region,
             retries={"mode": "standard", "total_max_attempts": 3},
@@ -123,7 +117,10 @@ class _AwsNotifier:
         )
         self.client = await self._stack.enter_async_context(
             AioSession(profile=s.profile).create_client(
-                self.service, endpoint_url=self.spec.endpoint_url, config=config, verify=verify
+                self.service,
+                endpoint_url=self.spec.endpoint_url,
+                config=config,
+                verify=tls_verify(s),
             )
         )
         return self

@@ -23,7 +23,7 @@ from .errors import ConfigError, FileChanged, PermanentError, StoreUnavailable, 
 from .objectopts import object_options
 from .s3errors import SLOWDOWN_CODES, is_unsupported, translate
 from .sender import Body, Sender
-from .settings import Settings
+from .settings import Settings, tls_verify
 from .store import INLINE_READ_MAX, ByteBudget, Delivery, Encoded, Source, guess_type
 from .verify import StoreFacts, Verifier, delivery_of
 
@@ -348,12 +348,7 @@ def client_for(s: Settings) -> Any:
         response_checksum_validation="when_required",
         tcp_keepalive=True,
     )
-    # None leaves botocore's own chain (AWS_CA_BUNDLE, the profile's ca_bundle) in charge
-    verify: bool | str | None = None
-    if not s.verify_ssl:
-        verify = False
-    elif s.ca_bundle is not None:
-        verify = str(s.ca_bundle)
+    verify = tls_verify(s)
     # PROFILE picks a profile of the shared config files (a route's own credentials);
     # None keeps botocore's chain, AWS_PROFILE included.
     session = AioSession(profile=s.profile)

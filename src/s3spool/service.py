@@ -39,7 +39,6 @@ from .throttle import Throttle
 from .watch import Discovery
 
 log = logging.getLogger(__name__)
-file_log = logging.getLogger("s3spool.file")
 
 
 class Service:

@@ -419,6 +419,14 @@ def _check_object_options(s: Settings) -> None:
     # a bad format spec ({now:%Y}) shows when objectopts renders a sample, at startup
 
 
+def tls_verify(s: Settings) -> bool | str | None:
+    """botocore's ``verify=`` for VERIFY_SSL and CA_BUNDLE: False, a CA file, or None, which
+    leaves botocore's own chain (AWS_CA_BUNDLE, the profile's ca_bundle) in charge."""
+    if not s.verify_ssl:
+        return False
+    return str(s.ca_bundle) if s.ca_bundle is not None else None
+
+
 def _check_spools(s: Settings) -> None:
     """SPOOL_DIRS, or a complete set of explicit directories."""
     explicit = [s.incoming_dir, s.working_dir, s.done_dir, s.failed_dir]
