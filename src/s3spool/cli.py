@@ -12,6 +12,7 @@ Exit codes: 0 success · 1 some file failed (``run --once``) · 2 usage error ·
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -187,6 +188,7 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
     parser = build_parser()
     args = parser.parse_args(argv)
     if not (args.command == "run" and not args.dry_run):
+        gc.enable()  # off since __main__: only the service's start-up runs without it
         # Only the service drains on signals: Ctrl-C must still interrupt check, status
         # and enqueue at once.
         signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -11,7 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence, Sized
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    ProcessCollector,
+)
 
 from . import __version__
 
@@ -35,6 +43,9 @@ def size_class(size: int) -> str:
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        # prometheus-client's own process_* (RSS, open fds, CPU) and python_gc_* series
+        ProcessCollector(registry=r)
+        GCCollector(registry=r)
         self.files = Counter(
             "s3spool_files",
             "Files by outcome (uploaded, failed, retried).",

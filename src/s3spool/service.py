@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from typing import Any
@@ -164,6 +165,10 @@ class Service:
                 route.close()
 
     async def _run(self) -> int:
+        if not gc.isenabled():  # __main__ held collection off for the start-up
+            # what start-up built lives as long as the process: out of every collection
+            gc.freeze()
+            gc.enable()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
