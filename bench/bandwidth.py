@@ -21,16 +21,14 @@ first 2.5 s after it are left out of the fit).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
 import shutil
 import signal
-import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.config import BUCKET, KIB, MIB
 from bench.data import check_delivery, write_files
 from bench.live import wait_until
-from bench.proc import MeasuredProcess, helper_process
+from bench.proc import MeasuredProcess, relay
 from bench.report import judge
 from bench.runner import RunRecord, fill_measured, log
 from bench.server import bench_server, server_cpu_seconds
@@ -91,16 +89,6 @@ def title(quick: bool) -> str:
         f"bandwidth {spec.rate // MIB} MiB/s: {spec.windows} x {spec.window_s:g} s windows, "
         f"SIGHUP and schedule changes ({total / MIB:.0f} MiB backlog)"
     )
-
-
-@contextlib.contextmanager
-def relay(upstream: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """bench/relay.py in front of ``upstream``; yields its URL and a dict that holds its
-    byte counts once it stopped."""
-    host, port = upstream.removeprefix("http://").rsplit(":", 1)
-    script = Path(__file__).with_name("relay.py")
-    with helper_process([sys.executable, str(script), host, port], "relay") as (url, _, counts):
-        yield url, counts
 
 
 def gauge(url: str) -> float | None:
@@ -221,7 +209,7 @@ def run_bandwidth(
         config.write_text(f'bandwidth_limit = "{_limit_text(spec.rate)}"\n')
         with (
             bench_server(rundir / "s3", log_dir / f"{tag}.server.log") as server,
-            relay(server.url) as (url, counts),
+            relay(server.url) as (url, _, counts),
         ):
             env = tool.env(rundir, url, log_level="INFO")
             env["S3SPOOL_CONFIG"] = str(config)

@@ -202,7 +202,7 @@ def soak_title(quick: bool) -> str:
     spec = soak_spec(quick)
     return (
         f"soak {spec.rate:.0f} files/s x {spec.duration_s / 60:g} min, 1-64 KiB, "
-        f"{spec.fail_share:.0%} of uploads fail"
+        f"{spec.fail_share:.0%} of requests fail"
     )
 
 

@@ -74,7 +74,7 @@ class SoakSpec:
 
     rate: float  # files per second
     duration_s: float
-    fail_share: float  # of PutObject/UploadPart requests answered 500 InternalError
+    fail_share: float  # of all requests, answered 500 InternalError by bench/relay.py
     drain_timeout_s: float
 
     @property

@@ -191,7 +191,7 @@ def run_measured(
 
 @contextlib.contextmanager
 def helper_process(argv: Sequence[str], what: str) -> Iterator[tuple[str, int, dict[str, Any]]]:
-    """A helper server in a process of its own (the bench's fault proxy, its relay): it
+    """A helper server in a process of its own (bench/relay.py): it
     prints its URL on stdout, stops when its stdin closes and then prints one JSON line of
     counters.  Yields the URL, its pid and a dict that holds the counters once it stopped."""
     proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -209,3 +209,18 @@ def helper_process(argv: Sequence[str], what: str) -> Iterator[tuple[str, int, d
         if line:
             stats.update(json.loads(line))
         proc.wait(30)
+
+
+@contextlib.contextmanager
+def relay(
+    upstream: str, fail_share: float = 0.0, seed: int = 0
+) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    """bench/relay.py in front of ``upstream`` (``http://HOST:PORT``), answering
+    ``fail_share`` of the requests with 500; yields as ``helper_process``."""
+    host, port = upstream.removeprefix("http://").rsplit(":", 1)
+    script = os.path.join(os.path.dirname(__file__), "relay.py")
+    argv = [sys.executable, script, host, port]
+    if fail_share:
+        argv += [str(fail_share), str(seed)]
+    with helper_process(argv, "relay") as started:
+        yield started

@@ -264,8 +264,8 @@ def _soak(by_case: dict[str, dict[str, Row]]) -> None:
             f"RSS {g('rss_at_warmup', nan):.0f} MiB at 1 min, peak {g('rss_max', nan):.0f}; "
             f"fds {g('fds_at_warmup', nan):.0f} at 1 min, peak {g('fds_max', nan):.0f}; "
             f"latency p50/p99/max {g('p50_ms', nan):.0f}/{g('p99_ms', nan):.0f}/"
-            f"{g('max_ms', nan):.0f} ms; {g('injected_500', nan):.0f} uploads answered 500; "
-            f"fault proxy {g('proxy_cpu_s', nan):.0f} CPU-s"
+            f"{g('max_ms', nan):.0f} ms; {g('injected_500', nan):.0f} requests answered 500; "
+            f"fault relay {g('proxy_cpu_s', nan):.0f} CPU-s"
         )
 
 

@@ -1,60 +1,31 @@
 """Case 6: a long soak of a running s3spool behind a store that fails some requests.
 
 A producer renames mixed 1-64 KiB files into incoming/ at a fixed rate while s3spool
-(`run`, default settings) uploads them through the tests' fault-injecting proxy, which
-answers a share of PutObject/UploadPart requests with 500 InternalError, in front of a
-fresh `rclone serve s3`. Every 5 s the harness samples the service's RSS, its open file
-descriptors and incoming/; latency is rename -> commit from the service's JSON log
-(bench/live.py). What it judges: memory and descriptors do not grow after the first
-minute, p99 latency, and a backlog that stays bounded.
+(`run`, default settings) uploads them through a relay (bench/relay.py) that answers a
+share of all requests with 500 InternalError, in front of a fresh `rclone serve s3`.
+Every 5 s the harness samples the service's RSS, its open file descriptors and
+incoming/; latency is rename -> commit from the service's JSON log (bench/live.py).
+What it judges: memory and descriptors do not grow after the first minute, p99 latency,
+and a backlog that stays bounded.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import shutil
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from bench.config import KIB, REPO, SEED, SoakSpec
+from bench.config import KIB, SEED, SoakSpec
 from bench.data import count_entries, payload
 from bench.live import PROBE, produce, service_problems, wait_until
-from bench.proc import MeasuredProcess, helper_process
+from bench.proc import MeasuredProcess, relay
 from bench.runner import RunRecord, log
 from bench.server import bench_server, proc_cpu_seconds, server_cpu_seconds
 from bench.sysstat import others, snap, wait_for_quiet
 from bench.tools import S3spool
-
-# The tests' fault-injecting proxy runs in a process of its own: in the harness's process it
-# would share one GIL with the producer and the samplers, and their pauses would show up as
-# upload latency (p99 174 ms for uploads that were never retried, against 9 ms without it).
-_PROXY = """
-import json, sys
-sys.path.insert(0, sys.argv[1])  # the tests import their siblings by plain names
-from faultproxy import FaultProxy
-with FaultProxy(sys.argv[2], seed=int(sys.argv[4])) as proxy:
-    proxy.error500 = float(sys.argv[3])
-    print(proxy.url, flush=True)
-    sys.stdin.read()  # until the harness closes it
-    print(json.dumps(proxy.snapshot()), flush=True)
-"""
-
-
-@contextlib.contextmanager
-def fault_proxy(upstream: str, fail_share: float) -> Iterator[tuple[str, int, dict[str, Any]]]:
-    """The tests' FaultProxy in front of ``upstream``, answering ``fail_share`` of the
-    uploads with 500; yields its URL, its pid and a dict that holds its counters once it
-    stopped."""
-    argv = [sys.executable, "-c", _PROXY, str(REPO / "tests"), upstream, str(fail_share)]
-    with helper_process([*argv, str(SEED)], "fault proxy") as started:
-        yield started
-
 
 SAMPLE_S = 5.0
 KEY_FORMAT = "{m_mm}{m_ss}/{fname}"
@@ -130,6 +101,13 @@ def sample_stats(samples: list[tuple[float, float, int, int]], warmup_s: float) 
     }
 
 
+def write_samples(path: Path, samples: list[tuple[float, float, int, int]]) -> None:
+    """The sampler's series, for a look at how RSS and descriptors moved over the run."""
+    lines = ["seconds,rss_mib,open_fds,incoming"]
+    lines += [f"{t:.1f},{rss:.1f},{fds},{backlog}" for t, rss, fds, backlog in samples]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def run_soak(
     spec: SoakSpec, tool: S3spool, rep: int, work_dir: Path, log_dir: Path, quiet_wait_s: float
 ) -> RunRecord:
@@ -151,7 +129,7 @@ def run_soak(
     try:
         with (
             bench_server(rundir / "s3", log_dir / f"{tag}.server.log") as server,
-            fault_proxy(server.url, spec.fail_share) as (url, proxy_pid, proxy_stats),
+            relay(server.url, spec.fail_share, SEED) as (url, proxy_pid, proxy_stats),
         ):
             env = tool.env(rundir, url, log_level="INFO")
             env["S3SPOOL_LOG_FORMAT"] = "json"
@@ -184,6 +162,7 @@ def run_soak(
                     if drained is None:
                         problems.append(f"not drained {spec.drain_timeout_s:.0f} s after producing")
                     rec.extra.update(sample_stats(sampler.samples, 60.0))
+                    write_samples(log_dir / f"{tag}.samples.csv", sampler.samples)
                     rec.extra["drain_s"] = end - t_produced
                     rec.extra["rate_achieved"] = spec.count / (t_produced - t_start)
                     rec.extra["rate_nominal"] = spec.rate

@@ -51,7 +51,7 @@ LIVE_DRAIN_MAX_S = 2.0
 # the run did not test the target rate (flagged, not judged as s3spool's).
 LIVE_RATE_MIN_SHARE = 0.95
 
-# Case 6 (soak: 300 files/s of 1-64 KiB for 20 min, 2 % of uploads answered 500):
+# Case 6 (soak: 300 files/s of 1-64 KiB for 20 min, 2 % of requests answered 500):
 # growth after the first minute, p99 rename -> committed, and a bounded backlog
 # (incoming/ never holds more than this many seconds of production).
 SOAK_RSS_GROWTH_MAX_MIB = 10.0
