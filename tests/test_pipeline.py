@@ -6,6 +6,7 @@ The main cases run against both moto (in-process) and `rclone serve s3`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import re
@@ -34,6 +35,21 @@ async def test_renamed_in_while_running(spool: Path, s3: S3Target) -> None:
         assert (spool / "done" / name).read_bytes() == data
     assert names(spool / "incoming") == set()
     assert list((spool / "working").rglob("*.dat")) == []
+
+
+async def test_the_running_service_collects_garbage_again(spool: Path, s3: S3Target) -> None:
+    """``__main__`` starts with the cyclic collector off; once its stores are open the service
+    freezes what start-up built and turns collection back on."""
+    gc.disable()
+    try:
+        async with running(settings_for(spool, s3)):
+            assert gc.isenabled()
+            assert gc.get_freeze_count() > 0
+            drop(spool / "incoming", "after-start", b"x")
+            await wait_until(lambda: names(spool / "done") == {"after-start"})
+    finally:
+        gc.unfreeze()
+        gc.enable()
 
 
 async def test_backlog_present_at_startup(spool: Path, s3: S3Target) -> None:
