@@ -58,6 +58,9 @@ class _Side(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        for data in self.pending:  # first, before anything data_received sends from now on
+            self.transport.write(data)
+        self.pending.clear()
 
     def send(self, data: bytes) -> None:
         if self.transport is None:
@@ -105,23 +108,18 @@ class _Client(_Side):
         up.peer, self.peer = self, up
         loop = asyncio.get_running_loop()
         task = loop.create_task(loop.create_connection(lambda: up, *self.upstream))
-        task.add_done_callback(lambda t: self._connected(up, t))
+        task.add_done_callback(self._connected)
 
-    def _connected(self, up: _Side, task: asyncio.Task[object]) -> None:
-        if task.cancelled() or task.exception() is not None:
-            if self.transport is not None:
-                self.transport.close()
-            return
-        for data in up.pending:
-            up.send(data)
-        up.pending.clear()
+    def _connected(self, task: asyncio.Task[object]) -> None:
+        if (task.cancelled() or task.exception() is not None) and self.transport is not None:
+            self.transport.close()  # the store is not there: neither is this connection
 
     def data_received(self, data: bytes) -> None:
         self.counters.add(len(data))
-        if not self.parsing:
-            super().data_received(data)
-            return
         while data:
+            if not self.parsing:
+                super().data_received(data)
+                return
             if self.body_left:
                 take = data[: self.body_left]
                 self.body_left -= len(take)
