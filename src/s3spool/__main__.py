@@ -24,9 +24,9 @@ def _remember(sig: int, _frame: object) -> None:
 
 def main() -> int:
     # No cyclic collection while modules, the settings model and the botocore client are
-    # built: about 150,000 long-lived objects, no garbage. The service freezes
-    # them and turns collection back on once its stores are open (service.py), every
-    # other command as soon as it is chosen (cli.py). Measured in bench/RESULTS.md.
+    # built: about 150,000 long-lived objects and little garbage. The service freezes them
+    # and turns collection back on once its stores are open (service.py), every other
+    # command as soon as it is chosen (cli.py). Measured in bench/RESULTS.md.
     gc.disable()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _remember)
