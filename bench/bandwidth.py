@@ -40,7 +40,7 @@ from bench.data import check_delivery, write_files
 from bench.live import wait_until
 from bench.proc import MeasuredProcess, relay
 from bench.report import judge
-from bench.runner import RunRecord, fill_measured, log
+from bench.runner import RunRecord, fill_measured, log, reported
 from bench.server import bench_server, server_cpu_seconds
 from bench.sysstat import others, snap, wait_for_quiet
 from bench.targets import BANDWIDTH_CHANGE_MAX_S, BANDWIDTH_WINDOW_MAX_PCT
@@ -203,7 +203,7 @@ def run_bandwidth(
     problems: list[str] = []
     counts: dict[str, Any] = {}
     marks: dict[str, float] = {}
-    try:
+    with reported(rundir, problems):
         write_files(tool.source_dir(rundir), spec.files)
         os.sync()
         config.write_text(f'bandwidth_limit = "{_limit_text(spec.rate)}"\n')
@@ -263,13 +263,7 @@ def run_bandwidth(
         problems += [x for x in (tool.check_source(rundir, len(spec.files)),) if x]
         problems += [x for x in (check_delivery(rundir / "s3" / BUCKET, spec.files),) if x]
         rec.extra.update(_measure(spec, Bytes(counts), w0, mono_t, marks))
-    except Exception as e:  # report, do not abort the remaining cases
-        problems.append(f"harness error: {e.__class__.__name__}: {e}")
-    finally:
-        shutil.rmtree(rundir, ignore_errors=True)
-    rec.reason = "; ".join(problems)
-    rec.ok = not problems
-    return rec
+    return rec.conclude(problems)
 
 
 def _measure(

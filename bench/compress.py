@@ -27,7 +27,7 @@ from bench.config import BUCKET, MIB, S3SPOOL
 from bench.data import _pool, bucket_objects, log_pool, write_stream
 from bench.proc import run_measured
 from bench.report import NOISE_SHARE, judge
-from bench.runner import RunRecord, fill_measured, log
+from bench.runner import RunRecord, fill_measured, log, reported
 from bench.server import bench_server, server_cpu_seconds
 from bench.sysstat import others, snap, wait_for_quiet
 from bench.targets import COMPRESS_MIN_MIB_S
@@ -119,7 +119,8 @@ def _one(
     tag = f"{case.replace(' ', '-')}-{mode.split()[-1]}-r{rep}"
     rundir = work_dir / tag
     shutil.rmtree(rundir, ignore_errors=True)
-    try:
+    problems: list[str] = []
+    with reported(rundir, problems):
         datadir = rundir / "s3"
         with bench_server(datadir, log_dir / f"{tag}.server.log") as server:
             source = tool.source_dir(rundir)
@@ -141,15 +142,9 @@ def _one(
         fill_measured(rec, m)
         objects = bucket_objects(datadir / BUCKET)
         rec.extra["stored_mib"] = sum(objects.values()) / MIB
-        problems = [f"exit {m.returncode}"] if m.returncode != 0 else []
+        problems += [f"exit {m.returncode}"] if m.returncode != 0 else []
         problems += [p for p in (_check(objects, datadir, name, mode, size),) if p]
-        rec.reason = "; ".join(problems)
-        rec.ok = not problems
-    except Exception as e:  # a harness-side failure shows as FAILED, never aborts the rest
-        rec.reason = f"harness error: {e.__class__.__name__}: {e}"
-    finally:
-        shutil.rmtree(rundir, ignore_errors=True)
-    return rec
+    return rec.conclude(problems)
 
 
 def _medians(runs: list[RunRecord]) -> dict[str, float]:

@@ -25,7 +25,7 @@ from pathlib import Path
 from bench.config import BUCKET, LiveSpec
 from bench.data import check_delivery, count_entries, payload
 from bench.proc import Measured, MeasuredProcess
-from bench.runner import RunRecord, fill_measured, log
+from bench.runner import RunRecord, fill_measured, log, reported
 from bench.server import bench_server, server_cpu_seconds
 from bench.sysstat import others, snap, wait_for_quiet
 from bench.tools import S3spool
@@ -120,7 +120,7 @@ def run_live(
     names = [f"live-{i:06d}.bin" for i in range(spec.count)]
     problems: list[str] = []
     t_start = end = 0.0
-    try:
+    with reported(rundir, problems):
         with bench_server(rundir / "s3", log_dir / f"{tag}.server.log") as server:
             env = tool.env(rundir, server.url, log_level="INFO")
             env["S3SPOOL_LOG_FORMAT"] = "json"
@@ -168,13 +168,7 @@ def run_live(
         problems += service_problems(m, p, tool, rundir, log_dir / tag, renamed, expected, rec)
         if "drain_s" in rec.extra:
             rec.wall_s = end - t_start
-    except Exception as e:  # report, do not abort the remaining cases
-        problems.append(f"harness error: {e.__class__.__name__}: {e}")
-    finally:
-        shutil.rmtree(rundir, ignore_errors=True)
-    rec.reason = "; ".join(problems)
-    rec.ok = not problems
-    return rec
+    return rec.conclude(problems)
 
 
 def produce(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +41,24 @@ class RunRecord:
     def cpu_s(self) -> float:
         return self.user_s + self.sys_s
 
+    def conclude(self, problems: list[str]) -> RunRecord:
+        """The verdict: ok when nothing went wrong, else every problem in ``reason``."""
+        self.reason = "; ".join(problems)
+        self.ok = not problems
+        return self
+
+
+@contextlib.contextmanager
+def reported(rundir: Path, problems: list[str]) -> Iterator[None]:
+    """The body of one measured run: an error of the harness becomes one of its problems
+    (FAILED in the report, the remaining cases go on), and ``rundir`` goes however it ends."""
+    try:
+        yield
+    except Exception as e:
+        problems.append(f"harness error: {e.__class__.__name__}: {e}")
+    finally:
+        shutil.rmtree(rundir, ignore_errors=True)
+
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
@@ -69,12 +89,12 @@ def run_batch(
     shutil.rmtree(rundir, ignore_errors=True)
     rundir.mkdir(parents=True)
     tag = f"{work.key}-{tool.name}-r{rep}"
-    try:
+    problems: list[str] = []
+    with reported(rundir, problems):
         # Source copy + bucket copy coexist while a run is in flight.
         reason = _free_space_reason(work_dir, 2 * work.total_bytes + (1 << 30))
         if reason:
-            rec.reason = reason
-            return rec
+            return rec.conclude([reason])
         datadir = rundir / "s3"
         with bench_server(datadir, log_dir / f"{tag}.server.log") as server:
             write_files(tool.source_dir(rundir), work.files)
@@ -103,14 +123,8 @@ def run_batch(
             rec.server_cpu_s = server_cpu_seconds(server) - cpu0
             rec.other_cpu_s, rec.steal_s = others(sys0, snap(), m.cpu_s + rec.server_cpu_s)
         fill_measured(rec, m)
-        rec.reason = verdict(tool, m, rundir, datadir / BUCKET, work)
-        rec.ok = not rec.reason
-        return rec
-    except Exception as e:  # a harness-side failure must show up as FAILED, not abort all
-        rec.reason = f"harness error: {e.__class__.__name__}: {e}"
-        return rec
-    finally:
-        shutil.rmtree(rundir, ignore_errors=True)
+        problems += [x for x in (verdict(tool, m, rundir, datadir / BUCKET, work),) if x]
+    return rec.conclude(problems)
 
 
 def verdict(tool: Tool, m: Measured, rundir: Path, bucket_dir: Path, work: Workload) -> str:

@@ -22,7 +22,7 @@ from bench.config import KIB, SEED, SoakSpec
 from bench.data import count_entries, payload
 from bench.live import PROBE, produce, service_problems, wait_until
 from bench.proc import MeasuredProcess, relay
-from bench.runner import RunRecord, log
+from bench.runner import RunRecord, log, reported
 from bench.server import bench_server, proc_cpu_seconds, server_cpu_seconds
 from bench.sysstat import others, snap, wait_for_quiet
 from bench.tools import S3spool
@@ -126,7 +126,7 @@ def run_soak(
     renamed: dict[str, float] = {}
     problems: list[str] = []
     t_start = end = 0.0
-    try:
+    with reported(rundir, problems):
         with (
             bench_server(rundir / "s3", log_dir / f"{tag}.server.log") as server,
             relay(server.url, spec.fail_share, SEED) as (url, proxy_pid, proxy_stats),
@@ -181,10 +181,4 @@ def run_soak(
         problems += service_problems(m, p, tool, rundir, log_dir / tag, renamed, expected, rec)
         if "drain_s" in rec.extra:
             rec.wall_s = end - t_start
-    except Exception as e:  # report, do not abort the remaining cases
-        problems.append(f"harness error: {e.__class__.__name__}: {e}")
-    finally:
-        shutil.rmtree(rundir, ignore_errors=True)
-    rec.reason = "; ".join(problems)
-    rec.ok = not problems
-    return rec
+    return rec.conclude(problems)
