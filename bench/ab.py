@@ -1,6 +1,6 @@
 """A/B of s3spool builds: `run --once` over the same small backlog, builds alternating.
 
-    python -m bench.ab [--files N] [--rounds R] BUILD [BUILD ...]
+    python -m bench.ab [--files N | --case h3] [--rounds R] [--pause S] BUILD [BUILD ...]
 
 A BUILD is a checkout (a directory with ``src/s3spool``, e.g. ``git worktree add /tmp/base
 REV``; it runs as ``python -m s3spool`` with that ``src`` first on the path) or an
@@ -8,19 +8,24 @@ REV``; it runs as ``python -m s3spool`` with that ``src`` first on the path) or 
 round to round, against one ``rclone serve s3``, each run under a key prefix of its own (so
 no run meets a directory the others filled). Settings are the headline rows' defaults.
 Prints the median and minimum wall time and client CPU per build: a change of a few per
-cent shows here when one run of the full harness is within its noise.
+cent shows here when one run of the full harness is within its noise.  ``--case``: a
+batch case's files (h3: 400 files of 1 KiB to 48 MiB) instead of small ones; each run's
+objects are deleted after it, and ``--pause`` lets the disk write back what a run wrote
+before the next one starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from bench.config import BUCKET
+from bench.config import BUCKET, workloads
 from bench.data import write_files
 from bench.proc import run_measured
 from bench.server import bench_server
@@ -37,8 +42,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n")[0])
     ap.add_argument("builds", nargs="+", type=Path, help="checkouts or s3spool executables")
     ap.add_argument("--files", type=int, default=3000, help="4 KiB files per run")
+    ap.add_argument("--case", help="a batch case's files instead (h1..h4, 3a, ...)")
     ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--pause", type=float, default=0.0, help="seconds between runs, after sync")
     ns = ap.parse_args(argv)
+    files = [(f"f{k:06d}", 4096) for k in range(ns.files)]
+    shape = f"{ns.files} x 4 KiB"
+    if ns.case:
+        cases = {w.key: w for ws in workloads(quick=False).values() for w in ws}
+        if ns.case not in cases:
+            ap.error(f"--case: no case {ns.case!r} (one of {', '.join(sorted(cases))})")
+        files, shape = list(cases[ns.case].files), f"case {ns.case} ({cases[ns.case].title})"
     tool = S3spool("s3spool")
     walls: dict[int, list[float]] = {i: [] for i in range(len(ns.builds))}
     cpus: dict[int, list[float]] = {i: [] for i in range(len(ns.builds))}
@@ -50,9 +64,10 @@ def main(argv: list[str] | None = None) -> int:
                 order = order[r % len(order) :] + order[: r % len(order)]
                 for i in order:
                     rundir = work / f"r{r}-b{i}"
-                    write_files(
-                        tool.source_dir(rundir), ((f"f{k:06d}", 4096) for k in range(ns.files))
-                    )
+                    if ns.pause:
+                        os.sync()
+                        time.sleep(ns.pause)
+                    write_files(tool.source_dir(rundir), files)
                     cmd, extra = _command(ns.builds[i])
                     env = {
                         **tool.env(rundir, server.url),
@@ -68,16 +83,17 @@ def main(argv: list[str] | None = None) -> int:
                     walls[i].append(m.wall_s)
                     cpus[i].append(m.user_s + m.sys_s)
                     shutil.rmtree(rundir)
+                    shutil.rmtree(work / "s3" / BUCKET / f"r{r}-b{i}", ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"{ns.files} x 4 KiB, {ns.rounds} rounds")
+    print(f"{shape}, {ns.rounds} rounds")
     print("| build | wall s median | wall s min | client CPU s median | CPU ms/file |")
     print("|---|---|---|---|---|")
     for i, build in enumerate(ns.builds):
         cpu = statistics.median(cpus[i])
         print(
             f"| {build} | {statistics.median(walls[i]):.3f} | {min(walls[i]):.3f} "
-            f"| {cpu:.3f} | {cpu / ns.files * 1000:.3f} |"
+            f"| {cpu:.3f} | {cpu / len(files) * 1000:.3f} |"
         )
     return 0
 
