@@ -90,6 +90,13 @@ def test_https_with_a_private_ca(
     drain(rclone_tls_s3, tmp_path / "spool", trust(rclone_tls_s3.ca_bundle))
 
 
+def test_plain_http_reads_no_ca_bundle(rclone_s3: S3Target, tmp_path: Path) -> None:
+    # No TLS, nothing to verify: the bundle botocore would load before the first request
+    # (this one is missing, which would make every upload fail) is never read.
+    assert rclone_s3.endpoint_url.startswith("http://")
+    drain(rclone_s3, tmp_path / "spool", {"AWS_CA_BUNDLE": str(tmp_path / "missing.pem")})
+
+
 def test_untrusted_certificate_is_a_store_fault_and_loses_nothing(
     rclone_tls_s3: S3Target, tmp_path: Path
 ) -> None:

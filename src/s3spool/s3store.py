@@ -348,11 +348,25 @@ def client_for(s: Settings) -> Any:
         response_checksum_validation="when_required",
         tcp_keepalive=True,
     )
-    verify = tls_verify(s)
+    # Plain HTTP end to end checks no certificate; botocore would still load a CA bundle
+    # before the first request (~35 ms of every run here, bench/RESULTS.md).
+    verify = False if plain_http(s.endpoint_url) else tls_verify(s)
     # PROFILE picks a profile of the shared config files (a route's own credentials);
     # None keeps botocore's chain, AWS_PROFILE included.
     session = AioSession(profile=s.profile)
     return session.create_client("s3", endpoint_url=s.endpoint_url, config=config, verify=verify)
+
+
+def plain_http(endpoint_url: str | None) -> bool:
+    """Does the client reach its endpoint without TLS: an http:// endpoint, directly or
+    through a plain-HTTP proxy?  The proxy is the one botocore picks (``HTTP_PROXY``,
+    ``NO_PROXY``); an https:// proxy is a TLS connection whose certificate is checked."""
+    if not endpoint_url or not endpoint_url.lower().startswith("http://"):
+        return False
+    from botocore.utils import get_environ_proxies
+
+    proxy = get_environ_proxies(endpoint_url).get("http")
+    return proxy is None or not proxy.strip().lower().startswith("https://")
 
 
 async def body_of(

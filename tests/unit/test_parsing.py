@@ -1,4 +1,5 @@
-"""Settings parsers, key encoding and S3 error classification: table-driven."""
+"""Settings parsers, key encoding, S3 error classification and the plain-HTTP rule:
+table-driven."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 from s3spool.errors import PermanentError, Refused, SlowDown, TransientError
 from s3spool.keys import encode_name, sanitize_key
 from s3spool.s3errors import classify_error, parse_error_body
+from s3spool.s3store import plain_http
 from s3spool.settings import parse_duration, parse_list, parse_size
 
 MIB = 1024 * 1024
@@ -175,3 +177,35 @@ def test_classify_error(code: str, status: int, cls: type, reason: str) -> None:
 )
 def test_parse_error_body(body: bytes, parsed: tuple[str, str, str | None]) -> None:
     assert parse_error_body(body) == parsed
+
+
+_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "env", "plain"),
+    [
+        ("http://127.0.0.1:9000", {}, True),
+        ("HTTP://minio.lan:9000", {}, True),
+        ("https://127.0.0.1:9000", {}, False),
+        (None, {}, False),  # AWS itself: HTTPS
+        ("http://127.0.0.1:9000", {"HTTP_PROXY": "http://proxy.lan:3128"}, True),
+        ("http://127.0.0.1:9000", {"http_proxy": "proxy.lan:3128"}, True),  # botocore: http://
+        ("http://127.0.0.1:9000", {"HTTP_PROXY": "https://proxy.lan:3128"}, False),
+        ("http://127.0.0.1:9000", {"https_proxy": "https://proxy.lan:3128"}, True),  # not ours
+        (
+            "http://127.0.0.1:9000",
+            {"HTTP_PROXY": "https://proxy.lan:3128", "NO_PROXY": "127.0.0.1"},
+            True,
+        ),
+    ],
+)
+def test_plain_http(
+    endpoint: str | None, env: dict[str, str], plain: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in _PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert plain_http(endpoint) is plain
