@@ -153,6 +153,26 @@ def test_check_refused_credentials(rclone_s3: S3Target, tmp_path: Path) -> None:
     assert "denied" in fail[0], r.stdout
 
 
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"AWS_CA_BUNDLE": "/nonexistent/ca.pem"}, "AWS_CA_BUNDLE (or the profile's ca_bundle)"),
+        ({"S3SPOOL_PROFILE": "nosuch"}, "S3SPOOL_PROFILE (--profile): no profile 'nosuch'"),
+    ],
+    ids=["AWS_CA_BUNDLE", "PROFILE"],
+)
+def test_check_names_a_bad_client_setting(
+    env: dict[str, str], says: str, rclone_tls_s3: S3Target, tmp_path: Path
+) -> None:
+    # found only when the client is made: a FAIL line for the store, naming the setting
+    base = {**rclone_tls_s3.env(), "S3SPOOL_SPOOL_DIRS": str(tmp_path / "spool")}
+    r = cli(["check"], {**base, **env})
+    assert r.returncode == 1, r
+    fail = lines_starting(r.stdout, "FAIL store")
+    assert len(fail) == 1, r.stdout
+    assert says in fail[0], r.stdout
+
+
 def test_check_good_config_passes_and_leaves_nothing(s3: S3Target, tmp_path: Path) -> None:
     with FaultProxy(s3.endpoint_url, seed=1) as proxy:
         env = {**s3.via(proxy.url).env("in/"), "S3SPOOL_SPOOL_DIRS": str(tmp_path / "spool")}

@@ -119,6 +119,26 @@ def test_a_bad_ca_bundle_setting_is_named(rclone_tls_s3: S3Target, tmp_path: Pat
     assert "no PEM certificate" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize(("content", "says"), [(None, "cannot read"), ("hello", "no PEM")])
+def test_a_bad_aws_ca_bundle_is_named(
+    content: str | None, says: str, rclone_tls_s3: S3Target, tmp_path: Path
+) -> None:
+    # botocore's own chain (AWS_CA_BUNDLE, the profile's ca_bundle) would fail only at the
+    # first request, with "No such file or directory" and no name
+    bundle = tmp_path / "corp-ca.pem"
+    if content is not None:
+        bundle.write_text(content)
+    spool = tmp_path / "spool"
+    files = backlog(spool / "incoming")
+    env = {**rclone_tls_s3.env(), "S3SPOOL_SPOOL_DIRS": str(spool), "AWS_CA_BUNDLE": str(bundle)}
+    r = cli(["run", "--once"], env)
+    assert r.returncode == 78, r.stderr
+    for named in ("AWS_CA_BUNDLE", str(bundle), says):
+        assert named in r.stderr, r.stderr
+    assert names(spool / "incoming") == set(files)
+    assert rclone_tls_s3.keys() == []
+
+
 @pytest.fixture
 def proxy() -> Iterator[ForwardProxy]:
     with ForwardProxy() as fwd:

@@ -219,6 +219,8 @@ async def check_store(
         )
     except UploadError as exc:
         return FAIL, f"{where}: {exc}", []
+    except ConfigError as exc:  # found when the client is made (PROFILE, AWS_CA_BUNDLE)
+        return FAIL, f"{where}: {exc}", []
 
 
 def _explain_probe(exc: StoreUnavailable, bucket: str) -> str:

@@ -23,7 +23,7 @@ from .errors import ConfigError, FileChanged, PermanentError, StoreUnavailable, 
 from .objectopts import object_options
 from .s3errors import SLOWDOWN_CODES, is_unsupported, translate
 from .sender import Body, Sender
-from .settings import Settings, tls_verify
+from .settings import Settings, check_ca_bundle, tls_verify
 from .store import INLINE_READ_MAX, ByteBudget, Delivery, Encoded, Source, guess_type
 from .verify import StoreFacts, Verifier, delivery_of
 
@@ -348,12 +348,22 @@ def client_for(s: Settings) -> Any:
         response_checksum_validation="when_required",
         tcp_keepalive=True,
     )
-    # Plain HTTP end to end checks no certificate; botocore would still load a CA bundle
-    # before the first request (~35 ms of every run here, bench/RESULTS.md).
-    verify = False if plain_http(s.endpoint_url) else tls_verify(s)
     # PROFILE picks a profile of the shared config files (a route's own credentials);
     # None keeps botocore's chain, AWS_PROFILE included.
     session = AioSession(profile=s.profile)
+    verify: bool | str | None
+    if plain_http(s.endpoint_url):
+        # no certificate to check; botocore would still load a CA bundle before the first
+        # request (~35 ms of every run here, bench/RESULTS.md)
+        verify = False
+    else:
+        verify = tls_verify(s)
+        bundle = session.get_config_variable("ca_bundle") if verify is None else None
+        if bundle:  # botocore's chain names a file: a bad one is a setting to fix
+            try:
+                check_ca_bundle(bundle, "AWS_CA_BUNDLE (or the profile's ca_bundle)")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
     return session.create_client("s3", endpoint_url=s.endpoint_url, config=config, verify=verify)
 
 

@@ -394,7 +394,7 @@ def check_settings(s: Settings) -> tuple[str, str, str]:
     if s.http_addr:
         parse_http_addr(s.http_addr)
     if s.ca_bundle is not None:
-        _check_ca_bundle(s.ca_bundle)
+        check_ca_bundle(s.ca_bundle)
     _check_dir_names(s)
     if s.instance_id is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", s.instance_id):
         raise ValueError("instance_id: only letters, digits, '_', '.', '-' are allowed")
@@ -445,15 +445,16 @@ def _check_spools(s: Settings) -> None:
             raise ValueError("failed_dir: required with INCOMING_DIR unless REMOVE_ON_FAILURE")
 
 
-def _check_ca_bundle(path: Path) -> None:
-    """A readable PEM file (botocore would only fail at the first request)."""
+def check_ca_bundle(path: str | Path, setting: str = "ca_bundle") -> None:
+    """A readable PEM file (botocore would only fail at the first request, with an
+    error that names neither the file nor the setting)."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(4096)
     except OSError as exc:
-        raise ValueError(f"ca_bundle: cannot read {path}: {exc.strerror}") from None
+        raise ValueError(f"{setting}: cannot read {path}: {exc.strerror}") from None
     if b"-----BEGIN CERTIFICATE-----" not in head:
-        raise ValueError(f"ca_bundle: {path} holds no PEM certificate")
+        raise ValueError(f"{setting}: {path} holds no PEM certificate")
 
 
 def _check_dir_names(s: Settings) -> None:
