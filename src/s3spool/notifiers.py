@@ -156,10 +156,7 @@ class Sqs(_AwsNotifier):
             "MessageBody": text,
             "MessageAttributes": self.attributes(event),
         }
-        if str(self.spec.queue_url).endswith(".fifo"):
-            # a FIFO queue drops a second message with the same id within 5 minutes
-            params["MessageDeduplicationId"] = event["id"]
-            params["MessageGroupId"] = event["route"]
+        _fifo_ids(params, str(self.spec.queue_url), event)
         await self.client.send_message(**params)
 
 
@@ -172,10 +169,16 @@ class Sns(_AwsNotifier):
             "Message": text,
             "MessageAttributes": self.attributes(event),
         }
-        if str(self.spec.topic_arn).endswith(".fifo"):
-            params["MessageDeduplicationId"] = event["id"]
-            params["MessageGroupId"] = event["route"]
+        _fifo_ids(params, str(self.spec.topic_arn), event)
         await self.client.publish(**params)
+
+
+def _fifo_ids(params: dict[str, Any], target: str, event: dict[str, Any]) -> None:
+    """A FIFO queue or topic (name ending in .fifo) drops a second message with the same
+    deduplication id within 5 minutes: the event id makes a resent event one message."""
+    if target.endswith(".fifo"):
+        params["MessageDeduplicationId"] = event["id"]
+        params["MessageGroupId"] = event["route"]
 
 
 class Exec:
