@@ -28,6 +28,7 @@ run: $(VENV)/.installed-bench
 	@$(BIN)/python scripts/run_local.py
 
 lint: $(VENV)/.installed-test
+	$(BIN)/lint-imports
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/ruff format --check src
 

@@ -1,12 +1,12 @@
 """Generate the README's configuration reference from the settings model.
 
     python scripts/settings_doc.py            print the table (markdown)
-    python scripts/settings_doc.py --write    rewrite the README section (and flags.py) in place
+    python scripts/settings_doc.py --write    rewrite the README section and config/catalog.py
     python scripts/settings_doc.py --check    exit 1 if either is out of date
 
 The rows come from ``s3spool.settings_help.settings_table()`` (the same rows ``s3spool --help``
 prints), so the README cannot drift from the code: ``tests/test_docs.py`` fails when the
-section between the markers differs from this script's output.  ``src/s3spool/flags.py``
+section between the markers differs from this script's output.  ``src/s3spool/config/catalog.py``
 (the same settings as plain data, so the command line needs no pydantic) is written
 alongside.  The "Value" column and the human-readable defaults (``16MiB``, ``1h``) are
 derived from the field types of ``s3spool.settings.Settings``.
@@ -20,17 +20,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-FLAGS = ROOT / "src" / "s3spool" / "flags.py"
+FLAGS = ROOT / "src" / "s3spool" / "config" / "catalog.py"
 BEGIN = "<!-- settings:begin -->"
 END = "<!-- settings:end -->"
 
 try:
-    from s3spool.settings import ENV_PREFIX
-    from s3spool.settings_help import flags_table, format_default, settings_table, value_kind
+    from s3spool.config.settings import ENV_PREFIX
+    from s3spool.config.settings_help import flags_table, format_default, settings_table, value_kind
 except ImportError:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT / "src"))
-    from s3spool.settings import ENV_PREFIX
-    from s3spool.settings_help import flags_table, format_default, settings_table, value_kind
+    from s3spool.config.settings import ENV_PREFIX
+    from s3spool.config.settings_help import flags_table, format_default, settings_table, value_kind
 
 HEADER = ("Environment variable", "Flag", "Default", "Value", "Meaning")
 
@@ -88,7 +88,7 @@ FLAGS_END = "# --- end generated ---\n"
 
 
 def rewrite_flags(text: str) -> str:
-    """flags.py with its generated part (between the marker lines) made anew."""
+    """config/catalog.py with its generated part (between the marker lines) made anew."""
     start = text.index(FLAGS_BEGIN) + len(FLAGS_BEGIN)
     return text[:start] + flags_table() + text[text.index(FLAGS_END, start) :]
 

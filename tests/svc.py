@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from s3servers import S3Target
-from s3spool.service import Service
-from s3spool.settings import Settings, load_settings
+from s3spool.config.settings import Settings, load_settings
+from s3spool.run.service import Service
 
 
 def settings_for(spool: Path | list[Path] | None, target: S3Target | None, **kw: Any) -> Settings:
@@ -60,7 +60,7 @@ async def running(
     svc = Service(settings, once=once)
     async with contextlib.AsyncExitStack() as stack:
         if live:
-            from s3spool.reload import live_config
+            from s3spool.run.reload import live_config
 
             await stack.enter_async_context(live_config(svc.config, svc.metrics.bandwidth))
         async with _started(svc) as started:

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from faultproxy import FaultProxy
 from proc import SpoolProc
 from s3servers import S3Target, free_port
-from s3spool.bandwidth import Bandwidth
+from s3spool.store.bandwidth import Bandwidth
 from svc import drop, names, running, settings_for, wait_until
 
 KIB, MIB = 1024, 1024 * 1024

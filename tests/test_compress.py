@@ -29,7 +29,7 @@ import zstandard
 from faultproxy import FaultProxy
 from proc import SpoolProc, clean_env
 from s3servers import S3Target
-from s3spool.store import guess_type
+from s3spool.store.base import guess_type
 from svc import drop, names, running, settings_for, wait_until
 from test_localfaults import needs_root, tmpfs
 

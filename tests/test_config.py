@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from s3spool.config import load_config
+from s3spool.config.load import load_config
 from s3spool.errors import ConfigError
 
 ROUTE = """

@@ -401,7 +401,7 @@ def test_k8s_volumes() -> None:
 
 
 def _load_config_file(path: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> Any:
-    from s3spool.config import load_config
+    from s3spool.config.load import load_config
 
     for name in list(os.environ):
         if name.upper().startswith("S3SPOOL_"):

@@ -17,9 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from proc import SpoolProc
 from s3servers import RcloneServer, free_port
 from s3spool import __version__
-from s3spool.http import refresh_spool_gauges
-from s3spool.service import Service
-from s3spool.settings import load_settings
+from s3spool.config.settings import load_settings
+from s3spool.run.service import Service
+from s3spool.web import refresh_spool_gauges
 from svc import drop
 
 T = TypeVar("T")

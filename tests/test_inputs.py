@@ -52,9 +52,9 @@ from inputs_runs import (
 )
 from proc import cli
 from s3servers import RcloneServer, S3Server
-from s3spool.destinations import NoopStore
-from s3spool.service import Service
-from s3spool.spool import Claim
+from s3spool.run.service import Service
+from s3spool.spool.spool import Claim
+from s3spool.store.open import NoopStore
 from svc import drop, settings_for
 
 

@@ -110,7 +110,7 @@ async def test_spool_root_deleted_and_recreated_while_another_spool_goes_on(
         assert fault.reason == "ENOENT"
         up = {"spool": str(gone)}
         assert svc.metrics.registry.get_sample_value("s3spool_spool_up", up) == 0
-        from s3spool.http import readiness
+        from s3spool.web import readiness
 
         assert any(str(gone) in p for p in readiness(svc, {})), readiness(svc, {})
         # the other spool is not affected

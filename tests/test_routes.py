@@ -13,7 +13,7 @@ import pytest
 
 from proc import cli
 from s3servers import S3Target
-from s3spool.config import Config, Route
+from s3spool.config.load import Config, Route
 from svc import drop, running, settings_for, wait_until
 
 MTIME = 1577934245.0  # 2020-01-02 03:04:05 UTC

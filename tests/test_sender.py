@@ -11,8 +11,8 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from s3spool.bodies import FileRange
-from s3spool.sender import SignedSender, _Auth
+from s3spool.store.bodies import FileRange
+from s3spool.store.sender import SignedSender, _Auth
 
 CREDS = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "token")
 

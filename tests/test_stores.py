@@ -22,7 +22,7 @@ from faultproxy import FaultProxy
 from fwdproxy import ForwardProxy
 from proc import SpoolProc, cli
 from s3servers import RcloneServer, S3Target, free_port
-from s3spool.keys import encode_name
+from s3spool.spool.keys import encode_name
 from svc import drop, names, running, settings_for, wait_until
 
 MIB = 1024 * 1024

@@ -30,7 +30,7 @@ def main() -> int:
     gc.disable()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _remember)
-    from .cli import main as cli_main
+    from s3spool.cli import main as cli_main
 
     code = cli_main(early_signals=_early_signals)
     # Leave without the interpreter's teardown: after a large `run --once` it spends

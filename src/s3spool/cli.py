@@ -21,17 +21,17 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from .errors import EXIT_CONFIG, ConfigError
-from .flags import SETTINGS, env_name, flag_name
-from .logs import setup as setup_logging
+from s3spool import __version__
+from s3spool.config.catalog import SETTINGS, env_name, flag_name
+from s3spool.errors import EXIT_CONFIG, ConfigError
+from s3spool.logs import setup as setup_logging
 
 # What a command needs is imported when it runs: botocore, aiohttp and pydantic cost
 # most of a cold start, and --help or an empty `run --once` needs none or few of them.
 if TYPE_CHECKING:
-    from .config import Config
+    from s3spool.config.load import Config
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("s3spool.cli")
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_from(args: argparse.Namespace) -> Config:
-    from .config import load_config
+    from s3spool.config.load import load_config
 
     return load_config({f[0]: getattr(args, f[0], None) for f in SETTINGS})
 
@@ -221,24 +221,24 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
     try:
         if args.command == "run":
             if args.dry_run:
-                from .status import dry_run
+                from s3spool.ops.status import dry_run
 
                 return dry_run(config)
-            from .service import run_service
+            from s3spool.run.service import run_service
 
             return run_async(lambda: run_service(config, once=args.once, early_signals=early))
         if args.command == "check":
-            from .check import check
+            from s3spool.ops.check import check
 
             return run_async(lambda: check(config, read_only=args.read_only))
         if args.command == "status":
-            from .status import status
+            from s3spool.ops.status import status
 
             return status(config, as_json=args.json)
         if args.command == "enqueue":
             return _enqueue(args, config)
         if args.command == "config":
-            from .configview import show_config
+            from s3spool.ops.show_config import show_config
 
             return show_config(config, as_json=args.json)
     except ConfigError as exc:
@@ -262,7 +262,7 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
 
 
 def _enqueue(args: argparse.Namespace, config: Config | None) -> int:
-    from . import enqueue
+    from s3spool.ops import enqueue
 
     try:
         target = enqueue.enqueue_target(config, args.spool)

@@ -21,14 +21,14 @@ from prometheus_client import (
     ProcessCollector,
 )
 
-from . import __version__
+from s3spool import __version__
 
 if TYPE_CHECKING:
     import asyncio
 
-    from .spool import Spool
-    from .spoolguard import Guard
-    from .throttle import Throttle
+    from s3spool.spool.guard import Guard
+    from s3spool.spool.spool import Spool
+    from s3spool.store.aimd import Throttle
 
 SIZE_CLASSES = ((1024 * 1024, "small"), (64 * 1024 * 1024, "medium"))
 

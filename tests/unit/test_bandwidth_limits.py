@@ -9,12 +9,12 @@ from datetime import datetime
 
 import pytest
 
-from s3spool.bandwidth import Bandwidth, TokenBucket, piece_size
-from s3spool.bodies import STREAM_CHUNK
-from s3spool.config import Config
-from s3spool.limits import Limit, Window, parse_limit
-from s3spool.reload import needs_restart
-from s3spool.settings import load_settings
+from s3spool.config.limits import Limit, Window, parse_limit
+from s3spool.config.load import Config
+from s3spool.config.settings import load_settings
+from s3spool.run.reload import needs_restart
+from s3spool.store.bandwidth import Bandwidth, TokenBucket, piece_size
+from s3spool.store.bodies import STREAM_CHUNK
 
 KIB, MIB = 1024, 1024 * 1024
 

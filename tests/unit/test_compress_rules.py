@@ -15,11 +15,11 @@ import crc32c
 import pytest
 import zstandard
 
-from s3spool.checksums import Checksummer, ChecksumStream
-from s3spool.compress import compress_pass, zstd_threads
-from s3spool.compressrules import CODECS, DEFAULT_SKIP, Rules, choose, resolve_level
+from s3spool.config.codecs import CODECS, DEFAULT_SKIP, Rules, choose, resolve_level
+from s3spool.config.settings import load_settings
 from s3spool.errors import ConfigError
-from s3spool.settings import load_settings
+from s3spool.store.compress import compress_pass, zstd_threads
+from s3spool.store.digests import Checksummer, ChecksumStream
 
 
 @pytest.mark.parametrize(

@@ -10,12 +10,12 @@ import zlib
 import crc32c
 import pytest
 
-from s3spool.checksums import Checksummer
-from s3spool.clock import cautious_now
-from s3spool.store import ByteBudget
-from s3spool.survey import hold_left
-from s3spool.throttle import QUICK_RETRY, Throttle, backoff, retry_delay
-from s3spool.watch import Pending
+from s3spool.spool.clock import cautious_now
+from s3spool.spool.scan import hold_left
+from s3spool.spool.watch import Pending
+from s3spool.store.aimd import QUICK_RETRY, Throttle, backoff, retry_delay
+from s3spool.store.base import ByteBudget
+from s3spool.store.digests import Checksummer
 
 
 def _crc32c(data: bytes) -> bytes:
@@ -211,7 +211,7 @@ def test_cautious_now_is_the_wall_clock_when_it_was_not_stepped() -> None:
 
 async def test_scan_loop_stops_when_cancelled_as_a_rescan_is_asked_for() -> None:
     """A SIGTERM right as a healed spool asks for a rescan must still stop the loop."""
-    from s3spool.watch import Discovery
+    from s3spool.spool.watch import Discovery
 
     discovery = Discovery([], Pending(10), ignore=[], rescan_interval=600.0)
     task = asyncio.create_task(discovery.scan_loop())

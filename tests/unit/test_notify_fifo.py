@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from s3spool.notifiers import _fifo_ids
+from s3spool.notify.notifiers import _fifo_ids
 
 EVENT = {"id": "ev-1", "route": "logs"}
 

@@ -9,10 +9,10 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 
 import pytest
 
+from s3spool.config.settings import Settings, key_format_fields, load_settings, parse_pairs
 from s3spool.errors import ConfigError, PermanentError
-from s3spool.keys import KeyInput, encode_name
-from s3spool.objectopts import ObjectOptions, header_safe
-from s3spool.settings import Settings, key_format_fields, load_settings, parse_pairs
+from s3spool.spool.keys import KeyInput, encode_name
+from s3spool.store.objectopts import ObjectOptions, header_safe
 
 BASE: dict[str, Any] = {"destination": "noop://", "spool_dirs": "/tmp/s3spool-unit"}
 MTIME = 1614834367.0  # 2021-03-04 05:06:07 UTC

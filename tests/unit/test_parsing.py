@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from s3spool.config.settings import parse_duration, parse_list, parse_size
 from s3spool.errors import PermanentError, Refused, SlowDown, TransientError
-from s3spool.keys import encode_name, sanitize_key
-from s3spool.s3errors import classify_error, parse_error_body
-from s3spool.s3store import plain_http
-from s3spool.settings import parse_duration, parse_list, parse_size
+from s3spool.spool.keys import encode_name, sanitize_key
+from s3spool.store.s3 import plain_http
+from s3spool.store.s3errors import classify_error, parse_error_body
 
 MIB = 1024 * 1024
 

@@ -14,11 +14,8 @@ from typing import Any
 
 import pytest
 
-from s3spool.keys import STABLE_FIELDS, KeyInput, KeyTemplate, claim_input
-from s3spool.outcomes import expire_records, forget_record, load_record, save_record
-from s3spool.recovery import adopt, recover_own
-from s3spool.spool import Spool, SpoolDirs
-from s3spool.tree import (
+from s3spool.config.spools import SpoolDirs
+from s3spool.spool.dirs import (
     files_below,
     make_dirs,
     move_from_below,
@@ -27,7 +24,11 @@ from s3spool.tree import (
     prune_parents,
     walk,
 )
-from s3spool.watch import Discovery, Pending
+from s3spool.spool.keys import STABLE_FIELDS, KeyInput, KeyTemplate, claim_input
+from s3spool.spool.recovery import adopt, recover_own
+from s3spool.spool.resubmit import expire_records, forget_record, load_record, save_record
+from s3spool.spool.spool import Spool
+from s3spool.spool.watch import Discovery, Pending
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:

@@ -1,0 +1,251 @@
+"""The effective configuration: flags, ``S3SPOOL_*`` variables, a TOML file, defaults.
+
+The file (``S3SPOOL_CONFIG`` / ``--config``) holds settings at its top level and zero or
+more ``[[route]]`` tables; each route names its spools and everything about where their
+files go.  For every setting of a route the first of these that sets it wins::
+
+    flag  >  S3SPOOL_* variable  >  the route's table  >  the file's top level  >  default
+
+Settings of the whole process (``settings.GLOBAL_FIELDS``: workers, HTTP address, logging,
+...) may only appear at the top level.  With no file, or a file without ``[[route]]``
+tables, there is one route named ``default`` and everything works as without routes.
+
+The file is read through pydantic-settings' TOML source and every route is validated by
+the same model as the environment (``settings.Settings``), so a value means the same
+wherever it is written.  All problems of a file are reported at once, each naming its
+route and key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    TomlConfigSettingsSource,
+)
+
+from s3spool.config.catalog import ENV_PREFIX, env_name, flag_name
+from s3spool.config.settings import GLOBAL_FIELDS, Settings, validation_problems
+from s3spool.config.spools import DEFAULT_ROUTE, spool_layouts
+from s3spool.errors import ConfigError
+
+FIELDS = frozenset(Settings.model_fields)
+ROUTE_FIELDS = FIELDS - GLOBAL_FIELDS
+
+#: S3SPOOL_* variables of our own build and test tooling (docker/smoke.sh, the image
+#: build) and of the exec notifier's events: the strict check leaves them alone.
+TOOL_VARIABLES = (
+    "S3SPOOL_SMOKE",
+    "S3SPOOL_ENGINE",
+    "S3SPOOL_IMAGE",
+    "S3SPOOL_BASE_IMAGE",
+    "S3SPOOL_PIP_",
+    "S3SPOOL_DEBIAN_",
+    "S3SPOOL_ULIMITS",
+    "S3SPOOL_OCI_RUNTIME",
+    "S3SPOOL_EVENT_",  # what the exec notifier passes to its command
+)
+
+#: Where a value came from, for ``s3spool config`` and for error messages.
+FLAG, ENV, ROUTE, FILE, DEFAULT = "flag", "env", "route", "file", "default"
+
+
+class RouteSettings(Settings):
+    """One route's settings, validated from values gathered by ``load_config``."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A named group of spools and where their files go."""
+
+    name: str
+    s: Settings
+    #: field -> FLAG, ENV, ROUTE, FILE or DEFAULT
+    origin: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    routes: tuple[Route, ...]
+    path: Path | None = None
+    #: the flags it was loaded with: SIGHUP loads it again from them (``reload.py``); None
+    #: for settings built elsewhere, which cannot be re-read
+    flags: Mapping[str, Any] | None = None
+
+    @property
+    def s(self) -> Settings:
+        """The process-wide settings (the same in every route)."""
+        return self.routes[0].s
+
+    @classmethod
+    def single(cls, settings: Settings) -> Config:
+        """One implicit route from settings built elsewhere (tests, ``load_settings``)."""
+        origin = {f: (ENV if f in settings.model_fields_set else DEFAULT) for f in FIELDS}
+        return cls((Route(DEFAULT_ROUTE, settings, origin),))
+
+
+def routes_of(config: Config | Settings) -> tuple[Route, ...]:
+    """The routes of a configuration, or the one implicit route of plain settings."""
+    return (config if isinstance(config, Config) else Config.single(config)).routes
+
+
+def suggest(name: str, known: Any) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One problem line per ``S3SPOOL_*`` variable that names no setting."""
+    known = {env_name(f) for f in FIELDS}
+    problems = []
+    for var in sorted(environ):
+        upper = var.upper()
+        if (
+            upper.startswith(ENV_PREFIX)
+            and upper not in known
+            and not upper.startswith(TOOL_VARIABLES)
+        ):
+            problems.append(f"{var}: unknown variable{suggest(upper, known)}")
+    return problems
+
+
+def read_file(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
+    """The file's top level, its ``[[route]]`` tables, and what is wrong with their keys."""
+    if not path.is_file():
+        raise ConfigError(f"S3SPOOL_CONFIG (--config): {path}: no such file")
+    try:
+        data = dict(TomlConfigSettingsSource(Settings, toml_file=path).toml_data)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"S3SPOOL_CONFIG (--config): {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(
+            f"S3SPOOL_CONFIG (--config): cannot read {path}: {exc.strerror}"
+        ) from None
+    tables = data.pop("route", [])
+    problems = [
+        f"{path}: unknown key {key!r}{suggest(key, FIELDS)}" for key in data if key not in FIELDS
+    ]
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        problems.append(f"{path}: 'route' must be [[route]] tables")
+        return data, [], problems
+    seen: set[str] = set()
+    for i, table in enumerate(tables, 1):
+        name = table.setdefault("name", f"route{i}")
+        if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+            problems.append(f"route {i}: name {name!r} must be letters, digits, '-' or '_'")
+            continue
+        if name in seen:
+            problems.append(f"route {name!r}: the name is used by another route")
+        seen.add(name)
+        for key in table:
+            if key == "name":
+                continue
+            if key in GLOBAL_FIELDS:
+                problems.append(
+                    f"route {name!r}: key {key} is a setting of the whole process; "
+                    "set it at the top of the file"
+                )
+            elif key not in FIELDS:
+                problems.append(
+                    f"route {name!r}: unknown key {key!r}{suggest(key, ROUTE_FIELDS | {'name'})}"
+                )
+    return data, tables, problems
+
+
+def load_config(flags: Mapping[str, Any]) -> Config:
+    """Every route's settings from flags, the environment and the file; ``ConfigError`` lists
+    every problem found."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    problems = unknown_variables(os.environ)
+    env = EnvSettingsSource(Settings)()
+    raw_path = given.get("config", env.get("config"))
+    path = Path(raw_path) if raw_path else None
+    top: dict[str, Any] = {}
+    tables: list[dict[str, Any]] = []
+    if path is not None:
+        top, tables, found = read_file(path)
+        problems += found
+    if problems:
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
+    routes = []
+    for table in tables or [{"name": DEFAULT_ROUTE}]:
+        name = table["name"]
+        values: dict[str, Any] = {}
+        origin: dict[str, str] = {}
+        for where, layer in ((FILE, top), (ROUTE, table), (ENV, env), (FLAG, given)):
+            for key, value in layer.items():
+                if key != "name":
+                    values[key], origin[key] = value, where
+        try:
+            settings = RouteSettings(**values)
+        except ValidationError as exc:
+            for field, msg in validation_problems(exc):
+                problems.append(_locate(field, origin.get(field, DEFAULT), name, path) + msg)
+            continue
+        for key in FIELDS - origin.keys():
+            origin[key] = DEFAULT
+        routes.append(Route(name, settings, origin))
+    problems += _shared_spools(routes)
+    if problems:
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
+    return Config(tuple(routes), path, given)
+
+
+def _locate(field: str, where: str, route: str, path: Path | None) -> str:
+    """How an error names the value at fault: the place it was written."""
+    if not field:
+        return f"route {route!r}: " if path is not None else "settings: "
+    if where == FLAG:
+        label = flag_name(field)
+    elif where == ENV:
+        label = env_name(field)
+    elif where == ROUTE:
+        label = f"key {field}"
+    elif where == FILE:
+        label = f"key {field} (top of {path})"
+    else:
+        label = f"{env_name(field)} ({flag_name(field)})"
+    if path is None:
+        return f"{env_name(field)} ({flag_name(field)}): "
+    return f"route {route!r}: {label}: "
+
+
+def _shared_spools(routes: list[Route]) -> list[str]:
+    """A spool directory served by two routes would be claimed by both."""
+    owner: dict[str, str] = {}
+    problems = []
+    for route in routes:
+        try:
+            layouts = spool_layouts(route.s)
+        except ConfigError as exc:
+            problems.append(f"route {route.name!r}: {exc}")
+            continue
+        for dirs in layouts:
+            key = os.path.normpath(dirs.incoming)
+            if key in owner and owner[key] != route.name:
+                problems.append(
+                    f"route {route.name!r}: spool {dirs.label} is also in route {owner[key]!r}"
+                )
+            owner.setdefault(key, route.name)
+    return problems

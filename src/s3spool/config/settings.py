@@ -1,0 +1,559 @@
+"""Settings: one pydantic-settings model read from ``S3SPOOL_*`` variables.
+
+The CLI (``cli.py``) derives one flag per field from this model, so the env
+name, the flag and the docs can never drift apart: ``S3SPOOL_KEY_FORMAT`` is
+``--key-format``.  Flags win over the environment because they arrive as init
+arguments, which pydantic-settings ranks first.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from s3spool.config.catalog import ENV_PREFIX, env_name, flag_name
+from s3spool.config.codecs import DEFAULT_SKIP, CodecName, ModeName, resolve_level
+
+# the value formats (durations, sizes, lists, k=v pairs) live in values.py; re-exported here
+from s3spool.config.formats import Duration as Duration
+from s3spool.config.formats import LogLevel
+from s3spool.config.formats import Pairs as Pairs
+from s3spool.config.formats import PathList as PathList
+from s3spool.config.formats import Size as Size
+from s3spool.config.formats import StrList as StrList
+from s3spool.config.formats import parse_duration as parse_duration
+from s3spool.config.formats import parse_list as parse_list
+from s3spool.config.formats import parse_pairs as parse_pairs
+from s3spool.config.formats import parse_size as parse_size
+from s3spool.config.limits import BandwidthLimit
+from s3spool.config.notifiers import Notifiers
+from s3spool.config.options import check_metadata, check_option_value, check_tags
+from s3spool.config.options import (
+    key_format_fields as key_format_fields,  # re-exported: callers read it here
+)
+from s3spool.errors import ConfigError
+
+if TYPE_CHECKING:
+    from s3spool.store.bandwidth import RouteLimit
+
+#: Fields a ``KEY_FORMAT`` may use; ``keys.py`` fills them.
+KEY_FIELDS = frozenset(
+    {"fname", "relpath", "dirname", "spool_dir", "uuid1", "uuid4", "now", "hostname"}
+    | {f"{p}_{u}" for p in ("m", "c") for u in ("YYYY", "MM", "DD", "hh", "mm", "ss")}
+)
+
+MIB = 1024 * 1024
+
+#: Settings of the whole process; every other setting may differ per route (config.py).
+GLOBAL_FIELDS = frozenset(
+    {"config", "workers", "queue_size", "buffer_limit", "rescan_interval", "cleanup_interval"}
+    | {"probe_interval", "shutdown_grace", "instance_id", "http_addr", "max_lag", "fail_rate"}
+    | {"log_level", "log_format", "outbox_max_age"}
+    | {"bandwidth_limit"}
+)
+
+
+ChecksumName = Literal["crc32c", "crc32", "sha256", "md5", "none"]
+
+
+def _default_checksum() -> ChecksumName:
+    try:
+        import crc32c  # noqa: F401
+    except ImportError:  # pragma: no cover - crc32c is a dependency; kept for odd installs
+        return "crc32"
+    return "crc32c"
+
+
+class Settings(BaseSettings):
+    """Every setting of the service.  Each maps to ``S3SPOOL_<NAME>`` and ``--<name>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        case_sensitive=False,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    # --- where files come from --------------------------------------------------------------
+    spool_dirs: PathList = Field(
+        default_factory=list,
+        description="Spool roots (comma-separated or JSON list); each holds incoming/ working/ "
+        "done/ failed/, created if missing.",
+    )
+    incoming_dir: Path | None = Field(
+        None, description="Explicit incoming directory of a single spool (instead of SPOOL_DIRS)."
+    )
+    working_dir: Path | None = Field(None, description="Explicit working directory (single spool).")
+    done_dir: Path | None = Field(None, description="Explicit done directory (single spool).")
+    failed_dir: Path | None = Field(
+        None,
+        description="Explicit failed directory (single spool); equal to INCOMING_DIR means "
+        "failed files are resubmitted after a backoff.",
+    )
+
+    incoming_name: str = Field(
+        "incoming",
+        description="Name of incoming/ inside each SPOOL_DIRS root (an older tool's layout in "
+        "place: e.g. new).",
+    )
+    working_name: str = Field("working", description="Name of working/ inside each root.")
+    done_name: str = Field("done", description="Name of done/ inside each root (e.g. completed).")
+    failed_name: str = Field("failed", description="Name of failed/ inside each root.")
+
+    # --- where files go -----------------------------------------------------------------------
+    destination: str = Field(
+        "",
+        description="s3://bucket/prefix (the prefix is treated as a directory) or noop:// "
+        "(log only).",
+    )
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint URL.")
+    region: str | None = Field(None, description="Region of the bucket (botocore default chain).")
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="Bucket addressing style."
+    )
+    profile: str | None = Field(
+        None,
+        description="Credentials profile of the shared AWS config files (default: botocore's "
+        "chain, AWS_PROFILE included).",
+    )
+    ca_bundle: Path | None = Field(
+        None,
+        description="PEM file of the CA certificates that sign the store's TLS certificate "
+        "(like the aws cli's --ca-bundle; default: botocore's AWS_CA_BUNDLE or the profile's "
+        "ca_bundle, else the system's).",
+    )
+    verify_ssl: bool = Field(
+        True,
+        description="Verify the store's TLS certificate; --no-verify-ssl as with the aws cli "
+        "(only for testing: anyone on the path can then read and change uploads).",
+    )
+    probe_interval: Duration = Field(
+        30.0,
+        description="While no request reaches the store, probe it (HeadBucket) this often; "
+        "a failed probe pauses intake and makes /readyz unready. 0: off.",
+    )
+    key_format: str = Field(
+        "{fname}",
+        description="Object key template under the prefix; fields: "
+        + ", ".join(sorted(KEY_FIELDS))
+        + ".",
+    )
+    acl: str | None = Field(None, description="Canned ACL, e.g. private or public-read.")
+    storage_class: str | None = Field(None, description="Storage class, e.g. STANDARD_IA.")
+    sse: Literal["AES256", "aws:kms"] | None = Field(None, description="Server-side encryption.")
+    sse_kms_key_id: str | None = Field(None, description="KMS key id when SSE=aws:kms.")
+    content_type: str | None = Field(
+        None, description="Content-Type for every object (default: guessed from the name)."
+    )
+    checksum: ChecksumName = Field(
+        default_factory=_default_checksum,
+        description="Checksum computed while reading, sent so the store rejects corrupted "
+        "bodies, and compared with the store's answer.",
+    )
+    checksum_compat: bool = Field(
+        False,
+        description="For stores that reject the newer x-amz-checksum-* headers: send only "
+        "Content-MD5 (single-PUT objects still record the configured checksum in metadata).",
+    )
+    overwrite: Literal["always", "never"] = Field(
+        "always",
+        description="never: conditional write (If-None-Match: *); an existing object with other "
+        "content sends the file to failed/.",
+    )
+
+    # --- object options --------------------------------------------------------------------
+    metadata: Pairs = Field(
+        None,
+        description="User metadata (x-amz-meta-*) as k=v pairs (comma-separated, JSON list or "
+        "object); values may use the key fields, e.g. source={spool_dir}.",
+    )
+    tags: Pairs = Field(
+        None,
+        description="Object tags as k=v pairs, like METADATA (at most 10; values may use the "
+        "key fields).",
+    )
+    cache_control: str | None = Field(
+        None, description="Cache-Control of every object, e.g. max-age=86400."
+    )
+    content_disposition: str | None = Field(
+        None,
+        description="Content-Disposition of every object; may use the key fields, e.g. "
+        'attachment; filename="{fname}".',
+    )
+
+    # --- recursive spools ------------------------------------------------------------------
+    recursive: bool = Field(
+        False,
+        description="Also take files from subdirectories of incoming/ (watched as they appear, "
+        "symlinks never followed); each goes to the same relative path under done/ or failed/, "
+        "and KEY_FORMAT can use {relpath} and {dirname}. false: subdirectories are left alone.",
+    )
+    rmdir_after: Duration = Field(
+        3600.0,
+        description="RECURSIVE: cleanup removes an empty subdirectory of incoming/ (and of "
+        "done/, failed/) once nothing changed in it for this long. 0: never.",
+    )
+
+    # --- compression ------------------------------------------------------------------------
+    compress: CodecName = Field(
+        "none",
+        description='Compress files on their way to the store (README "Compression"); none: '
+        "upload them as they are.",
+    )
+    compress_level: int | None = Field(
+        None,
+        description="Compression level (default: gzip 6, zstd 3); gzip takes 1 to 9 (1-3 run "
+        "on ISA-L, several times faster), zstd 1 to 19.",
+    )
+    compress_mode: ModeName = Field(
+        "suffix",
+        description="suffix: the key gets .gz or .zst and the Content-Type says gzip or zstd; "
+        "content-encoding: the key stays, with Content-Encoding and the file's Content-Type.",
+    )
+    compress_min_size: Size = Field(
+        1024, description="Files smaller than this are uploaded as they are."
+    )
+    compress_skip: StrList = Field(
+        default_factory=lambda: list(DEFAULT_SKIP),
+        description="Glob patterns (any case) of names uploaded as they are: data that is "
+        "compressed already.",
+    )
+
+    # --- bandwidth --------------------------------------------------------------------------
+    bandwidth_limit: BandwidthLimit = Field(
+        None,
+        description="Bytes per second for all uploads of the process together, e.g. 20MiB; off; "
+        "or a schedule in local time, e.g. 08:00-18:00=10MiB,18:00-08:00=off (README "
+        '"Bandwidth limit"); SIGHUP re-reads it.',
+    )
+    route_bandwidth_limit: BandwidthLimit = Field(
+        None,
+        description="Like BANDWIDTH_LIMIT, for the uploads of one route (each route its own), "
+        "on top of BANDWIDTH_LIMIT.",
+    )
+    _bandwidth: Any = PrivateAttr(default=None)  # a bandwidth.RouteLimit
+
+    @property
+    def bandwidth(self) -> RouteLimit | None:
+        """What this route's bodies are paced by while a service runs it (``bandwidth.py``
+        attaches it); None: nothing to pace."""
+        limit: RouteLimit | None = self._bandwidth
+        return limit
+
+    def attach_bandwidth(self, limit: RouteLimit | None) -> None:
+        self._bandwidth = limit
+
+    # --- notifications ----------------------------------------------------------------------
+    notify: Notifiers = Field(
+        default_factory=list,
+        description="Notifiers told of each delivered (and/or failed) file: a JSON list of "
+        'tables, [[route.notify]] in the config file (README "Notifications").',
+    )
+    outbox_max_age: Duration | None = Field(
+        None,
+        description="If set, /readyz is unready while an event older than this waits for a "
+        "notifier.",
+    )
+
+    # --- how ---------------------------------------------------------------------------------
+    workers: int = Field(64, ge=1, le=1024, description="Concurrent file uploads.")
+    hold_for: Duration = Field(
+        0.0, description="A file is eligible only once its mtime is at least this old."
+    )
+    ignore: StrList = Field(
+        default_factory=lambda: [".*", "*.tmp", "*.part"],
+        description="Glob patterns of names never picked up.",
+    )
+    rescan_interval: Duration = Field(60.0, description="Full rescan of every incoming/.")
+    queue_size: int = Field(
+        1024, ge=1, description="Bound of the in-memory queue of discovered files."
+    )
+    multipart_threshold: Size = Field(
+        64 * MIB,
+        description="Files of at least this size use multipart upload (smaller ones go in "
+        "one streamed PUT: parts cost a request each and the store's assembly).",
+    )
+    part_size: Size = Field(16 * MIB, description="Multipart part size (5MiB to 5GiB).")
+    part_concurrency: int = Field(4, ge=1, le=64, description="Parts of one file in flight.")
+    buffer_limit: Size = Field(
+        128 * MIB,
+        description="Upper bound on file bytes held in memory by all uploads together.",
+    )
+    retry_attempts: int = Field(
+        6, ge=1, le=100, description="Attempts per file for transient errors before failed/."
+    )
+    retry_backoff: Duration = Field(
+        0.5,
+        description="Backoff of a failed upload: the first retry follows within 25 ms, the "
+        "next after this delay, doubling with jitter (SlowDown: from this delay at once).",
+    )
+    retry_backoff_max: Duration = Field(60.0, description="Longest retry delay.")
+    direct_put: bool = Field(
+        True,
+        description="Send object bodies (PutObject, UploadPart) signed by botocore's signer "
+        "over the client's own HTTP session, without botocore's per-request pipeline (about half "
+        "its CPU per small file); false: every request takes botocore's full pipeline.",
+    )
+    connect_timeout: Duration = Field(10.0, description="Connection timeout to the store.")
+    read_timeout: Duration = Field(60.0, description="Read timeout of one request.")
+
+    # --- after the upload ------------------------------------------------------------------
+    remove_on_success: bool = Field(False, description="Unlink instead of moving to done/.")
+    remove_on_failure: bool = Field(
+        False, description="Unlink instead of moving to failed/ (the file is lost!)."
+    )
+    delete_after: Duration = Field(
+        3600.0, description="Cleanup removes done/ files this long after they reached done/."
+    )
+    cleanup_interval: Duration = Field(
+        60.0, description="How often cleanup and dead-instance recovery run."
+    )
+    abort_multipart_after: Duration = Field(
+        86400.0, description="Abort s3spool's multipart uploads older than this."
+    )
+
+    # --- process -----------------------------------------------------------------------------
+    config: Path | None = Field(
+        None,
+        description='TOML file of settings and [[route]] tables (see README "Config file"); '
+        "flags and variables override it.",
+    )
+    shutdown_grace: Duration = Field(
+        30.0, description="On SIGTERM/SIGINT, time allowed for in-flight uploads to finish."
+    )
+    instance_id: str | None = Field(
+        None,
+        description="Name of this instance's working/ subdirectory (default: host.pid.random).",
+    )
+    http_addr: str = Field(
+        "127.0.0.1:9108", description="host:port of /metrics, /healthz, /readyz; empty: off."
+    )
+    max_lag: Duration | None = Field(
+        None, description="If set, /readyz is unready while the spool lag exceeds it."
+    )
+    fail_rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="Fault injection: fail this fraction of uploads (0-1)."
+    )
+    log_level: LogLevel = Field("INFO", description="Log level (any case).")
+    log_format: Literal["text", "json"] = Field("text", description="Log format.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        self._destination = check_settings(self)
+        return self
+
+    _destination: tuple[str, str, str] = PrivateAttr(default=("", "", ""))
+
+    @property
+    def scheme(self) -> str:
+        """``s3`` or ``noop`` (DESTINATION, parsed once when the settings were read)."""
+        return self._destination[0]
+
+    @property
+    def bucket(self) -> str:
+        return self._destination[1]
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix, always a "directory" (``a/b/``) or empty."""
+        return self._destination[2]
+
+    @property
+    def resolved_instance_id(self) -> str:
+        return self.instance_id or _default_instance_id()
+
+
+def check_settings(s: Settings) -> tuple[str, str, str]:
+    """The checks across settings (a ``ValueError`` names the setting first, as
+    ``format_validation_error`` expects); returns the parsed destination."""
+    if not s.destination:
+        raise ValueError("destination: required (s3://bucket/prefix or noop://)")
+    destination = parse_destination(s.destination)
+    unknown = sorted(key_format_fields(s.key_format) - KEY_FIELDS)
+    if unknown:
+        raise ValueError(
+            f"key_format: unknown field {{{unknown[0]}}}; known fields: "
+            + ", ".join(sorted(KEY_FIELDS))
+        )
+    _check_spools(s)
+    if not 5 * MIB <= s.part_size <= 5 * 1024 * MIB:
+        raise ValueError("part_size: must be between 5MiB and 5GiB (S3 limits)")
+    if s.sse_kms_key_id and s.sse != "aws:kms":
+        raise ValueError("sse_kms_key_id: only valid with SSE=aws:kms")
+    if s.retry_backoff_max < s.retry_backoff:
+        raise ValueError("retry_backoff_max: must be at least RETRY_BACKOFF")
+    if s.http_addr:
+        parse_http_addr(s.http_addr)
+    if s.ca_bundle is not None:
+        check_ca_bundle(s.ca_bundle)
+    _check_dir_names(s)
+    if s.instance_id is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", s.instance_id):
+        raise ValueError("instance_id: only letters, digits, '_', '.', '-' are allowed")
+    _check_object_options(s)
+    s.compress_level = resolve_level(s.compress, s.compress_level)
+    return destination
+
+
+def _check_object_options(s: Settings) -> None:
+    s.metadata = check_metadata(s.metadata, KEY_FIELDS) if s.metadata else None
+    s.tags = check_tags(s.tags, KEY_FIELDS) if s.tags else None
+    s.cache_control = s.cache_control or None
+    if s.cache_control:
+        if "{" in s.cache_control:
+            raise ValueError("cache_control: key fields are not allowed here")
+        check_option_value("cache_control", "", s.cache_control, header=True, known=set())
+    s.content_disposition = s.content_disposition or None
+    if s.content_disposition:
+        check_option_value(
+            "content_disposition", "", s.content_disposition, header=True, known=KEY_FIELDS
+        )
+    # a bad format spec ({now:%Y}) shows when objectopts renders a sample, at startup
+
+
+def tls_verify(s: Settings) -> bool | str | None:
+    """botocore's ``verify=`` for VERIFY_SSL and CA_BUNDLE: False, a CA file, or None, which
+    leaves botocore's own chain (AWS_CA_BUNDLE, the profile's ca_bundle) in charge."""
+    if not s.verify_ssl:
+        return False
+    return str(s.ca_bundle) if s.ca_bundle is not None else None
+
+
+def _check_spools(s: Settings) -> None:
+    """SPOOL_DIRS, or a complete set of explicit directories."""
+    explicit = [s.incoming_dir, s.working_dir, s.done_dir, s.failed_dir]
+    if s.spool_dirs and any(explicit):
+        raise ValueError(
+            "spool_dirs: use either SPOOL_DIRS or INCOMING_DIR/WORKING_DIR/DONE_DIR/FAILED_DIR"
+        )
+    if not s.spool_dirs:
+        if not s.incoming_dir:
+            raise ValueError("spool_dirs: required (or INCOMING_DIR with WORKING_DIR)")
+        if not s.working_dir:
+            raise ValueError("working_dir: required with INCOMING_DIR")
+        if not s.done_dir and not s.remove_on_success:
+            raise ValueError("done_dir: required with INCOMING_DIR unless REMOVE_ON_SUCCESS")
+        if not s.failed_dir and not s.remove_on_failure:
+            raise ValueError("failed_dir: required with INCOMING_DIR unless REMOVE_ON_FAILURE")
+
+
+def check_ca_bundle(path: str | Path, setting: str = "ca_bundle") -> None:
+    """A readable PEM file (botocore would only fail at the first request, with an
+    error that names neither the file nor the setting)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError as exc:
+        raise ValueError(f"{setting}: cannot read {path}: {exc.strerror}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in head:
+        raise ValueError(f"{setting}: {path} holds no PEM certificate")
+
+
+def _check_dir_names(s: Settings) -> None:
+    """INCOMING_NAME and friends: one directory name each, and different."""
+    for name in ("incoming_name", "working_name", "done_name", "failed_name"):
+        value = getattr(s, name)
+        if not value or "/" in value or value in (".", ".."):
+            raise ValueError(f"{name}: {value!r} must be one directory name")
+    # failed_name may equal incoming_name: failed files are then resubmitted
+    names = {s.incoming_name, s.working_name, s.done_name}
+    if len(names) != 3 or s.failed_name in names - {s.incoming_name}:
+        raise ValueError(
+            "done_name: incoming/, working/, done/ and failed/ need different names "
+            "(failed/ may be incoming/: resubmit)"
+        )
+
+
+_INSTANCE_ID: str | None = None
+
+
+def _default_instance_id() -> str:
+    global _INSTANCE_ID
+    if _INSTANCE_ID is None:
+        import os
+        import secrets
+
+        host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
+        _INSTANCE_ID = f"{host}.{os.getpid()}.{secrets.token_hex(3)}"
+    return _INSTANCE_ID
+
+
+def parse_destination(uri: str) -> tuple[str, str, str]:
+    """``s3://bucket/a/b`` → ``("s3", "bucket", "a/b/")``; ``noop://`` → ``("noop", "", "")``.
+
+    The prefix is forced to a "directory" and never starts with ``/``.
+    """
+    parts = urlsplit(uri)
+    if parts.scheme == "noop":
+        return "noop", "", ""
+    if parts.scheme != "s3":
+        raise ValueError(f"destination: {uri!r} must start with s3:// or noop://")
+    bucket = parts.netloc
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{1,253}[a-z0-9]", bucket or ""):
+        raise ValueError(f"destination: {uri!r} has no valid bucket name")
+    if parts.query or parts.fragment:
+        raise ValueError(f"destination: {uri!r} must not have a query or fragment")
+    segments = [s for s in parts.path.split("/") if s]
+    if any(s in (".", "..") for s in segments):
+        raise ValueError(f"destination: {uri!r} must not contain '.' or '..' segments")
+    prefix = "/".join(segments)
+    return "s3", bucket, f"{prefix}/" if prefix else ""
+
+
+def parse_http_addr(addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"http_addr: {addr!r} is not host:port")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings of a single route from the environment plus ``overrides`` (flags).
+
+    Validation errors become one ``ConfigError`` whose lines name each bad
+    setting both ways (``S3SPOOL_X`` / ``--x``).  ``config.load_config`` reads a config
+    file and routes too.
+    """
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
+    """(field, message) per error; field is "" when no single setting is at fault."""
+    out = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if not isinstance(p, int)]
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        field = loc[0] if loc else ""
+        # model-level checks put the field name first in the message: "field: text"
+        if not field and ":" in msg:
+            head, _, rest = msg.partition(":")
+            if head in Settings.model_fields:
+                field, msg = head, rest.strip()
+        if field and field not in Settings.model_fields:
+            field, msg = "", f"{'.'.join(loc)}: {msg}"
+        out.append((field, msg))
+    return out
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = [
+        f"{env_name(field)} ({flag_name(field)}): {msg}" if field else f"settings: {msg}"
+        for field, msg in validation_problems(exc)
+    ]
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+# --- describing settings (CLI help and the README's reference table) ----------------------

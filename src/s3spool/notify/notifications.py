@@ -1,0 +1,187 @@
+"""Notifications of one route: events recorded durably, then handed to each notifier.
+
+``record`` runs in the commit step, before the file leaves ``working/``: it writes the event
+into the outbox of the file's spool for every notifier that wants that outcome (fsynced), and
+offers it to the notifiers' bounded queues without waiting.  Uploads therefore never wait for
+a notifier: when a queue is full (a notifier is down), events wait on disk and the sweep
+(every ``SWEEP_INTERVAL``) brings them back.  An event leaves the outbox only when its
+notifier accepted it; at least once, deduplicated downstream by the event id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from s3spool.config.notifiers import NotifierSpec
+from s3spool.config.settings import Settings
+from s3spool.metrics import Metrics
+from s3spool.notify.notifiers import NotifyFailed, make_notifier
+from s3spool.spool.outbox import OUTBOX, Outbox
+from s3spool.spool.spool import Spool
+from s3spool.store.aimd import retry_delay
+
+log = logging.getLogger("s3spool.notify")
+
+QUEUE_SIZE = 1000  # per notifier: events in memory; the rest wait on disk
+SWEEP_INTERVAL = 5.0
+#: an event whose tries in one pass all failed waits this long for the next
+RETRY_LATER = 30.0
+
+
+def manifest_dir(spool: Spool) -> Path:
+    d = spool.dirs
+    base = d.root or (d.done.parent if d.done is not None else d.incoming.parent)
+    return base / "manifest"
+
+
+class Notifications:
+    """The notifiers of one route and the outboxes of its spools."""
+
+    def __init__(
+        self, route: str, settings: Settings, spools: Sequence[Spool], metrics: Metrics
+    ) -> None:
+        self.route = route
+        self.specs: list[NotifierSpec] = list(settings.notify)
+        self.settings = settings
+        self.metrics = metrics
+        self.outboxes = {sp.label: Outbox(sp.me / OUTBOX) for sp in spools}
+        self._manifests = {sp.label: manifest_dir(sp) for sp in spools}
+        self._queues: dict[str, asyncio.Queue[tuple[str, str]]] = {
+            spec.name: asyncio.Queue(QUEUE_SIZE) for spec in self.specs
+        }
+        #: (spool label, event id) queued or being sent, per notifier: never twice at once
+        self._known: dict[str, set[tuple[str, str]]] = {s.name: set() for s in self.specs}
+        #: not before (monotonic) for events whose last pass failed
+        self._later: dict[str, dict[tuple[str, str], float]] = {s.name: {} for s in self.specs}
+
+    def __bool__(self) -> bool:
+        return bool(self.specs)
+
+    # --- the commit step (synchronous: no await between upload and routing) -----------------
+    def record(self, spool: Spool, event: dict[str, Any]) -> None:
+        """Write ``event`` durably for every notifier that wants it (``LocalFault`` if the
+        working directory refuses), then offer it to their queues."""
+        wanted = [s.name for s in self.specs if event["outcome"] in s.on]
+        if not wanted:
+            return
+        self.outboxes[spool.label].put(event, wanted)
+        for name in wanted:
+            self._offer(name, (spool.label, event["id"]))
+
+    def _offer(self, name: str, item: tuple[str, str]) -> None:
+        known = self._known[name]
+        if item in known:
+            return
+        try:
+            self._queues[name].put_nowait(item)
+        except asyncio.QueueFull:
+            return  # on disk: the sweep brings it back when there is room
+        known.add(item)
+
+    # --- running ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Run every notifier until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            for spec in self.specs:
+                tg.create_task(self._run_one(spec))
+
+    async def _run_one(self, spec: NotifierSpec) -> None:
+        notifier = make_notifier(spec, self.settings, self._manifests.__getitem__)
+        labels = (self.route, spec.name)
+        m = self.metrics
+        m.notify_depth.labels(*labels).set_function(lambda: self._depth(spec.name)[0])
+        m.notify_age.labels(*labels).set_function(lambda: self._depth(spec.name)[1])
+        async with notifier, asyncio.TaskGroup() as tg:
+            for _ in range(spec.concurrency):
+                tg.create_task(self._send_loop(spec, notifier))
+            tg.create_task(self._sweep_loop(spec))
+
+    def _depth(self, name: str) -> tuple[int, float]:
+        n, age = 0, 0.0
+        for outbox in self.outboxes.values():
+            k, a = outbox.depth(name)
+            n, age = n + k, max(age, a)
+        return n, age
+
+    def idle(self) -> bool:
+        """Nothing queued or being sent, and nothing waiting on disk."""
+        return not any(self._known.values()) and all(
+            self._depth(s.name)[0] == 0 for s in self.specs
+        )
+
+    def oldest(self) -> float:
+        """Age of the oldest event any notifier of this route has not accepted (/readyz)."""
+        return max((self._depth(s.name)[1] for s in self.specs), default=0.0)
+
+    async def _sweep_loop(self, spec: NotifierSpec) -> None:
+        while True:
+            self.sweep(spec.name)
+            await asyncio.sleep(SWEEP_INTERVAL)
+
+    def sweep(self, name: str) -> None:
+        """Offer events waiting on disk (after a restart, a full queue, a failed pass)."""
+        now = time.monotonic()
+        later = self._later[name]
+        queue = self._queues[name]
+        for label, outbox in self.outboxes.items():
+            for event_id, _mtime in outbox.waiting(name):
+                if queue.full():
+                    return
+                item = (label, event_id)
+                if later.get(item, 0.0) > now:
+                    continue
+                later.pop(item, None)
+                self._offer(name, item)
+
+    async def _send_loop(self, spec: NotifierSpec, notifier: Any) -> None:
+        name = spec.name
+        queue = self._queues[name]
+        m = self.metrics
+        labels = (self.route, name)
+        while True:
+            item = await queue.get()
+            try:
+                label, event_id = item
+                outbox = self.outboxes[label]
+                event = await asyncio.to_thread(outbox.load, name, event_id)
+                if event is None:
+                    continue  # accepted meanwhile (a duplicate offer), or unreadable
+                body = json.dumps(event, ensure_ascii=False, sort_keys=True).encode()
+                for attempt in range(1, spec.retries + 1):
+                    try:
+                        await notifier.send(event, body)
+                    except NotifyFailed as exc:
+                        if attempt == spec.retries:
+                            m.notify_failed.labels(*labels).inc()
+                            log.warning(
+                                "notifier %s (route %s): event %s not accepted after %d tries: "
+                                "%s; kept, next try in %.0fs",
+                                name, self.route, event_id, attempt, exc, RETRY_LATER,
+                            )  # fmt: skip
+                            self._later[name][item] = time.monotonic() + RETRY_LATER
+                            break
+                        m.notify_retried.labels(*labels).inc()
+                        await asyncio.sleep(retry_delay(attempt, 0.5, 30.0))
+                    else:
+                        await asyncio.to_thread(outbox.done, name, event_id)
+                        m.notify_sent.labels(*labels).inc()
+                        break
+            finally:
+                self._known[name].discard(item)
+
+
+async def flush(routes: Sequence[Notifications], grace: float) -> None:
+    """--once: until every notifier has accepted what the run recorded, for ``grace`` at most."""
+    busy = [n for n in routes if n]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while busy and loop.time() < deadline:
+        if all(n.idle() for n in busy):
+            return
+        await asyncio.sleep(0.1)

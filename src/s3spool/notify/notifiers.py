@@ -1,0 +1,280 @@
+"""The notifiers: webhook, SQS, SNS, exec and manifest.
+
+Each is an async context manager with ``send(event, body)``; a failure raises
+``NotifyFailed`` (aiohttp, botocore and process errors are translated here, where they are
+met).  Retries, backoff and the outbox are ``notify.py``'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from s3spool.config.notifiers import NotifierSpec
+from s3spool.config.settings import Settings, tls_verify
+from s3spool.errors import S3SpoolError
+from s3spool.notify.events import env_of
+
+log = logging.getLogger("s3spool.notify")
+
+SIGNATURE_HEADER = "X-S3spool-Signature"
+EVENT_ID_HEADER = "X-S3spool-Event-Id"
+
+
+class NotifyFailed(S3SpoolError):
+    """A notifier did not accept an event (it stays in the outbox)."""
+
+
+class Notifier(Protocol):
+    spec: NotifierSpec
+
+    async def __aenter__(self) -> Notifier: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def send(self, event: dict[str, Any], body: bytes) -> None: ...
+
+
+def signature(secret: str, body: bytes) -> str:
+    """``sha256=<hex>``: HMAC-SHA256 of the exact body bytes with the configured secret."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class Webhook:
+    """POST the event as JSON; any 2xx accepts it."""
+
+    def __init__(self, spec: NotifierSpec, settings: Settings) -> None:
+        self.spec = spec
+        self.settings = settings
+        self._session: Any = None
+
+    async def __aenter__(self) -> Webhook:
+        import ssl
+
+        import aiohttp
+
+        verify = tls_verify(self.settings)
+        ctx: ssl.SSLContext | bool = verify is not False
+        if isinstance(verify, str):
+            ctx = ssl.create_default_context(cafile=verify)
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.spec.timeout),
+            connector=aiohttp.TCPConnector(ssl=ctx, limit=self.spec.concurrency),
+            trust_env=True,  # HTTPS_PROXY / NO_PROXY, as for the store
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._session.close()
+
+    async def send(self, event: dict[str, Any], body: bytes) -> None:
+        import aiohttp
+
+        headers = {"Content-Type": "application/json", EVENT_ID_HEADER: event["id"]}
+        headers.update(self.spec.headers)
+        if self.spec.secret:
+            headers[SIGNATURE_HEADER] = signature(self.spec.secret, body)
+        assert self.spec.url is not None
+        try:
+            async with self._session.post(self.spec.url, data=body, headers=headers) as resp:
+                await resp.read()
+                if not 200 <= resp.status < 300:
+                    raise NotifyFailed(f"webhook answered HTTP {resp.status}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise NotifyFailed(f"webhook: {type(exc).__name__}: {exc}") from None
+
+
+class _AwsNotifier:
+    """SQS and SNS through aiobotocore, with the route's credentials and connection settings."""
+
+    service = ""
+
+    def __init__(self, spec: NotifierSpec, settings: Settings) -> None:
+        self.spec = spec
+        self.settings = settings
+        self._stack = contextlib.AsyncExitStack()
+        self.client: Any = None
+
+    async def __aenter__(self) -> _AwsNotifier:
+        from aiobotocore.config import AioConfig
+        from aiobotocore.session import AioSession
+
+        s = self.settings
+        config = AioConfig(
+            region_name=self.spec.region or s.region,
+            retries={"mode": "standard", "total_max_attempts": 3},
+            connect_timeout=s.connect_timeout,
+            read_timeout=self.spec.timeout,
+            max_pool_connections=self.spec.concurrency + 2,
+        )
+        self.client = await self._stack.enter_async_context(
+            AioSession(profile=s.profile).create_client(
+                self.service,
+                endpoint_url=self.spec.endpoint_url,
+                config=config,
+                verify=tls_verify(s),
+            )
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def send(self, event: dict[str, Any], body: bytes) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            await self._send(event, body.decode())
+        except (BotoCoreError, ClientError) as exc:
+            raise NotifyFailed(f"{self.service}: {exc}") from None
+
+    async def _send(self, event: dict[str, Any], text: str) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def attributes(event: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "s3spool-event-id": {"DataType": "String", "StringValue": event["id"]},
+            "s3spool-outcome": {"DataType": "String", "StringValue": event["outcome"]},
+        }
+
+
+class Sqs(_AwsNotifier):
+    service = "sqs"
+
+    async def _send(self, event: dict[str, Any], text: str) -> None:
+        params: dict[str, Any] = {
+            "QueueUrl": self.spec.queue_url,
+            "MessageBody": text,
+            "MessageAttributes": self.attributes(event),
+        }
+        _fifo_ids(params, str(self.spec.queue_url), event)
+        await self.client.send_message(**params)
+
+
+class Sns(_AwsNotifier):
+    service = "sns"
+
+    async def _send(self, event: dict[str, Any], text: str) -> None:
+        params: dict[str, Any] = {
+            "TopicArn": self.spec.topic_arn,
+            "Message": text,
+            "MessageAttributes": self.attributes(event),
+        }
+        _fifo_ids(params, str(self.spec.topic_arn), event)
+        await self.client.publish(**params)
+
+
+def _fifo_ids(params: dict[str, Any], target: str, event: dict[str, Any]) -> None:
+    """A FIFO queue or topic (name ending in .fifo) drops a second message with the same
+    deduplication id within 5 minutes: the event id makes a resent event one message."""
+    if target.endswith(".fifo"):
+        params["MessageDeduplicationId"] = event["id"]
+        params["MessageGroupId"] = event["route"]
+
+
+class Exec:
+    """Run a command with the event as JSON on stdin and as ``S3SPOOL_EVENT_*`` variables."""
+
+    def __init__(self, spec: NotifierSpec, settings: Settings) -> None:
+        self.spec = spec
+
+    async def __aenter__(self) -> Exec:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def send(self, event: dict[str, Any], body: bytes) -> None:
+        env = {**os.environ, **env_of(event)}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.spec.command,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                start_new_session=True,  # a signal to s3spool's group must not reach it
+            )
+        except OSError as exc:
+            raise NotifyFailed(f"exec {self.spec.command[0]}: {exc.strerror}") from None
+        try:
+            async with asyncio.timeout(self.spec.timeout):
+                _, err = await proc.communicate(body)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise NotifyFailed(f"exec: no exit within {self.spec.timeout:g}s (killed)") from None
+        if proc.returncode != 0:
+            tail = err.decode(errors="replace").strip().splitlines()[-1:] if err else []
+            raise NotifyFailed(
+                f"exec exited with {proc.returncode}" + (f": {tail[0][:200]}" if tail else "")
+            )
+
+
+class Manifest:
+    """Append the event as a JSON line to ``manifest/YYYY-MM-DD.jsonl`` beside the spool's
+    done/ (UTC day), fsynced; files older than ``keep`` are removed."""
+
+    def __init__(self, spec: NotifierSpec, settings: Settings, directory_of: Any) -> None:
+        self.spec = spec
+        self.directory_of = directory_of  # spool label -> manifest directory
+        self._lock = asyncio.Lock()
+        self._pruned = 0.0
+
+    async def __aenter__(self) -> Manifest:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def send(self, event: dict[str, Any], body: bytes) -> None:
+        directory: Path = self.directory_of(event["spool"])
+        day = datetime.now(UTC).strftime("%Y-%m-%d")
+        async with self._lock:  # whole lines, in order
+            try:
+                await asyncio.to_thread(_append, directory / f"{day}.jsonl", body)
+            except OSError as exc:
+                raise NotifyFailed(f"manifest {directory}: {exc.strerror}") from None
+            if time.monotonic() - self._pruned > 3600:
+                self._pruned = time.monotonic()
+                await asyncio.to_thread(_prune, directory, self.spec.keep)
+
+
+def _append(path: Path, line: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        os.write(fd, line if line.endswith(b"\n") else line + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _prune(directory: Path, keep: float) -> None:
+    cutoff = time.time() - keep
+    for entry in os.scandir(directory):
+        if entry.name.endswith(".jsonl") and entry.stat().st_mtime < cutoff:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+
+
+def make_notifier(spec: NotifierSpec, settings: Settings, directory_of: Any) -> Notifier:
+    if spec.kind == "webhook":
+        return Webhook(spec, settings)
+    if spec.kind == "sqs":
+        return Sqs(spec, settings)
+    if spec.kind == "sns":
+        return Sns(spec, settings)
+    if spec.kind == "exec":
+        return Exec(spec, settings)
+    return Manifest(spec, settings, directory_of)

@@ -1,0 +1,101 @@
+"""``s3spool config``: the effective configuration, route by route, with where each value
+came from (flag, env, route table, file top level, default) and secrets masked.
+
+The text form is TOML that reads back as the same configuration (unset values are
+comments); ``--json`` gives the same facts to programs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel
+
+from s3spool.config.load import DEFAULT, Config, Route
+from s3spool.config.settings import GLOBAL_FIELDS, Settings
+
+#: Names that hold a secret (settings, notifier keys, header names): shown as "***"
+SECRET_WORDS = ("secret", "password", "token", "authorization", "api-key", "api_key")
+MASK = "***"
+
+
+def shown(field: str, value: Any) -> Any:
+    """``value`` as JSON data, with secrets masked."""
+    if value is None:
+        return None
+    if any(word in field for word in SECRET_WORDS):
+        return MASK
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [shown(field, v) for v in value]
+    if isinstance(value, BaseModel):  # a notifier table: what it sets
+        value = value.model_dump(mode="json", exclude_defaults=True)
+    if isinstance(value, dict):
+        return {str(k): shown(str(k).lower(), v) for k, v in value.items()}
+    if isinstance(value, str) and "@" in value and "://" in value:
+        parts = urlsplit(value)
+        if parts.password:
+            host = parts.hostname or ""
+            netloc = f"{parts.username}:{MASK}@{host}" + (f":{parts.port}" if parts.port else "")
+            return urlunsplit(parts._replace(netloc=netloc))
+    return value
+
+
+def _fields(route: Route, names: list[str]) -> dict[str, dict[str, Any]]:
+    s: Settings = route.s
+    return {
+        name: {"value": shown(name, getattr(s, name)), "from": route.origin.get(name, DEFAULT)}
+        for name in names
+    }
+
+
+def describe(config: Config) -> dict[str, Any]:
+    names = list(Settings.model_fields)
+    first = config.routes[0]
+    return {
+        "config_file": str(config.path) if config.path else None,
+        "global": _fields(first, [n for n in names if n in GLOBAL_FIELDS]),
+        "routes": [
+            {"name": r.name, "settings": _fields(r, [n for n in names if n not in GLOBAL_FIELDS])}
+            for r in config.routes
+        ],
+    }
+
+
+def show_config(config: Config, *, as_json: bool = False, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    doc = describe(config)
+    if as_json:
+        json.dump(doc, out, indent=1)
+        out.write("\n")
+        return 0
+    print(f"# config file: {doc['config_file'] or '(none)'}", file=out)
+    print("# each value's origin: flag, env, route (its [[route]] table), file, default", file=out)
+    _table(doc["global"], out)
+    for route in doc["routes"]:
+        print(f"\n[[route]]\nname = {json.dumps(route['name'])}", file=out)
+        _table(route["settings"], out)
+    return 0
+
+
+def _table(fields: dict[str, dict[str, Any]], out: TextIO) -> None:
+    width = max(len(name) for name in fields)
+    for name, item in fields.items():
+        value, origin = item["value"], item["from"]
+        if value is None:
+            print(f"# {name:<{width}} (not set)  # {origin}", file=out)
+        else:
+            print(f"{name:<{width}} = {_toml(value)}  # {origin}", file=out)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value)  # strings, numbers and booleans are spelled alike in TOML

@@ -1,0 +1,375 @@
+"""The life of one file: take, claim, key, upload, verify, route, and its one log line.
+
+``Pipeline`` holds the per-file state that outlives one attempt (backoffs, resubmit counts,
+when a future-dated file was first seen) and needs from the service only what ``Host``
+names: the store, the store gate, whether it is stopping, and where local faults go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+from s3spool.config.codecs import choose
+from s3spool.config.settings import Settings
+from s3spool.errors import (
+    FileChanged,
+    FileVanished,
+    LocalFault,
+    PermanentError,
+    Refused,
+    SlowDown,
+    StoreUnavailable,
+    TransientError,
+    UploadError,
+)
+from s3spool.metrics import Metrics
+from s3spool.run.settle import Counts, Outcomes, Resubmits
+from s3spool.spool.clock import cautious_now
+from s3spool.spool.guard import Guard
+from s3spool.spool.keys import KeyTemplate, claim_input
+from s3spool.spool.scan import hold_left
+from s3spool.spool.spool import Claim, Spool, about, open_claimed
+from s3spool.spool.watch import Discovery, Item, Pending, WarnOnce
+from s3spool.store.aimd import Throttle, retry_delay
+from s3spool.store.base import Delivery, Store
+from s3spool.store.compress import rules_for
+
+log = logging.getLogger("s3spool.service")  # the name operators' log filters know
+file_log = logging.getLogger("s3spool.file")
+
+
+class Host(Protocol):
+    """What the pipeline needs from the running service."""
+
+    @property
+    def store(self) -> Store | None: ...
+
+    @property
+    def gate(self) -> asyncio.Event:
+        """Set while intake runs; cleared while the store is unavailable."""
+        ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+    async def pause(self, exc: UploadError) -> None:
+        """The store is unavailable: pause intake until a probe succeeds."""
+        ...
+
+    def trip(self, spool: Spool, fault: LocalFault) -> None:
+        """A directory of ``spool`` refused: pause that spool (spoolguard.py)."""
+        ...
+
+
+class _NotStarted(Exception):
+    """This claim's upload did not start (shutdown, or its key could not be recorded)."""
+
+    def __init__(self, retry_after: float | None = None, local: LocalFault | None = None) -> None:
+        super().__init__()
+        self.retry_after = retry_after
+        self.local = local  # a spool directory refused: the spool's guard takes over
+
+
+class Pipeline:
+    """Per-file work of every worker; one instance per service."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        spools: Sequence[Spool],
+        *,
+        host: Host,
+        once: bool,
+        pending: Pending,
+        discovery: Discovery,
+        throttle: Throttle,
+        metrics: Metrics,
+        guards: dict[Spool, Guard],
+        counts: Counts | None = None,
+    ) -> None:
+        self.s = settings
+        self.host = host
+        self.once = once
+        self.pending = pending
+        self.discovery = discovery
+        self.throttle = throttle
+        self.metrics = metrics
+        self.guards = guards
+        self.spools = list(spools)
+        self.instance_id = settings.resolved_instance_id
+        self.template = KeyTemplate(settings.key_format, settings.prefix)
+        self.compression = rules_for(settings)
+        if any(sp.recursive for sp in spools) and self.template.fields.isdisjoint(
+            {"relpath", "dirname"}
+        ):
+            log.warning(
+                "RECURSIVE is on but KEY_FORMAT %r uses neither {relpath} nor {dirname}: files "
+                "of one name in different subdirectories get the same key",
+                settings.key_format,
+            )
+        self._warn = WarnOnce()
+        self.resubmits = Resubmits(settings)
+        # future-dated files: when first looked at (monotonic, immune to clock steps)
+        self._first_seen: dict[Item, float] = {}
+        self.outcomes = Outcomes(
+            settings,
+            self.spools,
+            trip=host.trip,
+            once=once,
+            metrics=metrics,
+            guards=guards,
+            resubmits=self.resubmits,
+            stable_keys=self.template.stable,
+            counts=counts,
+        )
+
+    async def take(self, item: Item) -> None:
+        spool, name = item
+        if self.host.stopping:
+            return
+        path = spool.dirs.incoming / name
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if self._warn((item, "lstat")):
+                about(log.warning, spool, name, "cannot stat: %s", exc.strerror)
+            return
+        if not stat.S_ISREG(st.st_mode):
+            kind = _kind(st.st_mode)
+            if self._warn((item, kind)):
+                about(log.warning, spool, name, "skipped, %s (left in place)", kind)
+            return
+        # Backoffs are measured on the monotonic clock; a file's age can only be measured
+        # on the wall clock its mtime comes from.
+        mono = time.monotonic()
+        wait = self.resubmits.wait(item, mono) if spool.dirs.resubmit else 0.0
+        if self.s.hold_for > 0:
+            now = cautious_now()
+            seen_for = 0.0
+            if st.st_mtime > now + 1:
+                # A clock ahead of ours (or ours stepped back): HOLD_FOR counts from when we
+                # first saw the file (survey.hold_left), on the monotonic clock.
+                seen_for = mono - self._first_seen.setdefault(item, mono)
+                if self._warn((item, "future")):
+                    about(
+                        log.warning, spool, name, "mtime is in the future; HOLD_FOR counts from now"
+                    )
+                if len(self._first_seen) > 100_000:
+                    self._first_seen.pop(next(iter(self._first_seen)))
+            wait = max(wait, hold_left(st.st_mtime, self.s.hold_for, now, seen_for))
+        if wait > 0:
+            if not self.once:
+                self.discovery.defer(item, wait + 0.01)
+            return
+        guard = self.guards[spool]
+        if guard.paused and guard.fault is not None:
+            self.outcomes.left_behind(guard.fault)  # its healing rescans the spool
+            return
+        await self.host.gate.wait()
+        if self.host.stopping:
+            return
+        try:
+            claim = spool.claim(name)
+        except LocalFault as exc:
+            self.host.trip(spool, exc)
+            self.outcomes.left_behind(exc)
+            return
+        except TransientError as exc:
+            if exc.reason == "busy" and not self.once:
+                self.discovery.defer(item, 1.0)
+            elif exc.reason != "busy":
+                about(log.warning, spool, name, "%s", exc)
+            return
+        if claim is None:
+            return  # another worker or instance won the rename
+        claim.ctime = st.st_ctime
+        self.resubmits.taken(item)
+        self._first_seen.pop(item, None)
+        await self.deliver(claim)
+
+    async def deliver(self, claim: Claim) -> None:
+        spool = claim.spool
+        started = time.monotonic()
+        try:
+            open_claimed(claim)
+        except FileVanished as exc:
+            about(log.warning, spool, claim.name, "%s; nothing to deliver", exc)
+            spool.forget_key(claim)
+            return
+        except PermanentError as exc:
+            if exc.reason in ("symlink", "not_regular"):
+                # swapped after the check: give it back untouched, like any non-regular file
+                about(log.warning, spool, claim.name, "skipped, %s (returned to incoming/)", exc)
+                spool.unclaim(claim)
+                return
+            self.outcomes.fail(claim, exc, started)
+            return
+        try:
+            delivery = await self._upload(claim)
+        except _NotStarted as why:
+            if why.local is not None:
+                if claim.recovered:
+                    # its key record must survive: deliver it from working/ once healed
+                    self.outcomes.strand(claim, why.local, lambda: self.pending.put_claim(claim))
+                    return
+                self.outcomes.left_behind(why.local)
+                spool.unclaim(claim)
+                self.host.trip(spool, why.local)  # its healing rescans incoming/
+                return
+            if claim.recovered:
+                # its key record must survive: the next start delivers it to the same key
+                about(
+                    log.info,
+                    spool,
+                    claim.name,
+                    "recovered claim left in working/ for the next start",
+                )
+                return
+            spool.unclaim(claim)
+            if why.retry_after is not None and not self.once:
+                self.discovery.defer((spool, claim.name), why.retry_after)
+            return
+        except UploadError as exc:
+            self.outcomes.fail(claim, exc, started)
+            return
+        except asyncio.CancelledError:
+            self.outcomes.cancelled(claim)
+            raise
+        finally:
+            os.close(claim.fd)
+        # No await between a confirmed upload and routing: cancellation cannot split them.
+        self.outcomes.commit(claim, delivery, started)
+
+    async def _upload(self, claim: Claim) -> Delivery:
+        assert self.host.store is not None
+        store = self.host.store
+        if not claim.key:
+            # COMPRESS: whether (so the key's suffix) follows from its name and size, fixed here
+            claim.codec, suffix = choose(self.compression, claim.name, claim.size)
+            claim.key = self.template.render(claim_input(claim), suffix)
+            if self._needs_record(claim.size):
+                try:
+                    claim.spool.save_key(claim)
+                except TransientError as exc:
+                    # never upload under a key a crash could forget: give the file back
+                    claim.key = ""
+                    if isinstance(exc, LocalFault):
+                        about(log.debug, claim.spool, claim.name, "%s", exc)
+                        raise _NotStarted(local=exc) from None
+                    about(
+                        log.error,
+                        claim.spool,
+                        claim.name,
+                        "%s; returned to incoming/, retrying later",
+                        exc,
+                    )
+                    raise _NotStarted(retry_after=self.s.retry_backoff_max) from None
+
+        begun = False
+        while True:
+            if self.host.stopping and not begun:
+                raise _NotStarted
+            await self.host.gate.wait()
+            if self.host.stopping and not begun:
+                raise _NotStarted
+            try:
+                async with self.throttle.slot():
+                    begun = True
+                    if claim.recovered:
+                        claim.recovered = False
+                        if await store.delivered(claim):
+                            return Delivery(claim.key, claim.size, already_there=True)
+                    delivery = await store.upload(claim)
+                _check_unchanged(claim)
+                self.throttle.on_success()
+                return delivery
+            except FileChanged as exc:
+                claim.attempts += 1
+                if claim.attempts >= self.s.retry_attempts:
+                    raise
+                st = os.fstat(claim.fd)
+                claim.size, claim.mtime, claim.mtime_ns = st.st_size, st.st_mtime, st.st_mtime_ns
+                about(log.warning, claim.spool, claim.name, "%s; uploading again", exc)
+            except LocalFault as exc:
+                # the working directory refused the compressed copy (compress.py): nothing of
+                # this attempt was sent; an earlier one may have been, so check the store first
+                claim.recovered = claim.recovered or claim.attempts > 0
+                raise _NotStarted(local=exc) from None
+            except StoreUnavailable as exc:
+                await self.host.pause(exc)
+            except Refused as exc:
+                # One object refused: a prefix policy or a KMS grant, or the whole store?
+                try:
+                    await store.probe()
+                except StoreUnavailable as down:
+                    await self.host.pause(down)
+                    continue
+                raise PermanentError(str(exc), reason=exc.reason) from None
+            except PermanentError as exc:
+                if exc.reason == "exists" and await store.delivered(claim):
+                    return Delivery(claim.key, claim.size, already_there=True)
+                raise
+            except TransientError as exc:
+                claim.attempts += 1
+                self.metrics.files.labels(claim.spool.label, "retried").inc()
+                self.metrics.failures.labels(claim.spool.label, exc.reason).inc()
+                if claim.attempts >= self.s.retry_attempts:
+                    try:
+                        await store.probe()
+                    except StoreUnavailable as down:
+                        # the store is the problem, not this file: wait, then start over
+                        claim.attempts = 0
+                        await self.host.pause(down)
+                        continue
+                    raise
+                delay = retry_delay(
+                    claim.attempts,
+                    self.s.retry_backoff,
+                    self.s.retry_backoff_max,
+                    slowdown=isinstance(exc, SlowDown),
+                )
+                about(
+                    log.info,
+                    claim.spool,
+                    claim.name,
+                    "%s; retry %d/%d in %.2fs",
+                    exc,
+                    claim.attempts,
+                    self.s.retry_attempts - 1,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    def _needs_record(self, size: int) -> bool:
+        """Must this file's key be written down before its upload (which takes space)?"""
+        return not self.template.stable or size >= self.s.multipart_threshold
+
+
+def _check_unchanged(claim: Claim) -> None:
+    st = os.fstat(claim.fd)
+    if st.st_size != claim.size or st.st_mtime_ns != claim.mtime_ns:
+        raise FileChanged(
+            f"changed during upload (size {claim.size}->{st.st_size})", reason="changed"
+        )
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "not a regular file"

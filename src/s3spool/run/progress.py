@@ -1,0 +1,157 @@
+"""Progress of a one-shot drain (``run --once``): files, bytes, rate, ETA.
+
+On a terminal one status line is redrawn a few times a second (log records clear it
+first, so they never land in the middle of it) and a summary follows at the end.  Without
+a terminal (cron, a pipe) a progress log line is written every ``LOG_INTERVAL`` seconds,
+and only if the drain lasts that long: a cron job's log gains nothing from a short run.
+
+On a terminal the total is counted once, in a thread, beside the first uploads; the log
+line counts what is left each time.  Files that arrive during the run are delivered too,
+so the ETA is an estimate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import TextIO
+
+from s3spool.run.settle import Counts
+from s3spool.spool.scan import human_age, human_size, regular_files, scan_dir
+from s3spool.spool.spool import Spool
+
+log = logging.getLogger("s3spool.service")
+
+LOG_INTERVAL = 10.0
+DRAW_INTERVAL = 0.25
+
+
+def count_waiting(
+    spools: Iterable[tuple[Spool, Callable[[str], bool]]],
+) -> tuple[int, int]:
+    """Files and bytes waiting in incoming/ (regular, not ignored) and claimed in working/."""
+    files = size = 0
+    for spool, is_ignored in spools:
+        for st in regular_files(spool.dirs.incoming, is_ignored, recursive=spool.recursive):
+            files += 1
+            size += st.st_size
+        for instance in scan_dir(spool.dirs.working):
+            for entry in scan_dir(spool.dirs.working / instance.name / "files", recursive=True):
+                try:
+                    size += entry.stat(follow_symlinks=False).st_size
+                    files += 1
+                except OSError:
+                    continue
+    return files, size
+
+
+def describe(counts: Counts, total: tuple[int, int] | None, elapsed: float) -> str:
+    """``1,234/2,000 files  12.3 MiB/20.0 MiB  456 files/s  3.2 MiB/s  ETA 2s``."""
+    done = counts.delivered + counts.failed
+    rate = done / elapsed if elapsed > 0 else 0.0
+    byte_rate = counts.bytes / elapsed if elapsed > 0 else 0.0
+    files_part = f"{done:,}" + (f"/{max(total[0], done):,}" if total else "") + " files"
+    bytes_part = human_size(counts.bytes) + (
+        f"/{human_size(max(total[1], counts.bytes))}" if total else ""
+    )
+    line = f"{files_part}  {bytes_part}  {rate:,.0f} files/s  {human_size(int(byte_rate))}/s"
+    if counts.failed:
+        line += f"  {counts.failed:,} failed"
+    if total and rate > 0:
+        left = max(total[0] - done, 0)
+        line += f"  ETA {human_age(left / rate)}"
+    return line
+
+
+class Progress:
+    """Draws (terminal) or logs (otherwise) the progress of ``counts`` until cancelled."""
+
+    def __init__(
+        self,
+        counts: Counts,
+        spools: list[tuple[Spool, Callable[[str], bool]]],
+        *,
+        stream: TextIO | None = None,
+        tty: bool | None = None,
+        log_interval: float = LOG_INTERVAL,
+    ) -> None:
+        self.counts = counts
+        self.spools = spools
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.log_interval = log_interval
+        self.total: tuple[int, int] | None = None
+        self.started = time.monotonic()
+        self._drawn = False
+
+    async def run(self) -> None:
+        clear = _ClearLine(self)
+        if self.tty:
+            for handler in logging.getLogger().handlers:
+                handler.addFilter(clear)
+        try:
+            if self.tty:
+                counting = asyncio.create_task(asyncio.to_thread(count_waiting, self.spools))
+                counting.add_done_callback(self._counted)
+            while True:
+                await asyncio.sleep(DRAW_INTERVAL if self.tty else self.log_interval)
+                if not self.tty:
+                    # what is left, counted now: a log line every 10 s can afford the walk
+                    files, size = await asyncio.to_thread(count_waiting, self.spools)
+                    c = self.counts
+                    self.total = (c.delivered + c.failed + files, c.bytes + size)
+                self.tick()
+        finally:
+            if self.tty:
+                self.clear()
+                for handler in logging.getLogger().handlers:
+                    handler.removeFilter(clear)
+
+    def _counted(self, task: asyncio.Task[tuple[int, int]]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self.total = task.result()
+
+    def tick(self) -> None:
+        line = describe(self.counts, self.total, time.monotonic() - self.started)
+        if self.tty:
+            self.stream.write(f"\r\x1b[K{line}")
+            self.stream.flush()
+            self._drawn = True
+        else:
+            log.info("progress: %s", line)
+
+    def clear(self) -> None:
+        if self._drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._drawn = False
+
+    def summary(self) -> None:
+        """The closing line on a terminal: totals and mean rates."""
+        if not self.tty:
+            return
+        elapsed = time.monotonic() - self.started
+        c = self.counts
+        rate = (c.delivered + c.failed) / elapsed if elapsed > 0 else 0.0
+        byte_rate = int(c.bytes / max(elapsed, 1e-9))
+        print(
+            f"{c.delivered:,} delivered ({human_size(c.bytes)}), {c.failed:,} failed in "
+            f"{elapsed:.1f}s: {rate:,.0f} files/s, {human_size(byte_rate)}/s",
+            file=self.stream,
+            flush=True,
+        )
+
+
+class _ClearLine(logging.Filter):
+    """Clears the progress line before a log record is written to the same terminal."""
+
+    def __init__(self, progress: Progress) -> None:
+        super().__init__()
+        self.progress = progress
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.progress.clear()
+        return True

@@ -1,0 +1,300 @@
+"""Routes at run time: each route's spools, discovery, pipeline, store and store gate.
+
+The service (``service.py``) owns what all routes share: the workers, the byte budget, the
+metrics, signals and the drain.  Each ``RouteRun`` owns what is per destination, so a store
+that is down pauses only the routes that use it and a SlowDown throttles only them.
+``Lanes`` hands the workers jobs from every route's queue in turn: a backlog of 10,000
+files in one route never delays a file of another by more than one upload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from s3spool.config.load import Route
+from s3spool.config.settings import Settings
+from s3spool.config.spools import spool_layouts
+from s3spool.errors import LocalFault, UploadError
+from s3spool.metrics import Metrics
+from s3spool.notify.notifications import Notifications
+from s3spool.run.pipeline import Pipeline
+from s3spool.run.settle import Counts
+from s3spool.run.storegate import StoreGate
+from s3spool.spool.cleanup import adopt_dead, tidy_spools
+from s3spool.spool.guard import Guard, heal
+from s3spool.spool.recovery import open_uploads, recover_own
+from s3spool.spool.spool import Spool
+from s3spool.spool.watch import Discovery, Job, Pending
+from s3spool.store.aimd import Throttle
+from s3spool.store.base import Store
+
+log = logging.getLogger("s3spool.service")
+sweep_log = logging.getLogger("s3spool.cleanup")
+
+
+class Service(Protocol):
+    """What a route needs from the service that runs it."""
+
+    @property
+    def stopping(self) -> bool: ...
+
+    @property
+    def running(self) -> bool:
+        """The TaskGroup runs and the service is not stopping (healing may start)."""
+        ...
+
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` as an intake task (cancelled when the drain starts)."""
+        ...
+
+    async def store_down(self, exc: UploadError) -> None:
+        """--once: a store is unavailable; stop with exit code 3 (raises CancelledError)."""
+        ...
+
+
+class RouteRun:
+    """One route while the service runs."""
+
+    def __init__(
+        self,
+        route: Route,
+        *,
+        service: Service,
+        once: bool,
+        metrics: Metrics,
+        counts: Counts,
+        tickets: asyncio.Queue[None] | None,
+    ) -> None:
+        s = self.s = route.s
+        self.name = route.name
+        self.service = service
+        self.once = once
+        instance = s.resolved_instance_id
+        self.spools = [
+            Spool(d, instance, recursive=s.recursive) for d in spool_layouts(s, route=route.name)
+        ]
+        self.guards = {sp: Guard(sp) for sp in self.spools}
+        self.pending = Pending(s.queue_size, tickets=tickets)
+        self.discovery = Discovery(
+            self.spools,
+            self.pending,
+            ignore=s.ignore,
+            rescan_interval=s.rescan_interval,
+            on_fault=self.trip,
+            is_paused=lambda spool: self.guards[spool].paused,
+        )
+        self.throttle = Throttle(s.workers)
+        self.metrics = metrics
+        self.store: Store | None = None
+        self.store_gate = StoreGate()
+        self.gate = self.store_gate.event  # set: intake running; clear: the store is down
+        self.last_sweep = 0.0
+        self.pipeline = Pipeline(
+            s,
+            self.spools,
+            host=self,
+            once=once,
+            pending=self.pending,
+            discovery=self.discovery,
+            throttle=self.throttle,
+            metrics=metrics,
+            guards=self.guards,
+            counts=counts,
+        )
+        self.notifications = Notifications(route.name, s, self.spools, metrics)
+        self.pipeline.outcomes.notifications = self.notifications
+
+    @property
+    def stopping(self) -> bool:
+        return self.service.stopping
+
+    def on_slowdown(self) -> None:
+        self.metrics.slowdowns.inc()
+        self.throttle.on_slowdown()
+
+    # --- start ------------------------------------------------------------------------------
+    def open(self) -> None:
+        for spool in self.spools:
+            try:
+                spool.open()
+            except LocalFault as exc:
+                # e.g. a full filesystem: this spool waits, the others start
+                self.guards[spool].trip(exc)
+
+    def recover(self) -> None:
+        """Our own claims of an earlier life, then dead instances' claims, into the queue."""
+        for spool in self.spools:
+            if spool.opened:
+                for claim in recover_own(spool):
+                    self.pending.put_claim(claim)
+        adopt_dead(self.spools, self.guards, self.pending.put_claim)
+
+    def intake(self, store: Store) -> list[Any]:
+        """The coroutines that find work for this route (the service runs them)."""
+        coros: list[Any] = [self.store_gate.survey(store, self.pause)]
+        if not self.once:
+            coros += [self.discovery.read_events(), self.discovery.scan_loop()]
+            if self.s.probe_interval > 0:
+                coros.append(self.store_gate.watch(store, self.s.probe_interval, self.pause))
+            coros.append(self.discovery.layout_loop())
+            for guard in self.guards.values():
+                if guard.fault is not None:
+                    guard.start_healing(self._healed)
+        return coros
+
+    def close(self) -> None:
+        for guard in self.guards.values():
+            guard.stop_healing()
+        for spool in self.spools:
+            spool.close()
+        self.discovery.close()
+
+    # --- faults -------------------------------------------------------------------------------
+    def trip(self, spool: Spool, fault: LocalFault) -> None:
+        """A directory of ``spool`` refused: pause that spool (see spoolguard.py)."""
+        guard = self.guards[spool]
+        guard.trip(fault)
+        if not self.once and self.service.running:
+            guard.start_healing(self._healed)
+
+    def _healed(self, guard: Guard) -> None:
+        self.discovery.rewatch(guard.spool)
+        self.discovery.request_rescan()
+
+    async def pause(self, exc: UploadError) -> None:
+        """This route's store is unavailable: its intake waits until a probe succeeds."""
+        if self.once:
+            await self.service.store_down(exc)
+        if self.store_gate.close(exc) and self.service.running and self.store is not None:
+            self.service.spawn(self.store_gate.reopen_when_up(self.store))
+        await self.gate.wait()
+
+    # --- housekeeping -------------------------------------------------------------------------
+    async def cleanup_once(self) -> None:
+        adopt_dead(self.spools, self.guards, self.pending.put_claim)
+        if self.once:
+            for guard in self.guards.values():
+                if (
+                    guard.stranded
+                    and await asyncio.to_thread(heal, guard.spool, guard.fault) is None
+                ):
+                    guard.reroute()  # the directory works again: move what waited
+        await tidy_spools(self.spools, self.guards, self.s)
+        if self.store is not None and self.gate.is_set():
+            await self.store_gate.surveyed.wait()
+            self.last_sweep = await sweep_multipart(
+                self.store, self.spools, self.s, self.metrics, self.last_sweep
+            )
+
+
+class Lanes:
+    """The workers' view of every route's queue, taken in turn.
+
+    With one route this is that route's queue.  With several, each job put into any lane
+    adds a ticket to one shared queue: a worker takes a ticket (so it wakes only when there
+    is work, one worker per job) and then the next job round-robin across the lanes.
+    """
+
+    def __init__(self, lanes: Sequence[Pending], tickets: asyncio.Queue[None] | None) -> None:
+        self.lanes = list(lanes)
+        self._tickets = tickets
+        self._next = 0
+
+    def __len__(self) -> int:
+        return sum(len(lane) for lane in self.lanes)
+
+    async def get(self) -> tuple[Pending, Job]:
+        if self._tickets is None:
+            lane = self.lanes[0]
+            return lane, await lane.get()
+        await self._tickets.get()
+        n = len(self.lanes)
+        for i in range(n):
+            lane = self.lanes[(self._next + i) % n]
+            if len(lane):
+                self._next = (self._next + i + 1) % n
+                return lane, lane.get_nowait()
+        raise AssertionError("a ticket without a job")  # pragma: no cover - see __init__
+
+    async def join(self) -> None:
+        for lane in self.lanes:
+            await lane.join()
+
+
+def make_tickets(n_routes: int) -> asyncio.Queue[None] | None:
+    return asyncio.Queue() if n_routes > 1 else None
+
+
+#: Beside each spool's incoming/ (where `enqueue` stages too): its mtime says when a
+#: multipart sweep last ran, for every instance and every `run --once` (a cron job then
+#: sweeps once per interval, not once per run).
+SWEEP_STAMP = ".s3spool-multipart-sweep"
+
+
+def _stamp(spool: Spool) -> Path:
+    return spool.dirs.incoming.parent / SWEEP_STAMP
+
+
+def last_sweep(spools: Sequence[Spool]) -> float:
+    """Wall time of the last multipart sweep any instance made of these spools.
+
+    Spools that were never swept start the clock now (their stamp is written): the first
+    `run --once` on a new spool then asks the store nothing either, and leftovers of
+    earlier uploads are swept one interval later.
+    """
+    last = 0.0
+    for spool in spools:
+        with contextlib.suppress(OSError):
+            last = max(last, os.stat(_stamp(spool)).st_mtime)
+    if last == 0.0:
+        last = time.time()
+        _mark(spools)
+    return last
+
+
+def _mark(spools: Sequence[Spool]) -> None:
+    for spool in spools:
+        try:
+            _stamp(spool).touch()
+        except OSError as err:  # only costs an earlier sweep next time
+            sweep_log.debug("cannot mark the sweep in %s: %s", _stamp(spool), err.strerror)
+
+
+def sweep_due(s: Settings, last: float) -> bool:
+    """At most every ``min(ABORT_MULTIPART_AFTER, 10 min)``; a clock stepped back sweeps now."""
+    if s.abort_multipart_after <= 0:
+        return False
+    return not 0 <= time.time() - last < min(s.abort_multipart_after, 600.0)
+
+
+async def sweep_multipart(
+    store: Store, spools: Sequence[Spool], s: Settings, metrics: Metrics, last: float
+) -> float:
+    """Abort multipart uploads older than ABORT_MULTIPART_AFTER that no instance recorded,
+    when one is due (``sweep_due``); returns when the last sweep ran."""
+    if not sweep_due(s, last):
+        return last
+    now = time.time()
+    live: set[str] = set()
+    for spool in spools:
+        live |= open_uploads(spool)
+    try:
+        stale = await store.stale_uploads(now - s.abort_multipart_after)
+        for key, upload_id in stale:
+            if upload_id in live:
+                continue
+            await store.abort_upload(key, upload_id)
+            metrics.aborted.inc()
+            sweep_log.info("aborted stale multipart upload %s of %r", upload_id, key)
+    except UploadError as exc:
+        sweep_log.warning("multipart sweep skipped: %s", exc)
+        return now
+    _mark(spools)
+    return now

@@ -1,0 +1,353 @@
+"""The service: discovery → workers (claim, upload, route) → cleanup, in one TaskGroup.
+
+Life of one file (see README "Architecture")::
+
+    incoming/NAME ──claim (rename)──► working/<instance>/files/NAME
+        ──upload + verify──► done/NAME | failed/NAME (+ .reason.json) | unlinked
+
+Shutdown (SIGTERM/SIGINT): intake stops at once; claimed files whose upload
+has not started go back to incoming/; uploads in flight get SHUTDOWN_GRACE to
+finish, then are cancelled (a multipart upload is aborted) and their files
+returned or kept for the next start.  A second signal skips the grace.
+SIGHUP re-reads the configuration and applies the bandwidth limits (``reload.py``,
+around the service in ``run_service``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import signal
+from typing import Any
+
+from s3spool.config.load import Config
+from s3spool.config.settings import Settings
+from s3spool.errors import EXIT_OK, EXIT_STORE_UNAVAILABLE, UploadError
+from s3spool.metrics import Metrics
+from s3spool.notify.notifications import flush
+from s3spool.run.pipeline import Pipeline
+from s3spool.run.progress import Progress
+from s3spool.run.reload import live_config
+from s3spool.run.routes import Lanes, RouteRun, last_sweep, make_tickets, sweep_due
+from s3spool.run.settle import Counts
+from s3spool.spool.scan import work_waiting
+from s3spool.spool.spool import Claim, Spool
+from s3spool.spool.watch import Discovery
+from s3spool.store.aimd import Throttle
+from s3spool.store.base import ByteBudget, Store
+
+log = logging.getLogger("s3spool.service")
+
+
+class Service:
+    """Lifecycle, signals and drain; the workers all routes share. Files: ``pipeline.py``;
+    each route's spools, store and store gate: ``routes.py``."""
+
+    def __init__(self, config: Config | Settings, *, once: bool = False) -> None:
+        self.config = config if isinstance(config, Config) else Config.single(config)
+        self.s = settings = self.config.s
+        self.once = once
+        self.instance_id = settings.resolved_instance_id
+        self.metrics = Metrics()
+        self.stopping = False
+        self.ready = False
+        self.exit_code = EXIT_OK
+        tickets = make_tickets(len(self.config.routes))
+        self.counts = Counts()
+        self.routes = [
+            RouteRun(
+                route,
+                service=self,
+                once=once,
+                metrics=self.metrics,
+                counts=self.counts,
+                tickets=tickets,
+            )
+            for route in self.config.routes
+        ]
+        self.lanes = Lanes([r.pending for r in self.routes], tickets)
+        self.spools = [sp for r in self.routes for sp in r.spools]
+        self.guards = {sp: g for r in self.routes for sp, g in r.guards.items()}
+        self._stop = asyncio.Event()
+        self._force = False
+        self._busy: set[asyncio.Task[Any]] = set()
+        self._idle: set[asyncio.Task[Any]] = set()
+        self._intake: list[asyncio.Task[Any]] = []
+        self._tg: asyncio.TaskGroup | None = None
+        self.early_signals: list[int] = []
+        self.progress = Progress(
+            self.counts, [(sp, r.discovery.is_ignored) for r in self.routes for sp in r.spools]
+        )
+        self._by_spool = {sp: r for r in self.routes for sp in r.spools}
+        self.metrics.follow(
+            throttles=[r.throttle for r in self.routes],
+            gates=[r.gate for r in self.routes],
+            guards={r.name: r.guards for r in self.routes},
+            queue=self.lanes,
+        )
+
+    # --- the first route, by the names a single-route service has always had (tests) --------
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.routes[0].pipeline
+
+    @property
+    def discovery(self) -> Discovery:
+        return self.routes[0].discovery
+
+    @property
+    def throttle(self) -> Throttle:
+        return self.routes[0].throttle
+
+    @property
+    def gate(self) -> asyncio.Event:
+        return self.routes[0].gate
+
+    @property
+    def store(self) -> Store | None:
+        return self.routes[0].store
+
+    @store.setter
+    def store(self, store: Store | None) -> None:
+        self.routes[0].store = store
+
+    @property
+    def running(self) -> bool:
+        return self._tg is not None and not self.stopping
+
+    def spawn(self, coro: Any) -> None:
+        assert self._tg is not None
+        self._intake.append(self._tg.create_task(coro))
+
+    # --- setup ------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Create and check every directory (``ConfigError`` on the first problem)."""
+        for spool in self.spools:
+            spool.prepare()
+
+    def request_stop(self, *, force: bool = False) -> None:
+        if self._stop.is_set():
+            force = True
+        self._force = self._force or force
+        self._stop.set()
+        if self._force:
+            for task in list(self._busy):
+                task.cancel()
+
+    # --- run ---------------------------------------------------------------------------------
+    async def run(self) -> int:
+        self.prepare()
+        try:
+            for route in self.routes:
+                route.open()
+                route.last_sweep = last_sweep(route.spools)
+            if self.once and not any(
+                sweep_due(r.s, r.last_sweep) or work_waiting(r.spools, r.discovery.is_ignored)
+                for r in self.routes
+            ):
+                # A cron job's empty run: no botocore to import, no client, no request.
+                await self.cleanup_once()
+                return self._once_summary()
+            from s3spool.store.open import open_store
+
+            budget = ByteBudget(self.s.buffer_limit)  # one bound for all routes' uploads
+            async with contextlib.AsyncExitStack() as stack:
+                for route in self.routes:
+                    route.store = await stack.enter_async_context(
+                        open_store(route.s, on_slowdown=route.on_slowdown, budget=budget)
+                    )
+                return await self._run()
+        finally:
+            for route in self.routes:
+                route.close()
+
+    async def _run(self) -> int:
+        if not gc.isenabled():  # __main__ held collection off for the start-up
+            # what start-up built lives as long as the process: out of every collection.
+            # The little garbage start-up left (~2,000 objects, 0.5 MB, once) is frozen with
+            # it: collecting it first would cost a full pass over everything, ~60 ms.
+            gc.freeze()
+            gc.enable()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        for early in self.early_signals:
+            self._on_signal(early)  # arrived during startup, before these handlers existed
+        try:
+            for route in self.routes:
+                route.recover()
+                if not self.once:
+                    route.discovery.open_watches()
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                for route in self.routes:
+                    assert route.store is not None
+                    # the start-up survey runs beside the first uploads, not before them
+                    for coro in route.intake(route.store):
+                        self.spawn(coro)
+                http: asyncio.Task[Any] | None = None
+                if self.s.http_addr and not self.once:
+                    from s3spool.web import serve_http
+
+                    # not intake: /readyz must keep answering (503) while draining
+                    http = tg.create_task(serve_http(self))
+                workers = [
+                    tg.create_task(self._worker(i), name=f"worker-{i}")
+                    for i in range(self.s.workers)
+                ]
+                # notifiers outlive the drain of uploads, then stop: what they have not
+                # sent waits in the outbox for the next start (or another instance)
+                after = [
+                    tg.create_task(r.notifications.run()) for r in self.routes if r.notifications
+                ]
+                if self.once:
+                    self.spawn(self._once_driver())
+                    self.spawn(self.progress.run())
+                else:
+                    self.spawn(self._cleanup_loop())
+                    tg.create_task(self._mark_ready())
+                await self._stop.wait()
+                await self._shutdown(workers)
+                if http is not None:
+                    after.append(http)
+                if after:
+                    await asyncio.wait(workers)
+                    for task in after:
+                        task.cancel()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+        if self.once:
+            self.progress.summary()
+            return self._once_summary()
+        return self.exit_code
+
+    def _once_summary(self) -> int:
+        return self.pipeline.outcomes.once_summary(self.guards.values(), self.exit_code)
+
+    def _on_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        if self._stop.is_set():
+            log.warning("%s again: stopping now, without waiting for uploads", name)
+            self.request_stop(force=True)
+            return
+        log.info(
+            "%s: draining (%d uploads in flight, grace %.0fs)",
+            name,
+            len(self._busy),
+            self.s.shutdown_grace,
+        )
+        self.request_stop()
+
+    async def _mark_ready(self) -> None:
+        # Ready once discovery runs; waiting for the first scan to *finish* would keep
+        # a pod unready for as long as a backlog larger than QUEUE_SIZE takes to hand out.
+        for route in self.routes:
+            await route.discovery.wait_scan_started()
+        self.ready = True
+        for route in self.routes:
+            log.info(
+                "%swatching %d spool(s) -> %s with %d workers (instance %s)",
+                f"route {route.name}: " if len(self.routes) > 1 else "",
+                len(route.spools),
+                route.s.destination,
+                self.s.workers,
+                self.instance_id,
+            )
+
+    async def _shutdown(self, workers: list[asyncio.Task[Any]]) -> None:
+        self.stopping = True
+        self.ready = False
+        for task in self._intake:
+            task.cancel()
+        for task in list(self._idle):
+            task.cancel()
+        busy = [t for t in workers if t in self._busy]
+        if busy and not all(r.gate.is_set() for r in self.routes):
+            log.warning("store unavailable: not waiting for %d stalled uploads", len(busy))
+        elif busy and not self._force:
+            _, still = await asyncio.wait(busy, timeout=self.s.shutdown_grace)
+            if still:
+                log.warning(
+                    "grace of %.0fs over: cancelling %d uploads", self.s.shutdown_grace, len(still)
+                )
+        for task in workers:
+            task.cancel()
+
+    async def _once_driver(self) -> None:
+        """--once: one scan, then stop when every queued and recovered file is handled."""
+        for route in self.routes:
+            await route.discovery.scan_all()
+        await self.lanes.join()
+        # the cleanup phase a cron job expects: expire done/, sweep stale multipart uploads
+        await self.cleanup_once()
+        # what is left is sent by the next run, which adopts this instance's outbox
+        await flush([r.notifications for r in self.routes], self.s.shutdown_grace)
+        self.request_stop()
+
+    # --- workers -----------------------------------------------------------------------------
+    async def _worker(self, wid: int) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        while True:
+            self._idle.add(task)
+            try:
+                lane, job = await self.lanes.get()
+            finally:
+                self._idle.discard(task)
+            self._busy.add(task)
+            try:
+                route = self._route_of(job)
+                if isinstance(job, Claim):
+                    await route.pipeline.deliver(job)
+                else:
+                    await route.pipeline.take(job)
+            except Exception:
+                # A bug must cost one file's turn, never the worker: log and go on.
+                log.exception("worker %d: unexpected error on %r", wid, job)
+            finally:
+                self._busy.discard(task)
+                lane.task_done()
+            if self.stopping:
+                return
+
+    def _route_of(self, job: Claim | tuple[Spool, str]) -> RouteRun:
+        spool = job.spool if isinstance(job, Claim) else job[0]
+        return self._by_spool[spool]
+
+    # --- faults and housekeeping ------------------------------------------------------------
+    async def store_down(self, exc: UploadError) -> None:
+        """--once: a store is unavailable; stop, exit 3."""
+        if self.exit_code != EXIT_STORE_UNAVAILABLE:
+            log.error("store unavailable: %s; stopping (--once)", exc)
+            self.exit_code = EXIT_STORE_UNAVAILABLE
+        self.request_stop(force=True)
+        raise asyncio.CancelledError
+
+    async def _cleanup_loop(self) -> None:
+        for route in self.routes:
+            await route.discovery.wait_first_scan()
+        while True:
+            try:
+                await self.cleanup_once()
+            except Exception:
+                log.exception("cleanup failed; trying again in %.0fs", self.s.cleanup_interval)
+            await asyncio.sleep(self.s.cleanup_interval)
+
+    async def cleanup_once(self) -> None:
+        for route in self.routes:
+            await route.cleanup_once()
+
+
+async def run_service(
+    config: Config | Settings, *, once: bool = False, early_signals: list[int] | None = None
+) -> int:
+    service = Service(config, once=once)
+    service.early_signals = early_signals if early_signals is not None else []
+    # the bandwidth limits, their schedules and SIGHUP live around the service (reload.py)
+    async with live_config(service.config, service.metrics.bandwidth, service.early_signals):
+        return await service.run()

@@ -1,0 +1,299 @@
+"""Where a file goes after its upload: done/, failed/ (or back, resubmitted), and its log line.
+
+A directory that refuses a file (a local fault) strands the claim with its spool's guard,
+which routes it once the directory works again (spoolguard.py).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from s3spool.config.settings import Settings
+from s3spool.config.spools import DEFAULT_ROUTE
+from s3spool.errors import (
+    EXIT_NOT_OK,
+    EXIT_OK,
+    EXIT_TEMPFAIL,
+    FileVanished,
+    LocalFault,
+    UploadError,
+)
+from s3spool.metrics import Metrics, size_class
+from s3spool.notify.events import make_event
+from s3spool.notify.notifications import Notifications
+from s3spool.spool.guard import Guard
+from s3spool.spool.resubmit import forget_record, load_record, save_record
+from s3spool.spool.spool import Claim, Spool, about
+from s3spool.spool.watch import Item
+from s3spool.store.aimd import backoff
+from s3spool.store.base import Delivery
+
+log = logging.getLogger("s3spool.service")
+file_log = logging.getLogger("s3spool.file")
+
+
+@dataclass(slots=True)
+class Counts:
+    delivered: int = 0
+    failed: int = 0
+    bytes: int = 0  # delivered
+    #: --once: files left behind by local faults, by "ERRNO in DIRECTORY"
+    deferred: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+def why(fault: LocalFault) -> str:
+    """How --once's summary names a local fault."""
+    return f"{fault.reason} in {fault.path}"
+
+
+class Resubmits:
+    """Resubmit mode: each name's attempts and next try, in memory and on disk for restarts."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self._not_before: dict[Item, float] = {}  # monotonic
+        self._attempts: dict[Item, int] = {}
+
+    def wait(self, item: Item, mono: float) -> float:
+        """Seconds until ``item`` may be tried again (0: now)."""
+        if item not in self._not_before:
+            record = load_record(*item)  # seen first by this process
+            if record is not None:
+                self._attempts[item], not_before = record
+                # wall clock across restarts; a clock stepped back cannot stretch it past the cap
+                left = min(max(not_before - time.time(), 0.0), self.s.retry_backoff_max)
+                self._not_before[item] = mono + left
+        return self._not_before.get(item, 0.0) - mono
+
+    def taken(self, item: Item) -> None:
+        self._not_before.pop(item, None)
+
+    def failed(self, item: Item) -> None:
+        """One more failed attempt: back off, in memory and on disk."""
+        n = self._attempts.get(item, 0) + 1
+        self._attempts[item] = n
+        delay = backoff(n, self.s.retry_backoff, self.s.retry_backoff_max)
+        self._not_before[item] = time.monotonic() + delay
+        # on disk too: a restart must not retry a poison file at once
+        save_record(*item, n, time.time() + delay)
+        if len(self._not_before) > 100_000:  # bounded; an old entry only shortens a wait
+            self._not_before.pop(next(iter(self._not_before)))
+            self._attempts.pop(next(iter(self._attempts)), None)
+
+    def forget(self, item: Item) -> None:
+        self._attempts.pop(item, None)
+        forget_record(*item)
+
+
+class Outcomes:
+    """Routes delivered and failed claims and writes the one log record per file."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        spools: list[Spool],
+        *,
+        trip: Callable[[Spool, LocalFault], None],
+        once: bool,
+        metrics: Metrics,
+        guards: dict[Spool, Guard],
+        resubmits: Resubmits,
+        stable_keys: bool,
+        counts: Counts | None = None,
+    ) -> None:
+        self.s = settings
+        self.trip = trip  # a directory refused: pause that spool (the service's guard)
+        self.once = once
+        self.metrics = metrics
+        self.guards = guards
+        self.resubmits = resubmits
+        self.stable_keys = stable_keys  # a key the next start renders the same
+        self.instance_id = settings.resolved_instance_id
+        self.counts = counts if counts is not None else Counts()  # shared by all routes
+        #: the route's notifiers (routes.py sets them); empty: no events are written
+        self.notifications: Notifications | None = None
+        self.deferred = self.counts.deferred
+        # labelled children looked up once, not per file
+        self._uploaded_metrics = {
+            sp.label: (
+                metrics.files.labels(sp.label, "uploaded"),
+                metrics.bytes.labels(sp.label, "uploaded"),
+            )
+            for sp in spools
+        }
+
+    def commit(self, claim: Claim, delivery: Delivery, started: float) -> None:
+        try:
+            self._route_done(claim, delivery, started)
+        except LocalFault as exc:
+            # uploaded: it waits in working/ and moves as soon as the directory works
+            self.strand(claim, exc, lambda: self._route_done(claim, delivery, started))
+        except FileVanished as exc:
+            about(log.warning, claim.spool, claim.name, "uploaded, but %s", exc)
+
+    def _route_done(self, claim: Claim, delivery: Delivery, started: float) -> None:
+        spool = claim.spool
+        if self.notifications:
+            # durable before the file leaves working/: a crash after this line redelivers
+            # nothing and loses no event; before it, recovery redelivers and records it again
+            self.notifications.record(spool, self._event(claim, "delivered", delivery=delivery))
+        dest = spool.route_done(claim)
+        duration = time.monotonic() - started
+        self.counts.delivered += 1
+        self.counts.bytes += delivery.size
+        files, size_bytes = self._uploaded_metrics[spool.label]
+        files.inc()
+        size_bytes.inc(delivery.size)
+        self.metrics.duration.labels(size_class(delivery.size)).observe(duration)
+        if spool.dirs.resubmit:
+            self.resubmits.forget((spool, claim.name))
+        extra: dict[str, object] = {"note": "already in store"} if delivery.already_there else {}
+        if delivery.stored is not None:
+            extra["stored"] = delivery.stored  # bytes in the store: compressed (COMPRESS)
+        self.log_file(
+            logging.INFO, claim, delivery.size, duration, "done" if dest else "removed", **extra
+        )
+
+    def _event(
+        self,
+        claim: Claim,
+        outcome: str,
+        *,
+        delivery: Delivery | None = None,
+        error: UploadError | None = None,
+    ) -> dict[str, Any]:
+        return make_event(
+            outcome=outcome,
+            route=claim.spool.dirs.route,
+            spool=claim.spool.label,
+            name=claim.name,
+            size=claim.size,
+            mtime_ns=claim.mtime_ns,
+            bucket=self.s.bucket,
+            key=claim.key,
+            instance=self.instance_id,
+            now=time.time(),
+            etag=delivery.etag if delivery else None,
+            checksum=delivery.checksum if delivery else None,
+            version_id=delivery.version_id if delivery else None,
+            reason=error.reason if error else None,
+            error=str(error) if error else None,
+        )
+
+    def fail(self, claim: Claim, exc: UploadError, started: float) -> None:
+        try:
+            self._route_failed(claim, exc, started)
+        except LocalFault as fault:
+            self.strand(claim, fault, lambda: self._route_failed(claim, exc, started))
+        except FileVanished as gone:
+            about(log.warning, claim.spool, claim.name, "failed (%s), and %s", exc, gone)
+
+    def _route_failed(self, claim: Claim, exc: UploadError, started: float) -> None:
+        spool = claim.spool
+        item = (spool, claim.name)
+        reason = {
+            "name": claim.name,
+            "key": claim.key or None,
+            "reason": exc.reason,
+            "error": str(exc),
+            "attempts": claim.attempts,
+            "size": claim.size,
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "instance": self.instance_id,
+            "destination": self.s.destination,
+        }
+        outcome = "failed"
+        if spool.dirs.resubmit:
+            self.resubmits.failed(item)
+            outcome = "resubmitted"
+        elif self.notifications:  # a resubmitted file is not failed yet: no event
+            self.notifications.record(spool, self._event(claim, "failed", error=exc))
+        dest = spool.route_failed(claim, reason)
+        if dest is None:
+            outcome = "removed"
+        self.counts.failed += 1
+        self.metrics.files.labels(spool.label, "failed").inc()
+        self.metrics.bytes.labels(spool.label, "failed").inc(claim.size)
+        self.metrics.failures.labels(spool.label, exc.reason).inc()
+        self.log_file(
+            logging.WARNING,
+            claim,
+            claim.size,
+            time.monotonic() - started,
+            outcome,
+            reason=exc.reason,
+            error=str(exc),
+        )
+
+    def log_file(
+        self, level: int, claim: Claim, size: int, duration: float, outcome: str, **extra: object
+    ) -> None:
+        """The one log record per file: (route,) spool, name, key, size, duration, outcome."""
+        if not file_log.isEnabledFor(level):
+            return
+        fields: dict[str, object] = {
+            "spool": claim.spool.label,
+            "name": claim.name,
+            "key": claim.key or None,
+            "size": size,
+            "duration": round(duration, 4),
+            "outcome": outcome,
+            **extra,
+        }
+        route = claim.spool.dirs.route
+        if route != DEFAULT_ROUTE:
+            # only with [[route]] tables: the line stays as it was for everyone else
+            fields = {"route": route, **fields}
+        file_log.log(level, "file", extra={"fields": fields})
+
+    def strand(self, claim: Claim, fault: LocalFault, route: Callable[[], None]) -> None:
+        """A claim that a directory refused to take: the spool's guard routes it later."""
+        about(log.debug, claim.spool, claim.name, "waits in working/: %s", fault)
+        self.guards[claim.spool].stranded.append((claim, route))
+        self.trip(claim.spool, fault)
+
+    def left_behind(self, fault: LocalFault) -> None:
+        """--once: one more file left behind by a local fault (exit 75)."""
+        if self.once:
+            self.deferred[why(fault)] += 1
+
+    def cancelled(self, claim: Claim) -> None:
+        """Shutdown cut an upload short: return the file if its key can be recomputed."""
+        if self.stable_keys and claim.upload_id is None:
+            claim.spool.unclaim(claim)
+        else:
+            about(
+                log.info,
+                claim.spool,
+                claim.name,
+                "upload cut short; kept in working/ so the next start delivers it to the "
+                "same key %r",
+                claim.key,
+            )
+
+    def once_summary(self, guards: Iterable[Guard], exit_code: int) -> int:
+        """--once: one line of counts, and the exit code they give (0, 1, 75, or ``exit_code``)."""
+        for guard in guards:
+            if guard.stranded and guard.fault is not None:  # uploaded or failed, not moved
+                self.deferred[why(guard.fault)] += len(guard.stranded)
+        deferred = sum(self.deferred.values())
+        reasons = ", ".join(f"{n} ({r})" for r, n in self.deferred.most_common())
+        log.log(
+            logging.WARNING if deferred or self.counts.failed else logging.INFO,
+            "run --once: %d delivered, %d failed, %d deferred%s",
+            self.counts.delivered,
+            self.counts.failed,
+            deferred,
+            f": {reasons}" if reasons else "",
+        )
+        if exit_code != EXIT_OK:
+            return exit_code
+        if deferred:
+            return EXIT_TEMPFAIL
+        return EXIT_NOT_OK if self.counts.failed else EXIT_OK

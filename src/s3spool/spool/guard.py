@@ -1,0 +1,198 @@
+"""Local faults: a spool whose directories fail pauses alone, and resumes by itself.
+
+``spool.py`` raises ``LocalFault`` (ENOSPC, EDQUOT, EACCES, EPERM, EROFS, ENOENT,
+naming the directory) wherever the filesystem refuses: claims, key records,
+routing, the instance directory, listing incoming/.  The pipeline hands it to
+the spool's ``Guard``, which says so in one log line and then:
+
+* out of space (ENOSPC, EDQUOT): only files that need space wait — those whose key
+  must be recorded (multipart, or a key template that cannot be recomputed).
+  Everything else still moves, because a rename or an unlink needs none: with
+  ``REMOVE_ON_SUCCESS`` a full spool drains and frees space;
+* anything else: the spool takes no new files.
+
+Files that were uploaded but could not be moved wait in the guard and are routed
+as soon as the directory works again.  ``heal`` probes with backoff (never a busy
+loop, at most a second apart so recovery is prompt), and one log line says when
+the spool resumes.  The other spools never notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from s3spool.errors import LocalFault, TransientError
+from s3spool.spool.spool import Claim, Spool, local_fault, writable
+
+#: bytes written by the probe of a full filesystem: a page, as a key record needs
+_PROBE_BYTES = b"\0" * 4096
+
+log = logging.getLogger("s3spool.spoolguard")
+
+#: probe delays: quick at first (a directory recreated at once), then once a second
+FIRST_PROBE = 0.2
+LAST_PROBE = 1.0
+
+
+@dataclass(slots=True, eq=False)
+class Guard:
+    """The local-fault state of one spool."""
+
+    spool: Spool
+    fault: LocalFault | None = None
+    since: float = 0.0
+    #: claims waiting for a directory to route them: (claim, what to do with it)
+    stranded: list[tuple[Claim, Callable[[], None]]] = field(default_factory=list)
+    _healing: asyncio.Task[None] | None = None
+
+    @property
+    def paused(self) -> bool:
+        """No new files from this spool: any fault but a lack of space, or no claim
+        directory yet (it could not be made at startup)."""
+        return self.fault is not None and (not self.fault.no_space or not self.spool.opened)
+
+    @property
+    def no_space(self) -> bool:
+        """Only files that need space wait."""
+        return self.fault is not None and self.fault.no_space
+
+    def up(self) -> int:
+        """1 while the spool works, 0 during a fault (the s3spool_spool_up gauge)."""
+        return 0 if self.fault is not None else 1
+
+    def trip(self, fault: LocalFault) -> None:
+        """Record a fault; logs once per fault, and again if it gets worse."""
+        if self.fault is not None and (fault.no_space or not self.fault.no_space):
+            return  # already paused at least this much
+        worse = self.fault is not None
+        self.fault = fault
+        self.since = time.monotonic()
+        log.error(
+            "spool=%s: %s; %s until it works again%s",
+            self.spool.label,
+            fault,
+            "files that need space wait" if fault.no_space else "this spool takes no new files",
+            " (now worse)" if worse else "",
+        )
+
+    def start_healing(self, on_healed: Callable[[Guard], None]) -> None:
+        """Probe in the background until the spool works again (one task per fault)."""
+        if self._healing is None or self._healing.done():
+            self._healing = asyncio.get_running_loop().create_task(
+                self._heal(on_healed), name=f"heal {self.spool.label}"
+            )
+
+    def stop_healing(self) -> None:
+        if self._healing is not None:
+            self._healing.cancel()
+
+    async def _heal(self, on_healed: Callable[[Guard], None]) -> None:
+        delay = FIRST_PROBE
+        while self.fault is not None:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, LAST_PROBE)
+            try:
+                still = await asyncio.to_thread(heal, self.spool, self.fault)
+            except Exception:  # a bug must not end the probing: the spool would stay paused
+                log.exception("spool=%s: probe failed; trying again", self.spool.label)
+                continue
+            if still is not None:
+                if still.reason != self.fault.reason or still.path != self.fault.path:
+                    self.fault = None
+                    self.trip(still)  # a different problem now: say so
+                continue
+            if not self.reroute():
+                continue  # a move failed again: reroute tripped the guard anew
+            log.warning(
+                "spool=%s: %s works again after %.1fs; resuming",
+                self.spool.label,
+                self.fault.path,
+                time.monotonic() - self.since,
+            )
+            self.fault = None
+            on_healed(self)
+
+    def reroute(self) -> bool:
+        """Route the stranded claims; False if a directory refused again."""
+        stranded, self.stranded = self.stranded, []
+        for i, (_claim, route) in enumerate(stranded):
+            try:
+                route()
+            except LocalFault as exc:
+                self.stranded.extend(stranded[i:])
+                self.fault = None
+                self.trip(exc)
+                return False
+        return True
+
+
+def heal(spool: Spool, fault: LocalFault | None) -> LocalFault | None:
+    """After a local fault: None once every directory works again, else what still fails.
+
+    Recreates a missing directory as startup does, except the spool root: a root that is
+    gone waits for whoever removed it.  Re-creates and re-locks this instance's own directory
+    if it was removed.  After running out of space, also writes (and removes) a page in it.
+    """
+    d = spool.dirs
+    root = d.root or d.incoming.parent
+    if not root.is_dir():
+        return LocalFault(
+            f"the spool root {root} is gone (ENOENT)", reason="ENOENT", path=str(root)
+        )
+    try:
+        for role, path in (
+            ("incoming", d.incoming),
+            ("working", d.working),
+            ("done", d.done),
+            ("failed", d.failed),
+        ):
+            if path is None:
+                continue
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise local_fault(exc, f"create the {role} directory", path.parent) from None
+            problem = writable(path)
+            if problem is not None:
+                return problem
+        try:
+            devices = {p.stat().st_dev for p in (d.incoming, d.working, d.done, d.failed) if p}
+        except OSError as exc:  # removed again meanwhile
+            raise local_fault(exc, "look at the directories", root) from None
+        if len(devices) > 1:
+            return LocalFault(
+                f"the directories of spool {spool.label} are on different filesystems now "
+                "(EXDEV): rename(2) cannot move files between them",
+                reason="EXDEV",
+                path=str(root),
+            )
+        spool.relock()
+        if fault is not None and fault.no_space:
+            _write_probe(spool.me)
+    except LocalFault as still:
+        return still
+    except TransientError:
+        return None  # not a directory fault (another errno): nothing to wait for here
+    return None
+
+
+def _write_probe(directory: Path) -> None:
+    probe = directory / f".probe.{secrets.token_hex(4)}"
+    try:
+        with open(probe, "wb") as fh:
+            fh.write(_PROBE_BYTES)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise local_fault(exc, "write", directory) from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)

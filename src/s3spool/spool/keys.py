@@ -1,0 +1,206 @@
+"""Object keys: render ``KEY_FORMAT`` for a file, safely.
+
+A key can never start with ``/``, contain ``.``/``..`` or empty segments, or
+leave the destination prefix, whatever the template or the file name.
+
+File names are arbitrary bytes on Unix; keys are UTF-8.  The mapping is
+lossless: a byte that is not part of valid UTF-8, a control character
+(``0x00-0x1f``, ``0x7f``) and ``%`` itself are written as ``%XX``.  Every other
+character is kept, so ordinary names map to themselves and every key decodes
+back (``urllib.parse.unquote_to_bytes``) to exactly one name.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import string
+import time
+import uuid
+from collections.abc import Set
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from s3spool.config.options import key_format_fields
+from s3spool.config.settings import KEY_FIELDS
+from s3spool.errors import ConfigError, PermanentError
+
+if TYPE_CHECKING:
+    from s3spool.spool.spool import Claim
+
+MAX_KEY_BYTES = 1024
+#: Fields whose value depends only on the file and the spool; a key built only
+#: from these can be recomputed after a crash, so it need not be persisted.
+_M_FIELDS = frozenset(f"m_{u}" for u in ("YYYY", "MM", "DD", "hh", "mm", "ss"))
+_C_FIELDS = frozenset(f"c_{u}" for u in ("YYYY", "MM", "DD", "hh", "mm", "ss"))
+STABLE_FIELDS = frozenset({"fname", "relpath", "dirname", "spool_dir"}) | _M_FIELDS
+
+
+def encode_name(raw: bytes) -> str:
+    """Lossless, UTF-8-safe form of a file name for use in a key."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and not any(c == "%" or ord(c) < 0x20 or c == "\x7f" for c in text):
+        return text
+    out: list[str] = []
+    i = 0
+    while i < len(raw):
+        b = raw[i]
+        if b < 0x80:
+            out.append(f"%{b:02X}" if b < 0x20 or b in (0x25, 0x7F) else chr(b))
+            i += 1
+            continue
+        # take the one character a valid UTF-8 sequence starting here encodes, else escape
+        # one byte (a wider chunk would take the ASCII after it unescaped: é then % or \n)
+        for width in (2, 3, 4):
+            try:
+                char = raw[i : i + width].decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            out.append(char)
+            i += width
+            break
+        else:
+            out.append(f"%{b:02X}")
+            i += 1
+    return "".join(out)
+
+
+def _time_fields(prefix: str, ts: float) -> dict[str, str]:
+    t = datetime.fromtimestamp(ts, UTC)
+    return {
+        f"{prefix}_YYYY": f"{t.year:04d}",
+        f"{prefix}_MM": f"{t.month:02d}",
+        f"{prefix}_DD": f"{t.day:02d}",
+        f"{prefix}_hh": f"{t.hour:02d}",
+        f"{prefix}_mm": f"{t.minute:02d}",
+        f"{prefix}_ss": f"{t.second:02d}",
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInput:
+    """What a key is rendered from: the file's name and claim-time stat.
+
+    ``dirname``: the directories between incoming/ and the file (RECURSIVE spools, ``a/b``),
+    empty for a file directly in incoming/; a claim keeps them, so they are stable too.
+    """
+
+    name: bytes
+    spool_dir: str
+    mtime: float
+    ctime: float
+    dirname: bytes = b""
+
+
+def claim_input(claim: Claim) -> KeyInput:
+    """What a claimed file's key (and its object options, ``objectopts.py``) render from.
+
+    A claim adopted after a crash has no ctime of its own: its mtime stands in.
+    """
+    dirs = claim.spool.dirs
+    dirname, _, name = claim.name.rpartition("/")  # a claim's name is its relpath
+    return KeyInput(
+        os.fsencode(name),
+        _spool_field(dirs.root or dirs.incoming),
+        claim.mtime,
+        claim.ctime or claim.mtime,
+        os.fsencode(dirname),
+    )
+
+
+def field_values(item: KeyInput, used: Set[str], hostname: str) -> dict[str, object]:
+    """The values of the key fields for ``item``: the cheap ones always, the others
+    (``now``, UUIDs, times) only when ``used`` names them."""
+    values: dict[str, object] = {
+        "fname": encode_name(item.name),
+        "spool_dir": item.spool_dir,
+        "hostname": hostname,
+    }
+    if "relpath" in used or "dirname" in used:
+        # segments encoded like names; "/" is never escaped, so the split is lossless too
+        values["dirname"] = encode_name(item.dirname)
+        values["relpath"] = (
+            f"{values['dirname']}/{values['fname']}" if item.dirname else values["fname"]
+        )
+    if "now" in used:
+        values["now"] = int(time.time())
+    if "uuid1" in used:
+        values["uuid1"] = str(uuid.uuid1())
+    if "uuid4" in used:
+        values["uuid4"] = str(uuid.uuid4())
+    if not used.isdisjoint(_M_FIELDS):
+        values.update(_time_fields("m", item.mtime))
+    if not used.isdisjoint(_C_FIELDS):
+        values.update(_time_fields("c", item.ctime))
+    return values
+
+
+class KeyTemplate:
+    """A validated ``KEY_FORMAT`` bound to a destination prefix."""
+
+    def __init__(self, template: str, prefix: str) -> None:
+        self.template = template
+        self.prefix = prefix
+        try:
+            self.fields = key_format_fields(template, "S3SPOOL_KEY_FORMAT (--key-format)")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        unknown = self.fields - KEY_FIELDS
+        if unknown:
+            raise ConfigError(
+                f"S3SPOOL_KEY_FORMAT (--key-format): unknown field {{{sorted(unknown)[0]}}}"
+            )
+        self.stable = self.fields <= STABLE_FIELDS
+        self._formatter = string.Formatter()
+        self._hostname = socket.gethostname()
+        # Render a sample so a bad format spec (e.g. {now:%Y}) fails at startup.
+        sample = KeyInput(b"sample.dat", "spool", time.time(), time.time())
+        try:
+            self.render(sample)
+        except PermanentError as exc:
+            raise ConfigError(f"S3SPOOL_KEY_FORMAT (--key-format): {exc}") from None
+        for seg in template.split("/"):
+            if seg in (".", "..") and "{" not in seg:
+                raise ConfigError(
+                    f"S3SPOOL_KEY_FORMAT (--key-format): '{seg}' segments are not allowed"
+                )
+
+    def render(self, item: KeyInput, suffix: str = "") -> str:
+        """The key of ``item``; ``suffix`` (COMPRESS's ``.zst``) is appended after the rules."""
+        values = field_values(item, self.fields, self._hostname)
+        try:
+            rendered = self._formatter.vformat(self.template, (), values)
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
+            raise PermanentError(f"key template failed: {exc!r}", reason="bad_key") from None
+        key = self.prefix + sanitize_key(rendered) + suffix
+        if len(key.encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES:
+            raise PermanentError(
+                f"key longer than {MAX_KEY_BYTES} bytes: {key[:80]!r}…", reason="key_too_long"
+            )
+        return key
+
+
+def sanitize_key(rendered: str) -> str:
+    """Collapse ``//``, drop ``.`` segments, refuse ``..``; never a leading ``/``."""
+    segments = [s for s in rendered.split("/") if s not in ("", ".")]
+    if any(s == ".." for s in segments):
+        raise PermanentError(f"key {rendered!r} has a '..' segment", reason="bad_key")
+    key = "/".join(segments)
+    if not key:
+        raise PermanentError("key template rendered an empty key", reason="bad_key")
+    return key
+
+
+def spool_dir_field(path: Path) -> str:
+    """The ``{spool_dir}`` value: the spool root with its slashes stripped at both ends."""
+    return encode_name(os.fsencode(path)).strip("/")
+
+
+# once per spool, not per file: a handful of spools per process
+_spool_field = functools.lru_cache(maxsize=256)(spool_dir_field)

@@ -1,0 +1,145 @@
+"""The outbox: delivery events kept on disk until every notifier has accepted them.
+
+Layout, inside the instance's working directory of a spool::
+
+    working/<instance>/outbox/<notifier>/<event id>.json
+
+One file per event and notifier, so notifiers acknowledge independently (an unlink each) and
+never rewrite a shared record.  ``put`` makes every copy durable (file and directory fsync)
+*before* it returns; the pipeline calls it before the file leaves ``working/``, so after a
+kill -9 at any moment either the file is still in ``working/`` (and recovery delivers it
+again, producing the same event id) or its event is on disk.  A dead instance's outbox is
+adopted with its claims (``adopt``).
+
+This module is the filesystem boundary of notifications: ``OSError`` becomes ``LocalFault``
+(a full or read-only working directory) here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from s3spool.errors import LocalFault
+from s3spool.spool.spool import local_fault, rename_noreplace
+
+OUTBOX = "outbox"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Outbox:
+    """The outbox of one spool for this instance (``root`` = ``working/<instance>/outbox``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _dir(self, notifier: str) -> Path:
+        return self.root / notifier
+
+    def put(self, event: dict[str, Any], notifiers: Sequence[str]) -> None:
+        """Write ``event`` durably for each of ``notifiers``; ``LocalFault`` if it cannot."""
+        if not notifiers:
+            return
+        body = json.dumps(event, ensure_ascii=False, sort_keys=True).encode() + b"\n"
+        name = f"{event['id']}.json"
+        try:
+            for notifier in notifiers:
+                directory = self._dir(notifier)
+                directory.mkdir(parents=True, exist_ok=True)
+                tmp = directory / f".tmp.{secrets.token_hex(6)}"
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+                try:
+                    os.write(fd, body)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                # the same id again (a recovered claim delivered twice): one copy is enough
+                os.replace(tmp, directory / name)
+                _fsync_dir(directory)
+        except OSError as exc:
+            fault = local_fault(exc, "write a notification event", self.root)
+            if isinstance(fault, LocalFault):
+                raise fault from None
+            raise LocalFault(str(fault), reason=fault.reason, path=str(self.root)) from None
+
+    def load(self, notifier: str, event_id: str) -> dict[str, Any] | None:
+        try:
+            raw = (self._dir(notifier) / f"{event_id}.json").read_bytes()
+            data: dict[str, Any] = json.loads(raw)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return None
+        return data
+
+    def done(self, notifier: str, event_id: str) -> None:
+        """``notifier`` accepted the event: forget it (idempotent)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._dir(notifier) / f"{event_id}.json")
+
+    def waiting(self, notifier: str) -> Iterator[tuple[str, float]]:
+        """(event id, mtime) of each event ``notifier`` has not accepted yet."""
+        try:
+            it = os.scandir(self._dir(notifier))
+        except OSError:
+            return
+        with it:
+            for entry in it:
+                if not entry.name.endswith(".json") or entry.name.startswith("."):
+                    continue
+                try:
+                    mtime = entry.stat().st_mtime
+                except OSError:
+                    continue
+                yield entry.name[: -len(".json")], mtime
+
+    def depth(self, notifier: str) -> tuple[int, float]:
+        """Events waiting for ``notifier`` and the age of the oldest (seconds, 0 if none)."""
+        n, oldest = 0, None
+        for _id, mtime in self.waiting(notifier):
+            n += 1
+            oldest = mtime if oldest is None else min(oldest, mtime)
+        return n, (max(time.time() - oldest, 0.0) if oldest is not None else 0.0)
+
+    def adopt(self, dead_root: Path) -> int:
+        """Move a dead instance's waiting events into this outbox; how many moved."""
+        moved = 0
+        try:
+            notifiers = [e.name for e in os.scandir(dead_root) if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            return 0
+        for notifier in notifiers:
+            src_dir = dead_root / notifier
+            dst_dir = self._dir(notifier)
+            dst_dir.mkdir(parents=True, exist_ok=True)
+            for entry in list(os.scandir(src_dir)):
+                if entry.name.startswith("."):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)  # a write cut short: its claim is redelivered
+                    continue
+                try:
+                    rename_noreplace(entry.path, dst_dir / entry.name)
+                    moved += 1
+                except FileExistsError:
+                    os.unlink(entry.path)  # same event id already waiting here
+                except OSError:
+                    continue
+            with contextlib.suppress(OSError):
+                _fsync_dir(dst_dir)
+                os.rmdir(src_dir)
+        with contextlib.suppress(OSError):
+            os.rmdir(dead_root)
+        return moved

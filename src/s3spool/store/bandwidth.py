@@ -1,0 +1,314 @@
+"""Bandwidth limits at run time: token buckets at the body stream, their rates set by the
+schedules of ``BANDWIDTH_LIMIT`` and ``ROUTE_BANDWIDTH_LIMIT`` (``limits.py``).
+
+Every body a sender sends (PutObject, UploadPart; single PUTs and parts alike) goes through
+``RouteLimit.start`` (or its two halves, ``turn`` and ``rest``): the body's first piece is
+taken before the request is signed and goes out, each further piece just before it is
+handed to the connection.  So the limit holds on the bytes actually sent, whatever the size
+of the bodies, and a body waits for its turn before its request opens, not half-way with a
+connection held open.  A piece is one chunk
+(``STREAM_CHUNK``, 2 MiB), less at low rates (an eighth of a second's worth, at least
+64 KiB): a bucket holds at most one piece, so a burst is never larger than one chunk.
+
+A route's bodies take from the route's bucket (``ROUTE_BANDWIDTH_LIMIT``), then from the
+bucket every upload of the process shares (``BANDWIDTH_LIMIT``).  A bucket serves the oldest
+body first (the order in which bodies asked for their first piece): bodies already on the
+wire finish at the full limited rate instead of all crawling together, which keeps each
+request's pauses short and its duration bounded.
+
+Off costs no CPU: a sender holds its route's ``RouteLimit``, whose ``active`` is None while
+no limit applies; that one check per body is all.  ``Bandwidth.run`` follows the schedules:
+it re-evaluates them at each window boundary and at least once a second while any is set
+(not at all while none is), and ``Bandwidth.update`` applies a re-read configuration
+(SIGHUP, ``reload.py``).  A change applies at once to every body still waiting or being
+sent, except that a body which started while no limit applied is sent without one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import math
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from s3spool.config.limits import MIN_RATE, parse_limit
+from s3spool.store.bodies import STREAM_CHUNK
+
+#: Bodies in the order they asked for their first piece: a bucket serves the lowest first.
+_tickets = itertools.count()
+#: A body's place in line (its ticket) and the bytes taken for it before it was sent.
+Turn = tuple[int, int]
+
+
+def piece_size(rate: int) -> int:
+    """Bytes taken (and sent) at once at ``rate``: one chunk, an eighth of a second's worth
+    at low rates, at least 64 KiB."""
+    return max(MIN_RATE, min(STREAM_CHUNK, rate // 8))
+
+
+class TokenBucket:
+    """``rate`` bytes per second (None: off), holding at most one piece (``capacity``).
+
+    ``take`` returns at once while tokens last and nobody waits; otherwise the waiter with
+    the lowest ticket is woken by a timer when its piece is there.  A take of more than
+    ``capacity`` goes once the bucket is full and leaves it owing the rest.
+    """
+
+    def __init__(self, rate: int | None = None, *, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self.rate: int | None = None
+        self.capacity = STREAM_CHUNK
+        self.tokens = 0.0
+        self._stamp = clock()
+        #: (ticket, sequence, bytes, future): a heap, lowest ticket first
+        self._waiters: list[tuple[int, int, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self.set_rate(rate)
+
+    def set_rate(self, rate: int | None) -> None:
+        """A new rate, at once: waiters are re-timed (None: every waiter goes now)."""
+        self._refill()
+        was_off = self.rate is None
+        self.rate = rate
+        if rate is not None:
+            self.capacity = piece_size(rate)
+            # a bucket that starts (or starts again) begins full; a rate change keeps the level
+            self.tokens = float(self.capacity) if was_off else min(self.tokens, self.capacity)
+        self._retime()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        if self.rate is not None:
+            self.tokens = min(float(self.capacity), self.tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    async def take(self, n: int, ticket: int) -> None:
+        """Wait until ``n`` bytes may be sent (``ticket``: the body's place in line)."""
+        if self.rate is None:
+            return
+        if not self._waiters:
+            self._refill()
+            if self.tokens >= min(n, self.capacity):
+                self.tokens -= n
+                return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (ticket, next(self._seq), n, fut))
+        self._retime()
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.tokens += n  # granted as we were cancelled: nothing was sent
+            self._retime()  # the cancelled waiter may have been first in line
+            raise
+
+    def _retime(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._wake()
+
+    def _wake(self) -> None:
+        self._timer = None
+        self._refill()
+        heap = self._waiters
+        while heap:
+            _, _, n, fut = heap[0]
+            if fut.done():
+                heapq.heappop(heap)
+                continue
+            if self.rate is not None:
+                need = min(n, self.capacity)
+                if self.tokens < need:
+                    delay = (need - self.tokens) / self.rate
+                    self._timer = asyncio.get_running_loop().call_later(delay, self._wake)
+                    return
+                self.tokens -= n
+            heapq.heappop(heap)
+            fut.set_result(None)
+
+
+class Pacer:
+    """The buckets a route's bodies take from while limits apply: its own, then the shared."""
+
+    def __init__(self, buckets: tuple[TokenBucket, ...]) -> None:
+        self.buckets = buckets
+
+    @property
+    def piece(self) -> int:
+        return min(b.capacity for b in self.buckets)
+
+    async def take(self, n: int, ticket: int) -> None:
+        for bucket in self.buckets:
+            await bucket.take(n, ticket)
+
+
+class RouteLimit:
+    """What a route's sender paces its bodies with; ``active`` is None while no limit applies."""
+
+    def __init__(self, own: TokenBucket, shared: TokenBucket) -> None:
+        self._buckets = (own, shared)
+        self.active: Pacer | None = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        """The buckets' rates changed: which of them apply now."""
+        on = tuple(b for b in self._buckets if b.rate is not None)
+        if on != (self.active.buckets if self.active is not None else ()):
+            self.active = Pacer(on) if on else None
+
+    async def start(
+        self, body: bytes | AsyncIterator[bytes], length: int
+    ) -> bytes | AsyncIterator[bytes]:
+        """``body`` (``length`` bytes) paced: its first piece is taken now, before the request
+        goes out; the rest as it is sent (a small bytes body is returned as it is)."""
+        turn = await self.turn(length)
+        return body if turn is None else self.rest(body, length, turn)
+
+    async def turn(self, length: int) -> Turn | None:
+        """Wait for the first piece of a body of ``length`` bytes: its place in line and the
+        bytes paid (None: no limit applies)."""
+        pacer = self.active
+        if pacer is None or length <= 0:
+            return None
+        ticket = next(_tickets)
+        first = min(pacer.piece, length)
+        await pacer.take(first, ticket)
+        return ticket, first
+
+    def rest(
+        self, body: bytes | AsyncIterator[bytes], length: int, turn: Turn
+    ) -> bytes | AsyncIterator[bytes]:
+        """The body after its ``turn``: paced piece by piece (a bytes body that the first piece
+        covers is returned as it is)."""
+        if isinstance(body, bytes) and length <= turn[1]:
+            return body
+        return self._rest(body, *turn)
+
+    async def _rest(
+        self, body: bytes | AsyncIterable[bytes], ticket: int, paid: int
+    ) -> AsyncIterator[bytes]:
+        async for chunk in _chunks(body):
+            pos, size = 0, len(chunk)
+            while pos < size:
+                pacer = self.active
+                if pacer is None:  # the limit was lifted: the rest goes as it comes
+                    yield chunk[pos:] if pos else chunk
+                    break
+                n = min(pacer.piece, size - pos)
+                if paid >= n:
+                    paid -= n  # the first piece, taken before the request went out
+                else:
+                    await pacer.take(n - paid, ticket)
+                    paid = 0
+                yield chunk if n == size else chunk[pos : pos + n]
+                pos += n
+
+
+async def _chunks(body: bytes | AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    if isinstance(body, bytes):
+        yield body
+    else:
+        async for chunk in body:
+            yield chunk
+
+
+class Scope:
+    """One limit, the process's or a route's: its parsed value, its bucket and its gauge."""
+
+    def __init__(self, name: str, text: str | None, gauge: Callable[[float], None] | None) -> None:
+        self.name = name
+        self.text = text
+        self.limit = parse_limit(text)
+        self.bucket = TokenBucket()
+        self._gauge = gauge
+        if gauge is not None:
+            gauge(0)
+
+    def set(self, text: str | None) -> None:
+        self.text, self.limit = text, parse_limit(text)
+
+    def apply(self, now: datetime) -> None:
+        rate = self.limit.rate_at(now)
+        if rate != self.bucket.rate:
+            self.bucket.set_rate(rate)
+            if self._gauge is not None:
+                self._gauge(rate or 0)
+
+
+class Bandwidth:
+    """The limits of one process: ``BANDWIDTH_LIMIT`` for all uploads together and each
+    route's ``ROUTE_BANDWIDTH_LIMIT``, as buckets whose rates follow the schedules."""
+
+    def __init__(
+        self,
+        limit: str | None,
+        routes: Mapping[str, str | None],
+        *,
+        gauge: Any = None,
+        now: Callable[[], datetime] = datetime.now,
+    ) -> None:
+        """``gauge``: ``s3spool_bandwidth_limit_bytes`` (labels scope, route); ``now``: the
+        local wall clock the schedules are read on."""
+        self._now = now
+
+        def report(scope: str, route: str) -> Callable[[float], None] | None:
+            return None if gauge is None else gauge.labels(scope, route).set
+
+        self.shared = Scope("BANDWIDTH_LIMIT", limit, report("global", ""))
+        self.routes = {
+            name: Scope(f"route {name!r} ROUTE_BANDWIDTH_LIMIT", text, report("route", name))
+            for name, text in routes.items()
+        }
+        self.handles = {
+            name: RouteLimit(scope.bucket, self.shared.bucket)
+            for name, scope in self.routes.items()
+        }
+        self._changed: asyncio.Event | None = None
+        self.evaluate()
+
+    def evaluate(self) -> float:
+        """Set every bucket's rate for now; seconds until a schedule may change it."""
+        now = self._now()
+        delay = math.inf
+        for scope in (self.shared, *self.routes.values()):
+            scope.apply(now)
+            delay = min(delay, scope.limit.next_change(now))
+        for handle in self.handles.values():
+            handle.refresh()
+        return delay
+
+    def update(self, limit: str | None, routes: Mapping[str, str | None]) -> list[str]:
+        """New values (a re-read configuration), applied at once; what changed, for the log.
+        Routes this process does not run are left out."""
+        changes = []
+        wanted = [(self.shared, limit)]
+        wanted += [
+            (self.routes[name], text) for name, text in routes.items() if name in self.routes
+        ]
+        for scope, text in wanted:
+            if text != scope.text:
+                changes.append(f"{scope.name} {scope.text or 'off'} -> {text or 'off'}")
+                scope.set(text)
+        if changes:
+            self.evaluate()
+            if self._changed is not None:
+                self._changed.set()
+        return changes
+
+    async def run(self) -> None:
+        """Follow the schedules until cancelled: at each window boundary, and at least once a
+        second while a schedule is set (the wall clock may be stepped); idle without one."""
+        self._changed = asyncio.Event()
+        while True:
+            delay = self.evaluate()
+            self._changed.clear()
+            timeout = None if math.isinf(delay) else min(delay + 0.002, 1.0)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait()

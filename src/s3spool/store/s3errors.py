@@ -1,0 +1,134 @@
+"""The one translation of S3 answers and botocore/aiohttp errors into ``errors.py``'s classes.
+
+Both the store (botocore requests) and the sender (signed PUTs) meet the same S3
+error codes; keeping the tables here means they cannot classify one answer two
+ways, and neither module has to import the other.
+"""
+
+from __future__ import annotations
+
+import re
+
+from s3spool.errors import (
+    PermanentError,
+    Refused,
+    SlowDown,
+    StoreUnavailable,
+    TransientError,
+    UploadError,
+)
+
+#: The store refused the request as such (credentials, policy, bucket): one object's
+#: problem if the bucket still answers a probe, the whole store's if it does not.
+REFUSED_CODES = frozenset(
+    {
+        "NoSuchBucket",
+        "AccessDenied",
+        "AllAccessDisabled",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "AccountProblem",
+        "PermanentRedirect",
+        "AuthorizationHeaderMalformed",
+        "InvalidBucketName",
+    }
+)
+SLOWDOWN_CODES = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
+)
+TRANSIENT_CODES = frozenset(
+    {
+        "InternalError",
+        "ServiceUnavailable",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "BadDigest",
+        "InvalidDigest",
+        "XAmzContentSHA256Mismatch",
+        "NoSuchUpload",
+        "IncompleteBody",
+        "OperationAborted",
+    }
+)
+PERMANENT_CODES = frozenset(
+    {"EntityTooLarge", "EntityTooSmall", "KeyTooLongError", "InvalidStorageClass", "InvalidPart"}
+)
+#: A store without an API answers one of these (or 501) instead of an S3 error.
+UNSUPPORTED_CODES = frozenset({"NotImplemented", "MethodNotAllowed", "NotSupported"})
+
+_CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")
+_MESSAGE = re.compile(rb"<Message>([^<]{0,300})</Message>")
+_REGION = re.compile(rb"<Region>([a-z0-9-]{1,40})</Region>")
+
+
+def classify_error(code: str, status: int, msg: str) -> UploadError:
+    """The pipeline's error class for an S3 error code and HTTP status."""
+    if code in SLOWDOWN_CODES or status == 503:
+        return SlowDown(msg, reason="slowdown")
+    if code in TRANSIENT_CODES:  # before the 403 rule: RequestTimeTooSkewed is a 403
+        return TransientError(msg, reason=code)
+    if code in REFUSED_CODES or status == 403:
+        # a HEAD's error has no body: botocore names it "403"
+        return Refused(msg, reason=code if code in REFUSED_CODES else "AccessDenied")
+    if code in UNSUPPORTED_CODES or status == 501:
+        return PermanentError(msg, reason="not_implemented")
+    if code in PERMANENT_CODES:
+        return PermanentError(msg, reason=code)
+    if status >= 500 or status in (408, 429):
+        return TransientError(msg, reason=code or f"http_{status}")
+    if code == "PreconditionFailed" or status == 412:
+        return PermanentError(msg, reason="precondition_failed")
+    return PermanentError(msg, reason=code or f"http_{status}")
+
+
+def parse_error_body(body: bytes) -> tuple[str, str, str | None]:
+    """(code, message, region) of an S3 XML error body; empty strings where absent."""
+    code_m, msg_m, region_m = _CODE.search(body), _MESSAGE.search(body), _REGION.search(body)
+    return (
+        code_m.group(1).decode(errors="replace") if code_m else "",
+        msg_m.group(1).decode(errors="replace") if msg_m else "",
+        region_m.group(1).decode() if region_m else None,
+    )
+
+
+def translate(exc: BaseException, what: str) -> UploadError:
+    """Map a botocore / aiohttp / OS error to the pipeline's classes."""
+    from botocore import exceptions as bex
+
+    if isinstance(exc, UploadError):
+        return exc
+    if isinstance(exc, bex.ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code") or "")
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        msg = f"{what}: {code or status} {err.get('Message') or ''}".strip()
+        return classify_error(code, status, msg)
+    if isinstance(exc, bex.SSLError):
+        # a certificate the CA bundle does not trust will not become trusted by retrying
+        return StoreUnavailable(f"{what}: TLS: {exc}", reason="tls")
+    if isinstance(
+        exc,
+        bex.NoCredentialsError
+        | bex.PartialCredentialsError
+        | bex.CredentialRetrievalError
+        | bex.EndpointConnectionError
+        | bex.ConnectTimeoutError
+        | bex.ProxyConnectionError
+        | bex.InvalidRegionError,
+    ):
+        return StoreUnavailable(f"{what}: {exc}", reason=type(exc).__name__)
+    if isinstance(exc, bex.BotoCoreError | ConnectionError | TimeoutError | OSError):
+        return TransientError(f"{what}: {type(exc).__name__}: {exc}", reason=type(exc).__name__)
+    import aiohttp
+
+    if isinstance(exc, aiohttp.ClientError):
+        return TransientError(f"{what}: {type(exc).__name__}: {exc}", reason="connection")
+    return TransientError(f"{what}: {type(exc).__name__}: {exc}", reason=type(exc).__name__)
+
+
+def is_unsupported(err: UploadError) -> bool:
+    """Did the store answer that it lacks this API?"""
+    return err.reason == "not_implemented"

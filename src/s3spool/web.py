@@ -1,0 +1,227 @@
+"""HTTP endpoints of a running service: ``/metrics``, ``/healthz``, ``/readyz``.
+
+Served by aiohttp on the service's own event loop, so ``/healthz`` answering
+at all proves the loop is not blocked.  Nothing here touches the store; the
+only filesystem work (spool gauges at scrape time) runs in a thread and is
+rate-limited in ``refresh_spool_gauges``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from s3spool.config.settings import parse_http_addr
+from s3spool.errors import ConfigError
+from s3spool.spool.clock import cautious_now
+from s3spool.spool.scan import SpoolGauges, spool_gauges
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from s3spool.config.settings import Settings
+    from s3spool.metrics import Metrics
+    from s3spool.notify.notifications import Notifications
+    from s3spool.spool.guard import Guard
+    from s3spool.spool.spool import Spool
+    from s3spool.spool.watch import Discovery
+
+
+class Route(Protocol):
+    """What the endpoints read of one route (routes.RouteRun)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def s(self) -> Settings: ...
+
+    @property
+    def spools(self) -> Sequence[Spool]: ...
+
+    @property
+    def discovery(self) -> Discovery: ...
+
+    @property
+    def gate(self) -> asyncio.Event: ...
+
+    @property
+    def notifications(self) -> Notifications: ...
+
+
+class Service(Protocol):
+    """What the endpoints read of the running service (service.py never imported here)."""
+
+    @property
+    def s(self) -> Settings: ...
+
+    @property
+    def routes(self) -> Sequence[Route]: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def guards(self) -> Mapping[Spool, Guard]: ...
+
+
+log = logging.getLogger("s3spool.http")
+
+_SERVICE: web.AppKey[Service] = web.AppKey("service")
+
+
+# --- spool gauges for /metrics ---------------------------------------------------------------
+
+#: A scrape re-reads the spools at most this often; scrapes in between reuse the values.
+GAUGE_REFRESH_INTERVAL = 1.0
+
+
+@dataclass(slots=True)
+class _GaugeState:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    at: float = -math.inf
+    lags: dict[str, float] = field(default_factory=dict)
+
+
+_gauge_states: weakref.WeakKeyDictionary[Service, _GaugeState] = weakref.WeakKeyDictionary()
+
+
+async def refresh_spool_gauges(service: Service) -> dict[str, float]:
+    """Refresh ``s3spool_spool_files`` and ``s3spool_spool_lag_seconds``; returns lag per spool.
+
+    At most once per ``GAUGE_REFRESH_INTERVAL``: concurrent or frequent scrapes
+    wait for / reuse the last pass instead of walking the spools again.
+    """
+    state = _gauge_states.get(service)
+    if state is None:
+        state = _gauge_states[service] = _GaugeState()
+    async with state.lock:
+        if time.monotonic() - state.at < GAUGE_REFRESH_INTERVAL:
+            return dict(state.lags)
+        each = [
+            (sp.dirs, r.discovery.is_ignored, r.s.hold_for, sp.recursive)
+            for r in service.routes
+            for sp in r.spools
+        ]
+        layouts = [dirs for dirs, *_ in each]
+
+        def work() -> list[SpoolGauges]:
+            now = cautious_now()
+            return [
+                spool_gauges(d, ignored, hold, now, recursive=recursive)
+                for d, ignored, hold, recursive in each
+            ]
+
+        values = await asyncio.to_thread(work)
+        lags: dict[str, float] = {}
+        m = service.metrics
+        for dirs, g in zip(layouts, values, strict=True):
+            m.spool_files.labels(dirs.label, "incoming").set(g.incoming)
+            m.spool_files.labels(dirs.label, "working").set(g.working)
+            m.spool_files.labels(dirs.label, "failed").set(g.failed)
+            m.lag.labels(dirs.label).set(g.lag)
+            lags[dirs.label] = g.lag
+        state.lags = lags
+        state.at = time.monotonic()
+        return dict(lags)
+
+
+def readiness(service: Service, lags: dict[str, float]) -> list[str]:
+    """Why the service is not ready (empty list: ready)."""
+    problems: list[str] = []
+    if service.stopping:
+        problems.append("shutting down")
+    elif not service.ready:
+        problems.append("first scan of the spools not finished")
+    several = len(service.routes) > 1
+    for route in service.routes:
+        which = f"route {route.name}: " if several else ""
+        if not route.discovery.watching:
+            problems.append(f"{which}inotify watches not active (see the log; rescans only)")
+        if not route.gate.is_set():
+            problems.append(f"{which}store unavailable: intake paused until a probe succeeds")
+    for guard in service.guards.values():
+        if guard.fault is not None:
+            problems.append(f"spool {guard.spool.label}: {guard.fault}")
+    max_age = service.s.outbox_max_age
+    if max_age is not None:
+        for route in service.routes:
+            age = route.notifications.oldest() if route.notifications else 0.0
+            if age > max_age:
+                problems.append(
+                    f"route {route.name}: a notification event waits for {age:.0f}s, more than "
+                    f"S3SPOOL_OUTBOX_MAX_AGE ({max_age:.0f}s)"
+                )
+    max_lag = service.s.max_lag
+    if max_lag is not None:
+        for label, lag in sorted(lags.items()):
+            if lag > max_lag:
+                problems.append(
+                    f"spool {label}: lag {lag:.0f}s exceeds S3SPOOL_MAX_LAG ({max_lag:.0f}s)"
+                )
+    return problems
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    service = request.app[_SERVICE]
+    await refresh_spool_gauges(service)
+    body = generate_latest(service.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    # Reaching this line means the event loop runs handlers: that is the whole check.
+    return web.Response(text="ok\n")
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    service = request.app[_SERVICE]
+    # Only read the spools when a lag threshold makes their state part of readiness.
+    lags = await refresh_spool_gauges(service) if service.s.max_lag is not None else {}
+    problems = readiness(service, lags)
+    if problems:
+        return web.Response(status=503, text="not ready:\n" + "".join(f"- {p}\n" for p in problems))
+    return web.Response(text="ready\n")
+
+
+def make_app(service: Service) -> web.Application:
+    app = web.Application()
+    app[_SERVICE] = service
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    return app
+
+
+async def serve_http(service: Service) -> None:
+    """Serve until cancelled; ``ConfigError`` naming HTTP_ADDR if the address cannot be bound."""
+    host, port = parse_http_addr(service.s.http_addr)
+    runner = web.AppRunner(make_app(service), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"S3SPOOL_HTTP_ADDR (--http-addr): cannot listen on {host}:{port}: "
+                f"{exc.strerror or exc}"
+            ) from None
+        log.info("serving /metrics, /healthz, /readyz on http://%s:%d", host, port)
+        await asyncio.Event().wait()  # until the service cancels this task
+    finally:
+        await runner.cleanup()
