@@ -18,7 +18,7 @@ import zstandard
 from s3spool.config.codecs import CODECS, DEFAULT_SKIP, Rules, choose, resolve_level
 from s3spool.config.settings import load_settings
 from s3spool.errors import ConfigError
-from s3spool.store.compress import compress_pass, zstd_threads
+from s3spool.run.compress import compress_pass, zstd_threads
 from s3spool.store.digests import Checksummer, ChecksumStream
 
 

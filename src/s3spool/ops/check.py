@@ -187,8 +187,7 @@ async def check_store(
     if scheme == "noop":
         return PASS, "noop:// stores nothing; nothing to check", []
     where = f"s3://{bucket}/{prefix}"
-    # Fault injection is for exercising the service, not for judging the store.
-    s = settings.model_copy(update={"fail_rate": 0.0})
+    s = settings
     # botocore makes up to 3 attempts, each bounded by connect + read timeout.
     limit = 3 * (s.connect_timeout + s.read_timeout) + 5
     try:

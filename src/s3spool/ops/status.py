@@ -14,6 +14,7 @@ from s3spool.config.load import Config, Route, routes_of
 from s3spool.config.settings import Settings
 from s3spool.config.spools import spool_layouts
 from s3spool.errors import EXIT_NOT_OK, EXIT_OK, UploadError
+from s3spool.run.compress import rules_for
 from s3spool.spool.clock import cautious_now
 from s3spool.spool.dirs import walk
 from s3spool.spool.keys import STABLE_FIELDS, KeyInput, KeyTemplate, spool_dir_field
@@ -28,7 +29,6 @@ from s3spool.spool.scan import (
     survey_spool,
 )
 from s3spool.spool.watch import compile_ignore
-from s3spool.store.compress import rules_for
 
 
 def status(config: Config | Settings, *, as_json: bool = False, out: TextIO | None = None) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import stat
 import time
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from s3spool.errors import (
     UploadError,
 )
 from s3spool.metrics import Metrics
+from s3spool.run.compress import compressed, need_library, rules_for
 from s3spool.run.settle import Counts, Outcomes, Resubmits
 from s3spool.spool.clock import cautious_now
 from s3spool.spool.guard import Guard
@@ -38,7 +40,6 @@ from s3spool.spool.spool import Claim, Spool, about, open_claimed
 from s3spool.spool.watch import Discovery, Item, Pending, WarnOnce
 from s3spool.store.aimd import Throttle, retry_delay
 from s3spool.store.base import Delivery, Store
-from s3spool.store.compress import rules_for
 
 log = logging.getLogger("s3spool.service")  # the name operators' log filters know
 file_log = logging.getLogger("s3spool.file")
@@ -105,6 +106,8 @@ class Pipeline:
         self.instance_id = settings.resolved_instance_id
         self.template = KeyTemplate(settings.key_format, settings.prefix)
         self.compression = rules_for(settings)
+        if self.compression is not None:  # a ConfigError at startup, not a failed upload
+            need_library(self.compression.codec.name, self.compression.level)
         if any(sp.recursive for sp in spools) and self.template.fields.isdisjoint(
             {"relpath", "dirname"}
         ):
@@ -287,7 +290,14 @@ class Pipeline:
                         claim.recovered = False
                         if await store.delivered(claim):
                             return Delivery(claim.key, claim.size, already_there=True)
-                    delivery = await store.upload(claim)
+                    if self.s.fail_rate and random.random() < self.s.fail_rate:
+                        raise PermanentError("injected failure (FAIL_RATE)", reason="injected")
+                    if claim.codec is None:
+                        delivery = await store.upload(claim)
+                    else:
+                        async with compressed(claim, self.compression, self.s) as copy:
+                            delivery = await store.upload(copy)
+                        delivery.stored, delivery.size = delivery.size, claim.size
                 _check_unchanged(claim)
                 self.throttle.on_success()
                 return delivery

@@ -143,10 +143,20 @@ class Source:
     part_size: int | None = None
     #: COMPRESS: the codec this file is stored with, decided with its key and fixed with it
     codec: str | None = None
+    #: what the object says it holds, where that is not the file as it is (the compressed
+    #: copy, run/compress.py): the store sends what is set
+    content_type: str | None = None
+    content_encoding: str | None = None
+    metadata: dict[str, str] | None = None
 
     def uploading(self, upload_id: str | None, part_size: int) -> None:
         """A multipart upload got its id (or ended): a claim records it durably."""
         self.upload_id, self.part_size = upload_id, part_size
+
+    def file(self) -> Source:
+        """The file this is, whose name and times the object's options render from: itself,
+        or the claim a copy stands for."""
+        return self
 
 
 def about(emit: Callable[..., None], spool: Spool, name: str, msg: str, *args: object) -> None:

@@ -1,9 +1,5 @@
-"""What the pipeline needs from a destination (``Store``), the records it passes
-(``Source``, ``Delivery``), and the byte budget that bounds the bodies held in memory.
-
-The destinations: ``s3store.S3Store``, ``noop://`` and fault injection in
-``destinations.py``, which also opens the configured one.
-"""
+"""What the pipeline needs from a destination (``Store``: ``s3.S3Store``, ``open.NoopStore``),
+what an upload returns (``Delivery``), and the byte budget that bounds the bodies in memory."""
 
 from __future__ import annotations
 
@@ -14,35 +10,12 @@ import mimetypes
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from s3spool.spool.spool import Source
 
 #: Reading a small file inline is cheaper than a thread hop; above this, use a thread.
 INLINE_READ_MAX = 1024 * 1024
-
-
-@dataclass(slots=True, eq=False, kw_only=True)
-class Encoded(Source):
-    """The compressed copy of ``original`` (``compress.py``), uploaded in its place: its
-    ``fd`` and ``size`` are the copy's; the object's headers and metadata say what it holds."""
-
-    original: Source
-    content_type: str | None = None
-    content_encoding: str | None = None
-    metadata: dict[str, str]
-
-    def describe(self, params: dict[str, Any]) -> str | None:
-        """Add the copy's metadata and Content-Encoding to ``params``; its Content-Type."""
-        params["Metadata"].update(self.metadata)
-        if self.content_encoding:
-            params["ContentEncoding"] = self.content_encoding
-        return self.content_type
-
-    def uploading(self, upload_id: str | None, part_size: int) -> None:
-        # the upload id belongs to the claim: its key record keeps it for a restart
-        self.upload_id, self.part_size = upload_id, part_size
-        self.original.uploading(upload_id, part_size)
 
 
 @dataclass(slots=True)
@@ -79,36 +52,6 @@ class Store(Protocol):
     async def abort_upload(self, key: str, upload_id: str) -> None: ...
 
     async def stale_uploads(self, older_than: float) -> list[tuple[str, str]]: ...
-
-
-class StoreWrapper:
-    """A ``Store`` around another: every call goes to ``inner`` unless a subclass changes it
-    (fault injection, compression)."""
-
-    def __init__(self, inner: Store) -> None:
-        self.inner = inner
-
-    async def upload(self, src: Source) -> Delivery:
-        return await self.inner.upload(src)
-
-    async def delivered(self, src: Source) -> bool:
-        return await self.inner.delivered(src)
-
-    async def probe(self) -> None:
-        await self.inner.probe()
-
-    async def survey(self) -> list[tuple[str, str]]:
-        return await self.inner.survey()
-
-    @property
-    def last_answer(self) -> float:
-        return self.inner.last_answer
-
-    async def abort_upload(self, key: str, upload_id: str) -> None:
-        await self.inner.abort_upload(key, upload_id)
-
-    async def stale_uploads(self, older_than: float) -> list[tuple[str, str]]:
-        return await self.inner.stale_uploads(older_than)
 
 
 class ByteBudget:

@@ -41,7 +41,6 @@ from s3spool.config.settings import Settings
 from s3spool.errors import ConfigError, PermanentError
 from s3spool.spool.keys import KeyInput, claim_input, field_values
 from s3spool.spool.spool import Claim, Source
-from s3spool.store.base import Encoded
 
 #: what a header value keeps of a field's value as it is: printable ASCII but the quoting ones
 _HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in '"\\')
@@ -174,8 +173,7 @@ def object_options(s: Settings) -> ObjectOptions | None:
 def source_input(src: Source) -> KeyInput:
     """What ``src``'s options render from: a claim's key input, else (``s3spool check``'s
     test object, which no spool holds) its name and mtime."""
-    if isinstance(src, Encoded):
-        src = src.original  # a compressed copy renders as its file
+    src = src.file()  # a compressed copy renders as its file
     if isinstance(src, Claim):
         return claim_input(src)
     t = src.mtime_ns / 1e9

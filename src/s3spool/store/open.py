@@ -1,21 +1,18 @@
-"""The configured destination: ``s3://`` (``S3Store``), ``noop://``, and fault injection."""
+"""The configured destination: ``s3://`` (``S3Store``) or ``noop://``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
 from s3spool.config.settings import Settings
-from s3spool.errors import PermanentError
 from s3spool.spool.spool import Source
-from s3spool.store.base import ByteBudget, Delivery, Store, StoreWrapper
-from s3spool.store.compress import CompressingStore
+from s3spool.store.base import ByteBudget, Delivery, Store
 from s3spool.store.digests import Checksummer
 from s3spool.store.s3 import S3Store
 from s3spool.store.verify import digest_file
@@ -63,20 +60,6 @@ class NoopStore:
         return ""
 
 
-class FaultyStore(StoreWrapper):
-    """``FAIL_RATE``: fail a fraction of uploads on purpose, before anything is sent."""
-
-    def __init__(self, inner: Store, rate: float, seed: int | None = None) -> None:
-        super().__init__(inner)
-        self.rate = rate
-        self._rng = random.Random(seed)
-
-    async def upload(self, src: Source) -> Delivery:
-        if self._rng.random() < self.rate:
-            raise PermanentError("injected failure (FAIL_RATE)", reason="injected")
-        return await self.inner.upload(src)
-
-
 @contextlib.asynccontextmanager
 async def open_store(
     settings: Settings,
@@ -94,6 +77,4 @@ async def open_store(
             inner = await stack.enter_async_context(
                 S3Store(settings, on_slowdown=on_slowdown, budget=budget)
             )
-        # always: a claim recorded with a codec is stored compressed even if COMPRESS changed
-        inner = CompressingStore(inner, settings)
-        yield FaultyStore(inner, settings.fail_rate) if settings.fail_rate > 0 else inner
+        yield inner

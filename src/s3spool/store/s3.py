@@ -20,7 +20,7 @@ from s3spool.config.settings import Settings, check_ca_bundle, tls_verify
 from s3spool.errors import ConfigError, FileChanged, PermanentError, StoreUnavailable, UploadError
 from s3spool.spool.spool import Source
 from s3spool.store import multipart
-from s3spool.store.base import INLINE_READ_MAX, ByteBudget, Delivery, Encoded, guess_type
+from s3spool.store.base import INLINE_READ_MAX, ByteBudget, Delivery, guess_type
 from s3spool.store.bodies import FileRange, digest_range, held_bytes, read_exact
 from s3spool.store.digests import BodyDigest, Checksummer
 from s3spool.store.objectopts import object_options
@@ -143,9 +143,11 @@ class S3Store:
                 "s3spool-instance": self._instance,
             },
         }
-        ctype = s.content_type or guess_type(src.name)
-        if isinstance(src, Encoded):  # a compressed copy (compress.py) says what it holds
-            ctype = src.describe(params)
+        if src.metadata:  # a compressed copy says what it holds (run/compress.py)
+            params["Metadata"].update(src.metadata)
+        if src.content_encoding:
+            params["ContentEncoding"] = src.content_encoding
+        ctype = src.content_type or s.content_type or guess_type(src.name)
         if ctype:
             params["ContentType"] = ctype
         if s.acl:

@@ -1,11 +1,11 @@
-"""COMPRESS: files compressed on their way to the store, through a temporary copy.
+"""COMPRESS: the pipeline's step that compresses a file into a temporary copy for the store.
 
-A file that the rules (``compressrules.py``) pick is compressed in one streaming pass, in a
+A file that the rules (``config/codecs.py``) pick is compressed in one streaming pass, in a
 thread of a pool as large as the machine's cores (zlib, ISA-L and zstd release the GIL; a
 file of ``MULTIPART_THRESHOLD`` or more is compressed by zstd's own worker threads too),
 into an unnamed temporary file (``O_TMPFILE``) in the instance's working directory.  That
-copy is uploaded through the ordinary PutObject or multipart path as if it were the file
-(``Encoded``): Content-MD5 and the configured checksum of the bytes the store receives, the
+copy is handed to the store in the file's place (``Encoded``), through the ordinary PutObject
+or multipart path: Content-MD5 and the configured checksum of the bytes the store receives, the
 store's answer verified against them.  The same pass computes the original's checksum, which
 the object's metadata records with the original's size.  Memory per pass: one 1 MiB chunk in
 and its output, plus the codec's state; disk: one compressed copy per upload in flight,
@@ -47,7 +47,7 @@ from s3spool.config.codecs import CODECS, Rules
 from s3spool.config.settings import Settings
 from s3spool.errors import ConfigError, FileChanged, PermanentError
 from s3spool.spool.spool import Claim, Source, about, local_fault
-from s3spool.store.base import Delivery, Encoded, Store, StoreWrapper, guess_type
+from s3spool.store.base import guess_type
 from s3spool.store.digests import ChecksumStream
 
 log = logging.getLogger("s3spool.store")
@@ -260,89 +260,73 @@ def need_library(codec: str, level: int) -> None:
         ) from None
 
 
-class CompressingStore(StoreWrapper):
-    """A destination whose claims with a codec are stored compressed (the others pass).
+@dataclass(slots=True, eq=False, kw_only=True)
+class Encoded(Source):
+    """The compressed copy of ``original``, uploaded in its place: its ``fd`` and ``size`` are
+    the copy's; its headers and metadata say what it holds."""
 
-    ``delivered`` goes to the inner store as it is: the object's original-size and
-    original-checksum metadata answer it (verify.py)."""
+    original: Claim
 
-    def __init__(self, inner: Store, settings: Settings) -> None:
-        super().__init__(inner)
-        self.s = settings
-        self.rules = rules_for(settings)
-        if self.rules is not None:
-            need_library(self.rules.codec.name, self.rules.level)
+    def uploading(self, upload_id: str | None, part_size: int) -> None:
+        # the upload id belongs to the claim: its key record keeps it for a restart
+        self.upload_id, self.part_size = upload_id, part_size
+        self.original.uploading(upload_id, part_size)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)  # check's describe(), facts, test_write()
+    def file(self) -> Source:
+        return self.original
 
-    async def upload(self, src: Source) -> Delivery:
-        if src.codec is None or not isinstance(src, Claim):
-            return await self.inner.upload(src)
-        async with self.encoded(src) as copy:
-            delivery = await self.inner.upload(copy)
-        delivery.stored, delivery.size = delivery.size, src.size
-        return delivery
 
-    @contextlib.asynccontextmanager
-    async def encoded(self, claim: Claim) -> AsyncIterator[Encoded]:
-        """The compressed copy of ``claim``, open while the body is uploaded."""
-        codec = CODECS[claim.codec or ""]
-        rules = self.rules
-        # the codec was fixed with the key; a route whose settings changed since (a restart
-        # of a recorded claim) still stores it as its key says
-        level = rules.level if rules and rules.codec is codec else codec.default
-        mode = rules.mode if rules else "suffix"
-        where = claim.spool.me
+@contextlib.asynccontextmanager
+async def compressed(claim: Claim, rules: Rules | None, s: Settings) -> AsyncIterator[Encoded]:
+    """The compressed copy of ``claim``, open while the body is uploaded.  The codec was fixed
+    with the key: a claim recorded before COMPRESS changed is still stored as its key says."""
+    codec = CODECS[claim.codec or ""]
+    level = rules.level if rules and rules.codec is codec else codec.default
+    mode = rules.mode if rules else "suffix"
+    where = claim.spool.me
+    try:
+        fd = open_scratch(where)
+    except OSError as exc:
+        raise local_fault(exc, f"make the compressed copy of {claim.name!r}", where) from None
+    try:
+        threads = zstd_threads(claim.size, s.multipart_threshold)
+        started = time.monotonic()
         try:
-            fd = open_scratch(where)
-        except OSError as exc:
-            raise local_fault(exc, f"make the compressed copy of {claim.name!r}", where) from None
-        try:
-            threads = zstd_threads(claim.size, self.s.multipart_threshold)
-            started = time.monotonic()
-            try:
-                done = await run_pass(
-                    claim.fd, claim.size, fd, codec.name, level, threads, self.s.checksum
-                )
-            except _WriteError as exc:
-                what = f"write the compressed copy of {claim.name!r}"
-                raise local_fault(exc.exc, what, where) from None
-            except _ReadError as exc:
-                raise PermanentError(
-                    f"cannot read: {exc.exc.strerror}", reason="unreadable"
-                ) from None
-            about(
-                log.debug,
-                claim.spool,
-                claim.name,
-                "compressed (%s %d, %d zstd threads): %d -> %d bytes in %.3fs",
-                codec.name,
-                level,
-                threads,
-                claim.size,
-                done.size,
-                time.monotonic() - started,
-            )
-            ctype, encoding = Rules.headers_for(
-                codec, mode, self.s.content_type or guess_type(claim.name)
-            )
-            meta = {"s3spool-original-size": str(claim.size)}
-            if done.label:
-                meta["s3spool-original-checksum"] = done.label
-            yield Encoded(
-                claim.name,
-                fd=fd,
-                size=done.size,
-                mtime_ns=claim.mtime_ns,
-                key=claim.key,
-                upload_id=claim.upload_id,
-                part_size=claim.part_size,
-                codec=codec.name,
-                original=claim,
-                content_type=ctype,
-                content_encoding=encoding,
-                metadata=meta,
-            )
-        finally:
-            os.close(fd)
+            done = await run_pass(claim.fd, claim.size, fd, codec.name, level, threads, s.checksum)
+        except _WriteError as exc:
+            what = f"write the compressed copy of {claim.name!r}"
+            raise local_fault(exc.exc, what, where) from None
+        except _ReadError as exc:
+            raise PermanentError(f"cannot read: {exc.exc.strerror}", reason="unreadable") from None
+        about(
+            log.debug,
+            claim.spool,
+            claim.name,
+            "compressed (%s %d, %d zstd threads): %d -> %d bytes in %.3fs",
+            codec.name,
+            level,
+            threads,
+            claim.size,
+            done.size,
+            time.monotonic() - started,
+        )
+        ctype, encoding = Rules.headers_for(codec, mode, s.content_type or guess_type(claim.name))
+        meta = {"s3spool-original-size": str(claim.size)}
+        if done.label:
+            meta["s3spool-original-checksum"] = done.label
+        yield Encoded(
+            claim.name,
+            fd=fd,
+            size=done.size,
+            mtime_ns=claim.mtime_ns,
+            key=claim.key,
+            upload_id=claim.upload_id,
+            part_size=claim.part_size,
+            codec=codec.name,
+            original=claim,
+            content_type=ctype,
+            content_encoding=encoding,
+            metadata=meta,
+        )
+    finally:
+        os.close(fd)
