@@ -7,13 +7,13 @@ throttled prefix, and it shows in logs and metrics.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import AsyncIterator
+
+from s3spool.store.base import Waiters
 
 log = logging.getLogger("s3spool.throttle")
 
@@ -49,40 +49,26 @@ class Throttle:
         self._cooldown = cooldown  # one cut per window: a burst of 503s is one signal
         self._last_cut = 0.0
         self._successes = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters = Waiters(self._grant, self._release)
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        await self._acquire()
+        if self._waiters or not self._grant(1):
+            await self._waiters.wait(1)
         try:
             yield
         finally:
-            self.in_flight -= 1
-            self._wake()
+            self._release(1)
 
-    async def _acquire(self) -> None:
-        if self.in_flight < self.limit and not self._waiters:
-            self.in_flight += 1
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.in_flight -= 1  # granted just as we were cancelled: hand it on
-                self._wake()
-            else:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(fut)
-            raise
+    def _grant(self, n: int) -> bool:
+        if self.in_flight >= self.limit:
+            return False
+        self.in_flight += n
+        return True
 
-    def _wake(self) -> None:
-        while self._waiters and self.in_flight < self.limit:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                self.in_flight += 1
-                fut.set_result(None)
+    def _release(self, n: int) -> None:
+        self.in_flight -= n
+        self._waiters.serve()
 
     def on_slowdown(self) -> None:
         now = time.monotonic()
@@ -108,4 +94,4 @@ class Throttle:
                 log.info("throttling over: uploads in flight back to %d", self.limit)
             else:
                 log.debug("uploads in flight limit raised to %d", self.limit)
-            self._wake()
+            self._waiters.serve()

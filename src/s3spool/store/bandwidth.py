@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import itertools
 import math
 import time
@@ -37,6 +36,7 @@ from datetime import datetime
 from typing import Any
 
 from s3spool.config.limits import MIN_RATE, parse_limit
+from s3spool.store.base import Waiters
 from s3spool.store.bodies import STREAM_CHUNK
 
 #: Bodies in the order they asked for their first piece: a bucket serves the lowest first.
@@ -65,9 +65,7 @@ class TokenBucket:
         self.capacity = STREAM_CHUNK
         self.tokens = 0.0
         self._stamp = clock()
-        #: (ticket, sequence, bytes, future): a heap, lowest ticket first
-        self._waiters: list[tuple[int, int, int, asyncio.Future[None]]] = []
-        self._seq = itertools.count()
+        self._waiters = Waiters(self._grant, self._refund, self._retime)
         self._timer: asyncio.TimerHandle | None = None
         self.set_rate(rate)
 
@@ -90,23 +88,19 @@ class TokenBucket:
 
     async def take(self, n: int, ticket: int) -> None:
         """Wait until ``n`` bytes may be sent (``ticket``: the body's place in line)."""
-        if self.rate is None:
-            return
-        if not self._waiters:
+        if self.rate is not None and (self._waiters or not self._grant(n)):
+            await self._waiters.wait(n, ticket)
+
+    def _grant(self, n: int) -> bool:
+        if self.rate is not None:
             self._refill()
-            if self.tokens >= min(n, self.capacity):
-                self.tokens -= n
-                return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (ticket, next(self._seq), n, fut))
-        self._retime()
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.tokens += n  # granted as we were cancelled: nothing was sent
-            self._retime()  # the cancelled waiter may have been first in line
-            raise
+            if self.tokens < min(n, self.capacity):
+                return False
+            self.tokens -= n
+        return True
+
+    def _refund(self, n: int) -> None:
+        self.tokens += n  # nothing was sent
 
     def _retime(self) -> None:
         if self._timer is not None:
@@ -115,22 +109,10 @@ class TokenBucket:
 
     def _wake(self) -> None:
         self._timer = None
-        self._refill()
-        heap = self._waiters
-        while heap:
-            _, _, n, fut = heap[0]
-            if fut.done():
-                heapq.heappop(heap)
-                continue
-            if self.rate is not None:
-                need = min(n, self.capacity)
-                if self.tokens < need:
-                    delay = (need - self.tokens) / self.rate
-                    self._timer = asyncio.get_running_loop().call_later(delay, self._wake)
-                    return
-                self.tokens -= n
-            heapq.heappop(heap)
-            fut.set_result(None)
+        need = self._waiters.serve()
+        if need is not None and self.rate is not None:
+            delay = (min(need, self.capacity) - self.tokens) / self.rate
+            self._timer = asyncio.get_running_loop().call_later(delay, self._wake)
 
 
 class Pacer:

@@ -1,14 +1,15 @@
 """What the pipeline needs from a destination (``Store``: ``s3.S3Store``, ``open.NoopStore``),
-what an upload returns (``Delivery``), and the byte budget that bounds the bodies in memory."""
+what an upload returns (``Delivery``), and the waiter queue of the limits on uploads."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
+import heapq
+import itertools
 import mimetypes
-from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -54,49 +55,79 @@ class Store(Protocol):
     async def stale_uploads(self, older_than: float) -> list[tuple[str, str]]: ...
 
 
-class ByteBudget:
-    """Caps the file bytes held in memory by all uploads together (invariant 5).
+class Waiters:
+    """Callers waiting, lowest ``key`` first (by default in order of arrival), for a share that
+    ``grant(n)`` takes if it is there; one cancelled just as it was granted ``refund``s it.
+    Callers try ``grant`` first while nobody waits: that fast path costs no await."""
 
-    FIFO waiters, and no lock on the fast path: most bodies are small and never wait.
-    """
+    def __init__(
+        self,
+        grant: Callable[[int], bool],
+        refund: Callable[[int], None],
+        wake: Callable[[], object] | None = None,
+    ) -> None:
+        self._grant = grant
+        self._refund = refund
+        self.wake = wake or self.serve  # the owner's, to set a timer too (TokenBucket)
+        self._line: list[tuple[int, int, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    def __bool__(self) -> bool:
+        return bool(self._line)
+
+    async def wait(self, n: int, key: int | None = None) -> None:
+        seq = next(self._seq)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._line, (seq if key is None else key, seq, n, fut))
+        self.wake()
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._refund(n)  # granted as we were cancelled: give it back
+            self.wake()  # whoever waited behind us may go now
+            raise
+
+    def serve(self) -> int | None:
+        """Grant waiters in turn while ``grant`` allows; what the first one left asks for."""
+        line = self._line
+        while line:
+            _, _, n, fut = line[0]
+            if not fut.done():  # (a cancelled waiter is dropped when its turn comes)
+                if not self._grant(n):
+                    return n
+                fut.set_result(None)
+            heapq.heappop(line)
+        return None
+
+
+class ByteBudget:
+    """Caps the file bytes held in memory by all uploads together (invariant 5)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = max(1, limit)
         self.used = 0
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._waiters = Waiters(self._grant, self._release)
 
     @contextlib.asynccontextmanager
     async def hold(self, n: int) -> AsyncIterator[None]:
         n = min(n, self.limit)  # a single body larger than the budget still proceeds alone
-        if self._waiters or self.used + n > self.limit:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append((n, fut))
-            try:
-                await fut
-            except asyncio.CancelledError:
-                if fut.done() and not fut.cancelled():
-                    self._release(n)  # granted as we were cancelled: give it back
-                else:
-                    self._waiters.remove((n, fut))
-                    self._wake()
-                raise
-        else:
-            self.used += n
+        if self._waiters or not self._grant(n):
+            await self._waiters.wait(n)
         try:
             yield
         finally:
             self._release(n)
 
+    def _grant(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
     def _release(self, n: int) -> None:
         self.used -= n
-        self._wake()
-
-    def _wake(self) -> None:
-        while self._waiters and self.used + self._waiters[0][0] <= self.limit:
-            n, fut = self._waiters.popleft()
-            if not fut.done():
-                self.used += n
-                fut.set_result(None)
+        self._waiters.serve()
 
 
 def guess_type(name: str) -> str | None:
