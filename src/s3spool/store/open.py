@@ -16,9 +16,8 @@ from s3spool.errors import PermanentError
 from s3spool.spool.spool import Source
 from s3spool.store.base import ByteBudget, Delivery, Store, StoreWrapper
 from s3spool.store.compress import CompressingStore
-from s3spool.store.digests import Checksummer
+from s3spool.store.digests import Checksummer, digest_file
 from s3spool.store.s3 import S3Store
-from s3spool.store.verify import digest_file
 
 log = logging.getLogger("s3spool.store")
 

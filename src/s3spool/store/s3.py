@@ -34,8 +34,8 @@ from s3spool.errors import (
 from s3spool.spool.spool import Source
 from s3spool.store.aimd import retry_delay
 from s3spool.store.base import INLINE_READ_MAX, ByteBudget, Delivery, Encoded, guess_type
-from s3spool.store.bodies import FileRange, digest_range, held_bytes, read_exact
-from s3spool.store.digests import BodyDigest, Checksummer
+from s3spool.store.bodies import FileRange, held_bytes, read_exact
+from s3spool.store.digests import BodyDigest, Checksummer, digest_range
 from s3spool.store.objectopts import object_options
 from s3spool.store.s3errors import SLOWDOWN_CODES, s3_errors
 from s3spool.store.sender import Body, Sender, make_sender
@@ -451,8 +451,8 @@ class S3Store:
         ck = self.ck
         sha = self.sender.needs_payload_hash(ck.enabled)
         if self.sender.streams and length > INLINE_READ_MAX:
-            digest, payload = await asyncio.to_thread(digest_range, fd, offset, length, ck, sha)
-            return FileRange(fd, offset, length), digest, payload
+            stream, payload = await asyncio.to_thread(digest_range, fd, offset, length, ck, sha)
+            return FileRange(fd, offset, length), stream.result(), payload
         if length <= INLINE_READ_MAX:
             data = read_exact(fd, offset, length)
         else:
