@@ -132,11 +132,11 @@ class S3Store:
             self._on_slowdown()
 
     # --- request helpers --------------------------------------------------------------------
-    def object_params(self, key: str, src: Source) -> dict[str, Any]:
+    def object_params(self, src: Source) -> dict[str, Any]:
         s = self.s
         params: dict[str, Any] = {
             "Bucket": self.bucket,
-            "Key": key,
+            "Key": src.key,
             "Metadata": {
                 "s3spool-mtime": f"{src.mtime_ns / 1e9:.6f}",
                 "s3spool-instance": self._instance,
@@ -178,7 +178,7 @@ class S3Store:
     async def send_put(
         self, src: Source, body: Body, digest: BodyDigest, payload: str | None
     ) -> Delivery:
-        params = self.object_params(src.key, src)
+        params = self.object_params(src)
         params.update(self.digest_params(digest))
         if digest.checksum is not None:
             params["Metadata"]["s3spool-checksum"] = self.ck.label(digest.checksum_b64) or ""
@@ -324,7 +324,7 @@ class S3Store:
                     count,
                 )
         if upload_id is None:
-            params = self.object_params(src.key, src)
+            params = self.object_params(src)
             params["Metadata"]["s3spool-part-size"] = str(part_size)
             if self.verifier.send_checksum:
                 params["ChecksumAlgorithm"] = self.ck.param
