@@ -28,6 +28,9 @@ pipeline then only has to tell four things apart:
 ``StoreUnavailable``
     The store as a whole is unusable (endpoint unreachable, TLS not trusted,
     a probe refused).  Intake pauses; no file is blamed for it.
+
+Callers catch by class (``NotFound``, ``PreconditionFailed``, ``Unsupported``, ...);
+``reason`` is only the label in logs, metrics and reason files.
 """
 
 from __future__ import annotations
