@@ -28,6 +28,9 @@ pipeline then only has to tell four things apart:
 ``StoreUnavailable``
     The store as a whole is unusable (endpoint unreachable, TLS not trusted,
     a probe refused).  Intake pauses; no file is blamed for it.
+
+Callers catch by class (``NotFound``, ``PreconditionFailed``, ``Unsupported``, ...);
+``reason`` is only the label in logs, metrics and reason files.
 """
 
 from __future__ import annotations
@@ -69,8 +72,36 @@ class FileChanged(TransientError):
     """The file's size or mtime changed while it was being uploaded."""
 
 
+class Busy(TransientError):
+    """A file of that name is still in flight: claim it later."""
+
+
+class NoSuchUpload(TransientError):
+    """The multipart upload is gone (aborted or expired): the file starts again."""
+
+
 class PermanentError(UploadError):
     """This file cannot be delivered as it is; it belongs in failed/."""
+
+
+class NotAFile(PermanentError):
+    """A symlink or not a regular file (swapped in after the check): left as it is."""
+
+
+class NotFound(PermanentError):
+    """No such key (404)."""
+
+
+class PreconditionFailed(PermanentError):
+    """A conditional write found the key taken (412; OVERWRITE=never)."""
+
+
+class Unsupported(PermanentError):
+    """The store lacks this API (501, NotImplemented)."""
+
+
+class BadRequest(PermanentError):
+    """The store rejected the request as malformed (400), e.g. a header it does not take."""
 
 
 class LocalFault(TransientError):

@@ -19,7 +19,7 @@ from s3spool.config.codecs import CODECS, DEFAULT_SKIP, Rules, choose, resolve_l
 from s3spool.config.settings import load_settings
 from s3spool.errors import ConfigError
 from s3spool.run.compress import compress_pass, zstd_threads
-from s3spool.store.digests import Checksummer, ChecksumStream
+from s3spool.store.digests import Checksummer, StreamDigest
 
 
 @pytest.mark.parametrize(
@@ -128,7 +128,7 @@ def test_zstd_threads_only_for_large_files() -> None:
 @pytest.mark.parametrize("algorithm", ["crc32c", "crc32", "sha256", "md5", "none"])
 def test_checksum_labels(algorithm: str) -> None:
     data = os.urandom(100_000)
-    stream = ChecksumStream(algorithm)
+    stream = StreamDigest(algorithm, md5=False)
     stream.update(data[:30_000])
     stream.update(memoryview(data)[30_000:])
     want = {
@@ -160,6 +160,6 @@ def test_a_pass_round_trips(codec: str, level: int, threads: int) -> None:
     plain = (gzip.decompress(stored) if codec == "gzip"
              else zstandard.ZstdDecompressor().stream_reader(stored).read())
     assert plain == data
-    label = ChecksumStream("crc32c")
+    label = StreamDigest("crc32c", md5=False)
     label.update(data)
     assert result.label == label.label()

@@ -6,7 +6,17 @@ from __future__ import annotations
 import pytest
 
 from s3spool.config.settings import parse_duration, parse_list, parse_size
-from s3spool.errors import PermanentError, Refused, SlowDown, TransientError
+from s3spool.errors import (
+    BadRequest,
+    NoSuchUpload,
+    NotFound,
+    PermanentError,
+    PreconditionFailed,
+    Refused,
+    SlowDown,
+    TransientError,
+    Unsupported,
+)
 from s3spool.spool.keys import encode_name, sanitize_key
 from s3spool.store.s3 import plain_http
 from s3spool.store.s3errors import classify_error, parse_error_body
@@ -145,12 +155,15 @@ def test_sanitize_key_refuses(bad: str) -> None:
         ("403", 403, Refused, "AccessDenied"),  # a HEAD's error has no body
         ("NoSuchBucket", 404, Refused, "NoSuchBucket"),
         ("ExpiredToken", 400, Refused, "ExpiredToken"),
-        ("NotImplemented", 501, PermanentError, "not_implemented"),
-        ("", 501, PermanentError, "not_implemented"),
+        ("NotImplemented", 501, Unsupported, "not_implemented"),
+        ("", 501, Unsupported, "not_implemented"),
         ("EntityTooLarge", 400, PermanentError, "EntityTooLarge"),
-        ("PreconditionFailed", 412, PermanentError, "precondition_failed"),
+        ("PreconditionFailed", 412, PreconditionFailed, "precondition_failed"),
         ("", 408, TransientError, "http_408"),
-        ("InvalidArgument", 400, PermanentError, "InvalidArgument"),
+        ("InvalidArgument", 400, BadRequest, "InvalidArgument"),
+        ("NoSuchUpload", 404, NoSuchUpload, "NoSuchUpload"),
+        ("NoSuchKey", 404, NotFound, "NoSuchKey"),
+        ("404", 404, NotFound, "404"),  # a HEAD's error has no body
     ],
 )
 def test_classify_error(code: str, status: int, cls: type, reason: str) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import secrets
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from s3spool.config.load import Config, routes_of
 from s3spool.config.settings import Settings
@@ -17,14 +19,22 @@ from s3spool.errors import (
     EXIT_CONFIG,
     EXIT_NOT_OK,
     EXIT_OK,
+    BadRequest,
     ConfigError,
+    PermanentError,
+    PreconditionFailed,
     StoreUnavailable,
+    Unsupported,
     UploadError,
 )
 from s3spool.spool.keys import KeyTemplate
 from s3spool.spool.scan import plural
-from s3spool.spool.spool import Spool
+from s3spool.spool.spool import Source, Spool
 from s3spool.spool.watch import INOTIFY_HELP
+from s3spool.store.s3errors import s3_errors
+
+if TYPE_CHECKING:
+    from s3spool.store.s3 import S3Store
 
 # --- check -------------------------------------------------------------------------------------
 
@@ -139,13 +149,11 @@ def _read_int(path: Path) -> int | None:
 
 
 def check_inotify(layouts: Sequence[SpoolDirs]) -> tuple[str, str]:
+    from asyncinotify import Inotify, Mask
+
     watches = _read_int(INOTIFY_SYSCTL / "max_user_watches")
     instances = _read_int(INOTIFY_SYSCTL / "max_user_instances")
     limits = f"fs.inotify.max_user_watches={watches} fs.inotify.max_user_instances={instances}"
-    try:
-        from asyncinotify import Inotify, Mask
-    except ImportError as exc:  # pragma: no cover - a dependency
-        return FAIL, f"asyncinotify unavailable: {exc}"
     try:
         inotify = Inotify()
     except OSError as exc:
@@ -181,21 +189,20 @@ async def check_store(
     settings: Settings, *, read_only: bool
 ) -> tuple[str, str, list[tuple[str, str]]]:
     """(verdict, detail, what the store supports as (topic, finding) lines)."""
-    from s3spool.store.open import open_store
+    from s3spool.store.s3 import S3Store
 
-    scheme, bucket, prefix = settings.scheme, settings.bucket, settings.prefix
-    if scheme == "noop":
+    if settings.scheme == "noop":
         return PASS, "noop:// stores nothing; nothing to check", []
-    where = f"s3://{bucket}/{prefix}"
-    s = settings
+    s, bucket = settings, settings.bucket
+    where = f"s3://{bucket}/{settings.prefix}"
     # botocore makes up to 3 attempts, each bounded by connect + read timeout.
     limit = 3 * (s.connect_timeout + s.read_timeout) + 5
     try:
-        async with asyncio.timeout(limit), open_store(s) as store:
+        async with asyncio.timeout(limit), S3Store(s) as store:
             try:
                 found = await store.survey()
             except StoreUnavailable as exc:
-                return FAIL, _explain_probe(exc, bucket), []
+                return FAIL, f"{where}: {exc}", []
             if read_only:
                 return (
                     PASS,
@@ -203,15 +210,15 @@ async def check_store(
                     found,
                 )
             try:
-                key = await store.test_write()
+                key = await test_write(store)
+            except _TestObjectLeft as exc:
+                return WARN, f"{where}: PutObject works, but {exc}", store.verifier.describe()
             except UploadError as exc:
-                if exc.reason == "test_object_left":
-                    return WARN, f"{where}: PutObject works, but {exc}", store.describe()
-                found = store.describe()
+                found = store.verifier.describe()
                 return FAIL, f"{where}: cannot write: {exc}{_checksum_hint(exc, s)}", found
-            found = store.describe()
+            found = store.verifier.describe()
             detail = f"{where}: HeadBucket, PutObject, multipart and DeleteObject of {key!r} work"
-            if s.overwrite == "never" and store.facts.conditional_writes is False:
+            if s.overwrite == "never" and store.verifier.facts.conditional_writes is False:
                 return (
                     WARN,
                     detail + "; but the store ignores If-None-Match (OVERWRITE=never)",
@@ -230,29 +237,106 @@ async def check_store(
         return FAIL, f"{where}: {exc}", []
 
 
-def _explain_probe(exc: StoreUnavailable, bucket: str) -> str:
-    if exc.reason in ("404", "http_404", "NoSuchBucket", "NotFound"):
-        return f"bucket {bucket!r} does not exist (S3SPOOL_DESTINATION): {exc}"
-    if exc.reason in ("403", "http_403", "AccessDenied", "forbidden"):
-        return (
-            f"access to bucket {bucket!r} denied: {exc} "
-            "(check the credentials and the bucket policy: s3:ListBucket is needed for HeadBucket)"
-        )
-    return f"bucket {bucket!r} unreachable: {exc}"
-
-
 def _checksum_hint(exc: UploadError, s: Settings) -> str:
     if s.checksum_compat or s.checksum in ("md5", "none"):
         return ""
-    if exc.reason in (
-        "InvalidArgument",
-        "InvalidRequest",
-        "NotImplemented",
-        "http_400",
-        "http_501",
-    ):
+    if isinstance(exc, BadRequest | Unsupported):
         return (
             " (if this store rejects x-amz-checksum-* headers, set S3SPOOL_CHECKSUM_COMPAT=true "
             "or --checksum-compat)"
         )
     return ""
+
+
+# --- the write test: what only a write shows of a store --------------------------------------
+
+
+class _TestObjectLeft(PermanentError):
+    """A test object could not be deleted (uploads need no s3:DeleteObject)."""
+
+
+async def test_write(s3: S3Store) -> str:
+    """Write test objects under the prefix and delete them; returns the PUT's key.
+
+    The PUT carries the same headers as a real upload (checksum, SSE, ACL,
+    storage class) through the same sender, so a store or policy that would refuse
+    uploads refuses this too.  On the way it learns what the store's answers allow
+    (``facts``): checksum echo, ETag forms, whether If-None-Match is honoured,
+    AbortMultipartUpload.  The service itself never writes test objects.
+    """
+    key = f"{s3.prefix}.s3spool-check-{secrets.token_hex(8)}"
+    data = b"s3spool check: safe to delete\n"
+    src = Source("check.txt", size=len(data), mtime_ns=time.time_ns(), key=key)
+    left: list[str] = []
+    try:
+        await s3.send_put(src, data, s3.ck.body(data), None)
+        left.append(key)
+        await _learn_conditional(s3, src, data)
+        mpu_key = key + "-multipart"
+        left.append(mpu_key)
+        await _learn_multipart(s3, src, mpu_key, data)
+        with s3_errors("CreateMultipartUpload"):
+            created = await s3.client.create_multipart_upload(Bucket=s3.bucket, Key=mpu_key)
+        await s3.abort_upload(mpu_key, created["UploadId"])
+    finally:
+        for name in left:
+            try:
+                with s3_errors(f"DeleteObject {name!r}"):
+                    await s3.client.delete_object(Bucket=s3.bucket, Key=name)
+            except UploadError as err:
+                raise _TestObjectLeft(
+                    f"the test object {name!r} was left behind ({err}); remove it by hand",
+                    reason="test_object_left",
+                ) from None
+    return key
+
+
+async def _learn_conditional(s3: S3Store, src: Source, data: bytes) -> None:
+    params = {"Bucket": s3.bucket, "Key": src.key, "IfNoneMatch": "*"}
+    params.update(s3.digest_params(s3.ck.body(data)))
+    try:
+        await s3.sender.send("PutObject", params, data)
+        s3.verifier.facts.conditional_writes = False
+    except Unsupported:
+        s3.verifier.facts.conditional_writes = False
+    except PreconditionFailed:
+        s3.verifier.facts.conditional_writes = True
+
+
+async def _learn_multipart(s3: S3Store, src: Source, key: str, data: bytes) -> None:
+    """A one-part multipart upload (a last part may be small): its ETag form."""
+    s = dataclasses.replace(src, key=key, upload_id=None)
+    digest = s3.ck.body(data)
+    params: dict[str, Any] = {"Bucket": s3.bucket, "Key": key}
+    if s3.verifier.send_checksum:
+        params["ChecksumAlgorithm"] = s3.ck.param
+    with s3_errors("multipart test upload"):
+        created = await s3.client.create_multipart_upload(**params)
+        upload_id = created["UploadId"]
+        resp = await s3.sender.send(
+            "UploadPart",
+            {
+                "Bucket": s3.bucket,
+                "Key": key,
+                "UploadId": upload_id,
+                "PartNumber": 1,
+                **s3.digest_params(digest),
+            },
+            data,
+        )
+        part: Any = {"PartNumber": 1, "ETag": resp.get("ETag")}  # a CompletedPartTypeDef
+        if s3.verifier.send_checksum and digest.checksum_b64:
+            part[f"Checksum{s3.ck.param}"] = digest.checksum_b64
+        done = await s3.client.complete_multipart_upload(
+            Bucket=s3.bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": [part]},
+        )
+    fd = os.memfd_create("s3spool-check")
+    try:
+        os.write(fd, data)
+        s.fd = fd
+        await s3.verifier.whole_object(s, dict(done), [digest], lambda: s3.head(key))
+    finally:
+        os.close(fd)

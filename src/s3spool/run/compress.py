@@ -48,7 +48,7 @@ from s3spool.config.settings import Settings
 from s3spool.errors import ConfigError, FileChanged, PermanentError
 from s3spool.spool.spool import Claim, Source, about, local_fault
 from s3spool.store.base import guess_type
-from s3spool.store.digests import ChecksumStream
+from s3spool.store.digests import StreamDigest
 
 log = logging.getLogger("s3spool.store")
 
@@ -189,7 +189,7 @@ def compress_pass(
     stop: threading.Event,
 ) -> PassResult:
     """Compress ``size`` bytes of ``src_fd`` into ``out_fd`` and checksum them (a thread)."""
-    digest = ChecksumStream(algorithm)
+    digest = StreamDigest(algorithm, md5=False)
     sink = Sink(out_fd)
     enc = encoder(codec, level, threads, sink)
     pos = 0

@@ -19,10 +19,13 @@ from typing import Protocol
 from s3spool.config.codecs import choose
 from s3spool.config.settings import Settings
 from s3spool.errors import (
+    Busy,
     FileChanged,
     FileVanished,
     LocalFault,
+    NotAFile,
     PermanentError,
+    PreconditionFailed,
     Refused,
     SlowDown,
     StoreUnavailable,
@@ -185,11 +188,12 @@ class Pipeline:
             self.host.trip(spool, exc)
             self.outcomes.left_behind(exc)
             return
-        except TransientError as exc:
-            if exc.reason == "busy" and not self.once:
+        except Busy:
+            if not self.once:
                 self.discovery.defer(item, 1.0)
-            elif exc.reason != "busy":
-                about(log.warning, spool, name, "%s", exc)
+            return
+        except TransientError as exc:
+            about(log.warning, spool, name, "%s", exc)
             return
         if claim is None:
             return  # another worker or instance won the rename
@@ -207,12 +211,12 @@ class Pipeline:
             about(log.warning, spool, claim.name, "%s; nothing to deliver", exc)
             spool.forget_key(claim)
             return
+        except NotAFile as exc:
+            # swapped after the check: give it back untouched, like any non-regular file
+            about(log.warning, spool, claim.name, "skipped, %s (returned to incoming/)", exc)
+            spool.unclaim(claim)
+            return
         except PermanentError as exc:
-            if exc.reason in ("symlink", "not_regular"):
-                # swapped after the check: give it back untouched, like any non-regular file
-                about(log.warning, spool, claim.name, "skipped, %s (returned to incoming/)", exc)
-                spool.unclaim(claim)
-                return
             self.outcomes.fail(claim, exc, started)
             return
         try:
@@ -323,8 +327,8 @@ class Pipeline:
                     await self.host.pause(down)
                     continue
                 raise PermanentError(str(exc), reason=exc.reason) from None
-            except PermanentError as exc:
-                if exc.reason == "exists" and await store.delivered(claim):
+            except PreconditionFailed:
+                if await store.delivered(claim):  # OVERWRITE=never: the object may be ours
                     return Delivery(claim.key, claim.size, already_there=True)
                 raise
             except TransientError as exc:

@@ -45,7 +45,15 @@ from pathlib import Path
 from typing import Any
 
 from s3spool.config.spools import SpoolDirs
-from s3spool.errors import ConfigError, FileVanished, LocalFault, PermanentError, TransientError
+from s3spool.errors import (
+    Busy,
+    ConfigError,
+    FileVanished,
+    LocalFault,
+    NotAFile,
+    PermanentError,
+    TransientError,
+)
 from s3spool.spool import dirs as tree
 
 log = logging.getLogger("s3spool.spool")
@@ -346,9 +354,7 @@ class Spool:
         except (FileExistsError, NotADirectoryError):  # NOTDIR: a claim of a/ vs one of a/b
             if not os.path.lexists(src):
                 return None
-            raise TransientError(
-                f"a file named {name!r} is still in flight", reason="busy"
-            ) from None
+            raise Busy(f"a file named {name!r} is still in flight", reason="busy") from None
         except OSError as exc:
             where = self.files if writable(self.dirs.incoming) is None else self.dirs.incoming
             raise local_fault(exc, f"claim {name!r}", where) from None
@@ -488,14 +494,14 @@ def open_claimed(claim: Claim) -> None:
         raise FileVanished(f"{claim.name!r} vanished after it was claimed") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise PermanentError("is a symlink (never followed)", reason="symlink") from None
+            raise NotAFile("is a symlink (never followed)", reason="symlink") from None
         if exc.errno in (errno.EACCES, errno.EPERM):
             raise PermanentError(f"cannot read: {exc.strerror}", reason="unreadable") from None
         raise PermanentError(f"cannot open: {exc.strerror}", reason="unreadable") from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise PermanentError("not a regular file", reason="not_regular")
+        raise NotAFile("not a regular file", reason="not_regular")
     claim.size = st.st_size
     claim.mtime = st.st_mtime
     claim.mtime_ns = st.st_mtime_ns

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from s3spool.errors import FileChanged
 from s3spool.store.base import INLINE_READ_MAX
-from s3spool.store.digests import BodyDigest, Checksummer
 
 #: Streamed bodies are read, hashed and sent in chunks of this size: memory per request
 #: in flight is a chunk or two, whatever the part size.
@@ -63,37 +61,3 @@ class FileRange:
         if len(data) != self.length:
             raise FileChanged("file shrank while it was being read", reason="changed")
         return data
-
-
-def digest_range(
-    fd: int, offset: int, length: int, ck: Checksummer, payload_sha256: bool
-) -> tuple[BodyDigest, str | None]:
-    """Digests of a file range in one chunked pass, plus its SHA-256 hex if asked for.
-
-    The bytes are read again when sent; a change in between makes the store reject
-    the body (Content-MD5) and the after-upload stat check send it again.
-    """
-    stream = ck.stream()
-    sha = hashlib.sha256() if payload_sha256 else None
-    pos, end = offset, offset + length
-    while pos < end:
-        chunk = os.pread(fd, min(STREAM_CHUNK, end - pos), pos)
-        if not chunk:
-            raise FileChanged("file shrank while it was being read", reason="changed")
-        stream.update(chunk)
-        if sha is not None:
-            sha.update(chunk)
-        pos += len(chunk)
-    return stream.result(), (sha.hexdigest() if sha is not None else None)
-
-
-def whole_file_digest(fd: int, size: int, ck: Checksummer) -> tuple[str, str | None]:
-    """(MD5 hex, checksum base64) of the whole file, as a single PUT would have them.
-
-    Used where a store answers a multipart upload with whole-object values instead of
-    the composite ``-N`` forms.
-    """
-    stream = ck.stream() if ck.enabled else Checksummer("md5").stream()
-    for offset in range(0, size, STREAM_CHUNK * 4):
-        stream.update(read_exact(fd, offset, min(STREAM_CHUNK * 4, size - offset)))
-    return stream.md5_hex(), stream.checksum_b64()

@@ -14,22 +14,25 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-_crc32c: Any
-try:
-    import crc32c as _crc32c
-except ImportError:  # pragma: no cover - a dependency, but keep crc32 usable without it
-    _crc32c = None
+import crc32c
+
+from s3spool.errors import FileChanged
+from s3spool.store.bodies import STREAM_CHUNK
 
 #: algorithm → (request/response parameter suffix used by botocore, e.g. ChecksumCRC32C)
 PARAM = {"crc32c": "CRC32C", "crc32": "CRC32", "sha256": "SHA256"}
+_CRC: dict[str, Callable[[bytes | memoryview, int], int]] = {
+    "crc32": zlib.crc32,
+    "crc32c": crc32c.crc32c,
+}
 
 
-def _crc(fn: Callable[[bytes, int], int]) -> Callable[[bytes], bytes]:
+def _crc(fn: Callable[[bytes | memoryview, int], int]) -> Callable[[bytes], bytes]:
     def digest(data: bytes) -> bytes:
         return fn(data, 0).to_bytes(4, "big")
 
@@ -37,12 +40,8 @@ def _crc(fn: Callable[[bytes, int], int]) -> Callable[[bytes], bytes]:
 
 
 def _digest_fn(algorithm: str) -> Callable[[bytes], bytes] | None:
-    if algorithm == "crc32":
-        return _crc(zlib.crc32)
-    if algorithm == "crc32c":
-        if _crc32c is None:
-            raise RuntimeError("CHECKSUM=crc32c needs the crc32c package")
-        return _crc(_crc32c.crc32c)
+    if algorithm in _CRC:
+        return _crc(_CRC[algorithm])
     if algorithm == "sha256":
         return lambda data: hashlib.sha256(data).digest()
     return None
@@ -107,74 +106,87 @@ class Checksummer:
 
 
 class StreamDigest:
-    """MD5 plus the configured checksum, fed chunk by chunk (bounded memory)."""
+    """The configured checksum, and the MD5 every body needs unless ``md5=False``, fed chunk
+    by chunk (bounded memory).  Without MD5 for bytes that are not sent as they are (the
+    original of a compressed object): it would cost 1.4 s of CPU per GiB for nothing.
+    """
 
-    def __init__(self, algorithm: str) -> None:
+    def __init__(self, algorithm: str, *, md5: bool = True) -> None:
         self.algorithm = algorithm
-        self._md5 = hashlib.md5(usedforsecurity=False)
         self._crc = 0
+        self._crc_fn = _CRC.get(algorithm)
         self._sha = hashlib.sha256() if algorithm == "sha256" else None
+        want_md5 = (md5 and algorithm != "none") or algorithm == "md5"
+        self._md5 = hashlib.md5(usedforsecurity=False) if want_md5 else None
 
-    def update(self, data: bytes) -> None:
-        self._md5.update(data)
-        if self.algorithm == "crc32":
-            self._crc = zlib.crc32(data, self._crc)
-        elif self.algorithm == "crc32c" and _crc32c is not None:
-            self._crc = _crc32c.crc32c(data, self._crc)
+    def update(self, data: bytes | memoryview) -> None:
+        if self._md5 is not None:
+            self._md5.update(data)
+        if self._crc_fn is not None:
+            self._crc = self._crc_fn(data, self._crc)
         elif self._sha is not None:
             self._sha.update(data)
 
-    def md5_hex(self) -> str:
-        return self._md5.hexdigest()
+    def _checksum(self) -> bytes | None:
+        if self._crc_fn is not None:
+            return self._crc.to_bytes(4, "big")
+        return self._sha.digest() if self._sha is not None else None
 
     def result(self) -> BodyDigest:
         """The same digests ``Checksummer.body`` gives for the whole data fed in."""
-        if self.algorithm == "none":
-            return BodyDigest(None, None)
-        if self.algorithm in ("crc32", "crc32c"):
-            return BodyDigest(self._md5.digest(), self._crc.to_bytes(4, "big"))
-        return BodyDigest(self._md5.digest(), self._sha.digest() if self._sha else None)
-
-    def checksum_b64(self) -> str | None:
-        if self.algorithm in ("crc32", "crc32c"):
-            return b64(self._crc.to_bytes(4, "big"))
-        if self._sha is not None:
-            return b64(self._sha.digest())
-        return None
-
-
-class ChecksumStream:
-    """Only the configured checksum of a stream, fed chunk by chunk, as a metadata label
-    (``crc32c:BASE64``); ``md5`` gives the MD5 (it is that setting's checksum), ``none`` None.
-
-    For bytes that are not sent as they are (the original of a compressed object): the MD5
-    that every body needs would cost 1.4 s of CPU per GiB here for nothing.
-    """
-
-    def __init__(self, algorithm: str) -> None:
-        self.algorithm = algorithm
-        self._crc = 0
-        self._hash = (
-            hashlib.sha256()
-            if algorithm == "sha256"
-            else hashlib.md5(usedforsecurity=False)
-            if algorithm == "md5"
-            else None
-        )
-        if algorithm == "crc32c" and _crc32c is None:
-            raise RuntimeError("CHECKSUM=crc32c needs the crc32c package")
-
-    def update(self, data: bytes | memoryview) -> None:
-        if self.algorithm == "crc32c":
-            self._crc = _crc32c.crc32c(data, self._crc)
-        elif self.algorithm == "crc32":
-            self._crc = zlib.crc32(data, self._crc)
-        elif self._hash is not None:
-            self._hash.update(data)
+        return BodyDigest(self._md5.digest() if self._md5 else None, self._checksum())
 
     def label(self) -> str | None:
-        if self.algorithm in ("crc32", "crc32c"):
-            return f"{self.algorithm}:{b64(self._crc.to_bytes(4, 'big'))}"
-        if self._hash is not None:
-            return f"{self.algorithm}:{b64(self._hash.digest())}"
-        return None
+        """The configured checksum as a metadata label (``crc32c:BASE64``; md5: the MD5)."""
+        raw = self._md5.digest() if self.algorithm == "md5" and self._md5 else self._checksum()
+        return f"{self.algorithm}:{b64(raw)}" if raw is not None else None
+
+
+def digest_range(
+    fd: int,
+    offset: int,
+    length: int,
+    ck: Checksummer,
+    payload_sha256: bool = False,
+    md5: bool = True,
+) -> tuple[StreamDigest, str | None]:
+    """The digests of a file range in one chunked pass, plus its SHA-256 hex if asked for.
+
+    The bytes are read again when sent; a change in between makes the store reject
+    the body (Content-MD5) and the after-upload stat check send it again.
+    """
+    stream = StreamDigest(ck.algorithm, md5=md5)
+    sha = hashlib.sha256() if payload_sha256 else None
+    pos, end = offset, offset + length
+    while pos < end:
+        chunk = os.pread(fd, min(STREAM_CHUNK, end - pos), pos)
+        if not chunk:
+            raise FileChanged("file shrank while it was being read", reason="changed")
+        stream.update(chunk)
+        if sha is not None:
+            sha.update(chunk)
+        pos += len(chunk)
+    return stream, (sha.hexdigest() if sha is not None else None)
+
+
+@dataclass(frozen=True, slots=True)
+class FileDigest:
+    """A whole file's ETag (MD5 hex) and checksum (base64) as the store reports them."""
+
+    etag: str | None
+    checksum: str | None
+
+
+def digest_file(fd: int, size: int, ck: Checksummer, part_size: int | None = None) -> FileDigest:
+    """A whole file's digests as one PUT has them, or (``part_size``) as the composite
+    values (``-N``) of a multipart upload."""
+    if not ck.enabled:
+        return FileDigest(None, None)
+    if part_size is None:
+        d = digest_range(fd, 0, size, ck)[0].result()
+        return FileDigest(d.md5.hex() if d.md5 else None, d.checksum_b64)
+    parts = [
+        digest_range(fd, off, min(part_size, size - off), ck)[0].result()
+        for off in range(0, max(size, 1), part_size)
+    ]
+    return FileDigest(*ck.composite(parts))

@@ -13,9 +13,8 @@ from typing import Any
 from s3spool.config.settings import Settings
 from s3spool.spool.spool import Source
 from s3spool.store.base import ByteBudget, Delivery, Store
-from s3spool.store.digests import Checksummer
+from s3spool.store.digests import Checksummer, digest_file
 from s3spool.store.s3 import S3Store
-from s3spool.store.verify import digest_file
 
 log = logging.getLogger("s3spool.store")
 
@@ -55,9 +54,6 @@ class NoopStore:
 
     async def stale_uploads(self, older_than: float) -> list[tuple[str, str]]:
         return []
-
-    async def test_write(self) -> str:
-        return ""
 
 
 @contextlib.asynccontextmanager

@@ -1,38 +1,58 @@
 """The S3 store: one aiobotocore client per process, bodies through one sender.
 
-This module and ``sender.py`` are the boundary with botocore: every botocore/aiohttp error
-is translated (``s3errors.translate``) into ``errors.py``'s classes there.  botocore's
-``standard`` retry mode retries single requests, a failed part is retried alone
-(``multipart.py``), and the pipeline retries whole files on top of that.  What the store
-answers is checked against the file by ``verify.py``.
+Every botocore/aiohttp error is translated here and in ``sender.py`` (``s3errors``) into
+``errors.py``'s classes.  botocore's ``standard`` retry mode retries single requests, a
+failed part is retried alone, and the pipeline retries whole files on top of that.  What
+the store answers is checked against the file by ``verify.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable
-from contextlib import AsyncExitStack
-from typing import Any
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from typing import TYPE_CHECKING, Any, cast
 
 from s3spool.config.settings import Settings, check_ca_bundle, tls_verify
-from s3spool.errors import ConfigError, FileChanged, PermanentError, StoreUnavailable, UploadError
+from s3spool.errors import (
+    ConfigError,
+    FileChanged,
+    NoSuchUpload,
+    NotFound,
+    PermanentError,
+    PreconditionFailed,
+    Refused,
+    SlowDown,
+    StoreUnavailable,
+    TransientError,
+    Unsupported,
+    UploadError,
+)
 from s3spool.spool.spool import Source
-from s3spool.store import multipart
+from s3spool.store.aimd import retry_delay
 from s3spool.store.base import INLINE_READ_MAX, ByteBudget, Delivery, guess_type
-from s3spool.store.bodies import FileRange, digest_range, held_bytes, read_exact
-from s3spool.store.digests import BodyDigest, Checksummer
+from s3spool.store.bodies import FileRange, held_bytes, read_exact
+from s3spool.store.digests import BodyDigest, Checksummer, digest_range
 from s3spool.store.objectopts import object_options
-from s3spool.store.s3errors import SLOWDOWN_CODES, is_unsupported, translate
-from s3spool.store.sender import Body, Sender
-from s3spool.store.verify import StoreFacts, Verifier, delivery_of
+from s3spool.store.s3errors import SLOWDOWN_CODES, s3_errors
+from s3spool.store.sender import Body, Sender, make_sender
+from s3spool.store.verify import Verifier, delivery_of
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
 log = logging.getLogger("s3spool.store")
 
 
 class S3Store:
     """Uploads to S3 or an S3-compatible store through one aiobotocore client."""
+
+    client: S3Client  # set by __aenter__
+    sender: Sender
 
     def __init__(
         self,
@@ -50,8 +70,6 @@ class S3Store:
         self.last_answer = 0.0
         self._on_slowdown = on_slowdown
         self._stack = AsyncExitStack()
-        self._client: Any = None
-        self._sender: Sender | None = None
         self._instance = settings.resolved_instance_id
         self.options = object_options(settings)  # METADATA, TAGS, CACHE_CONTROL, ...
         self.verifier = Verifier(
@@ -61,29 +79,27 @@ class S3Store:
         )
 
     async def __aenter__(self) -> S3Store:
-        from s3spool.store.sender import make_sender
-
-        s = self.s
         from botocore.exceptions import ProfileNotFound
 
+        s = self.s
         try:
-            self._client = await self._stack.enter_async_context(client_for(s))
+            self.client = await self._stack.enter_async_context(client_for(s))
         except ProfileNotFound:
             raise ConfigError(
                 f"S3SPOOL_PROFILE (--profile): no profile {s.profile!r} in the shared AWS "
                 "config files (AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE)"
             ) from None
-        self._client.meta.events.register("response-received.s3.*", self._observe)
-        self._sender = await make_sender(
-            self._client,
+        self.client.meta.events.register("response-received.s3.*", self._observe)
+        self.sender = await make_sender(
+            self.client,
             self.bucket,
             direct=s.direct_put,
             on_slowdown=self._on_answer_slowdown,
             limiter=s.bandwidth,
         )
         facts = self.verifier.facts
-        facts.endpoint = self._client.meta.endpoint_url
-        base = getattr(self._sender, "base_url", "")
+        facts.endpoint = self.client.meta.endpoint_url
+        base = getattr(self.sender, "base_url", "")
         if base:
             facts.addressing = "virtual" if f"//{self.bucket}." in base else "path"
         else:
@@ -115,29 +131,12 @@ class S3Store:
         if code in SLOWDOWN_CODES or status == 503:
             self._on_slowdown()
 
-    @property
-    def facts(self) -> StoreFacts:
-        return self.verifier.facts
-
-    @property
-    def client(self) -> Any:
-        return self._client
-
-    @property
-    def sender(self) -> Sender:
-        assert self._sender is not None, "use S3Store as an async context manager"
-        return self._sender
-
-    def answered(self) -> None:
-        """The store answered a body: idle probes can wait."""
-        self.last_answer = time.monotonic()
-
     # --- request helpers --------------------------------------------------------------------
-    def object_params(self, key: str, src: Source) -> dict[str, Any]:
+    def object_params(self, src: Source) -> dict[str, Any]:
         s = self.s
         params: dict[str, Any] = {
             "Bucket": self.bucket,
-            "Key": key,
+            "Key": src.key,
             "Metadata": {
                 "s3spool-mtime": f"{src.mtime_ns / 1e9:.6f}",
                 "s3spool-instance": self._instance,
@@ -170,49 +169,30 @@ class S3Store:
             params[f"Checksum{self.ck.param}"] = d.checksum_b64
         return params
 
-    async def body(
-        self, fd: int, offset: int, length: int, content_md5: bool
-    ) -> tuple[Body, BodyDigest, str | None]:
-        return await body_of(self.sender, self.ck, fd, offset, length, content_md5)
-
     # --- Store protocol ---------------------------------------------------------------------
     async def upload(self, src: Source) -> Delivery:
         if src.upload_id is not None or src.size >= self.s.multipart_threshold:
-            return await multipart.upload(self, src)
-        return await self._put(src)
-
-    async def _put(self, src: Source) -> Delivery:
-        assert self._sender is not None
-        async with self.budget.hold(held_bytes(self._sender.streams, src.size)):
-            body, digest, payload = await self.body(src.fd, 0, src.size, self.ck.enabled)
+            return await self._multipart(src)
+        async with self.budget.hold(held_bytes(self.sender.streams, src.size)):
+            body, digest, payload = await self._body(src.fd, 0, src.size)
             return await self.send_put(src, body, digest, payload)
 
     async def send_put(
         self, src: Source, body: Body, digest: BodyDigest, payload: str | None
     ) -> Delivery:
-        assert self._sender is not None
-        params = self.object_params(src.key, src)
+        params = self.object_params(src)
         params.update(self.digest_params(digest))
         if digest.checksum is not None:
             params["Metadata"]["s3spool-checksum"] = self.ck.label(digest.checksum_b64) or ""
         if self.s.overwrite == "never":
             params["IfNoneMatch"] = "*"
         try:
-            resp = await self._sender.send("PutObject", params, body, payload)
-        except UploadError as exc:
-            raise self.precondition_or(exc, src, "PutObject") from None
-        self.answered()
+            resp = await self.sender.send("PutObject", params, body, payload)
+        except PreconditionFailed:
+            raise _exists(src, "PutObject") from None
+        self.last_answer = time.monotonic()
         self.verifier.body("PutObject", resp, digest)
         return delivery_of(src, resp, self.ck.label(digest.checksum_b64))
-
-    def precondition_or(self, err: UploadError, src: Source, what: str) -> UploadError:
-        if err.reason == "precondition_failed":
-            # OVERWRITE=never and the key exists; the caller decides whether it is ours.
-            return PermanentError(
-                f"{what}: an object already exists at {src.key!r} (OVERWRITE=never)",
-                reason="exists",
-            )
-        return err
 
     async def abort_quietly(self, key: str, upload_id: str) -> None:
         try:
@@ -221,54 +201,50 @@ class S3Store:
             log.warning("could not abort multipart upload %s of %r: %s", upload_id, key, exc)
 
     async def abort_upload(self, key: str, upload_id: str) -> None:
-        if self.facts.abort_uploads is False:
+        facts = self.verifier.facts
+        if facts.abort_uploads is False:
             return
         try:
-            await self._client.abort_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload_id
-            )
-            self.facts.abort_uploads = True
-        except Exception as exc:
-            err = translate(exc, "AbortMultipartUpload")
-            if err.reason == "NoSuchUpload":
-                return
-            if is_unsupported(err):
-                self.facts.abort_uploads = False
-                self.verifier.tell_once(
-                    "abort",
-                    logging.WARNING,
-                    "the store does not support AbortMultipartUpload (%s): unfinished uploads "
-                    "stay until the store expires them (set a lifecycle rule)",
-                    err,
+            with s3_errors("AbortMultipartUpload"):
+                await self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id
                 )
-                return
-            raise err from None
+            facts.abort_uploads = True
+        except NoSuchUpload:
+            return
+        except Unsupported as err:
+            facts.abort_uploads = False
+            self.verifier.tell_once(
+                "abort",
+                logging.WARNING,
+                "the store does not support AbortMultipartUpload (%s): unfinished uploads "
+                "stay until the store expires them (set a lifecycle rule)",
+                err,
+            )
 
     async def stale_uploads(self, older_than: float) -> list[tuple[str, str]]:
         """(key, upload id) of multipart uploads under the prefix started before ``older_than``."""
         found: list[tuple[str, str]] = []
-        if self.facts.list_uploads is False:
+        if self.verifier.facts.list_uploads is False:
             return found
         try:
-            paginator = self._client.get_paginator("list_multipart_uploads")
-            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
-                for up in page.get("Uploads", []) or []:
-                    initiated = up.get("Initiated")
-                    if initiated is not None and initiated.timestamp() < older_than:
-                        found.append((up["Key"], up["UploadId"]))
-        except Exception as exc:
-            err = translate(exc, "ListMultipartUploads")
-            if err.reason == "NoSuchUpload":
-                return found  # some stores answer an empty listing this way
-            if is_unsupported(err):
-                self._no_listing(err)
-                return found
-            raise err from None
-        self.facts.list_uploads = True
+            with s3_errors("ListMultipartUploads"):
+                paginator = self.client.get_paginator("list_multipart_uploads")
+                async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                    for up in page.get("Uploads", []) or []:
+                        initiated = up.get("Initiated")
+                        if initiated is not None and initiated.timestamp() < older_than:
+                            found.append((up["Key"], up["UploadId"]))
+        except NoSuchUpload:
+            return found  # some stores answer an empty listing this way
+        except Unsupported as err:
+            self._no_listing(err)
+            return found
+        self.verifier.facts.list_uploads = True
         return found
 
     def _no_listing(self, err: UploadError) -> None:
-        self.facts.list_uploads = False
+        self.verifier.facts.list_uploads = False
         self.verifier.tell_once(
             "list-uploads",
             logging.WARNING,
@@ -278,60 +254,247 @@ class S3Store:
         )
 
     async def probe(self) -> None:
+        """HeadBucket; any failure makes the store unavailable, its message saying why."""
         try:
-            await self._client.head_bucket(Bucket=self.bucket)
-        except Exception as exc:
-            err = translate(exc, "HeadBucket")
+            with s3_errors("HeadBucket"):
+                await self.client.head_bucket(Bucket=self.bucket)
+        except NotFound as err:
+            raise StoreUnavailable(
+                f"bucket {self.bucket!r} does not exist (S3SPOOL_DESTINATION): {err}",
+                reason=err.reason,
+            ) from None
+        except Refused as err:
+            raise StoreUnavailable(
+                f"access to bucket {self.bucket!r} denied: {err} (check the credentials and "
+                "the bucket policy: s3:ListBucket is needed for HeadBucket)",
+                reason=err.reason,
+            ) from None
+        except UploadError as err:
             raise StoreUnavailable(str(err), reason=err.reason) from None
-
-    def describe(self) -> list[tuple[str, str]]:
-        """What is known of the store, as (topic, finding) lines for logs and ``check``."""
-        return self.verifier.describe()
 
     async def survey(self) -> list[tuple[str, str]]:
         """Probe the bucket, then what a read can tell: is ListMultipartUploads there?"""
         await self.probe()
         try:
-            await self._client.list_multipart_uploads(Bucket=self.bucket, MaxUploads=1)
-            self.facts.list_uploads = True
-        except Exception as exc:
-            err = translate(exc, "ListMultipartUploads")
-            if err.reason == "NoSuchUpload":
-                self.facts.list_uploads = True  # some stores answer an empty listing this way
-            elif is_unsupported(err):
-                self._no_listing(err)
-            else:
-                log.info("ListMultipartUploads not usable (%s); the sweep will try again", err)
-        return self.describe()
+            with s3_errors("ListMultipartUploads"):
+                await self.client.list_multipart_uploads(Bucket=self.bucket, MaxUploads=1)
+            self.verifier.facts.list_uploads = True
+        except NoSuchUpload:  # some stores answer an empty listing this way
+            self.verifier.facts.list_uploads = True
+        except Unsupported as err:
+            self._no_listing(err)
+        except UploadError as err:
+            log.info("ListMultipartUploads not usable (%s); the sweep will try again", err)
+        return self.verifier.describe()
 
     async def delivered(self, src: Source) -> bool:
         """Is ``src.key`` already in the store with this file's bytes?  (crash recovery)"""
         try:
             head = await self.head(src.key)
-        except UploadError as err:
-            if err.reason in ("404", "NoSuchKey", "http_404", "NotFound"):
-                return False
-            raise
+        except NotFound:
+            return False
         return await self.verifier.matches_stored(src, head, self.s.part_size)
 
     async def head(self, key: str) -> dict[str, Any]:
         """HeadObject with checksum mode."""
-        try:
-            head: dict[str, Any] = await self.client.head_object(
+        with s3_errors("HeadObject"):
+            head = await self.client.head_object(
                 Bucket=self.bucket, Key=key, ChecksumMode="ENABLED"
             )
-        except Exception as exc:
-            raise translate(exc, "HeadObject") from None
-        return head
+        return dict(head)
 
-    async def test_write(self) -> str:
-        """Write (and delete) test objects: what only a write shows (``s3spool check``)."""
-        from s3spool.store.probe import test_write
+    # --- multipart ------------------------------------------------------------------------
+    async def _multipart(self, src: Source) -> Delivery:
+        """A multipart upload of ``src``: a recorded one continues, parts go up in parallel,
+        a failed part is retried alone; the completed object is verified against the file."""
+        sender = self.sender
+        part_size = src.part_size or self.s.part_size
+        count = max(1, -(-src.size // part_size))
+        upload_id = src.upload_id
+        stored: dict[int, dict[str, Any]] = {}
+        if upload_id is not None:
+            found = await self._stored_parts(src.key, upload_id)
+            if found is None:
+                await self.abort_quietly(src.key, upload_id)
+                upload_id = None
+            else:
+                stored = found
+                log.info(
+                    "resuming multipart upload of %r: the store holds %d of %d parts",
+                    src.key,
+                    len(stored),
+                    count,
+                )
+        if upload_id is None:
+            params = self.object_params(src)
+            params["Metadata"]["s3spool-part-size"] = str(part_size)
+            if self.verifier.send_checksum:
+                params["ChecksumAlgorithm"] = self.ck.param
+            with s3_errors("CreateMultipartUpload"):
+                created = await self.client.create_multipart_upload(**params)
+            upload_id = str(created["UploadId"])
+        src.uploading(upload_id, part_size)
+        digests: list[BodyDigest | None] = [None] * count
+        results: list[dict[str, Any] | None] = [None] * count
+        sem = asyncio.Semaphore(self.s.part_concurrency)
+        reused = 0
 
-        return await test_write(self)
+        async def one(index: int) -> None:
+            nonlocal reused
+            number = index + 1
+            offset = index * part_size
+            length = min(part_size, src.size - offset)
+            what = f"UploadPart {number}/{count}"
+            async with sem, self.budget.hold(held_bytes(sender.streams, length)):
+                body, digest, payload = await self._body(src.fd, offset, length)
+                digests[index] = digest
+                part: dict[str, Any] = {"PartNumber": number}
+                if digest.checksum is not None and self.verifier.send_checksum:
+                    part[f"Checksum{self.ck.param}"] = digest.checksum_b64
+                old = stored.get(number)
+                if old is not None and self.verifier.part_matches(old, length, digest):
+                    part["ETag"] = old.get("ETag")
+                    results[index] = part
+                    reused += 1
+                    return
+                params = {
+                    "Bucket": self.bucket,
+                    "Key": src.key,
+                    "UploadId": upload_id,
+                    "PartNumber": number,
+                    **self.digest_params(digest),
+                }
+                for attempt in itertools.count(1):
+                    try:
+                        resp = await sender.send("UploadPart", params, body, payload)
+                        self.last_answer = time.monotonic()
+                        self.verifier.body(what, resp, digest)
+                        break
+                    except TransientError as exc:
+                        # one part failing must not cost the parts already sent
+                        if isinstance(exc, FileChanged) or attempt >= self.s.retry_attempts:
+                            raise
+                        delay = retry_delay(
+                            attempt,
+                            self.s.retry_backoff,
+                            self.s.retry_backoff_max,
+                            slowdown=isinstance(exc, SlowDown),
+                        )
+                        log.info(
+                            "%s of %r: %s; retrying the part in %.2fs", what, src.key, exc, delay
+                        )
+                        await asyncio.sleep(delay)
+                part["ETag"] = resp.get("ETag")
+                results[index] = part
+
+        try:
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for i in range(count):
+                        tg.create_task(one(i))
+            except BaseExceptionGroup as group:
+                raise first_error(group) from None
+            parts = [p for p in results if p is not None]
+            extra: dict[str, Any] = {}
+            if self.s.overwrite == "never":
+                extra["IfNoneMatch"] = "*"
+            try:
+                with s3_errors("CompleteMultipartUpload"):
+                    done = await self.client.complete_multipart_upload(
+                        Bucket=self.bucket,
+                        Key=src.key,
+                        UploadId=upload_id,
+                        MultipartUpload={"Parts": cast("list[CompletedPartTypeDef]", parts)},
+                        **extra,
+                    )
+            except PreconditionFailed:
+                raise _exists(src, "CompleteMultipartUpload") from None
+        except asyncio.CancelledError:
+            # Shutdown: keep the upload; its id is recorded with the claim, so the next
+            # start continues from the parts already stored.
+            raise
+        except BaseException:
+            # Leftover parts are billed forever: abort what cannot be resumed.
+            await asyncio.shield(self.abort_quietly(src.key, upload_id))
+            src.uploading(None, part_size)
+            raise
+        src.uploading(None, part_size)
+        if reused:
+            log.info(
+                "multipart upload of %r resumed: %d of %d parts reused", src.key, reused, count
+            )
+        resp = dict(done)
+        checksum = await self.verifier.whole_object(
+            src, resp, [d for d in digests if d is not None], lambda: self.head(src.key)
+        )
+        return delivery_of(src, resp, checksum, parts=count)
+
+    async def _stored_parts(self, key: str, upload_id: str) -> dict[int, dict[str, Any]] | None:
+        """Parts the store holds for a recorded upload; None if it is gone or unlistable."""
+        have: dict[int, dict[str, Any]] = {}
+        try:
+            with s3_errors("ListParts"):
+                paginator = self.client.get_paginator("list_parts")
+                pages = paginator.paginate(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                async for page in pages:
+                    for part in page.get("Parts", []) or []:
+                        have[int(part["PartNumber"])] = dict(part)
+        except (NoSuchUpload, NotFound, Unsupported) as err:
+            log.info("cannot resume multipart upload %s of %r: %s", upload_id, key, err)
+            return None
+        return have
+
+    async def _body(self, fd: int, offset: int, length: int) -> tuple[Body, BodyDigest, str | None]:
+        """The body to send, its digests and (when signing needs it) its SHA-256.
+
+        Streamed from the file when the sender can (memory: a chunk or two), else read
+        into memory; the caller holds the byte budget for in-memory bodies.
+        """
+        ck = self.ck
+        sha = self.sender.needs_payload_hash(ck.enabled)
+        if self.sender.streams and length > INLINE_READ_MAX:
+            stream, payload = await asyncio.to_thread(digest_range, fd, offset, length, ck, sha)
+            return FileRange(fd, offset, length), stream.result(), payload
+        if length <= INLINE_READ_MAX:
+            data = read_exact(fd, offset, length)
+        else:
+            data = await asyncio.to_thread(read_exact, fd, offset, length)
+        if len(data) != length:
+            raise FileChanged(
+                f"file shrank while reading ({len(data)} of {length} bytes)", reason="changed"
+            )
+        if length <= INLINE_READ_MAX:
+            return data, ck.body(data), None  # a bytes body is hashed by the signer when needed
+        return data, await asyncio.to_thread(ck.body, data), None
 
 
-def client_for(s: Settings) -> Any:
+def _exists(src: Source, what: str) -> PreconditionFailed:
+    # OVERWRITE=never and the key exists; the pipeline decides whether it is ours.
+    return PreconditionFailed(
+        f"{what}: an object already exists at {src.key!r} (OVERWRITE=never)", reason="exists"
+    )
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The most telling error of a failed part group (a global fault beats a transient one)."""
+    flat: list[BaseException] = []
+
+    def walk(g: BaseExceptionGroup[BaseException]) -> None:
+        for e in g.exceptions:
+            if isinstance(e, BaseExceptionGroup):
+                walk(e)
+            else:
+                flat.append(e)
+
+    walk(group)
+    for cls in (StoreUnavailable, Refused, PermanentError, SlowDown, TransientError):
+        for e in flat:
+            if isinstance(e, cls):
+                return e
+    return flat[0]
+
+
+def client_for(s: Settings) -> AbstractAsyncContextManager[S3Client]:
     """The one aiobotocore S3 client of the process (an async context manager)."""
     from aiobotocore.config import AioConfig
     from aiobotocore.session import AioSession
@@ -367,7 +530,10 @@ def client_for(s: Settings) -> Any:
                 check_ca_bundle(bundle, "AWS_CA_BUNDLE (or the profile's ca_bundle)")
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
-    return session.create_client("s3", endpoint_url=s.endpoint_url, config=config, verify=verify)
+    client: AbstractAsyncContextManager[S3Client] = session.create_client(
+        "s3", endpoint_url=s.endpoint_url, config=config, verify=verify
+    )
+    return client
 
 
 def plain_http(endpoint_url: str | None) -> bool:
@@ -380,28 +546,3 @@ def plain_http(endpoint_url: str | None) -> bool:
 
     proxy = get_environ_proxies(endpoint_url).get("http")
     return proxy is None or not proxy.strip().lower().startswith("https://")
-
-
-async def body_of(
-    sender: Sender, ck: Checksummer, fd: int, offset: int, length: int, content_md5: bool
-) -> tuple[Body, BodyDigest, str | None]:
-    """The body to send, its digests and (when signing needs it) its SHA-256.
-
-    Streamed from the file when the sender can (memory: a chunk or two), else read
-    into memory; the caller holds the byte budget for in-memory bodies.
-    """
-    sha = sender.needs_payload_hash(content_md5)
-    if sender.streams and length > INLINE_READ_MAX:
-        digest, payload = await asyncio.to_thread(digest_range, fd, offset, length, ck, sha)
-        return FileRange(fd, offset, length), digest, payload
-
-    if length <= INLINE_READ_MAX:
-        data = read_exact(fd, offset, length)
-    else:
-        data = await asyncio.to_thread(read_exact, fd, offset, length)
-    if len(data) != length:
-        raise FileChanged(
-            f"file shrank while reading ({len(data)} of {length} bytes)", reason="changed"
-        )
-    digest = ck.body(data) if length <= INLINE_READ_MAX else await asyncio.to_thread(ck.body, data)
-    return data, digest, None  # a bytes body is hashed by the signer when needed

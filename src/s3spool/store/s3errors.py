@@ -8,13 +8,20 @@ ways, and neither module has to import the other.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from s3spool.errors import (
+    BadRequest,
+    NoSuchUpload,
+    NotFound,
     PermanentError,
+    PreconditionFailed,
     Refused,
     SlowDown,
     StoreUnavailable,
     TransientError,
+    Unsupported,
     UploadError,
 )
 
@@ -48,7 +55,6 @@ TRANSIENT_CODES = frozenset(
         "BadDigest",
         "InvalidDigest",
         "XAmzContentSHA256Mismatch",
-        "NoSuchUpload",
         "IncompleteBody",
         "OperationAborted",
     }
@@ -68,19 +74,25 @@ def classify_error(code: str, status: int, msg: str) -> UploadError:
     """The pipeline's error class for an S3 error code and HTTP status."""
     if code in SLOWDOWN_CODES or status == 503:
         return SlowDown(msg, reason="slowdown")
+    if code == "NoSuchUpload":
+        return NoSuchUpload(msg, reason=code)
     if code in TRANSIENT_CODES:  # before the 403 rule: RequestTimeTooSkewed is a 403
         return TransientError(msg, reason=code)
     if code in REFUSED_CODES or status == 403:
         # a HEAD's error has no body: botocore names it "403"
         return Refused(msg, reason=code if code in REFUSED_CODES else "AccessDenied")
     if code in UNSUPPORTED_CODES or status == 501:
-        return PermanentError(msg, reason="not_implemented")
+        return Unsupported(msg, reason="not_implemented")
     if code in PERMANENT_CODES:
         return PermanentError(msg, reason=code)
     if status >= 500 or status in (408, 429):
         return TransientError(msg, reason=code or f"http_{status}")
     if code == "PreconditionFailed" or status == 412:
-        return PermanentError(msg, reason="precondition_failed")
+        return PreconditionFailed(msg, reason="precondition_failed")
+    if code in ("NoSuchKey", "NotFound") or status == 404:
+        return NotFound(msg, reason=code or "http_404")
+    if status == 400:
+        return BadRequest(msg, reason=code or "http_400")
     return PermanentError(msg, reason=code or f"http_{status}")
 
 
@@ -129,6 +141,10 @@ def translate(exc: BaseException, what: str) -> UploadError:
     return TransientError(f"{what}: {type(exc).__name__}: {exc}", reason=type(exc).__name__)
 
 
-def is_unsupported(err: UploadError) -> bool:
-    """Did the store answer that it lacks this API?"""
-    return err.reason == "not_implemented"
+@contextmanager
+def s3_errors(what: str) -> Iterator[None]:
+    """Raise what a request to the store raises as ``errors.py``'s classes, ``what`` named."""
+    try:
+        yield
+    except Exception as exc:
+        raise translate(exc, what) from None

@@ -36,7 +36,7 @@ import contextvars
 import io
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 from urllib.parse import quote
 
 from botocore.auth import SIGNED_HEADERS_BLACKLIST, S3SigV4Auth, _host_from_url
@@ -46,6 +46,9 @@ from multidict import CIMultiDict
 from s3spool.store.bandwidth import RouteLimit, Turn
 from s3spool.store.bodies import FileRange
 from s3spool.store.s3errors import SLOWDOWN_CODES, classify_error, parse_error_body, translate
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 log = logging.getLogger("s3spool.sender")
 
@@ -104,7 +107,7 @@ class BotocoreSender:
 
     streams = False
 
-    def __init__(self, client: Any, limiter: RouteLimit | None = None) -> None:
+    def __init__(self, client: S3Client, limiter: RouteLimit | None = None) -> None:
         self._client = client
         self._limit = limiter
         if limiter is not None:
@@ -149,13 +152,13 @@ class BotocoreSender:
         if limit is not None and limit.active is not None:
             token = _TURN.set(await limit.turn(len(data)))
         try:
-            resp: dict[str, Any] = await call(Body=data, **params)
+            resp = await call(Body=data, **params)
         except Exception as exc:
             raise translate(exc, _what(op, params)) from None
         finally:
             if token is not None:
                 _TURN.reset(token)
-        return resp
+        return cast("dict[str, Any]", resp)
 
 
 class _Rewindable:
@@ -250,7 +253,7 @@ class SignedSender:
 
     def __init__(
         self,
-        client: Any,
+        client: S3Client,
         base_url: str,
         *,
         on_slowdown: Callable[[], None] | None = None,
@@ -275,7 +278,7 @@ class SignedSender:
     @classmethod
     async def for_client(
         cls,
-        client: Any,
+        client: S3Client,
         bucket: str,
         *,
         on_slowdown: Callable[[], None] | None = None,
@@ -375,7 +378,7 @@ class SignedSender:
 
 
 async def make_sender(
-    client: Any,
+    client: S3Client,
     bucket: str,
     *,
     direct: bool,
