@@ -63,12 +63,15 @@ class Drain(threading.Thread):
         self.first_at = math.nan
 
     def run(self) -> None:
-        with open(self.path, "wb") as out:
-            while chunk := os.read(self.fd, 1 << 16):
-                if self.marker and math.isnan(self.first_at) and self.marker in chunk:
-                    self.first_at = time.monotonic()
-                out.write(chunk)
-        os.close(self.fd)
+        try:
+            with open(self.path, "wb") as out:
+                while chunk := os.read(self.fd, 1 << 16):
+                    if self.marker and math.isnan(self.first_at) and self.marker in chunk:
+                        self.first_at = time.monotonic()
+                    out.write(chunk)
+        finally:
+            # A reader that failed must not leave the tool blocked on a full pipe.
+            os.close(self.fd)
 
 
 class MeasuredProcess:
