@@ -44,7 +44,7 @@ from bench.runner import RunRecord, fill_measured, log, reported
 from bench.server import bench_server, server_cpu_seconds
 from bench.sysstat import others, snap, wait_for_quiet
 from bench.targets import BANDWIDTH_CHANGE_MAX_S, BANDWIDTH_WINDOW_MAX_PCT
-from bench.tools import S3spool, Tool
+from bench.tools import S3spool, Tool, nondefault
 
 GAUGE = "s3spool_bandwidth_limit_bytes"
 START_S = 4.0  # start-up and warm-up before the first window
@@ -211,8 +211,8 @@ def run_bandwidth(
             bench_server(rundir / "s3", log_dir / f"{tag}.server.log") as server,
             relay(server.url) as (url, _, counts),
         ):
-            env = tool.env(rundir, url, log_level="INFO")
-            env["S3SPOOL_CONFIG"] = str(config)
+            env = tool.env(rundir, url, {"S3SPOOL_CONFIG": str(config)})
+            rec.settings = nondefault(env)
             metrics_url = f"http://{env['S3SPOOL_HTTP_ADDR']}/metrics"
             if wait_for_quiet(quiet_wait_s) >= quiet_wait_s > 0:
                 log(f"machine still busy after {quiet_wait_s:.0f} s, measuring anyway")
@@ -224,11 +224,7 @@ def run_bandwidth(
             w0 = mono_t - HUP_S - GAP_S - spec.windows * spec.window_s
             cpu0 = server_cpu_seconds(server)
             sys0 = snap()
-            with (
-                open(log_dir / f"{tag}.out", "wb") as out,
-                open(log_dir / f"{tag}.err", "wb") as err,
-                MeasuredProcess(tool.argv(rundir, url), env=env, stdout=out, stderr=err) as p,
-            ):
+            with MeasuredProcess(tool.argv(rundir, url), env=env, log_prefix=log_dir / tag) as p:
                 up = _until(lambda: gauge(metrics_url) == spec.rate, time.monotonic() + 30, 0.05)
                 if up is None or up > w0 - 1.0:
                     problems.append("the service was not up 1 s before the first window")
@@ -302,6 +298,9 @@ def bandwidth_table(records: list[RunRecord]) -> str:
         "Case b, bandwidth limit: MiB/s at the store side per 5 s window, and how long a "
         "change took until /metrics showed it and until the bytes' rate bent (fits before "
         "and after it):",
+        "",
+        f"s3spool settings: {runs[0].settings or 'defaults'} (the file: `bandwidth_limit`, "
+        "as above)",
         "",
         "| Rep | Status | "
         + " | ".join(f"w{i + 1} MiB/s" for i in range(len(windows)))

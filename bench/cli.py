@@ -19,13 +19,23 @@ from bench.compress import compress_table, run_compress
 from bench.config import DEFAULT_OUT, RCLONE, live_spec, soak_spec, workloads
 from bench.live import run_live
 from bench.machine import machine_info
-from bench.report import Row, add_ratios, aggregate, legend, markdown_table, unavailable_row
+from bench.noop import TITLE as NOOP_TITLE
+from bench.noop import run_noop
+from bench.report import (
+    Row,
+    add_ratios,
+    aggregate,
+    legend,
+    markdown_table,
+    unavailable_row,
+    versus_table,
+)
 from bench.runner import RunRecord, log, run_batch
 from bench.soak import run_soak
 from bench.sysstat import loadavg
 from bench.tools import S3spool, S3spoolRun, Tool, make_tools
 
-ALL_CASES = ("0", "h", "1", "2", "3", "c", "4", "5", "6", "b")  # in the order they run
+ALL_CASES = ("0", "n", "h", "1", "2", "3", "c", "4", "5", "6", "b")  # in the order they run
 # Fixed order inside every repetition, so slow drift hits every tool alike.
 TOOL_ORDER = ("s3spool", "s3spool-run", "s5cmd", "rclone", "aws")
 
@@ -35,8 +45,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--cases",
         default=",".join(ALL_CASES),
-        help="comma list of 0 (cold start), h (headline), 1, 2, 3, c (compression), 4, 5, "
-        "6 (soak), b (bandwidth limit)",
+        help="comma list of 0 (cold start), n (noop://), h (headline), 1, 2, 3, "
+        "c (compression), 4, 5, 6 (soak), b (bandwidth limit); or one workload of a case "
+        "(h1, h2, h3, h4, 3a, 3b)",
     )
     ap.add_argument("--reps", type=int, default=3, help="repetitions per case and tool")
     ap.add_argument("--quick", action="store_true", help="shrunken cases for a smoke run")
@@ -70,8 +81,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     if ns.quiet_wait is None:
         ns.quiet_wait = 0.0 if ns.quick else 30.0
     ns.cases = [c.strip() for c in ns.cases.split(",") if c.strip()]
+    # A batch workload's own key (h1, 3a, ...) runs that one alone of its case.
+    groups = {w.key: case for case, ws in workloads(False).items() for w in ws}
+    ns.works = {c for c in ns.cases if c not in ALL_CASES and c in groups}
+    ns.groups = list(dict.fromkeys(groups.get(c, c) for c in ns.cases))
     ns.tools = {t.strip() for t in ns.tools.split(",") if t.strip()}
-    bad = [c for c in ns.cases if c not in ALL_CASES] + sorted(ns.tools - set(TOOL_ORDER))
+    bad = [c for c in ns.groups if c not in ALL_CASES] + sorted(ns.tools - set(TOOL_ORDER))
     if bad or ns.reps < 1:
         ap.error(f"unknown case/tool {bad}" if bad else "--reps must be >= 1")
     return ns
@@ -111,7 +126,7 @@ def run_all(
     slots: list[Slot] = []
     records: list[RunRecord] = []
     specs = workloads(ns.quick)
-    for case in sorted(ns.cases, key=ALL_CASES.index):
+    for case in sorted(ns.groups, key=ALL_CASES.index):
         if case in ("4", "6"):
             title = live_title(ns.quick) if case == "4" else soak_title(ns.quick)
             run = (
@@ -124,6 +139,9 @@ def run_all(
         if case == "0":
             slots += _run_cold_case(ns, tools, work_dir, log_dir, records)
             continue
+        if case == "n":
+            slots.append(_run_noop_case(ns, tools, work_dir, log_dir, records))
+            continue
         if case == "b":  # its own table (bandwidth_table), like case c
             records += run_bandwidth_case(ns, tools, work_dir, log_dir)
             continue
@@ -135,6 +153,8 @@ def run_all(
                 log("case c: needs the s3spool tool (--tools)")
             continue
         for work in specs[case]:
+            if case not in ns.cases and work.key not in ns.works:
+                continue
             order = [t for t in TOOL_ORDER if t in work.tools and t in tools]
             for rep in range(1, ns.reps + 1):
                 for name in order:
@@ -198,6 +218,25 @@ def _run_cold_case(
     return [Slot(c, t, "s3spool") for c, t in COLD_TITLES.items()]
 
 
+def _run_noop_case(
+    ns: argparse.Namespace,
+    tools: dict[str, Tool],
+    work_dir: Path,
+    log_dir: Path,
+    records: list[RunRecord],
+) -> Slot:
+    tool = tools.get("s3spool")
+    if not isinstance(tool, S3spool) or tool.unavailable:
+        why = "not selected (--tools)" if tool is None else tool.unavailable or "?"
+        return Slot("n", NOOP_TITLE, "s3spool", why)
+    for rep in range(1, ns.reps + 1):
+        log(f"case n ({NOOP_TITLE}) rep {rep}/{ns.reps} ...")
+        rec = run_noop(tool, rep, work_dir, log_dir, ns.quiet_wait)
+        _progress(rec)
+        records.append(rec)
+    return Slot("n", NOOP_TITLE, "s3spool")
+
+
 def soak_title(quick: bool) -> str:
     spec = soak_spec(quick)
     return (
@@ -229,6 +268,7 @@ def render(path: Path) -> int:
         titles["4"] = live_title(False)
         titles["6"] = soak_title(False)
         titles.update(COLD_TITLES)
+        titles["n"] = NOOP_TITLE
         seen = dict.fromkeys((r.case, r.tool) for r in records)
         order = sorted(seen, key=lambda ct: (ct[0], TOOL_ORDER.index(ct[1])))
         slots = [Slot(c, titles[c], t) for c, t in order]
@@ -236,7 +276,8 @@ def render(path: Path) -> int:
         head = data["header"] + f"\n- re-rendered from {path.name} with the current targets"
         records = [RunRecord(**r) for r in data["runs"]]
         slots = [Slot(**s) for s in data["slots"]]
-    report = f"{head}\n\n{legend()}\n\n{markdown_table(build_rows(slots, records))}\n"
+    rows = build_rows(slots, records)
+    report = f"{head}\n\n{legend()}\n\n{markdown_table(rows)}\n{versus_table(rows)}"
     report += _compress_part(records)
     report += bandwidth_table(records)
     print(report)
@@ -266,6 +307,10 @@ def header(ns: argparse.Namespace, stamp: str, tools: dict[str, Tool]) -> str:
         f"Python {m['python']}; load average at start {loadavg()}",
         f"- server: `{RCLONE} serve s3` on 127.0.0.1, local backend, fresh per run "
         "(server CPU = its utime+stime during the tool run)",
+        "- output: each tool's stdout and stderr are pipes, drained by a reader thread of the "
+        "harness into the log directory (as journald or a container runtime reads them); "
+        "s3spool runs with true defaults (INFO, one line per file), s5cmd and aws print their "
+        "per-file lines as by default",
         "- versions:",
     ]
     for name, tool in tools.items():
@@ -296,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     slots, records = run_all(ns, tools, log_dir)
     # The legend is not part of the saved header: --render prints the
     # current one, matching the current targets.
-    report = f"{head}\n\n{legend()}\n\n{markdown_table(build_rows(slots, records))}\n"
+    rows = build_rows(slots, records)
+    report = f"{head}\n\n{legend()}\n\n{markdown_table(rows)}\n{versus_table(rows)}"
     report += _compress_part(records)
     report += bandwidth_table(records)
     print(report)

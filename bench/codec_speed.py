@@ -137,7 +137,7 @@ def _sampled(work: Callable[[], None]) -> tuple[float, float]:
 
 def design(size: int, directory: Path) -> None:
     """The two measurements behind compress.py's design, with s3spool's own encoder."""
-    from s3spool import compress
+    from s3spool.run import compress
 
     pools = {"logs": log_pool(), "random": _pool()}
     print("Compressed copy on disk against output dropped (zstd -3, 2 threads, 2 MiB jobs):\n")

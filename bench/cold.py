@@ -15,7 +15,7 @@ from bench.config import S3SPOOL
 from bench.proc import run_measured
 from bench.runner import RunRecord, log
 from bench.server import bench_server
-from bench.tools import S3spool
+from bench.tools import S3spool, nondefault
 
 REPS = 7
 
@@ -32,13 +32,15 @@ def run_cold(tool: S3spool, rep: int, work_dir: Path, log_dir: Path) -> list[Run
                     spool = rundir / f"{i}"
                     shutil.rmtree(spool, ignore_errors=True)
                     tool.source_dir(spool).mkdir(parents=True)
+                    env = tool.env(spool, server.url)
                     m = run_measured(
                         [str(S3SPOOL), *argv],
-                        env=tool.env(spool, server.url),
+                        env=env,
                         log_prefix=log_dir / f"0-cold-r{rep}-{i}-{argv[0]}",
                         timeout_s=60.0,
                     )
                     rec = RunRecord(case, "s3spool", rep, ok=m.returncode == 0, files=0)
+                    rec.settings = nondefault(env)
                     rec.wall_s, rec.user_s, rec.sys_s = m.wall_s, m.user_s, m.sys_s
                     rec.maxrss_kib, rec.returncode = m.maxrss_kib, m.returncode
                     rec.reason = "" if rec.ok else f"exit {m.returncode}"

@@ -31,7 +31,7 @@ from bench.runner import RunRecord, fill_measured, log, reported
 from bench.server import bench_server, server_cpu_seconds
 from bench.sysstat import others, snap, wait_for_quiet
 from bench.targets import COMPRESS_MIN_MIB_S
-from bench.tools import S3spool
+from bench.tools import S3spool, nondefault
 
 #: (case, file name, pool): names that COMPRESS_SKIP does not match
 DATA: tuple[tuple[str, str, Callable[[], bytes]], ...] = (
@@ -130,12 +130,15 @@ def _one(
             waited = wait_for_quiet(ns.quiet_wait)
             if waited >= ns.quiet_wait > 0:
                 log(f"machine still busy after {waited:.0f} s, measuring anyway")
+            env = tool.env(rundir, server.url, extra)
+            rec.settings = nondefault(env)
             cpu0, sys0 = server_cpu_seconds(server), snap()
             m = run_measured(
                 [str(S3SPOOL), "run", "--once"],
-                env={**tool.env(rundir, server.url), **extra},
+                env=env,
                 log_prefix=log_dir / tag,
                 timeout_s=600.0,
+                marker=tool.marker,
             )
             rec.server_cpu_s = server_cpu_seconds(server) - cpu0
             rec.other_cpu_s, rec.steal_s = others(sys0, snap(), m.cpu_s + rec.server_cpu_s)
@@ -181,6 +184,7 @@ def compress_table(records: list[RunRecord]) -> str:
     ]
     for case, _, _ in DATA:
         rows: dict[str, tuple[str, dict[str, float] | None]] = {}
+        labels: dict[str, str] = {}  # the mode and its non-default settings
         for mode in MODES:
             runs = [r for r in mine if r.case == case and r.tool == mode]
             ok = [r for r in runs if r.ok]
@@ -189,10 +193,11 @@ def compress_table(records: list[RunRecord]) -> str:
             if bad:
                 status = f"FAILED {len(bad)}/{len(runs)}: {bad[0].reason}"
             rows[mode] = (status, _medians(ok) if ok else None)
+            labels[mode] = f"{mode} ({runs[0].settings})" if runs and runs[0].settings else mode
         base = rows["s3spool none"][1]
         for mode, (status, m) in rows.items():
             if m is None:
-                lines.append(f"| {case} | {mode} | {status} |" + " |" * 10)
+                lines.append(f"| {case} | {labels[mode]} | {status} |" + " |" * 10)
                 continue
             versus = f"{base['wall'] / m['wall']:.2f}x" if base and mode != "s3spool none" else ""
             target = COMPRESS_MIN_MIB_S.get((case, mode))
@@ -202,7 +207,7 @@ def compress_table(records: list[RunRecord]) -> str:
             noisy = max(m["other"], m["steal"]) > max(0.5, NOISE_SHARE * own)
             note = f"NOISY: other {m['other']:.1f} CPU-s, steal {m['steal']:.1f} s" if noisy else ""
             lines.append(
-                f"| {case} | {mode} | {status} | {m['wall']:.2f} | {m['speed']:.0f} | "
+                f"| {case} | {labels[mode]} | {status} | {m['wall']:.2f} | {m['speed']:.0f} | "
                 f"{m['cpu']:.2f} | {m['cpu_ms_mib']:.2f} | {m['rss']:.0f} | {m['server']:.2f} | "
                 f"{m['stored']:.1f} ({m['mib'] / m['stored']:.2f}) | {versus} | {verdict} "
                 f"| {note} |"

@@ -90,6 +90,9 @@ def soak_spec(quick: bool) -> SoakSpec:
 
 ALL_PEERS = ("s5cmd", "rclone", "aws")
 
+# Case n: files of 100 bytes into noop:// (the same with --quick: it takes seconds).
+NOOP_FILES = 20_000
+
 # Case 5 backlog sizes (full, --quick).
 BACKLOG_FULL = 100_000
 BACKLOG_QUICK = 20_000

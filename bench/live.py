@@ -2,8 +2,8 @@
 
 The producer writes each file in a scratch dir on the same filesystem and
 renames it into incoming/ (atomic appearance, as a real spool writer must).
-s3spool, run with S3SPOOL_LOG_FORMAT=json S3SPOOL_LOG_LEVEL=INFO, logs one
-line per file:
+s3spool, run with S3SPOOL_LOG_FORMAT=json (the case's one setting, shown on its row), logs
+one line per file:
 
     {"ts": <unix time of commit>, "level": "INFO", "event": "file", "spool": ...,
      "name": "<file name>", "key": ..., "size": ..., "duration": ...,
@@ -28,7 +28,7 @@ from bench.proc import Measured, MeasuredProcess
 from bench.runner import RunRecord, fill_measured, log, reported
 from bench.server import bench_server, server_cpu_seconds
 from bench.sysstat import others, snap, wait_for_quiet
-from bench.tools import S3spool
+from bench.tools import S3spool, nondefault
 
 PROBE = "probe-000000.bin"
 
@@ -122,19 +122,15 @@ def run_live(
     t_start = end = 0.0
     with reported(rundir, problems):
         with bench_server(rundir / "s3", log_dir / f"{tag}.server.log") as server:
-            env = tool.env(rundir, server.url, log_level="INFO")
-            env["S3SPOOL_LOG_FORMAT"] = "json"
+            env = tool.env(rundir, server.url, {"S3SPOOL_LOG_FORMAT": "json"})
+            rec.settings = nondefault(env)
             if wait_for_quiet(quiet_wait_s) >= quiet_wait_s > 0:
                 log(f"machine still busy after {quiet_wait_s:.0f} s, measuring anyway")
             cpu0 = server_cpu_seconds(server)
             sys0 = snap()
-            with (
-                open(log_dir / f"{tag}.out", "wb") as out,
-                open(log_dir / f"{tag}.err", "wb") as err,
-                MeasuredProcess(
-                    tool.argv(rundir, server.url), env=env, stdout=out, stderr=err
-                ) as p,
-            ):
+            with MeasuredProcess(
+                tool.argv(rundir, server.url), env=env, log_prefix=log_dir / tag
+            ) as p:
                 # Readiness: one probe file must make it through before the clock
                 # starts, so service start-up is not billed as latency.
                 (scratch / PROBE).write_bytes(payload(0, spec.size))

@@ -6,22 +6,28 @@ tool *plus* every descendant the tool itself waited for (threads are always
 included); ru_maxrss is the largest single process of that tree, not a sum.
 A descendant the tool never reaps is not counted; none of the benchmarked
 tools fork workers.
+
+The tool's stdout and stderr are pipes, each drained by a reader thread of the harness into
+a log file, as journald or a container runtime reads a service's output: a tool that writes
+a line per file pays for a pipe and a reader that may lag, not for a file in the page cache.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 _SPAWN = Path(__file__).with_name("_spawn.py")
 
@@ -36,38 +42,80 @@ class Measured:
     timed_out: bool
     killed_after_term: bool
     rusage_lost: bool  # tool killed with its spawner: no CPU/RSS numbers
+    # From the tool's start to the first output chunk holding its ``marker`` (see Drain).
+    first_line_s: float = math.nan
 
     @property
     def cpu_s(self) -> float:
         return self.user_s + self.sys_s
 
 
+class Drain(threading.Thread):
+    """Reads one output pipe of the tool to its end into ``path``, in chunks as they come.
+
+    Notes the time of the first chunk holding ``marker`` (a tool's per-file line), which
+    costs one ``in`` per chunk until it is found.
+    """
+
+    def __init__(self, fd: int, path: Path, marker: bytes) -> None:
+        super().__init__(daemon=True)
+        self.fd, self.path, self.marker = fd, path, marker
+        self.first_at = math.nan
+
+    def run(self) -> None:
+        try:
+            with open(self.path, "wb") as out:
+                while chunk := os.read(self.fd, 1 << 16):
+                    if self.marker and math.isnan(self.first_at) and self.marker in chunk:
+                        self.first_at = time.monotonic()
+                    out.write(chunk)
+        finally:
+            # A reader that failed must not leave the tool blocked on a full pipe.
+            os.close(self.fd)
+
+
 class MeasuredProcess:
-    """A tool under the spawner; its exit is awaited through the spawner's pidfd."""
+    """A tool under the spawner; its exit is awaited through the spawner's pidfd.
+
+    Its stdout and stderr go through pipes to ``log_prefix``.out and .err (Drain);
+    ``marker``: the bytes of a per-file output line, for Measured.first_line_s.
+    """
 
     def __init__(
         self,
         argv: Sequence[str | Path],
         *,
         env: dict[str, str],
-        stdout: IO[bytes],
-        stderr: IO[bytes],
+        log_prefix: Path,
+        marker: bytes = b"",
         cwd: Path | None = None,
     ) -> None:
         self.start = time.monotonic()
         self._result_r, result_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        self._drains = [
+            Drain(out_r, log_prefix.with_suffix(".out"), marker),
+            Drain(err_r, log_prefix.with_suffix(".err"), marker),
+        ]
+        for d in self._drains:
+            d.start()
         # Own session so a timeout can kill spawner and tool via the group.
-        self._proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", str(_SPAWN), str(result_w), *map(str, argv)],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
-            cwd=cwd,
-            start_new_session=True,
-            pass_fds=(result_w,),
-        )
-        os.close(result_w)
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(_SPAWN), str(result_w), *map(str, argv)],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=err_w,
+                cwd=cwd,
+                start_new_session=True,
+                pass_fds=(result_w,),
+            )
+        finally:
+            # The readers see the end once the spawner and the tool closed theirs.
+            for fd in (result_w, out_w, err_w):
+                os.close(fd)
         self.pid = self._proc.pid
         # A pidfd wakes us the instant the child exits: no polling interval in
         # the timing and no CPU burnt while waiting.
@@ -111,6 +159,9 @@ class MeasuredProcess:
         self._proc.returncode = os.waitstatus_to_exitcode(status)
         with os.fdopen(self._result_r, "rb") as f:
             raw = f.read()
+        for d in self._drains:
+            d.join(30.0)  # a descendant holding the pipe open must not hang the harness
+        first = min((d.first_at for d in self._drains), key=lambda t: (math.isnan(t), t))
         if raw:
             r = json.loads(raw)
             start, stop = float(r["start"]), float(r["end"])
@@ -128,6 +179,7 @@ class MeasuredProcess:
             timed_out=self.timed_out,
             killed_after_term=self.killed_after_term,
             rusage_lost=not raw,
+            first_line_s=first - start,
         )
         return self._result
 
@@ -156,6 +208,7 @@ def run_measured(
     env: dict[str, str],
     log_prefix: Path,
     timeout_s: float,
+    marker: bytes = b"",
     done: Callable[[], bool] | None = None,
     done_interval_s: float = 0.05,
     term_grace_s: float = 30.0,
@@ -166,11 +219,7 @@ def run_measured(
     ``done()`` first returns true, then it gets SIGTERM and ``term_grace_s`` to
     exit (CPU/RSS include that shutdown).
     """
-    with (
-        open(log_prefix.with_suffix(".out"), "wb") as out,
-        open(log_prefix.with_suffix(".err"), "wb") as err,
-        MeasuredProcess(argv, env=env, stdout=out, stderr=err) as p,
-    ):
+    with MeasuredProcess(argv, env=env, log_prefix=log_prefix, marker=marker) as p:
         deadline = p.start + timeout_s
         end: float | None = None
         while True:

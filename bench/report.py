@@ -13,6 +13,7 @@ from bench.targets import (
     COLD_MAX_S,
     CPU_MS_PER_FILE_CASES,
     CPU_MS_PER_FILE_MAX,
+    CPU_RATIO_MAX,
     LIVE_BACKLOG_END_MAX_S,
     LIVE_DRAIN_MAX_S,
     LIVE_P99_MAX_MS,
@@ -20,6 +21,7 @@ from bench.targets import (
     PAIRED_CASES,
     RSS_MAX_MIB,
     SOAK_BACKLOG_MAX_S,
+    SOAK_DRAIN_MAX_S,
     SOAK_FD_GROWTH_MAX,
     SOAK_P99_MAX_MS,
     SOAK_RSS_GROWTH_MAX_MIB,
@@ -45,6 +47,11 @@ class Row:
     ratios: dict[str, str] = field(default_factory=dict)
     targets: list[str] = field(default_factory=list)  # absolute verdicts (s3spool rows)
     notes: list[str] = field(default_factory=list)
+    settings: str = ""  # s3spool's non-default settings, shown with the tool
+
+    @property
+    def label(self) -> str:
+        return f"{self.tool} ({self.settings})" if self.settings else self.tool
 
 
 def _median(runs: Sequence[RunRecord], f: Callable[[RunRecord], float]) -> float:
@@ -59,6 +66,7 @@ def aggregate(case: str, title: str, tool: str, runs: Sequence[RunRecord]) -> Ro
     else:
         status = f"ok {len(ok)}/{len(runs)}"
     row = Row(case, title, tool, status, all_ok=not failed and bool(runs))
+    row.settings = runs[0].settings if runs else ""
     if not ok:
         return row
     row.metrics = {
@@ -81,6 +89,8 @@ def aggregate(case: str, title: str, tool: str, runs: Sequence[RunRecord]) -> Ro
         vals = [r.extra[key] for r in ok if key in r.extra and not math.isnan(r.extra[key])]
         if vals:
             row.metrics[key] = statistics.median(vals)
+    if "first_line_s" in row.metrics:
+        row.notes.append(f"first per-file line {row.metrics['first_line_s']:.3f} s")
     return row
 
 
@@ -102,15 +112,19 @@ def judge(
     return f"{head} MISSED by {gap:.{digits}f}{unit}{share})"
 
 
-def paired_ratio(records: Sequence[RunRecord], case: str, peer: str) -> float | None:
-    """Median over repetitions of peer wall / s3spool wall, both from the same repetition."""
-    walls: dict[tuple[str, int], float] = {
-        (r.tool, r.rep): r.wall_s for r in records if r.case == case and r.ok
-    }
+def paired_ratio(
+    records: Sequence[RunRecord],
+    case: str,
+    peer: str,
+    f: Callable[[RunRecord, RunRecord], float] = lambda base, peer: peer.wall_s / base.wall_s,
+) -> float | None:
+    """Median over repetitions of ``f(s3spool run, peer run)`` (default: peer wall /
+    s3spool wall), both runs from the same repetition."""
+    runs = {(r.tool, r.rep): r for r in records if r.case == case and r.ok}
     ratios = [
-        walls[(peer, rep)] / walls[(BASELINE, rep)]
-        for (tool, rep) in walls
-        if tool == BASELINE and (peer, rep) in walls
+        f(base, runs[(peer, rep)])
+        for (tool, rep), base in runs.items()
+        if tool == BASELINE and (peer, rep) in runs
     ]
     return statistics.median(ratios) if ratios else None
 
@@ -130,7 +144,10 @@ def add_ratios(rows: list[Row], records: Sequence[RunRecord] = ()) -> None:
                 # The Status column of the two rows says why.
                 why = "s3spool failed" if base is None or not base.all_ok else "peer failed"
                 cell = f"n/a: {why}" + (" (target not judged)" if target else "")
-                r.ratios = {"thr": cell, "cpu": "n/a", "rss": "n/a"}
+                cpu_cell = "n/a" + (
+                    " (target not judged)" if (case, r.tool) in CPU_RATIO_MAX else ""
+                )
+                r.ratios = {"thr": cell, "cpu": cpu_cell, "rss": "n/a"}
                 continue
             b, p = base.metrics, r.metrics
             # files/s of one workload: the same ratio as MiB/s.
@@ -138,10 +155,19 @@ def add_ratios(rows: list[Row], records: Sequence[RunRecord] = ()) -> None:
             paired = paired_ratio(records, case, r.tool) if case in PAIRED_CASES else None
             if paired is not None:
                 thr = paired
-                r.notes.append("throughput: median of per-pair wall-time ratios")
+                r.notes.append("ratios: medians of per-pair ratios")
+            # for one workload client CPU s is the same ratio as CPU per file
+            cpu = b["cpu_s"] / p["cpu_s"]
+            paired = (
+                paired_ratio(records, case, r.tool, lambda s3, pr: s3.cpu_s / pr.cpu_s)
+                if case in PAIRED_CASES
+                else None
+            )
+            cpu = cpu if paired is None else paired
+            cpu_max = CPU_RATIO_MAX.get((case, r.tool))
             r.ratios = {
                 "thr": f"{thr:.2f}" if target is None else judge(thr, target, True),
-                "cpu": f"{b['cpu_s'] / p['cpu_s']:.2f}",
+                "cpu": f"{cpu:.2f}" if cpu_max is None else judge(cpu, cpu_max, False),
                 "rss": f"{b['rss_mib'] / p['rss_mib']:.2f}",
             }
     _absolute_targets(by_case)
@@ -249,6 +275,7 @@ def _soak(by_case: dict[str, dict[str, Row]]) -> None:
         ("fd growth", "fds_growth", SOAK_FD_GROWTH_MAX, "", 0),
         ("p99", "p99_ms", SOAK_P99_MAX_MS, " ms", 0),
         ("backlog max", "backlog_max", SOAK_BACKLOG_MAX_S * rate, "", 0),
+        ("drain", "drain_s", SOAK_DRAIN_MAX_S, " s", 2),
     )
     for label, key, limit, unit, digits in checks:
         if not row.all_ok:
@@ -297,6 +324,7 @@ def legend() -> str:
     """One line per column and per target, printed above the table."""
     thr = ", ".join(f"case {c} vs {p} >={v:g}" for (c, p), v in THROUGHPUT_MIN.items())
     cpu = ", ".join(f"case {c} <={v:g} ms" for c, v in CPU_MS_PER_FILE_MAX.items())
+    cpu_ratio = ", ".join(f"case {c} vs {p} <={v:g}" for (c, p), v in CPU_RATIO_MAX.items())
     rss = ", ".join(f"case {c} <={v:g} MiB" for c, v in RSS_MAX_MIB.items())
     lines = [
         "Columns (each a median over the row's successful repetitions):",
@@ -310,15 +338,22 @@ def legend() -> str:
         "- Server CPU s: user+sys of the fresh `rclone serve s3` during the run (same 2 CPUs)",
         "- Thr s3spool/peer: s3spool `--once` files/s / peer files/s (= MiB/s ratio); "
         ">1 = s3spool faster",
-        "- CPU, RSS s3spool/peer: client CPU s and RSS ratios; <1 = s3spool leaner (no target)",
+        "- CPU, RSS s3spool/peer: client CPU s (= CPU per file) and RSS ratios; <1 = s3spool "
+        "leaner",
         "- s3spool targets: absolute targets of the row, `met` or `MISSED by` gap, % of target",
-        "- Notes: NOISY = other processes or steal used >10% of the run's CPU; case 4 "
+        "- Tool: s3spool runs with true defaults (INFO, one line per file); a setting beyond "
+        "the spool, destination, endpoint and metrics port is shown in brackets",
+        "- Notes: NOISY = other processes or steal used >10% of the run's CPU; first per-file "
+        "line = tool start to the first output line about a file (through the pipe); case 4 "
         "latency/backlog; case 3b RSS growth over 3a",
         "",
-        "Targets (issues 4 and 11, bench/targets.py; ratios within this one run; cases "
-        f"{', '.join(PAIRED_CASES)}: median of per-repetition ratios peer wall / s3spool wall):",
-        f"- throughput s3spool/peer: {thr}; no target for rclone and case 2",
-        f"- s3spool client CPU per small file: {cpu} (both s3spool modes)",
+        "Targets (issues 4, 11 and 22, bench/targets.py; ratios within this one run; cases "
+        f"{', '.join(PAIRED_CASES)}: median of per-repetition ratios peer wall / s3spool wall "
+        "and s3spool CPU / peer CPU):",
+        f"- throughput s3spool/peer (= peer wall / s3spool wall): {thr}; no target for rclone "
+        "and case 2",
+        f"- client CPU per small file s3spool/peer: {cpu_ratio}",
+        f"- s3spool client CPU per file: {cpu}",
         f"- s3spool peak RSS: {rss}",
         f"- case 4: p99 rename->committed <={LIVE_P99_MAX_MS:g} ms; no growing backlog = "
         f"incoming/ at end of producing <={LIVE_BACKLOG_END_MAX_S:g} s of production, "
@@ -327,7 +362,8 @@ def legend() -> str:
         f"`run --once` on an empty spool <={COLD_MAX_S['0 empty']:g} s",
         f"- case 6 (soak): after the first minute RSS growth <={SOAK_RSS_GROWTH_MAX_MIB:g} MiB "
         f"and open fds growth <={SOAK_FD_GROWTH_MAX:g}; p99 rename->committed "
-        f"<={SOAK_P99_MAX_MS:g} ms; incoming/ never above {SOAK_BACKLOG_MAX_S:g} s of production",
+        f"<={SOAK_P99_MAX_MS:g} ms; incoming/ never above {SOAK_BACKLOG_MAX_S:g} s of "
+        f"production, drained <={SOAK_DRAIN_MAX_S:g} s after it stops",
     ]
     return "\n".join(lines)
 
@@ -340,7 +376,7 @@ def markdown_table(rows: list[Row]) -> str:
     for r in rows:
         cells = [
             f"{r.case} {r.title}",
-            r.tool,
+            r.label,
             r.status.replace("|", "/"),
             _fmt(r, "wall_s", ".2f"),
             _fmt(r, "files_s", ".1f"),
@@ -357,3 +393,56 @@ def markdown_table(rows: list[Row]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# The rows of issue 22's targets, in the order it lists them.
+_VERSUS_CASES = ("h1", "h2", "h3", "h4", "1")
+
+
+def versus_table(rows: list[Row]) -> str:
+    """s3spool against s5cmd in this run, one line per target of issue 22, or ''."""
+    by_case: dict[str, dict[str, Row]] = {}
+    for r in rows:
+        by_case.setdefault(r.case, {})[r.tool] = r
+    lines = []
+    for case in _VERSUS_CASES:
+        s3, s5 = by_case.get(case, {}).get(BASELINE), by_case.get(case, {}).get("s5cmd")
+        if s3 is None or s5 is None:
+            continue
+        what = f"{case} {s3.title}"
+        lines.append(
+            f"| {what} | wall, s5cmd / s3spool | {_fmt(s3, 'wall_s', '.2f')} s | "
+            f"{_fmt(s5, 'wall_s', '.2f')} s | {s5.ratios.get('thr', '')} |"
+        )
+        if "cpu_ms_file" in s3.metrics:
+            lines.append(
+                f"| {what} | client CPU per file, s3spool / s5cmd | "
+                f"{_fmt(s3, 'cpu_ms_file', '.3f')} ms | {_fmt(s5, 'cpu_ms_file', '.3f')} ms | "
+                f"{s5.ratios.get('cpu', '')} |"
+            )
+        if case == "h1":
+            lines.append(
+                f"| {what} | first per-file line (no target) | "
+                f"{_fmt(s3, 'first_line_s', '.3f')} s | {_fmt(s5, 'first_line_s', '.3f')} s | |"
+            )
+    for case, measure, value in (
+        ("n", "client CPU per file; peak RSS", "{cpu_ms_file:.3f} ms; {rss_mib:.0f} MiB"),
+        ("0 help", "wall", "{wall_s:.3f} s"),
+        ("0 empty", "wall", "{wall_s:.3f} s"),
+    ):
+        row = by_case.get(case, {}).get(BASELINE)
+        if row is not None:
+            shown = value.format(**row.metrics) if row.metrics else row.status
+            lines.append(
+                f"| {case} {row.title} | {measure} | {shown} | | {'; '.join(row.targets)} |"
+            )
+    if not lines:
+        return ""
+    head = [
+        "",
+        "Issue 22's targets, s3spool (true defaults) against s5cmd (its defaults), this run:",
+        "",
+        "| Case | Measure | s3spool | s5cmd | Ratio and target |",
+        "|---|---|---|---|---|",
+    ]
+    return "\n".join(head + lines) + "\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import sys
@@ -15,7 +16,7 @@ from bench.data import check_delivery, write_files
 from bench.proc import Measured, run_measured
 from bench.server import bench_server, server_cpu_seconds
 from bench.sysstat import others, snap, wait_for_quiet
-from bench.tools import S3spoolRun, Tool
+from bench.tools import S3spoolRun, Tool, nondefault
 
 
 @dataclass
@@ -36,6 +37,7 @@ class RunRecord:
     other_cpu_s: float = 0.0  # CPU burnt by unrelated processes during the run
     steal_s: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
+    settings: str = ""  # s3spool's non-default settings (tools.nondefault), the row's label
 
     @property
     def cpu_s(self) -> float:
@@ -70,6 +72,8 @@ def fill_measured(rec: RunRecord, m: Measured) -> None:
     rec.sys_s = m.sys_s
     rec.maxrss_kib = m.maxrss_kib
     rec.returncode = m.returncode
+    if not math.isnan(m.first_line_s):  # the tool wrote a per-file line
+        rec.extra["first_line_s"] = m.first_line_s
 
 
 def _free_space_reason(where: Path, need: int) -> str | None:
@@ -111,13 +115,16 @@ def run_batch(
             waited = wait_for_quiet(quiet_wait_s)
             if waited >= quiet_wait_s > 0:
                 log(f"machine still busy after {waited:.0f} s, measuring anyway")
+            env = tool.env(rundir, server.url)
+            rec.settings = nondefault(env)
             cpu0 = server_cpu_seconds(server)
             sys0 = snap()
             m = run_measured(
                 tool.argv(rundir, server.url),
-                env=tool.env(rundir, server.url),
+                env=env,
                 log_prefix=log_dir / tag,
                 timeout_s=work.timeout_s,
+                marker=tool.marker,
                 done=done,
             )
             rec.server_cpu_s = server_cpu_seconds(server) - cpu0

@@ -25,7 +25,7 @@ from bench.proc import MeasuredProcess, relay
 from bench.runner import RunRecord, log, reported
 from bench.server import bench_server, proc_cpu_seconds, server_cpu_seconds
 from bench.sysstat import others, snap, wait_for_quiet
-from bench.tools import S3spool
+from bench.tools import S3spool, nondefault
 
 SAMPLE_S = 5.0
 KEY_FORMAT = "{m_mm}{m_ss}/{fname}"
@@ -131,22 +131,20 @@ def run_soak(
             bench_server(rundir / "s3", log_dir / f"{tag}.server.log") as server,
             relay(server.url, spec.fail_share, SEED) as (url, proxy_pid, proxy_stats),
         ):
-            env = tool.env(rundir, url, log_level="INFO")
-            env["S3SPOOL_LOG_FORMAT"] = "json"
-            # One prefix per second of mtime: rclone's local backend slows down with the
-            # size of a directory (100,000 objects in one: ~7 ms of server CPU each, case 5),
-            # and this case is about s3spool's long run, not the test store's directories.
-            env["S3SPOOL_KEY_FORMAT"] = KEY_FORMAT
+            # JSON lines for the latency join; one prefix per second of mtime: rclone's
+            # local backend slows down with the size of a directory (100,000 objects in
+            # one: ~7 ms of server CPU each, case 5), and this case is about s3spool's long
+            # run, not the test store's directories.
+            env = tool.env(
+                rundir, url, {"S3SPOOL_LOG_FORMAT": "json", "S3SPOOL_KEY_FORMAT": KEY_FORMAT}
+            )
+            rec.settings = nondefault(env)
             if wait_for_quiet(quiet_wait_s) >= quiet_wait_s > 0:
                 log(f"machine still busy after {quiet_wait_s:.0f} s, measuring anyway")
             cpu0 = server_cpu_seconds(server)
             proxy0 = proc_cpu_seconds(proxy_pid)
             sys0 = snap()
-            with (
-                open(log_dir / f"{tag}.out", "wb") as out,
-                open(log_dir / f"{tag}.err", "wb") as err,
-                MeasuredProcess(tool.argv(rundir, url), env=env, stdout=out, stderr=err) as p,
-            ):
+            with MeasuredProcess(tool.argv(rundir, url), env=env, log_prefix=log_dir / tag) as p:
                 (scratch / PROBE).write_bytes(payload(0, KIB))
                 os.rename(scratch / PROBE, incoming / PROBE)
                 if wait_until(done_dir, 1, p, 60.0) is None:

@@ -43,6 +43,9 @@ class Tool:
 
     name: str
     unavailable: str | None = None  # reason, when the tool cannot run
+    # What the tool's per-file output line holds (b"": none at its defaults): the harness
+    # notes when the first one arrives (Measured.first_line_s).
+    marker = b""
 
     # Where the workload's files go, relative to the run directory.
     def source_dir(self, rundir: Path) -> Path:
@@ -67,13 +70,13 @@ class Tool:
 
 
 class S5cmd(Tool):
+    marker = b"mv "
+
     def argv(self, rundir: Path, url: str) -> list[str]:
-        # Default worker count (256); --log error only drops the per-file
-        # "mv ..." lines, like s3spool runs at WARNING.
+        # Defaults: 256 workers, and one "mv SRC DST" line per file on stdout (--log info),
+        # as s3spool writes one INFO line per file on stderr.
         return [
             str(S5CMD),
-            "--log",
-            "error",
             "--endpoint-url",
             url,
             "mv",
@@ -117,6 +120,8 @@ class Rclone(Tool):
 
 
 class Aws(Tool):
+    marker = b"move: "
+
     def __init__(self, name: str, venv: Path) -> None:
         super().__init__(name)
         self.venv = venv
@@ -144,7 +149,7 @@ class Aws(Tool):
             self.unavailable = "not installed (aws --version fails after pip install)"
 
     def argv(self, rundir: Path, url: str) -> list[str]:
-        # --only-show-errors drops per-file progress lines (s3spool runs at WARNING).
+        # Defaults: a "move: SRC to DST" line per file, as s3spool and s5cmd write one.
         return [
             str(self.binary),
             "--endpoint-url",
@@ -152,7 +157,6 @@ class Aws(Tool):
             "s3",
             "mv",
             "--recursive",
-            "--only-show-errors",
             str(self.source_dir(rundir)),
             f"s3://{BUCKET}/{PREFIX}",
         ]
@@ -161,9 +165,30 @@ class Aws(Tool):
         return _first_line([str(self.binary), "--version"])
 
 
+# The settings every s3spool run has: where the spool is, where it goes, and the metrics
+# endpoint on a free port (on, as by default, but a test run on :9108 cannot make it fail).
+# Any other S3SPOOL_* variable is a non-default setting and labels the row (nondefault).
+BASE_SETTINGS = (
+    "S3SPOOL_SPOOL_DIRS",
+    "S3SPOOL_DESTINATION",
+    "S3SPOOL_ENDPOINT_URL",
+    "S3SPOOL_HTTP_ADDR",
+)
+
+
+def nondefault(env: dict[str, str]) -> str:
+    """The S3SPOOL_* settings of ``env`` beyond BASE_SETTINGS, as ``NAME=VALUE ...``."""
+    return " ".join(
+        f"{k.removeprefix('S3SPOOL_')}={v}"
+        for k, v in env.items()
+        if k.startswith("S3SPOOL_") and k not in BASE_SETTINGS
+    )
+
+
 class S3spool(Tool):
     """``s3spool run --once``: drain incoming/ and exit, 0 = all delivered."""
 
+    marker = b"outcome"  # text and JSON formats alike
     # Settings overrides from --s3spool-env (e.g. tuning experiments).
     extra_env: dict[str, str] = {}  # noqa: RUF012 - replaced, never mutated
 
@@ -176,24 +201,19 @@ class S3spool(Tool):
     def argv(self, rundir: Path, url: str) -> list[str]:
         return [str(S3SPOOL), "run", "--once"]
 
-    def env(self, rundir: Path, url: str, log_level: str = "WARNING") -> dict[str, str]:
-        return clean_env(
-            {
-                "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-                "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-                "S3SPOOL_SPOOL_DIRS": str(self.spool_root(rundir)),
-                "S3SPOOL_DESTINATION": f"s3://{BUCKET}/{PREFIX}",
-                "S3SPOOL_ENDPOINT_URL": url,
-                "S3SPOOL_REGION": REGION,
-                "S3SPOOL_ADDRESSING_STYLE": "path",
-                # Per-file INFO lines would cost time the peers do not spend.
-                "S3SPOOL_LOG_LEVEL": log_level,
-                # The metrics endpoint stays on (default behaviour) but on a
-                # free port, so a test run on :9108 cannot make it fail.
-                "S3SPOOL_HTTP_ADDR": f"127.0.0.1:{free_port()}",
-                **self.extra_env,
-            }
-        )
+    def env(self, rundir: Path, url: str, settings: dict[str, str] | None = None) -> dict[str, str]:
+        """True defaults: the credentials and region as the peers get them, BASE_SETTINGS
+        (``url`` "": ``noop://``, no store), then --s3spool-env and the ``settings`` a case
+        needs by its definition (last: a case cannot run without them)."""
+        base = {
+            **_AWS_ENV,
+            "S3SPOOL_SPOOL_DIRS": str(self.spool_root(rundir)),
+            "S3SPOOL_DESTINATION": f"s3://{BUCKET}/{PREFIX}" if url else "noop://",
+            "S3SPOOL_HTTP_ADDR": f"127.0.0.1:{free_port()}",
+        }
+        if url:
+            base["S3SPOOL_ENDPOINT_URL"] = url
+        return clean_env({**base, **self.extra_env, **(settings or {})})
 
     def command_template(self) -> str:
         env = self.env(Path("<RUN>"), "<URL>")
