@@ -53,18 +53,10 @@ async def wait_until(pred: Callable[[], bool], timeout: float = 20.0, what: str 
 
 
 @contextlib.asynccontextmanager
-async def running(
-    settings: Settings, *, once: bool = False, live: bool = False
-) -> AsyncIterator[Service]:
-    """``live``: wrapped as ``run_service`` wraps it (bandwidth limits, SIGHUP)."""
+async def running(settings: Settings, *, once: bool = False) -> AsyncIterator[Service]:
     svc = Service(settings, once=once)
-    async with contextlib.AsyncExitStack() as stack:
-        if live:
-            from s3spool.run.reload import live_config
-
-            await stack.enter_async_context(live_config(svc.config, svc.metrics.bandwidth))
-        async with _started(svc) as started:
-            yield started
+    async with _started(svc) as started:
+        yield started
 
 
 @contextlib.asynccontextmanager

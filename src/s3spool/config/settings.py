@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -36,9 +36,6 @@ from s3spool.config.formats import (
 from s3spool.config.notifiers import Notifiers
 from s3spool.config.options import check_metadata, check_option_value, check_tags, key_format_fields
 from s3spool.errors import ConfigError
-
-if TYPE_CHECKING:
-    from s3spool.store.bandwidth import RouteLimit
 
 #: Fields a ``KEY_FORMAT`` may use; ``keys.py`` fills them.
 KEY_FIELDS = frozenset(
@@ -227,17 +224,6 @@ class Settings(BaseSettings):
         description="Like BANDWIDTH_LIMIT, for the uploads of one route (each route its own), "
         "on top of BANDWIDTH_LIMIT.",
     )
-    _bandwidth: Any = PrivateAttr(default=None)  # a bandwidth.RouteLimit
-
-    @property
-    def bandwidth(self) -> RouteLimit | None:
-        """What this route's bodies are paced by while a service runs it (``bandwidth.py``
-        attaches it); None: nothing to pace."""
-        limit: RouteLimit | None = self._bandwidth
-        return limit
-
-    def attach_bandwidth(self, limit: RouteLimit | None) -> None:
-        self._bandwidth = limit
 
     # --- notifications ----------------------------------------------------------------------
     notify: Notifiers = Field(

@@ -9,8 +9,7 @@ Shutdown (SIGTERM/SIGINT): intake stops at once; claimed files whose upload
 has not started go back to incoming/; uploads in flight get SHUTDOWN_GRACE to
 finish, then are cancelled (a multipart upload is aborted) and their files
 returned or kept for the next start.  A second signal skips the grace.
-SIGHUP re-reads the configuration and applies the bandwidth limits (``reload.py``,
-around the service in ``run_service``).
+SIGHUP re-reads the configuration and applies the bandwidth limits (``reload.py``).
 """
 
 from __future__ import annotations
@@ -29,13 +28,14 @@ from s3spool.metrics import Metrics
 from s3spool.notify.notifications import flush
 from s3spool.run.pipeline import Pipeline
 from s3spool.run.progress import Progress
-from s3spool.run.reload import live_config
+from s3spool.run.reload import reload
 from s3spool.run.routes import Lanes, RouteRun, last_sweep, make_tickets, sweep_due
 from s3spool.run.settle import Counts
 from s3spool.spool.scan import work_waiting
 from s3spool.spool.spool import Claim, Spool
 from s3spool.spool.watch import Discovery
 from s3spool.store.aimd import Throttle
+from s3spool.store.bandwidth import Bandwidth
 from s3spool.store.base import ByteBudget, Store
 
 log = logging.getLogger("s3spool.service")
@@ -68,6 +68,13 @@ class Service:
             for route in self.config.routes
         ]
         self.lanes = Lanes([r.pending for r in self.routes], tickets)
+        self.bandwidth = Bandwidth(
+            settings.bandwidth_limit,
+            {r.name: r.s.route_bandwidth_limit for r in self.config.routes},
+            gauge=self.metrics.bandwidth,
+        )
+        self._reloading = asyncio.Lock()
+        self._reloads: set[asyncio.Task[None]] = set()
         self.spools = [sp for r in self.routes for sp in r.spools]
         self.guards = {sp: g for r in self.routes for sp, g in r.guards.items()}
         self._stop = asyncio.Event()
@@ -156,7 +163,12 @@ class Service:
             async with contextlib.AsyncExitStack() as stack:
                 for route in self.routes:
                     route.store = await stack.enter_async_context(
-                        open_store(route.s, on_slowdown=route.on_slowdown, budget=budget)
+                        open_store(
+                            route.s,
+                            on_slowdown=route.on_slowdown,
+                            budget=budget,
+                            limiter=self.bandwidth.handles[route.name],
+                        )
                     )
                 return await self._run()
         finally:
@@ -171,11 +183,17 @@ class Service:
             gc.freeze()
             gc.enable()
         loop = asyncio.get_running_loop()
+        hup = signal.getsignal(signal.SIGHUP)
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
-        for early in self.early_signals:
-            self._on_signal(early)  # arrived during startup, before these handlers existed
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        for early in self.early_signals:  # arrived during startup, before these handlers
+            if early == signal.SIGHUP:
+                self._on_hup()
+            else:
+                self._on_signal(early)
         try:
             for route in self.routes:
                 route.recover()
@@ -203,6 +221,7 @@ class Service:
                 after = [
                     tg.create_task(r.notifications.run()) for r in self.routes if r.notifications
                 ]
+                after.append(tg.create_task(self.bandwidth.run(), name="bandwidth"))
                 if self.once:
                     self.spawn(self._once_driver())
                     self.spawn(self.progress.run())
@@ -213,14 +232,19 @@ class Service:
                 await self._shutdown(workers)
                 if http is not None:
                     after.append(http)
-                if after:
-                    await asyncio.wait(workers)
-                    for task in after:
-                        task.cancel()
+                await asyncio.wait(workers)
+                for task in after:
+                    task.cancel()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                if loop.remove_signal_handler(signal.SIGHUP) and hup is not None:
+                    signal.signal(signal.SIGHUP, hup)  # as it was: a late SIGHUP stops nothing
+            for task in self._reloads:
+                task.cancel()
+            await asyncio.gather(*self._reloads, return_exceptions=True)
         if self.once:
             self.progress.summary()
             return self._once_summary()
@@ -242,6 +266,15 @@ class Service:
             self.s.shutdown_grace,
         )
         self.request_stop()
+
+    def _on_hup(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._reload(), name="reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _reload(self) -> None:
+        async with self._reloading:  # one at a time, in order
+            await reload(self.config, self.bandwidth)
 
     async def _mark_ready(self) -> None:
         # Ready once discovery runs; waiting for the first scan to *finish* would keep
@@ -348,6 +381,4 @@ async def run_service(
 ) -> int:
     service = Service(config, once=once)
     service.early_signals = early_signals if early_signals is not None else []
-    # the bandwidth limits, their schedules and SIGHUP live around the service (reload.py)
-    async with live_config(service.config, service.metrics.bandwidth, service.early_signals):
-        return await service.run()
+    return await service.run()

@@ -14,6 +14,7 @@ from typing import Any
 from s3spool.config.settings import Settings
 from s3spool.errors import PermanentError
 from s3spool.spool.spool import Source
+from s3spool.store.bandwidth import RouteLimit
 from s3spool.store.base import ByteBudget, Delivery, Store, StoreWrapper
 from s3spool.store.compress import CompressingStore
 from s3spool.store.digests import Checksummer
@@ -83,6 +84,7 @@ async def open_store(
     *,
     on_slowdown: Callable[[], None] | None = None,
     budget: ByteBudget | None = None,
+    limiter: RouteLimit | None = None,
 ) -> Any:
     """The configured destination as an async context manager."""
     scheme = settings.scheme
@@ -92,7 +94,7 @@ async def open_store(
             inner = await stack.enter_async_context(NoopStore(settings))
         else:
             inner = await stack.enter_async_context(
-                S3Store(settings, on_slowdown=on_slowdown, budget=budget)
+                S3Store(settings, on_slowdown=on_slowdown, budget=budget, limiter=limiter)
             )
         # always: a claim recorded with a codec is stored compressed even if COMPRESS changed
         inner = CompressingStore(inner, settings)

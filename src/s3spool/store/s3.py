@@ -20,6 +20,7 @@ from s3spool.config.settings import Settings, check_ca_bundle, tls_verify
 from s3spool.errors import ConfigError, FileChanged, PermanentError, StoreUnavailable, UploadError
 from s3spool.spool.spool import Source
 from s3spool.store import multipart
+from s3spool.store.bandwidth import RouteLimit
 from s3spool.store.base import INLINE_READ_MAX, ByteBudget, Delivery, Encoded, guess_type
 from s3spool.store.bodies import FileRange, digest_range, held_bytes, read_exact
 from s3spool.store.digests import BodyDigest, Checksummer
@@ -40,8 +41,10 @@ class S3Store:
         *,
         on_slowdown: Callable[[], None] | None = None,
         budget: ByteBudget | None = None,
+        limiter: RouteLimit | None = None,
     ) -> None:
         self.bucket, self.prefix = settings.bucket, settings.prefix
+        self._limiter = limiter  # the route's bandwidth limit (None: never limited)
         self.s = settings
         self.ck = Checksummer(settings.checksum)
         self.budget = budget or ByteBudget(settings.buffer_limit)
@@ -79,7 +82,7 @@ class S3Store:
             self.bucket,
             direct=s.direct_put,
             on_slowdown=self._on_answer_slowdown,
-            limiter=s.bandwidth,
+            limiter=self._limiter,
         )
         facts = self.verifier.facts
         facts.endpoint = self._client.meta.endpoint_url
