@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from s3servers import S3Target
+from s3spool.config.load import Config, Route
 from s3spool.config.settings import Settings, load_settings
+from s3spool.config.spools import DEFAULT_ROUTE
 from s3spool.run.service import Service
 
 
@@ -36,6 +38,11 @@ def settings_for(spool: Path | list[Path] | None, target: S3Target | None, **kw:
     return load_settings(**base)
 
 
+def config_of(settings: Settings) -> Config:
+    """The one implicit route of settings built by a test (``load_config`` reads no file)."""
+    return Config((Route(DEFAULT_ROUTE, settings, {}),))
+
+
 def use_credentials(monkeypatch: Any, target: S3Target) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", target.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", target.secret_key)
@@ -54,7 +61,7 @@ async def wait_until(pred: Callable[[], bool], timeout: float = 20.0, what: str 
 
 @contextlib.asynccontextmanager
 async def running(settings: Settings, *, once: bool = False) -> AsyncIterator[Service]:
-    svc = Service(settings, once=once)
+    svc = Service(config_of(settings), once=once)
     async with _started(svc) as started:
         yield started
 

@@ -20,7 +20,7 @@ from s3spool import __version__
 from s3spool.config.settings import load_settings
 from s3spool.run.service import Service
 from s3spool.web import refresh_spool_gauges
-from svc import drop
+from svc import config_of, drop
 
 T = TypeVar("T")
 WAIT_S = 30.0
@@ -205,7 +205,7 @@ async def test_spool_gauges_count_eligible_files_at_most_once_a_second(tmp_path:
     settings = load_settings(
         spool_dirs=str(root), destination="noop://", hold_for="60s", http_addr=""
     )
-    service = Service(settings)
+    service = Service(config_of(settings))
     label = str(root)
 
     lags = await refresh_spool_gauges(service)

@@ -55,7 +55,7 @@ from s3servers import RcloneServer, S3Server
 from s3spool.run.service import Service
 from s3spool.spool.spool import Claim
 from s3spool.store.open import NoopStore
-from svc import drop, settings_for
+from svc import config_of, drop, settings_for
 
 
 # --- fixtures: one per run ------------------------------------------------------------------
@@ -282,7 +282,7 @@ def run_unit(base: Path) -> Result:
 async def _unit_races(res: Result) -> None:
     spot = res.spot
     settings = settings_for(spot.spool, None)
-    svc = Service(settings)
+    svc = Service(config_of(settings))
     svc.prepare()
     (sp,) = svc.spools
     sp.open()

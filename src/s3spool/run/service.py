@@ -22,7 +22,6 @@ import signal
 from typing import Any
 
 from s3spool.config.load import Config
-from s3spool.config.settings import Settings
 from s3spool.errors import EXIT_OK, EXIT_STORE_UNAVAILABLE, UploadError
 from s3spool.metrics import Metrics
 from s3spool.notify.notifications import flush
@@ -45,8 +44,8 @@ class Service:
     """Lifecycle, signals and drain; the workers all routes share. Files: ``pipeline.py``;
     each route's spools, store and store gate: ``routes.py``."""
 
-    def __init__(self, config: Config | Settings, *, once: bool = False) -> None:
-        self.config = config if isinstance(config, Config) else Config.single(config)
+    def __init__(self, config: Config, *, once: bool = False) -> None:
+        self.config = config
         self.s = settings = self.config.s
         self.once = once
         self.instance_id = settings.resolved_instance_id
@@ -377,7 +376,7 @@ class Service:
 
 
 async def run_service(
-    config: Config | Settings, *, once: bool = False, early_signals: list[int] | None = None
+    config: Config, *, once: bool = False, early_signals: list[int] | None = None
 ) -> int:
     service = Service(config, once=once)
     service.early_signals = early_signals if early_signals is not None else []
