@@ -60,8 +60,13 @@ async def wait_until(pred: Callable[[], bool], timeout: float = 20.0, what: str 
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings, *, once: bool = False) -> AsyncIterator[Service]:
-    svc = Service(config_of(settings), once=once)
+async def running(settings: Settings | Config, *, once: bool = False) -> AsyncIterator[Service]:
+    config = settings if isinstance(settings, Config) else config_of(settings)
+    svc = Service(config, once=once)
+    if config.s.http_addr and not once:
+        from s3spool.web import serve_http
+
+        svc.http = serve_http  # as the command line hands it over
     async with _started(svc) as started:
         yield started
 

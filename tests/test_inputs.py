@@ -288,11 +288,11 @@ async def _unit_races(res: Result) -> None:
     sp.open()
     # a regression that reads on must not crash the fixture: "upload" to noop:// and let the
     # case's place / opened-file checks say what went wrong
-    svc.store = NoopStore(settings)
+    svc.routes[0].store = NoopStore(settings)
 
     async def deliver(cid: str, claim: Claim, timeout: float = 10) -> None:
         try:
-            await asyncio.wait_for(svc.pipeline.deliver(claim), timeout)
+            await asyncio.wait_for(svc.pipelines[0].deliver(claim), timeout)
         except TimeoutError:
             res.note(cid, f"deliver did not return within {timeout}s")
         except Exception as exc:

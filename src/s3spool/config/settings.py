@@ -1,10 +1,6 @@
-"""Settings: one pydantic-settings model read from ``S3SPOOL_*`` variables.
-
-The CLI (``cli.py``) derives one flag per field from this model, so the env
-name, the flag and the docs can never drift apart: ``S3SPOOL_KEY_FORMAT`` is
-``--key-format``.  Flags win over the environment because they arrive as init
-arguments, which pydantic-settings ranks first.
-"""
+"""Settings: one pydantic-settings model read from ``S3SPOOL_*`` variables and flags (flags win:
+they arrive as init arguments).  ``catalog.py`` derives each flag from a field, so the variable,
+the flag and the docs cannot drift apart: ``S3SPOOL_KEY_FORMAT`` is ``--key-format``."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
-"""SIGHUP: load the configuration again from the same flags, variables and file.
-
-The bandwidth limits apply at once; every other changed setting is named in one log line
-as needing a restart and keeps its running value; a configuration that does not load
-changes nothing.  Every re-read is compared with the configuration the service started with.
-"""
+"""SIGHUP: load the configuration again from the same flags, variables and file; apply the
+bandwidth limits at once, name every other change as needing a restart (it keeps its running
+value), and change nothing if the configuration does not load."""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ import contextlib
 import gc
 import logging
 import signal
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from s3spool.config.load import Config
@@ -31,11 +32,9 @@ from s3spool.run.reload import reload
 from s3spool.run.routes import Lanes, RouteRun, last_sweep, make_tickets, sweep_due
 from s3spool.run.settle import Counts
 from s3spool.spool.scan import work_waiting
-from s3spool.spool.spool import Claim, Spool
-from s3spool.spool.watch import Discovery
-from s3spool.store.aimd import Throttle
+from s3spool.spool.spool import Claim
 from s3spool.store.bandwidth import Bandwidth
-from s3spool.store.base import ByteBudget, Store
+from s3spool.store.base import ByteBudget
 
 log = logging.getLogger("s3spool.service")
 
@@ -58,14 +57,33 @@ class Service:
         self.routes = [
             RouteRun(
                 route,
-                service=self,
+                stopping=lambda: self.stopping,
+                running=lambda: self.running,
+                spawn=self.spawn,
+                store_down=self.store_down,
                 once=once,
                 metrics=self.metrics,
-                counts=self.counts,
                 tickets=tickets,
             )
             for route in self.config.routes
         ]
+        self.pipelines = [
+            Pipeline(
+                r.s,
+                r.spools,
+                host=r,
+                once=once,
+                pending=r.pending,
+                discovery=r.discovery,
+                throttle=r.throttle,
+                metrics=self.metrics,
+                guards=r.guards,
+                counts=self.counts,
+            )
+            for r in self.routes
+        ]
+        for r, pipeline in zip(self.routes, self.pipelines, strict=True):
+            pipeline.outcomes.notifications = r.notifications
         self.lanes = Lanes([r.pending for r in self.routes], tickets)
         self.bandwidth = Bandwidth(
             settings.bandwidth_limit,
@@ -83,41 +101,20 @@ class Service:
         self._intake: list[asyncio.Task[Any]] = []
         self._tg: asyncio.TaskGroup | None = None
         self.early_signals: list[int] = []
+        #: serves /metrics, /healthz, /readyz (``web.serve_http``, which ``cli`` hands over)
+        self.http: Callable[[Service], Coroutine[Any, Any, None]] | None = None
         self.progress = Progress(
             self.counts, [(sp, r.discovery.is_ignored) for r in self.routes for sp in r.spools]
         )
-        self._by_spool = {sp: r for r in self.routes for sp in r.spools}
+        self._by_spool = {
+            sp: p for r, p in zip(self.routes, self.pipelines, strict=True) for sp in r.spools
+        }
         self.metrics.follow(
             throttles=[r.throttle for r in self.routes],
             gates=[r.gate for r in self.routes],
             guards={r.name: r.guards for r in self.routes},
             queue=self.lanes,
         )
-
-    # --- the first route, by the names a single-route service has always had (tests) --------
-    @property
-    def pipeline(self) -> Pipeline:
-        return self.routes[0].pipeline
-
-    @property
-    def discovery(self) -> Discovery:
-        return self.routes[0].discovery
-
-    @property
-    def throttle(self) -> Throttle:
-        return self.routes[0].throttle
-
-    @property
-    def gate(self) -> asyncio.Event:
-        return self.routes[0].gate
-
-    @property
-    def store(self) -> Store | None:
-        return self.routes[0].store
-
-    @store.setter
-    def store(self, store: Store | None) -> None:
-        self.routes[0].store = store
 
     @property
     def running(self) -> bool:
@@ -205,12 +202,6 @@ class Service:
                     # the start-up survey runs beside the first uploads, not before them
                     for coro in route.intake(route.store):
                         self.spawn(coro)
-                http: asyncio.Task[Any] | None = None
-                if self.s.http_addr and not self.once:
-                    from s3spool.web import serve_http
-
-                    # not intake: /readyz must keep answering (503) while draining
-                    http = tg.create_task(serve_http(self))
                 workers = [
                     tg.create_task(self._worker(i), name=f"worker-{i}")
                     for i in range(self.s.workers)
@@ -221,6 +212,8 @@ class Service:
                     tg.create_task(r.notifications.run()) for r in self.routes if r.notifications
                 ]
                 after.append(tg.create_task(self.bandwidth.run(), name="bandwidth"))
+                if self.http is not None:  # not intake: /readyz answers (503) while draining
+                    after.append(tg.create_task(self.http(self)))
                 if self.once:
                     self.spawn(self._once_driver())
                     self.spawn(self.progress.run())
@@ -229,8 +222,6 @@ class Service:
                     tg.create_task(self._mark_ready())
                 await self._stop.wait()
                 await self._shutdown(workers)
-                if http is not None:
-                    after.append(http)
                 await asyncio.wait(workers)
                 for task in after:
                     task.cancel()
@@ -250,7 +241,7 @@ class Service:
         return self.exit_code
 
     def _once_summary(self) -> int:
-        return self.pipeline.outcomes.once_summary(self.guards.values(), self.exit_code)
+        return self.pipelines[0].outcomes.once_summary(self.guards.values(), self.exit_code)
 
     def _on_signal(self, sig: int) -> None:
         name = signal.Signals(sig).name
@@ -333,11 +324,10 @@ class Service:
                 self._idle.discard(task)
             self._busy.add(task)
             try:
-                route = self._route_of(job)
                 if isinstance(job, Claim):
-                    await route.pipeline.deliver(job)
+                    await self._by_spool[job.spool].deliver(job)
                 else:
-                    await route.pipeline.take(job)
+                    await self._by_spool[job[0]].take(job)
             except Exception:
                 # A bug must cost one file's turn, never the worker: log and go on.
                 log.exception("worker %d: unexpected error on %r", wid, job)
@@ -346,10 +336,6 @@ class Service:
                 lane.task_done()
             if self.stopping:
                 return
-
-    def _route_of(self, job: Claim | tuple[Spool, str]) -> RouteRun:
-        spool = job.spool if isinstance(job, Claim) else job[0]
-        return self._by_spool[spool]
 
     # --- faults and housekeeping ------------------------------------------------------------
     async def store_down(self, exc: UploadError) -> None:
@@ -373,11 +359,3 @@ class Service:
     async def cleanup_once(self) -> None:
         for route in self.routes:
             await route.cleanup_once()
-
-
-async def run_service(
-    config: Config, *, once: bool = False, early_signals: list[int] | None = None
-) -> int:
-    service = Service(config, once=once)
-    service.early_signals = early_signals if early_signals is not None else []
-    return await service.run()
