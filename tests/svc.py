@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from s3servers import S3Target
+from s3spool.config.load import Config, Route
 from s3spool.config.settings import Settings, load_settings
+from s3spool.config.spools import DEFAULT_ROUTE
 from s3spool.run.service import Service
 
 
@@ -36,6 +38,11 @@ def settings_for(spool: Path | list[Path] | None, target: S3Target | None, **kw:
     return load_settings(**base)
 
 
+def config_of(settings: Settings) -> Config:
+    """The one implicit route of settings built by a test (``load_config`` reads no file)."""
+    return Config((Route(DEFAULT_ROUTE, settings, {}),))
+
+
 def use_credentials(monkeypatch: Any, target: S3Target) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", target.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", target.secret_key)
@@ -53,18 +60,15 @@ async def wait_until(pred: Callable[[], bool], timeout: float = 20.0, what: str 
 
 
 @contextlib.asynccontextmanager
-async def running(
-    settings: Settings, *, once: bool = False, live: bool = False
-) -> AsyncIterator[Service]:
-    """``live``: wrapped as ``run_service`` wraps it (bandwidth limits, SIGHUP)."""
-    svc = Service(settings, once=once)
-    async with contextlib.AsyncExitStack() as stack:
-        if live:
-            from s3spool.run.reload import live_config
+async def running(settings: Settings | Config, *, once: bool = False) -> AsyncIterator[Service]:
+    config = settings if isinstance(settings, Config) else config_of(settings)
+    svc = Service(config, once=once)
+    if config.s.http_addr and not once:
+        from s3spool.web import serve_http
 
-            await stack.enter_async_context(live_config(svc.config, svc.metrics.bandwidth))
-        async with _started(svc) as started:
-            yield started
+        svc.http = serve_http  # as the command line hands it over
+    async with _started(svc) as started:
+        yield started
 
 
 @contextlib.asynccontextmanager

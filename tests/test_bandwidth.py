@@ -56,8 +56,8 @@ async def test_the_limit_holds_for_puts_and_parts(
         **limits,
     )
     total = sum(FILES.values())
-    async with running(settings, live=True) as svc:
-        handle = settings.bandwidth
+    async with running(settings) as svc:
+        handle = svc.bandwidth.handles["default"]
         assert handle is not None
         assert handle.active is not None
         start = time.monotonic()
@@ -92,7 +92,7 @@ async def test_retried_bodies_are_paced_and_whole(
             multipart_threshold="5MiB",
             part_size="5MiB",
         )
-        async with running(settings, live=True) as svc:
+        async with running(settings) as svc:
             start = time.monotonic()
             for name, data in files.items():
                 drop(spool / "incoming", name, data)
@@ -110,8 +110,8 @@ async def test_retried_bodies_are_paced_and_whole(
 
 async def test_no_limit_puts_nothing_on_the_path(rclone_s3: S3Target, spool: Path) -> None:
     settings = settings_for(spool, rclone_s3)
-    async with running(settings, live=True):
-        handle = settings.bandwidth
+    async with running(settings) as svc:
+        handle = svc.bandwidth.handles["default"]
         assert handle is not None  # there to take a limit that SIGHUP may bring ...
         assert handle.active is None  # ... and nothing to pace with until then
         start = time.monotonic()
@@ -119,7 +119,7 @@ async def test_no_limit_puts_nothing_on_the_path(rclone_s3: S3Target, spool: Pat
             drop(spool / "incoming", name, os.urandom(size))
         await wait_until(lambda: len(names(spool / "done")) == len(FILES), 30, "all delivered")
         assert time.monotonic() - start < 2.0  # 16 MiB to a local server
-    assert settings.bandwidth is None  # detached once the run is over
+    assert not hasattr(settings, "bandwidth")  # run time state stays off the settings
 
 
 async def test_a_schedule_moves_the_limit_at_its_boundary() -> None:

@@ -11,7 +11,8 @@ from types import ModuleType
 import pytest
 
 import s3spool.cli
-from s3spool.config.settings import KEY_FIELDS, Settings, env_name
+from s3spool.config.catalog import env_name
+from s3spool.config.settings import KEY_FIELDS, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

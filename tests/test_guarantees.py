@@ -39,7 +39,7 @@ async def test_faulty_proxy_all_delivered_and_concurrency_drops(
             deadline = time.monotonic() + 90
             while len(names(spool / "done")) < len(files):
                 assert time.monotonic() < deadline, "not delivered under faults"
-                lowest = min(lowest, svc.throttle.limit)
+                lowest = min(lowest, svc.routes[0].throttle.limit)
                 await asyncio.sleep(0.01)
         injected = proxy.snapshot()["injected"]
     total = sum(proxy.counts.values()) + sum(injected.values())
@@ -66,7 +66,7 @@ async def test_store_down_for_ten_seconds(spool: Path, rclone_private: RcloneSer
         for i in range(30):
             drop(spool / "incoming", f"during-{i}", b"d%d" % i)
             await asyncio.sleep(0.1)
-        await wait_until(lambda: not svc.gate.is_set(), 10, "intake paused")
+        await wait_until(lambda: not svc.routes[0].gate.is_set(), 10, "intake paused")
         await asyncio.sleep(7)  # down for ~10 s in all
         assert names(spool / "failed") == set()
         rclone_private.start()
@@ -81,7 +81,7 @@ async def test_missing_bucket_pauses_then_resumes(spool: Path, moto_s3: S3Target
                       moto_s3.secret_key, moto_s3.region, moto_s3.kind)
     async with running(settings_for(spool, target)) as svc:
         drop(spool / "incoming", "waits", b"patience")
-        await wait_until(lambda: not svc.gate.is_set(), 10, "paused on NoSuchBucket")
+        await wait_until(lambda: not svc.routes[0].gate.is_set(), 10, "paused on NoSuchBucket")
         await asyncio.sleep(1)
         assert names(spool / "failed") == set()
         assert "waits" in names(spool / "incoming") | {

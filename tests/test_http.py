@@ -19,8 +19,8 @@ from s3servers import RcloneServer, free_port
 from s3spool import __version__
 from s3spool.config.settings import load_settings
 from s3spool.run.service import Service
-from s3spool.web import refresh_spool_gauges
-from svc import drop
+from s3spool.web import make_app, refresh_spool_gauges
+from svc import config_of, drop
 
 T = TypeVar("T")
 WAIT_S = 30.0
@@ -205,10 +205,11 @@ async def test_spool_gauges_count_eligible_files_at_most_once_a_second(tmp_path:
     settings = load_settings(
         spool_dirs=str(root), destination="noop://", hold_for="60s", http_addr=""
     )
-    service = Service(settings)
+    service = Service(config_of(settings))
+    app = make_app(service)
     label = str(root)
 
-    lags = await refresh_spool_gauges(service)
+    lags = await refresh_spool_gauges(app)
     # "held" is younger than HOLD_FOR, ".ignored" ignored, "link" not a regular file
     assert 499 <= lags[label] <= 520
 
@@ -222,7 +223,7 @@ async def test_spool_gauges_count_eligible_files_at_most_once_a_second(tmp_path:
     assert files("failed") == 1
 
     (incoming / "old").unlink()
-    assert (await refresh_spool_gauges(service))[label] == lags[label], "within 1s: cached"
+    assert (await refresh_spool_gauges(app))[label] == lags[label], "within 1s: cached"
     await asyncio.sleep(1.1)
-    assert (await refresh_spool_gauges(service))[label] == 0.0
+    assert (await refresh_spool_gauges(app))[label] == 0.0
     assert files("incoming") == 3

@@ -55,7 +55,7 @@ from s3servers import RcloneServer, S3Server
 from s3spool.run.service import Service
 from s3spool.spool.spool import Claim
 from s3spool.store.open import NoopStore
-from svc import drop, settings_for
+from svc import config_of, drop, settings_for
 
 
 # --- fixtures: one per run ------------------------------------------------------------------
@@ -282,17 +282,17 @@ def run_unit(base: Path) -> Result:
 async def _unit_races(res: Result) -> None:
     spot = res.spot
     settings = settings_for(spot.spool, None)
-    svc = Service(settings)
+    svc = Service(config_of(settings))
     svc.prepare()
     (sp,) = svc.spools
     sp.open()
     # a regression that reads on must not crash the fixture: "upload" to noop:// and let the
     # case's place / opened-file checks say what went wrong
-    svc.store = NoopStore(settings)
+    svc.routes[0].store = NoopStore(settings)
 
     async def deliver(cid: str, claim: Claim, timeout: float = 10) -> None:
         try:
-            await asyncio.wait_for(svc.pipeline.deliver(claim), timeout)
+            await asyncio.wait_for(svc.pipelines[0].deliver(claim), timeout)
         except TimeoutError:
             res.note(cid, f"deliver did not return within {timeout}s")
         except Exception as exc:

@@ -21,7 +21,7 @@ from s3servers import S3Target
 from s3spool.run.progress import describe
 from s3spool.run.service import Service
 from s3spool.run.settle import Counts
-from svc import settings_for
+from svc import config_of, settings_for
 
 N_FILES = 150
 
@@ -83,7 +83,7 @@ async def test_without_a_terminal_a_progress_line_is_logged(
     slow_store: S3Target, spool: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     _backlog(spool)
-    svc = Service(settings_for(spool, slow_store, workers=16), once=True)
+    svc = Service(config_of(settings_for(spool, slow_store, workers=16)), once=True)
     svc.progress.tty = False
     svc.progress.log_interval = 0.5  # 10 s in service: a test need not wait that long
     with caplog.at_level(logging.INFO, logger="s3spool.service"):

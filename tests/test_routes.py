@@ -128,7 +128,7 @@ async def test_a_backlog_in_one_route_does_not_delay_another(
     a = settings_for(busy, moto_s3, instance_id=instance)
     b = settings_for(quiet, moto_s3, instance_id=instance, destination=f"s3://{bucket_b}/q")
     config = Config((Route("busy", a, {}), Route("quiet", b, {})))
-    async with running(config) as svc:  # type: ignore[arg-type]
+    async with running(config) as svc:
         await wait_until(lambda: svc.counts.delivered >= 300, 60, "the busy route under way")
         started = time.monotonic()
         drop(quiet / "incoming", "urgent", b"now")
@@ -224,7 +224,7 @@ async def test_one_route_down_does_not_pause_the_other(moto_s3: S3Target, tmp_pa
         retry_attempts=1,
     )
     config = Config((Route("good", good, {}), Route("dead", dead, {})))
-    async with running(config) as svc:  # type: ignore[arg-type]
+    async with running(config) as svc:
         drop(tmp_path / "dead" / "incoming", "stuck", b"s")
         await wait_until(lambda: not svc.routes[1].gate.is_set(), 20, "the dead route paused")
         drop(tmp_path / "good" / "incoming", "fine", b"f")

@@ -361,11 +361,11 @@ async def test_idle_store_outage_makes_readyz_unready(
         else:
             raise AssertionError("/readyz never answered")
         rclone_private.stop()  # no file arrives: only the idle probe can notice
-        await wait_until(lambda: not svc.gate.is_set(), 10, "the idle probe notices")
+        await wait_until(lambda: not svc.routes[0].gate.is_set(), 10, "the idle probe notices")
         assert await ready() == 503
         assert await store_up() == "s3spool_store_up 0.0"
         rclone_private.start()
-        await wait_until(lambda: svc.gate.is_set(), 20, "resumed after the outage")
+        await wait_until(lambda: svc.routes[0].gate.is_set(), 20, "resumed after the outage")
         assert await ready() == 200
         assert await store_up() == "s3spool_store_up 1.0"
         drop(spool / "incoming", "after", b"still works")

@@ -224,9 +224,15 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
                 from s3spool.ops.status import dry_run
 
                 return dry_run(config)
-            from s3spool.run.service import run_service
+            from s3spool.run.service import Service
 
-            return run_async(lambda: run_service(config, once=args.once, early_signals=early))
+            service = Service(config, once=args.once)
+            service.early_signals = early
+            if config.s.http_addr and not args.once:
+                from s3spool.web import serve_http
+
+                service.http = serve_http
+            return run_async(service.run)
         if args.command == "check":
             from s3spool.ops.check import check
 

@@ -12,9 +12,8 @@ import asyncio
 import logging
 import math
 import time
-import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -25,58 +24,7 @@ from s3spool.spool.clock import cautious_now
 from s3spool.spool.scan import SpoolGauges, spool_gauges
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
-
-    from s3spool.config.settings import Settings
-    from s3spool.metrics import Metrics
-    from s3spool.notify.notifications import Notifications
-    from s3spool.spool.guard import Guard
-    from s3spool.spool.spool import Spool
-    from s3spool.spool.watch import Discovery
-
-
-class Route(Protocol):
-    """What the endpoints read of one route (routes.RouteRun)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def s(self) -> Settings: ...
-
-    @property
-    def spools(self) -> Sequence[Spool]: ...
-
-    @property
-    def discovery(self) -> Discovery: ...
-
-    @property
-    def gate(self) -> asyncio.Event: ...
-
-    @property
-    def notifications(self) -> Notifications: ...
-
-
-class Service(Protocol):
-    """What the endpoints read of the running service (service.py never imported here)."""
-
-    @property
-    def s(self) -> Settings: ...
-
-    @property
-    def routes(self) -> Sequence[Route]: ...
-
-    @property
-    def metrics(self) -> Metrics: ...
-
-    @property
-    def stopping(self) -> bool: ...
-
-    @property
-    def ready(self) -> bool: ...
-
-    @property
-    def guards(self) -> Mapping[Spool, Guard]: ...
+    from s3spool.run.service import Service
 
 
 log = logging.getLogger("s3spool.http")
@@ -97,18 +45,16 @@ class _GaugeState:
     lags: dict[str, float] = field(default_factory=dict)
 
 
-_gauge_states: weakref.WeakKeyDictionary[Service, _GaugeState] = weakref.WeakKeyDictionary()
+_GAUGES: web.AppKey[_GaugeState] = web.AppKey("gauges", _GaugeState)
 
 
-async def refresh_spool_gauges(service: Service) -> dict[str, float]:
+async def refresh_spool_gauges(app: web.Application) -> dict[str, float]:
     """Refresh ``s3spool_spool_files`` and ``s3spool_spool_lag_seconds``; returns lag per spool.
 
     At most once per ``GAUGE_REFRESH_INTERVAL``: concurrent or frequent scrapes
     wait for / reuse the last pass instead of walking the spools again.
     """
-    state = _gauge_states.get(service)
-    if state is None:
-        state = _gauge_states[service] = _GaugeState()
+    service, state = app[_SERVICE], app[_GAUGES]
     async with state.lock:
         if time.monotonic() - state.at < GAUGE_REFRESH_INTERVAL:
             return dict(state.lags)
@@ -178,7 +124,7 @@ def readiness(service: Service, lags: dict[str, float]) -> list[str]:
 
 async def _metrics(request: web.Request) -> web.Response:
     service = request.app[_SERVICE]
-    await refresh_spool_gauges(service)
+    await refresh_spool_gauges(request.app)
     body = generate_latest(service.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -191,7 +137,7 @@ async def _healthz(request: web.Request) -> web.Response:
 async def _readyz(request: web.Request) -> web.Response:
     service = request.app[_SERVICE]
     # Only read the spools when a lag threshold makes their state part of readiness.
-    lags = await refresh_spool_gauges(service) if service.s.max_lag is not None else {}
+    lags = await refresh_spool_gauges(request.app) if service.s.max_lag is not None else {}
     problems = readiness(service, lags)
     if problems:
         return web.Response(status=503, text="not ready:\n" + "".join(f"- {p}\n" for p in problems))
@@ -201,6 +147,7 @@ async def _readyz(request: web.Request) -> web.Response:
 def make_app(service: Service) -> web.Application:
     app = web.Application()
     app[_SERVICE] = service
+    app[_GAUGES] = _GaugeState()
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)

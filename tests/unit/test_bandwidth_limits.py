@@ -9,12 +9,13 @@ from datetime import datetime
 
 import pytest
 
-from s3spool.config.limits import Limit, Window, parse_limit
+from s3spool.config.formats import Limit, Window, parse_limit
 from s3spool.config.load import Config
 from s3spool.config.settings import load_settings
 from s3spool.run.reload import needs_restart
 from s3spool.store.bandwidth import Bandwidth, TokenBucket, piece_size
 from s3spool.store.bodies import STREAM_CHUNK
+from svc import config_of
 
 KIB, MIB = 1024, 1024 * 1024
 
@@ -232,7 +233,7 @@ def test_bandwidth_follows_the_schedule_on_its_clock() -> None:
 
 
 def _config(**kw: object) -> Config:
-    return Config.single(load_settings(destination="noop://", spool_dirs="/tmp/s", **kw))
+    return config_of(load_settings(destination="noop://", spool_dirs="/tmp/s", **kw))
 
 
 def test_what_needs_a_restart() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from s3spool.config.settings import parse_duration, parse_list, parse_size
+from s3spool.config.formats import parse_duration, parse_list, parse_size
 from s3spool.errors import (
     BadRequest,
     NoSuchUpload,

@@ -1,19 +1,8 @@
-"""The effective configuration: flags, ``S3SPOOL_*`` variables, a TOML file, defaults.
+"""The effective configuration: every route's settings from flags, ``S3SPOOL_*`` variables and
+the TOML file (``[[route]]`` tables), each value recorded with where it came from.
 
-The file (``S3SPOOL_CONFIG`` / ``--config``) holds settings at its top level and zero or
-more ``[[route]]`` tables; each route names its spools and everything about where their
-files go.  For every setting of a route the first of these that sets it wins::
-
-    flag  >  S3SPOOL_* variable  >  the route's table  >  the file's top level  >  default
-
-Settings of the whole process (``settings.GLOBAL_FIELDS``: workers, HTTP address, logging,
-...) may only appear at the top level.  With no file, or a file without ``[[route]]``
-tables, there is one route named ``default`` and everything works as without routes.
-
-The file is read through pydantic-settings' TOML source and every route is validated by
-the same model as the environment (``settings.Settings``), so a value means the same
-wherever it is written.  All problems of a file are reported at once, each naming its
-route and key.
+For every setting of a route the first that sets it wins: flag > variable > the route's
+table > the file's top level > default.  ``GLOBAL_FIELDS`` may only be at the top level.
 """
 
 from __future__ import annotations
@@ -27,12 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    PydanticBaseSettingsSource,
-    TomlConfigSettingsSource,
-)
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource
 
 from s3spool.config.catalog import ENV_PREFIX, env_name, flag_name
 from s3spool.config.settings import GLOBAL_FIELDS, Settings, validation_problems
@@ -98,17 +82,6 @@ class Config:
         """The process-wide settings (the same in every route)."""
         return self.routes[0].s
 
-    @classmethod
-    def single(cls, settings: Settings) -> Config:
-        """One implicit route from settings built elsewhere (tests, ``load_settings``)."""
-        origin = {f: (ENV if f in settings.model_fields_set else DEFAULT) for f in FIELDS}
-        return cls((Route(DEFAULT_ROUTE, settings, origin),))
-
-
-def routes_of(config: Config | Settings) -> tuple[Route, ...]:
-    """The routes of a configuration, or the one implicit route of plain settings."""
-    return (config if isinstance(config, Config) else Config.single(config)).routes
-
 
 def suggest(name: str, known: Any) -> str:
     close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
@@ -135,7 +108,8 @@ def read_file(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[st
     if not path.is_file():
         raise ConfigError(f"S3SPOOL_CONFIG (--config): {path}: no such file")
     try:
-        data = dict(TomlConfigSettingsSource(Settings, toml_file=path).toml_data)
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"S3SPOOL_CONFIG (--config): {path} is not valid TOML: {exc}") from None
     except OSError as exc:

@@ -1,6 +1,5 @@
 """Notifier settings: ``NOTIFY`` is a list of notifier tables (``[[route.notify]]`` in the
-config file, a JSON list in ``S3SPOOL_NOTIFY``).  One flat model with per-kind checks, so
-an error names the field (``notify.0.url: required for kind webhook``).
+config file, a JSON list in ``S3SPOOL_NOTIFY``), one model per ``kind``.
 """
 
 from __future__ import annotations
@@ -10,40 +9,33 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import NoDecode
 
 from s3spool.config.formats import Duration
 
-Kind = Literal["webhook", "sqs", "sns", "exec", "manifest"]
 Outcome = Literal["delivered", "failed"]
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-#: what each kind needs, and what only it may set
-_REQUIRED: dict[str, tuple[str, ...]] = {
-    "webhook": ("url",),
-    "sqs": ("queue_url",),
-    "sns": ("topic_arn",),
-    "exec": ("command",),
-    "manifest": (),
-}
-_ONLY: dict[str, tuple[str, ...]] = {
-    "url": ("webhook",),
-    "headers": ("webhook",),
-    "secret": ("webhook",),
-    "queue_url": ("sqs",),
-    "topic_arn": ("sns",),
-    "endpoint_url": ("sqs", "sns"),
-    "region": ("sqs", "sns"),
-    "command": ("exec",),
-    "keep": ("manifest",),
-}
 
 
-class NotifierSpec(BaseModel):
+class _Spec(BaseModel):
+    """What every kind has."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Kind
+    kind: str
     #: names the notifier in metrics, logs and its outbox directory; default: the kind
     name: str = ""
     on: list[Outcome] = Field(default_factory=lambda: list[Outcome](["delivered"]))
@@ -51,35 +43,92 @@ class NotifierSpec(BaseModel):
     #: tries within one pass before the event waits for the next sweep (never dropped)
     retries: int = Field(6, ge=1, le=100)
     concurrency: int = Field(4, ge=1, le=256)
-    url: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
-    secret: str | None = None
-    queue_url: str | None = None
-    topic_arn: str | None = None
-    endpoint_url: str | None = None
-    region: str | None = None
-    command: list[str] = Field(default_factory=list)
-    keep: Duration = 30 * 86400.0
+
+    @field_validator("on")
+    @classmethod
+    def _some(cls, on: list[Outcome]) -> list[Outcome]:
+        if not on:
+            raise ValueError("name at least one of delivered, failed")
+        return on
 
     @model_validator(mode="after")
-    def _check(self) -> NotifierSpec:
+    def _named(self) -> _Spec:
         if not self.name:
             object.__setattr__(self, "name", self.kind)
         if not _NAME.fullmatch(self.name):
             raise ValueError(f"name {self.name!r}: letters, digits, '-' and '_' only")
-        for field in _REQUIRED[self.kind]:
-            if not getattr(self, field):
-                raise ValueError(f"{field}: required for kind {self.kind}")
-        for field, kinds in _ONLY.items():
-            if field in self.model_fields_set and self.kind not in kinds:
-                raise ValueError(f"{field}: not a setting of kind {self.kind}")
-        if self.url is not None and not re.match(r"https?://", self.url):
-            raise ValueError(f"url: {self.url!r} must be http:// or https://")
-        if self.kind == "exec" and not Path(self.command[0]).is_absolute():
-            raise ValueError(f"command: {self.command[0]!r} must be an absolute path")
-        if not self.on:
-            raise ValueError("on: name at least one of delivered, failed")
         return self
+
+
+class WebhookSpec(_Spec):
+    kind: Literal["webhook"]
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    secret: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, url: str) -> str:
+        if not re.match(r"https?://", url):
+            raise ValueError(f"{url!r} must be http:// or https://")
+        return url
+
+
+class SqsSpec(_Spec):
+    kind: Literal["sqs"]
+    queue_url: str = Field(min_length=1)
+    endpoint_url: str | None = None
+    region: str | None = None
+
+
+class SnsSpec(_Spec):
+    kind: Literal["sns"]
+    topic_arn: str = Field(min_length=1)
+    endpoint_url: str | None = None
+    region: str | None = None
+
+
+class ExecSpec(_Spec):
+    kind: Literal["exec"]
+    command: list[str]
+
+    @field_validator("command")
+    @classmethod
+    def _absolute(cls, command: list[str]) -> list[str]:
+        if not command:
+            raise ValueError("required for kind exec")
+        if not Path(command[0]).is_absolute():
+            raise ValueError(f"{command[0]!r} must be an absolute path")
+        return command
+
+
+class ManifestSpec(_Spec):
+    kind: Literal["manifest"]
+    keep: Duration = 30 * 86400.0
+
+
+NotifierSpec = WebhookSpec | SqsSpec | SnsSpec | ExecSpec | ManifestSpec
+_KINDS = "webhook, sqs, sns, exec, manifest"
+
+
+def _named_errors(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Each error as ``field: problem`` of its notifier's kind (``url: required for kind
+    webhook``), not pydantic's location path."""
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            kind, *path = [str(p) for p in err["loc"] if not isinstance(p, int)] or [""]
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            if err["type"] == "missing":
+                msg = f"required for kind {kind}"
+            elif err["type"] == "extra_forbidden":
+                msg = f"not a setting of kind {kind}"
+            elif err["type"].startswith("union_tag"):
+                path, msg = ["kind"], f"one of {_KINDS}"
+            problems.append(f"{'.'.join(path)}: {msg}" if path else msg)
+        raise ValueError("; ".join(problems)) from None
 
 
 def parse_notify(value: Any) -> Any:
@@ -104,5 +153,9 @@ def check_names(specs: list[NotifierSpec]) -> list[NotifierSpec]:
 
 
 Notifiers = Annotated[
-    list[NotifierSpec], NoDecode, BeforeValidator(parse_notify), AfterValidator(check_names)
+    list[Annotated[NotifierSpec, Field(discriminator="kind")]],
+    NoDecode,
+    BeforeValidator(parse_notify),
+    WrapValidator(_named_errors),
+    AfterValidator(check_names),
 ]

@@ -4,7 +4,7 @@
 CONTENT_DISPOSITION): plain named fields only.  The ``check_*`` functions hold what S3 and
 HTTP allow in user metadata, tags and header values; ``settings.py`` calls them as it reads
 the settings and ``objectopts.py`` renders what passed.  Kept apart from ``settings.py``
-(which re-exports ``key_format_fields``) and free of its imports: ``known`` is the caller's
+and free of its imports: ``known`` is the caller's
 ``KEY_FIELDS``.  Every ``ValueError`` starts with the setting's name (``"metadata: ..."``), as
 settings errors do.
 """

@@ -1,17 +1,13 @@
-"""Settings: one pydantic-settings model read from ``S3SPOOL_*`` variables.
-
-The CLI (``cli.py``) derives one flag per field from this model, so the env
-name, the flag and the docs can never drift apart: ``S3SPOOL_KEY_FORMAT`` is
-``--key-format``.  Flags win over the environment because they arrive as init
-arguments, which pydantic-settings ranks first.
-"""
+"""Settings: one pydantic-settings model read from ``S3SPOOL_*`` variables and flags (flags win:
+they arrive as init arguments).  ``catalog.py`` derives each flag from a field, so the variable,
+the flag and the docs cannot drift apart: ``S3SPOOL_KEY_FORMAT`` is ``--key-format``."""
 
 from __future__ import annotations
 
 import re
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -24,28 +20,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from s3spool.config.catalog import ENV_PREFIX, env_name, flag_name
 from s3spool.config.codecs import DEFAULT_SKIP, CodecName, ModeName, resolve_level
-
-# the value formats (durations, sizes, lists, k=v pairs) live in values.py; re-exported here
-from s3spool.config.formats import Duration as Duration
-from s3spool.config.formats import LogLevel
-from s3spool.config.formats import Pairs as Pairs
-from s3spool.config.formats import PathList as PathList
-from s3spool.config.formats import Size as Size
-from s3spool.config.formats import StrList as StrList
-from s3spool.config.formats import parse_duration as parse_duration
-from s3spool.config.formats import parse_list as parse_list
-from s3spool.config.formats import parse_pairs as parse_pairs
-from s3spool.config.formats import parse_size as parse_size
-from s3spool.config.limits import BandwidthLimit
-from s3spool.config.notifiers import Notifiers
-from s3spool.config.options import check_metadata, check_option_value, check_tags
-from s3spool.config.options import (
-    key_format_fields as key_format_fields,  # re-exported: callers read it here
+from s3spool.config.formats import (
+    BandwidthLimit,
+    Duration,
+    LogLevel,
+    Pairs,
+    PathList,
+    Size,
+    StrList,
 )
+from s3spool.config.notifiers import Notifiers
+from s3spool.config.options import check_metadata, check_option_value, check_tags, key_format_fields
 from s3spool.errors import ConfigError
-
-if TYPE_CHECKING:
-    from s3spool.store.bandwidth import RouteLimit
 
 #: Fields a ``KEY_FORMAT`` may use; ``keys.py`` fills them.
 KEY_FIELDS = frozenset(
@@ -65,14 +51,6 @@ GLOBAL_FIELDS = frozenset(
 
 
 ChecksumName = Literal["crc32c", "crc32", "sha256", "md5", "none"]
-
-
-def _default_checksum() -> ChecksumName:
-    try:
-        import crc32c  # noqa: F401
-    except ImportError:  # pragma: no cover - crc32c is a dependency; kept for odd installs
-        return "crc32"
-    return "crc32c"
 
 
 class Settings(BaseSettings):
@@ -157,7 +135,7 @@ class Settings(BaseSettings):
         None, description="Content-Type for every object (default: guessed from the name)."
     )
     checksum: ChecksumName = Field(
-        default_factory=_default_checksum,
+        "crc32c",
         description="Checksum computed while reading, sent so the store rejects corrupted "
         "bodies, and compared with the store's answer.",
     )
@@ -242,17 +220,6 @@ class Settings(BaseSettings):
         description="Like BANDWIDTH_LIMIT, for the uploads of one route (each route its own), "
         "on top of BANDWIDTH_LIMIT.",
     )
-    _bandwidth: Any = PrivateAttr(default=None)  # a bandwidth.RouteLimit
-
-    @property
-    def bandwidth(self) -> RouteLimit | None:
-        """What this route's bodies are paced by while a service runs it (``bandwidth.py``
-        attaches it); None: nothing to pace."""
-        limit: RouteLimit | None = self._bandwidth
-        return limit
-
-    def attach_bandwidth(self, limit: RouteLimit | None) -> None:
-        self._bandwidth = limit
 
     # --- notifications ----------------------------------------------------------------------
     notify: Notifiers = Field(
@@ -380,12 +347,7 @@ def check_settings(s: Settings) -> tuple[str, str, str]:
     if not s.destination:
         raise ValueError("destination: required (s3://bucket/prefix or noop://)")
     destination = parse_destination(s.destination)
-    unknown = sorted(key_format_fields(s.key_format) - KEY_FIELDS)
-    if unknown:
-        raise ValueError(
-            f"key_format: unknown field {{{unknown[0]}}}; known fields: "
-            + ", ".join(sorted(KEY_FIELDS))
-        )
+    check_key_format(s.key_format)
     _check_spools(s)
     if not 5 * MIB <= s.part_size <= 5 * 1024 * MIB:
         raise ValueError("part_size: must be between 5MiB and 5GiB (S3 limits)")
@@ -403,6 +365,25 @@ def check_settings(s: Settings) -> tuple[str, str, str]:
     _check_object_options(s)
     s.compress_level = resolve_level(s.compress, s.compress_level)
     return destination
+
+
+def check_key_format(template: str) -> None:
+    """Every check of ``KEY_FORMAT``: plain known fields, no literal ``.``/``..`` segment, and
+    a format spec that renders (``{now:%Y}`` fails here, not at the first file)."""
+    fields = key_format_fields(template)
+    unknown = sorted(fields - KEY_FIELDS)
+    if unknown:
+        raise ValueError(
+            f"key_format: unknown field {{{unknown[0]}}}; known fields: "
+            + ", ".join(sorted(KEY_FIELDS))
+        )
+    for seg in template.split("/"):
+        if seg in (".", ".."):
+            raise ValueError(f"key_format: '{seg}' segments are not allowed")
+    try:
+        template.format_map({f: 0 if f == "now" else "sample" for f in fields})
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"key_format: {exc}") from None
 
 
 def _check_object_options(s: Settings) -> None:
@@ -554,6 +535,3 @@ def format_validation_error(exc: ValidationError) -> str:
         for field, msg in validation_problems(exc)
     ]
     return "invalid settings:\n  " + "\n  ".join(lines)
-
-
-# --- describing settings (CLI help and the README's reference table) ----------------------

@@ -18,7 +18,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from s3spool.config.notifiers import NotifierSpec
+from s3spool.config.notifiers import (
+    ExecSpec,
+    ManifestSpec,
+    NotifierSpec,
+    SnsSpec,
+    SqsSpec,
+    WebhookSpec,
+)
 from s3spool.config.settings import Settings, tls_verify
 from s3spool.errors import S3SpoolError
 from s3spool.notify.events import env_of
@@ -34,7 +41,8 @@ class NotifyFailed(S3SpoolError):
 
 
 class Notifier(Protocol):
-    spec: NotifierSpec
+    @property
+    def spec(self) -> NotifierSpec: ...
 
     async def __aenter__(self) -> Notifier: ...
 
@@ -51,7 +59,7 @@ def signature(secret: str, body: bytes) -> str:
 class Webhook:
     """POST the event as JSON; any 2xx accepts it."""
 
-    def __init__(self, spec: NotifierSpec, settings: Settings) -> None:
+    def __init__(self, spec: WebhookSpec, settings: Settings) -> None:
         self.spec = spec
         self.settings = settings
         self._session: Any = None
@@ -82,7 +90,6 @@ class Webhook:
         headers.update(self.spec.headers)
         if self.spec.secret:
             headers[SIGNATURE_HEADER] = signature(self.spec.secret, body)
-        assert self.spec.url is not None
         try:
             async with self._session.post(self.spec.url, data=body, headers=headers) as resp:
                 await resp.read()
@@ -97,7 +104,7 @@ class _AwsNotifier:
 
     service = ""
 
-    def __init__(self, spec: NotifierSpec, settings: Settings) -> None:
+    def __init__(self, spec: SqsSpec | SnsSpec, settings: Settings) -> None:
         self.spec = spec
         self.settings = settings
         self._stack = contextlib.AsyncExitStack()
@@ -151,12 +158,13 @@ class Sqs(_AwsNotifier):
     service = "sqs"
 
     async def _send(self, event: dict[str, Any], text: str) -> None:
+        assert isinstance(self.spec, SqsSpec)
         params: dict[str, Any] = {
             "QueueUrl": self.spec.queue_url,
             "MessageBody": text,
             "MessageAttributes": self.attributes(event),
         }
-        _fifo_ids(params, str(self.spec.queue_url), event)
+        _fifo_ids(params, self.spec.queue_url, event)
         await self.client.send_message(**params)
 
 
@@ -164,12 +172,13 @@ class Sns(_AwsNotifier):
     service = "sns"
 
     async def _send(self, event: dict[str, Any], text: str) -> None:
+        assert isinstance(self.spec, SnsSpec)
         params: dict[str, Any] = {
             "TopicArn": self.spec.topic_arn,
             "Message": text,
             "MessageAttributes": self.attributes(event),
         }
-        _fifo_ids(params, str(self.spec.topic_arn), event)
+        _fifo_ids(params, self.spec.topic_arn, event)
         await self.client.publish(**params)
 
 
@@ -184,7 +193,7 @@ def _fifo_ids(params: dict[str, Any], target: str, event: dict[str, Any]) -> Non
 class Exec:
     """Run a command with the event as JSON on stdin and as ``S3SPOOL_EVENT_*`` variables."""
 
-    def __init__(self, spec: NotifierSpec, settings: Settings) -> None:
+    def __init__(self, spec: ExecSpec, settings: Settings) -> None:
         self.spec = spec
 
     async def __aenter__(self) -> Exec:
@@ -225,7 +234,7 @@ class Manifest:
     """Append the event as a JSON line to ``manifest/YYYY-MM-DD.jsonl`` beside the spool's
     done/ (UTC day), fsynced; files older than ``keep`` are removed."""
 
-    def __init__(self, spec: NotifierSpec, settings: Settings, directory_of: Any) -> None:
+    def __init__(self, spec: ManifestSpec, settings: Settings, directory_of: Any) -> None:
         self.spec = spec
         self.directory_of = directory_of  # spool label -> manifest directory
         self._lock = asyncio.Lock()

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from s3spool.config.load import Config, routes_of
+from s3spool.config.load import Config
 from s3spool.config.settings import Settings
 from s3spool.config.spools import SpoolDirs, spool_layouts
 from s3spool.errors import (
@@ -56,16 +56,14 @@ class Report:
         print(f"{verdict} {what}{': ' + detail if detail else ''}", file=self.out, flush=True)
 
 
-async def check(
-    config: Config | Settings, *, read_only: bool = False, out: TextIO | None = None
-) -> int:
+async def check(config: Config, *, read_only: bool = False, out: TextIO | None = None) -> int:
     """Settings, directories, inotify and the store; one PASS/WARN/FAIL line each (per
     route, when there are several).
 
     Exit 0 if nothing failed, 1 if a check failed, 78 if the settings are invalid.
     """
     report = Report(out or sys.stdout)
-    routes = routes_of(config)
+    routes = config.routes
     for route in routes:
         if len(routes) > 1:
             print(f"# route {route.name}", file=report.out, flush=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from s3spool.config.load import Config, routes_of
+from s3spool.config.load import Config
 from s3spool.config.settings import Settings
 from s3spool.config.spools import spool_layouts
 from s3spool.errors import EXIT_NOT_OK, EXIT_OK, ConfigError
@@ -43,9 +43,9 @@ class EnqueueTarget:
     ignore: tuple[str, ...]
 
 
-def enqueue_target(config: Config | Settings | None, spool: Path | None) -> EnqueueTarget:
+def enqueue_target(config: Config | None, spool: Path | None) -> EnqueueTarget:
     """Which incoming/ to deliver into: ``--spool DIR`` or the settings' only spool."""
-    routes = routes_of(config) if config is not None else ()
+    routes = config.routes if config is not None else ()
     layouts = [(r.s, d) for r in routes for d in spool_layouts(r.s, route=r.name)]
     ignore = tuple(_default_ignore())
     is_ignored = compile_ignore(ignore)

@@ -10,8 +10,7 @@ import time
 from typing import Any, TextIO
 
 from s3spool.config.codecs import choose
-from s3spool.config.load import Config, Route, routes_of
-from s3spool.config.settings import Settings
+from s3spool.config.load import Config, Route
 from s3spool.config.spools import spool_layouts
 from s3spool.errors import EXIT_NOT_OK, EXIT_OK, UploadError
 from s3spool.run.compress import rules_for
@@ -31,7 +30,7 @@ from s3spool.spool.scan import (
 from s3spool.spool.watch import compile_ignore
 
 
-def status(config: Config | Settings, *, as_json: bool = False, out: TextIO | None = None) -> int:
+def status(config: Config, *, as_json: bool = False, out: TextIO | None = None) -> int:
     """Per spool: files and bytes per state, oldest incoming file, live instances.
 
     Exit 1 if a directory could not be read, else 0.
@@ -40,7 +39,7 @@ def status(config: Config | Settings, *, as_json: bool = False, out: TextIO | No
     now = time.time()
     report: list[dict[str, Any]] = []
     errors: list[str] = []
-    routes = routes_of(config)
+    routes = config.routes
     for route, dirs in ((r, d) for r in routes for d in spool_layouts(r.s, route=r.name)):
         s = survey_spool(dirs, compile_ignore(route.s.ignore), recursive=route.s.recursive)
         for key in ("incoming", "working", "done", "failed"):
@@ -125,7 +124,7 @@ def _status_text(spool: dict[str, Any], out: TextIO, *, with_route: bool) -> Non
 # --- run --dry-run -----------------------------------------------------------------------------
 
 
-def dry_run(config: Config | Settings, *, out: TextIO | None = None) -> int:
+def dry_run(config: Config, *, out: TextIO | None = None) -> int:
     """Print what one pass would upload, and under which key; change nothing anywhere.
 
     Lines are tab-separated: ``upload NAME SIZE KEY`` or ``skip NAME REASON``.
@@ -134,7 +133,7 @@ def dry_run(config: Config | Settings, *, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     totals = [0, 0, 0]
     worst = EXIT_OK
-    for route in routes_of(config):
+    for route in config.routes:
         worst = max(worst, _dry_run_route(route, out, totals))
     total_files, total_bytes, skipped = totals
     print(

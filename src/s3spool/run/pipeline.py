@@ -1,8 +1,8 @@
 """The life of one file: take, claim, key, upload, verify, route, and its one log line.
 
 ``Pipeline`` holds the per-file state that outlives one attempt (backoffs, resubmit counts,
-when a future-dated file was first seen) and needs from the service only what ``Host``
-names: the store, the store gate, whether it is stopping, and where local faults go.
+when a future-dated file was first seen) and needs from its route only
+the store, the store gate, whether it is stopping, and where local faults go.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import random
 import stat
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from s3spool.config.codecs import choose
 from s3spool.config.settings import Settings
@@ -42,33 +42,13 @@ from s3spool.spool.scan import hold_left
 from s3spool.spool.spool import Claim, Spool, about, open_claimed
 from s3spool.spool.watch import Discovery, Item, Pending, WarnOnce
 from s3spool.store.aimd import Throttle, retry_delay
-from s3spool.store.base import Delivery, Store
+from s3spool.store.base import Delivery
+
+if TYPE_CHECKING:
+    from s3spool.run.routes import RouteRun
 
 log = logging.getLogger("s3spool.service")  # the name operators' log filters know
 file_log = logging.getLogger("s3spool.file")
-
-
-class Host(Protocol):
-    """What the pipeline needs from the running service."""
-
-    @property
-    def store(self) -> Store | None: ...
-
-    @property
-    def gate(self) -> asyncio.Event:
-        """Set while intake runs; cleared while the store is unavailable."""
-        ...
-
-    @property
-    def stopping(self) -> bool: ...
-
-    async def pause(self, exc: UploadError) -> None:
-        """The store is unavailable: pause intake until a probe succeeds."""
-        ...
-
-    def trip(self, spool: Spool, fault: LocalFault) -> None:
-        """A directory of ``spool`` refused: pause that spool (spoolguard.py)."""
-        ...
 
 
 class _NotStarted(Exception):
@@ -88,7 +68,7 @@ class Pipeline:
         settings: Settings,
         spools: Sequence[Spool],
         *,
-        host: Host,
+        host: RouteRun,
         once: bool,
         pending: Pending,
         discovery: Discovery,

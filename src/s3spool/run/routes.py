@@ -1,4 +1,4 @@
-"""Routes at run time: each route's spools, discovery, pipeline, store and store gate.
+"""Routes at run time: each route's spools, discovery, store and store gate.
 
 The service (``service.py``) owns what all routes share: the workers, the byte budget, the
 metrics, signals and the drain.  Each ``RouteRun`` owns what is per destination, so a store
@@ -14,9 +14,9 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from s3spool.config.load import Route
 from s3spool.config.settings import Settings
@@ -24,8 +24,6 @@ from s3spool.config.spools import spool_layouts
 from s3spool.errors import LocalFault, StoreUnavailable, UploadError
 from s3spool.metrics import Metrics
 from s3spool.notify.notifications import Notifications
-from s3spool.run.pipeline import Pipeline
-from s3spool.run.settle import Counts
 from s3spool.spool.cleanup import adopt_dead, tidy_spools
 from s3spool.spool.guard import Guard, heal
 from s3spool.spool.recovery import open_uploads, recover_own
@@ -36,26 +34,6 @@ from s3spool.store.base import Store
 
 log = logging.getLogger("s3spool.service")
 sweep_log = logging.getLogger("s3spool.cleanup")
-
-
-class Service(Protocol):
-    """What a route needs from the service that runs it."""
-
-    @property
-    def stopping(self) -> bool: ...
-
-    @property
-    def running(self) -> bool:
-        """The TaskGroup runs and the service is not stopping (healing may start)."""
-        ...
-
-    def spawn(self, coro: Any) -> None:
-        """Run ``coro`` as an intake task (cancelled when the drain starts)."""
-        ...
-
-    async def store_down(self, exc: UploadError) -> None:
-        """--once: a store is unavailable; stop with exit code 3 (raises CancelledError)."""
-        ...
 
 
 class StoreGate:
@@ -134,21 +112,26 @@ class StoreGate:
 
 
 class RouteRun:
-    """One route while the service runs."""
+    """One route while the service runs; what it needs of the service comes as callables:
+    ``stopping``, ``running`` (its TaskGroup runs, not stopping: healing may start),
+    ``spawn`` (an intake task) and ``store_down`` (--once: stop with exit code 3)."""
 
     def __init__(
         self,
         route: Route,
         *,
-        service: Service,
+        stopping: Callable[[], bool],
+        running: Callable[[], bool],
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+        store_down: Callable[[UploadError], Awaitable[None]],
         once: bool,
         metrics: Metrics,
-        counts: Counts,
         tickets: asyncio.Queue[None] | None,
     ) -> None:
         s = self.s = route.s
         self.name = route.name
-        self.service = service
+        self._stopping, self._running, self._spawn = stopping, running, spawn
+        self._store_down = store_down
         self.once = once
         instance = s.resolved_instance_id
         self.spools = [
@@ -170,24 +153,11 @@ class RouteRun:
         self.store_gate = StoreGate()
         self.gate = self.store_gate.event  # set: intake running; clear: the store is down
         self.last_sweep = 0.0
-        self.pipeline = Pipeline(
-            s,
-            self.spools,
-            host=self,
-            once=once,
-            pending=self.pending,
-            discovery=self.discovery,
-            throttle=self.throttle,
-            metrics=metrics,
-            guards=self.guards,
-            counts=counts,
-        )
         self.notifications = Notifications(route.name, s, self.spools, metrics)
-        self.pipeline.outcomes.notifications = self.notifications
 
     @property
     def stopping(self) -> bool:
-        return self.service.stopping
+        return self._stopping()
 
     def on_slowdown(self) -> None:
         self.metrics.slowdowns.inc()
@@ -235,7 +205,7 @@ class RouteRun:
         """A directory of ``spool`` refused: pause that spool (see spoolguard.py)."""
         guard = self.guards[spool]
         guard.trip(fault)
-        if not self.once and self.service.running:
+        if not self.once and self._running():
             guard.start_healing(self._healed)
 
     def _healed(self, guard: Guard) -> None:
@@ -245,9 +215,9 @@ class RouteRun:
     async def pause(self, exc: UploadError) -> None:
         """This route's store is unavailable: its intake waits until a probe succeeds."""
         if self.once:
-            await self.service.store_down(exc)
-        if self.store_gate.close(exc) and self.service.running and self.store is not None:
-            self.service.spawn(self.store_gate.reopen_when_up(self.store))
+            await self._store_down(exc)
+        if self.store_gate.close(exc) and self._running() and self.store is not None:
+            self._spawn(self.store_gate.reopen_when_up(self.store))
         await self.gate.wait()
 
     # --- housekeeping -------------------------------------------------------------------------

@@ -9,8 +9,7 @@ Shutdown (SIGTERM/SIGINT): intake stops at once; claimed files whose upload
 has not started go back to incoming/; uploads in flight get SHUTDOWN_GRACE to
 finish, then are cancelled (a multipart upload is aborted) and their files
 returned or kept for the next start.  A second signal skips the grace.
-SIGHUP re-reads the configuration and applies the bandwidth limits (``reload.py``,
-around the service in ``run_service``).
+SIGHUP re-reads the configuration and applies the bandwidth limits (``reload.py``).
 """
 
 from __future__ import annotations
@@ -20,23 +19,22 @@ import contextlib
 import gc
 import logging
 import signal
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from s3spool.config.load import Config
-from s3spool.config.settings import Settings
 from s3spool.errors import EXIT_OK, EXIT_STORE_UNAVAILABLE, UploadError
 from s3spool.metrics import Metrics
 from s3spool.notify.notifications import flush
 from s3spool.run.pipeline import Pipeline
 from s3spool.run.progress import Progress
-from s3spool.run.reload import live_config
+from s3spool.run.reload import reload
 from s3spool.run.routes import Lanes, RouteRun, last_sweep, make_tickets, sweep_due
 from s3spool.run.settle import Counts
 from s3spool.spool.scan import work_waiting
-from s3spool.spool.spool import Claim, Spool
-from s3spool.spool.watch import Discovery
-from s3spool.store.aimd import Throttle
-from s3spool.store.base import ByteBudget, Store
+from s3spool.spool.spool import Claim
+from s3spool.store.bandwidth import Bandwidth
+from s3spool.store.base import ByteBudget
 
 log = logging.getLogger("s3spool.service")
 
@@ -45,8 +43,8 @@ class Service:
     """Lifecycle, signals and drain; the workers all routes share. Files: ``pipeline.py``;
     each route's spools, store and store gate: ``routes.py``."""
 
-    def __init__(self, config: Config | Settings, *, once: bool = False) -> None:
-        self.config = config if isinstance(config, Config) else Config.single(config)
+    def __init__(self, config: Config, *, once: bool = False) -> None:
+        self.config = config
         self.s = settings = self.config.s
         self.once = once
         self.instance_id = settings.resolved_instance_id
@@ -59,15 +57,41 @@ class Service:
         self.routes = [
             RouteRun(
                 route,
-                service=self,
+                stopping=lambda: self.stopping,
+                running=lambda: self.running,
+                spawn=self.spawn,
+                store_down=self.store_down,
                 once=once,
                 metrics=self.metrics,
-                counts=self.counts,
                 tickets=tickets,
             )
             for route in self.config.routes
         ]
+        self.pipelines = [
+            Pipeline(
+                r.s,
+                r.spools,
+                host=r,
+                once=once,
+                pending=r.pending,
+                discovery=r.discovery,
+                throttle=r.throttle,
+                metrics=self.metrics,
+                guards=r.guards,
+                counts=self.counts,
+            )
+            for r in self.routes
+        ]
+        for r, pipeline in zip(self.routes, self.pipelines, strict=True):
+            pipeline.outcomes.notifications = r.notifications
         self.lanes = Lanes([r.pending for r in self.routes], tickets)
+        self.bandwidth = Bandwidth(
+            settings.bandwidth_limit,
+            {r.name: r.s.route_bandwidth_limit for r in self.config.routes},
+            gauge=self.metrics.bandwidth,
+        )
+        self._reloading = asyncio.Lock()
+        self._reloads: set[asyncio.Task[None]] = set()
         self.spools = [sp for r in self.routes for sp in r.spools]
         self.guards = {sp: g for r in self.routes for sp, g in r.guards.items()}
         self._stop = asyncio.Event()
@@ -77,41 +101,20 @@ class Service:
         self._intake: list[asyncio.Task[Any]] = []
         self._tg: asyncio.TaskGroup | None = None
         self.early_signals: list[int] = []
+        #: serves /metrics, /healthz, /readyz (``web.serve_http``, which ``cli`` hands over)
+        self.http: Callable[[Service], Coroutine[Any, Any, None]] | None = None
         self.progress = Progress(
             self.counts, [(sp, r.discovery.is_ignored) for r in self.routes for sp in r.spools]
         )
-        self._by_spool = {sp: r for r in self.routes for sp in r.spools}
+        self._by_spool = {
+            sp: p for r, p in zip(self.routes, self.pipelines, strict=True) for sp in r.spools
+        }
         self.metrics.follow(
             throttles=[r.throttle for r in self.routes],
             gates=[r.gate for r in self.routes],
             guards={r.name: r.guards for r in self.routes},
             queue=self.lanes,
         )
-
-    # --- the first route, by the names a single-route service has always had (tests) --------
-    @property
-    def pipeline(self) -> Pipeline:
-        return self.routes[0].pipeline
-
-    @property
-    def discovery(self) -> Discovery:
-        return self.routes[0].discovery
-
-    @property
-    def throttle(self) -> Throttle:
-        return self.routes[0].throttle
-
-    @property
-    def gate(self) -> asyncio.Event:
-        return self.routes[0].gate
-
-    @property
-    def store(self) -> Store | None:
-        return self.routes[0].store
-
-    @store.setter
-    def store(self, store: Store | None) -> None:
-        self.routes[0].store = store
 
     @property
     def running(self) -> bool:
@@ -156,7 +159,12 @@ class Service:
             async with contextlib.AsyncExitStack() as stack:
                 for route in self.routes:
                     route.store = await stack.enter_async_context(
-                        open_store(route.s, on_slowdown=route.on_slowdown, budget=budget)
+                        open_store(
+                            route.s,
+                            on_slowdown=route.on_slowdown,
+                            budget=budget,
+                            limiter=self.bandwidth.handles[route.name],
+                        )
                     )
                 return await self._run()
         finally:
@@ -171,11 +179,17 @@ class Service:
             gc.freeze()
             gc.enable()
         loop = asyncio.get_running_loop()
+        hup = signal.getsignal(signal.SIGHUP)
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
-        for early in self.early_signals:
-            self._on_signal(early)  # arrived during startup, before these handlers existed
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        for early in self.early_signals:  # arrived during startup, before these handlers
+            if early == signal.SIGHUP:
+                self._on_hup()
+            else:
+                self._on_signal(early)
         try:
             for route in self.routes:
                 route.recover()
@@ -188,12 +202,6 @@ class Service:
                     # the start-up survey runs beside the first uploads, not before them
                     for coro in route.intake(route.store):
                         self.spawn(coro)
-                http: asyncio.Task[Any] | None = None
-                if self.s.http_addr and not self.once:
-                    from s3spool.web import serve_http
-
-                    # not intake: /readyz must keep answering (503) while draining
-                    http = tg.create_task(serve_http(self))
                 workers = [
                     tg.create_task(self._worker(i), name=f"worker-{i}")
                     for i in range(self.s.workers)
@@ -203,6 +211,9 @@ class Service:
                 after = [
                     tg.create_task(r.notifications.run()) for r in self.routes if r.notifications
                 ]
+                after.append(tg.create_task(self.bandwidth.run(), name="bandwidth"))
+                if self.http is not None:  # not intake: /readyz answers (503) while draining
+                    after.append(tg.create_task(self.http(self)))
                 if self.once:
                     self.spawn(self._once_driver())
                     self.spawn(self.progress.run())
@@ -211,23 +222,26 @@ class Service:
                     tg.create_task(self._mark_ready())
                 await self._stop.wait()
                 await self._shutdown(workers)
-                if http is not None:
-                    after.append(http)
-                if after:
-                    await asyncio.wait(workers)
-                    for task in after:
-                        task.cancel()
+                await asyncio.wait(workers)
+                for task in after:
+                    task.cancel()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                if loop.remove_signal_handler(signal.SIGHUP) and hup is not None:
+                    signal.signal(signal.SIGHUP, hup)  # as it was: a late SIGHUP stops nothing
+            for task in self._reloads:
+                task.cancel()
+            await asyncio.gather(*self._reloads, return_exceptions=True)
         if self.once:
             self.progress.summary()
             return self._once_summary()
         return self.exit_code
 
     def _once_summary(self) -> int:
-        return self.pipeline.outcomes.once_summary(self.guards.values(), self.exit_code)
+        return self.pipelines[0].outcomes.once_summary(self.guards.values(), self.exit_code)
 
     def _on_signal(self, sig: int) -> None:
         name = signal.Signals(sig).name
@@ -242,6 +256,15 @@ class Service:
             self.s.shutdown_grace,
         )
         self.request_stop()
+
+    def _on_hup(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._reload(), name="reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _reload(self) -> None:
+        async with self._reloading:  # one at a time, in order
+            await reload(self.config, self.bandwidth)
 
     async def _mark_ready(self) -> None:
         # Ready once discovery runs; waiting for the first scan to *finish* would keep
@@ -301,11 +324,10 @@ class Service:
                 self._idle.discard(task)
             self._busy.add(task)
             try:
-                route = self._route_of(job)
                 if isinstance(job, Claim):
-                    await route.pipeline.deliver(job)
+                    await self._by_spool[job.spool].deliver(job)
                 else:
-                    await route.pipeline.take(job)
+                    await self._by_spool[job[0]].take(job)
             except Exception:
                 # A bug must cost one file's turn, never the worker: log and go on.
                 log.exception("worker %d: unexpected error on %r", wid, job)
@@ -314,10 +336,6 @@ class Service:
                 lane.task_done()
             if self.stopping:
                 return
-
-    def _route_of(self, job: Claim | tuple[Spool, str]) -> RouteRun:
-        spool = job.spool if isinstance(job, Claim) else job[0]
-        return self._by_spool[spool]
 
     # --- faults and housekeeping ------------------------------------------------------------
     async def store_down(self, exc: UploadError) -> None:
@@ -341,13 +359,3 @@ class Service:
     async def cleanup_once(self) -> None:
         for route in self.routes:
             await route.cleanup_once()
-
-
-async def run_service(
-    config: Config | Settings, *, once: bool = False, early_signals: list[int] | None = None
-) -> int:
-    service = Service(config, once=once)
-    service.early_signals = early_signals if early_signals is not None else []
-    # the bandwidth limits, their schedules and SIGHUP live around the service (reload.py)
-    async with live_config(service.config, service.metrics.bandwidth, service.early_signals):
-        return await service.run()

@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from s3spool.config.options import key_format_fields
-from s3spool.config.settings import KEY_FIELDS
-from s3spool.errors import ConfigError, PermanentError
+from s3spool.errors import PermanentError
 
 if TYPE_CHECKING:
     from s3spool.spool.spool import Claim
@@ -142,34 +141,15 @@ def field_values(item: KeyInput, used: Set[str], hostname: str) -> dict[str, obj
 
 
 class KeyTemplate:
-    """A validated ``KEY_FORMAT`` bound to a destination prefix."""
+    """A ``KEY_FORMAT`` (checked by ``settings.check_key_format``) bound to a destination prefix."""
 
     def __init__(self, template: str, prefix: str) -> None:
         self.template = template
         self.prefix = prefix
-        try:
-            self.fields = key_format_fields(template, "S3SPOOL_KEY_FORMAT (--key-format)")
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        unknown = self.fields - KEY_FIELDS
-        if unknown:
-            raise ConfigError(
-                f"S3SPOOL_KEY_FORMAT (--key-format): unknown field {{{sorted(unknown)[0]}}}"
-            )
+        self.fields = key_format_fields(template)  # checked with the settings
         self.stable = self.fields <= STABLE_FIELDS
         self._formatter = string.Formatter()
         self._hostname = socket.gethostname()
-        # Render a sample so a bad format spec (e.g. {now:%Y}) fails at startup.
-        sample = KeyInput(b"sample.dat", "spool", time.time(), time.time())
-        try:
-            self.render(sample)
-        except PermanentError as exc:
-            raise ConfigError(f"S3SPOOL_KEY_FORMAT (--key-format): {exc}") from None
-        for seg in template.split("/"):
-            if seg in (".", "..") and "{" not in seg:
-                raise ConfigError(
-                    f"S3SPOOL_KEY_FORMAT (--key-format): '{seg}' segments are not allowed"
-                )
 
     def render(self, item: KeyInput, suffix: str = "") -> str:
         """The key of ``item``; ``suffix`` (COMPRESS's ``.zst``) is appended after the rules."""

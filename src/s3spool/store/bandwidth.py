@@ -1,5 +1,5 @@
 """Bandwidth limits at run time: token buckets at the body stream, their rates set by the
-schedules of ``BANDWIDTH_LIMIT`` and ``ROUTE_BANDWIDTH_LIMIT`` (``limits.py``).
+schedules of ``BANDWIDTH_LIMIT`` and ``ROUTE_BANDWIDTH_LIMIT`` (``config/formats.py``).
 
 Every body a sender sends (PutObject, UploadPart; single PUTs and parts alike) goes through
 ``RouteLimit.start`` (or its two halves, ``turn`` and ``rest``): the body's first piece is
@@ -35,7 +35,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from s3spool.config.limits import MIN_RATE, parse_limit
+from s3spool.config.formats import MIN_RATE, parse_limit
 from s3spool.store.base import Waiters
 from s3spool.store.bodies import STREAM_CHUNK
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from s3spool.config.settings import Settings
 from s3spool.spool.spool import Source
+from s3spool.store.bandwidth import RouteLimit
 from s3spool.store.base import ByteBudget, Delivery, Store
 from s3spool.store.digests import Checksummer, digest_file
 from s3spool.store.s3 import S3Store
@@ -62,6 +63,7 @@ async def open_store(
     *,
     on_slowdown: Callable[[], None] | None = None,
     budget: ByteBudget | None = None,
+    limiter: RouteLimit | None = None,
 ) -> Any:
     """The configured destination as an async context manager."""
     scheme = settings.scheme
@@ -71,6 +73,6 @@ async def open_store(
             inner = await stack.enter_async_context(NoopStore(settings))
         else:
             inner = await stack.enter_async_context(
-                S3Store(settings, on_slowdown=on_slowdown, budget=budget)
+                S3Store(settings, on_slowdown=on_slowdown, budget=budget, limiter=limiter)
             )
         yield inner

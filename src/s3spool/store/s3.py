@@ -33,6 +33,7 @@ from s3spool.errors import (
 )
 from s3spool.spool.spool import Source
 from s3spool.store.aimd import retry_delay
+from s3spool.store.bandwidth import RouteLimit
 from s3spool.store.base import INLINE_READ_MAX, ByteBudget, Delivery, guess_type
 from s3spool.store.bodies import FileRange, held_bytes, read_exact
 from s3spool.store.digests import BodyDigest, Checksummer, digest_range
@@ -60,8 +61,10 @@ class S3Store:
         *,
         on_slowdown: Callable[[], None] | None = None,
         budget: ByteBudget | None = None,
+        limiter: RouteLimit | None = None,
     ) -> None:
         self.bucket, self.prefix = settings.bucket, settings.prefix
+        self._limiter = limiter  # the route's bandwidth limit (None: never limited)
         self.s = settings
         self.ck = Checksummer(settings.checksum)
         self.budget = budget or ByteBudget(settings.buffer_limit)
@@ -95,7 +98,7 @@ class S3Store:
             self.bucket,
             direct=s.direct_put,
             on_slowdown=self._on_answer_slowdown,
-            limiter=s.bandwidth,
+            limiter=self._limiter,
         )
         facts = self.verifier.facts
         facts.endpoint = self.client.meta.endpoint_url
