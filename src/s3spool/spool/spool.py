@@ -20,8 +20,7 @@ A RECURSIVE spool takes files from subdirectories of incoming/ too: a claim keep
 relpath (``a/b/NAME``) below files/, keys/, done/ and failed/ (``tree.py``).
 
 An instance whose directory can be locked is dead: any live instance adopts its
-claims (with their keys) and delivers them.  (Instances before this layout held a
-``lock`` file inside it instead; that file is still honoured.)
+claims (with their keys) and delivers them.
 
 Directory faults met at run time (no space, no permission, read-only, gone) are
 raised as ``LocalFault`` naming the directory; ``heal`` tells when they are over.
