@@ -17,6 +17,7 @@ from s3spool.config.load import Config, routes_of
 from s3spool.config.settings import Settings
 from s3spool.config.spools import spool_layouts
 from s3spool.errors import EXIT_NOT_OK, EXIT_OK, ConfigError
+from s3spool.spool.dirs import fsync_dir
 from s3spool.spool.spool import rename_noreplace
 from s3spool.spool.watch import compile_ignore
 
@@ -169,14 +170,6 @@ def _exists_msg(dest: Path) -> str:
     return f"{dest} already exists; not replaced (both files are unchanged)"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _move_same_fs(src: Path, dest: Path) -> None:
     # The producer may not have synced it; a rename of unsynced data can surface
     # as an empty file after a crash, which the service would then upload.
@@ -191,9 +184,9 @@ def _move_same_fs(src: Path, dest: Path) -> None:
         raise EnqueueError(_exists_msg(dest)) from None
     except OSError as exc:
         raise EnqueueError(f"cannot move into {dest.parent}: {exc.strerror}") from None
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     with contextlib.suppress(OSError):
-        _fsync_dir(src.parent)
+        fsync_dir(src.parent)
 
 
 def _stage_dir(incoming: Path, incoming_dev: int) -> Path:
@@ -255,7 +248,7 @@ def _copy_in(
             dst_fd = -1
             rename_noreplace(tmp, dest)
             renamed = True
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
         except FileExistsError:
             raise EnqueueError(_exists_msg(dest)) from None
         except OSError as exc:
@@ -292,7 +285,7 @@ def _unlink_source(src: Path, copied: os.stat_result) -> None:
             f"was enqueued, but the source could not be removed: {exc.strerror}"
         ) from None
     with contextlib.suppress(OSError):
-        _fsync_dir(src.parent)
+        fsync_dir(src.parent)
 
 
 def _copy_fd(src: int, dst: int, size: int, on_bytes: Callable[[int], None] | None) -> None:

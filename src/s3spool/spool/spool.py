@@ -373,15 +373,10 @@ class Spool:
             "mtime_ns": claim.mtime_ns,
             "codec": claim.codec,  # COMPRESS: stored compressed, as its key says
         }
-        tmp = self.keys / f".tmp.{secrets.token_hex(6)}"
         try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(record, fh)
-            tree.move_into(os.replace, os.fspath(tmp), os.fspath(self.keys), claim.name)
+            tree.write_atomic(self.keys, claim.name, json.dumps(record).encode())
             claim.key_saved = True
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             raise local_fault(exc, f"record the key of {claim.name!r}", self.keys) from None
 
     def recovered(self, keys_dir: Path, name: str) -> Claim:
@@ -452,15 +447,12 @@ class Spool:
         dest = self._move_out(claim, self.dirs.failed)
         if dest is None or self.dirs.resubmit:
             return dest
-        note = dest.with_name(dest.name + ".reason.json")
+        note = dest.name + ".reason.json"
         try:
-            tmp = dest.with_name(f".tmp.{secrets.token_hex(6)}")
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(reason, fh, indent=1, default=str)
-                fh.write("\n")
-            os.replace(tmp, note)
+            body = json.dumps(reason, indent=1, default=str) + "\n"
+            tree.write_atomic(dest.parent, note, body.encode())
         except OSError as exc:
-            about(log.warning, self, claim.name, "could not write %s: %s", note.name, exc.strerror)
+            about(log.warning, self, claim.name, "could not write %s: %s", note, exc.strerror)
         return dest
 
     # --- scanning and recovery -----------------------------------------------------------
