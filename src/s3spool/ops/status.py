@@ -14,7 +14,7 @@ from s3spool.config.load import Config, Route, routes_of
 from s3spool.config.settings import Settings
 from s3spool.config.spools import spool_layouts
 from s3spool.errors import EXIT_NOT_OK, EXIT_OK, UploadError
-from s3spool.spool.clock import cautious_now
+from s3spool.spool.cleanup import cautious_now
 from s3spool.spool.dirs import walk
 from s3spool.spool.keys import STABLE_FIELDS, KeyInput, KeyTemplate, spool_dir_field
 from s3spool.spool.scan import (

@@ -30,7 +30,7 @@ from s3spool.errors import (
 )
 from s3spool.metrics import Metrics
 from s3spool.run.settle import Counts, Outcomes, Resubmits
-from s3spool.spool.clock import cautious_now
+from s3spool.spool.cleanup import cautious_now
 from s3spool.spool.guard import Guard
 from s3spool.spool.keys import KeyTemplate, claim_input
 from s3spool.spool.scan import hold_left
