@@ -64,13 +64,12 @@ def resolve_level(codec: str, level: int | None) -> int | None:
     return level
 
 
-def compile_globs(patterns: Sequence[str]) -> re.Pattern[str] | None:
-    """One case-insensitive regex for glob patterns (``photo.JPG`` is compressed data too)."""
+def compile_globs(patterns: Sequence[str], *, ignore_case: bool = False) -> re.Pattern[str] | None:
+    """One regex for glob patterns (IGNORE, COMPRESS_SKIP); None when there are none."""
     if not patterns:
         return None
-    return re.compile(
-        "|".join(f"(?:{fnmatch.translate(p)})" for p in patterns), re.DOTALL | re.IGNORECASE
-    )
+    flags = re.DOTALL | (re.IGNORECASE if ignore_case else 0)
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns), flags)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +91,9 @@ class Rules:
             return None
         resolved = resolve_level(compress, level)
         assert resolved is not None
-        return cls(CODECS[compress], resolved, mode, min_size, compile_globs(skip))
+        # case-insensitive: photo.JPG is compressed data too
+        skip_rx = compile_globs(skip, ignore_case=True)
+        return cls(CODECS[compress], resolved, mode, min_size, skip_rx)
 
     def applies(self, name: str, size: int) -> bool:
         """Is a file of this name (a relpath: its last segment counts) and size compressed?"""

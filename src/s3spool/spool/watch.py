@@ -17,15 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fnmatch
 import logging
 import os
-import re
 import stat
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from s3spool.config.codecs import compile_globs
 from s3spool.errors import LocalFault
 from s3spool.spool.dirs import walk
 from s3spool.spool.spool import Claim, Spool, local_fault
@@ -99,9 +98,9 @@ class Pending:
 
 
 def compile_ignore(patterns: Sequence[str]) -> Callable[[str], bool]:
-    if not patterns:
+    rx = compile_globs(patterns)
+    if rx is None:
         return lambda name: False
-    rx = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns), re.DOTALL)
     return lambda name: rx.match(name) is not None
 
 
