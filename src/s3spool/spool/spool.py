@@ -200,48 +200,54 @@ class Spool:
     # --- start / stop ---------------------------------------------------------------------
     def prepare(self, *, create: bool = True) -> None:
         """Create and check the directories; raise ``ConfigError`` naming what is wrong."""
+        try:
+            self.check_dirs(create=create)
+        except TransientError as exc:
+            raise ConfigError(f"spool {self.label}: {exc}") from None
         d = self.dirs
-        named = [
+        named = [("working", d.working), ("done", d.done), ("failed", d.failed)]
+        for role, path in named if self.recursive else ():
+            if path and tree.inside(path, d.incoming) and not (role == "failed" and d.resubmit):
+                raise ConfigError(
+                    f"spool {self.label}: the {role} directory {path} is inside {d.incoming}; "
+                    "with RECURSIVE its files would be taken again — move it out"
+                )
+
+    def check_dirs(self, *, create: bool = True) -> None:
+        """Create (``create``) and check the directories: ``LocalFault`` naming the first that
+        cannot take new entries, or the filesystems they are split across (EXDEV)."""
+        d = self.dirs
+        devs: dict[int, list[str]] = {}
+        for role, path in (
             ("incoming", d.incoming),
             ("working", d.working),
             ("done", d.done),
             ("failed", d.failed),
-        ]
-        devs: dict[int, list[str]] = {}
-        for role, path in named:
+        ):
             if path is None:
                 continue
             try:
                 if create:
                     path.mkdir(parents=True, exist_ok=True)
                 st = os.stat(path)
-            except PermissionError:
-                raise ConfigError(f"{role} directory {path}: permission denied") from None
-            except FileExistsError:
-                raise ConfigError(
-                    f"{role} directory {path}: exists and is not a directory"
-                ) from None
-            except FileNotFoundError:
-                raise ConfigError(f"{role} directory {path}: does not exist") from None
             except OSError as exc:
-                raise ConfigError(f"{role} directory {path}: {exc.strerror}") from None
+                where = path.parent
+                fault = writable(where) or local_fault(exc, f"make the {role} directory", where)
+                raise fault from None
             if not stat.S_ISDIR(st.st_mode):
-                raise ConfigError(f"{role} directory {path}: not a directory")
-            if not os.access(path, os.W_OK | os.X_OK):
-                raise ConfigError(f"{role} directory {path}: not writable by uid {os.getuid()}")
+                raise TransientError(f"{role} directory {path}: not a directory", reason="ENOTDIR")
+            problem = writable(path)
+            if problem is not None:
+                raise problem
             devs.setdefault(st.st_dev, []).append(f"{role}={path}")
         if len(devs) > 1:
             groups = "; ".join(", ".join(v) for v in devs.values())
-            raise ConfigError(
-                f"spool {self.label}: directories are on different filesystems ({groups}); "
-                "rename(2) cannot move files between them — put them on one filesystem"
+            raise LocalFault(
+                f"directories are on different filesystems ({groups}); rename(2) cannot "
+                "move files between them (EXDEV) — put them on one filesystem",
+                reason="EXDEV",
+                path=str(d.root or d.incoming.parent),
             )
-        for role, path in named[1:] if self.recursive else ():
-            if path and tree.inside(path, d.incoming) and not (role == "failed" and d.resubmit):
-                raise ConfigError(
-                    f"spool {self.label}: the {role} directory {path} is inside {d.incoming}; "
-                    "with RECURSIVE its files would be taken again — move it out"
-                )
 
     def open(self) -> None:
         """Create this instance's claim directory and lock it.
