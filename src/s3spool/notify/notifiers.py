@@ -1,6 +1,6 @@
 """The notifiers: webhook, SQS, SNS, exec and manifest.
 
-Each is an async context manager with ``send(event, body)``; a failure raises
+Each has ``send(event, body)``; a failure raises
 ``NotifyFailed`` (aiohttp, botocore and process errors are translated here, where they are
 met).  Retries, backoff and the outbox are ``notify.py``'s.
 """
@@ -34,11 +34,9 @@ class NotifyFailed(S3SpoolError):
 
 
 class Notifier(Protocol):
+    """Webhook and Aws are async context managers too (a session, a client)."""
+
     spec: NotifierSpec
-
-    async def __aenter__(self) -> Notifier: ...
-
-    async def __aexit__(self, *exc: object) -> None: ...
 
     async def send(self, event: dict[str, Any], body: bytes) -> None: ...
 
@@ -92,10 +90,16 @@ class Webhook:
             raise NotifyFailed(f"webhook: {type(exc).__name__}: {exc}") from None
 
 
-class _AwsNotifier:
-    """SQS and SNS through aiobotocore, with the route's credentials and connection settings."""
+#: per kind: the client's method, its target parameter (and the spec field that gives it),
+#: and the parameter that carries the event
+_AWS_CALLS = {
+    "sqs": ("send_message", "QueueUrl", "queue_url", "MessageBody"),
+    "sns": ("publish", "TopicArn", "topic_arn", "Message"),
+}
 
-    service = ""
+
+class Aws:
+    """SQS and SNS through aiobotocore, with the route's credentials and connection settings."""
 
     def __init__(self, spec: NotifierSpec, settings: Settings) -> None:
         self.spec = spec
@@ -103,7 +107,7 @@ class _AwsNotifier:
         self._stack = contextlib.AsyncExitStack()
         self.client: Any = None
 
-    async def __aenter__(self) -> _AwsNotifier:
+    async def __aenter__(self) -> Aws:
         from aiobotocore.config import AioConfig
         from aiobotocore.session import AioSession
 
@@ -117,7 +121,7 @@ class _AwsNotifier:
         )
         self.client = await self._stack.enter_async_context(
             AioSession(profile=s.profile).create_client(
-                self.service,
+                self.spec.kind,
                 endpoint_url=self.spec.endpoint_url,
                 config=config,
                 verify=tls_verify(s),
@@ -128,57 +132,33 @@ class _AwsNotifier:
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
+    def message(self, event: dict[str, Any], text: str) -> dict[str, Any]:
+        """The call's parameters.  A FIFO queue or topic (name ending in .fifo) drops a second
+        message with the same deduplication id within 5 minutes: the event id makes a resent
+        event one message."""
+        _method, target_param, field, body_param = _AWS_CALLS[self.spec.kind]
+        target = str(getattr(self.spec, field))
+        params: dict[str, Any] = {
+            target_param: target,
+            body_param: text,
+            "MessageAttributes": {
+                "s3spool-event-id": {"DataType": "String", "StringValue": event["id"]},
+                "s3spool-outcome": {"DataType": "String", "StringValue": event["outcome"]},
+            },
+        }
+        if target.endswith(".fifo"):
+            params["MessageDeduplicationId"] = event["id"]
+            params["MessageGroupId"] = event["route"]
+        return params
+
     async def send(self, event: dict[str, Any], body: bytes) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        call = getattr(self.client, _AWS_CALLS[self.spec.kind][0])
         try:
-            await self._send(event, body.decode())
+            await call(**self.message(event, body.decode()))
         except (BotoCoreError, ClientError) as exc:
-            raise NotifyFailed(f"{self.service}: {exc}") from None
-
-    async def _send(self, event: dict[str, Any], text: str) -> None:
-        raise NotImplementedError
-
-    @staticmethod
-    def attributes(event: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "s3spool-event-id": {"DataType": "String", "StringValue": event["id"]},
-            "s3spool-outcome": {"DataType": "String", "StringValue": event["outcome"]},
-        }
-
-
-class Sqs(_AwsNotifier):
-    service = "sqs"
-
-    async def _send(self, event: dict[str, Any], text: str) -> None:
-        params: dict[str, Any] = {
-            "QueueUrl": self.spec.queue_url,
-            "MessageBody": text,
-            "MessageAttributes": self.attributes(event),
-        }
-        _fifo_ids(params, str(self.spec.queue_url), event)
-        await self.client.send_message(**params)
-
-
-class Sns(_AwsNotifier):
-    service = "sns"
-
-    async def _send(self, event: dict[str, Any], text: str) -> None:
-        params: dict[str, Any] = {
-            "TopicArn": self.spec.topic_arn,
-            "Message": text,
-            "MessageAttributes": self.attributes(event),
-        }
-        _fifo_ids(params, str(self.spec.topic_arn), event)
-        await self.client.publish(**params)
-
-
-def _fifo_ids(params: dict[str, Any], target: str, event: dict[str, Any]) -> None:
-    """A FIFO queue or topic (name ending in .fifo) drops a second message with the same
-    deduplication id within 5 minutes: the event id makes a resent event one message."""
-    if target.endswith(".fifo"):
-        params["MessageDeduplicationId"] = event["id"]
-        params["MessageGroupId"] = event["route"]
+            raise NotifyFailed(f"{self.spec.kind}: {exc}") from None
 
 
 class Exec:
@@ -186,12 +166,6 @@ class Exec:
 
     def __init__(self, spec: NotifierSpec, settings: Settings) -> None:
         self.spec = spec
-
-    async def __aenter__(self) -> Exec:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
 
     async def send(self, event: dict[str, Any], body: bytes) -> None:
         env = {**os.environ, **env_of(event)}
@@ -231,12 +205,6 @@ class Manifest:
         self._lock = asyncio.Lock()
         self._pruned = 0.0
 
-    async def __aenter__(self) -> Manifest:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
     async def send(self, event: dict[str, Any], body: bytes) -> None:
         directory: Path = self.directory_of(event["spool"])
         day = datetime.now(UTC).strftime("%Y-%m-%d")
@@ -269,12 +237,12 @@ def _prune(directory: Path, keep: float) -> None:
 
 
 def make_notifier(spec: NotifierSpec, settings: Settings, directory_of: Any) -> Notifier:
-    if spec.kind == "webhook":
-        return Webhook(spec, settings)
-    if spec.kind == "sqs":
-        return Sqs(spec, settings)
-    if spec.kind == "sns":
-        return Sns(spec, settings)
-    if spec.kind == "exec":
-        return Exec(spec, settings)
-    return Manifest(spec, settings, directory_of)
+    if spec.kind == "manifest":
+        return Manifest(spec, settings, directory_of)
+    kinds: dict[str, type[Webhook | Aws | Exec]] = {
+        "webhook": Webhook,
+        "sqs": Aws,
+        "sns": Aws,
+        "exec": Exec,
+    }
+    return kinds[spec.kind](spec, settings)
