@@ -12,6 +12,7 @@ So a key with the suffix is as recomputable as the template it was rendered from
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,10 +57,16 @@ def resolve_level(codec: str, level: int | None) -> int | None:
     if spec is None:
         return level  # COMPRESS=none: nothing to check
     if level is None:
-        return spec.default
-    if not spec.lowest <= level <= spec.highest:
+        level = spec.default
+    elif not spec.lowest <= level <= spec.highest:
         raise ValueError(
             f"compress_level: {level} is not a {codec} level; {codec} takes {spec.levels_note}"
+        )
+    library = "zstandard" if codec == "zstd" else "isal" if level <= 3 else None  # else zlib
+    if library is not None and importlib.util.find_spec(library) is None:
+        raise ValueError(
+            f"compress: {codec} (level {level}) needs the {library} package, which is not "
+            "installed: pip install 's3spool[compress]'"
         )
     return level
 

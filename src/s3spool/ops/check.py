@@ -142,10 +142,8 @@ def check_inotify(layouts: Sequence[SpoolDirs]) -> tuple[str, str]:
     watches = _read_int(INOTIFY_SYSCTL / "max_user_watches")
     instances = _read_int(INOTIFY_SYSCTL / "max_user_instances")
     limits = f"fs.inotify.max_user_watches={watches} fs.inotify.max_user_instances={instances}"
-    try:
-        from asyncinotify import Inotify, Mask
-    except ImportError as exc:  # pragma: no cover - a dependency
-        return FAIL, f"asyncinotify unavailable: {exc}"
+    from asyncinotify import Inotify, Mask
+
     try:
         inotify = Inotify()
     except OSError as exc:

@@ -29,7 +29,8 @@ from s3spool.errors import (
     UploadError,
 )
 from s3spool.metrics import Metrics
-from s3spool.run.settle import Counts, Outcomes, Resubmits
+from s3spool.run.progress import Counts
+from s3spool.run.settle import Outcomes, Resubmits
 from s3spool.spool.cleanup import cautious_now
 from s3spool.spool.guard import Guard
 from s3spool.spool.keys import KeyTemplate, claim_input

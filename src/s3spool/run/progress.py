@@ -13,20 +13,32 @@ so the ETA is an estimate.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import TextIO
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TextIO
 
-from s3spool.run.settle import Counts
 from s3spool.spool.scan import claimed, human_age, human_size, survey
-from s3spool.spool.spool import Spool
+
+if TYPE_CHECKING:
+    from s3spool.spool.spool import Spool
 
 log = logging.getLogger("s3spool.service")
 
 LOG_INTERVAL = 10.0
 DRAW_INTERVAL = 0.25
+
+
+@dataclass(slots=True)
+class Counts:
+    delivered: int = 0
+    failed: int = 0
+    bytes: int = 0  # delivered
+    #: --once: files left behind by local faults, by "ERRNO in DIRECTORY"
+    deferred: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
 def count_waiting(

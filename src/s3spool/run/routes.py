@@ -25,7 +25,7 @@ from s3spool.errors import LocalFault, UploadError
 from s3spool.metrics import Metrics
 from s3spool.notify.notifications import Notifications
 from s3spool.run.pipeline import Pipeline
-from s3spool.run.settle import Counts
+from s3spool.run.progress import Counts
 from s3spool.run.storegate import StoreGate
 from s3spool.spool.cleanup import adopt_dead, tidy_spools
 from s3spool.spool.guard import Guard, heal

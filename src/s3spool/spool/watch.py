@@ -302,11 +302,8 @@ class Discovery:
     # --- tasks --------------------------------------------------------------------------
     def open_watches(self) -> None:
         """Set up inotify before the first scan; on failure, say why and rely on rescans."""
-        try:
-            from asyncinotify import Inotify
-        except ImportError as exc:  # pragma: no cover - a dependency
-            log.error("inotify unavailable (%s); relying on rescans", exc)
-            return
+        from asyncinotify import Inotify
+
         try:
             inotify = Inotify()
         except OSError as exc:
