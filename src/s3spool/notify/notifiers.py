@@ -2,7 +2,7 @@
 
 Each has ``send(event, body)``; a failure raises
 ``NotifyFailed`` (aiohttp, botocore and process errors are translated here, where they are
-met).  Retries, backoff and the outbox are ``notify.py``'s.
+met).  Retries, backoff and the outbox are ``notifications.py``'s.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Nothing here writes, claims or talks to the store.  ``hold_left`` is the one rule for
 when a regular file may be taken; the pipeline, dry-run, status and the gauges all use it.
 A RECURSIVE spool's files are counted in every subdirectory, as discovery walks them
-(``tree.walk``: symlinks never followed, subdirectories matching IGNORE not entered).
+(``dirs.walk``: symlinks never followed, subdirectories matching IGNORE not entered).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ Layout of one spool (directories are created if missing)::
     failed/                    undeliverable files + NAME.reason.json
 
 A RECURSIVE spool takes files from subdirectories of incoming/ too: a claim keeps its
-relpath (``a/b/NAME``) below files/, keys/, done/ and failed/ (``tree.py``).
+relpath (``a/b/NAME``) below files/, keys/, done/ and failed/ (``dirs.py``).
 
 An instance whose directory can be locked is dead: any live instance adopts its
 claims (with their keys) and delivers them.
@@ -185,7 +185,7 @@ class Spool:
 
     def __init__(self, dirs: SpoolDirs, instance_id: str, *, recursive: bool = False) -> None:
         self.dirs = dirs
-        #: RECURSIVE: files in subdirectories of incoming/ are taken too (tree.py)
+        #: RECURSIVE: files in subdirectories of incoming/ are taken too (dirs.py)
         self.recursive = recursive
         self.label = dirs.label
         self.instance_id = instance_id

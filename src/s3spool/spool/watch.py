@@ -6,7 +6,7 @@ when the queue is full, so a backlog of any length costs at most
 ``QUEUE_SIZE`` entries of memory.  The inotify reader never blocks: when the
 queue is full it drops the event and asks for a rescan instead.
 
-A RECURSIVE spool's subdirectories are walked too (``tree.walk``: one directory open at a
+A RECURSIVE spool's subdirectories are walked too (``dirs.walk``: one directory open at a
 time, symlinks never followed, names matching IGNORE not entered), each watched just before
 it is read (``TreeWatch``); a directory that appears is watched and then scanned, so a file
 renamed into it is seen by one or the other here as well.
