@@ -4,21 +4,23 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help venv dev run test lint typecheck unit bench bench-quick smoke clean
+.PHONY: help venv dev run test lint typecheck unit bench bench-quick smoke lock clean
 
 help:
 	@echo "make run        - local S3 server + s3spool on ./spool (Ctrl-C stops both)"
 	@echo "make test       - lint, type-check and run the whole test suite"
 	@echo "make bench      - side-by-side benchmark (see bench/README.md)"
 	@echo "make smoke      - build and try the container image (needs podman or docker)"
+	@echo "make lock       - resolve constraints.txt afresh from pyproject.toml's ranges"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Reinstall when the project metadata changes.
-$(VENV)/.installed-%: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[$*]'
+# Reinstall when the project metadata or the lock changes.  constraints.txt pins every
+# package (pyproject.toml keeps ranges), so tests and benchmarks name exact versions.
+$(VENV)/.installed-%: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[$*,compress]'
 	@touch $@
 
 venv: $(VENV)/.installed-test
@@ -50,5 +52,15 @@ bench-quick: $(VENV)/.installed-bench
 smoke: $(VENV)/.installed-test
 	bash docker/smoke.sh
 
+# The newest versions within pyproject.toml's ranges, resolved in a scratch venv.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet '.[test,bench,compress]'
+	{ sed -n '1,2p' constraints.txt; .lock-venv/bin/python -m pip freeze --exclude s3spool; } \
+		> constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .lock-venv
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache spool .s3data
+	rm -rf $(VENV) .lock-venv .pytest_cache .mypy_cache .ruff_cache spool .s3data

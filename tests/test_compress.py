@@ -243,6 +243,28 @@ def test_a_bad_level_is_named() -> None:
     assert "S3SPOOL_COMPRESS_LEVEL (--compress-level): 12 is not a gzip level" in r.stderr
 
 
+@pytest.mark.parametrize(
+    ("codec", "level", "library"), [("zstd", "3", "zstandard"), ("gzip", "1", "isal")]
+)
+def test_a_missing_codec_library_names_the_extra(
+    tmp_path: Path, codec: str, level: str, library: str
+) -> None:
+    """Without s3spool[compress], COMPRESS is a configuration error naming the extra."""
+    (tmp_path / "sitecustomize.py").write_text(f"import sys\nsys.modules[{library!r}] = None\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "s3spool", "run", "--once"],
+        env=clean_env({
+            "S3SPOOL_SPOOL_DIRS": "/nonexistent-spool", "S3SPOOL_DESTINATION": "noop://",
+            "S3SPOOL_COMPRESS": codec, "S3SPOOL_COMPRESS_LEVEL": level,
+            "PYTHONPATH": str(tmp_path),
+        }),
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert r.returncode == 78, r.stderr
+    assert f"needs the {library} package" in r.stderr
+    assert "pip install 's3spool[compress]'" in r.stderr
+
+
 def _run_measured(env: dict[str, str], cwd: Path, log: Path) -> tuple[int, int]:
     """``s3spool run --once``: (exit code, peak RSS in KiB).
 

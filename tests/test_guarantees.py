@@ -162,7 +162,6 @@ async def test_recovered_claim_already_in_store_is_not_uploaded_again(
     data = os.urandom(5000)
     (dead / "files" / "half-done").write_bytes(data)
     (dead / "keys" / "half-done").write_text(json.dumps({"key": "u-1234/half-done"}))
-    (dead / "lock").touch()
     s3.put("u-1234/half-done", data)
     with FaultProxy(s3.endpoint_url) as proxy:
         settings = settings_for(spool, s3.via(proxy.url), key_format="{uuid4}/{fname}")

@@ -244,8 +244,6 @@ def run_enospc(base: Path, moto_srv: S3Server) -> Iterator[Result]:
         for sub in (*subs, working, f"{working}/files", f"{working}/keys"):
             (spot.spool / sub).mkdir()
             own(spot.spool / sub)
-        (spot.spool / working / "lock").touch()
-        own(spot.spool / working / "lock")
         make_entries(spot, "enospc")
         filler = spot.spool / "filler"
         filler.mkdir()

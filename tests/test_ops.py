@@ -241,7 +241,6 @@ def test_status_matches_disk(tmp_path: Path) -> None:
     write(root / "working" / "live-1" / "files" / "w1", b"y" * 5)
     write(root / "working" / "live-1" / "files" / "w2", b"y" * 6)
     write(root / "working" / "dead-1" / "files" / "w3", b"y" * 7)
-    write(root / "working" / "dead-1" / "lock", b"")
     for i in range(4):
         write(root / "done" / f"d{i}", b"z" * 100)
     write(root / "failed" / "f1", b"q" * 40)
@@ -251,8 +250,7 @@ def test_status_matches_disk(tmp_path: Path) -> None:
         "S3SPOOL_DESTINATION": "s3://never-contacted/x",
         "S3SPOOL_ENDPOINT_URL": UNREACHABLE,
     }
-    lock_path = root / "working" / "live-1" / "lock"
-    lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    lock_fd = os.open(root / "working" / "live-1", os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a live instance holds
         before = tree(root)

@@ -18,9 +18,8 @@ import pytest
 from faultproxy import FaultProxy
 from proc import clean_env
 from s3servers import S3Target
-from s3spool.run.progress import describe
+from s3spool.run.progress import Counts, describe
 from s3spool.run.service import Service
-from s3spool.run.settle import Counts
 from svc import config_of, settings_for
 
 N_FILES = 150

@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from s3spool.config.settings import parse_http_addr
 from s3spool.errors import ConfigError
-from s3spool.spool.clock import cautious_now
+from s3spool.spool.cleanup import cautious_now
 from s3spool.spool.scan import SpoolGauges, spool_gauges
 
 if TYPE_CHECKING:

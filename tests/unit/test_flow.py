@@ -10,7 +10,7 @@ import zlib
 import crc32c
 import pytest
 
-from s3spool.spool.clock import cautious_now
+from s3spool.spool.cleanup import cautious_now
 from s3spool.spool.scan import hold_left
 from s3spool.spool.watch import Pending
 from s3spool.store.aimd import QUICK_RETRY, Throttle, backoff, retry_delay

@@ -7,9 +7,14 @@ from typing import Any
 
 import pytest
 
-from s3spool.notify.notifiers import _fifo_ids
+from s3spool.config.notifiers import SnsSpec, SqsSpec
+from s3spool.notify.notifiers import Aws
 
-EVENT = {"id": "ev-1", "route": "logs"}
+EVENT = {"id": "ev-1", "route": "logs", "outcome": "delivered"}
+ATTRIBUTES = {
+    "s3spool-event-id": {"DataType": "String", "StringValue": "ev-1"},
+    "s3spool-outcome": {"DataType": "String", "StringValue": "delivered"},
+}
 
 
 @pytest.mark.parametrize(
@@ -28,6 +33,12 @@ EVENT = {"id": "ev-1", "route": "logs"}
     ],
 )
 def test_fifo_ids(target: str, added: dict[str, str]) -> None:
-    params: dict[str, Any] = {"MessageBody": "{}"}
-    _fifo_ids(params, target, EVENT)
-    assert params == {"MessageBody": "{}", **added}
+    sns = target.startswith("arn:")
+    spec = SnsSpec(kind="sns", topic_arn=target) if sns else SqsSpec(kind="sqs", queue_url=target)
+    params: dict[str, Any] = Aws(spec, None).message(EVENT, "{}")  # type: ignore[arg-type]
+    assert params == {
+        "TopicArn" if sns else "QueueUrl": target,
+        "Message" if sns else "MessageBody": "{}",
+        "MessageAttributes": ATTRIBUTES,
+        **added,
+    }

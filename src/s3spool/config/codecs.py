@@ -12,6 +12,7 @@ So a key with the suffix is as recomputable as the template it was rendered from
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,21 +57,26 @@ def resolve_level(codec: str, level: int | None) -> int | None:
     if spec is None:
         return level  # COMPRESS=none: nothing to check
     if level is None:
-        return spec.default
-    if not spec.lowest <= level <= spec.highest:
+        level = spec.default
+    elif not spec.lowest <= level <= spec.highest:
         raise ValueError(
             f"compress_level: {level} is not a {codec} level; {codec} takes {spec.levels_note}"
+        )
+    library = "zstandard" if codec == "zstd" else "isal" if level <= 3 else None  # else zlib
+    if library is not None and importlib.util.find_spec(library) is None:
+        raise ValueError(
+            f"compress: {codec} (level {level}) needs the {library} package, which is not "
+            "installed: pip install 's3spool[compress]'"
         )
     return level
 
 
-def compile_globs(patterns: Sequence[str]) -> re.Pattern[str] | None:
-    """One case-insensitive regex for glob patterns (``photo.JPG`` is compressed data too)."""
+def compile_globs(patterns: Sequence[str], *, ignore_case: bool = False) -> re.Pattern[str] | None:
+    """One regex for glob patterns (IGNORE, COMPRESS_SKIP); None when there are none."""
     if not patterns:
         return None
-    return re.compile(
-        "|".join(f"(?:{fnmatch.translate(p)})" for p in patterns), re.DOTALL | re.IGNORECASE
-    )
+    flags = re.DOTALL | (re.IGNORECASE if ignore_case else 0)
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns), flags)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +98,9 @@ class Rules:
             return None
         resolved = resolve_level(compress, level)
         assert resolved is not None
-        return cls(CODECS[compress], resolved, mode, min_size, compile_globs(skip))
+        # case-insensitive: photo.JPG is compressed data too
+        skip_rx = compile_globs(skip, ignore_case=True)
+        return cls(CODECS[compress], resolved, mode, min_size, skip_rx)
 
     def applies(self, name: str, size: int) -> bool:
         """Is a file of this name (a relpath: its last segment counts) and size compressed?"""

@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,8 @@ class Notifications:
         m = self.metrics
         m.notify_depth.labels(*labels).set_function(lambda: self._depth(spec.name)[0])
         m.notify_age.labels(*labels).set_function(lambda: self._depth(spec.name)[1])
-        async with notifier, asyncio.TaskGroup() as tg:
+        opened = notifier if isinstance(notifier, AbstractAsyncContextManager) else nullcontext()
+        async with opened, asyncio.TaskGroup() as tg:
             for _ in range(spec.concurrency):
                 tg.create_task(self._send_loop(spec, notifier))
             tg.create_task(self._sweep_loop(spec))

@@ -1,8 +1,8 @@
 """The notifiers: webhook, SQS, SNS, exec and manifest.
 
-Each is an async context manager with ``send(event, body)``; a failure raises
+Each has ``send(event, body)``; a failure raises
 ``NotifyFailed`` (aiohttp, botocore and process errors are translated here, where they are
-met).  Retries, backoff and the outbox are ``notify.py``'s.
+met).  Retries, backoff and the outbox are ``notifications.py``'s.
 """
 
 from __future__ import annotations
@@ -41,12 +41,10 @@ class NotifyFailed(S3SpoolError):
 
 
 class Notifier(Protocol):
+    """Webhook and Aws are async context managers too (a session, a client)."""
+
     @property
     def spec(self) -> NotifierSpec: ...
-
-    async def __aenter__(self) -> Notifier: ...
-
-    async def __aexit__(self, *exc: object) -> None: ...
 
     async def send(self, event: dict[str, Any], body: bytes) -> None: ...
 
@@ -99,10 +97,16 @@ class Webhook:
             raise NotifyFailed(f"webhook: {type(exc).__name__}: {exc}") from None
 
 
-class _AwsNotifier:
-    """SQS and SNS through aiobotocore, with the route's credentials and connection settings."""
+#: per kind: the client's method, its target parameter (and the spec field that gives it),
+#: and the parameter that carries the event
+_AWS_CALLS = {
+    "sqs": ("send_message", "QueueUrl", "queue_url", "MessageBody"),
+    "sns": ("publish", "TopicArn", "topic_arn", "Message"),
+}
 
-    service = ""
+
+class Aws:
+    """SQS and SNS through aiobotocore, with the route's credentials and connection settings."""
 
     def __init__(self, spec: SqsSpec | SnsSpec, settings: Settings) -> None:
         self.spec = spec
@@ -110,7 +114,7 @@ class _AwsNotifier:
         self._stack = contextlib.AsyncExitStack()
         self.client: Any = None
 
-    async def __aenter__(self) -> _AwsNotifier:
+    async def __aenter__(self) -> Aws:
         from aiobotocore.config import AioConfig
         from aiobotocore.session import AioSession
 
@@ -124,7 +128,7 @@ class _AwsNotifier:
         )
         self.client = await self._stack.enter_async_context(
             AioSession(profile=s.profile).create_client(
-                self.service,
+                self.spec.kind,
                 endpoint_url=self.spec.endpoint_url,
                 config=config,
                 verify=tls_verify(s),
@@ -135,59 +139,33 @@ class _AwsNotifier:
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
+    def message(self, event: dict[str, Any], text: str) -> dict[str, Any]:
+        """The call's parameters.  A FIFO queue or topic (name ending in .fifo) drops a second
+        message with the same deduplication id within 5 minutes: the event id makes a resent
+        event one message."""
+        _method, target_param, field, body_param = _AWS_CALLS[self.spec.kind]
+        target = str(getattr(self.spec, field))
+        params: dict[str, Any] = {
+            target_param: target,
+            body_param: text,
+            "MessageAttributes": {
+                "s3spool-event-id": {"DataType": "String", "StringValue": event["id"]},
+                "s3spool-outcome": {"DataType": "String", "StringValue": event["outcome"]},
+            },
+        }
+        if target.endswith(".fifo"):
+            params["MessageDeduplicationId"] = event["id"]
+            params["MessageGroupId"] = event["route"]
+        return params
+
     async def send(self, event: dict[str, Any], body: bytes) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        call = getattr(self.client, _AWS_CALLS[self.spec.kind][0])
         try:
-            await self._send(event, body.decode())
+            await call(**self.message(event, body.decode()))
         except (BotoCoreError, ClientError) as exc:
-            raise NotifyFailed(f"{self.service}: {exc}") from None
-
-    async def _send(self, event: dict[str, Any], text: str) -> None:
-        raise NotImplementedError
-
-    @staticmethod
-    def attributes(event: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "s3spool-event-id": {"DataType": "String", "StringValue": event["id"]},
-            "s3spool-outcome": {"DataType": "String", "StringValue": event["outcome"]},
-        }
-
-
-class Sqs(_AwsNotifier):
-    service = "sqs"
-
-    async def _send(self, event: dict[str, Any], text: str) -> None:
-        assert isinstance(self.spec, SqsSpec)
-        params: dict[str, Any] = {
-            "QueueUrl": self.spec.queue_url,
-            "MessageBody": text,
-            "MessageAttributes": self.attributes(event),
-        }
-        _fifo_ids(params, self.spec.queue_url, event)
-        await self.client.send_message(**params)
-
-
-class Sns(_AwsNotifier):
-    service = "sns"
-
-    async def _send(self, event: dict[str, Any], text: str) -> None:
-        assert isinstance(self.spec, SnsSpec)
-        params: dict[str, Any] = {
-            "TopicArn": self.spec.topic_arn,
-            "Message": text,
-            "MessageAttributes": self.attributes(event),
-        }
-        _fifo_ids(params, self.spec.topic_arn, event)
-        await self.client.publish(**params)
-
-
-def _fifo_ids(params: dict[str, Any], target: str, event: dict[str, Any]) -> None:
-    """A FIFO queue or topic (name ending in .fifo) drops a second message with the same
-    deduplication id within 5 minutes: the event id makes a resent event one message."""
-    if target.endswith(".fifo"):
-        params["MessageDeduplicationId"] = event["id"]
-        params["MessageGroupId"] = event["route"]
+            raise NotifyFailed(f"{self.spec.kind}: {exc}") from None
 
 
 class Exec:
@@ -195,12 +173,6 @@ class Exec:
 
     def __init__(self, spec: ExecSpec, settings: Settings) -> None:
         self.spec = spec
-
-    async def __aenter__(self) -> Exec:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
 
     async def send(self, event: dict[str, Any], body: bytes) -> None:
         env = {**os.environ, **env_of(event)}
@@ -240,12 +212,6 @@ class Manifest:
         self._lock = asyncio.Lock()
         self._pruned = 0.0
 
-    async def __aenter__(self) -> Manifest:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
     async def send(self, event: dict[str, Any], body: bytes) -> None:
         directory: Path = self.directory_of(event["spool"])
         day = datetime.now(UTC).strftime("%Y-%m-%d")
@@ -278,12 +244,12 @@ def _prune(directory: Path, keep: float) -> None:
 
 
 def make_notifier(spec: NotifierSpec, settings: Settings, directory_of: Any) -> Notifier:
-    if spec.kind == "webhook":
-        return Webhook(spec, settings)
-    if spec.kind == "sqs":
-        return Sqs(spec, settings)
-    if spec.kind == "sns":
-        return Sns(spec, settings)
-    if spec.kind == "exec":
-        return Exec(spec, settings)
-    return Manifest(spec, settings, directory_of)
+    match spec:
+        case WebhookSpec():
+            return Webhook(spec, settings)
+        case SqsSpec() | SnsSpec():
+            return Aws(spec, settings)
+        case ExecSpec():
+            return Exec(spec, settings)
+        case ManifestSpec():
+            return Manifest(spec, settings, directory_of)

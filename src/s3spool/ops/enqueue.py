@@ -8,15 +8,18 @@ import os
 import secrets
 import stat
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from s3spool.config.load import Config
 from s3spool.config.settings import Settings
 from s3spool.config.spools import spool_layouts
 from s3spool.errors import EXIT_NOT_OK, EXIT_OK, ConfigError
+from s3spool.run.progress import DRAW_INTERVAL, Counts, Progress
+from s3spool.spool.dirs import fsync_dir
 from s3spool.spool.spool import rename_noreplace
 from s3spool.spool.watch import compile_ignore
 
@@ -26,7 +29,7 @@ from s3spool.spool.watch import compile_ignore
 #: and outside it, so a watcher never sees a partial file whatever IGNORE says.
 STAGE_DIR = ".s3spool-enqueue"
 COPY_CHUNK = 8 * 1024 * 1024
-#: Show a progress bar (on a TTY) from this many files or bytes on.
+#: Show the progress line (on a TTY) from this many files or bytes on.
 PROGRESS_MIN_FILES = 10
 PROGRESS_MIN_BYTES = 64 * 1024 * 1024
 
@@ -102,20 +105,35 @@ def enqueue(
         except OSError:
             sizes.append(0)
     show = progress and (len(files) >= PROGRESS_MIN_FILES or sum(sizes) >= PROGRESS_MIN_BYTES)
-    failed = 0
-    with _Progress(show, sum(sizes), err) as bar:
-        for src, size in zip(files, sizes, strict=True):
-            bar.start(src.name, size)
-            try:
-                dest = enqueue_one(src, target, move=move, on_bytes=bar.advance)
-            except EnqueueError as exc:
-                failed += 1
-                bar.print(f"s3spool enqueue: {src}: {exc}")
-                continue
-            finally:
-                bar.finish()
-            print(f"enqueued {src} -> {dest}", file=out)
-    return EXIT_NOT_OK if failed else EXIT_OK
+    counts = Counts()
+    bar = Progress(counts, [], stream=err, tty=True)
+    bar.total = (len(files), sum(sizes))
+    drawn = 0.0
+
+    def advance(n: int) -> None:
+        nonlocal drawn
+        counts.bytes += n
+        if show and time.monotonic() - drawn >= DRAW_INTERVAL:
+            drawn = time.monotonic()
+            bar.tick()
+
+    for src, size in zip(files, sizes, strict=True):
+        handled = counts.bytes + size
+        try:
+            dest = enqueue_one(src, target, move=move, on_bytes=advance)
+        except EnqueueError as exc:
+            counts.failed += 1
+            bar.clear()
+            print(f"s3spool enqueue: {src}: {exc}", file=err)
+            continue
+        finally:
+            counts.bytes = handled  # a failed or partial file still counts as handled
+        counts.delivered += 1
+        bar.clear()
+        print(f"enqueued {src} -> {dest}", file=out)
+        advance(0)
+    bar.clear()
+    return EXIT_NOT_OK if counts.failed else EXIT_OK
 
 
 def enqueue_one(
@@ -169,14 +187,6 @@ def _exists_msg(dest: Path) -> str:
     return f"{dest} already exists; not replaced (both files are unchanged)"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _move_same_fs(src: Path, dest: Path) -> None:
     # The producer may not have synced it; a rename of unsynced data can surface
     # as an empty file after a crash, which the service would then upload.
@@ -191,9 +201,9 @@ def _move_same_fs(src: Path, dest: Path) -> None:
         raise EnqueueError(_exists_msg(dest)) from None
     except OSError as exc:
         raise EnqueueError(f"cannot move into {dest.parent}: {exc.strerror}") from None
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     with contextlib.suppress(OSError):
-        _fsync_dir(src.parent)
+        fsync_dir(src.parent)
 
 
 def _stage_dir(incoming: Path, incoming_dev: int) -> Path:
@@ -255,7 +265,7 @@ def _copy_in(
             dst_fd = -1
             rename_noreplace(tmp, dest)
             renamed = True
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
         except FileExistsError:
             raise EnqueueError(_exists_msg(dest)) from None
         except OSError as exc:
@@ -292,7 +302,7 @@ def _unlink_source(src: Path, copied: os.stat_result) -> None:
             f"was enqueued, but the source could not be removed: {exc.strerror}"
         ) from None
     with contextlib.suppress(OSError):
-        _fsync_dir(src.parent)
+        fsync_dir(src.parent)
 
 
 def _copy_fd(src: int, dst: int, size: int, on_bytes: Callable[[int], None] | None) -> None:
@@ -322,66 +332,3 @@ def _copy_fd(src: int, dst: int, size: int, on_bytes: Callable[[int], None] | No
         offset += n
         if on_bytes:
             on_bytes(n)
-
-
-class _Progress:
-    """A rich progress bar on stderr, or nothing."""
-
-    def __init__(self, enabled: bool, total: int, err: TextIO) -> None:
-        self.enabled = enabled
-        self.total = total
-        self.err = err
-        self._bar: Any = None
-        self._task: Any = None
-        self._done = 0
-        self._expected = 0
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(binary_units=True),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                console=Console(file=self.err),
-            )
-            self._bar.__enter__()
-            self._task = self._bar.add_task("enqueue", total=self.total)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
-
-    def start(self, name: str, size: int) -> None:
-        self._expected = self._done + size
-        if self._bar is not None:
-            self._bar.update(self._task, description=name[:40])
-
-    def advance(self, n: int) -> None:
-        self._done += n
-        if self._bar is not None:
-            self._bar.update(self._task, completed=self._done)
-
-    def finish(self) -> None:
-        # a failed or partial file still counts as handled for the total
-        self._done = self._expected
-        if self._bar is not None:
-            self._bar.update(self._task, completed=self._done)
-
-    def print(self, text: str) -> None:
-        if self._bar is not None:
-            self._bar.console.print(text, markup=False, highlight=False)
-        else:
-            print(text, file=self.err)

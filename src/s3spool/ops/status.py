@@ -14,11 +14,11 @@ from s3spool.config.load import Config, Route
 from s3spool.config.spools import spool_layouts
 from s3spool.errors import EXIT_NOT_OK, EXIT_OK, UploadError
 from s3spool.run.compress import rules_for
-from s3spool.spool.clock import cautious_now
+from s3spool.spool.cleanup import cautious_now
 from s3spool.spool.dirs import walk
 from s3spool.spool.keys import STABLE_FIELDS, KeyInput, KeyTemplate, spool_dir_field
 from s3spool.spool.scan import (
-    claimed_count,
+    claimed,
     dir_json,
     hold_left,
     human_age,
@@ -217,10 +217,10 @@ def _dry_run_route(route: Route, out: TextIO, totals: list[int]) -> int:
             print(f"upload\t{shown}\t{st.st_size}\t{key}", file=out)
             total_files += 1
             total_bytes += st.st_size
-        claimed = claimed_count(dirs)
-        if claimed:
+        held = claimed(dirs).count
+        if held:
             print(
-                f"# plus {plural(claimed, 'file')} already claimed in {dirs.working}/*/files/ "
+                f"# plus {plural(held, 'file')} already claimed in {dirs.working}/*/files/ "
                 "(delivered by their instance, or recovered if it is dead)",
                 file=out,
             )

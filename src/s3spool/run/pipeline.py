@@ -34,8 +34,9 @@ from s3spool.errors import (
 )
 from s3spool.metrics import Metrics
 from s3spool.run.compress import compressed, need_library, rules_for
-from s3spool.run.settle import Counts, Outcomes, Resubmits
-from s3spool.spool.clock import cautious_now
+from s3spool.run.progress import Counts
+from s3spool.run.settle import Outcomes, Resubmits
+from s3spool.spool.cleanup import cautious_now
 from s3spool.spool.guard import Guard
 from s3spool.spool.keys import KeyTemplate, claim_input
 from s3spool.spool.scan import hold_left

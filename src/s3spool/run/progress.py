@@ -13,15 +13,18 @@ so the ETA is an estimate.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import TextIO
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TextIO
 
-from s3spool.run.settle import Counts
-from s3spool.spool.scan import human_age, human_size, regular_files, scan_dir
-from s3spool.spool.spool import Spool
+from s3spool.spool.scan import claimed, human_age, human_size, survey
+
+if TYPE_CHECKING:
+    from s3spool.spool.spool import Spool
 
 log = logging.getLogger("s3spool.service")
 
@@ -29,23 +32,28 @@ LOG_INTERVAL = 10.0
 DRAW_INTERVAL = 0.25
 
 
+@dataclass(slots=True)
+class Counts:
+    delivered: int = 0
+    failed: int = 0
+    bytes: int = 0  # delivered
+    #: --once: files left behind by local faults, by "ERRNO in DIRECTORY"
+    deferred: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
 def count_waiting(
     spools: Iterable[tuple[Spool, Callable[[str], bool]]],
 ) -> tuple[int, int]:
     """Files and bytes waiting in incoming/ (regular, not ignored) and claimed in working/."""
-    files = size = 0
-    for spool, is_ignored in spools:
-        for st in regular_files(spool.dirs.incoming, is_ignored, recursive=spool.recursive):
-            files += 1
-            size += st.st_size
-        for instance in scan_dir(spool.dirs.working):
-            for entry in scan_dir(spool.dirs.working / instance.name / "files", recursive=True):
-                try:
-                    size += entry.stat(follow_symlinks=False).st_size
-                    files += 1
-                except OSError:
-                    continue
-    return files, size
+    found = [
+        d
+        for spool, is_ignored in spools
+        for d in (
+            survey(spool.dirs.incoming, is_ignored, recursive=spool.recursive),
+            claimed(spool.dirs),
+        )
+    ]
+    return sum(d.files for d in found), sum(d.bytes for d in found)
 
 
 def describe(counts: Counts, total: tuple[int, int] | None, elapsed: float) -> str:

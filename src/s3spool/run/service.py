@@ -27,10 +27,9 @@ from s3spool.errors import EXIT_OK, EXIT_STORE_UNAVAILABLE, UploadError
 from s3spool.metrics import Metrics
 from s3spool.notify.notifications import flush
 from s3spool.run.pipeline import Pipeline
-from s3spool.run.progress import Progress
+from s3spool.run.progress import Counts, Progress
 from s3spool.run.reload import reload
 from s3spool.run.routes import Lanes, RouteRun, last_sweep, make_tickets, sweep_due
-from s3spool.run.settle import Counts
 from s3spool.spool.scan import work_waiting
 from s3spool.spool.spool import Claim
 from s3spool.store.bandwidth import Bandwidth

@@ -6,11 +6,9 @@ which routes it once the directory works again (spoolguard.py).
 
 from __future__ import annotations
 
-import collections
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +25,7 @@ from s3spool.errors import (
 from s3spool.metrics import Metrics, size_class
 from s3spool.notify.events import make_event
 from s3spool.notify.notifications import Notifications
+from s3spool.run.progress import Counts
 from s3spool.spool.guard import Guard
 from s3spool.spool.resubmit import forget_record, load_record, save_record
 from s3spool.spool.spool import Claim, Spool, about
@@ -36,15 +35,6 @@ from s3spool.store.base import Delivery
 
 log = logging.getLogger("s3spool.service")
 file_log = logging.getLogger("s3spool.file")
-
-
-@dataclass(slots=True)
-class Counts:
-    delivered: int = 0
-    failed: int = 0
-    bytes: int = 0  # delivered
-    #: --once: files left behind by local faults, by "ERRNO in DIRECTORY"
-    deferred: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
 def why(fault: LocalFault) -> str:

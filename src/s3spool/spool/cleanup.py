@@ -1,6 +1,7 @@
 """Housekeeping, as plain functions the service calls every CLEANUP_INTERVAL (and --once
 calls once at its end): done/ expiry, stale resubmit records, the empty subdirectories of
-RECURSIVE spools, adoption of dead instances' claims.
+RECURSIVE spools, adoption of dead instances' claims; and ``cautious_now``, the wall clock
+that file ages are measured with.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from s3spool.config.settings import Settings
-from s3spool.spool.clock import cautious_now
 from s3spool.spool.dirs import prune_empty, walk
 from s3spool.spool.guard import Guard
 from s3spool.spool.recovery import adopt, dead_instances
@@ -23,6 +23,22 @@ from s3spool.spool.watch import compile_ignore
 
 log = logging.getLogger("s3spool.cleanup")
 
+_WALL0 = time.time()
+_MONO0 = time.monotonic()
+
+
+def cautious_now() -> float:
+    """``time.time()``, capped at the start time plus the monotonic time elapsed since.
+
+    File ages (mtime, ctime) are wall-clock times, so a forward clock step (NTP after a
+    suspend, ``date -s``) would make files look older: ``HOLD_FOR`` would release a file
+    early and ``DELETE_AFTER`` remove one early from done/.  With this cap both are only
+    delayed, by at most the step.  A backward step makes files look younger (delayed too);
+    a file dated in the future has ``HOLD_FOR`` counted from when it was first seen
+    (run/pipeline.py).  A step while s3spool was not running cannot be seen.
+    """
+    return min(time.time(), _WALL0 + (time.monotonic() - _MONO0))
+
 
 def expire_done(
     done: Path, delete_after: float, *, now: float | None = None, recursive: bool = False
@@ -31,7 +47,7 @@ def expire_done(
 
     "Reached done/" is the file's ctime: rename(2) sets it, while the mtime is
     still the producer's (an old file would otherwise be removed at once).  A clock
-    stepped forward removes nothing early (``clock.cautious_now``).
+    stepped forward removes nothing early (``cautious_now``).
     Reason files of failed/ are never here; subdirectories are left alone unless the
     spool is RECURSIVE (its files keep their relpath in done/).
     """

@@ -13,8 +13,10 @@ is never removed, whatever a walk believed a moment earlier.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -120,6 +122,40 @@ def move_into(rename: Callable[[str, str], None], src: str, top: str, rel: str) 
             raise
         make_dirs(top, reldir)
     rename(src, f"{top}/{rel}")
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(
+    top: str | os.PathLike[str], rel: str, body: bytes, *, sync: bool = False, mode: int = 0o666
+) -> None:
+    """Write ``body`` to ``top/rel`` whole or not at all: a temporary file in ``top``, renamed
+    over it (``move_into``).  ``sync``: file and directory are on disk when it returns (a
+    record that must survive a power cut, not only a kill).  ``OSError`` as met; no
+    temporary file is left behind."""
+    root = os.fspath(top)
+    tmp = f"{root}/.tmp.{secrets.token_hex(6)}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        try:
+            os.write(fd, body)
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        move_into(os.replace, tmp, root, rel)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if sync:
+        fsync_dir(os.path.dirname(f"{root}/{rel}"))
 
 
 def move_from_below(rename: Callable[..., None], top: str, rel: str, to: str) -> None:

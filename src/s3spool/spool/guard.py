@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from s3spool.errors import LocalFault, TransientError
-from s3spool.spool.spool import Claim, Spool, local_fault, writable
+from s3spool.spool.spool import Claim, Spool, local_fault
 
 #: bytes written by the probe of a full filesystem: a page, as a key record needs
 _PROBE_BYTES = b"\0" * 4096
@@ -148,32 +148,7 @@ def heal(spool: Spool, fault: LocalFault | None) -> LocalFault | None:
             f"the spool root {root} is gone (ENOENT)", reason="ENOENT", path=str(root)
         )
     try:
-        for role, path in (
-            ("incoming", d.incoming),
-            ("working", d.working),
-            ("done", d.done),
-            ("failed", d.failed),
-        ):
-            if path is None:
-                continue
-            try:
-                path.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise local_fault(exc, f"create the {role} directory", path.parent) from None
-            problem = writable(path)
-            if problem is not None:
-                return problem
-        try:
-            devices = {p.stat().st_dev for p in (d.incoming, d.working, d.done, d.failed) if p}
-        except OSError as exc:  # removed again meanwhile
-            raise local_fault(exc, "look at the directories", root) from None
-        if len(devices) > 1:
-            return LocalFault(
-                f"the directories of spool {spool.label} are on different filesystems now "
-                "(EXDEV): rename(2) cannot move files between them",
-                reason="EXDEV",
-                path=str(root),
-            )
+        spool.check_dirs()
         spool.relock()
         if fault is not None and fault.no_space:
             _write_probe(spool.me)

@@ -20,24 +20,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from s3spool.errors import LocalFault
+from s3spool.spool.dirs import fsync_dir, write_atomic
 from s3spool.spool.spool import local_fault, rename_noreplace
 
 OUTBOX = "outbox"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Outbox:
@@ -59,16 +51,8 @@ class Outbox:
             for notifier in notifiers:
                 directory = self._dir(notifier)
                 directory.mkdir(parents=True, exist_ok=True)
-                tmp = directory / f".tmp.{secrets.token_hex(6)}"
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-                try:
-                    os.write(fd, body)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
                 # the same id again (a recovered claim delivered twice): one copy is enough
-                os.replace(tmp, directory / name)
-                _fsync_dir(directory)
+                write_atomic(directory, name, body, sync=True, mode=0o640)
         except OSError as exc:
             fault = local_fault(exc, "write a notification event", self.root)
             if isinstance(fault, LocalFault):
@@ -79,8 +63,6 @@ class Outbox:
         try:
             raw = (self._dir(notifier) / f"{event_id}.json").read_bytes()
             data: dict[str, Any] = json.loads(raw)
-        except FileNotFoundError:
-            return None
         except (OSError, ValueError):
             return None
         return data
@@ -138,7 +120,7 @@ class Outbox:
                 except OSError:
                     continue
             with contextlib.suppress(OSError):
-                _fsync_dir(dst_dir)
+                fsync_dir(dst_dir)
                 os.rmdir(src_dir)
         with contextlib.suppress(OSError):
             os.rmdir(dead_root)

@@ -2,7 +2,6 @@
 
 An instance whose directory can be locked is dead: a live instance adopts its claims, key
 records included, into its own directory and delivers them (checking the store first).
-Instances of the older layout held a ``lock`` file inside the directory; it is honoured too.
 Claims are found by walking ``files/``: a RECURSIVE claim's relpath is its path below it.
 """
 
@@ -51,8 +50,6 @@ def adopt(spool: Spool, dead: Path) -> list[Claim]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return []  # alive after all, or another instance is adopting it
-        if _flock_held(dead / "lock"):
-            return []  # an instance of the older layout, alive
         adopted = _adopt_locked(spool, dead)
         # its events not yet accepted by every notifier: ours to send now
         events = Outbox(spool.me / OUTBOX).adopt(dead / OUTBOX)
@@ -63,8 +60,6 @@ def adopt(spool: Spool, dead: Path) -> list[Claim]:
                 events,
                 dead.name,
             )
-        with contextlib.suppress(OSError):
-            os.unlink(dead / "lock")
         for sub in (dead / "keys", dead / "files", dead):
             with contextlib.suppress(OSError):
                 for leftover in sub.glob(".tmp.*"):
@@ -134,10 +129,6 @@ def open_uploads(spool: Spool) -> set[str]:
 
 def instance_is_live(path: Path) -> bool:
     """Does a live process hold the lock of the instance directory ``path``?"""
-    return _flock_held(path) or _flock_held(path / "lock")  # "lock": the older layout
-
-
-def _flock_held(path: Path) -> bool:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:

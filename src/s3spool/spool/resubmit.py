@@ -7,10 +7,9 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 from pathlib import Path
 
-from s3spool.spool.dirs import files_below, move_into, prune_empty, prune_parents
+from s3spool.spool.dirs import files_below, prune_empty, prune_parents, write_atomic
 from s3spool.spool.spool import Spool
 
 log = logging.getLogger("s3spool.service")
@@ -32,15 +31,11 @@ def load_record(spool: Spool, name: str) -> tuple[int, float] | None:
 
 def save_record(spool: Spool, name: str, attempts: int, not_before: float) -> None:
     """Record a resubmission; on failure the backoff only lives in memory (logged)."""
-    tmp = _records(spool) / f".tmp.{secrets.token_hex(6)}"
+    record = {"attempts": attempts, "not_before": round(not_before, 3)}
     try:
         _records(spool).mkdir(exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"attempts": attempts, "not_before": round(not_before, 3)}, fh)
-        move_into(os.replace, os.fspath(tmp), os.fspath(_records(spool)), name)
+        write_atomic(_records(spool), name, json.dumps(record).encode())
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         log.warning(
             "spool=%s name=%r: cannot record its resubmit backoff in %s: %s (kept in memory)",
             spool.label,

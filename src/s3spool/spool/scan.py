@@ -3,7 +3,7 @@
 Nothing here writes, claims or talks to the store.  ``hold_left`` is the one rule for
 when a regular file may be taken; the pipeline, dry-run, status and the gauges all use it.
 A RECURSIVE spool's files are counted in every subdirectory, as discovery walks them
-(``tree.walk``: symlinks never followed, subdirectories matching IGNORE not entered).
+(``dirs.walk``: symlinks never followed, subdirectories matching IGNORE not entered).
 """
 
 from __future__ import annotations
@@ -46,57 +46,129 @@ class SpoolGauges:
     lag: float = 0.0
 
 
-def scan_dir(
+@dataclass(slots=True)
+class DirSurvey:
+    path: str
+    exists: bool = True
+    files: int = 0
+    bytes: int = 0
+    oldest_mtime: float | None = None
+    ignored: int = 0
+    not_regular: int = 0
+    error: str | None = None
+
+    def add(self, st: os.stat_result) -> None:
+        self.files += 1
+        self.bytes += st.st_size
+        if self.oldest_mtime is None or st.st_mtime < self.oldest_mtime:
+            self.oldest_mtime = st.st_mtime
+
+    def merge(self, other: DirSurvey) -> None:
+        self.files += other.files
+        self.bytes += other.bytes
+        self.not_regular += other.not_regular
+        self.error = other.error or self.error
+        if other.oldest_mtime is not None and (
+            self.oldest_mtime is None or other.oldest_mtime < self.oldest_mtime
+        ):
+            self.oldest_mtime = other.oldest_mtime
+
+    @property
+    def count(self) -> int:
+        """Entries that are not ignored (a claim or a failed file need not be regular)."""
+        return self.files + self.not_regular
+
+
+@dataclass(slots=True)
+class InstanceSurvey:
+    id: str
+    live: bool
+    files: int
+    bytes: int
+
+
+def files(
     path: Path | None,
+    is_ignored: Callable[[str], bool] | None = None,
     *,
     recursive: bool = False,
-    skip_dir: Callable[[str], bool] | None = None,
-) -> Iterator[os.DirEntry[str]]:
-    """Entries of a directory (with ``recursive``: below it, but the subdirectories walked
-    into); nothing if it is missing or unreadable (gauges must not fail)."""
+    tally: DirSurvey | None = None,
+) -> Iterator[os.stat_result]:
+    """The lstat of each regular file in ``path`` (``recursive``: below it, not entering
+    directories ``is_ignored`` names) whose name is not ignored: what the pipeline would take.
+    ``tally`` counts them and the rest, and whether ``path`` can be read."""
     if path is None:
         return
+    t = tally if tally is not None else DirSurvey("")
     try:
-        for _rel, entry in walk(path, recursive=recursive, skip_dir=skip_dir):
-            yield entry
-    except OSError:
+        for _rel, entry in walk(path, recursive=recursive, skip_dir=is_ignored):
+            if is_ignored is not None and is_ignored(entry.name):
+                t.ignored += 1
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue  # vanished between readdir and stat: a service took it
+            if not stat.S_ISREG(st.st_mode):
+                t.not_regular += 1
+                continue
+            t.add(st)
+            yield st
+    except FileNotFoundError:
+        t.exists = False
+    except OSError as exc:
+        t.error = f"{path}: {exc.strerror}"
+
+
+def instances(working: Path, tally: DirSurvey | None = None) -> Iterator[tuple[str, DirSurvey]]:
+    """Each instance directory in working/ (by name) with its claims counted; ``tally`` adds
+    them all up, and says whether working/ can be read."""
+    t = tally if tally is not None else DirSurvey("")
+    try:
+        entries = sorted(os.scandir(working), key=lambda e: e.name)
+    except FileNotFoundError:
+        t.exists = False
         return
+    except OSError as exc:
+        t.error = f"{working}: {exc.strerror}"
+        return
+    for entry in entries:
+        if not entry.is_dir(follow_symlinks=False) or entry.name.startswith("."):
+            continue  # .resubmit/ holds backoff records, not an instance
+        mine = survey(Path(entry.path) / "files", recursive=True)
+        t.merge(mine)
+        yield entry.name, mine
+
+
+def survey(
+    path: Path, is_ignored: Callable[[str], bool] | None = None, *, recursive: bool = False
+) -> DirSurvey:
+    out = DirSurvey(str(path))
+    for _st in files(path, is_ignored, recursive=recursive, tally=out):
+        pass
+    return out
+
+
+def claimed(dirs: SpoolDirs) -> DirSurvey:
+    """The claims of every instance of a spool (files below working/*/files/)."""
+    out = DirSurvey(str(dirs.working))
+    for _claims in instances(dirs.working, out):
+        pass
+    return out
 
 
 def work_waiting(spools: Iterable[Spool], is_ignored: Callable[[str], bool]) -> bool:
     """Does an open spool hold a file to take (any entry of incoming/ not ignored; an empty
-    subdirectory of a RECURSIVE spool is not one) or a claim to recover?  Stops at the first."""
-    return any(
-        any(
-            not is_ignored(entry.name)
-            for entry in scan_dir(sp.dirs.incoming, recursive=sp.recursive, skip_dir=is_ignored)
-        )
-        or claimed_count(sp.dirs)
-        for sp in spools
-        if sp.opened
-    )
-
-
-def regular_files(
-    incoming: Path,
-    is_ignored: Callable[[str], bool],
-    *,
-    recursive: bool = False,
-    each_entry: Callable[[], None] | None = None,
-) -> Iterator[os.stat_result]:
-    """The lstat of each regular file in incoming/ whose name is not ignored (what the
-    pipeline would consider); ``each_entry`` is called for every entry looked at."""
-    for entry in scan_dir(incoming, recursive=recursive, skip_dir=is_ignored):
-        if each_entry is not None:
-            each_entry()
-        if is_ignored(entry.name):
+    subdirectory of a RECURSIVE spool is not one) or a claim to recover?"""
+    for sp in spools:
+        if not sp.opened:
             continue
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except OSError:
-            continue
-        if stat.S_ISREG(st.st_mode):
-            yield st
+        seen = DirSurvey("")
+        if next(files(sp.dirs.incoming, is_ignored, recursive=sp.recursive, tally=seen), None):
+            return True
+        if seen.not_regular or claimed(sp.dirs).count:
+            return True
+    return False
 
 
 def spool_gauges(
@@ -109,29 +181,25 @@ def spool_gauges(
 ) -> SpoolGauges:
     """One pass over incoming/ (count + lag) and a count of working/ and failed/.
 
-    Lag is the age of the oldest file the service would take right now: a
-    regular file, not ignored, whose mtime is at least HOLD_FOR old.  Only
-    those entries are stat()ed, so a scrape of a 100k-file spool costs one
-    readdir and one lstat per candidate, in a thread.
+    Lag is the age of the oldest file the service would take right now: a regular file, not
+    ignored, whose mtime is at least HOLD_FOR old (the oldest file, if any is).  A scrape
+    of a 100k-file spool costs one readdir and one lstat per candidate, in a thread.
     """
-    g = SpoolGauges()
-    oldest: float | None = None
-
-    def seen() -> None:
-        g.incoming += 1
-
-    for st in regular_files(dirs.incoming, is_ignored, recursive=recursive, each_entry=seen):
-        if hold_left(st.st_mtime, hold_for, now) > 0:
-            continue
-        if oldest is None or st.st_mtime < oldest:
-            oldest = st.st_mtime
-    g.lag = max(now - oldest, 0.0) if oldest is not None else 0.0
-    g.working = claimed_count(dirs)
+    incoming = survey(dirs.incoming, is_ignored, recursive=recursive)
+    g = SpoolGauges(incoming.files + incoming.ignored + incoming.not_regular)
+    oldest = incoming.oldest_mtime
+    if oldest is not None and hold_left(oldest, hold_for, now) == 0:
+        g.lag = max(now - oldest, 0.0)
+    g.working = claimed(dirs).count
     if dirs.failed is not None and not dirs.resubmit:
         # reason files sit next to the failed files; they are not files of their own
-        failed = scan_dir(dirs.failed, recursive=recursive)
-        g.failed = sum(1 for e in failed if not e.name.endswith(".reason.json"))
+        failed = survey(dirs.failed, _reason_file, recursive=recursive)
+        g.failed = failed.count
     return g
+
+
+def _reason_file(name: str) -> bool:
+    return name.endswith(".reason.json")
 
 
 # --- formatting --------------------------------------------------------------------------------
@@ -166,108 +234,23 @@ def show_name(name: str) -> str:
     return encode_name(os.fsencode(name))
 
 
-# --- status ------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class DirSurvey:
-    path: str
-    exists: bool = True
-    files: int = 0
-    bytes: int = 0
-    oldest_mtime: float | None = None
-    ignored: int = 0
-    not_regular: int = 0
-    error: str | None = None
-
-    def add(self, st: os.stat_result) -> None:
-        self.files += 1
-        self.bytes += st.st_size
-        if self.oldest_mtime is None or st.st_mtime < self.oldest_mtime:
-            self.oldest_mtime = st.st_mtime
-
-
-def survey_dir(
-    path: Path,
-    *,
-    is_ignored: Callable[[str], bool] | None = None,
-    skip: Callable[[str], bool] | None = None,
-    into: DirSurvey | None = None,
-    recursive: bool = False,
-) -> DirSurvey:
-    """Regular files (and their bytes) directly in ``path`` (``recursive``: below it, not
-    entering directories ``is_ignored`` names); ``is_ignored`` names counted apart."""
-    out = into or DirSurvey(str(path))
-    try:
-        for _rel, entry in walk(path, recursive=recursive, skip_dir=is_ignored):
-            if skip is not None and skip(entry.name):
-                continue
-            if is_ignored is not None and is_ignored(entry.name):
-                out.ignored += 1
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue  # vanished between readdir and stat: a service took it
-            if stat.S_ISREG(st.st_mode):
-                out.add(st)
-            else:
-                out.not_regular += 1
-    except FileNotFoundError:
-        if into is None:
-            out.exists = False
-    except OSError as exc:
-        out.error = f"{path}: {exc.strerror}"
-    return out
-
-
-@dataclass(slots=True)
-class InstanceSurvey:
-    id: str
-    live: bool
-    files: int
-    bytes: int
-
-
 def survey_spool(
     dirs: SpoolDirs, is_ignored: Callable[[str], bool], *, recursive: bool = False
 ) -> dict[str, Any]:
-    incoming = survey_dir(dirs.incoming, is_ignored=is_ignored, recursive=recursive)
     working = DirSurvey(str(dirs.working))
-    instances: list[InstanceSurvey] = []
-    try:
-        entries = sorted(os.scandir(dirs.working), key=lambda e: e.name)
-    except FileNotFoundError:
-        working.exists = False
-        entries = []
-    except OSError as exc:
-        working.error = f"{dirs.working}: {exc.strerror}"
-        entries = []
-    for entry in entries:
-        if not entry.is_dir(follow_symlinks=False) or entry.name.startswith("."):
-            continue  # .resubmit/ holds backoff records, not an instance
-        mine = survey_dir(Path(entry.path) / "files", recursive=True)
-        if mine.error:
-            working.error = mine.error
-        working.files += mine.files
-        working.bytes += mine.bytes
-        if mine.oldest_mtime is not None and (
-            working.oldest_mtime is None or mine.oldest_mtime < working.oldest_mtime
-        ):
-            working.oldest_mtime = mine.oldest_mtime
-        live = instance_is_live(Path(entry.path))
-        instances.append(InstanceSurvey(entry.name, live, mine.files, mine.bytes))
-    done = survey_dir(dirs.done, recursive=recursive) if dirs.done is not None else None
+    instance_list = [
+        InstanceSurvey(name, instance_is_live(dirs.working / name), mine.files, mine.bytes)
+        for name, mine in instances(dirs.working, working)
+    ]
     failed: DirSurvey | None = None
     if dirs.failed is not None and not dirs.resubmit:
-        reason = ".reason.json"
-        failed = survey_dir(dirs.failed, skip=lambda n: n.endswith(reason), recursive=recursive)
+        failed = survey(dirs.failed, _reason_file, recursive=recursive)
     return {
-        "incoming": incoming,
+        "incoming": survey(dirs.incoming, is_ignored, recursive=recursive),
         "working": working,
-        "done": done,
+        "done": survey(dirs.done, recursive=recursive) if dirs.done is not None else None,
         "failed": failed,
-        "instances": instances,
+        "instances": instance_list,
         "resubmit": dirs.resubmit,
     }
 
@@ -285,12 +268,3 @@ def dir_json(d: DirSurvey | None, now: float) -> dict[str, Any] | None:
         else None,
         **({"error": d.error} if d.error else {}),
     }
-
-
-def claimed_count(dirs: SpoolDirs) -> int:
-    n = 0
-    for inst in scan_dir(dirs.working):
-        if inst.is_dir(follow_symlinks=False):
-            # RECURSIVE claims keep their subdirectories: count the files below
-            n += sum(1 for _ in scan_dir(Path(inst.path) / "files", recursive=True))
-    return n

@@ -17,11 +17,10 @@ Layout of one spool (directories are created if missing)::
     failed/                    undeliverable files + NAME.reason.json
 
 A RECURSIVE spool takes files from subdirectories of incoming/ too: a claim keeps its
-relpath (``a/b/NAME``) below files/, keys/, done/ and failed/ (``tree.py``).
+relpath (``a/b/NAME``) below files/, keys/, done/ and failed/ (``dirs.py``).
 
 An instance whose directory can be locked is dead: any live instance adopts its
-claims (with their keys) and delivers them.  (Instances before this layout held a
-``lock`` file inside it instead; that file is still honoured.)
+claims (with their keys) and delivers them.
 
 Directory faults met at run time (no space, no permission, read-only, gone) are
 raised as ``LocalFault`` naming the directory; ``heal`` tells when they are over.
@@ -204,7 +203,7 @@ class Spool:
 
     def __init__(self, dirs: SpoolDirs, instance_id: str, *, recursive: bool = False) -> None:
         self.dirs = dirs
-        #: RECURSIVE: files in subdirectories of incoming/ are taken too (tree.py)
+        #: RECURSIVE: files in subdirectories of incoming/ are taken too (dirs.py)
         self.recursive = recursive
         self.label = dirs.label
         self.instance_id = instance_id
@@ -219,48 +218,54 @@ class Spool:
     # --- start / stop ---------------------------------------------------------------------
     def prepare(self, *, create: bool = True) -> None:
         """Create and check the directories; raise ``ConfigError`` naming what is wrong."""
+        try:
+            self.check_dirs(create=create)
+        except TransientError as exc:
+            raise ConfigError(f"spool {self.label}: {exc}") from None
         d = self.dirs
-        named = [
+        named = [("working", d.working), ("done", d.done), ("failed", d.failed)]
+        for role, path in named if self.recursive else ():
+            if path and tree.inside(path, d.incoming) and not (role == "failed" and d.resubmit):
+                raise ConfigError(
+                    f"spool {self.label}: the {role} directory {path} is inside {d.incoming}; "
+                    "with RECURSIVE its files would be taken again — move it out"
+                )
+
+    def check_dirs(self, *, create: bool = True) -> None:
+        """Create (``create``) and check the directories: ``LocalFault`` naming the first that
+        cannot take new entries, or the filesystems they are split across (EXDEV)."""
+        d = self.dirs
+        devs: dict[int, list[str]] = {}
+        for role, path in (
             ("incoming", d.incoming),
             ("working", d.working),
             ("done", d.done),
             ("failed", d.failed),
-        ]
-        devs: dict[int, list[str]] = {}
-        for role, path in named:
+        ):
             if path is None:
                 continue
             try:
                 if create:
                     path.mkdir(parents=True, exist_ok=True)
                 st = os.stat(path)
-            except PermissionError:
-                raise ConfigError(f"{role} directory {path}: permission denied") from None
-            except FileExistsError:
-                raise ConfigError(
-                    f"{role} directory {path}: exists and is not a directory"
-                ) from None
-            except FileNotFoundError:
-                raise ConfigError(f"{role} directory {path}: does not exist") from None
             except OSError as exc:
-                raise ConfigError(f"{role} directory {path}: {exc.strerror}") from None
+                where = path.parent
+                fault = writable(where) or local_fault(exc, f"make the {role} directory", where)
+                raise fault from None
             if not stat.S_ISDIR(st.st_mode):
-                raise ConfigError(f"{role} directory {path}: not a directory")
-            if not os.access(path, os.W_OK | os.X_OK):
-                raise ConfigError(f"{role} directory {path}: not writable by uid {os.getuid()}")
+                raise TransientError(f"{role} directory {path}: not a directory", reason="ENOTDIR")
+            problem = writable(path)
+            if problem is not None:
+                raise problem
             devs.setdefault(st.st_dev, []).append(f"{role}={path}")
         if len(devs) > 1:
             groups = "; ".join(", ".join(v) for v in devs.values())
-            raise ConfigError(
-                f"spool {self.label}: directories are on different filesystems ({groups}); "
-                "rename(2) cannot move files between them — put them on one filesystem"
+            raise LocalFault(
+                f"directories are on different filesystems ({groups}); rename(2) cannot "
+                "move files between them (EXDEV) — put them on one filesystem",
+                reason="EXDEV",
+                path=str(d.root or d.incoming.parent),
             )
-        for role, path in named[1:] if self.recursive else ():
-            if path and tree.inside(path, d.incoming) and not (role == "failed" and d.resubmit):
-                raise ConfigError(
-                    f"spool {self.label}: the {role} directory {path} is inside {d.incoming}; "
-                    "with RECURSIVE its files would be taken again — move it out"
-                )
 
     def open(self) -> None:
         """Create this instance's claim directory and lock it.
@@ -390,15 +395,10 @@ class Spool:
             "mtime_ns": claim.mtime_ns,
             "codec": claim.codec,  # COMPRESS: stored compressed, as its key says
         }
-        tmp = self.keys / f".tmp.{secrets.token_hex(6)}"
         try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(record, fh)
-            tree.move_into(os.replace, os.fspath(tmp), os.fspath(self.keys), claim.name)
+            tree.write_atomic(self.keys, claim.name, json.dumps(record).encode())
             claim.key_saved = True
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             raise local_fault(exc, f"record the key of {claim.name!r}", self.keys) from None
 
     def recovered(self, keys_dir: Path, name: str) -> Claim:
@@ -469,15 +469,12 @@ class Spool:
         dest = self._move_out(claim, self.dirs.failed)
         if dest is None or self.dirs.resubmit:
             return dest
-        note = dest.with_name(dest.name + ".reason.json")
+        note = dest.name + ".reason.json"
         try:
-            tmp = dest.with_name(f".tmp.{secrets.token_hex(6)}")
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(reason, fh, indent=1, default=str)
-                fh.write("\n")
-            os.replace(tmp, note)
+            body = json.dumps(reason, indent=1, default=str) + "\n"
+            tree.write_atomic(dest.parent, note, body.encode())
         except OSError as exc:
-            about(log.warning, self, claim.name, "could not write %s: %s", note.name, exc.strerror)
+            about(log.warning, self, claim.name, "could not write %s: %s", note, exc.strerror)
         return dest
 
     # --- scanning and recovery -----------------------------------------------------------

@@ -6,7 +6,7 @@ when the queue is full, so a backlog of any length costs at most
 ``QUEUE_SIZE`` entries of memory.  The inotify reader never blocks: when the
 queue is full it drops the event and asks for a rescan instead.
 
-A RECURSIVE spool's subdirectories are walked too (``tree.walk``: one directory open at a
+A RECURSIVE spool's subdirectories are walked too (``dirs.walk``: one directory open at a
 time, symlinks never followed, names matching IGNORE not entered), each watched just before
 it is read (``TreeWatch``); a directory that appears is watched and then scanned, so a file
 renamed into it is seen by one or the other here as well.
@@ -17,15 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fnmatch
 import logging
 import os
-import re
 import stat
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from s3spool.config.codecs import compile_globs
 from s3spool.errors import LocalFault
 from s3spool.spool.dirs import walk
 from s3spool.spool.spool import Claim, Spool, local_fault
@@ -99,9 +98,9 @@ class Pending:
 
 
 def compile_ignore(patterns: Sequence[str]) -> Callable[[str], bool]:
-    if not patterns:
+    rx = compile_globs(patterns)
+    if rx is None:
         return lambda name: False
-    rx = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns), re.DOTALL)
     return lambda name: rx.match(name) is not None
 
 
@@ -303,11 +302,8 @@ class Discovery:
     # --- tasks --------------------------------------------------------------------------
     def open_watches(self) -> None:
         """Set up inotify before the first scan; on failure, say why and rely on rescans."""
-        try:
-            from asyncinotify import Inotify
-        except ImportError as exc:  # pragma: no cover - a dependency
-            log.error("inotify unavailable (%s); relying on rescans", exc)
-            return
+        from asyncinotify import Inotify
+
         try:
             inotify = Inotify()
         except OSError as exc:
