@@ -1,10 +1,5 @@
-"""Entry point (``s3spool`` and ``python -m s3spool``).
-
-Signal handlers are installed before the heavy imports: a SIGTERM that arrives
-while the process is still starting is remembered and handled as a drain
-request, instead of killing the process with the default action (a SIGHUP, as a
-request to re-read the configuration).
-"""
+"""Entry point.  Signal handlers go in before the heavy imports, so a SIGTERM (or SIGHUP)
+that arrives during start-up is remembered and handled, not fatal."""
 
 from __future__ import annotations
 

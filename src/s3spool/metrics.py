@@ -1,10 +1,5 @@
-"""Prometheus metrics of one service instance (prometheus-client).
-
-Each ``Metrics`` owns its registry, so several services in one process (tests)
-never share counters.  Gauges that describe the spool (files per state, lag)
-are refreshed when ``/metrics`` is scraped, at most once a second, in a thread
-(``http.refresh_spool_gauges``); the state gauges read the service directly.
-"""
+"""Prometheus metrics of one service instance; each ``Metrics`` owns its registry, so several
+services in one process (tests) never share counters."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""HTTP endpoints of a running service: ``/metrics``, ``/healthz``, ``/readyz``.
-
-Served by aiohttp on the service's own event loop, so ``/healthz`` answering
-at all proves the loop is not blocked.  Nothing here touches the store; the
-only filesystem work (spool gauges at scrape time) runs in a thread and is
-rate-limited in ``refresh_spool_gauges``.
-"""
+"""HTTP endpoints of a running service (``/metrics``, ``/healthz``, ``/readyz``), served on its
+own event loop: ``/healthz`` answering proves the loop is not blocked."""
 
 from __future__ import annotations
 

@@ -1,13 +1,6 @@
-"""Compression rules: which files are compressed, with which codec and level, and what the
-object then says about itself (key suffix, Content-Type, Content-Encoding).
-
-Pure and free of the settings model, so ``settings.py`` validates ``COMPRESS_*`` with it and
-``keys``/``pipeline``/``status`` decide with it; the compressing pass is ``compress.py``.
-
-Whether a file is compressed depends only on facts that a restart sees again: its name
-(``COMPRESS_SKIP``), its size when it was claimed (``COMPRESS_MIN_SIZE``) and the settings.
-So a key with the suffix is as recomputable as the template it was rendered from.
-"""
+"""Compression rules: which files are compressed, how, and what the object says about itself.
+A file's compression depends only on its name, its size when claimed and the settings, so a
+key with the suffix is as recomputable as the template it was rendered from."""
 
 from __future__ import annotations
 

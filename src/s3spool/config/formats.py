@@ -1,7 +1,5 @@
-"""The value formats of settings, wherever they are written (variable, flag, config file):
-durations (``90``, ``"5m"``), sizes (``"8MiB"``), lists (``a,b`` or JSON), ``k=v`` pairs, and
-bandwidth limits (a rate, ``off``, or a daily schedule of local-time windows).
-"""
+"""Value formats of settings, wherever they are written: durations, sizes, lists, ``k=v``
+pairs and bandwidth limits."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
 """The effective configuration: every route's settings from flags, ``S3SPOOL_*`` variables and
-the TOML file (``[[route]]`` tables), each value recorded with where it came from.
-
-For every setting of a route the first that sets it wins: flag > variable > the route's
-table > the file's top level > default.  ``GLOBAL_FIELDS`` may only be at the top level.
-"""
+the TOML file, each value with where it came from.  The first that sets a value wins: flag >
+variable > the route's table > the file's top level > default."""
 
 from __future__ import annotations
 

@@ -1,13 +1,5 @@
-"""The text of templates and object options, checked before anything renders it.
-
-``key_format_fields`` reads a template (``KEY_FORMAT``, and the values of METADATA, TAGS and
-CONTENT_DISPOSITION): plain named fields only.  The ``check_*`` functions hold what S3 and
-HTTP allow in user metadata, tags and header values; ``settings.py`` calls them as it reads
-the settings and ``objectopts.py`` renders what passed.  Kept apart from ``settings.py``
-and free of its imports: ``known`` is the caller's
-``KEY_FIELDS``.  Every ``ValueError`` starts with the setting's name (``"metadata: ..."``), as
-settings errors do.
-"""
+"""Checks of templates and object options (what S3 and HTTP allow in metadata, tags and header
+values), run as the settings are read.  Every ``ValueError`` starts with the setting's name."""
 
 from __future__ import annotations
 

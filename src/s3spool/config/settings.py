@@ -1,6 +1,5 @@
-"""Settings: one pydantic-settings model read from ``S3SPOOL_*`` variables and flags (flags win:
-they arrive as init arguments).  ``catalog.py`` derives each flag from a field, so the variable,
-the flag and the docs cannot drift apart: ``S3SPOOL_KEY_FORMAT`` is ``--key-format``."""
+"""Settings: one pydantic-settings model read from ``S3SPOOL_*`` variables and flags (flags win).
+``catalog.py`` derives each flag from a field: ``S3SPOOL_KEY_FORMAT`` is ``--key-format``."""
 
 from __future__ import annotations
 

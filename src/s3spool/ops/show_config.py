@@ -1,9 +1,5 @@
-"""``s3spool config``: the effective configuration, route by route, with where each value
-came from (flag, env, route table, file top level, default) and secrets masked.
-
-The text form is TOML that reads back as the same configuration (unset values are
-comments); ``--json`` gives the same facts to programs.
-"""
+"""``s3spool config``: the effective configuration per route, each value with its origin and
+secrets masked, as TOML that reads back as the same configuration (or ``--json``)."""
 
 from __future__ import annotations
 
