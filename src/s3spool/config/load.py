@@ -23,18 +23,11 @@ from s3spool.errors import ConfigError
 FIELDS = frozenset(Settings.model_fields)
 ROUTE_FIELDS = FIELDS - GLOBAL_FIELDS
 
-#: S3SPOOL_* variables of our own build and test tooling (docker/smoke.sh, the image
-#: build) and of the exec notifier's events: the strict check leaves them alone.
+#: S3SPOOL_* variables of our own tooling (docker/smoke.sh, the image build) and the prefix of
+#: what the exec notifier passes to its command: the strict check leaves them alone.
 TOOL_VARIABLES = (
-    "S3SPOOL_SMOKE",
-    "S3SPOOL_ENGINE",
-    "S3SPOOL_IMAGE",
-    "S3SPOOL_BASE_IMAGE",
-    "S3SPOOL_PIP_",
-    "S3SPOOL_DEBIAN_",
-    "S3SPOOL_ULIMITS",
-    "S3SPOOL_OCI_RUNTIME",
-    "S3SPOOL_EVENT_",  # what the exec notifier passes to its command
+    *("S3SPOOL_SMOKE", "S3SPOOL_ENGINE", "S3SPOOL_IMAGE", "S3SPOOL_BASE_IMAGE", "S3SPOOL_PIP_"),
+    *("S3SPOOL_DEBIAN_", "S3SPOOL_ULIMITS", "S3SPOOL_OCI_RUNTIME", "S3SPOOL_EVENT_"),
 )
 
 #: Where a value came from, for ``s3spool config`` and for error messages.
@@ -102,17 +95,16 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
 
 def read_file(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
     """The file's top level, its ``[[route]]`` tables, and what is wrong with their keys."""
+    setting = "S3SPOOL_CONFIG (--config)"
     if not path.is_file():
-        raise ConfigError(f"S3SPOOL_CONFIG (--config): {path}: no such file")
+        raise ConfigError(f"{setting}: {path}: no such file")
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"S3SPOOL_CONFIG (--config): {path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"{setting}: {path} is not valid TOML: {exc}") from None
     except OSError as exc:
-        raise ConfigError(
-            f"S3SPOOL_CONFIG (--config): cannot read {path}: {exc.strerror}"
-        ) from None
+        raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror}") from None
     tables = data.pop("route", [])
     problems = [
         f"{path}: unknown key {key!r}{suggest(key, FIELDS)}" for key in data if key not in FIELDS
@@ -183,10 +175,17 @@ def load_config(flags: Mapping[str, Any]) -> Config:
     return Config(tuple(routes), path, given)
 
 
+def load_settings(**flags: Any) -> Settings:
+    """The settings of a single route from ``flags`` and the environment (tests, tools)."""
+    return load_config(flags).s
+
+
 def _locate(field: str, where: str, route: str, path: Path | None) -> str:
     """How an error names the value at fault: the place it was written."""
+    if path is None:
+        return f"{env_name(field)} ({flag_name(field)}): " if field else "settings: "
     if not field:
-        return f"route {route!r}: " if path is not None else "settings: "
+        return f"route {route!r}: "
     if where == FLAG:
         label = flag_name(field)
     elif where == ENV:
@@ -197,8 +196,6 @@ def _locate(field: str, where: str, route: str, path: Path | None) -> str:
         label = f"key {field} (top of {path})"
     else:
         label = f"{env_name(field)} ({flag_name(field)})"
-    if path is None:
-        return f"{env_name(field)} ({flag_name(field)}): "
     return f"route {route!r}: {label}: "
 
 
