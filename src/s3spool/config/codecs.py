@@ -94,17 +94,12 @@ class Rules:
         base = name.rpartition("/")[2]
         return self.skip is None or self.skip.match(base) is None
 
-    @property
-    def key_suffix(self) -> str:
-        return self.codec.suffix if self.mode == "suffix" else ""
-
     @staticmethod
     def headers_for(
         codec: Codec, mode: ModeName, original_type: str | None
     ) -> tuple[str | None, str | None]:
-        """(Content-Type, Content-Encoding) of an object compressed with ``codec`` whose file
-        has ``original_type``: suffix mode says what the object is, content-encoding mode
-        what it decodes to."""
+        """(Content-Type, Content-Encoding) of a compressed object: suffix mode says what the
+        object is, content-encoding mode what it decodes to (``original_type``)."""
         if mode == "suffix":
             return codec.content_type, None
         return original_type, codec.encoding
@@ -114,4 +109,4 @@ def choose(rules: Rules | None, name: str, size: int) -> tuple[str | None, str]:
     """(codec or None, key suffix) of a file whose key is rendered now."""
     if rules is None or not rules.applies(name, size):
         return None, ""
-    return rules.codec.name, rules.key_suffix
+    return rules.codec.name, rules.codec.suffix if rules.mode == "suffix" else ""

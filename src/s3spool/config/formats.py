@@ -78,6 +78,7 @@ def parse_pairs(value: Any) -> Any:
     """``k=v`` pairs → dict: ``"a=1,b=2"``, a JSON list ``["a=1"]``, a JSON object or a dict
     (a TOML table; numbers become text).  Names are stripped; values only in the comma form
     (a JSON list or object keeps them as written)."""
+    comma = False
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("{"):
@@ -88,8 +89,6 @@ def parse_pairs(value: Any) -> Any:
         else:
             comma = not text.startswith("[")
             value = parse_list(text)
-            if comma:
-                value = [_strip_pair(item) for item in value]
     if isinstance(value, dict):
         out: dict[str, str] = {}
         for k, v in value.items():
@@ -109,13 +108,8 @@ def parse_pairs(value: Any) -> Any:
         k = k.strip()
         if k in pairs:
             raise ValueError(f"{k!r} is given twice")
-        pairs[k] = v
+        pairs[k] = v.strip() if comma else v
     return pairs
-
-
-def _strip_pair(item: str) -> str:
-    k, sep, v = item.partition("=")
-    return f"{k.strip()}{sep}{v.strip()}"
 
 
 Pairs = Annotated[dict[str, str] | None, NoDecode, BeforeValidator(parse_pairs)]
@@ -129,11 +123,10 @@ LogLevel = Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidat
 
 
 # --- bandwidth limits (BANDWIDTH_LIMIT, ROUTE_BANDWIDTH_LIMIT) ---------------------------------
-# A rate is a size per second (``20MiB``, ``20MiB/s``); ``off`` or empty: no limit; a schedule is
-# ``HH:MM-HH:MM=RATE`` windows (``08:00-18:00=10MiB,18:00-08:00=off``) in local time, start
-# included, end excluded, wrapping midnight if the end comes first, ``24:00`` ending one; they
-# must not overlap, and where none applies there is no limit.  The settings keep the text as
-# written (``s3spool config`` shows it); ``store/bandwidth.py`` enforces the parsed ``Limit``.
+# A rate is a size per second (``20MiB``, ``20MiB/s``); ``off`` or empty: no limit.  A schedule
+# is ``HH:MM-HH:MM=RATE`` windows in local time (end excluded, wrapping midnight, ``24:00`` ending
+# one) that must not overlap; where none applies there is no limit.  The settings keep the text
+# as written; ``store/bandwidth.py`` enforces the parsed ``Limit``.
 
 #: Below this a single chunk would take longer than stores wait for a slow body.
 MIN_RATE = 64 * 1024

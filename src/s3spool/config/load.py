@@ -84,12 +84,9 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     problems = []
     for var in sorted(environ):
         upper = var.upper()
-        if (
-            upper.startswith(ENV_PREFIX)
-            and upper not in known
-            and not upper.startswith(TOOL_VARIABLES)
-        ):
-            problems.append(f"{var}: unknown variable{suggest(upper, known)}")
+        if not upper.startswith(ENV_PREFIX) or upper in known or upper.startswith(TOOL_VARIABLES):
+            continue
+        problems.append(f"{var}: unknown variable{suggest(upper, known)}")
     return problems
 
 
@@ -122,14 +119,12 @@ def read_file(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[st
             problems.append(f"route {name!r}: the name is used by another route")
         seen.add(name)
         for key in table:
-            if key == "name":
-                continue
             if key in GLOBAL_FIELDS:
                 problems.append(
                     f"route {name!r}: key {key} is a setting of the whole process; "
                     "set it at the top of the file"
                 )
-            elif key not in FIELDS:
+            elif key not in FIELDS and key != "name":
                 problems.append(
                     f"route {name!r}: unknown key {key!r}{suggest(key, ROUTE_FIELDS | {'name'})}"
                 )
@@ -144,11 +139,8 @@ def load_config(flags: Mapping[str, Any]) -> Config:
     env = EnvSettingsSource(Settings)()
     raw_path = given.get("config", env.get("config"))
     path = Path(raw_path) if raw_path else None
-    top: dict[str, Any] = {}
-    tables: list[dict[str, Any]] = []
-    if path is not None:
-        top, tables, found = read_file(path)
-        problems += found
+    top, tables, found = read_file(path) if path is not None else ({}, [], [])
+    problems += found
     if problems:
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
     routes = []
@@ -166,9 +158,7 @@ def load_config(flags: Mapping[str, Any]) -> Config:
             for field, msg in validation_problems(exc):
                 problems.append(_locate(field, origin.get(field, DEFAULT), name, path) + msg)
             continue
-        for key in FIELDS - origin.keys():
-            origin[key] = DEFAULT
-        routes.append(Route(name, settings, origin))
+        routes.append(Route(name, settings, {**dict.fromkeys(FIELDS, DEFAULT), **origin}))
     problems += _shared_spools(routes)
     if problems:
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))

@@ -26,7 +26,13 @@ from s3spool.config.formats import (
     StrList,
 )
 from s3spool.config.notifiers import Notifiers
-from s3spool.config.options import check_metadata, check_option_value, check_tags, key_format_fields
+from s3spool.config.options import (
+    check_known,
+    check_metadata,
+    check_option_value,
+    check_tags,
+    key_format_fields,
+)
 
 #: Fields a ``KEY_FORMAT`` may use; ``keys.py`` fills them.
 KEY_FIELDS = frozenset(
@@ -40,12 +46,8 @@ MIB = 1024 * 1024
 GLOBAL_FIELDS = frozenset(
     {"config", "workers", "queue_size", "buffer_limit", "rescan_interval", "cleanup_interval"}
     | {"probe_interval", "shutdown_grace", "instance_id", "http_addr", "max_lag", "fail_rate"}
-    | {"log_level", "log_format", "outbox_max_age"}
-    | {"bandwidth_limit"}
+    | {"log_level", "log_format", "outbox_max_age", "bandwidth_limit"}
 )
-
-
-ChecksumName = Literal["crc32c", "crc32", "sha256", "md5", "none"]
 
 
 class Settings(BaseSettings):
@@ -122,7 +124,7 @@ class Settings(BaseSettings):
     content_type: str | None = Field(
         None, description="Content-Type of every object (default: guessed from the name)."
     )
-    checksum: ChecksumName = Field(
+    checksum: Literal["crc32c", "crc32", "sha256", "md5", "none"] = Field(
         "crc32c",
         description="Checksum computed while reading, sent so the store rejects corrupted "
         "bodies, and compared with the store's answer.",
@@ -344,12 +346,7 @@ def check_key_format(template: str) -> None:
     """Every check of ``KEY_FORMAT``: plain known fields, no literal ``.``/``..`` segment, and
     a format spec that renders (``{now:%Y}`` fails here, not at the first file)."""
     fields = key_format_fields(template)
-    unknown = sorted(fields - KEY_FIELDS)
-    if unknown:
-        raise ValueError(
-            f"key_format: unknown field {{{unknown[0]}}}; known fields: "
-            + ", ".join(sorted(KEY_FIELDS))
-        )
+    check_known("key_format", fields, KEY_FIELDS)
     for seg in template.split("/"):
         if seg in (".", ".."):
             raise ValueError(f"key_format: '{seg}' segments are not allowed")
@@ -437,10 +434,8 @@ def _default_instance_id() -> str:
 
 
 def parse_destination(uri: str) -> tuple[str, str, str]:
-    """``s3://bucket/a/b`` → ``("s3", "bucket", "a/b/")``; ``noop://`` → ``("noop", "", "")``.
-
-    The prefix is forced to a "directory" and never starts with ``/``.
-    """
+    """``s3://bucket/a/b`` → ``("s3", "bucket", "a/b/")``, ``noop://`` → ``("noop", "", "")``:
+    the prefix is always a "directory" that never starts with ``/``."""
     parts = urlsplit(uri)
     if parts.scheme == "noop":
         return "noop", "", ""

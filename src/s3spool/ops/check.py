@@ -117,7 +117,7 @@ def _try_write(path: Path, *, as_dir: bool) -> str | None:
             os.close(fd)
             os.unlink(scratch)
     except FileNotFoundError:
-        return None  # created, then removed by someone else: the write itself worked
+        pass  # created, then removed by someone else: the write itself worked
     except OSError as exc:
         return exc.strerror or str(exc)
     return None
@@ -142,7 +142,7 @@ def check_inotify(layouts: Sequence[SpoolDirs]) -> tuple[str, str]:
         hint = INOTIFY_HELP.get(exc.errno or 0, "")
         return FAIL, f"cannot create an inotify instance: {exc.strerror}; {hint} ({limits})"
     watched = 0
-    try:
+    with inotify:
         for dirs in layouts:
             if not dirs.incoming.is_dir():
                 continue
@@ -152,8 +152,6 @@ def check_inotify(layouts: Sequence[SpoolDirs]) -> tuple[str, str]:
                 hint = INOTIFY_HELP.get(exc.errno or 0, "")
                 return FAIL, f"cannot watch {dirs.incoming}: {exc.strerror}; {hint} ({limits})"
             watched += 1
-    finally:
-        inotify.close()
     low = []
     if watches is not None and watches < INOTIFY_MIN_WATCHES:
         low.append(f"raise fs.inotify.max_user_watches (now {watches}) to at least 65536")
@@ -162,9 +160,7 @@ def check_inotify(layouts: Sequence[SpoolDirs]) -> tuple[str, str]:
     if watches is None or instances is None:
         low.append(f"cannot read the limits in {INOTIFY_SYSCTL}")
     detail = f"watched {plural(watched, 'incoming/ directory')}; {limits}"
-    if low:
-        return WARN, detail + "; " + "; ".join(low)
-    return PASS, detail
+    return (WARN, "; ".join([detail, *low])) if low else (PASS, detail)
 
 
 async def check_store(
@@ -204,14 +200,13 @@ async def check_store(
 
 
 def _checksum_hint(exc: UploadError, s: Settings) -> str:
-    if s.checksum_compat or s.checksum in ("md5", "none"):
-        return ""
-    if not isinstance(exc, BadRequest | Unsupported):
-        return ""
-    return (
-        " (if this store rejects x-amz-checksum-* headers, set S3SPOOL_CHECKSUM_COMPAT=true "
-        "or --checksum-compat)"
-    )
+    sends_checksum = not s.checksum_compat and s.checksum not in ("md5", "none")
+    if sends_checksum and isinstance(exc, BadRequest | Unsupported):
+        return (
+            " (if this store rejects x-amz-checksum-* headers, set S3SPOOL_CHECKSUM_COMPAT=true "
+            "or --checksum-compat)"
+        )
+    return ""
 
 
 class _TestObjectLeft(PermanentError):

@@ -67,9 +67,8 @@ def status(config: Config, *, as_json: bool = False, out: TextIO | None = None) 
 
 
 def _status_text(spool: dict[str, Any], out: TextIO, *, with_route: bool) -> None:
-    print(
-        f"spool {spool['spool']}" + (f" (route {spool['route']})" if with_route else ""), file=out
-    )
+    route = f" (route {spool['route']})" if with_route else ""
+    print(f"spool {spool['spool']}{route}", file=out)
     for state in STATES:
         d = spool[state]
         if d is None:
@@ -123,11 +122,8 @@ def dry_run(config: Config, *, out: TextIO | None = None) -> int:
         is_ignored = compile_ignore(s.ignore)
         if not template.stable:
             changing = ", ".join(sorted(template.fields - STABLE_FIELDS))
-            print(
-                f"# note: KEY_FORMAT uses fields that change per upload ({changing}); "
-                "real keys will differ",
-                file=out,
-            )
+            note = f"KEY_FORMAT uses fields that change per upload ({changing})"
+            print(f"# note: {note}; real keys will differ", file=out)
         for dirs in spool_layouts(s, route=route.name):
             print(f"# spool {dirs.label}: {dirs.incoming} -> {s.destination}", file=out)
             try:
