@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic import BeforeValidator, Field
 from pydantic_settings import NoDecode
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
@@ -22,6 +22,8 @@ _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE
 def parse_duration(value: Any) -> Any:
     """``90``, ``"90"``, ``"90s"``, ``"5m"``, ``"1h"``, ``"250ms"``, ``"2d"`` → seconds."""
     if isinstance(value, int | float) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("must not be negative")
         return float(value)
     if isinstance(value, str):
         m = _DURATION_RE.match(value)
@@ -32,10 +34,8 @@ def parse_duration(value: Any) -> Any:
 
 
 def parse_size(value: Any) -> Any:
-    """``1048576``, ``"8MiB"``, ``"1GiB"``, ``"500KB"``, ``"16M"`` → bytes.
-
-    ``KiB/MiB/GiB`` and bare ``K/M/G`` are powers of 1024; ``KB/MB/GB`` powers of 1000.
-    """
+    """``1048576``, ``"8MiB"``, ``"1GiB"``, ``"500KB"``, ``"16M"`` → bytes (``KiB``, ``MiB``,
+    ``GiB`` and bare ``K``, ``M``, ``G`` are powers of 1024; ``KB``, ``MB``, ``GB`` of 1000)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str):
@@ -62,13 +62,7 @@ def parse_list(value: Any) -> Any:
     return value
 
 
-def _non_negative(v: float) -> float:
-    if v < 0:
-        raise ValueError("must not be negative")
-    return v
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_non_negative)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
 StrList = Annotated[list[str], NoDecode, BeforeValidator(parse_list)]
 PathList = Annotated[list[Path], NoDecode, BeforeValidator(parse_list)]
@@ -154,7 +148,7 @@ class Window:
         return {(self.start + i) % DAY_MINUTES for i in range(span)}
 
     def __str__(self) -> str:
-        return f"{_hhmm(self.start)}-{_hhmm(self.end)}"
+        return "-".join(f"{m // 60:02d}:{m % 60:02d}" for m in (self.start, self.end))
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,13 +175,6 @@ class Limit:
         now = when.hour * 3600 + when.minute * 60 + when.second + when.microsecond / 1e6
         edges = {w.start for w in self.windows} | {w.end % DAY_MINUTES for w in self.windows}
         return min((edge * 60 - now) % 86400 or 86400.0 for edge in edges)
-
-
-OFF = Limit()
-
-
-def _hhmm(minute: int) -> str:
-    return f"{minute // 60:02d}:{minute % 60:02d}"
 
 
 class _NotARate(ValueError):
@@ -222,7 +209,7 @@ def _minute(hh: str, mm: str, text: str, *, end: bool) -> int:
 def parse_limit(value: Any) -> Limit:
     """A setting's value (text, a number of bytes, None) → ``Limit``, or ``ValueError``."""
     if value is None:
-        return OFF
+        return Limit()
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"{value!r} is not {_SYNTAX}")
     if isinstance(value, int):

@@ -51,8 +51,6 @@ GLOBAL_FIELDS = frozenset(
 
 
 class Settings(BaseSettings):
-    """Every setting of the service.  Each maps to ``S3SPOOL_<NAME>`` and ``--<name>``."""
-
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, case_sensitive=False, extra="forbid", validate_default=True
     )

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import secrets
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -42,10 +42,10 @@ INOTIFY_MIN_INSTANCES = 128
 INOTIFY_SYSCTL = Path("/proc/sys/fs/inotify")
 
 
+@dataclass(slots=True)
 class Report:
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
-        self.failed = False
+    out: TextIO
+    failed: bool = False
 
     def __call__(self, what: str, verdict: str, detail: str) -> None:
         self.failed |= verdict == FAIL
@@ -53,10 +53,8 @@ class Report:
 
 
 async def check(config: Config, *, read_only: bool = False, out: TextIO | None = None) -> int:
-    """One PASS/WARN/FAIL line per check (per route, when there are several).
-
-    Exit 0 if nothing failed, 1 if a check failed, 78 if the settings are invalid.
-    """
+    """One PASS/WARN/FAIL line per check (per route, when there are several); exit 0 if nothing
+    failed, 1 if a check failed, 78 if the settings are invalid."""
     report = Report(out or sys.stdout)
     for route in config.routes:
         if len(config.routes) > 1:
@@ -276,7 +274,7 @@ async def _learn_multipart(s3: S3Store, src: Source, key: str, data: bytes) -> N
     fd = os.memfd_create("s3spool-check")
     try:
         os.write(fd, data)
-        one = dataclasses.replace(src, key=key, upload_id=None, fd=fd)
+        one = replace(src, key=key, upload_id=None, fd=fd)
         await s3.verifier.whole_object(one, dict(done), [digest], lambda: s3.head(key))
     finally:
         os.close(fd)

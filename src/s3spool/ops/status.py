@@ -33,10 +33,8 @@ STATES = ("incoming", "working", "done", "failed")
 
 
 def status(config: Config, *, as_json: bool = False, out: TextIO | None = None) -> int:
-    """Per spool: files and bytes per state, oldest incoming file, live instances.
-
-    Exit 1 if a directory could not be read, else 0.
-    """
+    """Per spool: files and bytes per state, oldest incoming file, live instances; exit 1 if a
+    directory could not be read, else 0."""
     out = out or sys.stdout
     now = time.time()
     report: list[dict[str, Any]] = []
@@ -107,11 +105,9 @@ def _status_text(spool: dict[str, Any], out: TextIO, *, with_route: bool) -> Non
 
 
 def dry_run(config: Config, *, out: TextIO | None = None) -> int:
-    """Print what one pass would upload, and under which key; change nothing anywhere.
-
-    Lines are tab-separated: ``upload NAME SIZE KEY`` or ``skip NAME REASON``.
-    Exit 1 if an incoming/ could not be read or a key cannot be rendered.
-    """
+    """Print what one pass would upload, and under which key (tab-separated lines ``upload NAME
+    SIZE KEY`` or ``skip NAME REASON``); change nothing.  Exit 1 if an incoming/ could not be
+    read or a key cannot be rendered."""
     out = out or sys.stdout
     code = EXIT_OK
     files = size = skipped = 0
