@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field
 from pydantic_settings import NoDecode
@@ -107,13 +107,6 @@ def parse_pairs(value: Any) -> Any:
 
 
 Pairs = Annotated[dict[str, str] | None, NoDecode, BeforeValidator(parse_pairs)]
-
-
-def _upper(value: Any) -> Any:
-    return value.upper() if isinstance(value, str) else value
-
-
-LogLevel = Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)]
 
 
 # --- bandwidth limits (BANDWIDTH_LIMIT, ROUTE_BANDWIDTH_LIMIT) ---------------------------------

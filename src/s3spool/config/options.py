@@ -58,12 +58,26 @@ TAG_CHARS = "tags take ASCII letters, digits, space and + - = . _ : / @ only"
 MAX_USER_METADATA = 1536
 
 
-def check_known(setting: str, fields: Set[str], known: Set[str]) -> None:
+def _check_known(setting: str, fields: Set[str], known: Set[str]) -> None:
     unknown = sorted(fields - known)
     if unknown:
         raise ValueError(
             f"{setting}: unknown field {{{unknown[0]}}}; known fields: " + ", ".join(sorted(known))
         )
+
+
+def check_key_format(template: str, known: Set[str]) -> None:
+    """Every check of ``KEY_FORMAT``: plain known fields, no literal ``.``/``..`` segment, and
+    a format spec that renders (``{now:%Y}`` fails here, not at the first file)."""
+    fields = key_format_fields(template)
+    _check_known("key_format", fields, known)
+    for seg in template.split("/"):
+        if seg in (".", ".."):
+            raise ValueError(f"key_format: '{seg}' segments are not allowed")
+    try:
+        template.format_map({f: 0 if f == "now" else "sample" for f in fields})
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"key_format: {exc}") from None
 
 
 def _literal(template: str) -> str:
@@ -95,7 +109,7 @@ def check_option_value(
         bad = next((c for c in _literal(text) if not _TAG_RE.fullmatch(c)), None)
         if bad is not None:
             raise ValueError(f"{head} holds {bad!r}; {TAG_CHARS}")
-    check_known(label, fields, known)
+    _check_known(label, fields, known)
     return fields
 
 

@@ -161,15 +161,12 @@ def check_inotify(layouts: Sequence[SpoolDirs]) -> tuple[str, str]:
     return (WARN, "; ".join([detail, *low])) if low else (PASS, detail)
 
 
-async def check_store(
-    settings: Settings, *, read_only: bool
-) -> tuple[str, str, list[tuple[str, str]]]:
+async def check_store(s: Settings, *, read_only: bool) -> tuple[str, str, list[tuple[str, str]]]:
     """(verdict, detail, what the store supports as (topic, finding) lines)."""
     from s3spool.store.s3 import S3Store
 
-    if settings.scheme == "noop":
+    if s.scheme == "noop":
         return PASS, "noop:// stores nothing; nothing to check", []
-    s = settings
     where = f"s3://{s.bucket}/{s.prefix}"
     # botocore makes up to 3 attempts, each bounded by connect + read timeout.
     limit = 3 * (s.connect_timeout + s.read_timeout) + 5
@@ -258,11 +255,9 @@ async def _learn_multipart(s3: S3Store, src: Source, key: str, data: bytes) -> N
     """A one-part multipart upload (a last part may be small): its ETag form."""
     digest = s3.ck.body(data)
     names: dict[str, Any] = {"Bucket": s3.bucket, "Key": key}
-    checksum: dict[str, Any] = (
-        {"ChecksumAlgorithm": s3.ck.param} if s3.verifier.send_checksum else {}
-    )
+    extra: dict[str, Any] = {"ChecksumAlgorithm": s3.ck.param} if s3.verifier.send_checksum else {}
     with s3_errors("multipart test upload"):
-        upload_id = (await s3.client.create_multipart_upload(**names, **checksum))["UploadId"]
+        upload_id = (await s3.client.create_multipart_upload(**names, **extra))["UploadId"]
         params = {**names, "UploadId": upload_id, "PartNumber": 1, **s3.digest_params(digest)}
         resp = await s3.sender.send("UploadPart", params, data)
         part: Any = {"PartNumber": 1, "ETag": resp.get("ETag")}  # a CompletedPartTypeDef
