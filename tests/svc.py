@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from s3servers import S3Target
-from s3spool.config.load import Config, Route
-from s3spool.config.settings import Settings, load_settings
+from s3spool.config.load import Config, Route, load_settings
+from s3spool.config.settings import Settings
 from s3spool.config.spools import DEFAULT_ROUTE
 from s3spool.run.service import Service
 

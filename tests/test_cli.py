@@ -17,7 +17,8 @@ import pytest
 from faultproxy import FaultProxy
 from proc import SpoolProc, as_user, clean_env
 from s3servers import S3Target, free_port
-from s3spool.config.settings import Settings, env_name, flag_name
+from s3spool.config.catalog import env_name, flag_name
+from s3spool.config.settings import Settings
 from svc import drop, names
 
 BASE_ENV = {"AWS_EC2_METADATA_DISABLED": "true", "S3SPOOL_HTTP_ADDR": ""}

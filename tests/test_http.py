@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proc import SpoolProc
 from s3servers import RcloneServer, free_port
 from s3spool import __version__
-from s3spool.config.settings import load_settings
+from s3spool.config.load import load_settings
 from s3spool.run.service import Service
 from s3spool.web import make_app, refresh_spool_gauges
 from svc import config_of, drop

@@ -538,7 +538,7 @@ def test_dry_run_gauges_and_pipeline_agree_on_eligibility(
     moto_s3: S3Target, tmp_path: Path
 ) -> None:
     """One rule (survey.hold_left): a file inside HOLD_FOR and a future-dated one wait."""
-    from s3spool.config.settings import load_settings
+    from s3spool.config.load import load_settings
     from s3spool.config.spools import spool_layouts
     from s3spool.spool.scan import spool_gauges
     from s3spool.spool.watch import compile_ignore

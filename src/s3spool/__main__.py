@@ -1,10 +1,5 @@
-"""Entry point (``s3spool`` and ``python -m s3spool``).
-
-Signal handlers are installed before the heavy imports: a SIGTERM that arrives
-while the process is still starting is remembered and handled as a drain
-request, instead of killing the process with the default action (a SIGHUP, as a
-request to re-read the configuration).
-"""
+"""Entry point.  Signal handlers go in before the heavy imports, so a SIGTERM (or SIGHUP)
+that arrives during start-up is remembered and handled, not fatal."""
 
 from __future__ import annotations
 
@@ -23,19 +18,15 @@ def _remember(sig: int, _frame: object) -> None:
 
 
 def main() -> int:
-    # No cyclic collection while modules, the settings model and the botocore client are
-    # built: about 150,000 long-lived objects and little garbage. The service freezes them
-    # and turns collection back on once its stores are open (service.py), every other
-    # command as soon as it is chosen (cli.py). Measured in bench/RESULTS.md.
+    # No cyclic collection while the long-lived start-up objects are built: the service turns it
+    # back on once its stores are open, other commands once chosen (bench/RESULTS.md).
     gc.disable()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _remember)
     from s3spool.cli import main as cli_main
 
     code = cli_main(early_signals=_early_signals)
-    # Leave without the interpreter's teardown: after a large `run --once` it spends
-    # ~0.2 s freeing objects one by one (bench/RESULTS.md). Every file is written and
-    # closed by now; what is buffered in logging and stdio is flushed here.
+    # Skip the interpreter's slow teardown (bench/RESULTS.md): every file is closed by now.
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a reader gone, or stdio closed

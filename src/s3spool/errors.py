@@ -1,36 +1,9 @@
-"""Every exception s3spool raises on purpose, in one place.
-
-Lower-level errors (``OSError``, botocore's) are translated into these at the
-boundary that meets them: ``spool`` for the filesystem, ``store`` for S3.  The
-pipeline then only has to tell four things apart:
-
-``ConfigError``
-    The service cannot start: a setting, directory or key template is wrong.
-    The message names the setting (``S3SPOOL_…`` / ``--…``) or the path.
-``TransientError``
-    Worth retrying this file after a backoff (5xx, SlowDown, timeouts,
-    connection resets, a file that changed while it was read).
-``PermanentError``
-    This file will never upload as it is (object too large, unreadable file,
-    a different object already under the key with ``OVERWRITE=never``).
-    It goes to ``failed/`` at once, with the reason written next to it.
-``LocalFault``
-    A spool directory refused an operation: no space (ENOSPC, EDQUOT), no
-    permission (EACCES, EPERM), read-only (EROFS), or gone (ENOENT).  ``path``
-    names the directory, ``reason`` the errno.  That spool pauses (a spool that
-    is only full still moves files that need no space) and resumes by itself
-    when the directory works again; the other spools go on; nothing is lost.
-``Refused``
-    The store refused one request (AccessDenied, an expired token, a missing
-    bucket).  Whether that is one object's problem (a prefix policy, a KMS
-    grant) or the whole store's, only a probe can tell: the pipeline probes the
-    bucket, then fails that one file if the probe succeeds, or pauses intake.
-``StoreUnavailable``
-    The store as a whole is unusable (endpoint unreachable, TLS not trusted,
-    a probe refused).  Intake pauses; no file is blamed for it.
-
-Callers catch by class (``NotFound``, ``PreconditionFailed``, ``Unsupported``, ...);
-``reason`` is only the label in logs, metrics and reason files.
+"""Every exception s3spool raises on purpose.  OSError and botocore's errors are translated
+at the boundary that meets them (spool/, store/); callers catch by class, and ``reason`` is only
+the label in logs, metrics and reason files.  The pipeline tells apart: ConfigError (cannot
+start), TransientError (retry after a backoff; LocalFault pauses one spool until its directory
+works again), PermanentError (to failed/ at once), Refused (a probe decides whether the file or
+the store is at fault) and StoreUnavailable (intake pauses, no file is blamed).
 """
 
 from __future__ import annotations

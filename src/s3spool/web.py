@@ -1,10 +1,5 @@
-"""HTTP endpoints of a running service: ``/metrics``, ``/healthz``, ``/readyz``.
-
-Served by aiohttp on the service's own event loop, so ``/healthz`` answering
-at all proves the loop is not blocked.  Nothing here touches the store; the
-only filesystem work (spool gauges at scrape time) runs in a thread and is
-rate-limited in ``refresh_spool_gauges``.
-"""
+"""HTTP endpoints of a running service (``/metrics``, ``/healthz``, ``/readyz``), served on its
+own event loop: ``/healthz`` answering proves the loop is not blocked."""
 
 from __future__ import annotations
 
@@ -32,8 +27,6 @@ log = logging.getLogger("s3spool.http")
 _SERVICE: web.AppKey[Service] = web.AppKey("service")
 
 
-# --- spool gauges for /metrics ---------------------------------------------------------------
-
 #: A scrape re-reads the spools at most this often; scrapes in between reuse the values.
 GAUGE_REFRESH_INTERVAL = 1.0
 
@@ -49,11 +42,8 @@ _GAUGES: web.AppKey[_GaugeState] = web.AppKey("gauges", _GaugeState)
 
 
 async def refresh_spool_gauges(app: web.Application) -> dict[str, float]:
-    """Refresh ``s3spool_spool_files`` and ``s3spool_spool_lag_seconds``; returns lag per spool.
-
-    At most once per ``GAUGE_REFRESH_INTERVAL``: concurrent or frequent scrapes
-    wait for / reuse the last pass instead of walking the spools again.
-    """
+    """Refresh the spool_files and spool_lag gauges, at most once per ``GAUGE_REFRESH_INTERVAL``
+    (concurrent scrapes wait for the last pass); returns the lag per spool."""
     service, state = app[_SERVICE], app[_GAUGES]
     async with state.lock:
         if time.monotonic() - state.at < GAUGE_REFRESH_INTERVAL:
@@ -63,27 +53,20 @@ async def refresh_spool_gauges(app: web.Application) -> dict[str, float]:
             for r in service.routes
             for sp in r.spools
         ]
-        layouts = [dirs for dirs, *_ in each]
 
         def work() -> list[SpoolGauges]:
             now = cautious_now()
-            return [
-                spool_gauges(d, ignored, hold, now, recursive=recursive)
-                for d, ignored, hold, recursive in each
-            ]
+            return [spool_gauges(d, ign, hold, now, recursive=rec) for d, ign, hold, rec in each]
 
-        values = await asyncio.to_thread(work)
-        lags: dict[str, float] = {}
         m = service.metrics
-        for dirs, g in zip(layouts, values, strict=True):
-            m.spool_files.labels(dirs.label, "incoming").set(g.incoming)
-            m.spool_files.labels(dirs.label, "working").set(g.working)
-            m.spool_files.labels(dirs.label, "failed").set(g.failed)
+        state.lags = {}
+        for (dirs, *_), g in zip(each, await asyncio.to_thread(work), strict=True):
+            for name in ("incoming", "working", "failed"):
+                m.spool_files.labels(dirs.label, name).set(getattr(g, name))
             m.lag.labels(dirs.label).set(g.lag)
-            lags[dirs.label] = g.lag
-        state.lags = lags
+            state.lags[dirs.label] = g.lag
         state.at = time.monotonic()
-        return dict(lags)
+        return dict(state.lags)
 
 
 def readiness(service: Service, lags: dict[str, float]) -> list[str]:
@@ -113,24 +96,21 @@ def readiness(service: Service, lags: dict[str, float]) -> list[str]:
                     f"S3SPOOL_OUTBOX_MAX_AGE ({max_age:.0f}s)"
                 )
     max_lag = service.s.max_lag
-    if max_lag is not None:
-        for label, lag in sorted(lags.items()):
-            if lag > max_lag:
-                problems.append(
-                    f"spool {label}: lag {lag:.0f}s exceeds S3SPOOL_MAX_LAG ({max_lag:.0f}s)"
-                )
+    for label, lag in sorted(lags.items()):
+        if max_lag is not None and lag > max_lag:
+            problems.append(
+                f"spool {label}: lag {lag:.0f}s exceeds S3SPOOL_MAX_LAG ({max_lag:.0f}s)"
+            )
     return problems
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    service = request.app[_SERVICE]
     await refresh_spool_gauges(request.app)
-    body = generate_latest(service.metrics.registry)
+    body = generate_latest(request.app[_SERVICE].metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    # Reaching this line means the event loop runs handlers: that is the whole check.
     return web.Response(text="ok\n")
 
 
@@ -160,9 +140,8 @@ async def serve_http(service: Service) -> None:
     runner = web.AppRunner(make_app(service), access_log=None, handle_signals=False)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
         try:
-            await site.start()
+            await web.TCPSite(runner, host, port).start()
         except OSError as exc:
             raise ConfigError(
                 f"S3SPOOL_HTTP_ADDR (--http-addr): cannot listen on {host}:{port}: "

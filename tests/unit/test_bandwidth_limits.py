@@ -10,8 +10,7 @@ from datetime import datetime
 import pytest
 
 from s3spool.config.formats import Limit, Window, parse_limit
-from s3spool.config.load import Config
-from s3spool.config.settings import load_settings
+from s3spool.config.load import Config, load_settings
 from s3spool.run.reload import needs_restart
 from s3spool.store.bandwidth import Bandwidth, TokenBucket, piece_size
 from s3spool.store.bodies import STREAM_CHUNK

@@ -16,7 +16,7 @@ import pytest
 import zstandard
 
 from s3spool.config.codecs import CODECS, DEFAULT_SKIP, Rules, choose, resolve_level
-from s3spool.config.settings import load_settings
+from s3spool.config.load import load_settings
 from s3spool.errors import ConfigError
 from s3spool.run.compress import compress_pass, zstd_threads
 from s3spool.store.digests import Checksummer, StreamDigest

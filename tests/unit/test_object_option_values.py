@@ -10,8 +10,9 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 import pytest
 
 from s3spool.config.formats import parse_pairs
+from s3spool.config.load import load_settings
 from s3spool.config.options import key_format_fields
-from s3spool.config.settings import Settings, load_settings
+from s3spool.config.settings import Settings
 from s3spool.errors import ConfigError, PermanentError
 from s3spool.spool.keys import KeyInput, encode_name
 from s3spool.store.objectopts import ObjectOptions, header_safe

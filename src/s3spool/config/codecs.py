@@ -1,13 +1,6 @@
-"""Compression rules: which files are compressed, with which codec and level, and what the
-object then says about itself (key suffix, Content-Type, Content-Encoding).
-
-Pure and free of the settings model, so ``settings.py`` validates ``COMPRESS_*`` with it and
-``keys``/``pipeline``/``status`` decide with it; the compressing pass is ``compress.py``.
-
-Whether a file is compressed depends only on facts that a restart sees again: its name
-(``COMPRESS_SKIP``), its size when it was claimed (``COMPRESS_MIN_SIZE``) and the settings.
-So a key with the suffix is as recomputable as the template it was rendered from.
-"""
+"""Compression rules: which files are compressed, how, and what the object says about itself.
+A file's compression depends only on its name, its size when claimed and the settings, so a
+key with the suffix is as recomputable as the template it was rendered from."""
 
 from __future__ import annotations
 
@@ -109,17 +102,12 @@ class Rules:
         base = name.rpartition("/")[2]
         return self.skip is None or self.skip.match(base) is None
 
-    @property
-    def key_suffix(self) -> str:
-        return self.codec.suffix if self.mode == "suffix" else ""
-
     @staticmethod
     def headers_for(
         codec: Codec, mode: ModeName, original_type: str | None
     ) -> tuple[str | None, str | None]:
-        """(Content-Type, Content-Encoding) of an object compressed with ``codec`` whose file
-        has ``original_type``: suffix mode says what the object is, content-encoding mode
-        what it decodes to."""
+        """(Content-Type, Content-Encoding) of a compressed object: suffix mode says what the
+        object is, content-encoding mode what it decodes to (``original_type``)."""
         if mode == "suffix":
             return codec.content_type, None
         return original_type, codec.encoding
@@ -129,4 +117,4 @@ def choose(rules: Rules | None, name: str, size: int) -> tuple[str | None, str]:
     """(codec or None, key suffix) of a file whose key is rendered now."""
     if rules is None or not rules.applies(name, size):
         return None, ""
-    return rules.codec.name, rules.key_suffix
+    return rules.codec.name, rules.codec.suffix if rules.mode == "suffix" else ""

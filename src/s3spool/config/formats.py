@@ -1,7 +1,5 @@
-"""The value formats of settings, wherever they are written (variable, flag, config file):
-durations (``90``, ``"5m"``), sizes (``"8MiB"``), lists (``a,b`` or JSON), ``k=v`` pairs, and
-bandwidth limits (a rate, ``off``, or a daily schedule of local-time windows).
-"""
+"""Value formats of settings, wherever they are written: durations, sizes, lists, ``k=v``
+pairs and bandwidth limits."""
 
 from __future__ import annotations
 
@@ -11,9 +9,9 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic import BeforeValidator, Field
 from pydantic_settings import NoDecode
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
@@ -24,6 +22,8 @@ _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE
 def parse_duration(value: Any) -> Any:
     """``90``, ``"90"``, ``"90s"``, ``"5m"``, ``"1h"``, ``"250ms"``, ``"2d"`` → seconds."""
     if isinstance(value, int | float) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("must not be negative")
         return float(value)
     if isinstance(value, str):
         m = _DURATION_RE.match(value)
@@ -34,10 +34,8 @@ def parse_duration(value: Any) -> Any:
 
 
 def parse_size(value: Any) -> Any:
-    """``1048576``, ``"8MiB"``, ``"1GiB"``, ``"500KB"``, ``"16M"`` → bytes.
-
-    ``KiB/MiB/GiB`` and bare ``K/M/G`` are powers of 1024; ``KB/MB/GB`` powers of 1000.
-    """
+    """``1048576``, ``"8MiB"``, ``"1GiB"``, ``"500KB"``, ``"16M"`` → bytes (``KiB``, ``MiB``,
+    ``GiB`` and bare ``K``, ``M``, ``G`` are powers of 1024; ``KB``, ``MB``, ``GB`` of 1000)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str):
@@ -64,13 +62,7 @@ def parse_list(value: Any) -> Any:
     return value
 
 
-def _non_negative(v: float) -> float:
-    if v < 0:
-        raise ValueError("must not be negative")
-    return v
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_non_negative)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
 StrList = Annotated[list[str], NoDecode, BeforeValidator(parse_list)]
 PathList = Annotated[list[Path], NoDecode, BeforeValidator(parse_list)]
@@ -80,6 +72,7 @@ def parse_pairs(value: Any) -> Any:
     """``k=v`` pairs → dict: ``"a=1,b=2"``, a JSON list ``["a=1"]``, a JSON object or a dict
     (a TOML table; numbers become text).  Names are stripped; values only in the comma form
     (a JSON list or object keeps them as written)."""
+    comma = False
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("{"):
@@ -90,8 +83,6 @@ def parse_pairs(value: Any) -> Any:
         else:
             comma = not text.startswith("[")
             value = parse_list(text)
-            if comma:
-                value = [_strip_pair(item) for item in value]
     if isinstance(value, dict):
         out: dict[str, str] = {}
         for k, v in value.items():
@@ -111,31 +102,18 @@ def parse_pairs(value: Any) -> Any:
         k = k.strip()
         if k in pairs:
             raise ValueError(f"{k!r} is given twice")
-        pairs[k] = v
+        pairs[k] = v.strip() if comma else v
     return pairs
-
-
-def _strip_pair(item: str) -> str:
-    k, sep, v = item.partition("=")
-    return f"{k.strip()}{sep}{v.strip()}"
 
 
 Pairs = Annotated[dict[str, str] | None, NoDecode, BeforeValidator(parse_pairs)]
 
 
-def _upper(value: Any) -> Any:
-    return value.upper() if isinstance(value, str) else value
-
-
-LogLevel = Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)]
-
-
 # --- bandwidth limits (BANDWIDTH_LIMIT, ROUTE_BANDWIDTH_LIMIT) ---------------------------------
-# A rate is a size per second (``20MiB``, ``20MiB/s``); ``off`` or empty: no limit; a schedule is
-# ``HH:MM-HH:MM=RATE`` windows (``08:00-18:00=10MiB,18:00-08:00=off``) in local time, start
-# included, end excluded, wrapping midnight if the end comes first, ``24:00`` ending one; they
-# must not overlap, and where none applies there is no limit.  The settings keep the text as
-# written (``s3spool config`` shows it); ``store/bandwidth.py`` enforces the parsed ``Limit``.
+# A rate is a size per second (``20MiB``, ``20MiB/s``); ``off`` or empty: no limit.  A schedule
+# is ``HH:MM-HH:MM=RATE`` windows in local time (end excluded, wrapping midnight, ``24:00`` ending
+# one) that must not overlap; where none applies there is no limit.  The settings keep the text
+# as written; ``store/bandwidth.py`` enforces the parsed ``Limit``.
 
 #: Below this a single chunk would take longer than stores wait for a slow body.
 MIN_RATE = 64 * 1024
@@ -163,7 +141,7 @@ class Window:
         return {(self.start + i) % DAY_MINUTES for i in range(span)}
 
     def __str__(self) -> str:
-        return f"{_hhmm(self.start)}-{_hhmm(self.end)}"
+        return "-".join(f"{m // 60:02d}:{m % 60:02d}" for m in (self.start, self.end))
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,13 +168,6 @@ class Limit:
         now = when.hour * 3600 + when.minute * 60 + when.second + when.microsecond / 1e6
         edges = {w.start for w in self.windows} | {w.end % DAY_MINUTES for w in self.windows}
         return min((edge * 60 - now) % 86400 or 86400.0 for edge in edges)
-
-
-OFF = Limit()
-
-
-def _hhmm(minute: int) -> str:
-    return f"{minute // 60:02d}:{minute % 60:02d}"
 
 
 class _NotARate(ValueError):
@@ -231,7 +202,7 @@ def _minute(hh: str, mm: str, text: str, *, end: bool) -> int:
 def parse_limit(value: Any) -> Limit:
     """A setting's value (text, a number of bytes, None) → ``Limit``, or ``ValueError``."""
     if value is None:
-        return OFF
+        return Limit()
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"{value!r} is not {_SYNTAX}")
     if isinstance(value, int):

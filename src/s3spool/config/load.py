@@ -1,9 +1,6 @@
 """The effective configuration: every route's settings from flags, ``S3SPOOL_*`` variables and
-the TOML file (``[[route]]`` tables), each value recorded with where it came from.
-
-For every setting of a route the first that sets it wins: flag > variable > the route's
-table > the file's top level > default.  ``GLOBAL_FIELDS`` may only be at the top level.
-"""
+the TOML file, each value with where it came from.  The first that sets a value wins: flag >
+variable > the route's table > the file's top level > default."""
 
 from __future__ import annotations
 
@@ -26,18 +23,11 @@ from s3spool.errors import ConfigError
 FIELDS = frozenset(Settings.model_fields)
 ROUTE_FIELDS = FIELDS - GLOBAL_FIELDS
 
-#: S3SPOOL_* variables of our own build and test tooling (docker/smoke.sh, the image
-#: build) and of the exec notifier's events: the strict check leaves them alone.
+#: S3SPOOL_* variables of our own tooling (docker/smoke.sh, the image build) and the prefix of
+#: what the exec notifier passes to its command: the strict check leaves them alone.
 TOOL_VARIABLES = (
-    "S3SPOOL_SMOKE",
-    "S3SPOOL_ENGINE",
-    "S3SPOOL_IMAGE",
-    "S3SPOOL_BASE_IMAGE",
-    "S3SPOOL_PIP_",
-    "S3SPOOL_DEBIAN_",
-    "S3SPOOL_ULIMITS",
-    "S3SPOOL_OCI_RUNTIME",
-    "S3SPOOL_EVENT_",  # what the exec notifier passes to its command
+    *("S3SPOOL_SMOKE", "S3SPOOL_ENGINE", "S3SPOOL_IMAGE", "S3SPOOL_BASE_IMAGE", "S3SPOOL_PIP_"),
+    *("S3SPOOL_DEBIAN_", "S3SPOOL_ULIMITS", "S3SPOOL_OCI_RUNTIME", "S3SPOOL_EVENT_"),
 )
 
 #: Where a value came from, for ``s3spool config`` and for error messages.
@@ -94,28 +84,24 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     problems = []
     for var in sorted(environ):
         upper = var.upper()
-        if (
-            upper.startswith(ENV_PREFIX)
-            and upper not in known
-            and not upper.startswith(TOOL_VARIABLES)
-        ):
-            problems.append(f"{var}: unknown variable{suggest(upper, known)}")
+        if not upper.startswith(ENV_PREFIX) or upper in known or upper.startswith(TOOL_VARIABLES):
+            continue
+        problems.append(f"{var}: unknown variable{suggest(upper, known)}")
     return problems
 
 
 def read_file(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
     """The file's top level, its ``[[route]]`` tables, and what is wrong with their keys."""
+    setting = "S3SPOOL_CONFIG (--config)"
     if not path.is_file():
-        raise ConfigError(f"S3SPOOL_CONFIG (--config): {path}: no such file")
+        raise ConfigError(f"{setting}: {path}: no such file")
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"S3SPOOL_CONFIG (--config): {path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"{setting}: {path} is not valid TOML: {exc}") from None
     except OSError as exc:
-        raise ConfigError(
-            f"S3SPOOL_CONFIG (--config): cannot read {path}: {exc.strerror}"
-        ) from None
+        raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror}") from None
     tables = data.pop("route", [])
     problems = [
         f"{path}: unknown key {key!r}{suggest(key, FIELDS)}" for key in data if key not in FIELDS
@@ -133,14 +119,12 @@ def read_file(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[st
             problems.append(f"route {name!r}: the name is used by another route")
         seen.add(name)
         for key in table:
-            if key == "name":
-                continue
             if key in GLOBAL_FIELDS:
                 problems.append(
                     f"route {name!r}: key {key} is a setting of the whole process; "
                     "set it at the top of the file"
                 )
-            elif key not in FIELDS:
+            elif key not in FIELDS and key != "name":
                 problems.append(
                     f"route {name!r}: unknown key {key!r}{suggest(key, ROUTE_FIELDS | {'name'})}"
                 )
@@ -155,11 +139,8 @@ def load_config(flags: Mapping[str, Any]) -> Config:
     env = EnvSettingsSource(Settings)()
     raw_path = given.get("config", env.get("config"))
     path = Path(raw_path) if raw_path else None
-    top: dict[str, Any] = {}
-    tables: list[dict[str, Any]] = []
-    if path is not None:
-        top, tables, found = read_file(path)
-        problems += found
+    top, tables, found = read_file(path) if path is not None else ({}, [], [])
+    problems += found
     if problems:
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
     routes = []
@@ -177,19 +158,24 @@ def load_config(flags: Mapping[str, Any]) -> Config:
             for field, msg in validation_problems(exc):
                 problems.append(_locate(field, origin.get(field, DEFAULT), name, path) + msg)
             continue
-        for key in FIELDS - origin.keys():
-            origin[key] = DEFAULT
-        routes.append(Route(name, settings, origin))
+        routes.append(Route(name, settings, {**dict.fromkeys(FIELDS, DEFAULT), **origin}))
     problems += _shared_spools(routes)
     if problems:
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
     return Config(tuple(routes), path, given)
 
 
+def load_settings(**flags: Any) -> Settings:
+    """The settings of a single route from ``flags`` and the environment (tests, tools)."""
+    return load_config(flags).s
+
+
 def _locate(field: str, where: str, route: str, path: Path | None) -> str:
     """How an error names the value at fault: the place it was written."""
+    if path is None:
+        return f"{env_name(field)} ({flag_name(field)}): " if field else "settings: "
     if not field:
-        return f"route {route!r}: " if path is not None else "settings: "
+        return f"route {route!r}: "
     if where == FLAG:
         label = flag_name(field)
     elif where == ENV:
@@ -200,8 +186,6 @@ def _locate(field: str, where: str, route: str, path: Path | None) -> str:
         label = f"key {field} (top of {path})"
     else:
         label = f"{env_name(field)} ({flag_name(field)})"
-    if path is None:
-        return f"{env_name(field)} ({flag_name(field)}): "
     return f"route {route!r}: {label}: "
 
 

@@ -1,6 +1,4 @@
-"""Notifier settings: ``NOTIFY`` is a list of notifier tables (``[[route.notify]]`` in the
-config file, a JSON list in ``S3SPOOL_NOTIFY``), one model per ``kind``.
-"""
+"""Notifier settings: ``NOTIFY`` is a list of notifier tables, one model per ``kind``."""
 
 from __future__ import annotations
 

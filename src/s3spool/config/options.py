@@ -1,13 +1,5 @@
-"""The text of templates and object options, checked before anything renders it.
-
-``key_format_fields`` reads a template (``KEY_FORMAT``, and the values of METADATA, TAGS and
-CONTENT_DISPOSITION): plain named fields only.  The ``check_*`` functions hold what S3 and
-HTTP allow in user metadata, tags and header values; ``settings.py`` calls them as it reads
-the settings and ``objectopts.py`` renders what passed.  Kept apart from ``settings.py``
-and free of its imports: ``known`` is the caller's
-``KEY_FIELDS``.  Every ``ValueError`` starts with the setting's name (``"metadata: ..."``), as
-settings errors do.
-"""
+"""Checks of templates and object options (what S3 and HTTP allow in metadata, tags and header
+values), run as the settings are read.  Every ``ValueError`` starts with the setting's name."""
 
 from __future__ import annotations
 
@@ -18,13 +10,9 @@ from urllib.parse import quote
 
 
 def key_format_fields(template: str, setting: str = "key_format") -> set[str]:
-    """The field names a template refers to; ``ValueError`` (its text starts with ``setting``)
-    on bad syntax or on a field that is more than a plain name.
-
-    Attribute and index access (``{fname.upper}``, ``{fname[0]}``), conversions
-    (``{fname!r}``) and fields nested in a format spec would reach into Python objects or
-    render text no one wrote down: only plain names are allowed.
-    """
+    """The field names a template refers to; ``ValueError`` on bad syntax or a field that is
+    more than a plain name: attribute or index access, a conversion or a field nested in the
+    format spec would reach into Python objects or render text no one wrote down."""
     names: set[str] = set()
     try:
         parsed = list(string.Formatter().parse(template))
@@ -70,34 +58,44 @@ TAG_CHARS = "tags take ASCII letters, digits, space and + - = . _ : / @ only"
 MAX_USER_METADATA = 1536
 
 
-def _bad_header_char(text: str) -> str | None:
-    """The first character an HTTP header value cannot carry as written: a control character
-    or one outside US-ASCII (or None)."""
-    for c in text:
-        if not " " <= c <= "~":
-            return c
-    return None
+def _check_known(setting: str, fields: Set[str], known: Set[str]) -> None:
+    unknown = sorted(fields - known)
+    if unknown:
+        raise ValueError(
+            f"{setting}: unknown field {{{unknown[0]}}}; known fields: " + ", ".join(sorted(known))
+        )
 
 
-def _literal_length(template: str) -> int:
-    return sum(len(literal) for literal, *_ in string.Formatter().parse(template))
+def check_key_format(template: str, known: Set[str]) -> None:
+    """Every check of ``KEY_FORMAT``: plain known fields, no literal ``.``/``..`` segment, and
+    a format spec that renders (``{now:%Y}`` fails here, not at the first file)."""
+    fields = key_format_fields(template)
+    _check_known("key_format", fields, known)
+    for seg in template.split("/"):
+        if seg in (".", ".."):
+            raise ValueError(f"key_format: '{seg}' segments are not allowed")
+    try:
+        template.format_map({f: 0 if f == "now" else "sample" for f in fields})
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"key_format: {exc}") from None
+
+
+def _literal(template: str) -> str:
+    """The text of a template outside its fields."""
+    return "".join(literal for literal, *_ in string.Formatter().parse(template))
 
 
 def check_option_value(
     setting: str, what: str, text: str, *, header: bool, known: Set[str]
 ) -> set[str]:
-    """A value that may use key fields: plain, known fields, and text it can carry.
-
-    ``header``: sent as an HTTP header value (metadata, Content-Disposition), so printable
-    US-ASCII and no white space at either end (HTTP drops it).  Otherwise a tag value: its
-    own text only the characters S3 takes in a tag (``TAG_CHARS``).  Returns the fields
-    used; ``ValueError("setting: ...")`` names the problem.
-    """
+    """A value that may use key fields: plain, known fields, and text it can carry (``header``:
+    printable US-ASCII without white space at either end, which HTTP drops; else a tag value's
+    ``TAG_CHARS``).  Returns the fields used."""
     label = f"{setting}: {what}" if what else setting
     head = f"{setting}: {what}" if what else f"{setting}:"  # "field: ..." in every message
     fields = key_format_fields(text, label)
     if header:
-        bad = _bad_header_char(text)
+        bad = next((c for c in text if not " " <= c <= "~"), None)  # control or not US-ASCII
         if bad is not None and bad > "~":
             raise ValueError(
                 f"{head} holds {bad!r}: header values are US-ASCII; write it percent-encoded "
@@ -108,15 +106,10 @@ def check_option_value(
         if text != text.strip():
             raise ValueError(f"{head} starts or ends with white space, which HTTP drops")
     else:
-        literal = "".join(part for part, *_ in string.Formatter().parse(text))
-        bad = next((c for c in literal if not _TAG_RE.fullmatch(c)), None)
+        bad = next((c for c in _literal(text) if not _TAG_RE.fullmatch(c)), None)
         if bad is not None:
             raise ValueError(f"{head} holds {bad!r}; {TAG_CHARS}")
-    unknown = sorted(fields - known)
-    if unknown:
-        raise ValueError(
-            f"{label}: unknown field {{{unknown[0]}}}; known fields: " + ", ".join(sorted(known))
-        )
+    _check_known(label, fields, known)
     return fields
 
 
@@ -143,7 +136,7 @@ def check_metadata(pairs: dict[str, str], known: Set[str]) -> dict[str, str]:
             raise ValueError(f"metadata: name {name!r} is given twice (names ignore case)")
         check_option_value("metadata", f"value of {name!r}", value, header=True, known=known)
         out[low] = value
-    size = sum(len(k) + _literal_length(v) for k, v in out.items())
+    size = sum(len(k) + len(_literal(v)) for k, v in out.items())
     if size > MAX_USER_METADATA:
         raise ValueError(
             f"metadata: {size} bytes of names and values; at most {MAX_USER_METADATA} "
@@ -153,8 +146,7 @@ def check_metadata(pairs: dict[str, str], known: Set[str]) -> dict[str, str]:
 
 
 def check_tags(pairs: dict[str, str], known: Set[str]) -> dict[str, str]:
-    """TAGS: at most 10; names of at most 128 characters, values of at most 256, both of
-    the characters S3 takes (values may use key fields)."""
+    """TAGS: S3's limits on count and length, and the characters S3 takes."""
     if len(pairs) > MAX_TAGS:
         raise ValueError(f"tags: {len(pairs)} given; S3 allows at most {MAX_TAGS} per object")
     for name, value in pairs.items():
@@ -172,7 +164,7 @@ def check_tags(pairs: dict[str, str], known: Set[str]) -> dict[str, str]:
         if name.lower().startswith("aws:"):
             raise ValueError(f"tags: name {name!r}: the aws: prefix is reserved by AWS")
         check_option_value("tags", f"value of {name!r}", value, header=False, known=known)
-        if _literal_length(value) > MAX_TAG_VALUE:
+        if len(_literal(value)) > MAX_TAG_VALUE:
             raise ValueError(
                 f"tags: value of {name!r} is longer than {MAX_TAG_VALUE} characters (S3's limit)"
             )

@@ -1,37 +1,24 @@
-"""Settings: one pydantic-settings model read from ``S3SPOOL_*`` variables and flags (flags win:
-they arrive as init arguments).  ``catalog.py`` derives each flag from a field, so the variable,
-the flag and the docs cannot drift apart: ``S3SPOOL_KEY_FORMAT`` is ``--key-format``."""
+"""Settings: one pydantic-settings model read from ``S3SPOOL_*`` variables and flags (flags win).
+``catalog.py`` derives each flag from a field: ``S3SPOOL_KEY_FORMAT`` is ``--key-format``."""
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import (
-    Field,
-    PrivateAttr,
-    ValidationError,
-    model_validator,
-)
+from pydantic import BeforeValidator, Field, PrivateAttr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from s3spool.config.catalog import ENV_PREFIX, env_name, flag_name
+from s3spool.config.catalog import ENV_PREFIX
 from s3spool.config.codecs import DEFAULT_SKIP, CodecName, ModeName, resolve_level
-from s3spool.config.formats import (
-    BandwidthLimit,
-    Duration,
-    LogLevel,
-    Pairs,
-    PathList,
-    Size,
-    StrList,
-)
+from s3spool.config.formats import BandwidthLimit, Duration, Pairs, PathList, Size, StrList
 from s3spool.config.notifiers import Notifiers
-from s3spool.config.options import check_metadata, check_option_value, check_tags, key_format_fields
-from s3spool.errors import ConfigError
+from s3spool.config.options import check_key_format, check_metadata, check_option_value, check_tags
 
 #: Fields a ``KEY_FORMAT`` may use; ``keys.py`` fills them.
 KEY_FIELDS = frozenset(
@@ -40,27 +27,22 @@ KEY_FIELDS = frozenset(
 )
 
 MIB = 1024 * 1024
+LogLevel = Annotated[
+    Literal["DEBUG", "INFO", "WARNING", "ERROR"],
+    BeforeValidator(lambda v: v.upper() if isinstance(v, str) else v),
+]
 
 #: Settings of the whole process; every other setting may differ per route (config.py).
 GLOBAL_FIELDS = frozenset(
     {"config", "workers", "queue_size", "buffer_limit", "rescan_interval", "cleanup_interval"}
     | {"probe_interval", "shutdown_grace", "instance_id", "http_addr", "max_lag", "fail_rate"}
-    | {"log_level", "log_format", "outbox_max_age"}
-    | {"bandwidth_limit"}
+    | {"log_level", "log_format", "outbox_max_age", "bandwidth_limit"}
 )
 
 
-ChecksumName = Literal["crc32c", "crc32", "sha256", "md5", "none"]
-
-
 class Settings(BaseSettings):
-    """Every setting of the service.  Each maps to ``S3SPOOL_<NAME>`` and ``--<name>``."""
-
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        case_sensitive=False,
-        extra="forbid",
-        validate_default=True,
+        env_prefix=ENV_PREFIX, case_sensitive=False, extra="forbid", validate_default=True
     )
 
     # --- where files come from --------------------------------------------------------------
@@ -81,9 +63,7 @@ class Settings(BaseSettings):
     )
 
     incoming_name: str = Field(
-        "incoming",
-        description="Name of incoming/ inside each SPOOL_DIRS root (an older tool's layout in "
-        "place: e.g. new).",
+        "incoming", description="Name of incoming/ in each root, e.g. new (an older tool's layout)."
     )
     working_name: str = Field("working", description="Name of working/ inside each root.")
     done_name: str = Field("done", description="Name of done/ inside each root (e.g. completed).")
@@ -91,9 +71,7 @@ class Settings(BaseSettings):
 
     # --- where files go -----------------------------------------------------------------------
     destination: str = Field(
-        "",
-        description="s3://bucket/prefix (the prefix is treated as a directory) or noop:// "
-        "(log only).",
+        "", description="s3://bucket/prefix (the prefix is a directory) or noop:// (log only)."
     )
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint URL.")
     region: str | None = Field(None, description="Region of the bucket (botocore default chain).")
@@ -132,9 +110,9 @@ class Settings(BaseSettings):
     sse: Literal["AES256", "aws:kms"] | None = Field(None, description="Server-side encryption.")
     sse_kms_key_id: str | None = Field(None, description="KMS key id when SSE=aws:kms.")
     content_type: str | None = Field(
-        None, description="Content-Type for every object (default: guessed from the name)."
+        None, description="Content-Type of every object (default: guessed from the name)."
     )
-    checksum: ChecksumName = Field(
+    checksum: Literal["crc32c", "crc32", "sha256", "md5", "none"] = Field(
         "crc32c",
         description="Checksum computed while reading, sent so the store rejects corrupted "
         "bodies, and compared with the store's answer.",
@@ -156,11 +134,7 @@ class Settings(BaseSettings):
         description="User metadata (x-amz-meta-*) as k=v pairs (comma-separated, JSON list or "
         "object); values may use the key fields, e.g. source={spool_dir}.",
     )
-    tags: Pairs = Field(
-        None,
-        description="Object tags as k=v pairs, like METADATA (at most 10; values may use the "
-        "key fields).",
-    )
+    tags: Pairs = Field(None, description="Object tags as k=v pairs, like METADATA (at most 10).")
     cache_control: str | None = Field(
         None, description="Cache-Control of every object, e.g. max-age=86400."
     )
@@ -185,9 +159,7 @@ class Settings(BaseSettings):
 
     # --- compression ------------------------------------------------------------------------
     compress: CodecName = Field(
-        "none",
-        description='Compress files on their way to the store (README "Compression"); none: '
-        "upload them as they are.",
+        "none", description='Compress uploads (README "Compression"); none: files go as they are.'
     )
     compress_level: int | None = Field(
         None,
@@ -199,13 +171,10 @@ class Settings(BaseSettings):
         description="suffix: the key gets .gz or .zst and the Content-Type says gzip or zstd; "
         "content-encoding: the key stays, with Content-Encoding and the file's Content-Type.",
     )
-    compress_min_size: Size = Field(
-        1024, description="Files smaller than this are uploaded as they are."
-    )
+    compress_min_size: Size = Field(1024, description="Smaller files are uploaded as they are.")
     compress_skip: StrList = Field(
         default_factory=lambda: list(DEFAULT_SKIP),
-        description="Glob patterns (any case) of names uploaded as they are: data that is "
-        "compressed already.",
+        description="Glob patterns (any case) of names of compressed data: uploaded as they are.",
     )
 
     # --- bandwidth --------------------------------------------------------------------------
@@ -216,9 +185,7 @@ class Settings(BaseSettings):
         '"Bandwidth limit"); SIGHUP re-reads it.',
     )
     route_bandwidth_limit: BandwidthLimit = Field(
-        None,
-        description="Like BANDWIDTH_LIMIT, for the uploads of one route (each route its own), "
-        "on top of BANDWIDTH_LIMIT.",
+        None, description="Like BANDWIDTH_LIMIT, for each route's own uploads, on top of it."
     )
 
     # --- notifications ----------------------------------------------------------------------
@@ -228,15 +195,13 @@ class Settings(BaseSettings):
         'tables, [[route.notify]] in the config file (README "Notifications").',
     )
     outbox_max_age: Duration | None = Field(
-        None,
-        description="If set, /readyz is unready while an event older than this waits for a "
-        "notifier.",
+        None, description="If set, /readyz is unready while an event older than this waits."
     )
 
     # --- how ---------------------------------------------------------------------------------
     workers: int = Field(64, ge=1, le=1024, description="Concurrent file uploads.")
     hold_for: Duration = Field(
-        0.0, description="A file is eligible only once its mtime is at least this old."
+        0.0, description="A file is eligible once its mtime is at least this old."
     )
     ignore: StrList = Field(
         default_factory=lambda: [".*", "*.tmp", "*.part"],
@@ -254,8 +219,7 @@ class Settings(BaseSettings):
     part_size: Size = Field(16 * MIB, description="Multipart part size (5MiB to 5GiB).")
     part_concurrency: int = Field(4, ge=1, le=64, description="Parts of one file in flight.")
     buffer_limit: Size = Field(
-        128 * MIB,
-        description="Upper bound on file bytes held in memory by all uploads together.",
+        128 * MIB, description="Upper bound on file bytes held in memory by all uploads together."
     )
     retry_attempts: int = Field(
         6, ge=1, le=100, description="Attempts per file for transient errors before failed/."
@@ -297,11 +261,10 @@ class Settings(BaseSettings):
         "flags and variables override it.",
     )
     shutdown_grace: Duration = Field(
-        30.0, description="On SIGTERM/SIGINT, time allowed for in-flight uploads to finish."
+        30.0, description="On SIGTERM/SIGINT, time for in-flight uploads to finish."
     )
     instance_id: str | None = Field(
-        None,
-        description="Name of this instance's working/ subdirectory (default: host.pid.random).",
+        None, description="This instance's working/ subdirectory name (default: host.pid.random)."
     )
     http_addr: str = Field(
         "127.0.0.1:9108", description="host:port of /metrics, /healthz, /readyz; empty: off."
@@ -310,7 +273,7 @@ class Settings(BaseSettings):
         None, description="If set, /readyz is unready while the spool lag exceeds it."
     )
     fail_rate: float = Field(
-        0.0, ge=0.0, le=1.0, description="Fault injection: fail this fraction of uploads (0-1)."
+        0.0, ge=0.0, le=1.0, description="Fault injection: fail this fraction of uploads."
     )
     log_level: LogLevel = Field("INFO", description="Log level (any case).")
     log_format: Literal["text", "json"] = Field("text", description="Log format.")
@@ -343,11 +306,11 @@ class Settings(BaseSettings):
 
 def check_settings(s: Settings) -> tuple[str, str, str]:
     """The checks across settings (a ``ValueError`` names the setting first, as
-    ``format_validation_error`` expects); returns the parsed destination."""
+    ``validation_problems`` expects); returns the parsed destination."""
     if not s.destination:
         raise ValueError("destination: required (s3://bucket/prefix or noop://)")
     destination = parse_destination(s.destination)
-    check_key_format(s.key_format)
+    check_key_format(s.key_format, KEY_FIELDS)
     _check_spools(s)
     if not 5 * MIB <= s.part_size <= 5 * 1024 * MIB:
         raise ValueError("part_size: must be between 5MiB and 5GiB (S3 limits)")
@@ -365,25 +328,6 @@ def check_settings(s: Settings) -> tuple[str, str, str]:
     _check_object_options(s)
     s.compress_level = resolve_level(s.compress, s.compress_level)
     return destination
-
-
-def check_key_format(template: str) -> None:
-    """Every check of ``KEY_FORMAT``: plain known fields, no literal ``.``/``..`` segment, and
-    a format spec that renders (``{now:%Y}`` fails here, not at the first file)."""
-    fields = key_format_fields(template)
-    unknown = sorted(fields - KEY_FIELDS)
-    if unknown:
-        raise ValueError(
-            f"key_format: unknown field {{{unknown[0]}}}; known fields: "
-            + ", ".join(sorted(KEY_FIELDS))
-        )
-    for seg in template.split("/"):
-        if seg in (".", ".."):
-            raise ValueError(f"key_format: '{seg}' segments are not allowed")
-    try:
-        template.format_map({f: 0 if f == "now" else "sample" for f in fields})
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"key_format: {exc}") from None
 
 
 def _check_object_options(s: Settings) -> None:
@@ -455,25 +399,17 @@ def _check_dir_names(s: Settings) -> None:
         )
 
 
-_INSTANCE_ID: str | None = None
-
-
+@functools.cache
 def _default_instance_id() -> str:
-    global _INSTANCE_ID
-    if _INSTANCE_ID is None:
-        import os
-        import secrets
+    import secrets
 
-        host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
-        _INSTANCE_ID = f"{host}.{os.getpid()}.{secrets.token_hex(3)}"
-    return _INSTANCE_ID
+    host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
+    return f"{host}.{os.getpid()}.{secrets.token_hex(3)}"
 
 
 def parse_destination(uri: str) -> tuple[str, str, str]:
-    """``s3://bucket/a/b`` → ``("s3", "bucket", "a/b/")``; ``noop://`` → ``("noop", "", "")``.
-
-    The prefix is forced to a "directory" and never starts with ``/``.
-    """
+    """``s3://bucket/a/b`` → ``("s3", "bucket", "a/b/")``, ``noop://`` → ``("noop", "", "")``:
+    the prefix is always a "directory" that never starts with ``/``."""
     parts = urlsplit(uri)
     if parts.scheme == "noop":
         return "noop", "", ""
@@ -498,19 +434,6 @@ def parse_http_addr(addr: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Settings of a single route from the environment plus ``overrides`` (flags).
-
-    Validation errors become one ``ConfigError`` whose lines name each bad
-    setting both ways (``S3SPOOL_X`` / ``--x``).  ``config.load_config`` reads a config
-    file and routes too.
-    """
-    try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
-
-
 def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
     """(field, message) per error; field is "" when no single setting is at fault."""
     out = []
@@ -527,11 +450,3 @@ def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
             field, msg = "", f"{'.'.join(loc)}: {msg}"
         out.append((field, msg))
     return out
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    lines = [
-        f"{env_name(field)} ({flag_name(field)}): {msg}" if field else f"settings: {msg}"
-        for field, msg in validation_problems(exc)
-    ]
-    return "invalid settings:\n  " + "\n  ".join(lines)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import secrets
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -23,7 +23,6 @@ from s3spool.errors import (
     ConfigError,
     PermanentError,
     PreconditionFailed,
-    StoreUnavailable,
     Unsupported,
     UploadError,
 )
@@ -36,8 +35,6 @@ from s3spool.store.s3errors import s3_errors
 if TYPE_CHECKING:
     from s3spool.store.s3 import S3Store
 
-# --- check -------------------------------------------------------------------------------------
-
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 #: Below these (the kernel's defaults), some other program may already have used them up.
 INOTIFY_MIN_WATCHES = 8192
@@ -45,56 +42,45 @@ INOTIFY_MIN_INSTANCES = 128
 INOTIFY_SYSCTL = Path("/proc/sys/fs/inotify")
 
 
+@dataclass(slots=True)
 class Report:
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
-        self.failed = False
+    out: TextIO
+    failed: bool = False
 
-    def __call__(self, verdict: str, what: str, detail: str = "") -> None:
-        if verdict == FAIL:
-            self.failed = True
+    def __call__(self, what: str, verdict: str, detail: str) -> None:
+        self.failed |= verdict == FAIL
         print(f"{verdict} {what}{': ' + detail if detail else ''}", file=self.out, flush=True)
 
 
 async def check(config: Config, *, read_only: bool = False, out: TextIO | None = None) -> int:
-    """Settings, directories, inotify and the store; one PASS/WARN/FAIL line each (per
-    route, when there are several).
-
-    Exit 0 if nothing failed, 1 if a check failed, 78 if the settings are invalid.
-    """
+    """One PASS/WARN/FAIL line per check (per route, when there are several); exit 0 if nothing
+    failed, 1 if a check failed, 78 if the settings are invalid."""
     report = Report(out or sys.stdout)
-    routes = config.routes
-    for route in routes:
-        if len(routes) > 1:
+    for route in config.routes:
+        if len(config.routes) > 1:
             print(f"# route {route.name}", file=report.out, flush=True)
-        if await _check_route(route.s, report, read_only=read_only) == EXIT_CONFIG:
+        if not await _check_route(route.s, report, read_only=read_only):
             return EXIT_CONFIG
     return EXIT_NOT_OK if report.failed else EXIT_OK
 
 
-async def _check_route(settings: Settings, report: Report, *, read_only: bool) -> int:
+async def _check_route(settings: Settings, report: Report, *, read_only: bool) -> bool:
+    """False if the settings are invalid."""
     try:
-        prefix = settings.prefix
-        KeyTemplate(settings.key_format, prefix)
+        KeyTemplate(settings.key_format, settings.prefix)
         layouts = spool_layouts(settings)
     except (ConfigError, ValueError) as exc:
-        report(FAIL, "settings", str(exc))
-        return EXIT_CONFIG
-    report(
-        PASS,
-        "settings",
-        f"{plural(len(layouts), 'spool')} -> {settings.destination}",
-    )
+        report("settings", FAIL, str(exc))
+        return False
+    report("settings", PASS, f"{plural(len(layouts), 'spool')} -> {settings.destination}")
     for dirs in layouts:
-        verdict, detail = await asyncio.to_thread(check_directories, dirs, settings)
-        report(verdict, "directories", detail)
-    verdict, detail = await asyncio.to_thread(check_inotify, layouts)
-    report(verdict, "inotify", detail)
+        report("directories", *await asyncio.to_thread(check_directories, dirs, settings))
+    report("inotify", *await asyncio.to_thread(check_inotify, layouts))
     verdict, detail, found = await check_store(settings, read_only=read_only)
-    report(verdict, "store", detail)
+    report("store", verdict, detail)
     for topic, finding in found:
         print(f"  {topic}: {finding}", file=report.out, flush=True)
-    return EXIT_OK
+    return True
 
 
 def check_directories(dirs: SpoolDirs, settings: Settings) -> tuple[str, str]:
@@ -117,12 +103,8 @@ def check_directories(dirs: SpoolDirs, settings: Settings) -> tuple[str, str]:
 
 
 def _try_write(path: Path, *, as_dir: bool) -> str | None:
-    """Create and remove a scratch entry; the reason it failed, or None.
-
-    In incoming/ the scratch entry is a directory: mkdir raises no event a
-    running service watches (MOVED_TO, CLOSE_WRITE), so it is never picked up
-    whatever IGNORE says.
-    """
+    """Create and remove a scratch entry; the reason it failed, or None.  In incoming/ it is a
+    directory: mkdir raises no event the service watches, whatever IGNORE says."""
     scratch = path / f".s3spool-check-{secrets.token_hex(6)}"
     try:
         if as_dir:
@@ -133,7 +115,7 @@ def _try_write(path: Path, *, as_dir: bool) -> str | None:
             os.close(fd)
             os.unlink(scratch)
     except FileNotFoundError:
-        return None  # created, then removed by someone else: the write itself worked
+        pass  # created, then removed by someone else: the write itself worked
     except OSError as exc:
         return exc.strerror or str(exc)
     return None
@@ -158,7 +140,7 @@ def check_inotify(layouts: Sequence[SpoolDirs]) -> tuple[str, str]:
         hint = INOTIFY_HELP.get(exc.errno or 0, "")
         return FAIL, f"cannot create an inotify instance: {exc.strerror}; {hint} ({limits})"
     watched = 0
-    try:
+    with inotify:
         for dirs in layouts:
             if not dirs.incoming.is_dir():
                 continue
@@ -168,8 +150,6 @@ def check_inotify(layouts: Sequence[SpoolDirs]) -> tuple[str, str]:
                 hint = INOTIFY_HELP.get(exc.errno or 0, "")
                 return FAIL, f"cannot watch {dirs.incoming}: {exc.strerror}; {hint} ({limits})"
             watched += 1
-    finally:
-        inotify.close()
     low = []
     if watches is not None and watches < INOTIFY_MIN_WATCHES:
         low.append(f"raise fs.inotify.max_user_watches (now {watches}) to at least 65536")
@@ -178,67 +158,45 @@ def check_inotify(layouts: Sequence[SpoolDirs]) -> tuple[str, str]:
     if watches is None or instances is None:
         low.append(f"cannot read the limits in {INOTIFY_SYSCTL}")
     detail = f"watched {plural(watched, 'incoming/ directory')}; {limits}"
-    if low:
-        return WARN, detail + "; " + "; ".join(low)
-    return PASS, detail
+    return (WARN, "; ".join([detail, *low])) if low else (PASS, detail)
 
 
-async def check_store(
-    settings: Settings, *, read_only: bool
-) -> tuple[str, str, list[tuple[str, str]]]:
+async def check_store(s: Settings, *, read_only: bool) -> tuple[str, str, list[tuple[str, str]]]:
     """(verdict, detail, what the store supports as (topic, finding) lines)."""
     from s3spool.store.s3 import S3Store
 
-    if settings.scheme == "noop":
+    if s.scheme == "noop":
         return PASS, "noop:// stores nothing; nothing to check", []
-    s, bucket = settings, settings.bucket
-    where = f"s3://{bucket}/{settings.prefix}"
+    where = f"s3://{s.bucket}/{s.prefix}"
     # botocore makes up to 3 attempts, each bounded by connect + read timeout.
     limit = 3 * (s.connect_timeout + s.read_timeout) + 5
     try:
         async with asyncio.timeout(limit), S3Store(s) as store:
-            try:
-                found = await store.survey()
-            except StoreUnavailable as exc:
-                return FAIL, f"{where}: {exc}", []
+            found = await store.survey()
             if read_only:
-                return (
-                    PASS,
-                    f"{where}: bucket reachable (HeadBucket); write not tested (--read-only)",
-                    found,
-                )
+                detail = "bucket reachable (HeadBucket); write not tested (--read-only)"
+                return PASS, f"{where}: {detail}", found
             try:
                 key = await test_write(store)
+                verdict = PASS
+                detail = f"HeadBucket, PutObject, multipart and DeleteObject of {key!r} work"
+                if s.overwrite == "never" and store.verifier.facts.conditional_writes is False:
+                    verdict = WARN
+                    detail += "; but the store ignores If-None-Match (OVERWRITE=never)"
             except _TestObjectLeft as exc:
-                return WARN, f"{where}: PutObject works, but {exc}", store.verifier.describe()
+                verdict, detail = WARN, f"PutObject works, but {exc}"
             except UploadError as exc:
-                found = store.verifier.describe()
-                return FAIL, f"{where}: cannot write: {exc}{_checksum_hint(exc, s)}", found
-            found = store.verifier.describe()
-            detail = f"{where}: HeadBucket, PutObject, multipart and DeleteObject of {key!r} work"
-            if s.overwrite == "never" and store.verifier.facts.conditional_writes is False:
-                return (
-                    WARN,
-                    detail + "; but the store ignores If-None-Match (OVERWRITE=never)",
-                    found,
-                )
-            return PASS, detail, found
+                verdict, detail = FAIL, f"cannot write: {exc}{_checksum_hint(exc, s)}"
+            return verdict, f"{where}: {detail}", store.verifier.describe()
     except TimeoutError:
-        return (
-            FAIL,
-            f"{where}: no answer within {limit:.0f}s (S3SPOOL_ENDPOINT_URL, network?)",
-            [],
-        )
-    except UploadError as exc:
-        return FAIL, f"{where}: {exc}", []
-    except ConfigError as exc:  # found when the client is made (PROFILE, AWS_CA_BUNDLE)
+        return FAIL, f"{where}: no answer within {limit:.0f}s (S3SPOOL_ENDPOINT_URL, network?)", []
+    except (UploadError, ConfigError) as exc:  # ConfigError: PROFILE, AWS_CA_BUNDLE
         return FAIL, f"{where}: {exc}", []
 
 
 def _checksum_hint(exc: UploadError, s: Settings) -> str:
-    if s.checksum_compat or s.checksum in ("md5", "none"):
-        return ""
-    if isinstance(exc, BadRequest | Unsupported):
+    sends_checksum = not s.checksum_compat and s.checksum not in ("md5", "none")
+    if sends_checksum and isinstance(exc, BadRequest | Unsupported):
         return (
             " (if this store rejects x-amz-checksum-* headers, set S3SPOOL_CHECKSUM_COMPAT=true "
             "or --checksum-compat)"
@@ -246,22 +204,14 @@ def _checksum_hint(exc: UploadError, s: Settings) -> str:
     return ""
 
 
-# --- the write test: what only a write shows of a store --------------------------------------
-
-
 class _TestObjectLeft(PermanentError):
     """A test object could not be deleted (uploads need no s3:DeleteObject)."""
 
 
 async def test_write(s3: S3Store) -> str:
-    """Write test objects under the prefix and delete them; returns the PUT's key.
-
-    The PUT carries the same headers as a real upload (checksum, SSE, ACL,
-    storage class) through the same sender, so a store or policy that would refuse
-    uploads refuses this too.  On the way it learns what the store's answers allow
-    (``facts``): checksum echo, ETag forms, whether If-None-Match is honoured,
-    AbortMultipartUpload.  The service itself never writes test objects.
-    """
+    """Write test objects under the prefix and delete them; returns the PUT's key.  The PUT goes
+    as a real upload does, so a store or policy that would refuse uploads refuses this too; on
+    the way the verifier learns what the store's answers allow.  The service never does this."""
     key = f"{s3.prefix}.s3spool-check-{secrets.token_hex(8)}"
     data = b"s3spool check: safe to delete\n"
     src = Source("check.txt", size=len(data), mtime_ns=time.time_ns(), key=key)
@@ -303,38 +253,23 @@ async def _learn_conditional(s3: S3Store, src: Source, data: bytes) -> None:
 
 async def _learn_multipart(s3: S3Store, src: Source, key: str, data: bytes) -> None:
     """A one-part multipart upload (a last part may be small): its ETag form."""
-    s = dataclasses.replace(src, key=key, upload_id=None)
     digest = s3.ck.body(data)
-    params: dict[str, Any] = {"Bucket": s3.bucket, "Key": key}
-    if s3.verifier.send_checksum:
-        params["ChecksumAlgorithm"] = s3.ck.param
+    names: dict[str, Any] = {"Bucket": s3.bucket, "Key": key}
+    extra: dict[str, Any] = {"ChecksumAlgorithm": s3.ck.param} if s3.verifier.send_checksum else {}
     with s3_errors("multipart test upload"):
-        created = await s3.client.create_multipart_upload(**params)
-        upload_id = created["UploadId"]
-        resp = await s3.sender.send(
-            "UploadPart",
-            {
-                "Bucket": s3.bucket,
-                "Key": key,
-                "UploadId": upload_id,
-                "PartNumber": 1,
-                **s3.digest_params(digest),
-            },
-            data,
-        )
+        upload_id = (await s3.client.create_multipart_upload(**names, **extra))["UploadId"]
+        params = {**names, "UploadId": upload_id, "PartNumber": 1, **s3.digest_params(digest)}
+        resp = await s3.sender.send("UploadPart", params, data)
         part: Any = {"PartNumber": 1, "ETag": resp.get("ETag")}  # a CompletedPartTypeDef
         if s3.verifier.send_checksum and digest.checksum_b64:
             part[f"Checksum{s3.ck.param}"] = digest.checksum_b64
         done = await s3.client.complete_multipart_upload(
-            Bucket=s3.bucket,
-            Key=key,
-            UploadId=upload_id,
-            MultipartUpload={"Parts": [part]},
+            **names, UploadId=upload_id, MultipartUpload={"Parts": [part]}
         )
     fd = os.memfd_create("s3spool-check")
     try:
         os.write(fd, data)
-        s.fd = fd
-        await s3.verifier.whole_object(s, dict(done), [digest], lambda: s3.head(key))
+        one = replace(src, key=key, upload_id=None, fd=fd)
+        await s3.verifier.whole_object(one, dict(done), [digest], lambda: s3.head(key))
     finally:
         os.close(fd)

@@ -1,9 +1,5 @@
-"""``s3spool config``: the effective configuration, route by route, with where each value
-came from (flag, env, route table, file top level, default) and secrets masked.
-
-The text form is TOML that reads back as the same configuration (unset values are
-comments); ``--json`` gives the same facts to programs.
-"""
+"""``s3spool config``: the effective configuration per route, each value with its origin and
+secrets masked, as TOML that reads back as the same configuration (or ``--json``)."""
 
 from __future__ import annotations
 
@@ -46,24 +42,23 @@ def shown(field: str, value: Any) -> Any:
     return value
 
 
-def _fields(route: Route, names: list[str]) -> dict[str, dict[str, Any]]:
-    s: Settings = route.s
+def _fields(route: Route, *, process: bool) -> dict[str, dict[str, Any]]:
+    """The settings of the whole process (``process``), or those of one route."""
     return {
-        name: {"value": shown(name, getattr(s, name)), "from": route.origin.get(name, DEFAULT)}
-        for name in names
+        name: {
+            "value": shown(name, getattr(route.s, name)),
+            "from": route.origin.get(name, DEFAULT),
+        }
+        for name in Settings.model_fields
+        if (name in GLOBAL_FIELDS) == process
     }
 
 
 def describe(config: Config) -> dict[str, Any]:
-    names = list(Settings.model_fields)
-    first = config.routes[0]
     return {
         "config_file": str(config.path) if config.path else None,
-        "global": _fields(first, [n for n in names if n in GLOBAL_FIELDS]),
-        "routes": [
-            {"name": r.name, "settings": _fields(r, [n for n in names if n not in GLOBAL_FIELDS])}
-            for r in config.routes
-        ],
+        "global": _fields(config.routes[0], process=True),
+        "routes": [{"name": r.name, "settings": _fields(r, process=False)} for r in config.routes],
     }
 
 

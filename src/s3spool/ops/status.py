@@ -10,7 +10,7 @@ import time
 from typing import Any, TextIO
 
 from s3spool.config.codecs import choose
-from s3spool.config.load import Config, Route
+from s3spool.config.load import Config
 from s3spool.config.spools import spool_layouts
 from s3spool.errors import EXIT_NOT_OK, EXIT_OK, UploadError
 from s3spool.run.compress import rules_for
@@ -29,12 +29,12 @@ from s3spool.spool.scan import (
 )
 from s3spool.spool.watch import compile_ignore
 
+STATES = ("incoming", "working", "done", "failed")
+
 
 def status(config: Config, *, as_json: bool = False, out: TextIO | None = None) -> int:
-    """Per spool: files and bytes per state, oldest incoming file, live instances.
-
-    Exit 1 if a directory could not be read, else 0.
-    """
+    """Per spool: files and bytes per state, oldest incoming file, live instances; exit 1 if a
+    directory could not be read, else 0."""
     out = out or sys.stdout
     now = time.time()
     report: list[dict[str, Any]] = []
@@ -42,29 +42,17 @@ def status(config: Config, *, as_json: bool = False, out: TextIO | None = None) 
     routes = config.routes
     for route, dirs in ((r, d) for r in routes for d in spool_layouts(r.s, route=r.name)):
         s = survey_spool(dirs, compile_ignore(route.s.ignore), recursive=route.s.recursive)
-        for key in ("incoming", "working", "done", "failed"):
-            d = s[key]
-            if d is not None and d.error:
-                errors.append(d.error)
-        incoming_json = dir_json(s["incoming"], now)
-        assert incoming_json is not None
-        incoming_json["ignored"] = s["incoming"].ignored
-        incoming_json["not_regular"] = s["incoming"].not_regular
-        report.append(
-            {
-                "spool": dirs.label,
-                "route": route.name,
-                "incoming": incoming_json,
-                "working": dir_json(s["working"], now),
-                "done": dir_json(s["done"], now),
-                "failed": dir_json(s["failed"], now),
-                "failed_resubmitted_to_incoming": s["resubmit"],
-                "instances": [
-                    {"id": i.id, "live": i.live, "files": i.files, "bytes": i.bytes}
-                    for i in s["instances"]
-                ],
-            }
+        errors += [s[k].error for k in STATES if s[k] is not None and s[k].error]
+        spool: dict[str, Any] = {"spool": dirs.label, "route": route.name}
+        spool.update((k, dir_json(s[k], now)) for k in STATES)
+        spool["incoming"].update(
+            ignored=s["incoming"].ignored, not_regular=s["incoming"].not_regular
         )
+        spool["failed_resubmitted_to_incoming"] = s["resubmit"]
+        spool["instances"] = [
+            {"id": i.id, "live": i.live, "files": i.files, "bytes": i.bytes} for i in s["instances"]
+        ]
+        report.append(spool)
     if as_json:
         json.dump({"time": round(now, 3), "spools": report}, out, indent=1)
         out.write("\n")
@@ -77,10 +65,9 @@ def status(config: Config, *, as_json: bool = False, out: TextIO | None = None) 
 
 
 def _status_text(spool: dict[str, Any], out: TextIO, *, with_route: bool) -> None:
-    print(
-        f"spool {spool['spool']}" + (f" (route {spool['route']})" if with_route else ""), file=out
-    )
-    for state in ("incoming", "working", "done", "failed"):
+    route = f" (route {spool['route']})" if with_route else ""
+    print(f"spool {spool['spool']}{route}", file=out)
+    for state in STATES:
         d = spool[state]
         if d is None:
             if state == "failed" and spool["failed_resubmitted_to_incoming"]:
@@ -98,11 +85,7 @@ def _status_text(spool: dict[str, Any], out: TextIO, *, with_route: bool) -> Non
         if state == "incoming":
             age = d["oldest_age_seconds"]
             line += f"  oldest {human_age(age) if age is not None else '-'}"
-            extra = []
-            if d["ignored"]:
-                extra.append(f"{d['ignored']} ignored")
-            if d["not_regular"]:
-                extra.append(f"{d['not_regular']} not regular")
+            extra = [f"{d[k]} {k.replace('_', ' ')}" for k in ("ignored", "not_regular") if d[k]]
             if extra:
                 line += f"  ({', '.join(extra)})"
         if "error" in d:
@@ -121,110 +104,79 @@ def _status_text(spool: dict[str, Any], out: TextIO, *, with_route: bool) -> Non
         )
 
 
-# --- run --dry-run -----------------------------------------------------------------------------
-
-
 def dry_run(config: Config, *, out: TextIO | None = None) -> int:
-    """Print what one pass would upload, and under which key; change nothing anywhere.
-
-    Lines are tab-separated: ``upload NAME SIZE KEY`` or ``skip NAME REASON``.
-    Exit 1 if an incoming/ could not be read or a key cannot be rendered.
-    """
+    """Print what one pass would upload, and under which key (tab-separated lines ``upload NAME
+    SIZE KEY`` or ``skip NAME REASON``); change nothing.  Exit 1 if an incoming/ could not be
+    read or a key cannot be rendered."""
     out = out or sys.stdout
-    totals = [0, 0, 0]
-    worst = EXIT_OK
+    code = EXIT_OK
+    files = size = skipped = 0
     for route in config.routes:
-        worst = max(worst, _dry_run_route(route, out, totals))
-    total_files, total_bytes, skipped = totals
+        s = route.s
+        template = KeyTemplate(s.key_format, s.prefix)
+        rules = rules_for(s)
+        is_ignored = compile_ignore(s.ignore)
+        if not template.stable:
+            changing = ", ".join(sorted(template.fields - STABLE_FIELDS))
+            note = f"KEY_FORMAT uses fields that change per upload ({changing})"
+            print(f"# note: {note}; real keys will differ", file=out)
+        for dirs in spool_layouts(s, route=route.name):
+            print(f"# spool {dirs.label}: {dirs.incoming} -> {s.destination}", file=out)
+            try:
+                found = walk(dirs.incoming, recursive=s.recursive, skip_dir=is_ignored)
+                names = sorted(rel for rel, _entry in found)
+            except FileNotFoundError:
+                print("# incoming/ does not exist yet; nothing to upload", file=out)
+                continue
+            except OSError as exc:
+                print(f"# cannot list {dirs.incoming}: {exc.strerror}", file=out)
+                code = EXIT_NOT_OK
+                continue
+            spool_dir = spool_dir_field(dirs.root or dirs.incoming)
+            now = cautious_now()
+            for name in names:
+                dirname, _, base = name.rpartition("/")
+                why = "ignored (matches IGNORE)" if is_ignored(base) else ""
+                if not why:
+                    try:
+                        st = os.lstat(dirs.incoming / name)
+                    except FileNotFoundError:
+                        continue
+                    why = _unfit(st, s.hold_for, now)
+                if not why:
+                    facts = KeyInput(
+                        os.fsencode(base), spool_dir, st.st_mtime, st.st_ctime, os.fsencode(dirname)
+                    )
+                    try:  # COMPRESS_MODE=suffix: the key gets .gz, .zst
+                        key = template.render(facts, choose(rules, name, st.st_size)[1])
+                    except UploadError as exc:
+                        why, code = f"would fail: {exc}", EXIT_NOT_OK
+                if why:
+                    print(f"skip\t{show_name(name)}\t{why}", file=out)
+                    skipped += 1
+                    continue
+                print(f"upload\t{show_name(name)}\t{st.st_size}\t{key}", file=out)
+                files += 1
+                size += st.st_size
+            held = claimed(dirs).count
+            if held:
+                print(
+                    f"# plus {plural(held, 'file')} already claimed in {dirs.working}/*/files/ "
+                    "(delivered by their instance, or recovered if it is dead)",
+                    file=out,
+                )
     print(
-        f"# {plural(total_files, 'file')} ({human_size(total_bytes)}) would be uploaded, "
-        f"{skipped} skipped",
+        f"# {plural(files, 'file')} ({human_size(size)}) would be uploaded, {skipped} skipped",
         file=out,
     )
-    return worst
+    return code
 
 
-def _dry_run_route(route: Route, out: TextIO, totals: list[int]) -> int:
-    settings = route.s
-    prefix = settings.prefix
-    template = KeyTemplate(settings.key_format, prefix)
-    rules = rules_for(settings)
-    is_ignored = compile_ignore(settings.ignore)
-    status_code = EXIT_OK
-    if not template.stable:
-        print(
-            "# note: KEY_FORMAT uses fields that change per upload "
-            f"({', '.join(sorted(template.fields - STABLE_FIELDS))}); "
-            "real keys will differ",
-            file=out,
-        )
-    total_files = total_bytes = skipped = 0
-    for dirs in spool_layouts(settings, route=route.name):
-        spool_dir = spool_dir_field(dirs.root or dirs.incoming)
-        print(f"# spool {dirs.label}: {dirs.incoming} -> {settings.destination}", file=out)
-        try:
-            # RECURSIVE: relpaths below incoming/, as discovery walks them (tree.walk)
-            found = walk(dirs.incoming, recursive=settings.recursive, skip_dir=is_ignored)
-            names = sorted(rel for rel, _entry in found)
-        except FileNotFoundError:
-            print("# incoming/ does not exist yet; nothing to upload", file=out)
-            continue
-        except OSError as exc:
-            print(f"# cannot list {dirs.incoming}: {exc.strerror}", file=out)
-            status_code = EXIT_NOT_OK
-            continue
-        now = cautious_now()
-        for name in names:
-            shown = show_name(name)
-            dirname, _, base = name.rpartition("/")
-            if is_ignored(base):
-                print(f"skip\t{shown}\tignored (matches IGNORE)", file=out)
-                skipped += 1
-                continue
-            try:
-                st = os.lstat(dirs.incoming / name)
-            except FileNotFoundError:
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                print(f"skip\t{shown}\tsymlink (never followed)", file=out)
-                skipped += 1
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                print(f"skip\t{shown}\tnot a regular file", file=out)
-                skipped += 1
-                continue
-            wait = hold_left(st.st_mtime, settings.hold_for, now)
-            if wait > 0:
-                print(f"skip\t{shown}\theld by HOLD_FOR (eligible in {wait:.0f}s)", file=out)
-                skipped += 1
-                continue
-            try:
-                key = template.render(
-                    KeyInput(
-                        os.fsencode(base),
-                        spool_dir,
-                        st.st_mtime,
-                        st.st_ctime,
-                        os.fsencode(dirname),
-                    ),
-                    choose(rules, name, st.st_size)[1],  # COMPRESS_MODE=suffix: .gz, .zst
-                )
-            except UploadError as exc:
-                print(f"skip\t{shown}\twould fail: {exc}", file=out)
-                skipped += 1
-                status_code = EXIT_NOT_OK
-                continue
-            print(f"upload\t{shown}\t{st.st_size}\t{key}", file=out)
-            total_files += 1
-            total_bytes += st.st_size
-        held = claimed(dirs).count
-        if held:
-            print(
-                f"# plus {plural(held, 'file')} already claimed in {dirs.working}/*/files/ "
-                "(delivered by their instance, or recovered if it is dead)",
-                file=out,
-            )
-    totals[0] += total_files
-    totals[1] += total_bytes
-    totals[2] += skipped
-    return status_code
+def _unfit(st: os.stat_result, hold_for: float, now: float) -> str:
+    """Why a file would not be uploaded now ("": it would)."""
+    if stat.S_ISLNK(st.st_mode):
+        return "symlink (never followed)"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    wait = hold_left(st.st_mtime, hold_for, now)
+    return f"held by HOLD_FOR (eligible in {wait:.0f}s)" if wait > 0 else ""
