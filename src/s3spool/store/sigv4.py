@@ -1,0 +1,104 @@
+"""SigV4 for the signed sender's PUTs: botocore's ``S3SigV4Auth.add_auth``, cut to what they hold.
+
+Invariant: for every request ``sign`` accepts, the headers it adds equal those botocore's
+``S3SigV4Auth.add_auth`` adds to the same request in the same second (tests/unit/test_sigv4.py
+compares hundreds).  It refuses (returns False, headers untouched) any other shape, which the
+caller then signs through botocore.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from typing import Any
+
+from botocore.auth import SIGNED_HEADERS_BLACKLIST
+
+#: headers botocore's signer sets or replaces itself (and ``Date``, which changes how it dates)
+_OWN = frozenset(
+    {"authorization", "date", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256"}
+)
+_REFUSE = _OWN | frozenset(SIGNED_HEADERS_BLACKLIST)
+#: derived signing keys by (secret, day, region, service): four HMACs a request in botocore,
+#: though the key only changes daily
+_keys: dict[tuple[str, str, str, str], bytes] = {}
+
+
+def _hmac(key: bytes, msg: str) -> bytes:
+    return hmac.digest(key, msg.encode(), "sha256")
+
+
+def _key(secret: str, day: str, region: str, service: str) -> bytes:
+    cache_key = (secret, day, region, service)
+    key = _keys.get(cache_key)
+    if key is None:
+        key = _hmac(f"AWS4{secret}".encode(), day)
+        for part in (region, service, "aws4_request"):
+            key = _hmac(key, part)
+        if len(_keys) > 16:  # rotated credentials, new days: keep it small
+            _keys.clear()
+        _keys[cache_key] = key
+    return key
+
+
+def amz_date() -> str:
+    """Now, as SigV4 dates a request."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def sign(
+    method: str,
+    path: str,
+    query: str,
+    headers: dict[str, str],
+    payload: str,
+    creds: Any,
+    region: str,
+    service: str = "s3",
+    when: str | None = None,
+) -> bool:
+    """Add X-Amz-Date, X-Amz-Security-Token (with a session token), X-Amz-Content-SHA256 and
+    Authorization to ``headers``, signed with ``creds`` (botocore's frozen credentials).
+
+    ``path``: the URL's path as sent (S3 signs it as is); ``query``: the URL's query, its
+    pairs already sorted and encoded; ``headers`` must hold Host; ``payload``: the body's
+    SHA-256 in hex, or UNSIGNED-PAYLOAD.
+    """
+    lower = {}
+    for name, value in headers.items():
+        lname = name.lower()
+        if lname in _REFUSE or lname in lower or lname != lname.strip() or type(value) is not str:
+            return False
+        lower[lname] = " ".join(value.split())
+    when = when or amz_date()
+    token = creds.token
+    lower["x-amz-date"] = when
+    if token:
+        lower["x-amz-security-token"] = " ".join(token.split())
+    lower["x-amz-content-sha256"] = payload
+    names = sorted(lower)
+    signed = ";".join(names)
+    canonical = "\n".join(
+        (
+            method,
+            path,
+            query,
+            "".join(f"{n}:{lower[n]}\n" for n in names),
+            signed,
+            payload,
+        )
+    )
+    day = when[:8]
+    scope = f"{day}/{region}/{service}/aws4_request"
+    to_sign = f"AWS4-HMAC-SHA256\n{when}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+    signature = _hmac(_key(creds.secret_key, day, region, service), to_sign).hex()
+    headers["X-Amz-Date"] = when
+    if token:
+        headers["X-Amz-Security-Token"] = token
+    headers["X-Amz-Content-SHA256"] = payload
+    headers["Authorization"] = (
+        f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
+        f"SignedHeaders={signed}, Signature={signature}"
+    )
+    return True
