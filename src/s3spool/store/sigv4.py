@@ -20,31 +20,49 @@ _OWN = frozenset(
     {"authorization", "date", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256"}
 )
 _REFUSE = _OWN | frozenset(SIGNED_HEADERS_BLACKLIST)
-#: derived signing keys by (secret, day, region, service): four HMACs a request in botocore,
-#: though the key only changes daily
-_keys: dict[tuple[str, str, str, str], bytes] = {}
+#: derived signing keys by (secret, day, region, service), keyed HMACs ready to copy: botocore
+#: derives one with four HMACs a request, though it only changes daily
+_keys: dict[tuple[str, str, str, str], Any] = {}
+#: header name -> its lowercase form, or None where botocore would not sign it as is
+_names: dict[str, str | None] = {}
+_stamp = (0, "")
 
 
 def _hmac(key: bytes, msg: str) -> bytes:
     return hmac.digest(key, msg.encode(), "sha256")
 
 
-def _key(secret: str, day: str, region: str, service: str) -> bytes:
+def _key(secret: str, day: str, region: str, service: str) -> Any:
     cache_key = (secret, day, region, service)
-    key = _keys.get(cache_key)
-    if key is None:
+    keyed = _keys.get(cache_key)
+    if keyed is None:
         key = _hmac(f"AWS4{secret}".encode(), day)
         for part in (region, service, "aws4_request"):
             key = _hmac(key, part)
         if len(_keys) > 16:  # rotated credentials, new days: keep it small
             _keys.clear()
-        _keys[cache_key] = key
-    return key
+        keyed = _keys[cache_key] = hmac.new(key, digestmod=hashlib.sha256)
+    return keyed
+
+
+def _name(name: str) -> str | None:
+    lname = name.lower()
+    # botocore leaves out its blacklist, sets its own headers, and strips names in one place
+    # but not the other
+    signed = lname if lname not in _REFUSE and lname == lname.strip() else None
+    if len(_names) > 1024:
+        _names.clear()
+    _names[name] = signed
+    return signed
 
 
 def amz_date() -> str:
-    """Now, as SigV4 dates a request."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    """Now, as SigV4 dates a request (formatted once a second)."""
+    global _stamp
+    now = int(time.time())
+    if _stamp[0] != now:
+        _stamp = (now, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)))
+    return _stamp[1]
 
 
 def sign(
@@ -67,8 +85,8 @@ def sign(
     """
     lower = {}
     for name, value in headers.items():
-        lname = name.lower()
-        if lname in _REFUSE or lname in lower or lname != lname.strip() or type(value) is not str:
+        lname = _names[name] if name in _names else _name(name)
+        if lname is None or lname in lower or type(value) is not str:
             return False
         lower[lname] = " ".join(value.split())
     when = when or amz_date()
@@ -92,7 +110,9 @@ def sign(
     day = when[:8]
     scope = f"{day}/{region}/{service}/aws4_request"
     to_sign = f"AWS4-HMAC-SHA256\n{when}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-    signature = _hmac(_key(creds.secret_key, day, region, service), to_sign).hex()
+    keyed = _key(creds.secret_key, day, region, service).copy()
+    keyed.update(to_sign.encode())
+    signature = keyed.hexdigest()
     headers["X-Amz-Date"] = when
     if token:
         headers["X-Amz-Security-Token"] = token
