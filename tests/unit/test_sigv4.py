@@ -181,9 +181,10 @@ def test_signing_key_follows_day_and_secret() -> None:
         )
         for part in ("r", "s3", "aws4_request"):
             expected = hmac_sha256(expected, part)
-        keyed = sigv4._key(secret, day, "r", "s3").copy()
-        keyed.update(b"to sign")
-        assert keyed.digest() == hmac_sha256(expected, "to sign")
+        inner, outer = (h.copy() for h in sigv4._key(secret, day, "r", "s3"))
+        inner.update(b"to sign")
+        outer.update(inner.digest())
+        assert outer.digest() == hmac_sha256(expected, "to sign")
 
 
 def hmac_sha256(key: bytes, msg: str) -> bytes:

@@ -20,9 +20,10 @@ _OWN = frozenset(
     {"authorization", "date", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256"}
 )
 _REFUSE = _OWN | frozenset(SIGNED_HEADERS_BLACKLIST)
-#: derived signing keys by (secret, day, region, service), keyed HMACs ready to copy: botocore
-#: derives one with four HMACs a request, though it only changes daily
-_keys: dict[tuple[str, str, str, str], Any] = {}
+#: derived signing keys by (secret, day, region, service), as HMAC-SHA256's inner and outer
+#: hashes with the key absorbed, to copy per request: botocore derives the key with four HMACs
+#: a request, though it only changes daily
+_keys: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
 #: header name -> its lowercase form, or None where botocore would not sign it as is
 _names: dict[str, str | None] = {}
 _stamp = (0, "")
@@ -32,16 +33,20 @@ def _hmac(key: bytes, msg: str) -> bytes:
     return hmac.digest(key, msg.encode(), "sha256")
 
 
-def _key(secret: str, day: str, region: str, service: str) -> Any:
+def _key(secret: str, day: str, region: str, service: str) -> tuple[Any, Any]:
     cache_key = (secret, day, region, service)
     keyed = _keys.get(cache_key)
     if keyed is None:
         key = _hmac(f"AWS4{secret}".encode(), day)
         for part in (region, service, "aws4_request"):
-            key = _hmac(key, part)
+            key = _hmac(key, part)  # 32 bytes: HMAC pads it to the 64-byte block
         if len(_keys) > 16:  # rotated credentials, new days: keep it small
             _keys.clear()
-        keyed = _keys[cache_key] = hmac.new(key, digestmod=hashlib.sha256)
+        block = key.ljust(64, b"\0")
+        keyed = _keys[cache_key] = (
+            hashlib.sha256(bytes(b ^ 0x36 for b in block)),
+            hashlib.sha256(bytes(b ^ 0x5C for b in block)),
+        )
     return keyed
 
 
@@ -102,7 +107,7 @@ def sign(
             method,
             path,
             query,
-            "".join(f"{n}:{lower[n]}\n" for n in names),
+            "".join([f"{n}:{lower[n]}\n" for n in names]),
             signed,
             payload,
         )
@@ -110,9 +115,12 @@ def sign(
     day = when[:8]
     scope = f"{day}/{region}/{service}/aws4_request"
     to_sign = f"AWS4-HMAC-SHA256\n{when}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-    keyed = _key(creds.secret_key, day, region, service).copy()
-    keyed.update(to_sign.encode())
-    signature = keyed.hexdigest()
+    inner, outer = _key(creds.secret_key, day, region, service)
+    inner = inner.copy()
+    inner.update(to_sign.encode())
+    outer = outer.copy()
+    outer.update(inner.digest())
+    signature = outer.hexdigest()
     headers["X-Amz-Date"] = when
     if token:
         headers["X-Amz-Security-Token"] = token
