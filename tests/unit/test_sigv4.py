@@ -34,6 +34,7 @@ CREDS = [
 #: pieces of keys, upload ids and header values: everything URL- or header-encoding can trip on
 ODD = ["a", "Z9", "%", "%2F", "+", " ", "  ", "~", "=", "&", "?", "#", ";", "*", "'", "(", ")"]
 ODD += ["日本", "é", "ß", "\u00a0", "/", "//", ".", "..", "-_.", "!", "$", ",", ":", "@", "\t"]
+ODD += ["{", "}", "{0}", "\n"]
 SIGNER_HEADERS = {"authorization", "x-amz-date", "x-amz-content-sha256", "x-amz-security-token"}
 #: endpoint, addressing style, region, bucket, payload_signing_enabled
 CLIENTS = [
@@ -83,7 +84,8 @@ def _params(rng: random.Random) -> dict[str, Any]:
     if rng.random() < 0.7:
         meta = {"s3spool-checksum": "crc32c:yZRlqg==", "name": _odd(rng)}
         for _ in range(rng.randint(0, 3)):
-            meta[rng.choice(["k", "x", "long-name", "é"]) + str(rng.randint(0, 9))] = _odd(rng)
+            name = rng.choice(["k", "x", "long-name", "é", "{0}", "a}b{"]) + str(rng.randint(0, 9))
+            meta[name] = _odd(rng)
         if rng.random() < 0.1:  # names equal but for case: a shape only botocore signs
             meta["Dup"], meta["dup"] = "1", "2"
         p["Metadata"] = meta
