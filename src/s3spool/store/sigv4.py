@@ -39,10 +39,10 @@ def _key(secret: str, day: str, region: str, service: str) -> tuple[Any, Any]:
     if keyed is None:
         key = _hmac(f"AWS4{secret}".encode(), day)
         for part in (region, service, "aws4_request"):
-            key = _hmac(key, part)  # 32 bytes: HMAC pads it to the 64-byte block
+            key = _hmac(key, part)
         if len(_keys) > 16:  # rotated credentials, new days: keep it small
             _keys.clear()
-        block = key.ljust(64, b"\0")
+        block = key.ljust(64, b"\0")  # HMAC pads a short key to SHA-256's block
         keyed = _keys[cache_key] = (
             hashlib.sha256(bytes(b ^ 0x36 for b in block)),
             hashlib.sha256(bytes(b ^ 0x5C for b in block)),
@@ -79,7 +79,6 @@ def sign(
     creds: Any,
     region: str,
     service: str = "s3",
-    when: str | None = None,
 ) -> bool:
     """Add X-Amz-Date, X-Amz-Security-Token (with a session token), X-Amz-Content-SHA256 and
     Authorization to ``headers``, signed with ``creds`` (botocore's frozen credentials).
@@ -94,7 +93,7 @@ def sign(
         if lname is None or lname in lower or type(value) is not str:
             return False
         lower[lname] = " ".join(value.split())
-    when = when or amz_date()
+    when = amz_date()
     token = creds.token
     lower["x-amz-date"] = when
     if token:
