@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
+import botocore.auth
 import pytest
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
@@ -11,10 +13,19 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from s3spool.store import sigv4
 from s3spool.store.bodies import FileRange
-from s3spool.store.sender import SignedSender, _Auth
+from s3spool.store.sender import SignedSender
 
 CREDS = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "token")
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both signers at the same second (else a test straddling one would fail)."""
+    now = datetime.datetime(2026, 12, 7, 23, 59, 59)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: now)
+    monkeypatch.setattr(sigv4, "amz_date", lambda: now.strftime("%Y%m%dT%H%M%SZ"))
 
 
 async def _sender(endpoint: str, **s3: Any) -> tuple[Any, SignedSender]:
@@ -58,7 +69,7 @@ async def test_uses_the_clients_own_session_and_credentials() -> None:
     ],
 )
 async def test_payload_signing(
-    endpoint: str, md5: bool, explicit: bool | None, expected: str
+    endpoint: str, md5: bool, explicit: bool | None, expected: str, clock: None
 ) -> None:
     s3 = {} if explicit is None else {"payload_signing_enabled": explicit}
     client, sender = await _sender(endpoint, **s3)
@@ -67,26 +78,22 @@ async def test_payload_signing(
         if md5:
             params["ContentMD5"] = "XUFAKrxLKna5cZ2REBfFkg=="
         assert sender.needs_payload_hash(md5) == (expected == "sha256")
-        request = sender._request("PutObject", params, b"hello", None)
-        _Auth(CREDS, "s3", "eu-west-1").add_auth(request)
-        got = request.headers["X-Amz-Content-SHA256"]
+        url, headers = sender._signed("PutObject", params, b"hello", None, CREDS)
+        got = headers["X-Amz-Content-SHA256"]
         if expected == "sha256":
             assert got == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
         else:
             assert got == expected
         # the same request signed by botocore's own signer, with the same payload decision
-        twin = AWSRequest(
-            method="PUT", url=request.url, data=b"hello", headers=dict(request.headers)
-        )
+        twin = AWSRequest(method="PUT", url=url, data=b"hello", headers=dict(headers))
         for name in ("Authorization", "X-Amz-Date", "X-Amz-Content-SHA256", "X-Amz-Security-Token"):
             del twin.headers[name]
-        twin.context["timestamp"] = request.context["timestamp"]
         twin.context["client_config"] = AioConfig(
             s3={"payload_signing_enabled": got != "UNSIGNED-PAYLOAD"}
         )
         S3SigV4Auth(CREDS, "s3", "eu-west-1").add_auth(twin)
-        assert twin.headers["Authorization"] == request.headers["Authorization"]
-        assert "/a%20b/c~d/%25XX/%E6%97%A5" in request.url
+        assert twin.headers["Authorization"] == headers["Authorization"]
+        assert "/a%20b/c~d/%25XX/%E6%97%A5" in url
     finally:
         await client.__aexit__(None, None, None)
 
@@ -94,17 +101,11 @@ async def test_payload_signing(
 async def test_streamed_body_needs_its_hash_where_signed() -> None:
     client, sender = await _sender("http://127.0.0.1:1")
     try:
-        request = sender._request(
-            "UploadPart",
-            {"Bucket": "bkt", "Key": "k", "UploadId": "a+b==", "PartNumber": 3},
-            FileRange(0, 0, 10),
-            None,
-        )
-        assert request.url.endswith("/bkt/k?partNumber=3&uploadId=a%2Bb%3D%3D")
+        part = {"Bucket": "bkt", "Key": "k", "UploadId": "a+b==", "PartNumber": 3}
         with pytest.raises(ValueError, match="SHA-256"):
-            _Auth(CREDS, "s3", "eu-west-1").add_auth(request)
-        request.context["payload_sha256"] = "ab" * 32
-        _Auth(CREDS, "s3", "eu-west-1").add_auth(request)
-        assert request.headers["X-Amz-Content-SHA256"] == "ab" * 32
+            sender._signed("UploadPart", part, FileRange(0, 0, 10), None, CREDS)
+        url, headers = sender._signed("UploadPart", part, FileRange(0, 0, 10), "ab" * 32, CREDS)
+        assert url.endswith("/bkt/k?partNumber=3&uploadId=a%2Bb%3D%3D")
+        assert headers["X-Amz-Content-SHA256"] == "ab" * 32
     finally:
         await client.__aexit__(None, None, None)

@@ -97,6 +97,19 @@ def test_plain_http_reads_no_ca_bundle(rclone_s3: S3Target, tmp_path: Path) -> N
     drain(rclone_s3, tmp_path / "spool", {"AWS_CA_BUNDLE": str(tmp_path / "missing.pem")})
 
 
+@pytest.mark.parametrize("server", ["rclone_s3", "rclone_tls_s3"])
+def test_a_session_token_is_signed(
+    server: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # rclone checks every signature: the signed sender's, with X-Amz-Security-Token among
+    # the signed headers, over HTTP (signed payload or Content-MD5) and HTTPS
+    target: S3Target = request.getfixturevalue(server)
+    env = {"AWS_SESSION_TOKEN": "FwoGZX+IvYXdz/EJr//token=="}
+    if target.ca_bundle is not None:
+        env["AWS_CA_BUNDLE"] = target.ca_bundle
+    drain(target, tmp_path / "spool", env)
+
+
 def test_untrusted_certificate_is_a_store_fault_and_loses_nothing(
     rclone_tls_s3: S3Target, tmp_path: Path
 ) -> None:

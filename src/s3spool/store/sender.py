@@ -7,15 +7,19 @@ it honours everything that client honours for the user:
   bundle (``AWS_CA_BUNDLE``, the profile's ``ca_bundle``, ``CA_BUNDLE``) or
   ``VERIFY_SSL=false``, client certificate, proxies (``HTTP(S)_PROXY``,
   ``NO_PROXY``, botocore's ``proxies`` config) and timeouts;
-* the signature: botocore's ``S3SigV4Auth`` with the client's credentials object,
-  which botocore refreshes before they expire;
+* the signature: SigV4 exactly as botocore's ``S3SigV4Auth`` makes it (``sigv4.py``; what
+  that does not cover goes through ``S3SigV4Auth`` itself), with the client's credentials
+  object, which botocore refreshes before they expire.  One deviation, on plain HTTP: a
+  body with a Content-MD5 goes with UNSIGNED-PAYLOAD, not its SHA-256 (the store checks the
+  MD5, which proves what the hash would); an explicit ``payload_signing_enabled`` wins;
 * the URL: botocore's endpoint rules and addressing style, read once from a
   presigned URL.
 
-What it skips is botocore's generic per-request pipeline (parameter validation,
-serialisation, endpoint rules per call, event hooks, response parsing): about
-0.6 ms of client CPU per small file here, more than everything else s3spool does
-for the file (bench/RESULTS.md).  A bucket that answers from another region
+What it leaves out is botocore's per-request pipeline (validation, serialisation, endpoint
+rules, event hooks, response parsing), which costs more than the rest of a small file's work
+(bench/RESULTS.md, "After the stores issue").  Invariant: a request is signed as
+botocore's ``S3SigV4Auth`` signs the same URL, headers and payload decision
+(tests/unit/test_sigv4.py).  A bucket that answers from another region
 (botocore follows such redirects; a signed request cannot) sends every later body
 through ``BotocoreSender`` instead, with one warning.
 
@@ -33,16 +37,17 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
 import io
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
-from botocore.auth import SIGNED_HEADERS_BLACKLIST, S3SigV4Auth, _host_from_url
+from botocore.auth import UNSIGNED_PAYLOAD, S3SigV4Auth, _host_from_url
 from botocore.awsrequest import AWSPreparedRequest, AWSRequest
-from multidict import CIMultiDict
 
+from s3spool.store import sigv4
 from s3spool.store.bandwidth import RouteLimit, Turn
 from s3spool.store.bodies import FileRange
 from s3spool.store.s3errors import SLOWDOWN_CODES, classify_error, parse_error_body, translate
@@ -176,68 +181,12 @@ class _Rewindable:
         return 0
 
 
-class _Signed(dict[str, str]):
-    """The headers to sign: single-valued, so ``get_all`` is one lookup."""
-
-    def get_all(self, name: str) -> list[str]:
-        return [self[name]]
-
-
-class _Auth(S3SigV4Auth):  # type: ignore[misc]
-    """botocore's S3 SigV4 signer, fed the payload hash our digest pass computed.
-
-    One deviation, on plain HTTP only: botocore signs the SHA-256 of every body sent
-    over plain HTTP even when a Content-MD5 is signed too.  The store checks that MD5
-    against the body, which is what the SHA-256 would prove; skipping the second hash
-    saves about 0.6 s of CPU per GiB here (SHA-256 runs at ~1.7 GB/s on these cores).
-    An explicit ``payload_signing_enabled`` in the botocore config still wins.
-
-    ``headers_to_sign`` picks the same headers as botocore's, into a plain dict instead
-    of botocore's email.message-based ``HTTPHeaders``: that alone cost 0.19 ms of CPU
-    per small file (a profile of 3,000 PUTs), a third of the whole per-file budget.
-    """
-
-    #: derived signing keys by (secret, day, region): botocore derives one with four HMACs
-    #: for every request; the key only changes daily
-    _keys: dict[tuple[str, str, str], bytes] = {}  # noqa: RUF012 - a shared cache on purpose
-
-    def signature(self, string_to_sign: str, request: Any) -> str:
-        day = request.context["timestamp"][0:8]
-        cache_key = (self.credentials.secret_key, day, self._region_name)
-        key = self._keys.get(cache_key)
-        if key is None:
-            key = self._sign(f"AWS4{cache_key[0]}".encode(), day)
-            for part in (self._region_name, self._service_name, "aws4_request"):
-                key = self._sign(key, part)
-            if len(self._keys) > 16:  # rotated credentials, day changes: keep it small
-                self._keys.clear()
-            self._keys[cache_key] = key
-        return str(self._sign(key, string_to_sign, hex=True))
-
-    def headers_to_sign(self, request: Any) -> _Signed:
-        signed = _Signed()
-        for name, value in request.headers.items():
-            lname = name.lower()
-            if lname not in SIGNED_HEADERS_BLACKLIST:
-                signed[lname] = value
-        if "host" not in signed:
-            signed["host"] = _host_from_url(request.url)
-        return signed
-
-    def _should_sha256_sign_payload(self, request: Any) -> bool:
-        explicit = _payload_signing(request.context.get("client_config"))
-        if explicit is not None:
-            return explicit
-        return "Content-MD5" not in request.headers
+class _Botocore(S3SigV4Auth):  # type: ignore[misc]
+    """botocore's own signer, for what ``sigv4.sign`` does not cover; it signs the payload
+    hash (or UNSIGNED-PAYLOAD) the sender chose."""
 
     def payload(self, request: Any) -> str:
-        if self._should_sha256_sign_payload(request):
-            known: str | None = request.context.get("payload_sha256")
-            if known is not None:
-                return known
-            if not isinstance(request.body, bytes | bytearray):
-                raise ValueError("a streamed body needs its SHA-256 to be signed")
-        return str(super().payload(request))
+        return cast("str", request.context["s3spool_payload"])
 
 
 def _payload_signing(config: Any) -> bool | None:
@@ -264,12 +213,13 @@ class SignedSender:
         # tests/test_sender.py fails if a release of aiobotocore moves them.
         self._http = client._endpoint.http_session
         self._credentials = client._request_signer._credentials
-        self._config = client.meta.config
+        self._sign_payload = _payload_signing(client.meta.config)
         self._region = client.meta.region_name or "us-east-1"
         self.base_url = base_url.rstrip("/")
-        # botocore's own rule for the signed Host, worked out once: per request it costs
-        # 60 us of URL parsing
+        # botocore's own rule for the signed Host, and the path S3 signs as sent, worked out
+        # once: per request they cost 60 us of URL parsing
         self._host = _host_from_url(self.base_url)
+        self._path = urlsplit(self.base_url).path
         self._on_slowdown = on_slowdown
         self._limit = limiter
         self._fallback = BotocoreSender(client, limiter)
@@ -298,12 +248,16 @@ class SignedSender:
     def needs_payload_hash(self, content_md5: bool) -> bool:
         if self._via_botocore:
             return False
-        explicit = _payload_signing(self._config)
+        return self._signs_payload(content_md5)
+
+    def _signs_payload(self, content_md5: bool) -> bool:
+        explicit = self._sign_payload
         return explicit if explicit is not None else not content_md5
 
-    def _request(
-        self, op: Op, params: dict[str, Any], body: Body, payload_sha256: str | None
-    ) -> Any:
+    def _signed(
+        self, op: Op, params: dict[str, Any], body: Body, payload_sha256: str | None, creds: Any
+    ) -> tuple[str, Any]:
+        """The URL and the signed headers of a body's request."""
         headers: dict[str, str] = {"Host": self._host}
         for name, value in params.items():
             if name in _HEADER:
@@ -313,18 +267,29 @@ class SignedSender:
         for name, value in (params.get("Metadata") or {}).items():
             headers[f"x-amz-meta-{name}"] = value
         headers["Content-Length"] = str(len(body) if isinstance(body, bytes) else body.length)
-        # S3 signs the path encoded once, '/' kept
-        url = f"{self.base_url}/{quote(params['Key'], safe='/~')}"
+        # S3 signs the path encoded once, '/' kept; the query's pairs sorted, encoded
+        key = quote(params["Key"], safe="/~")
+        path = f"{self._path}/{key}"
+        url = f"{self.base_url}/{key}"
+        query = ""
         if op == "UploadPart":
             upload_id = quote(params["UploadId"], safe="-_.~")
-            url += f"?partNumber={params['PartNumber']}&uploadId={upload_id}"
-        request = AWSRequest(method="PUT", url=url, data=body)
-        # case-insensitive like botocore's HTTPHeaders, without its email.message cost
-        request.headers = CIMultiDict(headers)
-        request.context["client_config"] = self._config
-        request.context["has_streaming_input"] = True
-        request.context["payload_sha256"] = payload_sha256
-        return request
+            query = f"partNumber={int(params['PartNumber'])}&uploadId={upload_id}"
+            url += "?" + query
+        if not self._signs_payload("Content-MD5" in headers):
+            payload = UNSIGNED_PAYLOAD
+        elif payload_sha256 is not None:
+            payload = payload_sha256
+        elif isinstance(body, bytes):
+            payload = hashlib.sha256(body).hexdigest()
+        else:
+            raise ValueError("a streamed body needs its SHA-256 to be signed")
+        if sigv4.sign("PUT", path, query, headers, payload, creds, self._region):
+            return url, headers
+        request = AWSRequest(method="PUT", url=url, headers=headers)
+        request.context["s3spool_payload"] = payload
+        _Botocore(creds, "s3", self._region).add_auth(request)
+        return url, request.headers
 
     async def send(
         self, op: Op, params: dict[str, Any], body: Body, payload_sha256: str | None = None
@@ -337,14 +302,10 @@ class SignedSender:
         if limit is not None and limit.active is not None:
             # before signing: a body that waits for its turn is signed when it goes
             data = await limit.start(data, len(body) if isinstance(body, bytes) else body.length)
-        request = self._request(op, params, body, payload_sha256)
         try:
             creds = await self._credentials.get_frozen_credentials()
-            _Auth(creds, "s3", self._region).add_auth(request)
-            prepared = AWSPreparedRequest(
-                "PUT", request.url, request.headers, data, False, request.context
-            )
-            resp = await self._http.send(prepared)
+            url, headers = self._signed(op, params, body, payload_sha256, creds)
+            resp = await self._http.send(AWSPreparedRequest("PUT", url, headers, data, False, {}))
             if resp.status_code == 200:
                 h = resp.headers
                 answer: dict[str, Any] = {"ETag": h.get("etag")}
