@@ -3,7 +3,9 @@ in order, soon (lines are written in batches), and all of it before the process 
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import queue
 import re
 import signal
@@ -14,8 +16,11 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from proc import clean_env
 from s3servers import S3Target
+from s3spool import logs
 from svc import drop, names
 
 LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) +\S+: ")
@@ -167,3 +172,46 @@ def test_error_exits_keep_their_lines(tmp_path: Path, rclone_s3: S3Target) -> No
     _whole_text_lines(logs.splitlines(keepends=True))
     assert FILE_LINE.search(logs)
     assert "name=later " in logs
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_the_short_way_writes_what_logging_writes(
+    fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = io.StringIO()
+    writer = logs.LineWriter(out)
+    writer.setFormatter(logs.JsonFormatter() if fmt == "json" else logs.TextFormatter())
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [writer])
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        _both_ways(monkeypatch)
+    finally:
+        root.setLevel(level)
+    writer.flush()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4
+    if fmt == "json":
+        records = [json.loads(line) for line in lines]
+        for r in records:
+            assert isinstance(r.pop("ts"), float)
+        assert records[0] == records[1]
+        assert records[2] == records[3]
+        assert records[0]["error"] == "X-Amz-Signature=*** Authorization: *** k"
+    else:
+        assert lines[0][23:] == lines[1][23:]
+        assert lines[2][23:] == lines[3][23:]
+        assert " WARNING s3spool-test-logs: file name=" in lines[2]
+        assert ' error="X-Amz-Signature=*** Authorization: *** k" ' in lines[0]
+
+
+def _both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
+    file_log = logging.getLogger("s3spool-test-logs")  # a child of the root, as in the service
+    odd = {"name": 'a b"c=\u3000\x01', "key": "", "size": 7, "duration": 0.12345,
+           "error": "X-Amz-Signature=abc Authorization: AWS4 k", "none": None}
+    for level in (logging.INFO, logging.WARNING):
+        with monkeypatch.context() as m:
+            m.setattr(file_log, "log", None)  # the short way, to the one handler
+            logs.log_fields(file_log, level, "file", odd)
+        file_log.log(level, "file", extra={"fields": odd})
