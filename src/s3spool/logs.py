@@ -1,9 +1,9 @@
 """Logging: text or JSON lines on stderr, with secrets scrubbed from every record.
 
-Per-file events carry their fields in ``extra={"fields": {...}}``; the text
-formatter appends them as ``k=v``, the JSON formatter merges them in.
-Lines below WARNING are written in batches, within ``FLUSH_AFTER`` seconds; whatever is
-held is written at exit (``flush``: ``cli.main`` and ``logging.shutdown``).
+Per-file events carry their fields (``log_fields``, or ``extra={"fields": {...}}``); the
+text formatter appends them as ``k=v``, the JSON formatter merges them in.  Lines below
+WARNING are written in batches, within ``FLUSH_AFTER`` seconds; what is held is written
+before the process exits (``flush``: ``cli.main``, and ``logging.shutdown`` in __main__).
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def log_fields(logger: logging.Logger, level: int, msg: str, fields: dict[str, A
         or len(root.handlers) != 1
         or type(root.handlers[0]) is not LineWriter
     ):
-        logger.log(level, msg, extra={"fields": fields})  # pytest's capture, a DEBUG run...
+        logger.log(level, msg, extra={"fields": fields})  # others listen: pytest's capture
         return
     root.handlers[0].handle(_FileRecord(logger.name, level, msg, fields))
 
