@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from s3spool import __version__
 from s3spool.config.catalog import SETTINGS, env_name, flag_name
 from s3spool.errors import EXIT_CONFIG, ConfigError
+from s3spool.logs import flush as flush_logs
 from s3spool.logs import setup as setup_logging
 
 # What a command needs is imported when it runs: botocore, aiohttp and pydantic cost
@@ -263,6 +264,8 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
         # the reader went away (s3spool status | head): stop quietly, like other tools
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    finally:
+        flush_logs()  # the lines held, before an exit code or a traceback
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover
     return 2  # pragma: no cover
 

@@ -22,6 +22,7 @@ from s3spool.errors import (
     LocalFault,
     UploadError,
 )
+from s3spool.logs import log_fields
 from s3spool.metrics import Metrics, size_class
 from s3spool.notify.events import make_event
 from s3spool.notify.notifications import Notifications
@@ -240,7 +241,7 @@ class Outcomes:
         if route != DEFAULT_ROUTE:
             # only with [[route]] tables: the line stays as it was for everyone else
             fields = {"route": route, **fields}
-        file_log.log(level, "file", extra={"fields": fields})
+        log_fields(file_log, level, "file", fields)
 
     def strand(self, claim: Claim, fault: LocalFault, route: Callable[[], None]) -> None:
         """A claim that a directory refused to take: the spool's guard routes it later."""
