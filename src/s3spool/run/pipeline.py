@@ -1,9 +1,4 @@
-"""The life of one file: take, claim, key, upload, verify, route, and its one log line.
-
-``Pipeline`` holds the per-file state that outlives one attempt (backoffs, resubmit counts,
-when a future-dated file was first seen) and needs from its route only
-the store, the store gate, whether it is stopping, and where local faults go.
-"""
+"""The life of one file: take, claim, key, upload, verify, route, and its one log line."""
 
 from __future__ import annotations
 
@@ -13,11 +8,9 @@ import os
 import random
 import stat
 import time
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from s3spool.config.codecs import choose
-from s3spool.config.settings import Settings
 from s3spool.errors import (
     Busy,
     FileChanged,
@@ -32,16 +25,14 @@ from s3spool.errors import (
     TransientError,
     UploadError,
 )
-from s3spool.metrics import Metrics
 from s3spool.run.compress import compressed, need_library, rules_for
 from s3spool.run.settle import Counts, Outcomes, Resubmits
 from s3spool.spool.clock import cautious_now
-from s3spool.spool.guard import Guard
 from s3spool.spool.keys import KeyTemplate, claim_input
 from s3spool.spool.scan import hold_left
-from s3spool.spool.spool import Claim, Spool, about, open_claimed
-from s3spool.spool.watch import Discovery, Item, Pending, WarnOnce
-from s3spool.store.aimd import Throttle, retry_delay
+from s3spool.spool.spool import Claim, about, open_claimed
+from s3spool.spool.watch import Item, WarnOnce
+from s3spool.store.aimd import retry_delay
 from s3spool.store.base import Delivery
 
 if TYPE_CHECKING:
@@ -61,37 +52,22 @@ class _NotStarted(Exception):
 
 
 class Pipeline:
-    """Per-file work of every worker; one instance per service."""
+    """One route's per-file work, and the per-file state that outlives one attempt."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        spools: Sequence[Spool],
-        *,
-        host: RouteRun,
-        once: bool,
-        pending: Pending,
-        discovery: Discovery,
-        throttle: Throttle,
-        metrics: Metrics,
-        guards: dict[Spool, Guard],
-        counts: Counts | None = None,
-    ) -> None:
-        self.s = settings
+    def __init__(self, host: RouteRun, counts: Counts | None = None) -> None:
+        self.s = settings = host.s
         self.host = host
-        self.once = once
-        self.pending = pending
-        self.discovery = discovery
-        self.throttle = throttle
-        self.metrics = metrics
-        self.guards = guards
-        self.spools = list(spools)
+        self.once = host.once
+        self.discovery = host.discovery
+        self.throttle = host.throttle
+        self.metrics = host.metrics
+        self.guards = host.guards
         self.instance_id = settings.resolved_instance_id
         self.template = KeyTemplate(settings.key_format, settings.prefix)
         self.compression = rules_for(settings)
         if self.compression is not None:  # a ConfigError at startup, not a failed upload
             need_library(self.compression.codec.name, self.compression.level)
-        if any(sp.recursive for sp in spools) and self.template.fields.isdisjoint(
+        if any(sp.recursive for sp in host.spools) and self.template.fields.isdisjoint(
             {"relpath", "dirname"}
         ):
             log.warning(
@@ -105,15 +81,16 @@ class Pipeline:
         self._first_seen: dict[Item, float] = {}
         self.outcomes = Outcomes(
             settings,
-            self.spools,
+            host.spools,
             trip=host.trip,
-            once=once,
-            metrics=metrics,
-            guards=guards,
+            once=self.once,
+            metrics=self.metrics,
+            guards=self.guards,
             resubmits=self.resubmits,
             stable_keys=self.template.stable,
             counts=counts,
         )
+        self.outcomes.notifications = host.notifications
 
     async def take(self, item: Item) -> None:
         spool, name = item
@@ -205,7 +182,8 @@ class Pipeline:
             if why.local is not None:
                 if claim.recovered:
                     # its key record must survive: deliver it from working/ once healed
-                    self.outcomes.strand(claim, why.local, lambda: self.pending.put_claim(claim))
+                    put = self.host.pending.put_claim
+                    self.outcomes.strand(claim, why.local, lambda: put(claim))
                     return
                 self.outcomes.left_behind(why.local)
                 spool.unclaim(claim)
@@ -268,7 +246,7 @@ class Pipeline:
             if self.host.stopping and not begun:
                 raise _NotStarted
             try:
-                async with self.throttle.slot():
+                async with self.throttle.hold(1):
                     begun = True
                     if claim.recovered:
                         claim.recovered = False

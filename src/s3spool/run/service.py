@@ -67,23 +67,7 @@ class Service:
             )
             for route in self.config.routes
         ]
-        self.pipelines = [
-            Pipeline(
-                r.s,
-                r.spools,
-                host=r,
-                once=once,
-                pending=r.pending,
-                discovery=r.discovery,
-                throttle=r.throttle,
-                metrics=self.metrics,
-                guards=r.guards,
-                counts=self.counts,
-            )
-            for r in self.routes
-        ]
-        for r, pipeline in zip(self.routes, self.pipelines, strict=True):
-            pipeline.outcomes.notifications = r.notifications
+        self.pipelines = [Pipeline(r, self.counts) for r in self.routes]
         self.lanes = Lanes([r.pending for r in self.routes], tickets)
         self.bandwidth = Bandwidth(
             settings.bandwidth_limit,

@@ -1,10 +1,5 @@
-"""The S3 store: one aiobotocore client per process, bodies through one sender.
-
-Every botocore/aiohttp error is translated here and in ``sender.py`` (``s3errors``) into
-``errors.py``'s classes.  botocore's ``standard`` retry mode retries single requests, a
-failed part is retried alone, and the pipeline retries whole files on top of that.  What
-the store answers is checked against the file by ``verify.py``.
-"""
+"""The S3 store: one aiobotocore client, bodies through one sender, answers checked by
+``verify.py``.  botocore retries a request, a failed part is retried alone, the pipeline a file."""
 
 from __future__ import annotations
 
@@ -64,17 +59,15 @@ class S3Store:
         limiter: RouteLimit | None = None,
     ) -> None:
         self.bucket, self.prefix = settings.bucket, settings.prefix
-        self._limiter = limiter  # the route's bandwidth limit (None: never limited)
+        self._limiter = limiter
         self.s = settings
         self.ck = Checksummer(settings.checksum)
         self.budget = budget or ByteBudget(settings.buffer_limit)
-        #: monotonic time of the last answer from the store (any status): idle probes skip
-        #: a store that answered recently
-        self.last_answer = 0.0
+        self.last_answer = 0.0  # monotonic, any status: idle probes skip a busy store
         self._on_slowdown = on_slowdown
         self._stack = AsyncExitStack()
         self._instance = settings.resolved_instance_id
-        self.options = object_options(settings)  # METADATA, TAGS, CACHE_CONTROL, ...
+        self.options = object_options(settings)
         self.verifier = Verifier(
             self.ck,
             send_checksum=bool(self.ck.param) and not settings.checksum_compat,
@@ -134,7 +127,6 @@ class S3Store:
         if code in SLOWDOWN_CODES or status == 503:
             self._on_slowdown()
 
-    # --- request helpers --------------------------------------------------------------------
     def object_params(self, src: Source) -> dict[str, Any]:
         s = self.s
         params: dict[str, Any] = {
@@ -172,7 +164,6 @@ class S3Store:
             params[f"Checksum{self.ck.param}"] = d.checksum_b64
         return params
 
-    # --- Store protocol ---------------------------------------------------------------------
     async def upload(self, src: Source) -> Delivery:
         if src.upload_id is not None or src.size >= self.s.multipart_threshold:
             return await self._multipart(src)
@@ -306,7 +297,6 @@ class S3Store:
             )
         return dict(head)
 
-    # --- multipart ------------------------------------------------------------------------
     async def _multipart(self, src: Source) -> Delivery:
         """A multipart upload of ``src``: a recorded one continues, parts go up in parallel,
         a failed part is retried alone; the completed object is verified against the file."""
@@ -413,11 +403,8 @@ class S3Store:
             except PreconditionFailed:
                 raise _exists(src, "CompleteMultipartUpload") from None
         except asyncio.CancelledError:
-            # Shutdown: keep the upload; its id is recorded with the claim, so the next
-            # start continues from the parts already stored.
-            raise
+            raise  # shutdown: the upload id is recorded with the claim; the next start resumes
         except BaseException:
-            # Leftover parts are billed forever: abort what cannot be resumed.
             await asyncio.shield(self.abort_quietly(src.key, upload_id))
             src.uploading(None, part_size)
             raise
@@ -448,26 +435,17 @@ class S3Store:
         return have
 
     async def _body(self, fd: int, offset: int, length: int) -> tuple[Body, BodyDigest, str | None]:
-        """The body to send, its digests and (when signing needs it) its SHA-256.
-
-        Streamed from the file when the sender can (memory: a chunk or two), else read
-        into memory; the caller holds the byte budget for in-memory bodies.
-        """
+        """The body to send (streamed when the sender can, else in memory; the caller holds
+        the byte budget), its digests and, for a streamed body the signer needs, its SHA-256."""
         ck = self.ck
-        sha = self.sender.needs_payload_hash(ck.enabled)
-        if self.sender.streams and length > INLINE_READ_MAX:
+        if length <= INLINE_READ_MAX:  # a bytes body is hashed by the signer when needed
+            data = read_exact(fd, offset, length)
+            return data, ck.body(data), None
+        if self.sender.streams:
+            sha = self.sender.needs_payload_hash(ck.enabled)
             stream, payload = await asyncio.to_thread(digest_range, fd, offset, length, ck, sha)
             return FileRange(fd, offset, length), stream.result(), payload
-        if length <= INLINE_READ_MAX:
-            data = read_exact(fd, offset, length)
-        else:
-            data = await asyncio.to_thread(read_exact, fd, offset, length)
-        if len(data) != length:
-            raise FileChanged(
-                f"file shrank while reading ({len(data)} of {length} bytes)", reason="changed"
-            )
-        if length <= INLINE_READ_MAX:
-            return data, ck.body(data), None  # a bytes body is hashed by the signer when needed
+        data = await asyncio.to_thread(read_exact, fd, offset, length)
         return data, await asyncio.to_thread(ck.body, data), None
 
 
@@ -479,22 +457,12 @@ def _exists(src: Source, what: str) -> PreconditionFailed:
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The most telling error of a failed part group (a global fault beats a transient one)."""
-    flat: list[BaseException] = []
-
-    def walk(g: BaseExceptionGroup[BaseException]) -> None:
-        for e in g.exceptions:
-            if isinstance(e, BaseExceptionGroup):
-                walk(e)
-            else:
-                flat.append(e)
-
-    walk(group)
+    """The most telling error of the failed parts (a global fault beats a transient one)."""
     for cls in (StoreUnavailable, Refused, PermanentError, SlowDown, TransientError):
-        for e in flat:
+        for e in group.exceptions:  # the parts' own errors: they start no task groups
             if isinstance(e, cls):
                 return e
-    return flat[0]
+    return group.exceptions[0]
 
 
 def client_for(s: Settings) -> AbstractAsyncContextManager[S3Client]:
@@ -517,14 +485,10 @@ def client_for(s: Settings) -> AbstractAsyncContextManager[S3Client]:
         response_checksum_validation="when_required",
         tcp_keepalive=True,
     )
-    # PROFILE picks a profile of the shared config files (a route's own credentials);
-    # None keeps botocore's chain, AWS_PROFILE included.
     session = AioSession(profile=s.profile)
     verify: bool | str | None
     if plain_http(s.endpoint_url):
-        # no certificate to check; botocore would still load a CA bundle before the first
-        # request (~35 ms of every run here, bench/RESULTS.md)
-        verify = False
+        verify = False  # else botocore loads a CA bundle for nothing (bench/RESULTS.md)
     else:
         verify = tls_verify(s)
         bundle = session.get_config_variable("ca_bundle") if verify is None else None

@@ -1,9 +1,5 @@
-"""The one translation of S3 answers and botocore/aiohttp errors into ``errors.py``'s classes.
-
-Both the store (botocore requests) and the sender (signed PUTs) meet the same S3
-error codes; keeping the tables here means they cannot classify one answer two
-ways, and neither module has to import the other.
-"""
+"""The one translation of S3 answers and botocore/aiohttp errors into ``errors.py``'s classes,
+for the store and the sender alike (so they cannot classify one answer two ways)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""Is what the store answered the file?  Every legitimate answer accepted, every wrong one caught.
-
-An upload's answer is compared with the file at the best level the store allows: an echoed
-checksum, an ETag that is an MD5 (of a body, of the whole object, or composite ``-N``), and
-for a multipart answer with nothing to compare, a HEAD with checksum mode.  A mismatch is
-declared only when the answer contradicts the file.  ``StoreFacts`` keeps what was learned of
-the store on the way (logged once; ``s3spool check`` prints it).
-"""
+"""Is what the store answered the file?  Every legitimate answer accepted, every wrong one
+caught; ``StoreFacts`` keeps what was learned of the store on the way."""
 
 from __future__ import annotations
 
@@ -31,12 +25,7 @@ _ORIGINAL = "s3spool-original-"
 
 @dataclass(slots=True)
 class StoreFacts:
-    """What the store supports, as probed at startup and learned from its answers.
-
-    ``None`` means not known yet: the service probes only what a read can tell
-    (HeadBucket, ListMultipartUploads) and learns the rest from the first uploads;
-    ``s3spool check`` writes test objects and so knows everything.
-    """
+    """What the store supports (None: not known yet, learned from the first uploads)."""
 
     endpoint: str = ""
     addressing: str = ""
@@ -154,12 +143,8 @@ class Verifier:
         parts: list[BodyDigest],
         head: Callable[[], Awaitable[dict[str, Any]]],
     ) -> str | None:
-        """A completed multipart object against the file; returns the checksum label.
-
-        Accepts the composite forms (``-N``), whole-object MD5 ETags and whole-object
-        checksums (computed from the file only when a store answers that way), and
-        falls back to a HEAD with checksum mode when the answer has nothing to compare.
-        """
+        """A completed multipart object against the file (composite ``-N`` or whole-object
+        values, else a HEAD with checksum mode); returns the checksum label."""
         etag_want, ck_want = self.ck.composite(parts)
         whole: FileDigest | None = None
 
@@ -236,7 +221,6 @@ class Verifier:
             label = original.get(f"{_ORIGINAL}checksum")
             if original.get(f"{_ORIGINAL}size") != str(src.size) or not label:
                 return False
-            # the checksum alone: its MD5 would cost 1.4 s of CPU per GiB for nothing
             found, _ = await asyncio.to_thread(
                 digest_range, src.fd, 0, src.size, self.ck, md5=False
             )
