@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     from s3spool.run.routes import RouteRun
 
 log = logging.getLogger("s3spool.service")  # the name operators' log filters know
-file_log = logging.getLogger("s3spool.file")
 
 
 class _NotStarted(Exception):
@@ -62,7 +61,6 @@ class Pipeline:
         self.throttle = host.throttle
         self.metrics = host.metrics
         self.guards = host.guards
-        self.instance_id = settings.resolved_instance_id
         self.template = KeyTemplate(settings.key_format, settings.prefix)
         self.compression = rules_for(settings)
         if self.compression is not None:  # a ConfigError at startup, not a failed upload
@@ -160,17 +158,17 @@ class Pipeline:
         await self.deliver(claim)
 
     async def deliver(self, claim: Claim) -> None:
-        spool = claim.spool
+        spool, name = claim.spool, claim.name
         started = time.monotonic()
         try:
             open_claimed(claim)
         except FileVanished as exc:
-            about(log.warning, spool, claim.name, "%s; nothing to deliver", exc)
+            about(log.warning, spool, name, "%s; nothing to deliver", exc)
             spool.forget_key(claim)
             return
         except NotAFile as exc:
             # swapped after the check: give it back untouched, like any non-regular file
-            about(log.warning, spool, claim.name, "skipped, %s (returned to incoming/)", exc)
+            about(log.warning, spool, name, "skipped, %s (returned to incoming/)", exc)
             spool.unclaim(claim)
             return
         except PermanentError as exc:
@@ -191,16 +189,11 @@ class Pipeline:
                 return
             if claim.recovered:
                 # its key record must survive: the next start delivers it to the same key
-                about(
-                    log.info,
-                    spool,
-                    claim.name,
-                    "recovered claim left in working/ for the next start",
-                )
+                about(log.info, spool, name, "recovered claim left in working/ for the next start")
                 return
             spool.unclaim(claim)
             if why.retry_after is not None and not self.once:
-                self.discovery.defer((spool, claim.name), why.retry_after)
+                self.discovery.defer((spool, name), why.retry_after)
             return
         except UploadError as exc:
             self.outcomes.fail(claim, exc, started)
@@ -220,7 +213,8 @@ class Pipeline:
             # COMPRESS: whether (so the key's suffix) follows from its name and size, fixed here
             claim.codec, suffix = choose(self.compression, claim.name, claim.size)
             claim.key = self.template.render(claim_input(claim), suffix)
-            if self._needs_record(claim.size):
+            # a key that a restart would not render again (or a long upload) is recorded first
+            if not self.template.stable or claim.size >= self.s.multipart_threshold:
                 try:
                     claim.spool.save_key(claim)
                 except TransientError as exc:
@@ -229,13 +223,8 @@ class Pipeline:
                     if isinstance(exc, LocalFault):
                         about(log.debug, claim.spool, claim.name, "%s", exc)
                         raise _NotStarted(local=exc) from None
-                    about(
-                        log.error,
-                        claim.spool,
-                        claim.name,
-                        "%s; returned to incoming/, retrying later",
-                        exc,
-                    )
+                    msg = "%s; returned to incoming/, retrying later"
+                    about(log.error, claim.spool, claim.name, msg, exc)
                     raise _NotStarted(retry_after=self.s.retry_backoff_max) from None
 
         begun = False
@@ -308,21 +297,9 @@ class Pipeline:
                     self.s.retry_backoff_max,
                     slowdown=isinstance(exc, SlowDown),
                 )
-                about(
-                    log.info,
-                    claim.spool,
-                    claim.name,
-                    "%s; retry %d/%d in %.2fs",
-                    exc,
-                    claim.attempts,
-                    self.s.retry_attempts - 1,
-                    delay,
-                )
+                retry = f"retry {claim.attempts}/{self.s.retry_attempts - 1} in {delay:.2f}s"
+                about(log.info, claim.spool, claim.name, "%s; %s", exc, retry)
                 await asyncio.sleep(delay)
-
-    def _needs_record(self, size: int) -> bool:
-        """Must this file's key be written down before its upload (which takes space)?"""
-        return not self.template.stable or size >= self.s.multipart_threshold
 
 
 def _check_unchanged(claim: Claim) -> None:

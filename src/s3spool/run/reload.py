@@ -1,6 +1,5 @@
-"""SIGHUP: load the configuration again from the same flags, variables and file; apply the
-bandwidth limits at once, name every other change as needing a restart (it keeps its running
-value), and change nothing if the configuration does not load."""
+"""SIGHUP: load the configuration again; apply the bandwidth limits, name what else changed
+as needing a restart, and change nothing if it does not load."""
 
 from __future__ import annotations
 

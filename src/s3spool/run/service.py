@@ -1,16 +1,6 @@
-"""The service: discovery → workers (claim, upload, route) → cleanup, in one TaskGroup.
-
-Life of one file (see README "Architecture")::
-
-    incoming/NAME ──claim (rename)──► working/<instance>/files/NAME
-        ──upload + verify──► done/NAME | failed/NAME (+ .reason.json) | unlinked
-
-Shutdown (SIGTERM/SIGINT): intake stops at once; claimed files whose upload
-has not started go back to incoming/; uploads in flight get SHUTDOWN_GRACE to
-finish, then are cancelled (a multipart upload is aborted) and their files
-returned or kept for the next start.  A second signal skips the grace.
-SIGHUP re-reads the configuration and applies the bandwidth limits (``reload.py``).
-"""
+"""The service: discovery, workers (claim, upload, route) and cleanup in one TaskGroup.
+On SIGTERM/SIGINT intake stops, uploads in flight get SHUTDOWN_GRACE (a second signal skips
+it), unstarted claims go back to incoming/; SIGHUP re-reads the configuration (``reload.py``)."""
 
 from __future__ import annotations
 
@@ -29,7 +19,7 @@ from s3spool.notify.notifications import flush
 from s3spool.run.pipeline import Pipeline
 from s3spool.run.progress import Progress
 from s3spool.run.reload import reload
-from s3spool.run.routes import Lanes, RouteRun, last_sweep, make_tickets, sweep_due
+from s3spool.run.routes import Lanes, RouteRun, last_sweep, sweep_due
 from s3spool.run.settle import Counts
 from s3spool.spool.scan import work_waiting
 from s3spool.spool.spool import Claim
@@ -40,8 +30,7 @@ log = logging.getLogger("s3spool.service")
 
 
 class Service:
-    """Lifecycle, signals and drain; the workers all routes share. Files: ``pipeline.py``;
-    each route's spools, store and store gate: ``routes.py``."""
+    """Lifecycle, signals and drain, and the workers all routes share."""
 
     def __init__(self, config: Config, *, once: bool = False) -> None:
         self.config = config
@@ -52,7 +41,7 @@ class Service:
         self.stopping = False
         self.ready = False
         self.exit_code = EXIT_OK
-        tickets = make_tickets(len(self.config.routes))
+        tickets: asyncio.Queue[None] | None = asyncio.Queue() if len(config.routes) > 1 else None
         self.counts = Counts()
         self.routes = [
             RouteRun(
@@ -85,7 +74,7 @@ class Service:
         self._intake: list[asyncio.Task[Any]] = []
         self._tg: asyncio.TaskGroup | None = None
         self.early_signals: list[int] = []
-        #: serves /metrics, /healthz, /readyz (``web.serve_http``, which ``cli`` hands over)
+        #: /metrics, /healthz, /readyz (``web.serve_http``, which ``cli`` hands over)
         self.http: Callable[[Service], Coroutine[Any, Any, None]] | None = None
         self.progress = Progress(
             self.counts, [(sp, r.discovery.is_ignored) for r in self.routes for sp in r.spools]
@@ -108,22 +97,18 @@ class Service:
         assert self._tg is not None
         self._intake.append(self._tg.create_task(coro))
 
-    # --- setup ------------------------------------------------------------------------------
     def prepare(self) -> None:
         """Create and check every directory (``ConfigError`` on the first problem)."""
         for spool in self.spools:
             spool.prepare()
 
     def request_stop(self, *, force: bool = False) -> None:
-        if self._stop.is_set():
-            force = True
-        self._force = self._force or force
+        self._force = self._force or force or self._stop.is_set()
         self._stop.set()
         if self._force:
             for task in list(self._busy):
                 task.cancel()
 
-    # --- run ---------------------------------------------------------------------------------
     async def run(self) -> int:
         self.prepare()
         try:
@@ -157,23 +142,18 @@ class Service:
 
     async def _run(self) -> int:
         if not gc.isenabled():  # __main__ held collection off for the start-up
-            # what start-up built lives as long as the process: out of every collection.
-            # The little garbage start-up left (~2,000 objects, 0.5 MB, once) is frozen with
-            # it: collecting it first would cost a full pass over everything, ~60 ms.
+            # what start-up built lives as long as the process (garbage and all: collecting
+            # it first costs more than it frees, bench/RESULTS.md)
             gc.freeze()
             gc.enable()
         loop = asyncio.get_running_loop()
         hup = signal.getsignal(signal.SIGHUP)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        for sig in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         for early in self.early_signals:  # arrived during startup, before these handlers
-            if early == signal.SIGHUP:
-                self._on_hup()
-            else:
-                self._on_signal(early)
+            self._on_signal(early)
         try:
             for route in self.routes:
                 route.recover()
@@ -210,12 +190,10 @@ class Service:
                 for task in after:
                     task.cancel()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in signals:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.remove_signal_handler(sig)
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                if loop.remove_signal_handler(signal.SIGHUP) and hup is not None:
-                    signal.signal(signal.SIGHUP, hup)  # as it was: a late SIGHUP stops nothing
+                    if loop.remove_signal_handler(sig) and sig == signal.SIGHUP and hup is not None:
+                        signal.signal(sig, hup)  # as it was: a late SIGHUP stops nothing
             for task in self._reloads:
                 task.cancel()
             await asyncio.gather(*self._reloads, return_exceptions=True)
@@ -228,6 +206,11 @@ class Service:
         return self.pipelines[0].outcomes.once_summary(self.guards.values(), self.exit_code)
 
     def _on_signal(self, sig: int) -> None:
+        if sig == signal.SIGHUP:
+            task = asyncio.get_running_loop().create_task(self._reload(), name="reload")
+            self._reloads.add(task)
+            task.add_done_callback(self._reloads.discard)
+            return
         name = signal.Signals(sig).name
         if self._stop.is_set():
             log.warning("%s again: stopping now, without waiting for uploads", name)
@@ -240,11 +223,6 @@ class Service:
             self.s.shutdown_grace,
         )
         self.request_stop()
-
-    def _on_hup(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._reload(), name="reload")
-        self._reloads.add(task)
-        task.add_done_callback(self._reloads.discard)
 
     async def _reload(self) -> None:
         async with self._reloading:  # one at a time, in order
@@ -296,7 +274,6 @@ class Service:
         await flush([r.notifications for r in self.routes], self.s.shutdown_grace)
         self.request_stop()
 
-    # --- workers -----------------------------------------------------------------------------
     async def _worker(self, wid: int) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -321,7 +298,6 @@ class Service:
             if self.stopping:
                 return
 
-    # --- faults and housekeeping ------------------------------------------------------------
     async def store_down(self, exc: UploadError) -> None:
         """--once: a store is unavailable; stop, exit 3."""
         if self.exit_code != EXIT_STORE_UNAVAILABLE:

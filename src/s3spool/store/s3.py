@@ -68,6 +68,13 @@ class S3Store:
         self._stack = AsyncExitStack()
         self._instance = settings.resolved_instance_id
         self.options = object_options(settings)
+        fixed = {
+            "ACL": settings.acl,
+            "StorageClass": settings.storage_class,
+            "ServerSideEncryption": settings.sse,
+            "SSEKMSKeyId": settings.sse_kms_key_id,
+        }
+        self._fixed = {name: value for name, value in fixed.items() if value}
         self.verifier = Verifier(
             self.ck,
             send_checksum=bool(self.ck.param) and not settings.checksum_compat,
@@ -144,14 +151,7 @@ class S3Store:
         ctype = src.content_type or s.content_type or guess_type(src.name)
         if ctype:
             params["ContentType"] = ctype
-        if s.acl:
-            params["ACL"] = s.acl
-        if s.storage_class:
-            params["StorageClass"] = s.storage_class
-        if s.sse:
-            params["ServerSideEncryption"] = s.sse
-        if s.sse_kms_key_id:
-            params["SSEKMSKeyId"] = s.sse_kms_key_id
+        params.update(self._fixed)
         if self.options is not None:
             self.options.apply(params, src)
         return params
@@ -176,8 +176,9 @@ class S3Store:
     ) -> Delivery:
         params = self.object_params(src)
         params.update(self.digest_params(digest))
-        if digest.checksum is not None:
-            params["Metadata"]["s3spool-checksum"] = self.ck.label(digest.checksum_b64) or ""
+        label = self.ck.label(digest.checksum_b64)
+        if label:
+            params["Metadata"]["s3spool-checksum"] = label
         if self.s.overwrite == "never":
             params["IfNoneMatch"] = "*"
         try:
@@ -186,7 +187,7 @@ class S3Store:
             raise _exists(src, "PutObject") from None
         self.last_answer = time.monotonic()
         self.verifier.body("PutObject", resp, digest)
-        return delivery_of(src, resp, self.ck.label(digest.checksum_b64))
+        return delivery_of(src, resp, label)
 
     async def abort_quietly(self, key: str, upload_id: str) -> None:
         try:
