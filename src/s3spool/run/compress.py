@@ -43,15 +43,11 @@ _MAX_ZSTD_THREADS = 4
 #: input per zstd worker job (part of what a restart must repeat to make the same bytes)
 ZSTD_JOB = 2 * 1024 * 1024
 
-_pool: ThreadPoolExecutor | None = None
 
-
+@functools.cache
 def executor() -> ThreadPoolExecutor:
     """The process's compressing threads, one per core (the codecs release the GIL)."""
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="s3spool-compress")
-    return _pool
+    return ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="s3spool-compress")
 
 
 def rules_for(s: Settings) -> Rules | None:

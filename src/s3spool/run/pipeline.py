@@ -108,16 +108,14 @@ class Pipeline:
             if self._warn((item, kind)):
                 about(log.warning, spool, name, "skipped, %s (left in place)", kind)
             return
-        # Backoffs are measured on the monotonic clock; a file's age can only be measured
-        # on the wall clock its mtime comes from.
+        # backoffs on the monotonic clock; a file's age on the wall clock of its mtime
         mono = time.monotonic()
         wait = self.resubmits.wait(item, mono) if spool.dirs.resubmit else 0.0
         if self.s.hold_for > 0:
             now = cautious_now()
             seen_for = 0.0
             if st.st_mtime > now + 1:
-                # A clock ahead of ours (or ours stepped back): HOLD_FOR counts from when we
-                # first saw the file (survey.hold_left), on the monotonic clock.
+                # a clock ahead of ours (or ours stepped back): HOLD_FOR counts from first sight
                 seen_for = mono - self._first_seen.setdefault(item, mono)
                 if self._warn((item, "future")):
                     about(
@@ -249,7 +247,10 @@ class Pipeline:
                         async with compressed(claim, self.compression, self.s) as copy:
                             delivery = await store.upload(copy)
                         delivery.stored, delivery.size = delivery.size, claim.size
-                _check_unchanged(claim)
+                st = os.fstat(claim.fd)
+                if st.st_size != claim.size or st.st_mtime_ns != claim.mtime_ns:
+                    what = f"changed during upload (size {claim.size}->{st.st_size})"
+                    raise FileChanged(what, reason="changed")
                 self.throttle.on_success()
                 return delivery
             except FileChanged as exc:
@@ -260,8 +261,7 @@ class Pipeline:
                 claim.size, claim.mtime, claim.mtime_ns = st.st_size, st.st_mtime, st.st_mtime_ns
                 about(log.warning, claim.spool, claim.name, "%s; uploading again", exc)
             except LocalFault as exc:
-                # the working directory refused the compressed copy (compress.py): nothing of
-                # this attempt was sent; an earlier one may have been, so check the store first
+                # no room for the compressed copy: an earlier attempt may have sent it, so check
                 claim.recovered = claim.recovered or claim.attempts > 0
                 raise _NotStarted(local=exc) from None
             except StoreUnavailable as exc:
@@ -300,14 +300,6 @@ class Pipeline:
                 retry = f"retry {claim.attempts}/{self.s.retry_attempts - 1} in {delay:.2f}s"
                 about(log.info, claim.spool, claim.name, "%s; %s", exc, retry)
                 await asyncio.sleep(delay)
-
-
-def _check_unchanged(claim: Claim) -> None:
-    st = os.fstat(claim.fd)
-    if st.st_size != claim.size or st.st_mtime_ns != claim.mtime_ns:
-        raise FileChanged(
-            f"changed during upload (size {claim.size}->{st.st_size})", reason="changed"
-        )
 
 
 def _kind(mode: int) -> str:

@@ -201,9 +201,28 @@ class RouteRun:
         await tidy_spools(self.spools, self.guards, self.s)
         if self.store is not None and self.gate.is_set():
             await self.surveyed.wait()
-            self.last_sweep = await sweep_multipart(
-                self.store, self.spools, self.s, self.metrics, self.last_sweep
-            )
+            await self._sweep(self.store)
+
+    async def _sweep(self, store: Store) -> None:
+        """Abort multipart uploads older than ABORT_MULTIPART_AFTER that no instance recorded,
+        when a sweep is due (``sweep_due``)."""
+        if not sweep_due(self.s, self.last_sweep):
+            return
+        now = time.time()
+        live: set[str] = set()
+        for spool in self.spools:
+            live |= open_uploads(spool)
+        try:
+            for key, upload_id in await store.stale_uploads(now - self.s.abort_multipart_after):
+                if upload_id not in live:
+                    await store.abort_upload(key, upload_id)
+                    self.metrics.aborted.inc()
+                    sweep_log.info("aborted stale multipart upload %s of %r", upload_id, key)
+        except UploadError as exc:
+            sweep_log.warning("multipart sweep skipped: %s", exc)
+        else:
+            _mark(self.spools)
+        self.last_sweep = now
 
 
 class Lanes:
@@ -236,9 +255,8 @@ class Lanes:
             await lane.join()
 
 
-#: Beside each spool's incoming/ (where `enqueue` stages too): its mtime says when a
-#: multipart sweep last ran, for every instance and every `run --once` (a cron job then
-#: sweeps once per interval, not once per run).
+#: Beside each spool's incoming/: its mtime says when any instance last swept (so a cron job
+#: of `run --once` sweeps once per interval, not once per run).
 SWEEP_STAMP = ".s3spool-multipart-sweep"
 
 
@@ -272,29 +290,3 @@ def sweep_due(s: Settings, last: float) -> bool:
     if s.abort_multipart_after <= 0:
         return False
     return not 0 <= time.time() - last < min(s.abort_multipart_after, 600.0)
-
-
-async def sweep_multipart(
-    store: Store, spools: Sequence[Spool], s: Settings, metrics: Metrics, last: float
-) -> float:
-    """Abort multipart uploads older than ABORT_MULTIPART_AFTER that no instance recorded,
-    when one is due (``sweep_due``); returns when the last sweep ran."""
-    if not sweep_due(s, last):
-        return last
-    now = time.time()
-    live: set[str] = set()
-    for spool in spools:
-        live |= open_uploads(spool)
-    try:
-        stale = await store.stale_uploads(now - s.abort_multipart_after)
-        for key, upload_id in stale:
-            if upload_id in live:
-                continue
-            await store.abort_upload(key, upload_id)
-            metrics.aborted.inc()
-            sweep_log.info("aborted stale multipart upload %s of %r", upload_id, key)
-    except UploadError as exc:
-        sweep_log.warning("multipart sweep skipped: %s", exc)
-        return now
-    _mark(spools)
-    return now

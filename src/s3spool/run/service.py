@@ -170,8 +170,7 @@ class Service:
                     tg.create_task(self._worker(i), name=f"worker-{i}")
                     for i in range(self.s.workers)
                 ]
-                # notifiers outlive the drain of uploads, then stop: what they have not
-                # sent waits in the outbox for the next start (or another instance)
+                # notifiers outlive the drain; what they have not sent waits in the outbox
                 after = [
                     tg.create_task(r.notifications.run()) for r in self.routes if r.notifications
                 ]
@@ -229,8 +228,7 @@ class Service:
             await reload(self.config, self.bandwidth)
 
     async def _mark_ready(self) -> None:
-        # Ready once discovery runs; waiting for the first scan to *finish* would keep
-        # a pod unready for as long as a backlog larger than QUEUE_SIZE takes to hand out.
+        # ready once discovery runs: a first scan of a large backlog would keep a pod unready
         for route in self.routes:
             await route.discovery.wait_scan_started()
         self.ready = True

@@ -59,11 +59,8 @@ class ObjectOptions:
         self.tags = dict(s.tags or {})
         self.cache_control = s.cache_control
         self.content_disposition = s.content_disposition
-        self.fields: set[str] = set()
-        for template in (*self.metadata.values(), *self.tags.values()):
-            self.fields |= key_format_fields(template)
-        if self.content_disposition:
-            self.fields |= key_format_fields(self.content_disposition)
+        templates = [*self.metadata.values(), *self.tags.values(), self.content_disposition or ""]
+        self.fields = {field for t in templates for field in key_format_fields(t)}
         self._hostname = socket.gethostname()
         self._formatter = string.Formatter()
         now = time.time()

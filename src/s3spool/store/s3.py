@@ -124,8 +124,7 @@ class S3Store:
             self._on_slowdown()
 
     def _observe(self, parsed_response: Any = None, **_: Any) -> None:
-        # Every attempt passes here, including the ones botocore retries by itself,
-        # so throttling is seen even when the retry hides it from the caller.
+        # every attempt passes here: throttling shows even when botocore's retry hides it
         self.last_answer = time.monotonic()
         if not parsed_response or not self._on_slowdown:
             return
@@ -389,9 +388,7 @@ class S3Store:
             except BaseExceptionGroup as group:
                 raise first_error(group) from None
             parts = [p for p in results if p is not None]
-            extra: dict[str, Any] = {}
-            if self.s.overwrite == "never":
-                extra["IfNoneMatch"] = "*"
+            extra: dict[str, Any] = {"IfNoneMatch": "*"} if self.s.overwrite == "never" else {}
             try:
                 with s3_errors("CompleteMultipartUpload"):
                     done = await self.client.complete_multipart_upload(
@@ -480,8 +477,7 @@ def client_for(s: Settings) -> AbstractAsyncContextManager[S3Client]:
         max_pool_connections=pool,
         connect_timeout=s.connect_timeout,
         read_timeout=s.read_timeout,
-        # We compute and send checksums ourselves (one pass over the bytes);
-        # letting botocore add its own CRC32 would hash everything twice.
+        # we send our own checksums: botocore's CRC32 would hash everything twice
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         tcp_keepalive=True,
