@@ -29,9 +29,10 @@ from typing import Any, NamedTuple
 
 from s3spool.config.codecs import CODECS, Rules
 from s3spool.config.settings import Settings
-from s3spool.errors import ConfigError, FileChanged, PermanentError
+from s3spool.errors import ConfigError, PermanentError
 from s3spool.spool.spool import Claim, Source, about, local_fault
 from s3spool.store.base import guess_type
+from s3spool.store.bodies import read_chunks
 from s3spool.store.digests import StreamDigest
 
 log = logging.getLogger("s3spool.store")
@@ -119,14 +120,10 @@ class _Stopped(Exception):
     """The upload was cancelled: the pass stopped at a chunk boundary."""
 
 
-class _ReadError(Exception):
+class _WriteError(Exception):
     def __init__(self, exc: OSError) -> None:
         super().__init__(str(exc))
         self.exc = exc
-
-
-class _WriteError(_ReadError):
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,19 +146,11 @@ def compress_pass(
     digest = StreamDigest(algorithm, md5=False)
     sink = Sink(out_fd)
     enc = encoder(codec, level, threads, sink)
-    pos = 0
-    while pos < size:
+    for chunk in read_chunks(src_fd, 0, size, CHUNK):  # an OSError here is a read's
         if stop.is_set():
             raise _Stopped
-        try:
-            chunk = os.pread(src_fd, min(CHUNK, size - pos), pos)
-        except OSError as exc:
-            raise _ReadError(exc) from None
-        if not chunk:
-            raise FileChanged("file shrank while it was being compressed", reason="changed")
         digest.update(chunk)
         enc.write(chunk)
-        pos += len(chunk)
     enc.finish()
     return PassResult(sink.size, digest.label())
 
@@ -252,8 +241,8 @@ async def compressed(claim: Claim, rules: Rules | None, s: Settings) -> AsyncIte
         except _WriteError as exc:
             what = f"write the compressed copy of {claim.name!r}"
             raise local_fault(exc.exc, what, where) from None
-        except _ReadError as exc:
-            raise PermanentError(f"cannot read: {exc.exc.strerror}", reason="unreadable") from None
+        except OSError as exc:
+            raise PermanentError(f"cannot read: {exc.strerror}", reason="unreadable") from None
         about(
             log.debug,
             claim.spool,

@@ -39,6 +39,14 @@ if TYPE_CHECKING:
     from s3spool.run.routes import RouteRun
 
 log = logging.getLogger("s3spool.service")  # the name operators' log filters know
+_KINDS = {
+    stat.S_IFLNK: "symlink",
+    stat.S_IFDIR: "directory",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "device",
+    stat.S_IFBLK: "device",
+}
 
 
 class _NotStarted(Exception):
@@ -104,7 +112,7 @@ class Pipeline:
                 about(log.warning, spool, name, "cannot stat: %s", exc.strerror)
             return
         if not stat.S_ISREG(st.st_mode):
-            kind = _kind(st.st_mode)
+            kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
             if self._warn((item, kind)):
                 about(log.warning, spool, name, "skipped, %s (left in place)", kind)
             return
@@ -300,17 +308,3 @@ class Pipeline:
                 retry = f"retry {claim.attempts}/{self.s.retry_attempts - 1} in {delay:.2f}s"
                 about(log.info, claim.spool, claim.name, "%s; %s", exc, retry)
                 await asyncio.sleep(delay)
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if stat.S_ISDIR(mode):
-        return "directory"
-    if stat.S_ISFIFO(mode):
-        return "fifo"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "device"
-    return "not a regular file"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 from s3spool.errors import FileChanged
@@ -19,6 +19,17 @@ def held_bytes(streams: bool, length: int) -> int:
     if streams and length > INLINE_READ_MAX:
         return min(length, 2 * STREAM_CHUNK)
     return length
+
+
+def read_chunks(fd: int, offset: int, length: int, size: int = STREAM_CHUNK) -> Iterator[bytes]:
+    """``length`` bytes at ``offset``, ``size`` at a time; ``FileChanged`` if the file shrank."""
+    pos, end = offset, offset + length
+    while pos < end:
+        chunk = os.pread(fd, min(size, end - pos), pos)
+        if not chunk:
+            raise FileChanged("file shrank while it was being read", reason="changed")
+        yield chunk
+        pos += len(chunk)
 
 
 def read_exact(fd: int, offset: int, length: int) -> bytes:
@@ -45,15 +56,9 @@ class FileRange:
     length: int
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        # Read inline, not in a thread: the digest pass has just read these bytes, so
-        # they come from the page cache, and a thread hop per chunk costs more CPU.
-        pos, end = self.offset, self.offset + self.length
-        while pos < end:
-            chunk = os.pread(self.fd, min(STREAM_CHUNK, end - pos), pos)
-            if not chunk:
-                raise FileChanged("file shrank while it was being sent", reason="changed")
+        # inline, not in a thread: the digest pass just read these bytes into the page cache
+        for chunk in read_chunks(self.fd, self.offset, self.length):
             yield chunk
-            pos += len(chunk)
 
     def read(self) -> bytes:
         """The whole range in memory (for senders that cannot stream)."""

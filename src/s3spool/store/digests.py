@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import crc32c
 
-from s3spool.errors import FileChanged
-from s3spool.store.bodies import STREAM_CHUNK
+from s3spool.store.bodies import read_chunks
 
 #: algorithm → (request/response parameter suffix used by botocore, e.g. ChecksumCRC32C)
 PARAM = {"crc32c": "CRC32C", "crc32": "CRC32", "sha256": "SHA256"}
@@ -133,15 +131,10 @@ def digest_range(
     A change before the bytes are read again to be sent fails Content-MD5 at the store."""
     stream = StreamDigest(ck.algorithm, md5=md5)
     sha = hashlib.sha256() if payload_sha256 else None
-    pos, end = offset, offset + length
-    while pos < end:
-        chunk = os.pread(fd, min(STREAM_CHUNK, end - pos), pos)
-        if not chunk:
-            raise FileChanged("file shrank while it was being read", reason="changed")
+    for chunk in read_chunks(fd, offset, length):
         stream.update(chunk)
         if sha is not None:
             sha.update(chunk)
-        pos += len(chunk)
     return stream, (sha.hexdigest() if sha is not None else None)
 
 
