@@ -243,18 +243,10 @@ async def compressed(claim: Claim, rules: Rules | None, s: Settings) -> AsyncIte
             raise local_fault(exc.exc, what, where) from None
         except OSError as exc:
             raise PermanentError(f"cannot read: {exc.strerror}", reason="unreadable") from None
-        about(
-            log.debug,
-            claim.spool,
-            claim.name,
-            "compressed (%s %d, %d zstd threads): %d -> %d bytes in %.3fs",
-            codec.name,
-            level,
-            threads,
-            claim.size,
-            done.size,
-            time.monotonic() - started,
-        )
+        how = f"{codec.name} {level}, {threads} zstd threads"
+        took = time.monotonic() - started
+        msg = "compressed (%s): %d -> %d bytes in %.3fs"
+        about(log.debug, claim.spool, claim.name, msg, how, claim.size, done.size, took)
         ctype, encoding = Rules.headers_for(codec, mode, s.content_type or guess_type(claim.name))
         meta = {"s3spool-original-size": str(claim.size)}
         if done.label:

@@ -65,10 +65,6 @@ class Pipeline:
         self.s = settings = host.s
         self.host = host
         self.once = host.once
-        self.discovery = host.discovery
-        self.throttle = host.throttle
-        self.metrics = host.metrics
-        self.guards = host.guards
         self.template = KeyTemplate(settings.key_format, settings.prefix)
         self.compression = rules_for(settings)
         if self.compression is not None:  # a ConfigError at startup, not a failed upload
@@ -90,8 +86,8 @@ class Pipeline:
             host.spools,
             trip=host.trip,
             once=self.once,
-            metrics=self.metrics,
-            guards=self.guards,
+            metrics=host.metrics,
+            guards=host.guards,
             resubmits=self.resubmits,
             stable_keys=self.template.stable,
             counts=counts,
@@ -134,9 +130,9 @@ class Pipeline:
             wait = max(wait, hold_left(st.st_mtime, self.s.hold_for, now, seen_for))
         if wait > 0:
             if not self.once:
-                self.discovery.defer(item, wait + 0.01)
+                self.host.discovery.defer(item, wait + 0.01)
             return
-        guard = self.guards[spool]
+        guard = self.host.guards[spool]
         if guard.paused and guard.fault is not None:
             self.outcomes.left_behind(guard.fault)  # its healing rescans the spool
             return
@@ -151,7 +147,7 @@ class Pipeline:
             return
         except Busy:
             if not self.once:
-                self.discovery.defer(item, 1.0)
+                self.host.discovery.defer(item, 1.0)
             return
         except TransientError as exc:
             about(log.warning, spool, name, "%s", exc)
@@ -199,7 +195,7 @@ class Pipeline:
                 return
             spool.unclaim(claim)
             if why.retry_after is not None and not self.once:
-                self.discovery.defer((spool, name), why.retry_after)
+                self.host.discovery.defer((spool, name), why.retry_after)
             return
         except UploadError as exc:
             self.outcomes.fail(claim, exc, started)
@@ -241,7 +237,7 @@ class Pipeline:
             if self.host.stopping and not begun:
                 raise _NotStarted
             try:
-                async with self.throttle.hold(1):
+                async with self.host.throttle.hold(1):
                     begun = True
                     if claim.recovered:
                         claim.recovered = False
@@ -259,7 +255,7 @@ class Pipeline:
                 if st.st_size != claim.size or st.st_mtime_ns != claim.mtime_ns:
                     what = f"changed during upload (size {claim.size}->{st.st_size})"
                     raise FileChanged(what, reason="changed")
-                self.throttle.on_success()
+                self.host.throttle.on_success()
                 return delivery
             except FileChanged as exc:
                 claim.attempts += 1
@@ -288,8 +284,8 @@ class Pipeline:
                 raise
             except TransientError as exc:
                 claim.attempts += 1
-                self.metrics.files.labels(claim.spool.label, "retried").inc()
-                self.metrics.failures.labels(claim.spool.label, exc.reason).inc()
+                self.host.metrics.files.labels(claim.spool.label, "retried").inc()
+                self.host.metrics.failures.labels(claim.spool.label, exc.reason).inc()
                 if claim.attempts >= self.s.retry_attempts:
                     try:
                         await store.probe()

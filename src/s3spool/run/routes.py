@@ -31,10 +31,7 @@ sweep_log = logging.getLogger("s3spool.cleanup")
 
 
 class RouteRun:
-    """One route while the service runs; what it needs of the service comes as callables:
-    ``stopping``, ``running`` (its TaskGroup runs, not stopping: healing may start),
-    ``spawn`` (an intake task) and ``store_down`` (--once: stop with exit code 3).
-
+    """One route while the service runs, with what it needs of the service as callables.
     Intake runs while the store answers (``gate`` set): a store-wide fault closes the gate
     (one log line), a probe with backoff reopens it; idle probes notice an outage early."""
 

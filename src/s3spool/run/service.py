@@ -215,12 +215,8 @@ class Service:
             log.warning("%s again: stopping now, without waiting for uploads", name)
             self.request_stop(force=True)
             return
-        log.info(
-            "%s: draining (%d uploads in flight, grace %.0fs)",
-            name,
-            len(self._busy),
-            self.s.shutdown_grace,
-        )
+        grace = self.s.shutdown_grace
+        log.info("%s: draining (%d uploads in flight, grace %.0fs)", name, len(self._busy), grace)
         self.request_stop()
 
     async def _reload(self) -> None:
@@ -232,15 +228,11 @@ class Service:
         for route in self.routes:
             await route.discovery.wait_scan_started()
         self.ready = True
+        msg = "%swatching %d spool(s) -> %s with %d workers (instance %s)"
         for route in self.routes:
-            log.info(
-                "%swatching %d spool(s) -> %s with %d workers (instance %s)",
-                f"route {route.name}: " if len(self.routes) > 1 else "",
-                len(route.spools),
-                route.s.destination,
-                self.s.workers,
-                self.instance_id,
-            )
+            name = f"route {route.name}: " if len(self.routes) > 1 else ""
+            where = route.s.destination
+            log.info(msg, name, len(route.spools), where, self.s.workers, self.instance_id)
 
     async def _shutdown(self, workers: list[asyncio.Task[Any]]) -> None:
         self.stopping = True

@@ -13,9 +13,8 @@ log = logging.getLogger("s3spool.throttle")
 
 
 def backoff(attempt: int, first: float, longest: float) -> float:
-    """Delay before retry ``attempt`` (1, 2, ...): doubling from ``first`` up to ``longest``,
-    with equal jitter (a random point in the upper half), so retries never form a tight
-    loop and many failed requests do not come back in step."""
+    """Delay before retry ``attempt`` (1, 2, ...): doubling from ``first`` up to ``longest``, a
+    random point in its upper half (so failed requests do not come back in step)."""
     ceiling = min(longest, first * 2 ** (attempt - 1))
     return random.uniform(ceiling / 2, ceiling)
 

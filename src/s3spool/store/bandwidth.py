@@ -24,8 +24,7 @@ Turn = tuple[int, int]
 
 
 def piece_size(rate: int) -> int:
-    """Bytes taken (and sent) at once at ``rate``: one chunk, an eighth of a second's worth
-    at low rates, at least 64 KiB."""
+    """Bytes taken (and sent) at once: a chunk, less at low rates (1/8 s, at least 64 KiB)."""
     return max(MIN_RATE, min(STREAM_CHUNK, rate // 8))
 
 
@@ -121,14 +120,12 @@ class RouteLimit:
     async def start(
         self, body: bytes | AsyncIterator[bytes], length: int
     ) -> bytes | AsyncIterator[bytes]:
-        """``body`` (``length`` bytes) paced: its first piece is taken now, before the request
-        goes out; the rest as it is sent (a small bytes body is returned as it is)."""
+        """``body`` paced: its first piece taken now, before the request goes out (``turn``)."""
         turn = await self.turn(length)
         return body if turn is None else self.rest(body, length, turn)
 
     async def turn(self, length: int) -> Turn | None:
-        """Wait for the first piece of a body of ``length`` bytes: its place in line and the
-        bytes paid (None: no limit applies)."""
+        """Wait for a body's first piece; its place in line and bytes paid (None: no limit)."""
         pacer = self.active
         if pacer is None or length <= 0:
             return None
@@ -140,8 +137,7 @@ class RouteLimit:
     def rest(
         self, body: bytes | AsyncIterator[bytes], length: int, turn: Turn
     ) -> bytes | AsyncIterator[bytes]:
-        """The body after its ``turn``: paced piece by piece (a bytes body that the first piece
-        covers is returned as it is)."""
+        """The body after its ``turn``, paced piece by piece."""
         if isinstance(body, bytes) and length <= turn[1]:
             return body
         return self._rest(body, *turn)

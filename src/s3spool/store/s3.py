@@ -312,12 +312,8 @@ class S3Store:
                 upload_id = None
             else:
                 stored = found
-                log.info(
-                    "resuming multipart upload of %r: the store holds %d of %d parts",
-                    src.key,
-                    len(stored),
-                    count,
-                )
+                msg = "resuming multipart upload of %r: the store holds %d of %d parts"
+                log.info(msg, src.key, len(stored), count)
         if upload_id is None:
             params = self.object_params(src)
             params["Metadata"]["s3spool-part-size"] = str(part_size)
