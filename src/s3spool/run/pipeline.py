@@ -10,21 +10,8 @@ import stat
 import time
 from typing import TYPE_CHECKING
 
+from s3spool import errors
 from s3spool.config.codecs import choose
-from s3spool.errors import (
-    Busy,
-    FileChanged,
-    FileVanished,
-    LocalFault,
-    NotAFile,
-    PermanentError,
-    PreconditionFailed,
-    Refused,
-    SlowDown,
-    StoreUnavailable,
-    TransientError,
-    UploadError,
-)
 from s3spool.run.compress import compressed, need_library, rules_for
 from s3spool.run.settle import Counts, Outcomes, Resubmits
 from s3spool.spool.clock import cautious_now
@@ -52,7 +39,9 @@ _KINDS = {
 class _NotStarted(Exception):
     """This claim's upload did not start (shutdown, or its key could not be recorded)."""
 
-    def __init__(self, retry_after: float | None = None, local: LocalFault | None = None) -> None:
+    def __init__(
+        self, retry_after: float | None = None, local: errors.LocalFault | None = None
+    ) -> None:
         super().__init__()
         self.retry_after = retry_after
         self.local = local  # a spool directory refused: the spool's guard takes over
@@ -141,15 +130,15 @@ class Pipeline:
             return
         try:
             claim = spool.claim(name)
-        except LocalFault as exc:
+        except errors.LocalFault as exc:
             self.host.trip(spool, exc)
             self.outcomes.left_behind(exc)
             return
-        except Busy:
+        except errors.Busy:
             if not self.once:
                 self.host.discovery.defer(item, 1.0)
             return
-        except TransientError as exc:
+        except errors.TransientError as exc:
             about(log.warning, spool, name, "%s", exc)
             return
         if claim is None:
@@ -164,16 +153,16 @@ class Pipeline:
         started = time.monotonic()
         try:
             open_claimed(claim)
-        except FileVanished as exc:
+        except errors.FileVanished as exc:
             about(log.warning, spool, name, "%s; nothing to deliver", exc)
             spool.forget_key(claim)
             return
-        except NotAFile as exc:
+        except errors.NotAFile as exc:
             # swapped after the check: give it back untouched, like any non-regular file
             about(log.warning, spool, name, "skipped, %s (returned to incoming/)", exc)
             spool.unclaim(claim)
             return
-        except PermanentError as exc:
+        except errors.PermanentError as exc:
             self.outcomes.fail(claim, exc, started)
             return
         try:
@@ -197,7 +186,7 @@ class Pipeline:
             if why.retry_after is not None and not self.once:
                 self.host.discovery.defer((spool, name), why.retry_after)
             return
-        except UploadError as exc:
+        except errors.UploadError as exc:
             self.outcomes.fail(claim, exc, started)
             return
         except asyncio.CancelledError:
@@ -219,10 +208,10 @@ class Pipeline:
             if not self.template.stable or claim.size >= self.s.multipart_threshold:
                 try:
                     claim.spool.save_key(claim)
-                except TransientError as exc:
+                except errors.TransientError as exc:
                     # never upload under a key a crash could forget: give the file back
                     claim.key = ""
-                    if isinstance(exc, LocalFault):
+                    if isinstance(exc, errors.LocalFault):
                         about(log.debug, claim.spool, claim.name, "%s", exc)
                         raise _NotStarted(local=exc) from None
                     msg = "%s; returned to incoming/, retrying later"
@@ -244,7 +233,9 @@ class Pipeline:
                         if await store.delivered(claim):
                             return Delivery(claim.key, claim.size, already_there=True)
                     if self.s.fail_rate and random.random() < self.s.fail_rate:
-                        raise PermanentError("injected failure (FAIL_RATE)", reason="injected")
+                        raise errors.PermanentError(
+                            "injected failure (FAIL_RATE)", reason="injected"
+                        )
                     if claim.codec is None:
                         delivery = await store.upload(claim)
                     else:
@@ -254,42 +245,42 @@ class Pipeline:
                 st = os.fstat(claim.fd)
                 if st.st_size != claim.size or st.st_mtime_ns != claim.mtime_ns:
                     what = f"changed during upload (size {claim.size}->{st.st_size})"
-                    raise FileChanged(what, reason="changed")
+                    raise errors.FileChanged(what, reason="changed")
                 self.host.throttle.on_success()
                 return delivery
-            except FileChanged as exc:
+            except errors.FileChanged as exc:
                 claim.attempts += 1
                 if claim.attempts >= self.s.retry_attempts:
                     raise
                 st = os.fstat(claim.fd)
                 claim.size, claim.mtime, claim.mtime_ns = st.st_size, st.st_mtime, st.st_mtime_ns
                 about(log.warning, claim.spool, claim.name, "%s; uploading again", exc)
-            except LocalFault as exc:
+            except errors.LocalFault as exc:
                 # no room for the compressed copy: an earlier attempt may have sent it, so check
                 claim.recovered = claim.recovered or claim.attempts > 0
                 raise _NotStarted(local=exc) from None
-            except StoreUnavailable as exc:
+            except errors.StoreUnavailable as exc:
                 await self.host.pause(exc)
-            except Refused as exc:
+            except errors.Refused as exc:
                 # One object refused: a prefix policy or a KMS grant, or the whole store?
                 try:
                     await store.probe()
-                except StoreUnavailable as down:
+                except errors.StoreUnavailable as down:
                     await self.host.pause(down)
                     continue
-                raise PermanentError(str(exc), reason=exc.reason) from None
-            except PreconditionFailed:
+                raise errors.PermanentError(str(exc), reason=exc.reason) from None
+            except errors.PreconditionFailed:
                 if await store.delivered(claim):  # OVERWRITE=never: the object may be ours
                     return Delivery(claim.key, claim.size, already_there=True)
                 raise
-            except TransientError as exc:
+            except errors.TransientError as exc:
                 claim.attempts += 1
                 self.host.metrics.files.labels(claim.spool.label, "retried").inc()
                 self.host.metrics.failures.labels(claim.spool.label, exc.reason).inc()
                 if claim.attempts >= self.s.retry_attempts:
                     try:
                         await store.probe()
-                    except StoreUnavailable as down:
+                    except errors.StoreUnavailable as down:
                         # the store is the problem, not this file: wait, then start over
                         claim.attempts = 0
                         await self.host.pause(down)
@@ -299,7 +290,7 @@ class Pipeline:
                     claim.attempts,
                     self.s.retry_backoff,
                     self.s.retry_backoff_max,
-                    slowdown=isinstance(exc, SlowDown),
+                    slowdown=isinstance(exc, errors.SlowDown),
                 )
                 retry = f"retry {claim.attempts}/{self.s.retry_attempts - 1} in {delay:.2f}s"
                 about(log.info, claim.spool, claim.name, "%s; %s", exc, retry)

@@ -11,21 +11,8 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import TYPE_CHECKING, Any, cast
 
+from s3spool import errors
 from s3spool.config.settings import Settings, check_ca_bundle, tls_verify
-from s3spool.errors import (
-    ConfigError,
-    FileChanged,
-    NoSuchUpload,
-    NotFound,
-    PermanentError,
-    PreconditionFailed,
-    Refused,
-    SlowDown,
-    StoreUnavailable,
-    TransientError,
-    Unsupported,
-    UploadError,
-)
 from s3spool.spool.spool import Source
 from s3spool.store.aimd import retry_delay
 from s3spool.store.bandwidth import RouteLimit
@@ -88,7 +75,7 @@ class S3Store:
         try:
             self.client = await self._stack.enter_async_context(client_for(s))
         except ProfileNotFound:
-            raise ConfigError(
+            raise errors.ConfigError(
                 f"S3SPOOL_PROFILE (--profile): no profile {s.profile!r} in the shared AWS "
                 "config files (AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE)"
             ) from None
@@ -182,7 +169,7 @@ class S3Store:
             params["IfNoneMatch"] = "*"
         try:
             resp = await self.sender.send("PutObject", params, body, payload)
-        except PreconditionFailed:
+        except errors.PreconditionFailed:
             raise _exists(src, "PutObject") from None
         self.last_answer = time.monotonic()
         self.verifier.body("PutObject", resp, digest)
@@ -191,7 +178,7 @@ class S3Store:
     async def abort_quietly(self, key: str, upload_id: str) -> None:
         try:
             await self.abort_upload(key, upload_id)
-        except UploadError as exc:
+        except errors.UploadError as exc:
             log.warning("could not abort multipart upload %s of %r: %s", upload_id, key, exc)
 
     async def abort_upload(self, key: str, upload_id: str) -> None:
@@ -204,9 +191,9 @@ class S3Store:
                     Bucket=self.bucket, Key=key, UploadId=upload_id
                 )
             facts.abort_uploads = True
-        except NoSuchUpload:
+        except errors.NoSuchUpload:
             return
-        except Unsupported as err:
+        except errors.Unsupported as err:
             facts.abort_uploads = False
             self.verifier.tell_once(
                 "abort",
@@ -229,15 +216,15 @@ class S3Store:
                         initiated = up.get("Initiated")
                         if initiated is not None and initiated.timestamp() < older_than:
                             found.append((up["Key"], up["UploadId"]))
-        except NoSuchUpload:
+        except errors.NoSuchUpload:
             return found  # some stores answer an empty listing this way
-        except Unsupported as err:
+        except errors.Unsupported as err:
             self._no_listing(err)
             return found
         self.verifier.facts.list_uploads = True
         return found
 
-    def _no_listing(self, err: UploadError) -> None:
+    def _no_listing(self, err: errors.UploadError) -> None:
         self.verifier.facts.list_uploads = False
         self.verifier.tell_once(
             "list-uploads",
@@ -252,19 +239,19 @@ class S3Store:
         try:
             with s3_errors("HeadBucket"):
                 await self.client.head_bucket(Bucket=self.bucket)
-        except NotFound as err:
-            raise StoreUnavailable(
+        except errors.NotFound as err:
+            raise errors.StoreUnavailable(
                 f"bucket {self.bucket!r} does not exist (S3SPOOL_DESTINATION): {err}",
                 reason=err.reason,
             ) from None
-        except Refused as err:
-            raise StoreUnavailable(
+        except errors.Refused as err:
+            raise errors.StoreUnavailable(
                 f"access to bucket {self.bucket!r} denied: {err} (check the credentials and "
                 "the bucket policy: s3:ListBucket is needed for HeadBucket)",
                 reason=err.reason,
             ) from None
-        except UploadError as err:
-            raise StoreUnavailable(str(err), reason=err.reason) from None
+        except errors.UploadError as err:
+            raise errors.StoreUnavailable(str(err), reason=err.reason) from None
 
     async def survey(self) -> list[tuple[str, str]]:
         """Probe the bucket, then what a read can tell: is ListMultipartUploads there?"""
@@ -273,11 +260,11 @@ class S3Store:
             with s3_errors("ListMultipartUploads"):
                 await self.client.list_multipart_uploads(Bucket=self.bucket, MaxUploads=1)
             self.verifier.facts.list_uploads = True
-        except NoSuchUpload:  # some stores answer an empty listing this way
+        except errors.NoSuchUpload:  # some stores answer an empty listing this way
             self.verifier.facts.list_uploads = True
-        except Unsupported as err:
+        except errors.Unsupported as err:
             self._no_listing(err)
-        except UploadError as err:
+        except errors.UploadError as err:
             log.info("ListMultipartUploads not usable (%s); the sweep will try again", err)
         return self.verifier.describe()
 
@@ -285,7 +272,7 @@ class S3Store:
         """Is ``src.key`` already in the store with this file's bytes?  (crash recovery)"""
         try:
             head = await self.head(src.key)
-        except NotFound:
+        except errors.NotFound:
             return False
         return await self.verifier.matches_stored(src, head, self.s.part_size)
 
@@ -359,15 +346,15 @@ class S3Store:
                         self.last_answer = time.monotonic()
                         self.verifier.body(what, resp, digest)
                         break
-                    except TransientError as exc:
+                    except errors.TransientError as exc:
                         # one part failing must not cost the parts already sent
-                        if isinstance(exc, FileChanged) or attempt >= self.s.retry_attempts:
+                        if isinstance(exc, errors.FileChanged) or attempt >= self.s.retry_attempts:
                             raise
                         delay = retry_delay(
                             attempt,
                             self.s.retry_backoff,
                             self.s.retry_backoff_max,
-                            slowdown=isinstance(exc, SlowDown),
+                            slowdown=isinstance(exc, errors.SlowDown),
                         )
                         log.info(
                             "%s of %r: %s; retrying the part in %.2fs", what, src.key, exc, delay
@@ -394,7 +381,7 @@ class S3Store:
                         MultipartUpload={"Parts": cast("list[CompletedPartTypeDef]", parts)},
                         **extra,
                     )
-            except PreconditionFailed:
+            except errors.PreconditionFailed:
                 raise _exists(src, "CompleteMultipartUpload") from None
         except asyncio.CancelledError:
             raise  # shutdown: the upload id is recorded with the claim; the next start resumes
@@ -423,7 +410,7 @@ class S3Store:
                 async for page in pages:
                     for part in page.get("Parts", []) or []:
                         have[int(part["PartNumber"])] = dict(part)
-        except (NoSuchUpload, NotFound, Unsupported) as err:
+        except (errors.NoSuchUpload, errors.NotFound, errors.Unsupported) as err:
             log.info("cannot resume multipart upload %s of %r: %s", upload_id, key, err)
             return None
         return have
@@ -443,16 +430,22 @@ class S3Store:
         return data, await asyncio.to_thread(ck.body, data), None
 
 
-def _exists(src: Source, what: str) -> PreconditionFailed:
+def _exists(src: Source, what: str) -> errors.PreconditionFailed:
     # OVERWRITE=never and the key exists; the pipeline decides whether it is ours.
-    return PreconditionFailed(
+    return errors.PreconditionFailed(
         f"{what}: an object already exists at {src.key!r} (OVERWRITE=never)", reason="exists"
     )
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The most telling error of the failed parts (a global fault beats a transient one)."""
-    for cls in (StoreUnavailable, Refused, PermanentError, SlowDown, TransientError):
+    for cls in (
+        errors.StoreUnavailable,
+        errors.Refused,
+        errors.PermanentError,
+        errors.SlowDown,
+        errors.TransientError,
+    ):
         for e in group.exceptions:  # the parts' own errors: they start no task groups
             if isinstance(e, cls):
                 return e
@@ -489,7 +482,7 @@ def client_for(s: Settings) -> AbstractAsyncContextManager[S3Client]:
             try:
                 check_ca_bundle(bundle, "AWS_CA_BUNDLE (or the profile's ca_bundle)")
             except ValueError as exc:
-                raise ConfigError(str(exc)) from None
+                raise errors.ConfigError(str(exc)) from None
     client: AbstractAsyncContextManager[S3Client] = session.create_client(
         "s3", endpoint_url=s.endpoint_url, config=config, verify=verify
     )
