@@ -127,14 +127,9 @@ class Service:
             budget = ByteBudget(self.s.buffer_limit)  # one bound for all routes' uploads
             async with contextlib.AsyncExitStack() as stack:
                 for route in self.routes:
-                    route.store = await stack.enter_async_context(
-                        open_store(
-                            route.s,
-                            on_slowdown=route.on_slowdown,
-                            budget=budget,
-                            limiter=self.bandwidth.handles[route.name],
-                        )
-                    )
+                    limiter = self.bandwidth.handles[route.name]
+                    store = open_store(route.s, route.on_slowdown, budget, limiter)
+                    route.store = await stack.enter_async_context(store)
                 return await self._run()
         finally:
             for route in self.routes:

@@ -8,6 +8,7 @@ import hashlib
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import crc32c
 
@@ -138,8 +139,7 @@ def digest_range(
     return stream, (sha.hexdigest() if sha is not None else None)
 
 
-@dataclass(frozen=True, slots=True)
-class FileDigest:
+class FileDigest(NamedTuple):
     """A whole file's ETag (MD5 hex) and checksum (base64) as the store reports them."""
 
     etag: str | None

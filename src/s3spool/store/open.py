@@ -56,10 +56,9 @@ class NoopStore:
 
 def open_store(
     settings: Settings,
-    *,
-    on_slowdown: Callable[[], None] | None = None,
-    budget: ByteBudget | None = None,
-    limiter: RouteLimit | None = None,
+    on_slowdown: Callable[[], None] | None,
+    budget: ByteBudget,
+    limiter: RouteLimit | None,
 ) -> S3Store | NoopStore:
     """The configured destination, to be entered as an async context manager."""
     if settings.scheme == "noop":
