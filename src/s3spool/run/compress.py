@@ -1,28 +1,12 @@
-"""COMPRESS: the pipeline's step that compresses a file into a temporary copy for the store.
+"""COMPRESS: a file is compressed in one streaming pass (which also checksums the original for
+the object's metadata) into an unnamed temporary copy (O_TMPFILE, freed by the kernel whatever
+happens), and the copy goes through the ordinary PutObject or multipart path in its place.
 
-A file that the rules (``config/codecs.py``) pick is compressed in one streaming pass, in a
-thread of a pool as large as the machine's cores (zlib, ISA-L and zstd release the GIL; a
-file of ``MULTIPART_THRESHOLD`` or more is compressed by zstd's own worker threads too),
-into an unnamed temporary file (``O_TMPFILE``) in the instance's working directory.  That
-copy is handed to the store in the file's place (``Encoded``), through the ordinary PutObject
-or multipart path: Content-MD5 and the configured checksum of the bytes the store receives, the
-store's answer verified against them.  The same pass computes the original's checksum, which
-the object's metadata records with the original's size.  Memory per pass: one 1 MiB chunk in
-and its output, plus the codec's state; disk: one compressed copy per upload in flight,
-freed when the upload ends, and by the kernel if the process dies (it never had a name).
-
-Why a copy and not parts compressed in memory: the copy keeps every path that reads a body
-twice (digest pass, send, retries of a part, whole-object checks) unchanged; its cost, a
-write and a read of the compressed bytes through the page cache, was nothing measurable on
-logs and 0.3 s per GiB of incompressible data (bench/RESULTS.md "Compression").
-
-Crash safety: the key (with its suffix) and the codec are fixed at claim time and recorded
-like any key; a restart compresses again.  A recorded multipart upload is resumed: the
-stored parts are compared with the new copy's parts (size and MD5 or checksum) as always,
-so a part is reused only if it holds exactly those bytes.  The codecs are deterministic for
-one level, one library version and one choice of zstd threading (which depends only on the
-size), so after a crash the parts usually match.
-"""
+Why a copy, not parts compressed in memory: every path that reads a body twice (digest pass,
+send, part retries, whole-object checks) stays as it is, for a cost too small to matter
+(bench/RESULTS.md "Compression").  After a crash the file is compressed again; a recorded
+multipart upload reuses a stored part only if it holds exactly the new copy's bytes, which it
+usually does: the codecs are deterministic for one level, library version and zstd threading."""
 
 from __future__ import annotations
 
@@ -37,17 +21,18 @@ import secrets
 import threading
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from s3spool.config.codecs import CODECS, Rules
 from s3spool.config.settings import Settings
-from s3spool.errors import ConfigError, FileChanged, PermanentError
+from s3spool.errors import ConfigError, PermanentError
 from s3spool.spool.spool import Claim, Source, about, local_fault
 from s3spool.store.base import guess_type
+from s3spool.store.bodies import read_chunks
 from s3spool.store.digests import StreamDigest
 
 log = logging.getLogger("s3spool.store")
@@ -59,16 +44,11 @@ _MAX_ZSTD_THREADS = 4
 #: input per zstd worker job (part of what a restart must repeat to make the same bytes)
 ZSTD_JOB = 2 * 1024 * 1024
 
-_pool: ThreadPoolExecutor | None = None
 
-
+@functools.cache
 def executor() -> ThreadPoolExecutor:
-    """One pool of compressing threads per process, as many as cores: compression uses every
-    core when several files are compressed at once, and never more passes than cores."""
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="s3spool-compress")
-    return _pool
+    """The process's compressing threads, one per core (the codecs release the GIL)."""
+    return ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="s3spool-compress")
 
 
 def rules_for(s: Settings) -> Rules | None:
@@ -79,9 +59,8 @@ def rules_for(s: Settings) -> Rules | None:
 
 
 def zstd_threads(size: int, threshold: int) -> int:
-    """zstd worker threads for a file: 0 (inline) below ``threshold``, where many files
-    share the cores anyway; above it one file must use them all (and zstd's output is the
-    same for any number of workers, so a restart on another machine resumes the same parts)."""
+    """zstd worker threads for a file: none below ``threshold`` (many files share the cores),
+    else up to 4 (zstd's output is the same for any number of workers)."""
     cores = os.cpu_count() or 1
     return min(cores, _MAX_ZSTD_THREADS) if cores > 1 and size >= threshold else 0
 
@@ -106,70 +85,45 @@ class Sink:
         return done
 
 
-class _Deflate:
-    """gzip through a zlib-style ``compressobj`` (zlib or ISA-L's ``isal_zlib``)."""
-
-    def __init__(self, comp: Any, sink: Sink) -> None:
-        self._comp = comp
-        self._sink = sink
-
-    def write(self, data: bytes) -> None:
-        self._sink.write(self._comp.compress(data))
-
-    def finish(self) -> None:
-        self._sink.write(self._comp.flush())
+class Encoder(NamedTuple):
+    write: Callable[[bytes], object]
+    finish: Callable[[], object]
 
 
-class _Zstd:
-    """zstd through a ``stream_writer``: it writes its output as it goes, in pieces of at most
-    128 KiB (``compressobj`` hands back everything its worker threads made since the last
-    call: several MiB at once on incompressible data)."""
-
-    def __init__(self, writer: Any) -> None:
-        self._writer = writer
-
-    def write(self, data: bytes) -> None:
-        self._writer.write(data)
-
-    def finish(self) -> None:
-        import zstandard
-
-        self._writer.flush(zstandard.FLUSH_FRAME)
-
-
-def encoder(codec: str, level: int, threads: int, sink: Sink) -> _Deflate | _Zstd:
-    """A streaming encoder writing into ``sink``: ``write(data)``, then ``finish()``."""
+def encoder(codec: str, level: int, threads: int, sink: Sink) -> Encoder:
+    """A streaming encoder writing into ``sink``."""
     if codec == "zstd":
         import zstandard
 
-        # 2 MiB jobs, not zstd's default 8 MiB at level 3: its worker buffers take 14 MiB
-        # instead of 46 on logs, for the same speed and 0.2 % less ratio (bench/RESULTS.md)
+        # 2 MiB jobs, not 8: far smaller worker buffers at the same speed (bench/RESULTS.md)
         jobs = {"job_size": ZSTD_JOB} if threads else {}
         params = zstandard.ZstdCompressionParameters.from_level(
             level, threads=threads, write_checksum=True, **jobs
         )
         comp = zstandard.ZstdCompressor(compression_params=params)
         out: Any = sink  # a file as far as zstd is concerned: it only calls write()
-        return _Zstd(comp.stream_writer(out, closefd=False))
-    if level <= 3:  # ISA-L: several times zlib's speed at these levels (bench/RESULTS.md)
+        # a stream_writer writes as it goes; compressobj would hand back MiBs at once
+        writer = comp.stream_writer(out, closefd=False)
+        return Encoder(writer.write, functools.partial(writer.flush, zstandard.FLUSH_FRAME))
+    if level <= 3:  # ISA-L: much faster than zlib at these levels (bench/RESULTS.md)
         from isal import isal_zlib
 
-        return _Deflate(isal_zlib.compressobj(level, isal_zlib.DEFLATED, 31), sink)
-    return _Deflate(zlib.compressobj(level, zlib.DEFLATED, 31), sink)  # 31: the gzip format
+        deflate: Any = isal_zlib.compressobj(level, isal_zlib.DEFLATED, 31)
+    else:
+        deflate = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: the gzip format
+    return Encoder(
+        lambda data: sink.write(deflate.compress(data)), lambda: sink.write(deflate.flush())
+    )
 
 
 class _Stopped(Exception):
     """The upload was cancelled: the pass stopped at a chunk boundary."""
 
 
-class _ReadError(Exception):
+class _WriteError(Exception):
     def __init__(self, exc: OSError) -> None:
         super().__init__(str(exc))
         self.exc = exc
-
-
-class _WriteError(_ReadError):
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,27 +146,18 @@ def compress_pass(
     digest = StreamDigest(algorithm, md5=False)
     sink = Sink(out_fd)
     enc = encoder(codec, level, threads, sink)
-    pos = 0
-    while pos < size:
+    for chunk in read_chunks(src_fd, 0, size, CHUNK):  # an OSError here is a read's
         if stop.is_set():
             raise _Stopped
-        try:
-            chunk = os.pread(src_fd, min(CHUNK, size - pos), pos)
-        except OSError as exc:
-            raise _ReadError(exc) from None
-        if not chunk:
-            raise FileChanged("file shrank while it was being compressed", reason="changed")
         digest.update(chunk)
         enc.write(chunk)
-        pos += len(chunk)
     enc.finish()
     return PassResult(sink.size, digest.label())
 
 
 def open_scratch(directory: Path) -> int:
-    """An unnamed file in ``directory`` (O_TMPFILE: the kernel frees it when it is closed,
-    whatever kills the process); where the filesystem lacks O_TMPFILE, a file unlinked right
-    after it is made (a crash in between leaves ``.tmp.compress.*``, which recovery removes)."""
+    """An unnamed file in ``directory``: O_TMPFILE, else a file unlinked at once (a crash in
+    between leaves ``.tmp.compress.*``, which recovery removes)."""
     flags = os.O_RDWR | os.O_CLOEXEC
     try:
         return os.open(directory, flags | os.O_TMPFILE, 0o600)
@@ -249,11 +194,11 @@ async def run_pass(
 
 def need_library(codec: str, level: int) -> None:
     """``ConfigError`` at startup, not a failed upload, where the codec's library is missing."""
-    module, package = {"zstd": ("zstandard", "zstandard")}.get(codec, ("isal", "isal"))
     if codec == "gzip" and level > 3:
         return  # zlib: the standard library
+    package = "zstandard" if codec == "zstd" else "isal"
     try:
-        importlib.import_module(module)
+        importlib.import_module(package)
     except ImportError as exc:
         raise ConfigError(
             f"S3SPOOL_COMPRESS (--compress): {codec} needs the {package} package ({exc})"
@@ -296,20 +241,12 @@ async def compressed(claim: Claim, rules: Rules | None, s: Settings) -> AsyncIte
         except _WriteError as exc:
             what = f"write the compressed copy of {claim.name!r}"
             raise local_fault(exc.exc, what, where) from None
-        except _ReadError as exc:
-            raise PermanentError(f"cannot read: {exc.exc.strerror}", reason="unreadable") from None
-        about(
-            log.debug,
-            claim.spool,
-            claim.name,
-            "compressed (%s %d, %d zstd threads): %d -> %d bytes in %.3fs",
-            codec.name,
-            level,
-            threads,
-            claim.size,
-            done.size,
-            time.monotonic() - started,
-        )
+        except OSError as exc:
+            raise PermanentError(f"cannot read: {exc.strerror}", reason="unreadable") from None
+        how = f"{codec.name} {level}, {threads} zstd threads"
+        took = time.monotonic() - started
+        msg = "compressed (%s): %d -> %d bytes in %.3fs"
+        about(log.debug, claim.spool, claim.name, msg, how, claim.size, done.size, took)
         ctype, encoding = Rules.headers_for(codec, mode, s.content_type or guess_type(claim.name))
         meta = {"s3spool-original-size": str(claim.size)}
         if done.label:

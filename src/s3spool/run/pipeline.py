@@ -1,9 +1,4 @@
-"""The life of one file: take, claim, key, upload, verify, route, and its one log line.
-
-``Pipeline`` holds the per-file state that outlives one attempt (backoffs, resubmit counts,
-when a future-dated file was first seen) and needs from its route only
-the store, the store gate, whether it is stopping, and where local faults go.
-"""
+"""The life of one file: take, claim, key, upload, verify, route, and its one log line."""
 
 from __future__ import annotations
 
@@ -13,86 +8,58 @@ import os
 import random
 import stat
 import time
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from s3spool import errors
 from s3spool.config.codecs import choose
-from s3spool.config.settings import Settings
-from s3spool.errors import (
-    Busy,
-    FileChanged,
-    FileVanished,
-    LocalFault,
-    NotAFile,
-    PermanentError,
-    PreconditionFailed,
-    Refused,
-    SlowDown,
-    StoreUnavailable,
-    TransientError,
-    UploadError,
-)
-from s3spool.metrics import Metrics
 from s3spool.run.compress import compressed, need_library, rules_for
 from s3spool.run.progress import Counts
 from s3spool.run.settle import Outcomes, Resubmits
 from s3spool.spool.cleanup import cautious_now
-from s3spool.spool.guard import Guard
 from s3spool.spool.keys import KeyTemplate, claim_input
 from s3spool.spool.scan import hold_left
-from s3spool.spool.spool import Claim, Spool, about, open_claimed
-from s3spool.spool.watch import Discovery, Item, Pending, WarnOnce
-from s3spool.store.aimd import Throttle, retry_delay
+from s3spool.spool.spool import Claim, about, open_claimed
+from s3spool.spool.watch import Item, WarnOnce
+from s3spool.store.aimd import retry_delay
 from s3spool.store.base import Delivery
 
 if TYPE_CHECKING:
     from s3spool.run.routes import RouteRun
 
 log = logging.getLogger("s3spool.service")  # the name operators' log filters know
-file_log = logging.getLogger("s3spool.file")
+_KINDS = {
+    stat.S_IFLNK: "symlink",
+    stat.S_IFDIR: "directory",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "device",
+    stat.S_IFBLK: "device",
+}
 
 
 class _NotStarted(Exception):
     """This claim's upload did not start (shutdown, or its key could not be recorded)."""
 
-    def __init__(self, retry_after: float | None = None, local: LocalFault | None = None) -> None:
+    def __init__(
+        self, retry_after: float | None = None, local: errors.LocalFault | None = None
+    ) -> None:
         super().__init__()
         self.retry_after = retry_after
         self.local = local  # a spool directory refused: the spool's guard takes over
 
 
 class Pipeline:
-    """Per-file work of every worker; one instance per service."""
+    """One route's per-file work, and the per-file state that outlives one attempt."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        spools: Sequence[Spool],
-        *,
-        host: RouteRun,
-        once: bool,
-        pending: Pending,
-        discovery: Discovery,
-        throttle: Throttle,
-        metrics: Metrics,
-        guards: dict[Spool, Guard],
-        counts: Counts | None = None,
-    ) -> None:
-        self.s = settings
+    def __init__(self, host: RouteRun, counts: Counts | None = None) -> None:
+        self.s = settings = host.s
         self.host = host
-        self.once = once
-        self.pending = pending
-        self.discovery = discovery
-        self.throttle = throttle
-        self.metrics = metrics
-        self.guards = guards
-        self.spools = list(spools)
-        self.instance_id = settings.resolved_instance_id
+        self.once = host.once
         self.template = KeyTemplate(settings.key_format, settings.prefix)
         self.compression = rules_for(settings)
         if self.compression is not None:  # a ConfigError at startup, not a failed upload
             need_library(self.compression.codec.name, self.compression.level)
-        if any(sp.recursive for sp in spools) and self.template.fields.isdisjoint(
+        if any(sp.recursive for sp in host.spools) and self.template.fields.isdisjoint(
             {"relpath", "dirname"}
         ):
             log.warning(
@@ -106,15 +73,16 @@ class Pipeline:
         self._first_seen: dict[Item, float] = {}
         self.outcomes = Outcomes(
             settings,
-            self.spools,
+            host.spools,
             trip=host.trip,
-            once=once,
-            metrics=metrics,
-            guards=guards,
+            once=self.once,
+            metrics=host.metrics,
+            guards=host.guards,
             resubmits=self.resubmits,
             stable_keys=self.template.stable,
             counts=counts,
         )
+        self.outcomes.notifications = host.notifications
 
     async def take(self, item: Item) -> None:
         spool, name = item
@@ -130,20 +98,18 @@ class Pipeline:
                 about(log.warning, spool, name, "cannot stat: %s", exc.strerror)
             return
         if not stat.S_ISREG(st.st_mode):
-            kind = _kind(st.st_mode)
+            kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
             if self._warn((item, kind)):
                 about(log.warning, spool, name, "skipped, %s (left in place)", kind)
             return
-        # Backoffs are measured on the monotonic clock; a file's age can only be measured
-        # on the wall clock its mtime comes from.
+        # backoffs on the monotonic clock; a file's age on the wall clock of its mtime
         mono = time.monotonic()
         wait = self.resubmits.wait(item, mono) if spool.dirs.resubmit else 0.0
         if self.s.hold_for > 0:
             now = cautious_now()
             seen_for = 0.0
             if st.st_mtime > now + 1:
-                # A clock ahead of ours (or ours stepped back): HOLD_FOR counts from when we
-                # first saw the file (survey.hold_left), on the monotonic clock.
+                # a clock ahead of ours (or ours stepped back): HOLD_FOR counts from first sight
                 seen_for = mono - self._first_seen.setdefault(item, mono)
                 if self._warn((item, "future")):
                     about(
@@ -154,9 +120,9 @@ class Pipeline:
             wait = max(wait, hold_left(st.st_mtime, self.s.hold_for, now, seen_for))
         if wait > 0:
             if not self.once:
-                self.discovery.defer(item, wait + 0.01)
+                self.host.discovery.defer(item, wait + 0.01)
             return
-        guard = self.guards[spool]
+        guard = self.host.guards[spool]
         if guard.paused and guard.fault is not None:
             self.outcomes.left_behind(guard.fault)  # its healing rescans the spool
             return
@@ -165,15 +131,15 @@ class Pipeline:
             return
         try:
             claim = spool.claim(name)
-        except LocalFault as exc:
+        except errors.LocalFault as exc:
             self.host.trip(spool, exc)
             self.outcomes.left_behind(exc)
             return
-        except Busy:
+        except errors.Busy:
             if not self.once:
-                self.discovery.defer(item, 1.0)
+                self.host.discovery.defer(item, 1.0)
             return
-        except TransientError as exc:
+        except errors.TransientError as exc:
             about(log.warning, spool, name, "%s", exc)
             return
         if claim is None:
@@ -184,20 +150,20 @@ class Pipeline:
         await self.deliver(claim)
 
     async def deliver(self, claim: Claim) -> None:
-        spool = claim.spool
+        spool, name = claim.spool, claim.name
         started = time.monotonic()
         try:
             open_claimed(claim)
-        except FileVanished as exc:
-            about(log.warning, spool, claim.name, "%s; nothing to deliver", exc)
+        except errors.FileVanished as exc:
+            about(log.warning, spool, name, "%s; nothing to deliver", exc)
             spool.forget_key(claim)
             return
-        except NotAFile as exc:
+        except errors.NotAFile as exc:
             # swapped after the check: give it back untouched, like any non-regular file
-            about(log.warning, spool, claim.name, "skipped, %s (returned to incoming/)", exc)
+            about(log.warning, spool, name, "skipped, %s (returned to incoming/)", exc)
             spool.unclaim(claim)
             return
-        except PermanentError as exc:
+        except errors.PermanentError as exc:
             self.outcomes.fail(claim, exc, started)
             return
         try:
@@ -206,7 +172,8 @@ class Pipeline:
             if why.local is not None:
                 if claim.recovered:
                     # its key record must survive: deliver it from working/ once healed
-                    self.outcomes.strand(claim, why.local, lambda: self.pending.put_claim(claim))
+                    put = self.host.pending.put_claim
+                    self.outcomes.strand(claim, why.local, lambda: put(claim))
                     return
                 self.outcomes.left_behind(why.local)
                 spool.unclaim(claim)
@@ -214,18 +181,13 @@ class Pipeline:
                 return
             if claim.recovered:
                 # its key record must survive: the next start delivers it to the same key
-                about(
-                    log.info,
-                    spool,
-                    claim.name,
-                    "recovered claim left in working/ for the next start",
-                )
+                about(log.info, spool, name, "recovered claim left in working/ for the next start")
                 return
             spool.unclaim(claim)
             if why.retry_after is not None and not self.once:
-                self.discovery.defer((spool, claim.name), why.retry_after)
+                self.host.discovery.defer((spool, name), why.retry_after)
             return
-        except UploadError as exc:
+        except errors.UploadError as exc:
             self.outcomes.fail(claim, exc, started)
             return
         except asyncio.CancelledError:
@@ -243,22 +205,18 @@ class Pipeline:
             # COMPRESS: whether (so the key's suffix) follows from its name and size, fixed here
             claim.codec, suffix = choose(self.compression, claim.name, claim.size)
             claim.key = self.template.render(claim_input(claim), suffix)
-            if self._needs_record(claim.size):
+            # a key that a restart would not render again (or a long upload) is recorded first
+            if not self.template.stable or claim.size >= self.s.multipart_threshold:
                 try:
                     claim.spool.save_key(claim)
-                except TransientError as exc:
+                except errors.TransientError as exc:
                     # never upload under a key a crash could forget: give the file back
                     claim.key = ""
-                    if isinstance(exc, LocalFault):
+                    if isinstance(exc, errors.LocalFault):
                         about(log.debug, claim.spool, claim.name, "%s", exc)
                         raise _NotStarted(local=exc) from None
-                    about(
-                        log.error,
-                        claim.spool,
-                        claim.name,
-                        "%s; returned to incoming/, retrying later",
-                        exc,
-                    )
+                    msg = "%s; returned to incoming/, retrying later"
+                    about(log.error, claim.spool, claim.name, msg, exc)
                     raise _NotStarted(retry_after=self.s.retry_backoff_max) from None
 
         begun = False
@@ -269,57 +227,61 @@ class Pipeline:
             if self.host.stopping and not begun:
                 raise _NotStarted
             try:
-                async with self.throttle.slot():
+                async with self.host.throttle.hold(1):
                     begun = True
                     if claim.recovered:
                         claim.recovered = False
                         if await store.delivered(claim):
                             return Delivery(claim.key, claim.size, already_there=True)
                     if self.s.fail_rate and random.random() < self.s.fail_rate:
-                        raise PermanentError("injected failure (FAIL_RATE)", reason="injected")
+                        raise errors.PermanentError(
+                            "injected failure (FAIL_RATE)", reason="injected"
+                        )
                     if claim.codec is None:
                         delivery = await store.upload(claim)
                     else:
                         async with compressed(claim, self.compression, self.s) as copy:
                             delivery = await store.upload(copy)
                         delivery.stored, delivery.size = delivery.size, claim.size
-                _check_unchanged(claim)
-                self.throttle.on_success()
+                st = os.fstat(claim.fd)
+                if st.st_size != claim.size or st.st_mtime_ns != claim.mtime_ns:
+                    what = f"changed during upload (size {claim.size}->{st.st_size})"
+                    raise errors.FileChanged(what, reason="changed")
+                self.host.throttle.on_success()
                 return delivery
-            except FileChanged as exc:
+            except errors.FileChanged as exc:
                 claim.attempts += 1
                 if claim.attempts >= self.s.retry_attempts:
                     raise
                 st = os.fstat(claim.fd)
                 claim.size, claim.mtime, claim.mtime_ns = st.st_size, st.st_mtime, st.st_mtime_ns
                 about(log.warning, claim.spool, claim.name, "%s; uploading again", exc)
-            except LocalFault as exc:
-                # the working directory refused the compressed copy (compress.py): nothing of
-                # this attempt was sent; an earlier one may have been, so check the store first
+            except errors.LocalFault as exc:
+                # no room for the compressed copy: an earlier attempt may have sent it, so check
                 claim.recovered = claim.recovered or claim.attempts > 0
                 raise _NotStarted(local=exc) from None
-            except StoreUnavailable as exc:
+            except errors.StoreUnavailable as exc:
                 await self.host.pause(exc)
-            except Refused as exc:
+            except errors.Refused as exc:
                 # One object refused: a prefix policy or a KMS grant, or the whole store?
                 try:
                     await store.probe()
-                except StoreUnavailable as down:
+                except errors.StoreUnavailable as down:
                     await self.host.pause(down)
                     continue
-                raise PermanentError(str(exc), reason=exc.reason) from None
-            except PreconditionFailed:
+                raise errors.PermanentError(str(exc), reason=exc.reason) from None
+            except errors.PreconditionFailed:
                 if await store.delivered(claim):  # OVERWRITE=never: the object may be ours
                     return Delivery(claim.key, claim.size, already_there=True)
                 raise
-            except TransientError as exc:
+            except errors.TransientError as exc:
                 claim.attempts += 1
-                self.metrics.files.labels(claim.spool.label, "retried").inc()
-                self.metrics.failures.labels(claim.spool.label, exc.reason).inc()
+                self.host.metrics.files.labels(claim.spool.label, "retried").inc()
+                self.host.metrics.failures.labels(claim.spool.label, exc.reason).inc()
                 if claim.attempts >= self.s.retry_attempts:
                     try:
                         await store.probe()
-                    except StoreUnavailable as down:
+                    except errors.StoreUnavailable as down:
                         # the store is the problem, not this file: wait, then start over
                         claim.attempts = 0
                         await self.host.pause(down)
@@ -329,42 +291,8 @@ class Pipeline:
                     claim.attempts,
                     self.s.retry_backoff,
                     self.s.retry_backoff_max,
-                    slowdown=isinstance(exc, SlowDown),
+                    slowdown=isinstance(exc, errors.SlowDown),
                 )
-                about(
-                    log.info,
-                    claim.spool,
-                    claim.name,
-                    "%s; retry %d/%d in %.2fs",
-                    exc,
-                    claim.attempts,
-                    self.s.retry_attempts - 1,
-                    delay,
-                )
+                retry = f"retry {claim.attempts}/{self.s.retry_attempts - 1} in {delay:.2f}s"
+                about(log.info, claim.spool, claim.name, "%s; %s", exc, retry)
                 await asyncio.sleep(delay)
-
-    def _needs_record(self, size: int) -> bool:
-        """Must this file's key be written down before its upload (which takes space)?"""
-        return not self.template.stable or size >= self.s.multipart_threshold
-
-
-def _check_unchanged(claim: Claim) -> None:
-    st = os.fstat(claim.fd)
-    if st.st_size != claim.size or st.st_mtime_ns != claim.mtime_ns:
-        raise FileChanged(
-            f"changed during upload (size {claim.size}->{st.st_size})", reason="changed"
-        )
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if stat.S_ISDIR(mode):
-        return "directory"
-    if stat.S_ISFIFO(mode):
-        return "fifo"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "device"
-    return "not a regular file"

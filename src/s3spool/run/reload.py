@@ -1,11 +1,11 @@
-"""SIGHUP: load the configuration again from the same flags, variables and file; apply the
-bandwidth limits at once, name every other change as needing a restart (it keeps its running
-value), and change nothing if the configuration does not load."""
+"""SIGHUP: load the configuration again; apply the bandwidth limits, name what else changed
+as needing a restart, and change nothing if it does not load."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Set
 
 from s3spool.config.load import Config, load_config
 from s3spool.config.settings import GLOBAL_FIELDS, Settings
@@ -46,28 +46,22 @@ async def reload(config: Config, bandwidth: Bandwidth) -> None:
 
 def needs_restart(old: Config, new: Config) -> list[str]:
     """The changes between two configurations that only a restart applies, by route."""
-    order = list(Settings.model_fields)
-    out = [f for f in order if f in GLOBAL_FIELDS - RUNTIME_FIELDS and _differs(old.s, new.s, f)]
-    if out:
-        out = [", ".join(out)]
+
+    def changed(a: Settings, b: Settings, fields: Set[str]) -> str:
+        names = [f for f in Settings.model_fields if f in fields and getattr(a, f) != getattr(b, f)]
+        return ", ".join(names)
+
+    top = changed(old.s, new.s, GLOBAL_FIELDS - RUNTIME_FIELDS)
+    out = [top] if top else []
+    per_route = set(Settings.model_fields) - GLOBAL_FIELDS - RUNTIME_FIELDS
     before = {r.name: r for r in old.routes}
     named = len(old.routes) > 1 or len(new.routes) > 1 or old.routes[0].name != new.routes[0].name
     for route in new.routes:
         was = before.get(route.name)
         if was is None:
             out.append(f"route {route.name!r} (new)")
-            continue
-        fields = [
-            f
-            for f in order
-            if f not in GLOBAL_FIELDS | RUNTIME_FIELDS and _differs(was.s, route.s, f)
-        ]
-        if fields:
-            out.append((f"route {route.name!r}: " if named else "") + ", ".join(fields))
+        elif fields := changed(was.s, route.s, per_route):
+            out.append((f"route {route.name!r}: " if named else "") + fields)
     now = {r.name for r in new.routes}
     out += [f"route {r.name!r} (removed)" for r in old.routes if r.name not in now]
     return out
-
-
-def _differs(a: Settings, b: Settings, field: str) -> bool:
-    return bool(getattr(a, field) != getattr(b, field))

@@ -1,11 +1,5 @@
-"""Routes at run time: each route's spools, discovery, store and store gate.
-
-The service (``service.py``) owns what all routes share: the workers, the byte budget, the
-metrics, signals and the drain.  Each ``RouteRun`` owns what is per destination, so a store
-that is down pauses only the routes that use it and a SlowDown throttles only them.
-``Lanes`` hands the workers jobs from every route's queue in turn: a backlog of 10,000
-files in one route never delays a file of another by more than one upload.
-"""
+"""Routes at run time: each route's spools, discovery, store and store gate (a store that is
+down pauses only its routes), the lanes the workers take jobs from, and the multipart sweep."""
 
 from __future__ import annotations
 
@@ -36,85 +30,10 @@ log = logging.getLogger("s3spool.service")
 sweep_log = logging.getLogger("s3spool.cleanup")
 
 
-class StoreGate:
-    """Intake runs while the store answers and pauses while it does not.
-
-    A store-wide fault (unreachable, TLS not trusted, a refusal that the bucket probe
-    confirms) closes the gate with one log line; a probe with backoff reopens it.  While no
-    request reaches the store, an idle probe every PROBE_INTERVAL notices an outage before
-    files pile up (``s3spool_store_up``, ``/readyz``).
-    """
-
-    def __init__(self) -> None:
-        self.event = asyncio.Event()
-        self.event.set()
-        #: set once the start-up survey ended: the sweep needs what it learned
-        #: (is ListMultipartUploads there?)
-        self.surveyed = asyncio.Event()
-
-    async def survey(self, store: Store, pause: Callable[[UploadError], Awaitable[None]]) -> None:
-        """The start-up survey, beside the first uploads: one ``store:`` line, or a pause."""
-        try:
-            found = await store.survey()
-        except StoreUnavailable as exc:
-            await pause(exc)
-            return
-        finally:
-            self.surveyed.set()
-        if found:
-            log.info("store: %s", "; ".join(f"{topic}: {finding}" for topic, finding in found))
-
-    def close(self, exc: UploadError) -> bool:
-        """Pause intake; True if it was running (the caller starts the reopening probe)."""
-        if not self.event.is_set():
-            return False
-        self.event.clear()
-        log.error(
-            "store unavailable (%s): intake paused, files stay where they are; "
-            "probing until it answers",
-            exc,
-        )
-        return True
-
-    async def reopen_when_up(self, store: Store) -> None:
-        """Probe with backoff (1 s doubling to 10 s) until the store answers; then reopen."""
-        delay = 1.0
-        last_log = time.monotonic()
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                await store.probe()
-            except StoreUnavailable as exc:
-                if time.monotonic() - last_log >= 60:
-                    log.error("store still unavailable: %s (intake paused)", exc)
-                    last_log = time.monotonic()
-                delay = min(delay * 2, 10.0)
-                continue
-            log.warning("store reachable again: resuming intake")
-            self.event.set()
-            return
-
-    async def watch(
-        self,
-        store: Store,
-        interval: float,
-        pause: Callable[[UploadError], Awaitable[None]],
-    ) -> None:
-        """While nothing else reaches the store, probe it every ``interval``."""
-        while True:
-            await asyncio.sleep(interval)
-            if not self.event.is_set() or time.monotonic() - store.last_answer < interval:
-                continue  # already paused (and probing), or the store answered recently
-            try:
-                await store.probe()
-            except StoreUnavailable as exc:
-                await pause(exc)
-
-
 class RouteRun:
-    """One route while the service runs; what it needs of the service comes as callables:
-    ``stopping``, ``running`` (its TaskGroup runs, not stopping: healing may start),
-    ``spawn`` (an intake task) and ``store_down`` (--once: stop with exit code 3)."""
+    """One route while the service runs, with what it needs of the service as callables.
+    Intake runs while the store answers (``gate`` set): a store-wide fault closes the gate
+    (one log line), a probe with backoff reopens it; idle probes notice an outage early."""
 
     def __init__(
         self,
@@ -150,8 +69,9 @@ class RouteRun:
         self.throttle = Throttle(s.workers)
         self.metrics = metrics
         self.store: Store | None = None
-        self.store_gate = StoreGate()
-        self.gate = self.store_gate.event  # set: intake running; clear: the store is down
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.surveyed = asyncio.Event()  # the sweep needs what the survey learned
         self.last_sweep = 0.0
         self.notifications = Notifications(route.name, s, self.spools, metrics)
 
@@ -163,7 +83,6 @@ class RouteRun:
         self.metrics.slowdowns.inc()
         self.throttle.on_slowdown()
 
-    # --- start ------------------------------------------------------------------------------
     def open(self) -> None:
         for spool in self.spools:
             try:
@@ -182,11 +101,11 @@ class RouteRun:
 
     def intake(self, store: Store) -> list[Any]:
         """The coroutines that find work for this route (the service runs them)."""
-        coros: list[Any] = [self.store_gate.survey(store, self.pause)]
+        coros: list[Any] = [self.survey(store)]
         if not self.once:
             coros += [self.discovery.read_events(), self.discovery.scan_loop()]
             if self.s.probe_interval > 0:
-                coros.append(self.store_gate.watch(store, self.s.probe_interval, self.pause))
+                coros.append(self.watch(store, self.s.probe_interval))
             coros.append(self.discovery.layout_loop())
             for guard in self.guards.values():
                 if guard.fault is not None:
@@ -200,7 +119,6 @@ class RouteRun:
             spool.close()
         self.discovery.close()
 
-    # --- faults -------------------------------------------------------------------------------
     def trip(self, spool: Spool, fault: LocalFault) -> None:
         """A directory of ``spool`` refused: pause that spool (see spoolguard.py)."""
         guard = self.guards[spool]
@@ -216,11 +134,58 @@ class RouteRun:
         """This route's store is unavailable: its intake waits until a probe succeeds."""
         if self.once:
             await self._store_down(exc)
-        if self.store_gate.close(exc) and self._running() and self.store is not None:
-            self._spawn(self.store_gate.reopen_when_up(self.store))
+        if self.gate.is_set():
+            self.gate.clear()
+            log.error(
+                "store unavailable (%s): intake paused, files stay where they are; "
+                "probing until it answers",
+                exc,
+            )
+            if self._running() and self.store is not None:
+                self._spawn(self._reopen_when_up(self.store))
         await self.gate.wait()
 
-    # --- housekeeping -------------------------------------------------------------------------
+    async def survey(self, store: Store) -> None:
+        """The start-up survey, beside the first uploads: one ``store:`` line, or a pause."""
+        try:
+            found = await store.survey()
+        except StoreUnavailable as exc:
+            await self.pause(exc)
+            return
+        finally:
+            self.surveyed.set()
+        if found:
+            log.info("store: %s", "; ".join(f"{topic}: {finding}" for topic, finding in found))
+
+    async def _reopen_when_up(self, store: Store) -> None:
+        """Probe with backoff (1 s doubling to 10 s) until the store answers; then reopen."""
+        delay = 1.0
+        last_log = time.monotonic()
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await store.probe()
+            except StoreUnavailable as exc:
+                if time.monotonic() - last_log >= 60:
+                    log.error("store still unavailable: %s (intake paused)", exc)
+                    last_log = time.monotonic()
+                delay = min(delay * 2, 10.0)
+                continue
+            log.warning("store reachable again: resuming intake")
+            self.gate.set()
+            return
+
+    async def watch(self, store: Store, interval: float) -> None:
+        """While nothing else reaches the store, probe it every ``interval``."""
+        while True:
+            await asyncio.sleep(interval)
+            if not self.gate.is_set() or time.monotonic() - store.last_answer < interval:
+                continue  # already paused (and probing), or the store answered recently
+            try:
+                await store.probe()
+            except StoreUnavailable as exc:
+                await self.pause(exc)
+
     async def cleanup_once(self) -> None:
         adopt_dead(self.spools, self.guards, self.pending.put_claim)
         if self.once:
@@ -232,19 +197,34 @@ class RouteRun:
                     guard.reroute()  # the directory works again: move what waited
         await tidy_spools(self.spools, self.guards, self.s)
         if self.store is not None and self.gate.is_set():
-            await self.store_gate.surveyed.wait()
-            self.last_sweep = await sweep_multipart(
-                self.store, self.spools, self.s, self.metrics, self.last_sweep
-            )
+            await self.surveyed.wait()
+            await self._sweep(self.store)
+
+    async def _sweep(self, store: Store) -> None:
+        """Abort multipart uploads older than ABORT_MULTIPART_AFTER that no instance recorded,
+        when a sweep is due (``sweep_due``)."""
+        if not sweep_due(self.s, self.last_sweep):
+            return
+        now = time.time()
+        live: set[str] = set()
+        for spool in self.spools:
+            live |= open_uploads(spool)
+        try:
+            for key, upload_id in await store.stale_uploads(now - self.s.abort_multipart_after):
+                if upload_id not in live:
+                    await store.abort_upload(key, upload_id)
+                    self.metrics.aborted.inc()
+                    sweep_log.info("aborted stale multipart upload %s of %r", upload_id, key)
+        except UploadError as exc:
+            sweep_log.warning("multipart sweep skipped: %s", exc)
+        else:
+            _mark(self.spools)
+        self.last_sweep = now
 
 
 class Lanes:
-    """The workers' view of every route's queue, taken in turn.
-
-    With one route this is that route's queue.  With several, each job put into any lane
-    adds a ticket to one shared queue: a worker takes a ticket (so it wakes only when there
-    is work, one worker per job) and then the next job round-robin across the lanes.
-    """
+    """The workers' view of every route's queue, taken in turn.  With several routes, each job
+    adds a ticket to one shared queue: a worker takes a ticket, then the next lane's job."""
 
     def __init__(self, lanes: Sequence[Pending], tickets: asyncio.Queue[None] | None) -> None:
         self.lanes = list(lanes)
@@ -272,13 +252,8 @@ class Lanes:
             await lane.join()
 
 
-def make_tickets(n_routes: int) -> asyncio.Queue[None] | None:
-    return asyncio.Queue() if n_routes > 1 else None
-
-
-#: Beside each spool's incoming/ (where `enqueue` stages too): its mtime says when a
-#: multipart sweep last ran, for every instance and every `run --once` (a cron job then
-#: sweeps once per interval, not once per run).
+#: Beside each spool's incoming/: its mtime says when any instance last swept (so a cron job
+#: of `run --once` sweeps once per interval, not once per run).
 SWEEP_STAMP = ".s3spool-multipart-sweep"
 
 
@@ -287,12 +262,8 @@ def _stamp(spool: Spool) -> Path:
 
 
 def last_sweep(spools: Sequence[Spool]) -> float:
-    """Wall time of the last multipart sweep any instance made of these spools.
-
-    Spools that were never swept start the clock now (their stamp is written): the first
-    `run --once` on a new spool then asks the store nothing either, and leftovers of
-    earlier uploads are swept one interval later.
-    """
+    """Wall time of the last multipart sweep any instance made of these spools; never swept
+    starts the clock now (a first `run --once` asks the store nothing)."""
     last = 0.0
     for spool in spools:
         with contextlib.suppress(OSError):
@@ -316,29 +287,3 @@ def sweep_due(s: Settings, last: float) -> bool:
     if s.abort_multipart_after <= 0:
         return False
     return not 0 <= time.time() - last < min(s.abort_multipart_after, 600.0)
-
-
-async def sweep_multipart(
-    store: Store, spools: Sequence[Spool], s: Settings, metrics: Metrics, last: float
-) -> float:
-    """Abort multipart uploads older than ABORT_MULTIPART_AFTER that no instance recorded,
-    when one is due (``sweep_due``); returns when the last sweep ran."""
-    if not sweep_due(s, last):
-        return last
-    now = time.time()
-    live: set[str] = set()
-    for spool in spools:
-        live |= open_uploads(spool)
-    try:
-        stale = await store.stale_uploads(now - s.abort_multipart_after)
-        for key, upload_id in stale:
-            if upload_id in live:
-                continue
-            await store.abort_upload(key, upload_id)
-            metrics.aborted.inc()
-            sweep_log.info("aborted stale multipart upload %s of %r", upload_id, key)
-    except UploadError as exc:
-        sweep_log.warning("multipart sweep skipped: %s", exc)
-        return now
-    _mark(spools)
-    return now

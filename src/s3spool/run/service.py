@@ -1,16 +1,6 @@
-"""The service: discovery → workers (claim, upload, route) → cleanup, in one TaskGroup.
-
-Life of one file (see README "Architecture")::
-
-    incoming/NAME ──claim (rename)──► working/<instance>/files/NAME
-        ──upload + verify──► done/NAME | failed/NAME (+ .reason.json) | unlinked
-
-Shutdown (SIGTERM/SIGINT): intake stops at once; claimed files whose upload
-has not started go back to incoming/; uploads in flight get SHUTDOWN_GRACE to
-finish, then are cancelled (a multipart upload is aborted) and their files
-returned or kept for the next start.  A second signal skips the grace.
-SIGHUP re-reads the configuration and applies the bandwidth limits (``reload.py``).
-"""
+"""The service: discovery, workers (claim, upload, route) and cleanup in one TaskGroup.
+On SIGTERM/SIGINT intake stops, uploads in flight get SHUTDOWN_GRACE (a second signal skips
+it), unstarted claims go back to incoming/; SIGHUP re-reads the configuration (``reload.py``)."""
 
 from __future__ import annotations
 
@@ -29,7 +19,7 @@ from s3spool.notify.notifications import flush
 from s3spool.run.pipeline import Pipeline
 from s3spool.run.progress import Counts, Progress
 from s3spool.run.reload import reload
-from s3spool.run.routes import Lanes, RouteRun, last_sweep, make_tickets, sweep_due
+from s3spool.run.routes import Lanes, RouteRun, last_sweep, sweep_due
 from s3spool.spool.scan import work_waiting
 from s3spool.spool.spool import Claim
 from s3spool.store.bandwidth import Bandwidth
@@ -39,8 +29,7 @@ log = logging.getLogger("s3spool.service")
 
 
 class Service:
-    """Lifecycle, signals and drain; the workers all routes share. Files: ``pipeline.py``;
-    each route's spools, store and store gate: ``routes.py``."""
+    """Lifecycle, signals and drain, and the workers all routes share."""
 
     def __init__(self, config: Config, *, once: bool = False) -> None:
         self.config = config
@@ -51,7 +40,7 @@ class Service:
         self.stopping = False
         self.ready = False
         self.exit_code = EXIT_OK
-        tickets = make_tickets(len(self.config.routes))
+        tickets: asyncio.Queue[None] | None = asyncio.Queue() if len(config.routes) > 1 else None
         self.counts = Counts()
         self.routes = [
             RouteRun(
@@ -66,23 +55,7 @@ class Service:
             )
             for route in self.config.routes
         ]
-        self.pipelines = [
-            Pipeline(
-                r.s,
-                r.spools,
-                host=r,
-                once=once,
-                pending=r.pending,
-                discovery=r.discovery,
-                throttle=r.throttle,
-                metrics=self.metrics,
-                guards=r.guards,
-                counts=self.counts,
-            )
-            for r in self.routes
-        ]
-        for r, pipeline in zip(self.routes, self.pipelines, strict=True):
-            pipeline.outcomes.notifications = r.notifications
+        self.pipelines = [Pipeline(r, self.counts) for r in self.routes]
         self.lanes = Lanes([r.pending for r in self.routes], tickets)
         self.bandwidth = Bandwidth(
             settings.bandwidth_limit,
@@ -100,7 +73,7 @@ class Service:
         self._intake: list[asyncio.Task[Any]] = []
         self._tg: asyncio.TaskGroup | None = None
         self.early_signals: list[int] = []
-        #: serves /metrics, /healthz, /readyz (``web.serve_http``, which ``cli`` hands over)
+        #: /metrics, /healthz, /readyz (``web.serve_http``, which ``cli`` hands over)
         self.http: Callable[[Service], Coroutine[Any, Any, None]] | None = None
         self.progress = Progress(
             self.counts, [(sp, r.discovery.is_ignored) for r in self.routes for sp in r.spools]
@@ -123,22 +96,18 @@ class Service:
         assert self._tg is not None
         self._intake.append(self._tg.create_task(coro))
 
-    # --- setup ------------------------------------------------------------------------------
     def prepare(self) -> None:
         """Create and check every directory (``ConfigError`` on the first problem)."""
         for spool in self.spools:
             spool.prepare()
 
     def request_stop(self, *, force: bool = False) -> None:
-        if self._stop.is_set():
-            force = True
-        self._force = self._force or force
+        self._force = self._force or force or self._stop.is_set()
         self._stop.set()
         if self._force:
             for task in list(self._busy):
                 task.cancel()
 
-    # --- run ---------------------------------------------------------------------------------
     async def run(self) -> int:
         self.prepare()
         try:
@@ -157,14 +126,9 @@ class Service:
             budget = ByteBudget(self.s.buffer_limit)  # one bound for all routes' uploads
             async with contextlib.AsyncExitStack() as stack:
                 for route in self.routes:
-                    route.store = await stack.enter_async_context(
-                        open_store(
-                            route.s,
-                            on_slowdown=route.on_slowdown,
-                            budget=budget,
-                            limiter=self.bandwidth.handles[route.name],
-                        )
-                    )
+                    limiter = self.bandwidth.handles[route.name]
+                    store = open_store(route.s, route.on_slowdown, budget, limiter)
+                    route.store = await stack.enter_async_context(store)
                 return await self._run()
         finally:
             for route in self.routes:
@@ -172,23 +136,18 @@ class Service:
 
     async def _run(self) -> int:
         if not gc.isenabled():  # __main__ held collection off for the start-up
-            # what start-up built lives as long as the process: out of every collection.
-            # The little garbage start-up left (~2,000 objects, 0.5 MB, once) is frozen with
-            # it: collecting it first would cost a full pass over everything, ~60 ms.
+            # what start-up built lives as long as the process (garbage and all: collecting
+            # it first costs more than it frees, bench/RESULTS.md)
             gc.freeze()
             gc.enable()
         loop = asyncio.get_running_loop()
         hup = signal.getsignal(signal.SIGHUP)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        for sig in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         for early in self.early_signals:  # arrived during startup, before these handlers
-            if early == signal.SIGHUP:
-                self._on_hup()
-            else:
-                self._on_signal(early)
+            self._on_signal(early)
         try:
             for route in self.routes:
                 route.recover()
@@ -205,8 +164,7 @@ class Service:
                     tg.create_task(self._worker(i), name=f"worker-{i}")
                     for i in range(self.s.workers)
                 ]
-                # notifiers outlive the drain of uploads, then stop: what they have not
-                # sent waits in the outbox for the next start (or another instance)
+                # notifiers outlive the drain; what they have not sent waits in the outbox
                 after = [
                     tg.create_task(r.notifications.run()) for r in self.routes if r.notifications
                 ]
@@ -225,12 +183,10 @@ class Service:
                 for task in after:
                     task.cancel()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in signals:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.remove_signal_handler(sig)
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                if loop.remove_signal_handler(signal.SIGHUP) and hup is not None:
-                    signal.signal(signal.SIGHUP, hup)  # as it was: a late SIGHUP stops nothing
+                    if loop.remove_signal_handler(sig) and sig == signal.SIGHUP and hup is not None:
+                        signal.signal(sig, hup)  # as it was: a late SIGHUP stops nothing
             for task in self._reloads:
                 task.cancel()
             await asyncio.gather(*self._reloads, return_exceptions=True)
@@ -243,43 +199,34 @@ class Service:
         return self.pipelines[0].outcomes.once_summary(self.guards.values(), self.exit_code)
 
     def _on_signal(self, sig: int) -> None:
+        if sig == signal.SIGHUP:
+            task = asyncio.get_running_loop().create_task(self._reload(), name="reload")
+            self._reloads.add(task)
+            task.add_done_callback(self._reloads.discard)
+            return
         name = signal.Signals(sig).name
         if self._stop.is_set():
             log.warning("%s again: stopping now, without waiting for uploads", name)
             self.request_stop(force=True)
             return
-        log.info(
-            "%s: draining (%d uploads in flight, grace %.0fs)",
-            name,
-            len(self._busy),
-            self.s.shutdown_grace,
-        )
+        grace = self.s.shutdown_grace
+        log.info("%s: draining (%d uploads in flight, grace %.0fs)", name, len(self._busy), grace)
         self.request_stop()
-
-    def _on_hup(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._reload(), name="reload")
-        self._reloads.add(task)
-        task.add_done_callback(self._reloads.discard)
 
     async def _reload(self) -> None:
         async with self._reloading:  # one at a time, in order
             await reload(self.config, self.bandwidth)
 
     async def _mark_ready(self) -> None:
-        # Ready once discovery runs; waiting for the first scan to *finish* would keep
-        # a pod unready for as long as a backlog larger than QUEUE_SIZE takes to hand out.
+        # ready once discovery runs: a first scan of a large backlog would keep a pod unready
         for route in self.routes:
             await route.discovery.wait_scan_started()
         self.ready = True
+        msg = "%swatching %d spool(s) -> %s with %d workers (instance %s)"
         for route in self.routes:
-            log.info(
-                "%swatching %d spool(s) -> %s with %d workers (instance %s)",
-                f"route {route.name}: " if len(self.routes) > 1 else "",
-                len(route.spools),
-                route.s.destination,
-                self.s.workers,
-                self.instance_id,
-            )
+            name = f"route {route.name}: " if len(self.routes) > 1 else ""
+            where = route.s.destination
+            log.info(msg, name, len(route.spools), where, self.s.workers, self.instance_id)
 
     async def _shutdown(self, workers: list[asyncio.Task[Any]]) -> None:
         self.stopping = True
@@ -311,7 +258,6 @@ class Service:
         await flush([r.notifications for r in self.routes], self.s.shutdown_grace)
         self.request_stop()
 
-    # --- workers -----------------------------------------------------------------------------
     async def _worker(self, wid: int) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -336,7 +282,6 @@ class Service:
             if self.stopping:
                 return
 
-    # --- faults and housekeeping ------------------------------------------------------------
     async def store_down(self, exc: UploadError) -> None:
         """--once: a store is unavailable; stop, exit 3."""
         if self.exit_code != EXIT_STORE_UNAVAILABLE:

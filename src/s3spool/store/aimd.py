@@ -1,27 +1,20 @@
-"""AIMD limit on uploads in flight: halve on SlowDown, grow by one per window of successes.
-
-botocore's ``adaptive`` retry mode limits the request *rate* of one client and
-is invisible to us; halving the number of concurrent uploads is what relieves a
-throttled prefix, and it shows in logs and metrics.
-"""
+"""Retry delays, and the AIMD limit on uploads in flight: halved on SlowDown, one more per
+window of successes (it relieves a throttled prefix, which botocore's rate limit does not)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
 
-from s3spool.store.base import Waiters
+from s3spool.store.base import ByteBudget
 
 log = logging.getLogger("s3spool.throttle")
 
 
 def backoff(attempt: int, first: float, longest: float) -> float:
-    """Delay before retry ``attempt`` (1, 2, ...): doubling from ``first`` up to ``longest``,
-    with equal jitter (a random point in the upper half), so retries never form a tight
-    loop and many failed requests do not come back in step."""
+    """Delay before retry ``attempt`` (1, 2, ...): doubling from ``first`` up to ``longest``, a
+    random point in its upper half (so failed requests do not come back in step)."""
     ceiling = min(longest, first * 2 ** (attempt - 1))
     return random.uniform(ceiling / 2, ceiling)
 
@@ -41,34 +34,19 @@ def retry_delay(attempt: int, first: float, longest: float, *, slowdown: bool = 
     return backoff(attempt - 1, first, longest)
 
 
-class Throttle:
+class Throttle(ByteBudget):
+    """Uploads in flight (``used``), at most ``limit``, which ``on_slowdown`` halves."""
+
     def __init__(self, maximum: int, *, cooldown: float = 1.0) -> None:
+        super().__init__(maximum)
         self.maximum = maximum
-        self.limit = maximum
-        self.in_flight = 0
         self._cooldown = cooldown  # one cut per window: a burst of 503s is one signal
         self._last_cut = 0.0
         self._successes = 0
-        self._waiters = Waiters(self._grant, self._release)
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        if self._waiters or not self._grant(1):
-            await self._waiters.wait(1)
-        try:
-            yield
-        finally:
-            self._release(1)
-
-    def _grant(self, n: int) -> bool:
-        if self.in_flight >= self.limit:
-            return False
-        self.in_flight += n
-        return True
-
-    def _release(self, n: int) -> None:
-        self.in_flight -= n
-        self._waiters.serve()
+    @property
+    def in_flight(self) -> int:
+        return self.used
 
     def on_slowdown(self) -> None:
         now = time.monotonic()

@@ -1,28 +1,6 @@
-"""Bandwidth limits at run time: token buckets at the body stream, their rates set by the
-schedules of ``BANDWIDTH_LIMIT`` and ``ROUTE_BANDWIDTH_LIMIT`` (``config/formats.py``).
-
-Every body a sender sends (PutObject, UploadPart; single PUTs and parts alike) goes through
-``RouteLimit.start`` (or its two halves, ``turn`` and ``rest``): the body's first piece is
-taken before the request is signed and goes out, each further piece just before it is
-handed to the connection.  So the limit holds on the bytes actually sent, whatever the size
-of the bodies, and a body waits for its turn before its request opens, not half-way with a
-connection held open.  A piece is one chunk
-(``STREAM_CHUNK``, 2 MiB), less at low rates (an eighth of a second's worth, at least
-64 KiB): a bucket holds at most one piece, so a burst is never larger than one chunk.
-
-A route's bodies take from the route's bucket (``ROUTE_BANDWIDTH_LIMIT``), then from the
-bucket every upload of the process shares (``BANDWIDTH_LIMIT``).  A bucket serves the oldest
-body first (the order in which bodies asked for their first piece): bodies already on the
-wire finish at the full limited rate instead of all crawling together, which keeps each
-request's pauses short and its duration bounded.
-
-Off costs no CPU: a sender holds its route's ``RouteLimit``, whose ``active`` is None while
-no limit applies; that one check per body is all.  ``Bandwidth.run`` follows the schedules:
-it re-evaluates them at each window boundary and at least once a second while any is set
-(not at all while none is), and ``Bandwidth.update`` applies a re-read configuration
-(SIGHUP, ``reload.py``).  A change applies at once to every body still waiting or being
-sent, except that a body which started while no limit applied is sent without one.
-"""
+"""Bandwidth limits at run time: token buckets (a route's, then the shared one) that every body
+takes from piece by piece, its first piece before its request goes out, oldest body first;
+their rates follow the schedules of BANDWIDTH_LIMIT and ROUTE_BANDWIDTH_LIMIT."""
 
 from __future__ import annotations
 
@@ -46,18 +24,13 @@ Turn = tuple[int, int]
 
 
 def piece_size(rate: int) -> int:
-    """Bytes taken (and sent) at once at ``rate``: one chunk, an eighth of a second's worth
-    at low rates, at least 64 KiB."""
+    """Bytes taken (and sent) at once: a chunk, less at low rates (1/8 s, at least 64 KiB)."""
     return max(MIN_RATE, min(STREAM_CHUNK, rate // 8))
 
 
 class TokenBucket:
-    """``rate`` bytes per second (None: off), holding at most one piece (``capacity``).
-
-    ``take`` returns at once while tokens last and nobody waits; otherwise the waiter with
-    the lowest ticket is woken by a timer when its piece is there.  A take of more than
-    ``capacity`` goes once the bucket is full and leaves it owing the rest.
-    """
+    """``rate`` bytes per second (None: off), holding at most one piece (``capacity``); a take
+    of more goes once the bucket is full and leaves it owing the rest."""
 
     def __init__(self, rate: int | None = None, *, clock: Callable[[], float] = time.monotonic):
         self._clock = clock
@@ -147,14 +120,12 @@ class RouteLimit:
     async def start(
         self, body: bytes | AsyncIterator[bytes], length: int
     ) -> bytes | AsyncIterator[bytes]:
-        """``body`` (``length`` bytes) paced: its first piece is taken now, before the request
-        goes out; the rest as it is sent (a small bytes body is returned as it is)."""
+        """``body`` paced: its first piece taken now, before the request goes out (``turn``)."""
         turn = await self.turn(length)
         return body if turn is None else self.rest(body, length, turn)
 
     async def turn(self, length: int) -> Turn | None:
-        """Wait for the first piece of a body of ``length`` bytes: its place in line and the
-        bytes paid (None: no limit applies)."""
+        """Wait for a body's first piece; its place in line and bytes paid (None: no limit)."""
         pacer = self.active
         if pacer is None or length <= 0:
             return None
@@ -166,8 +137,7 @@ class RouteLimit:
     def rest(
         self, body: bytes | AsyncIterator[bytes], length: int, turn: Turn
     ) -> bytes | AsyncIterator[bytes]:
-        """The body after its ``turn``: paced piece by piece (a bytes body that the first piece
-        covers is returned as it is)."""
+        """The body after its ``turn``, paced piece by piece."""
         if isinstance(body, bytes) and length <= turn[1]:
             return body
         return self._rest(body, *turn)
@@ -235,8 +205,6 @@ class Bandwidth:
         gauge: Any = None,
         now: Callable[[], datetime] = datetime.now,
     ) -> None:
-        """``gauge``: ``s3spool_bandwidth_limit_bytes`` (labels scope, route); ``now``: the
-        local wall clock the schedules are read on."""
         self._now = now
 
         def report(scope: str, route: str) -> Callable[[float], None] | None:

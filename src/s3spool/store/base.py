@@ -1,5 +1,4 @@
-"""What the pipeline needs from a destination (``Store``: ``s3.S3Store``, ``open.NoopStore``),
-what an upload returns (``Delivery``), and the waiter queue of the limits on uploads."""
+"""The destination's interface (``Store``), what an upload returns, and the limits' waiter queue."""
 
 from __future__ import annotations
 
@@ -33,22 +32,16 @@ class Delivery:
 
 
 class Store(Protocol):
-    """What the pipeline needs from a destination."""
-
     async def upload(self, src: Source) -> Delivery: ...
 
     async def delivered(self, src: Source) -> bool: ...
 
     async def probe(self) -> None: ...
 
-    async def survey(self) -> list[tuple[str, str]]:
-        """Probe at startup; what the store supports, as (topic, finding) lines."""
-        ...
+    async def survey(self) -> list[tuple[str, str]]: ...  # (topic, finding) lines
 
     @property
-    def last_answer(self) -> float:
-        """Monotonic time of the store's last answer (idle probes skip a busy store)."""
-        ...
+    def last_answer(self) -> float: ...  # monotonic: idle probes skip a busy store
 
     async def abort_upload(self, key: str, upload_id: str) -> None: ...
 
@@ -102,7 +95,8 @@ class Waiters:
 
 
 class ByteBudget:
-    """Caps the file bytes held in memory by all uploads together (invariant 5)."""
+    """At most ``limit`` held at once, callers served in turn: the file bytes in memory of all
+    uploads together (invariant 5), or uploads in flight (``aimd.Throttle``)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = max(1, limit)

@@ -3,28 +3,37 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 from s3spool.errors import FileChanged
 from s3spool.store.base import INLINE_READ_MAX
 
-#: Streamed bodies are read, hashed and sent in chunks of this size: memory per request
-#: in flight is a chunk or two, whatever the part size.
+#: Streamed bodies are read, hashed and sent in chunks: a chunk or two in memory per request.
 STREAM_CHUNK = 2 * 1024 * 1024
 
 
 def held_bytes(streams: bool, length: int) -> int:
-    """Bytes of the byte budget a body holds while it is read and sent: all of them when
-    it is read into memory, the chunks in flight (digest pass, send) when it is streamed.
-    Counting streams too keeps memory within BUFFER_LIMIT however many WORKERS there are."""
+    """What a body holds of the byte budget: all of it in memory, the chunks in flight when
+    streamed (so memory stays within BUFFER_LIMIT however many WORKERS there are)."""
     if streams and length > INLINE_READ_MAX:
         return min(length, 2 * STREAM_CHUNK)
     return length
 
 
+def read_chunks(fd: int, offset: int, length: int, size: int = STREAM_CHUNK) -> Iterator[bytes]:
+    """``length`` bytes at ``offset``, ``size`` at a time; ``FileChanged`` if the file shrank."""
+    pos, end = offset, offset + length
+    while pos < end:
+        chunk = os.pread(fd, min(size, end - pos), pos)
+        if not chunk:
+            raise FileChanged("file shrank while it was being read", reason="changed")
+        yield chunk
+        pos += len(chunk)
+
+
 def read_exact(fd: int, offset: int, length: int) -> bytes:
-    """Up to ``length`` bytes at ``offset`` (fewer only if the file is shorter)."""
+    """``length`` bytes at ``offset``; ``FileChanged`` if the file is shorter."""
     chunks: list[bytes] = []
     got = 0
     while got < length:
@@ -33,6 +42,8 @@ def read_exact(fd: int, offset: int, length: int) -> bytes:
             break
         chunks.append(chunk)
         got += len(chunk)
+    if got != length:
+        raise FileChanged("file shrank while it was being read", reason="changed")
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -45,19 +56,10 @@ class FileRange:
     length: int
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        # Read inline, not in a thread: the digest pass has just read these bytes, so
-        # they come from the page cache, and a thread hop per chunk costs more CPU.
-        pos, end = self.offset, self.offset + self.length
-        while pos < end:
-            chunk = os.pread(self.fd, min(STREAM_CHUNK, end - pos), pos)
-            if not chunk:
-                raise FileChanged("file shrank while it was being sent", reason="changed")
+        # inline, not in a thread: the digest pass just read these bytes into the page cache
+        for chunk in read_chunks(self.fd, self.offset, self.length):
             yield chunk
-            pos += len(chunk)
 
     def read(self) -> bytes:
         """The whole range in memory (for senders that cannot stream)."""
-        data = read_exact(self.fd, self.offset, self.length)
-        if len(data) != self.length:
-            raise FileChanged("file shrank while it was being read", reason="changed")
-        return data
+        return read_exact(self.fd, self.offset, self.length)

@@ -1,28 +1,18 @@
-"""Checksums computed while a file is read.
-
-Every body carries ``Content-MD5`` (all S3-compatible stores verify it and
-reject a corrupted body with BadDigest) and, unless ``CHECKSUM_COMPAT`` is set,
-the configured ``x-amz-checksum-*`` header.  After the upload, the store's
-answer (echoed checksum, ETag) is compared with what was computed locally.
-
-Multipart objects use the composite form S3 uses: the checksum of the
-concatenated part checksums, suffixed ``-N``; their ETag is the MD5 of the
-concatenated part MD5s, suffixed ``-N``.
-"""
+"""Digests of bodies and files: Content-MD5, the configured ``x-amz-checksum-*``, and the
+composite forms (``-N``) S3 reports for multipart objects."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import crc32c
 
-from s3spool.errors import FileChanged
-from s3spool.store.bodies import STREAM_CHUNK
+from s3spool.store.bodies import read_chunks
 
 #: algorithm → (request/response parameter suffix used by botocore, e.g. ChecksumCRC32C)
 PARAM = {"crc32c": "CRC32C", "crc32": "CRC32", "sha256": "SHA256"}
@@ -32,16 +22,10 @@ _CRC: dict[str, Callable[[bytes | memoryview, int], int]] = {
 }
 
 
-def _crc(fn: Callable[[bytes | memoryview, int], int]) -> Callable[[bytes], bytes]:
-    def digest(data: bytes) -> bytes:
-        return fn(data, 0).to_bytes(4, "big")
-
-    return digest
-
-
-def _digest_fn(algorithm: str) -> Callable[[bytes], bytes] | None:
-    if algorithm in _CRC:
-        return _crc(_CRC[algorithm])
+def _checksum_fn(algorithm: str) -> Callable[[bytes], bytes] | None:
+    crc = _CRC.get(algorithm)
+    if crc is not None:
+        return lambda data: crc(data, 0).to_bytes(4, "big")
     if algorithm == "sha256":
         return lambda data: hashlib.sha256(data).digest()
     return None
@@ -72,7 +56,7 @@ class Checksummer:
 
     def __init__(self, algorithm: str) -> None:
         self.algorithm = algorithm
-        self._fn = _digest_fn(algorithm)
+        self._fn = _checksum_fn(algorithm)
         self.param = PARAM.get(algorithm)  # None: no x-amz-checksum header for it
 
     @property
@@ -84,10 +68,6 @@ class Checksummer:
             return BodyDigest(None, None)
         md5 = hashlib.md5(data, usedforsecurity=False).digest()
         return BodyDigest(md5, self._fn(data) if self._fn else None)
-
-    def stream(self) -> StreamDigest:
-        """An incremental digest of the same algorithm (for whole-file checks)."""
-        return StreamDigest(self.algorithm)
 
     def composite(self, parts: list[BodyDigest]) -> tuple[str | None, str | None]:
         """(ETag without quotes, checksum) that S3 reports for these multipart parts."""
@@ -106,10 +86,8 @@ class Checksummer:
 
 
 class StreamDigest:
-    """The configured checksum, and the MD5 every body needs unless ``md5=False``, fed chunk
-    by chunk (bounded memory).  Without MD5 for bytes that are not sent as they are (the
-    original of a compressed object): it would cost 1.4 s of CPU per GiB for nothing.
-    """
+    """The configured checksum, and the MD5 every body needs unless ``md5=False`` (bytes not
+    sent as they are: it would cost CPU for nothing, bench/RESULTS.md), fed chunk by chunk."""
 
     def __init__(self, algorithm: str, *, md5: bool = True) -> None:
         self.algorithm = algorithm
@@ -151,26 +129,17 @@ def digest_range(
     md5: bool = True,
 ) -> tuple[StreamDigest, str | None]:
     """The digests of a file range in one chunked pass, plus its SHA-256 hex if asked for.
-
-    The bytes are read again when sent; a change in between makes the store reject
-    the body (Content-MD5) and the after-upload stat check send it again.
-    """
+    A change before the bytes are read again to be sent fails Content-MD5 at the store."""
     stream = StreamDigest(ck.algorithm, md5=md5)
     sha = hashlib.sha256() if payload_sha256 else None
-    pos, end = offset, offset + length
-    while pos < end:
-        chunk = os.pread(fd, min(STREAM_CHUNK, end - pos), pos)
-        if not chunk:
-            raise FileChanged("file shrank while it was being read", reason="changed")
+    for chunk in read_chunks(fd, offset, length):
         stream.update(chunk)
         if sha is not None:
             sha.update(chunk)
-        pos += len(chunk)
     return stream, (sha.hexdigest() if sha is not None else None)
 
 
-@dataclass(frozen=True, slots=True)
-class FileDigest:
+class FileDigest(NamedTuple):
     """A whole file's ETag (MD5 hex) and checksum (base64) as the store reports them."""
 
     etag: str | None

@@ -1,28 +1,6 @@
-"""Object options: user metadata, tags, Cache-Control and Content-Disposition.
-
-``settings.py`` checks them as it reads them (names, S3's limits, known plain fields);
-``ObjectOptions`` renders them for a sample file when the store opens (a bad format spec such
-as ``{now:%Y}`` stops the start, as it does in ``KEY_FORMAT``), then the values that use key
-fields once per file, from the same field values as the file's key (``keys.field_values``),
-and makes each value safe for the way it travels:
-
-* Metadata and Content-Disposition go out as HTTP header values, which carry US-ASCII only.
-  The configured text is printable ASCII (checked at startup).  A key field's value is
-  written with every character outside printable ASCII, and ``"`` and ``\\``, as ``%XX`` of
-  its UTF-8 bytes; ``%`` in a name already is ``%25`` (``keys.encode_name``), so
-  ``urllib.parse.unquote_to_bytes`` of the field's part gives back the file name, and a
-  quoted ``filename="{fname}"`` stays one quoted string.  Percent-encoding, not RFC 2047:
-  AWS decodes RFC 2047 words but other stores keep them verbatim, while ``%XX`` reads the
-  same on every store (and as the key does).
-* Tags travel URL-encoded in ``x-amz-tagging``, but S3 takes only some characters in a
-  tag (``optioncheck.TAG_CLASS``: it answers InvalidTag for ``(``, ``,`` or ``é``), and no
-  escape character is among them: a rendered tag value has every other character replaced
-  by ``_``.  Lossy on purpose (tags are labels to filter on); the key, and METADATA, keep
-  the exact name.
-
-``now``, ``uuid1`` and ``uuid4`` are drawn when the request is built: the same in every value
-of one request, not the ones in the key.
-"""
+"""Object options (METADATA, TAGS, CACHE_CONTROL, CONTENT_DISPOSITION) rendered per file from
+the key's field values.  Header values carry a field's non-ASCII, ``"`` and ``\\`` as
+``%XX`` of its UTF-8 (as the key does); tag values have what S3 refuses replaced by ``_``."""
 
 from __future__ import annotations
 
@@ -81,11 +59,8 @@ class ObjectOptions:
         self.tags = dict(s.tags or {})
         self.cache_control = s.cache_control
         self.content_disposition = s.content_disposition
-        self.fields: set[str] = set()
-        for template in (*self.metadata.values(), *self.tags.values()):
-            self.fields |= key_format_fields(template)
-        if self.content_disposition:
-            self.fields |= key_format_fields(self.content_disposition)
+        templates = [*self.metadata.values(), *self.tags.values(), self.content_disposition or ""]
+        self.fields = {field for t in templates for field in key_format_fields(t)}
         self._hostname = socket.gethostname()
         self._formatter = string.Formatter()
         now = time.time()

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
-from contextlib import AsyncExitStack
-from typing import Any
 
 from s3spool.config.settings import Settings
 from s3spool.spool.spool import Source
 from s3spool.store.bandwidth import RouteLimit
-from s3spool.store.base import ByteBudget, Delivery, Store
+from s3spool.store.base import ByteBudget, Delivery
 from s3spool.store.digests import Checksummer, digest_file
 from s3spool.store.s3 import S3Store
 
@@ -57,22 +54,13 @@ class NoopStore:
         return []
 
 
-@contextlib.asynccontextmanager
-async def open_store(
+def open_store(
     settings: Settings,
-    *,
-    on_slowdown: Callable[[], None] | None = None,
-    budget: ByteBudget | None = None,
-    limiter: RouteLimit | None = None,
-) -> Any:
-    """The configured destination as an async context manager."""
-    scheme = settings.scheme
-    async with AsyncExitStack() as stack:
-        inner: Store
-        if scheme == "noop":
-            inner = await stack.enter_async_context(NoopStore(settings))
-        else:
-            inner = await stack.enter_async_context(
-                S3Store(settings, on_slowdown=on_slowdown, budget=budget, limiter=limiter)
-            )
-        yield inner
+    on_slowdown: Callable[[], None] | None,
+    budget: ByteBudget,
+    limiter: RouteLimit | None,
+) -> S3Store | NoopStore:
+    """The configured destination, to be entered as an async context manager."""
+    if settings.scheme == "noop":
+        return NoopStore(settings)
+    return S3Store(settings, on_slowdown=on_slowdown, budget=budget, limiter=limiter)

@@ -1,10 +1,5 @@
-"""The S3 store: one aiobotocore client per process, bodies through one sender.
-
-Every botocore/aiohttp error is translated here and in ``sender.py`` (``s3errors``) into
-``errors.py``'s classes.  botocore's ``standard`` retry mode retries single requests, a
-failed part is retried alone, and the pipeline retries whole files on top of that.  What
-the store answers is checked against the file by ``verify.py``.
-"""
+"""The S3 store: one aiobotocore client, bodies through one sender, answers checked by
+``verify.py``.  botocore retries a request, a failed part is retried alone, the pipeline a file."""
 
 from __future__ import annotations
 
@@ -16,21 +11,8 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import TYPE_CHECKING, Any, cast
 
+from s3spool import errors
 from s3spool.config.settings import Settings, check_ca_bundle, tls_verify
-from s3spool.errors import (
-    ConfigError,
-    FileChanged,
-    NoSuchUpload,
-    NotFound,
-    PermanentError,
-    PreconditionFailed,
-    Refused,
-    SlowDown,
-    StoreUnavailable,
-    TransientError,
-    Unsupported,
-    UploadError,
-)
 from s3spool.spool.spool import Source
 from s3spool.store.aimd import retry_delay
 from s3spool.store.bandwidth import RouteLimit
@@ -64,17 +46,22 @@ class S3Store:
         limiter: RouteLimit | None = None,
     ) -> None:
         self.bucket, self.prefix = settings.bucket, settings.prefix
-        self._limiter = limiter  # the route's bandwidth limit (None: never limited)
+        self._limiter = limiter
         self.s = settings
         self.ck = Checksummer(settings.checksum)
         self.budget = budget or ByteBudget(settings.buffer_limit)
-        #: monotonic time of the last answer from the store (any status): idle probes skip
-        #: a store that answered recently
-        self.last_answer = 0.0
+        self.last_answer = 0.0  # monotonic, any status: idle probes skip a busy store
         self._on_slowdown = on_slowdown
         self._stack = AsyncExitStack()
         self._instance = settings.resolved_instance_id
-        self.options = object_options(settings)  # METADATA, TAGS, CACHE_CONTROL, ...
+        self.options = object_options(settings)
+        fixed = {
+            "ACL": settings.acl,
+            "StorageClass": settings.storage_class,
+            "ServerSideEncryption": settings.sse,
+            "SSEKMSKeyId": settings.sse_kms_key_id,
+        }
+        self._fixed = {name: value for name, value in fixed.items() if value}
         self.verifier = Verifier(
             self.ck,
             send_checksum=bool(self.ck.param) and not settings.checksum_compat,
@@ -88,7 +75,7 @@ class S3Store:
         try:
             self.client = await self._stack.enter_async_context(client_for(s))
         except ProfileNotFound:
-            raise ConfigError(
+            raise errors.ConfigError(
                 f"S3SPOOL_PROFILE (--profile): no profile {s.profile!r} in the shared AWS "
                 "config files (AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE)"
             ) from None
@@ -124,8 +111,7 @@ class S3Store:
             self._on_slowdown()
 
     def _observe(self, parsed_response: Any = None, **_: Any) -> None:
-        # Every attempt passes here, including the ones botocore retries by itself,
-        # so throttling is seen even when the retry hides it from the caller.
+        # every attempt passes here: throttling shows even when botocore's retry hides it
         self.last_answer = time.monotonic()
         if not parsed_response or not self._on_slowdown:
             return
@@ -134,7 +120,6 @@ class S3Store:
         if code in SLOWDOWN_CODES or status == 503:
             self._on_slowdown()
 
-    # --- request helpers --------------------------------------------------------------------
     def object_params(self, src: Source) -> dict[str, Any]:
         s = self.s
         params: dict[str, Any] = {
@@ -152,14 +137,7 @@ class S3Store:
         ctype = src.content_type or s.content_type or guess_type(src.name)
         if ctype:
             params["ContentType"] = ctype
-        if s.acl:
-            params["ACL"] = s.acl
-        if s.storage_class:
-            params["StorageClass"] = s.storage_class
-        if s.sse:
-            params["ServerSideEncryption"] = s.sse
-        if s.sse_kms_key_id:
-            params["SSEKMSKeyId"] = s.sse_kms_key_id
+        params.update(self._fixed)
         if self.options is not None:
             self.options.apply(params, src)
         return params
@@ -172,7 +150,6 @@ class S3Store:
             params[f"Checksum{self.ck.param}"] = d.checksum_b64
         return params
 
-    # --- Store protocol ---------------------------------------------------------------------
     async def upload(self, src: Source) -> Delivery:
         if src.upload_id is not None or src.size >= self.s.multipart_threshold:
             return await self._multipart(src)
@@ -185,22 +162,23 @@ class S3Store:
     ) -> Delivery:
         params = self.object_params(src)
         params.update(self.digest_params(digest))
-        if digest.checksum is not None:
-            params["Metadata"]["s3spool-checksum"] = self.ck.label(digest.checksum_b64) or ""
+        label = self.ck.label(digest.checksum_b64)
+        if label:
+            params["Metadata"]["s3spool-checksum"] = label
         if self.s.overwrite == "never":
             params["IfNoneMatch"] = "*"
         try:
             resp = await self.sender.send("PutObject", params, body, payload)
-        except PreconditionFailed:
+        except errors.PreconditionFailed:
             raise _exists(src, "PutObject") from None
         self.last_answer = time.monotonic()
         self.verifier.body("PutObject", resp, digest)
-        return delivery_of(src, resp, self.ck.label(digest.checksum_b64))
+        return delivery_of(src, resp, label)
 
     async def abort_quietly(self, key: str, upload_id: str) -> None:
         try:
             await self.abort_upload(key, upload_id)
-        except UploadError as exc:
+        except errors.UploadError as exc:
             log.warning("could not abort multipart upload %s of %r: %s", upload_id, key, exc)
 
     async def abort_upload(self, key: str, upload_id: str) -> None:
@@ -213,9 +191,9 @@ class S3Store:
                     Bucket=self.bucket, Key=key, UploadId=upload_id
                 )
             facts.abort_uploads = True
-        except NoSuchUpload:
+        except errors.NoSuchUpload:
             return
-        except Unsupported as err:
+        except errors.Unsupported as err:
             facts.abort_uploads = False
             self.verifier.tell_once(
                 "abort",
@@ -238,15 +216,15 @@ class S3Store:
                         initiated = up.get("Initiated")
                         if initiated is not None and initiated.timestamp() < older_than:
                             found.append((up["Key"], up["UploadId"]))
-        except NoSuchUpload:
+        except errors.NoSuchUpload:
             return found  # some stores answer an empty listing this way
-        except Unsupported as err:
+        except errors.Unsupported as err:
             self._no_listing(err)
             return found
         self.verifier.facts.list_uploads = True
         return found
 
-    def _no_listing(self, err: UploadError) -> None:
+    def _no_listing(self, err: errors.UploadError) -> None:
         self.verifier.facts.list_uploads = False
         self.verifier.tell_once(
             "list-uploads",
@@ -261,19 +239,19 @@ class S3Store:
         try:
             with s3_errors("HeadBucket"):
                 await self.client.head_bucket(Bucket=self.bucket)
-        except NotFound as err:
-            raise StoreUnavailable(
+        except errors.NotFound as err:
+            raise errors.StoreUnavailable(
                 f"bucket {self.bucket!r} does not exist (S3SPOOL_DESTINATION): {err}",
                 reason=err.reason,
             ) from None
-        except Refused as err:
-            raise StoreUnavailable(
+        except errors.Refused as err:
+            raise errors.StoreUnavailable(
                 f"access to bucket {self.bucket!r} denied: {err} (check the credentials and "
                 "the bucket policy: s3:ListBucket is needed for HeadBucket)",
                 reason=err.reason,
             ) from None
-        except UploadError as err:
-            raise StoreUnavailable(str(err), reason=err.reason) from None
+        except errors.UploadError as err:
+            raise errors.StoreUnavailable(str(err), reason=err.reason) from None
 
     async def survey(self) -> list[tuple[str, str]]:
         """Probe the bucket, then what a read can tell: is ListMultipartUploads there?"""
@@ -282,11 +260,11 @@ class S3Store:
             with s3_errors("ListMultipartUploads"):
                 await self.client.list_multipart_uploads(Bucket=self.bucket, MaxUploads=1)
             self.verifier.facts.list_uploads = True
-        except NoSuchUpload:  # some stores answer an empty listing this way
+        except errors.NoSuchUpload:  # some stores answer an empty listing this way
             self.verifier.facts.list_uploads = True
-        except Unsupported as err:
+        except errors.Unsupported as err:
             self._no_listing(err)
-        except UploadError as err:
+        except errors.UploadError as err:
             log.info("ListMultipartUploads not usable (%s); the sweep will try again", err)
         return self.verifier.describe()
 
@@ -294,7 +272,7 @@ class S3Store:
         """Is ``src.key`` already in the store with this file's bytes?  (crash recovery)"""
         try:
             head = await self.head(src.key)
-        except NotFound:
+        except errors.NotFound:
             return False
         return await self.verifier.matches_stored(src, head, self.s.part_size)
 
@@ -306,7 +284,6 @@ class S3Store:
             )
         return dict(head)
 
-    # --- multipart ------------------------------------------------------------------------
     async def _multipart(self, src: Source) -> Delivery:
         """A multipart upload of ``src``: a recorded one continues, parts go up in parallel,
         a failed part is retried alone; the completed object is verified against the file."""
@@ -322,12 +299,8 @@ class S3Store:
                 upload_id = None
             else:
                 stored = found
-                log.info(
-                    "resuming multipart upload of %r: the store holds %d of %d parts",
-                    src.key,
-                    len(stored),
-                    count,
-                )
+                msg = "resuming multipart upload of %r: the store holds %d of %d parts"
+                log.info(msg, src.key, len(stored), count)
         if upload_id is None:
             params = self.object_params(src)
             params["Metadata"]["s3spool-part-size"] = str(part_size)
@@ -373,15 +346,15 @@ class S3Store:
                         self.last_answer = time.monotonic()
                         self.verifier.body(what, resp, digest)
                         break
-                    except TransientError as exc:
+                    except errors.TransientError as exc:
                         # one part failing must not cost the parts already sent
-                        if isinstance(exc, FileChanged) or attempt >= self.s.retry_attempts:
+                        if isinstance(exc, errors.FileChanged) or attempt >= self.s.retry_attempts:
                             raise
                         delay = retry_delay(
                             attempt,
                             self.s.retry_backoff,
                             self.s.retry_backoff_max,
-                            slowdown=isinstance(exc, SlowDown),
+                            slowdown=isinstance(exc, errors.SlowDown),
                         )
                         log.info(
                             "%s of %r: %s; retrying the part in %.2fs", what, src.key, exc, delay
@@ -398,9 +371,7 @@ class S3Store:
             except BaseExceptionGroup as group:
                 raise first_error(group) from None
             parts = [p for p in results if p is not None]
-            extra: dict[str, Any] = {}
-            if self.s.overwrite == "never":
-                extra["IfNoneMatch"] = "*"
+            extra: dict[str, Any] = {"IfNoneMatch": "*"} if self.s.overwrite == "never" else {}
             try:
                 with s3_errors("CompleteMultipartUpload"):
                     done = await self.client.complete_multipart_upload(
@@ -410,14 +381,11 @@ class S3Store:
                         MultipartUpload={"Parts": cast("list[CompletedPartTypeDef]", parts)},
                         **extra,
                     )
-            except PreconditionFailed:
+            except errors.PreconditionFailed:
                 raise _exists(src, "CompleteMultipartUpload") from None
         except asyncio.CancelledError:
-            # Shutdown: keep the upload; its id is recorded with the claim, so the next
-            # start continues from the parts already stored.
-            raise
+            raise  # shutdown: the upload id is recorded with the claim; the next start resumes
         except BaseException:
-            # Leftover parts are billed forever: abort what cannot be resumed.
             await asyncio.shield(self.abort_quietly(src.key, upload_id))
             src.uploading(None, part_size)
             raise
@@ -442,59 +410,46 @@ class S3Store:
                 async for page in pages:
                     for part in page.get("Parts", []) or []:
                         have[int(part["PartNumber"])] = dict(part)
-        except (NoSuchUpload, NotFound, Unsupported) as err:
+        except (errors.NoSuchUpload, errors.NotFound, errors.Unsupported) as err:
             log.info("cannot resume multipart upload %s of %r: %s", upload_id, key, err)
             return None
         return have
 
     async def _body(self, fd: int, offset: int, length: int) -> tuple[Body, BodyDigest, str | None]:
-        """The body to send, its digests and (when signing needs it) its SHA-256.
-
-        Streamed from the file when the sender can (memory: a chunk or two), else read
-        into memory; the caller holds the byte budget for in-memory bodies.
-        """
+        """The body to send (streamed when the sender can, else in memory; the caller holds
+        the byte budget), its digests and, for a streamed body the signer needs, its SHA-256."""
         ck = self.ck
-        sha = self.sender.needs_payload_hash(ck.enabled)
-        if self.sender.streams and length > INLINE_READ_MAX:
+        if length <= INLINE_READ_MAX:  # a bytes body is hashed by the signer when needed
+            data = read_exact(fd, offset, length)
+            return data, ck.body(data), None
+        if self.sender.streams:
+            sha = self.sender.needs_payload_hash(ck.enabled)
             stream, payload = await asyncio.to_thread(digest_range, fd, offset, length, ck, sha)
             return FileRange(fd, offset, length), stream.result(), payload
-        if length <= INLINE_READ_MAX:
-            data = read_exact(fd, offset, length)
-        else:
-            data = await asyncio.to_thread(read_exact, fd, offset, length)
-        if len(data) != length:
-            raise FileChanged(
-                f"file shrank while reading ({len(data)} of {length} bytes)", reason="changed"
-            )
-        if length <= INLINE_READ_MAX:
-            return data, ck.body(data), None  # a bytes body is hashed by the signer when needed
+        data = await asyncio.to_thread(read_exact, fd, offset, length)
         return data, await asyncio.to_thread(ck.body, data), None
 
 
-def _exists(src: Source, what: str) -> PreconditionFailed:
+def _exists(src: Source, what: str) -> errors.PreconditionFailed:
     # OVERWRITE=never and the key exists; the pipeline decides whether it is ours.
-    return PreconditionFailed(
+    return errors.PreconditionFailed(
         f"{what}: an object already exists at {src.key!r} (OVERWRITE=never)", reason="exists"
     )
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The most telling error of a failed part group (a global fault beats a transient one)."""
-    flat: list[BaseException] = []
-
-    def walk(g: BaseExceptionGroup[BaseException]) -> None:
-        for e in g.exceptions:
-            if isinstance(e, BaseExceptionGroup):
-                walk(e)
-            else:
-                flat.append(e)
-
-    walk(group)
-    for cls in (StoreUnavailable, Refused, PermanentError, SlowDown, TransientError):
-        for e in flat:
+    """The most telling error of the failed parts (a global fault beats a transient one)."""
+    for cls in (
+        errors.StoreUnavailable,
+        errors.Refused,
+        errors.PermanentError,
+        errors.SlowDown,
+        errors.TransientError,
+    ):
+        for e in group.exceptions:  # the parts' own errors: they start no task groups
             if isinstance(e, cls):
                 return e
-    return flat[0]
+    return group.exceptions[0]
 
 
 def client_for(s: Settings) -> AbstractAsyncContextManager[S3Client]:
@@ -511,20 +466,15 @@ def client_for(s: Settings) -> AbstractAsyncContextManager[S3Client]:
         max_pool_connections=pool,
         connect_timeout=s.connect_timeout,
         read_timeout=s.read_timeout,
-        # We compute and send checksums ourselves (one pass over the bytes);
-        # letting botocore add its own CRC32 would hash everything twice.
+        # we send our own checksums: botocore's CRC32 would hash everything twice
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         tcp_keepalive=True,
     )
-    # PROFILE picks a profile of the shared config files (a route's own credentials);
-    # None keeps botocore's chain, AWS_PROFILE included.
     session = AioSession(profile=s.profile)
     verify: bool | str | None
     if plain_http(s.endpoint_url):
-        # no certificate to check; botocore would still load a CA bundle before the first
-        # request (~35 ms of every run here, bench/RESULTS.md)
-        verify = False
+        verify = False  # else botocore loads a CA bundle for nothing (bench/RESULTS.md)
     else:
         verify = tls_verify(s)
         bundle = session.get_config_variable("ca_bundle") if verify is None else None
@@ -532,7 +482,7 @@ def client_for(s: Settings) -> AbstractAsyncContextManager[S3Client]:
             try:
                 check_ca_bundle(bundle, "AWS_CA_BUNDLE (or the profile's ca_bundle)")
             except ValueError as exc:
-                raise ConfigError(str(exc)) from None
+                raise errors.ConfigError(str(exc)) from None
     client: AbstractAsyncContextManager[S3Client] = session.create_client(
         "s3", endpoint_url=s.endpoint_url, config=config, verify=verify
     )

@@ -1,9 +1,5 @@
-"""The one translation of S3 answers and botocore/aiohttp errors into ``errors.py``'s classes.
-
-Both the store (botocore requests) and the sender (signed PUTs) meet the same S3
-error codes; keeping the tables here means they cannot classify one answer two
-ways, and neither module has to import the other.
-"""
+"""The one translation of S3 answers and botocore/aiohttp errors into ``errors.py``'s classes,
+for the store and the sender alike (so they cannot classify one answer two ways)."""
 
 from __future__ import annotations
 
@@ -11,19 +7,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from s3spool.errors import (
-    BadRequest,
-    NoSuchUpload,
-    NotFound,
-    PermanentError,
-    PreconditionFailed,
-    Refused,
-    SlowDown,
-    StoreUnavailable,
-    TransientError,
-    Unsupported,
-    UploadError,
-)
+from s3spool import errors
 
 #: The store refused the request as such (credentials, policy, bucket): one object's
 #: problem if the bucket still answers a probe, the whole store's if it does not.
@@ -70,30 +54,30 @@ _MESSAGE = re.compile(rb"<Message>([^<]{0,300})</Message>")
 _REGION = re.compile(rb"<Region>([a-z0-9-]{1,40})</Region>")
 
 
-def classify_error(code: str, status: int, msg: str) -> UploadError:
+def classify_error(code: str, status: int, msg: str) -> errors.UploadError:
     """The pipeline's error class for an S3 error code and HTTP status."""
     if code in SLOWDOWN_CODES or status == 503:
-        return SlowDown(msg, reason="slowdown")
+        return errors.SlowDown(msg, reason="slowdown")
     if code == "NoSuchUpload":
-        return NoSuchUpload(msg, reason=code)
+        return errors.NoSuchUpload(msg, reason=code)
     if code in TRANSIENT_CODES:  # before the 403 rule: RequestTimeTooSkewed is a 403
-        return TransientError(msg, reason=code)
+        return errors.TransientError(msg, reason=code)
     if code in REFUSED_CODES or status == 403:
         # a HEAD's error has no body: botocore names it "403"
-        return Refused(msg, reason=code if code in REFUSED_CODES else "AccessDenied")
+        return errors.Refused(msg, reason=code if code in REFUSED_CODES else "AccessDenied")
     if code in UNSUPPORTED_CODES or status == 501:
-        return Unsupported(msg, reason="not_implemented")
+        return errors.Unsupported(msg, reason="not_implemented")
     if code in PERMANENT_CODES:
-        return PermanentError(msg, reason=code)
+        return errors.PermanentError(msg, reason=code)
     if status >= 500 or status in (408, 429):
-        return TransientError(msg, reason=code or f"http_{status}")
+        return errors.TransientError(msg, reason=code or f"http_{status}")
     if code == "PreconditionFailed" or status == 412:
-        return PreconditionFailed(msg, reason="precondition_failed")
+        return errors.PreconditionFailed(msg, reason="precondition_failed")
     if code in ("NoSuchKey", "NotFound") or status == 404:
-        return NotFound(msg, reason=code or "http_404")
+        return errors.NotFound(msg, reason=code or "http_404")
     if status == 400:
-        return BadRequest(msg, reason=code or "http_400")
-    return PermanentError(msg, reason=code or f"http_{status}")
+        return errors.BadRequest(msg, reason=code or "http_400")
+    return errors.PermanentError(msg, reason=code or f"http_{status}")
 
 
 def parse_error_body(body: bytes) -> tuple[str, str, str | None]:
@@ -106,11 +90,11 @@ def parse_error_body(body: bytes) -> tuple[str, str, str | None]:
     )
 
 
-def translate(exc: BaseException, what: str) -> UploadError:
+def translate(exc: BaseException, what: str) -> errors.UploadError:
     """Map a botocore / aiohttp / OS error to the pipeline's classes."""
     from botocore import exceptions as bex
 
-    if isinstance(exc, UploadError):
+    if isinstance(exc, errors.UploadError):
         return exc
     if isinstance(exc, bex.ClientError):
         err = exc.response.get("Error", {})
@@ -120,7 +104,7 @@ def translate(exc: BaseException, what: str) -> UploadError:
         return classify_error(code, status, msg)
     if isinstance(exc, bex.SSLError):
         # a certificate the CA bundle does not trust will not become trusted by retrying
-        return StoreUnavailable(f"{what}: TLS: {exc}", reason="tls")
+        return errors.StoreUnavailable(f"{what}: TLS: {exc}", reason="tls")
     if isinstance(
         exc,
         bex.NoCredentialsError
@@ -131,14 +115,16 @@ def translate(exc: BaseException, what: str) -> UploadError:
         | bex.ProxyConnectionError
         | bex.InvalidRegionError,
     ):
-        return StoreUnavailable(f"{what}: {exc}", reason=type(exc).__name__)
+        return errors.StoreUnavailable(f"{what}: {exc}", reason=type(exc).__name__)
     if isinstance(exc, bex.BotoCoreError | ConnectionError | TimeoutError | OSError):
-        return TransientError(f"{what}: {type(exc).__name__}: {exc}", reason=type(exc).__name__)
+        return errors.TransientError(
+            f"{what}: {type(exc).__name__}: {exc}", reason=type(exc).__name__
+        )
     import aiohttp
 
     if isinstance(exc, aiohttp.ClientError):
-        return TransientError(f"{what}: {type(exc).__name__}: {exc}", reason="connection")
-    return TransientError(f"{what}: {type(exc).__name__}: {exc}", reason=type(exc).__name__)
+        return errors.TransientError(f"{what}: {type(exc).__name__}: {exc}", reason="connection")
+    return errors.TransientError(f"{what}: {type(exc).__name__}: {exc}", reason=type(exc).__name__)
 
 
 @contextmanager

@@ -1,11 +1,5 @@
-"""Is what the store answered the file?  Every legitimate answer accepted, every wrong one caught.
-
-An upload's answer is compared with the file at the best level the store allows: an echoed
-checksum, an ETag that is an MD5 (of a body, of the whole object, or composite ``-N``), and
-for a multipart answer with nothing to compare, a HEAD with checksum mode.  A mismatch is
-declared only when the answer contradicts the file.  ``StoreFacts`` keeps what was learned of
-the store on the way (logged once; ``s3spool check`` prints it).
-"""
+"""Is what the store answered the file?  Every legitimate answer accepted, every wrong one
+caught; ``StoreFacts`` keeps what was learned of the store on the way."""
 
 from __future__ import annotations
 
@@ -31,12 +25,7 @@ _ORIGINAL = "s3spool-original-"
 
 @dataclass(slots=True)
 class StoreFacts:
-    """What the store supports, as probed at startup and learned from its answers.
-
-    ``None`` means not known yet: the service probes only what a read can tell
-    (HeadBucket, ListMultipartUploads) and learns the rest from the first uploads;
-    ``s3spool check`` writes test objects and so knows everything.
-    """
+    """What the store supports (None: not known yet, learned from the first uploads)."""
 
     endpoint: str = ""
     addressing: str = ""
@@ -47,39 +36,6 @@ class StoreFacts:
     put_etag_md5: bool | None = None
     multipart_etag: str | None = None  # composite | whole-object MD5 | opaque
     conditional_writes: bool | None = None
-
-    def verification(self, ck: Checksummer, etag_opaque: bool) -> str:
-        """How an upload's result is checked against the file, in one phrase."""
-        if not ck.enabled:
-            return "none (CHECKSUM=none)"
-        if self.checksum_echo:
-            return f"checksum: the store echoes {ck.algorithm} and it is compared"
-        if self.put_etag_md5 and not etag_opaque:
-            return "md5: the store's ETag is the body's MD5 and it is compared"
-        if self.checksum_echo is None and self.put_etag_md5 is None:
-            return "not known yet (learned from the first upload)"
-        return (
-            "store-side only: the store checks Content-MD5 on receipt, but its answers "
-            "give nothing to compare"
-        )
-
-    def lines(self, ck: Checksummer, etag_opaque: bool) -> list[tuple[str, str]]:
-        def yes(v: bool | None, yes: str = "yes", no: str = "no") -> str:
-            return "not known yet" if v is None else (yes if v else no)
-
-        return [
-            ("endpoint", f"{self.endpoint} ({self.addressing}-style addressing, {self.tls})"),
-            ("ListMultipartUploads", yes(self.list_uploads, no="not supported")),
-            ("AbortMultipartUpload", yes(self.abort_uploads, no="not supported")),
-            ("checksum echo", yes(self.checksum_echo)),
-            ("PutObject ETag", yes(self.put_etag_md5, "MD5 of the body", "not an MD5")),
-            ("multipart ETag", self.multipart_etag or "not known yet"),
-            (
-                "conditional writes",
-                yes(self.conditional_writes, "honoured", "ignored (OVERWRITE=never is unsafe)"),
-            ),
-            ("verification", self.verification(ck, etag_opaque)),
-        ]
 
 
 def etag_of(resp: dict[str, Any]) -> str | None:
@@ -122,8 +78,41 @@ class Verifier:
             self._told.add(topic)
             log.log(level, msg, *args)
 
+    def verification(self) -> str:
+        """How an upload's result is checked against the file, in one phrase."""
+        facts, ck = self.facts, self.ck
+        if not ck.enabled:
+            return "none (CHECKSUM=none)"
+        if facts.checksum_echo:
+            return f"checksum: the store echoes {ck.algorithm} and it is compared"
+        if facts.put_etag_md5 and not self.etag_opaque:
+            return "md5: the store's ETag is the body's MD5 and it is compared"
+        if facts.checksum_echo is None and facts.put_etag_md5 is None:
+            return "not known yet (learned from the first upload)"
+        return (
+            "store-side only: the store checks Content-MD5 on receipt, but its answers "
+            "give nothing to compare"
+        )
+
     def describe(self) -> list[tuple[str, str]]:
-        return self.facts.lines(self.ck, self.etag_opaque)
+        f = self.facts
+
+        def yes(v: bool | None, yes: str = "yes", no: str = "no") -> str:
+            return "not known yet" if v is None else (yes if v else no)
+
+        return [
+            ("endpoint", f"{f.endpoint} ({f.addressing}-style addressing, {f.tls})"),
+            ("ListMultipartUploads", yes(f.list_uploads, no="not supported")),
+            ("AbortMultipartUpload", yes(f.abort_uploads, no="not supported")),
+            ("checksum echo", yes(f.checksum_echo)),
+            ("PutObject ETag", yes(f.put_etag_md5, "MD5 of the body", "not an MD5")),
+            ("multipart ETag", f.multipart_etag or "not known yet"),
+            (
+                "conditional writes",
+                yes(f.conditional_writes, "honoured", "ignored (OVERWRITE=never is unsafe)"),
+            ),
+            ("verification", self.verification()),
+        ]
 
     def body(self, what: str, resp: dict[str, Any], digest: BodyDigest) -> None:
         """A PutObject's or a part's answer against the body: any contradiction fails it."""
@@ -139,7 +128,7 @@ class Verifier:
                 if self.facts.checksum_echo or self.facts.put_etag_md5
                 else logging.WARNING,
                 "store's answers to uploads: verification %s",
-                self.facts.verification(self.ck, self.etag_opaque),
+                self.verification(),
             )
         if echoed and digest.checksum_b64 and echoed != digest.checksum_b64:
             raise mismatch(what, "checksum", echoed, digest.checksum_b64)
@@ -154,12 +143,8 @@ class Verifier:
         parts: list[BodyDigest],
         head: Callable[[], Awaitable[dict[str, Any]]],
     ) -> str | None:
-        """A completed multipart object against the file; returns the checksum label.
-
-        Accepts the composite forms (``-N``), whole-object MD5 ETags and whole-object
-        checksums (computed from the file only when a store answers that way), and
-        falls back to a HEAD with checksum mode when the answer has nothing to compare.
-        """
+        """A completed multipart object against the file (composite ``-N`` or whole-object
+        values, else a HEAD with checksum mode); returns the checksum label."""
         etag_want, ck_want = self.ck.composite(parts)
         whole: FileDigest | None = None
 
@@ -236,7 +221,6 @@ class Verifier:
             label = original.get(f"{_ORIGINAL}checksum")
             if original.get(f"{_ORIGINAL}size") != str(src.size) or not label:
                 return False
-            # the checksum alone: its MD5 would cost 1.4 s of CPU per GiB for nothing
             found, _ = await asyncio.to_thread(
                 digest_range, src.fd, 0, src.size, self.ck, md5=False
             )
