@@ -89,3 +89,33 @@ def test_the_layout() -> None:
     assert len(subpackages) >= 5
     for init in PACKAGE.rglob("__init__.py"):
         assert len(init.read_text(encoding="utf-8").splitlines()) <= 40, init
+
+
+def _trees() -> dict[Path, ast.Module]:
+    return {p: ast.parse(p.read_text(encoding="utf-8")) for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def test_cohesion_not_size() -> None:
+    """Long where one job is long (about 1,000 lines at most), and a Protocol only where two
+    classes implement it: at most 4 of them."""
+    protocols = []
+    for path, tree in _trees().items():
+        assert len(path.read_text(encoding="utf-8").splitlines()) <= 1000, path
+        protocols += [
+            node.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ClassDef)
+            and any(getattr(b, "id", None) == "Protocol" for b in node.bases)
+        ]
+    assert len(protocols) <= 4, protocols
+
+
+def test_module_docstrings_are_short() -> None:
+    """What a module is for, in a few lines; a long one must state an invariant."""
+    lines = {}
+    for path, tree in _trees().items():
+        first = tree.body[0] if tree.body else None
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+            assert first.end_lineno is not None
+            lines[path.name] = first.end_lineno - first.lineno + 1
+    assert sum(lines.values()) <= 200, sorted(lines.items(), key=lambda kv: -kv[1])[:5]
