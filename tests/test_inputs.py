@@ -286,7 +286,7 @@ async def _unit_races(res: Result) -> None:
     sp.open()
     # a regression that reads on must not crash the fixture: "upload" to noop:// and let the
     # case's place / opened-file checks say what went wrong
-    svc.routes[0].store = NoopStore(settings)
+    svc.routes[0].store = NoopStore()
 
     async def deliver(cid: str, claim: Claim, timeout: float = 10) -> None:
         try:
