@@ -1,13 +1,7 @@
-"""Command line: ``s3spool run`` (``--once``, ``--dry-run``), ``check``, ``status``, ``enqueue``,
-``config``.
-
-Every setting of ``settings.Settings`` becomes a flag of the same name
-(``S3SPOOL_KEY_FORMAT`` ↔ ``--key-format``); a flag wins over the variable.
-
-Exit codes: 0 success · 1 some file failed (``run --once``) · 2 usage error ·
-3 store unavailable (``run --once``) · 75 files left behind by a local fault
-(``run --once``) · 78 configuration error.
-"""
+"""Command line: ``s3spool run``, ``check``, ``status``, ``enqueue``, ``config``; every setting
+is a flag too (``S3SPOOL_KEY_FORMAT`` ↔ ``--key-format``), which wins over the variable.
+Exit codes: 0 success · 1 some file failed · 2 usage error · 3 store unavailable · 75 files
+left behind by a local fault · 78 configuration error (1, 3 and 75: ``run --once``)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""Logging: text or JSON lines on stderr, with secrets scrubbed from every record.
-
-Per-file events carry their fields (``log_fields``, or ``extra={"fields": {...}}``); the
-text formatter appends them as ``k=v``, the JSON formatter merges them in.  Lines below
-WARNING are written in batches, within ``FLUSH_AFTER`` seconds; what is held is written
-before the process exits (``flush``: ``cli.main``, and ``logging.shutdown`` in __main__).
-"""
+"""Logging: text or JSON lines on stderr, secrets scrubbed; lines below WARNING are written in
+batches within ``FLUSH_AFTER`` seconds, and ``flush`` writes what is held."""
 
 from __future__ import annotations
 

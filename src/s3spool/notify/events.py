@@ -1,9 +1,5 @@
-"""Delivery events: what notifiers are told about a file (schema: docs/event.schema.json).
-
-The event id is a digest of what identifies one delivery of one file (route, spool, relative
-path, size, mtime, bucket, key, outcome), so a file delivered again after a crash (its claim
-recovered from ``working/``) produces the same id: consumers deduplicate by it.
-"""
+"""Delivery events (schema: docs/event.schema.json); the id digests what identifies one
+delivery, so a file delivered again after a crash gets the same id."""
 
 from __future__ import annotations
 

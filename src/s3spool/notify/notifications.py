@@ -1,12 +1,5 @@
-"""Notifications of one route: events recorded durably, then handed to each notifier.
-
-``record`` runs in the commit step, before the file leaves ``working/``: it writes the event
-into the outbox of the file's spool for every notifier that wants that outcome (fsynced), and
-offers it to the notifiers' bounded queues without waiting.  Uploads therefore never wait for
-a notifier: when a queue is full (a notifier is down), events wait on disk and the sweep
-(every ``SWEEP_INTERVAL``) brings them back.  An event leaves the outbox only when its
-notifier accepted it; at least once, deduplicated downstream by the event id.
-"""
+"""Notifications of one route: events written to the outbox before the file leaves working/,
+then offered to each notifier's bounded queue; a sweep brings back what waits on disk."""
 
 from __future__ import annotations
 

@@ -1,14 +1,5 @@
-"""Progress of a one-shot drain (``run --once``): files, bytes, rate, ETA.
-
-On a terminal one status line is redrawn a few times a second (log records clear it
-first, so they never land in the middle of it) and a summary follows at the end.  Without
-a terminal (cron, a pipe) a progress log line is written every ``LOG_INTERVAL`` seconds,
-and only if the drain lasts that long: a cron job's log gains nothing from a short run.
-
-On a terminal the total is counted once, in a thread, beside the first uploads; the log
-line counts what is left each time.  Files that arrive during the run are delivered too,
-so the ETA is an estimate.
-"""
+"""Progress of ``run --once`` and ``enqueue``: a line redrawn on a terminal, else a log line
+every ``LOG_INTERVAL`` seconds once the drain lasts that long."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Where a file goes after its upload: done/, failed/ (or back, resubmitted), and its log line.
-
-A directory that refuses a file (a local fault) strands the claim with its spool's guard,
-which routes it once the directory works again (spoolguard.py).
-"""
+"""Settling a file after its upload: to done/ or failed/ (or back, resubmitted), and its log
+line; a directory that refuses strands it with its spool's guard until it works."""
 
 from __future__ import annotations
 

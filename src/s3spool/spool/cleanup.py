@@ -1,8 +1,5 @@
-"""Housekeeping, as plain functions the service calls every CLEANUP_INTERVAL (and --once
-calls once at its end): done/ expiry, stale resubmit records, the empty subdirectories of
-RECURSIVE spools, adoption of dead instances' claims; and ``cautious_now``, the wall clock
-that file ages are measured with.
-"""
+"""Housekeeping every CLEANUP_INTERVAL: done/ expiry, stale resubmit records, empty
+subdirectories, dead instances' claims; and ``cautious_now``, the clock of file ages."""
 
 from __future__ import annotations
 

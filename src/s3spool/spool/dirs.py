@@ -1,15 +1,5 @@
-"""Relative paths below a spool directory: walking a tree, making and pruning subdirectories.
-
-A file's *relpath* is its path below ``incoming/``: ``a/b/NAME`` (a str, with surrogateescape
-for bytes that are not UTF-8, like every name here); a file directly in ``incoming/`` has
-relpath == name.  A claim keeps it wherever it goes: ``working/<instance>/files/RELPATH``,
-``keys/RELPATH``, then ``done/RELPATH`` or ``failed/RELPATH``, so a restart after a crash
-reads it back from the tree (RECURSIVE spools, README "Recursive spools").
-
-Symlinks are never followed: a symlink to a directory is an entry like any other, never a
-directory to walk into.  ``rmdir`` is the only removal here, so a directory that is not empty
-is never removed, whatever a walk believed a moment earlier.
-"""
+"""Relpaths (``a/b/NAME``, kept by a claim wherever it goes): walking, making and pruning the
+subdirectories of a spool directory. Symlinks are never followed; only rmdir removes."""
 
 from __future__ import annotations
 

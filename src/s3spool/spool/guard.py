@@ -1,21 +1,7 @@
-"""Local faults: a spool whose directories fail pauses alone, and resumes by itself.
+"""Local faults: a spool whose directories fail pauses alone and resumes by itself.
 
-``spool.py`` raises ``LocalFault`` (ENOSPC, EDQUOT, EACCES, EPERM, EROFS, ENOENT,
-naming the directory) wherever the filesystem refuses: claims, key records,
-routing, the instance directory, listing incoming/.  The pipeline hands it to
-the spool's ``Guard``, which says so in one log line and then:
-
-* out of space (ENOSPC, EDQUOT): only files that need space wait — those whose key
-  must be recorded (multipart, or a key template that cannot be recomputed).
-  Everything else still moves, because a rename or an unlink needs none: with
-  ``REMOVE_ON_SUCCESS`` a full spool drains and frees space;
-* anything else: the spool takes no new files.
-
-Files that were uploaded but could not be moved wait in the guard and are routed
-as soon as the directory works again.  ``heal`` probes with backoff (never a busy
-loop, at most a second apart so recovery is prompt), and one log line says when
-the spool resumes.  The other spools never notice.
-"""
+Out of space, only files that must record a key wait (a rename or an unlink needs no space,
+so a full spool still drains); any other fault stops new claims until ``heal`` says it works."""
 
 from __future__ import annotations
 

@@ -1,14 +1,5 @@
-"""Object keys: render ``KEY_FORMAT`` for a file, safely.
-
-A key can never start with ``/``, contain ``.``/``..`` or empty segments, or
-leave the destination prefix, whatever the template or the file name.
-
-File names are arbitrary bytes on Unix; keys are UTF-8.  The mapping is
-lossless: a byte that is not part of valid UTF-8, a control character
-(``0x00-0x1f``, ``0x7f``) and ``%`` itself are written as ``%XX``.  Every other
-character is kept, so ordinary names map to themselves and every key decodes
-back (``urllib.parse.unquote_to_bytes``) to exactly one name.
-"""
+"""Object keys: ``KEY_FORMAT`` rendered for a file, never with a leading ``/``, ``.``, ``..`` or
+empty segments; name bytes map losslessly (``%XX`` for bad UTF-8, control characters, ``%``)."""
 
 from __future__ import annotations
 

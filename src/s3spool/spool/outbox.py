@@ -1,18 +1,10 @@
-"""The outbox: delivery events kept on disk until every notifier has accepted them.
+"""The outbox: delivery events on disk (``working/<instance>/outbox/<notifier>/<id>.json``)
+until each notifier has accepted them; ``OSError`` becomes ``LocalFault`` here.
 
-Layout, inside the instance's working directory of a spool::
-
-    working/<instance>/outbox/<notifier>/<event id>.json
-
-One file per event and notifier, so notifiers acknowledge independently (an unlink each) and
-never rewrite a shared record.  ``put`` makes every copy durable (file and directory fsync)
-*before* it returns; the pipeline calls it before the file leaves ``working/``, so after a
-kill -9 at any moment either the file is still in ``working/`` (and recovery delivers it
-again, producing the same event id) or its event is on disk.  A dead instance's outbox is
-adopted with its claims (``adopt``).
-
-This module is the filesystem boundary of notifications: ``OSError`` becomes ``LocalFault``
-(a full or read-only working directory) here.
+One file per event and notifier, so notifiers acknowledge independently (an unlink each).
+``put`` makes every copy durable (file and directory fsync) before it returns, and runs before
+the file leaves working/: after a kill -9 at any moment either the file is still in working/
+(recovery delivers it again, with the same event id) or its event is on disk.
 """
 
 from __future__ import annotations

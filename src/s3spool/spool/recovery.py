@@ -1,9 +1,5 @@
-"""Crash recovery: our own claims after a restart, dead instances' claims, recorded uploads.
-
-An instance whose directory can be locked is dead: a live instance adopts its claims, key
-records included, into its own directory and delivers them (checking the store first).
-Claims are found by walking ``files/``: a RECURSIVE claim's relpath is its path below it.
-"""
+"""Crash recovery: our own claims after a restart, the claims of dead instances (whose
+directory can be locked), and the recorded multipart uploads."""
 
 from __future__ import annotations
 

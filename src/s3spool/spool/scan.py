@@ -1,10 +1,5 @@
-"""Read-only surveys of a spool, shared by ``status``, ``run --dry-run`` and the gauges.
-
-Nothing here writes, claims or talks to the store.  ``hold_left`` is the one rule for
-when a regular file may be taken; the pipeline, dry-run, status and the gauges all use it.
-A RECURSIVE spool's files are counted in every subdirectory, as discovery walks them
-(``dirs.walk``: symlinks never followed, subdirectories matching IGNORE not entered).
-"""
+"""Read-only surveys of a spool for ``status``, ``run --dry-run`` and the gauges; ``hold_left``
+is the one rule for when a file may be taken."""
 
 from __future__ import annotations
 

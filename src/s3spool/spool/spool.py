@@ -1,29 +1,18 @@
-"""The spool on disk: layout, claims, routing, instance locks and recovery.
+"""The spool on disk: layout, claims, settling to done/ and failed/, instance locks.
 
-This module is the boundary with the filesystem; ``OSError`` is translated
-into ``errors.py``'s classes here.
-
+The boundary with the filesystem: ``OSError`` becomes ``errors.py``'s classes here.
 Layout of one spool (directories are created if missing)::
 
     incoming/                  producers rename files in here
-    working/<instance>/        flock'ed by a live instance for its lifetime (the
-                               directory itself: starting needs no free space)
+    working/<instance>/        flock'ed by a live instance (the directory: starting writes no file)
     working/<instance>/files/  files this instance claimed (rename is the lock)
-    working/<instance>/keys/   per-claim JSON: the object key fixed at claim time,
-                               and the multipart upload id while one is open
-    working/.resubmit/         resubmit mode: per-name attempt count and next try
-                               (wall clock), so a restart keeps a poison file's backoff
+    working/<instance>/keys/   per-claim JSON: the key fixed at claim time, an open upload's id
+    working/.resubmit/         resubmit mode: each name's attempts and next try (wall clock)
     done/                      delivered files (unless REMOVE_ON_SUCCESS)
     failed/                    undeliverable files + NAME.reason.json
 
-A RECURSIVE spool takes files from subdirectories of incoming/ too: a claim keeps its
-relpath (``a/b/NAME``) below files/, keys/, done/ and failed/ (``dirs.py``).
-
-An instance whose directory can be locked is dead: any live instance adopts its
-claims (with their keys) and delivers them.
-
-Directory faults met at run time (no space, no permission, read-only, gone) are
-raised as ``LocalFault`` naming the directory; ``heal`` tells when they are over.
+A RECURSIVE claim keeps its relpath (``a/b/NAME``) below files/, keys/, done/ and failed/.
+An instance whose directory can be locked is dead: a live one adopts its claims and keys.
 """
 
 from __future__ import annotations

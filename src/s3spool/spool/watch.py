@@ -1,16 +1,6 @@
 """Discovery: inotify events and directory scans feed one bounded, de-duplicated queue.
 
-Watches are added before the first scan, so a file renamed in during startup
-is seen by one or the other.  A scan walks ``incoming/`` lazily and blocks
-when the queue is full, so a backlog of any length costs at most
-``QUEUE_SIZE`` entries of memory.  The inotify reader never blocks: when the
-queue is full it drops the event and asks for a rescan instead.
-
-A RECURSIVE spool's subdirectories are walked too (``dirs.walk``: one directory open at a
-time, symlinks never followed, names matching IGNORE not entered), each watched just before
-it is read (``TreeWatch``); a directory that appears is watched and then scanned, so a file
-renamed into it is seen by one or the other here as well.
-"""
+A directory is watched before it is scanned, so a file renamed in meanwhile is seen by one."""
 
 from __future__ import annotations
 

@@ -1,36 +1,11 @@
-"""Senders of object bodies: one interface for PutObject and UploadPart, two implementations.
+"""Senders of object bodies (PutObject, UploadPart): ``SignedSender`` and ``BotocoreSender``.
 
-``SignedSender`` (the default) is built from the botocore client's own parts, so
-it honours everything that client honours for the user:
-
-* the connection: the client's aiobotocore HTTP session itself — its pool, CA
-  bundle (``AWS_CA_BUNDLE``, the profile's ``ca_bundle``, ``CA_BUNDLE``) or
-  ``VERIFY_SSL=false``, client certificate, proxies (``HTTP(S)_PROXY``,
-  ``NO_PROXY``, botocore's ``proxies`` config) and timeouts;
-* the signature: SigV4 exactly as botocore's ``S3SigV4Auth`` makes it (``sigv4.py``; what
-  that does not cover goes through ``S3SigV4Auth`` itself), with the client's credentials
-  object, which botocore refreshes before they expire.  One deviation, on plain HTTP: a
-  body with a Content-MD5 goes with UNSIGNED-PAYLOAD, not its SHA-256 (the store checks the
-  MD5, which proves what the hash would); an explicit ``payload_signing_enabled`` wins;
-* the URL: botocore's endpoint rules and addressing style, read once from a
-  presigned URL.
-
-What it leaves out is botocore's per-request pipeline (validation, serialisation, endpoint
-rules, event hooks, response parsing), which costs more than the rest of a small file's work
-(bench/RESULTS.md, "After the stores issue").  Invariant: a request is signed as
-botocore's ``S3SigV4Auth`` signs the same URL, headers and payload decision
-(tests/unit/test_sigv4.py).  A bucket that answers from another region
-(botocore follows such redirects; a signed request cannot) sends every later body
-through ``BotocoreSender`` instead, with one warning.
-
-``BotocoreSender`` (``DIRECT_PUT=false``) sends through ``put_object`` /
-``upload_part`` and so needs bodies in memory.
-
-Both pace every body through the route's bandwidth limit when one is given
-(``bandwidth.RouteLimit``): the body's first piece is waited for before the request is
-signed, the rest as it is sent.  The signed sender paces where it hands the body to the
-session; the botocore sender in botocore's ``before-send`` event, which every attempt
-botocore makes passes.  Off (``limiter.active`` is None) costs one check per body.
+``SignedSender`` (the default) sends over the botocore client's own HTTP session (its TLS,
+proxies and timeouts) with its refreshed credentials and its endpoint rules (read once from a
+presigned URL), signed as botocore's ``S3SigV4Auth`` signs (``sigv4.py``). It leaves out
+botocore's per-request pipeline (validation, serialisation, hooks, parsing: bench/RESULTS.md)
+and region redirects: a bucket in another region sends every later body through botocore.
+One deviation, on plain HTTP: a body with a Content-MD5 goes with UNSIGNED-PAYLOAD.
 """
 
 from __future__ import annotations

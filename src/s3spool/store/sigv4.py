@@ -1,10 +1,5 @@
-"""SigV4 for the signed sender's PUTs: botocore's ``S3SigV4Auth.add_auth``, cut to what they hold.
-
-Invariant: for every request ``sign`` accepts, the headers it adds equal those botocore's
-``S3SigV4Auth.add_auth`` adds to the same request in the same second (tests/unit/test_sigv4.py
-compares hundreds).  It refuses (returns False, headers untouched) any other shape, which the
-caller then signs through botocore.
-"""
+"""SigV4 for the signed sender's PUTs: botocore's ``S3SigV4Auth.add_auth`` cut to what they hold;
+``sign`` adds what botocore would (tests/unit/test_sigv4.py) or returns False."""
 
 from __future__ import annotations
 
