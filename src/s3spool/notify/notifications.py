@@ -57,7 +57,7 @@ class Notifications:
     def __bool__(self) -> bool:
         return bool(self.specs)
 
-    # --- the commit step (synchronous: no await between upload and routing) -----------------
+    # --- the commit step (synchronous: no await between upload and settling) -----------------
     def record(self, spool: Spool, event: dict[str, Any]) -> None:
         """Write ``event`` durably for every notifier that wants it (``LocalFault`` if the
         working directory refuses), then offer it to their queues."""

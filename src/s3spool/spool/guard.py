@@ -18,9 +18,6 @@ from pathlib import Path
 from s3spool.errors import LocalFault, TransientError
 from s3spool.spool.spool import Claim, Spool, local_fault
 
-#: bytes written by the probe of a full filesystem: a page, as a key record needs
-_PROBE_BYTES = b"\0" * 4096
-
 log = logging.getLogger("s3spool.spoolguard")
 
 #: probe delays: quick at first (a directory recreated at once), then once a second
@@ -35,7 +32,7 @@ class Guard:
     spool: Spool
     fault: LocalFault | None = None
     since: float = 0.0
-    #: claims waiting for a directory to route them: (claim, what to do with it)
+    #: claims a directory refused to take, with how to settle them once it works
     stranded: list[tuple[Claim, Callable[[], None]]] = field(default_factory=list)
     _healing: asyncio.Task[None] | None = None
 
@@ -44,11 +41,6 @@ class Guard:
         """No new files from this spool: any fault but a lack of space, or no claim
         directory yet (it could not be made at startup)."""
         return self.fault is not None and (not self.fault.no_space or not self.spool.opened)
-
-    @property
-    def no_space(self) -> bool:
-        """Only files that need space wait."""
-        return self.fault is not None and self.fault.no_space
 
     def up(self) -> int:
         """1 while the spool works, 0 during a fault (the s3spool_spool_up gauge)."""
@@ -95,8 +87,8 @@ class Guard:
                     self.fault = None
                     self.trip(still)  # a different problem now: say so
                 continue
-            if not self.reroute():
-                continue  # a move failed again: reroute tripped the guard anew
+            if not self.settle_stranded():
+                continue  # a move failed again: the guard tripped anew
             log.warning(
                 "spool=%s: %s works again after %.1fs; resuming",
                 self.spool.label,
@@ -106,12 +98,12 @@ class Guard:
             self.fault = None
             on_healed(self)
 
-    def reroute(self) -> bool:
-        """Route the stranded claims; False if a directory refused again."""
+    def settle_stranded(self) -> bool:
+        """Settle the stranded claims; False if a directory refused again."""
         stranded, self.stranded = self.stranded, []
-        for i, (_claim, route) in enumerate(stranded):
+        for i, (_claim, settle) in enumerate(stranded):
             try:
-                route()
+                settle()
             except LocalFault as exc:
                 self.stranded.extend(stranded[i:])
                 self.fault = None
@@ -123,10 +115,8 @@ class Guard:
 def heal(spool: Spool, fault: LocalFault | None) -> LocalFault | None:
     """After a local fault: None once every directory works again, else what still fails.
 
-    Recreates a missing directory as startup does, except the spool root: a root that is
-    gone waits for whoever removed it.  Re-creates and re-locks this instance's own directory
-    if it was removed.  After running out of space, also writes (and removes) a page in it.
-    """
+    Recreates missing directories and relocks ours, as startup does, but never the spool root
+    (that waits for whoever removed it); after ENOSPC also writes and removes a page."""
     d = spool.dirs
     root = d.root or d.incoming.parent
     if not root.is_dir():
@@ -141,7 +131,7 @@ def heal(spool: Spool, fault: LocalFault | None) -> LocalFault | None:
     except LocalFault as still:
         return still
     except TransientError:
-        return None  # not a directory fault (another errno): nothing to wait for here
+        pass  # not a directory fault (another errno): nothing to wait for here
     return None
 
 
@@ -149,7 +139,7 @@ def _write_probe(directory: Path) -> None:
     probe = directory / f".probe.{secrets.token_hex(4)}"
     try:
         with open(probe, "wb") as fh:
-            fh.write(_PROBE_BYTES)
+            fh.write(b"\0" * 4096)  # a page, as a key record needs
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as exc:

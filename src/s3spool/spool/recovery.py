@@ -102,7 +102,7 @@ def recover_own(spool: Spool) -> list[Claim]:
         for leftover in spool.me.glob(".tmp.*"):  # a compressed copy's (compress.py)
             leftover.unlink()
     prune_empty(spool.files)  # left by a crash between a RECURSIVE claim's move and its tidy-up
-    return [spool.recovered(spool.keys, name) for name in spool.own_claims()]
+    return [spool.recovered(spool.keys, name) for name in files_below(spool.files)]
 
 
 def open_uploads(spool: Spool) -> set[str]:
@@ -143,7 +143,7 @@ def instance_is_live(path: Path) -> bool:
 
 
 def _remove_orphan_keys(keys: Path, files: Path) -> None:
-    """Key records whose file is gone (routed just before a crash) and stray temp files."""
+    """Key records whose file is gone (settled just before a crash) and stray temp files."""
     if not files.is_dir():
         return
     for name in files_below(keys):
