@@ -50,12 +50,8 @@ def adopt(spool: Spool, dead: Path) -> list[Claim]:
         # its events not yet accepted by every notifier: ours to send now
         events = Outbox(spool.me / OUTBOX).adopt(dead / OUTBOX)
         if events:
-            log.warning(
-                "spool=%s: adopted %d notification events of dead instance %s",
-                spool.label,
-                events,
-                dead.name,
-            )
+            msg = "spool=%s: adopted %d notification events of dead instance %s"
+            log.warning(msg, spool.label, events, dead.name)
         for sub in (dead / "keys", dead / "files", dead):
             with contextlib.suppress(OSError):
                 for leftover in sub.glob(".tmp.*"):
@@ -79,12 +75,8 @@ def _adopt_locked(spool: Spool, dead: Path) -> list[Claim]:
         try:
             move_into(rename_noreplace, os.fspath(files / name), os.fspath(spool.files), name)
         except (FileExistsError, NotADirectoryError):
-            about(
-                log.warning,
-                spool,
-                name,
-                "a claim of this name is in flight here; adopting it later",
-            )
+            msg = "a claim of this name is in flight here; adopting it later"
+            about(log.warning, spool, name, msg)
             continue
         except FileNotFoundError:
             continue

@@ -59,12 +59,8 @@ _TURN: contextvars.ContextVar[Turn | None] = contextvars.ContextVar("s3spool_tur
 
 
 class Sender(Protocol):
-    """Sends one object body (a whole object or a part) and returns the store's answer.
-
-    ``params`` are botocore's PutObject/UploadPart parameters (Bucket, Key, ContentMD5,
-    ChecksumCRC32C, Metadata, UploadId, PartNumber, ...); the answer has botocore's
-    shape (ETag, Checksum*, VersionId).  Errors are ``errors.UploadError`` subclasses.
-    """
+    """Sends one object body (a whole object or a part): botocore's PutObject/UploadPart
+    ``params`` in, botocore's answer out (ETag, Checksum*, VersionId); ``UploadError`` raised."""
 
     #: True: bodies may be ``FileRange`` (streamed from the file, never held in memory)
     streams: bool
@@ -142,9 +138,8 @@ class BotocoreSender:
 
 
 class _Rewindable:
-    """A paced body for botocore's request: an async iterable aiohttp streams, and a no-op
-    ``seek``, which botocore calls before it retries (the retry is a new request, paced
-    anew from the original bytes)."""
+    """A paced body aiohttp streams, with the no-op ``seek`` botocore calls before a retry (which
+    is a new request, paced anew from the original bytes)."""
 
     def __init__(self, chunks: AsyncIterator[bytes]) -> None:
         self._chunks = chunks
@@ -164,12 +159,6 @@ class _Botocore(S3SigV4Auth):  # type: ignore[misc]
         return cast("str", request.context["s3spool_payload"])
 
 
-def _payload_signing(config: Any) -> bool | None:
-    s3 = getattr(config, "s3", None) or {}
-    value = s3.get("payload_signing_enabled")
-    return None if value is None else bool(value)
-
-
 class SignedSender:
     """Signed PUTs over the botocore client's own HTTP session (see the module docstring)."""
 
@@ -183,16 +172,15 @@ class SignedSender:
         on_slowdown: Callable[[], None] | None = None,
         limiter: RouteLimit | None = None,
     ) -> None:
-        # The client's private attributes are the point: its session carries the user's
-        # TLS and proxy settings, its credentials object is the one botocore refreshes.
-        # tests/test_sender.py fails if a release of aiobotocore moves them.
+        # The client's private parts are the point: its session has the user's TLS and proxy
+        # settings, its credentials are refreshed (tests/test_sender.py checks they are there).
         self._http = client._endpoint.http_session
         self._credentials = client._request_signer._credentials
-        self._sign_payload = _payload_signing(client.meta.config)
+        value = (getattr(client.meta.config, "s3", None) or {}).get("payload_signing_enabled")
+        self._sign_payload = None if value is None else bool(value)  # explicit: it wins
         self._region = client.meta.region_name or "us-east-1"
         self.base_url = base_url.rstrip("/")
-        # botocore's own rule for the signed Host, and the path S3 signs as sent, worked out
-        # once: per request they cost 60 us of URL parsing
+        # botocore's rule for the signed Host, and the path as sent: once, not 60 us a request
         self._host = _host_from_url(self.base_url)
         self._path = urlsplit(self.base_url).path
         self._on_slowdown = on_slowdown
@@ -221,13 +209,10 @@ class SignedSender:
         return cls(client, base[: -len(_PROBE_KEY) - 1], on_slowdown=on_slowdown, limiter=limiter)
 
     def needs_payload_hash(self, content_md5: bool) -> bool:
-        if self._via_botocore:
-            return False
-        return self._signs_payload(content_md5)
+        return not self._via_botocore and self._signs_payload(content_md5)
 
     def _signs_payload(self, content_md5: bool) -> bool:
-        explicit = self._sign_payload
-        return explicit if explicit is not None else not content_md5
+        return self._sign_payload if self._sign_payload is not None else not content_md5
 
     def _signed(
         self, op: Op, params: dict[str, Any], body: Body, payload_sha256: str | None, creds: Any

@@ -15,9 +15,8 @@ _OWN = frozenset(
     {"authorization", "date", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256"}
 )
 _REFUSE = _OWN | frozenset(SIGNED_HEADERS_BLACKLIST)
-#: derived signing keys by (secret, day, region, service), as HMAC-SHA256's inner and outer
-#: hashes with the key absorbed, to copy per request: botocore derives the key with four HMACs
-#: a request, though it only changes daily
+#: derived signing keys by (secret, day, region, service), as HMAC-SHA256's inner and outer hashes
+#: with the key absorbed, copied per request (botocore makes four HMACs a request for it)
 _keys: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
 #: header name -> its lowercase form, or None where botocore would not sign it as is
 _names: dict[str, str | None] = {}
@@ -96,16 +95,8 @@ def sign(
     lower["x-amz-content-sha256"] = payload
     names = sorted(lower)
     signed = ";".join(names)
-    canonical = "\n".join(
-        (
-            method,
-            path,
-            query,
-            "".join([f"{n}:{lower[n]}\n" for n in names]),
-            signed,
-            payload,
-        )
-    )
+    block = "".join([f"{n}:{lower[n]}\n" for n in names])
+    canonical = f"{method}\n{path}\n{query}\n{block}\n{signed}\n{payload}"
     day = when[:8]
     scope = f"{day}/{region}/{service}/aws4_request"
     to_sign = f"AWS4-HMAC-SHA256\n{when}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
