@@ -30,9 +30,6 @@ class Outbox:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def _dir(self, notifier: str) -> Path:
-        return self.root / notifier
-
     def put(self, event: dict[str, Any], notifiers: Sequence[str]) -> None:
         """Write ``event`` durably for each of ``notifiers``; ``LocalFault`` if it cannot."""
         if not notifiers:
@@ -41,7 +38,7 @@ class Outbox:
         name = f"{event['id']}.json"
         try:
             for notifier in notifiers:
-                directory = self._dir(notifier)
+                directory = self.root / notifier
                 directory.mkdir(parents=True, exist_ok=True)
                 # the same id again (a recovered claim delivered twice): one copy is enough
                 write_atomic(directory, name, body, sync=True, mode=0o640)
@@ -53,7 +50,7 @@ class Outbox:
 
     def load(self, notifier: str, event_id: str) -> dict[str, Any] | None:
         try:
-            raw = (self._dir(notifier) / f"{event_id}.json").read_bytes()
+            raw = (self.root / notifier / f"{event_id}.json").read_bytes()
             data: dict[str, Any] = json.loads(raw)
         except (OSError, ValueError):
             return None
@@ -62,12 +59,12 @@ class Outbox:
     def done(self, notifier: str, event_id: str) -> None:
         """``notifier`` accepted the event: forget it (idempotent)."""
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._dir(notifier) / f"{event_id}.json")
+            os.unlink(self.root / notifier / f"{event_id}.json")
 
     def waiting(self, notifier: str) -> Iterator[tuple[str, float]]:
         """(event id, mtime) of each event ``notifier`` has not accepted yet."""
         try:
-            it = os.scandir(self._dir(notifier))
+            it = os.scandir(self.root / notifier)
         except OSError:
             return
         with it:
@@ -97,7 +94,7 @@ class Outbox:
             return 0
         for notifier in notifiers:
             src_dir = dead_root / notifier
-            dst_dir = self._dir(notifier)
+            dst_dir = self.root / notifier
             dst_dir.mkdir(parents=True, exist_ok=True)
             for entry in list(os.scandir(src_dir)):
                 if entry.name.startswith("."):
