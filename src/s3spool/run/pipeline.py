@@ -1,4 +1,4 @@
-"""The life of one file: take, claim, key, upload, verify, route, and its one log line."""
+"""The life of one file: take, claim, key, upload, verify, settle, and its one log line."""
 
 from __future__ import annotations
 
