@@ -660,7 +660,7 @@ CASES: list[Case] = [
         },
         "done",
         key=PREFIX + "stuck-done",
-        data=b"routed late",
+        data=b"settled late",
         note="while done/ is unwritable: object stored, file in working/<instance>/files/, "
         "one line for the fault, moved within 2s of done/ working again (checked "
         "during the run)",

@@ -182,7 +182,7 @@ async def test_an_adopted_claim_already_stored_compressed_is_not_sent_again(
     rclone_s3: S3Target, spool: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A dead instance's claim whose object is in the store (compressed): recovery's HEAD
-    compares the metadata's original size and checksum with the file, and routes it."""
+    compares the metadata's original size and checksum with the file, and settles it."""
     caplog.set_level(logging.INFO, "s3spool.file")
     data = log_lines(300_000, seed=7)
     settings = settings_for(spool, rclone_s3, compress="zstd")

@@ -155,7 +155,7 @@ async def test_stale_multipart_uploads_are_swept(spool: Path, moto_s3: S3Target)
 async def test_recovered_claim_already_in_store_is_not_uploaded_again(
     spool: Path, s3: S3Target
 ) -> None:
-    """A crash after PutObject but before the move to done/: the restart only routes it."""
+    """A crash after PutObject but before the move to done/: the restart only settles it."""
     dead = spool / "working" / "dead-instance"
     (dead / "files").mkdir(parents=True)
     (dead / "keys").mkdir()

@@ -161,7 +161,7 @@ def run_done_ro(base: Path, moto_srv: S3Server) -> Result:
             # 21: done/ unwritable while the file is uploaded
             lock_out(done)
             mark = proc.mark()
-            drop(spot.incoming, "stuck-done", b"routed late", owner=OWNER)
+            drop(spot.incoming, "stuck-done", b"settled late", owner=OWNER)
             stuck = r"cannot move 'stuck-done' in \S+/done"
             proc.wait_for_log(stuck, 15, since=mark)
             if "stuck-done" not in files_in_working(spot):
@@ -169,7 +169,7 @@ def run_done_ro(base: Path, moto_srv: S3Server) -> Result:
                     "21-done-unwritable",
                     "not in working/<instance>/files/ while done/ was unwritable",
                 )
-            if target.get(PREFIX + "stuck-done") != b"routed late":
+            if target.get(PREFIX + "stuck-done") != b"settled late":
                 res.note("21-done-unwritable", "object missing while done/ was unwritable")
             time.sleep(2)  # probes of the fault go on meanwhile, without a line each
             if len(re.findall('"ERROR".*' + stuck, proc.log_text()[mark:])) != 1:

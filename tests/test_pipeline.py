@@ -1,4 +1,4 @@
-"""End to end through the real service: inotify, claim, upload to a real server, routing.
+"""End to end through the real service: inotify, claim, upload to a real server, settling.
 
 The main cases run against both moto (in-process) and `rclone serve s3`.
 """

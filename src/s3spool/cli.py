@@ -1,13 +1,7 @@
-"""Command line: ``s3spool run`` (``--once``, ``--dry-run``), ``check``, ``status``, ``enqueue``,
-``config``.
-
-Every setting of ``settings.Settings`` becomes a flag of the same name
-(``S3SPOOL_KEY_FORMAT`` ↔ ``--key-format``); a flag wins over the variable.
-
-Exit codes: 0 success · 1 some file failed (``run --once``) · 2 usage error ·
-3 store unavailable (``run --once``) · 75 files left behind by a local fault
-(``run --once``) · 78 configuration error.
-"""
+"""Command line: ``s3spool run``, ``check``, ``status``, ``enqueue``, ``config``; every setting
+is a flag too (``S3SPOOL_KEY_FORMAT`` ↔ ``--key-format``), which wins over the variable.
+Exit codes: 0 success · 1 some file failed · 2 usage error · 3 store unavailable · 75 files
+left behind by a local fault · 78 configuration error (1, 3 and 75: ``run --once``)."""
 
 from __future__ import annotations
 
@@ -70,23 +64,63 @@ def _epilog() -> str:
     return "\n".join(lines)
 
 
+#: command -> (help, description, epilog: None for the settings table)
+_COMMANDS = {
+    "run": (
+        "run the service (or drain once with --once)",
+        "Watch the spools and upload every file that arrives.",
+        None,
+    ),
+    "check": (
+        "check settings, directories, inotify and the store",
+        "Check the settings, the spool directories (created if missing, as the service would), "
+        "inotify limits and the store (HeadBucket, then a PUT and DELETE of a small test object "
+        "under the prefix). One PASS/WARN/FAIL line per check.",
+        "Exit codes: 0 all passed (warnings allowed), 1 a check failed, 78 invalid settings.",
+    ),
+    "status": (
+        "files per state, oldest waiting file and instances of each spool",
+        "Read the spool directories (never the store) and report files and bytes in incoming/, "
+        "working/, done/, failed/, the age of the oldest file in incoming/, and the instances "
+        "in working/ (live: its lock is held).",
+        "Exit codes: 0 ok, 1 a directory could not be read, 78 invalid settings.",
+    ),
+    "enqueue": (
+        "put files into a spool safely (atomic: never seen half-written)",
+        "Copy (or --move) each FILE into the spool's incoming/: the data is written to a staging "
+        "file next to incoming/, fsynced, then renamed in without replacing an existing file. "
+        "A name that already exists fails and keeps both files.",
+        "Exit codes: 0 all enqueued, 1 some file was not enqueued, 78 no usable spool.",
+    ),
+    "config": (
+        "print the effective configuration, route by route",
+        "Print every setting of every route with where its value came from (flag, env, route "
+        "table, file, default); secrets are masked. The text form is TOML.",
+        "Exit codes: 0 ok, 78 invalid settings (each problem names its route and key).",
+    ),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="s3spool",
         description="Drain Unix spool directories into S3 and S3-compatible stores.",
         epilog=_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=raw,
     )
     parser.add_argument("--version", action="version", version=f"s3spool {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    run = sub.add_parser(
-        "run",
-        help="run the service (or drain once with --once)",
-        description="Watch the spools and upload every file that arrives.",
-        epilog=_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    cmd = {}
+    for name, (help_text, description, epilog) in _COMMANDS.items():
+        cmd[name] = sub.add_parser(
+            name,
+            help=help_text,
+            description=description,
+            epilog=epilog or _epilog(),
+            formatter_class=argparse.HelpFormatter if epilog else raw,
+        )
+    run = cmd["run"]
     run.add_argument(
         "--once",
         action="store_true",
@@ -98,66 +132,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="list each file that would be uploaded and its key (or why it is skipped); "
         "touch nothing: no directory, claim or store request",
     )
-    _add_settings(run)
-
-    check_cmd = sub.add_parser(
-        "check",
-        help="check settings, directories, inotify and the store",
-        description="Check the settings, the spool directories (created if missing, as the "
-        "service would), inotify limits and the store (HeadBucket, then a PUT and DELETE of a "
-        "small test object under the prefix). One PASS/WARN/FAIL line per check.",
-        epilog="Exit codes: 0 all passed (warnings allowed), 1 a check failed, "
-        "78 invalid settings.",
-    )
-    check_cmd.add_argument(
+    cmd["check"].add_argument(
         "--read-only",
         action="store_true",
         help="do not write a test object to the store (HeadBucket only)",
     )
-    _add_settings(check_cmd)
-
-    status_cmd = sub.add_parser(
-        "status",
-        help="files per state, oldest waiting file and instances of each spool",
-        description="Read the spool directories (never the store) and report files and bytes "
-        "in incoming/, working/, done/, failed/, the age of the oldest file in incoming/, and "
-        "the instances in working/ (live: its lock is held).",
-        epilog="Exit codes: 0 ok, 1 a directory could not be read, 78 invalid settings.",
-    )
-    status_cmd.add_argument("--json", action="store_true", help="machine-readable output")
-    _add_settings(status_cmd)
-
-    enqueue_cmd = sub.add_parser(
-        "enqueue",
-        help="put files into a spool safely (atomic: never seen half-written)",
-        description="Copy (or --move) each FILE into the spool's incoming/: the data is "
-        "written to a staging file next to incoming/, fsynced, then renamed in without "
-        "replacing an existing file. A name that already exists fails and keeps both files.",
-        epilog="Exit codes: 0 all enqueued, 1 some file was not enqueued, 78 no usable spool.",
-    )
-    enqueue_cmd.add_argument("files", nargs="+", metavar="FILE", type=Path, help="files to enqueue")
-    enqueue_cmd.add_argument(
+    cmd["status"].add_argument("--json", action="store_true", help="machine-readable output")
+    enqueue = cmd["enqueue"]
+    enqueue.add_argument("files", nargs="+", metavar="FILE", type=Path, help="files to enqueue")
+    enqueue.add_argument(
         "--spool",
         metavar="DIR",
         type=Path,
         help="spool root (holding incoming/); default: the only spool of the settings",
     )
-    enqueue_cmd.add_argument(
+    enqueue.add_argument(
         "--move",
         action="store_true",
         help="remove each source once it is safely in incoming/ (a rename on one filesystem)",
     )
-    _add_settings(enqueue_cmd)
-
-    config_cmd = sub.add_parser(
-        "config",
-        help="print the effective configuration, route by route",
-        description="Print every setting of every route with where its value came from "
-        "(flag, env, route table, file, default); secrets are masked. The text form is TOML.",
-        epilog="Exit codes: 0 ok, 78 invalid settings (each problem names its route and key).",
-    )
-    config_cmd.add_argument("--json", action="store_true", help="machine-readable output")
-    _add_settings(config_cmd)
+    cmd["config"].add_argument("--json", action="store_true", help="machine-readable output")
+    for each in cmd.values():
+        _add_settings(each)
     return parser
 
 
@@ -253,9 +249,11 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
         return EXIT_CONFIG
     except BaseExceptionGroup as group:
         # A task of the service's TaskGroup (e.g. the HTTP server) could not start.
-        found = _config_error(group)
+        found: BaseException | None = group.subgroup(ConfigError)
         if found is None:
             raise
+        while isinstance(found, BaseExceptionGroup):
+            found = found.exceptions[0]  # the first ConfigError, however deep
         log.error("%s", found)
         return EXIT_CONFIG
     except KeyboardInterrupt:  # pragma: no cover - signal handlers normally catch it
@@ -279,14 +277,3 @@ def _enqueue(args: argparse.Namespace, config: Config | None) -> int:
         print(f"s3spool enqueue: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     return enqueue.enqueue(args.files, target, move=args.move)
-
-
-def _config_error(group: BaseExceptionGroup[BaseException]) -> ConfigError | None:
-    for exc in group.exceptions:
-        if isinstance(exc, ConfigError):
-            return exc
-        if isinstance(exc, BaseExceptionGroup):
-            inner = _config_error(exc)
-            if inner is not None:
-                return inner
-    return None

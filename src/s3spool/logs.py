@@ -1,10 +1,5 @@
-"""Logging: text or JSON lines on stderr, with secrets scrubbed from every record.
-
-Per-file events carry their fields (``log_fields``, or ``extra={"fields": {...}}``); the
-text formatter appends them as ``k=v``, the JSON formatter merges them in.  Lines below
-WARNING are written in batches, within ``FLUSH_AFTER`` seconds; what is held is written
-before the process exits (``flush``: ``cli.main``, and ``logging.shutdown`` in __main__).
-"""
+"""Logging: text or JSON lines on stderr, secrets scrubbed; lines below WARNING are written in
+batches within ``FLUSH_AFTER`` seconds, and ``flush`` writes what is held."""
 
 from __future__ import annotations
 
@@ -102,11 +97,9 @@ class JsonFormatter(logging.Formatter):
 
 
 class LineWriter(logging.Handler):
-    """Writes lines in batches: one write and flush per ``FLUSH_AFTER`` seconds instead of
-    one per line.  A record at WARNING or above, one logged where no event loop runs (a
-    thread, the CLI), and every record on a terminal write what is held at once, in order.
-    A record is formatted at once, but for a line per file (``log_fields``): as its values
-    are plain, it is formatted at the write, with the batch, where that costs a third."""
+    """Writes lines in batches, one write per ``FLUSH_AFTER`` seconds; WARNING and above, a
+    record outside an event loop, and any on a terminal write what is held at once. A line per
+    file (``log_fields``, plain values) is formatted with its batch, where it costs a third."""
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__()
@@ -168,10 +161,8 @@ class _FileRecord(logging.LogRecord):
 
 
 def log_fields(logger: logging.Logger, level: int, msg: str, fields: dict[str, Any]) -> None:
-    """``logger.log(level, msg, extra={"fields": fields})``, for the caller that checked the
-    level: a line per file.  Where the root's LineWriter is the one handler the record would
-    reach, it takes the line without a LogRecord and logging's dispatch (half of its cost).
-    ``fields`` hold plain values (str, int, float, None): the line may be formatted later."""
+    """``logger.log(level, msg, extra={"fields": fields})`` for a caller that checked the level;
+    to a lone root LineWriter without logging's dispatch. ``fields``: plain values only."""
     root = logging.root
     if (
         logger.parent is not root

@@ -1,5 +1,5 @@
 """RECURSIVE spools below the service: walking, making and pruning subdirectories, claims
-that keep their relpath through routing and recovery, the key fields, the watch fallback."""
+that keep their relpath through settling and recovery, the key fields, the watch fallback."""
 
 from __future__ import annotations
 
@@ -183,7 +183,7 @@ def _spool(root: Path, instance: str = "me", **kw: Any) -> Spool:
     return spool
 
 
-def test_claim_route_and_unclaim_keep_the_relpath(tmp_path: Path) -> None:
+def test_claim_settle_and_unclaim_keep_the_relpath(tmp_path: Path) -> None:
     spool = _spool(tmp_path)
     touch(tmp_path / "incoming" / "a" / "b" / "f", b"data")
     claim = spool.claim("a/b/f")
@@ -201,13 +201,13 @@ def test_claim_route_and_unclaim_keep_the_relpath(tmp_path: Path) -> None:
     claim = spool.claim("a/b/f")
     assert claim is not None
     touch(tmp_path / "done" / "a" / "b" / "f", b"another file of that name")
-    assert spool.route_done(claim) == tmp_path / "done" / "a" / "b" / "f~1"
+    assert spool.settle_done(claim) == tmp_path / "done" / "a" / "b" / "f~1"
     assert list(spool.files.iterdir()) == []
     touch(tmp_path / "incoming" / "c" / "g")
     touch(tmp_path / "failed" / "c", b"a file where the directory goes")
     claim = spool.claim("c/g")
     assert claim is not None
-    dest = spool.route_failed(claim, {"reason": "test"})
+    dest = spool.settle_failed(claim, {"reason": "test"})
     assert dest == tmp_path / "failed" / "c~1" / "g"
     assert json.loads((tmp_path / "failed" / "c~1" / "g.reason.json").read_text())
     spool.close()
@@ -235,7 +235,7 @@ def test_recovery_and_adoption_find_nested_claims_with_their_keys(tmp_path: Path
         assert claim is not None
         claim.key = f"key/{rel}"
         dead.save_key(claim)
-    touch(dead.keys / "x" / "orphan", b"{}")  # its file was routed just before a crash
+    touch(dead.keys / "x" / "orphan", b"{}")  # its file was settled just before a crash
     mine = recover_own(dead)
     assert sorted(c.name for c in mine) == ["a/b/g", "a/f", "top"]
     assert {c.name: c.key for c in mine}["a/b/g"] == "key/a/b/g"

@@ -1,15 +1,17 @@
-"""Delivery events: what notifiers are told about a file (schema: docs/event.schema.json).
-
-The event id is a digest of what identifies one delivery of one file (route, spool, relative
-path, size, mtime, bucket, key, outcome), so a file delivered again after a crash (its claim
-recovered from ``working/``) produces the same id: consumers deduplicate by it.
-"""
+"""Delivery events (schema: docs/event.schema.json); the id digests what identifies one
+delivery, so a file delivered again after a crash gets the same id."""
 
 from __future__ import annotations
 
 import hashlib
+import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from s3spool.errors import UploadError
+    from s3spool.spool.spool import Claim
+    from s3spool.store.base import Delivery
 
 SCHEMA_VERSION = 1
 OUTCOMES = ("delivered", "failed")
@@ -25,45 +27,36 @@ def _iso(ts: float) -> str:
 
 
 def make_event(
-    *,
+    claim: Claim,
     outcome: str,
-    route: str,
-    spool: str,
-    name: str,
-    size: int,
-    mtime_ns: int,
     bucket: str,
-    key: str,
     instance: str,
-    now: float,
-    etag: str | None = None,
-    checksum: str | None = None,
-    version_id: str | None = None,
-    reason: str | None = None,
-    error: str | None = None,
+    delivery: Delivery | None = None,
+    error: UploadError | None = None,
 ) -> dict[str, Any]:
-    """One event; ``name`` is the path relative to incoming/ (str, surrogateescape)."""
+    """One event about ``claim`` (its name: the relpath below incoming/, surrogateescape)."""
     assert outcome in OUTCOMES
+    route, spool, name, key = claim.spool.dirs.route, claim.spool.label, claim.name, claim.key
     shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    basename = shown.rsplit("/", 1)[-1]
+    parts = [route, spool, name, str(claim.size), str(claim.mtime_ns), bucket, key, outcome]
     return {
         "schema": SCHEMA_VERSION,
-        "id": event_id([route, spool, name, str(size), str(mtime_ns), bucket, key, outcome]),
+        "id": event_id(parts),
         "outcome": outcome,
         "route": route,
         "spool": spool,
-        "name": basename,
+        "name": shown.rsplit("/", 1)[-1],
         "relpath": shown,
-        "size": size,
-        "mtime": _iso(mtime_ns / 1e9),
+        "size": claim.size,
+        "mtime": _iso(claim.mtime_ns / 1e9),
         "bucket": bucket or None,
         "key": key or None,
-        "etag": etag,
-        "checksum": checksum,
-        "version_id": version_id,
-        "reason": reason,
-        "error": error,
-        "time": _iso(now),
+        "etag": delivery.etag if delivery else None,
+        "checksum": delivery.checksum if delivery else None,
+        "version_id": delivery.version_id if delivery else None,
+        "reason": error.reason if error else None,
+        "error": str(error) if error else None,
+        "time": _iso(time.time()),
         "instance": instance,
     }
 

@@ -1,12 +1,5 @@
-"""Notifications of one route: events recorded durably, then handed to each notifier.
-
-``record`` runs in the commit step, before the file leaves ``working/``: it writes the event
-into the outbox of the file's spool for every notifier that wants that outcome (fsynced), and
-offers it to the notifiers' bounded queues without waiting.  Uploads therefore never wait for
-a notifier: when a queue is full (a notifier is down), events wait on disk and the sweep
-(every ``SWEEP_INTERVAL``) brings them back.  An event leaves the outbox only when its
-notifier accepted it; at least once, deduplicated downstream by the event id.
-"""
+"""Notifications of one route: events written to the outbox before the file leaves working/,
+then offered to each notifier's bounded queue; a sweep brings back what waits on disk."""
 
 from __future__ import annotations
 
@@ -64,7 +57,7 @@ class Notifications:
     def __bool__(self) -> bool:
         return bool(self.specs)
 
-    # --- the commit step (synchronous: no await between upload and routing) -----------------
+    # --- the commit step (synchronous: no await between upload and settling) -----------------
     def record(self, spool: Spool, event: dict[str, Any]) -> None:
         """Write ``event`` durably for every notifier that wants it (``LocalFault`` if the
         working directory refuses), then offer it to their queues."""

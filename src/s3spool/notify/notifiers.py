@@ -1,9 +1,4 @@
-"""The notifiers: webhook, SQS, SNS, exec and manifest.
-
-Each has ``send(event, body)``; a failure raises
-``NotifyFailed`` (aiohttp, botocore and process errors are translated here, where they are
-met).  Retries, backoff and the outbox are ``notifications.py``'s.
-"""
+"""The notifiers (webhook, SQS, SNS, exec, manifest); a failed ``send`` raises ``NotifyFailed``."""
 
 from __future__ import annotations
 

@@ -23,8 +23,6 @@ from s3spool.spool.dirs import fsync_dir
 from s3spool.spool.spool import rename_noreplace
 from s3spool.spool.watch import compile_ignore
 
-# --- enqueue -----------------------------------------------------------------------------------
-
 #: Where enqueue stages copies: next to incoming/, so the final rename is atomic,
 #: and outside it, so a watcher never sees a partial file whatever IGNORE says.
 STAGE_DIR = ".s3spool-enqueue"
@@ -50,8 +48,6 @@ def enqueue_target(config: Config | None, spool: Path | None) -> EnqueueTarget:
     """Which incoming/ to deliver into: ``--spool DIR`` or the settings' only spool."""
     routes = config.routes if config is not None else ()
     layouts = [(r.s, d) for r in routes for d in spool_layouts(r.s, route=r.name)]
-    ignore = tuple(_default_ignore())
-    is_ignored = compile_ignore(ignore)
     if spool is None:
         if config is None:
             raise ConfigError(
@@ -63,25 +59,19 @@ def enqueue_target(config: Config | None, spool: Path | None) -> EnqueueTarget:
                 f"S3SPOOL_SPOOL_DIRS (--spool-dirs) lists {len(layouts)} spools; "
                 "choose one with --spool DIR"
             )
-        s, d = layouts[0]
-        return EnqueueTarget(d.label, d.incoming, compile_ignore(s.ignore), tuple(s.ignore))
-    path = Path(os.path.abspath(spool))
-    for s, d in layouts:
-        if path in (d.root, d.incoming):
-            return EnqueueTarget(d.label, d.incoming, compile_ignore(s.ignore), tuple(s.ignore))
-    if (path / "incoming").is_dir():
-        return EnqueueTarget(str(path), path / "incoming", is_ignored, ignore)
-    raise ConfigError(
-        f"--spool {path}: has no incoming/ directory (a spool root holds incoming/; "
-        "the service creates it when it starts)"
-    )
-
-
-def _default_ignore() -> list[str]:
-    factory = Settings.model_fields["ignore"].default_factory
-    assert factory is not None
-    value: list[str] = factory()  # type: ignore[call-arg]
-    return value
+    else:
+        path = Path(os.path.abspath(spool))
+        layouts = [(s, d) for s, d in layouts if path in (d.root, d.incoming)]
+        if not layouts and (path / "incoming").is_dir():
+            ignore = tuple(Settings.model_fields["ignore"].get_default(call_default_factory=True))
+            return EnqueueTarget(str(path), path / "incoming", compile_ignore(ignore), ignore)
+        if not layouts:
+            raise ConfigError(
+                f"--spool {path}: has no incoming/ directory (a spool root holds incoming/; "
+                "the service creates it when it starts)"
+            )
+    s, d = layouts[0]
+    return EnqueueTarget(d.label, d.incoming, compile_ignore(s.ignore), tuple(s.ignore))
 
 
 def enqueue(
@@ -287,13 +277,8 @@ def _unlink_source(src: Path, copied: os.stat_result) -> None:
         cur = os.lstat(src)
     except FileNotFoundError:
         return
-    same = (cur.st_dev, cur.st_ino, cur.st_size, cur.st_mtime_ns) == (
-        copied.st_dev,
-        copied.st_ino,
-        copied.st_size,
-        copied.st_mtime_ns,
-    )
-    if not same:
+    now = (cur.st_dev, cur.st_ino, cur.st_size, cur.st_mtime_ns)
+    if now != (copied.st_dev, copied.st_ino, copied.st_size, copied.st_mtime_ns):
         raise EnqueueError("was enqueued, but changed afterwards, so the source was kept")
     try:
         os.unlink(src)

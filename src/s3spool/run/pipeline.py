@@ -1,4 +1,4 @@
-"""The life of one file: take, claim, key, upload, verify, route, and its one log line."""
+"""The life of one file: take, claim, key, upload, verify, settle, and its one log line."""
 
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ class Pipeline:
             spool.unclaim(claim)
             return
         except errors.PermanentError as exc:
-            self.outcomes.fail(claim, exc, started)
+            self.outcomes.settle(claim, exc, started)
             return
         try:
             delivery = await self._upload(claim)
@@ -188,15 +188,15 @@ class Pipeline:
                 self.host.discovery.defer((spool, name), why.retry_after)
             return
         except errors.UploadError as exc:
-            self.outcomes.fail(claim, exc, started)
+            self.outcomes.settle(claim, exc, started)
             return
         except asyncio.CancelledError:
             self.outcomes.cancelled(claim)
             raise
         finally:
             os.close(claim.fd)
-        # No await between a confirmed upload and routing: cancellation cannot split them.
-        self.outcomes.commit(claim, delivery, started)
+        # No await between a confirmed upload and settling: cancellation cannot split them.
+        self.outcomes.settle(claim, delivery, started)
 
     async def _upload(self, claim: Claim) -> Delivery:
         assert self.host.store is not None

@@ -1,14 +1,5 @@
-"""Progress of a one-shot drain (``run --once``): files, bytes, rate, ETA.
-
-On a terminal one status line is redrawn a few times a second (log records clear it
-first, so they never land in the middle of it) and a summary follows at the end.  Without
-a terminal (cron, a pipe) a progress log line is written every ``LOG_INTERVAL`` seconds,
-and only if the drain lasts that long: a cron job's log gains nothing from a short run.
-
-On a terminal the total is counted once, in a thread, beside the first uploads; the log
-line counts what is left each time.  Files that arrive during the run are delivered too,
-so the ETA is an estimate.
-"""
+"""Progress of ``run --once`` and ``enqueue``: a line redrawn on a terminal, else a log line
+every ``LOG_INTERVAL`` seconds once the drain lasts that long."""
 
 from __future__ import annotations
 
@@ -45,15 +36,13 @@ def count_waiting(
     spools: Iterable[tuple[Spool, Callable[[str], bool]]],
 ) -> tuple[int, int]:
     """Files and bytes waiting in incoming/ (regular, not ignored) and claimed in working/."""
-    found = [
-        d
-        for spool, is_ignored in spools
-        for d in (
-            survey(spool.dirs.incoming, is_ignored, recursive=spool.recursive),
-            claimed(spool.dirs),
-        )
-    ]
-    return sum(d.files for d in found), sum(d.bytes for d in found)
+    files = size = 0
+    for spool, is_ignored in spools:
+        waiting = survey(spool.dirs.incoming, is_ignored, recursive=spool.recursive)
+        claims = claimed(spool.dirs)
+        files += waiting.files + claims.files
+        size += waiting.bytes + claims.bytes
+    return files, size
 
 
 def describe(counts: Counts, total: tuple[int, int] | None, elapsed: float) -> str:
@@ -96,10 +85,9 @@ class Progress:
         self._drawn = False
 
     async def run(self) -> None:
-        clear = _ClearLine(self)
-        if self.tty:
+        if self.tty:  # log records clear the line first, so they never land in its middle
             for handler in logging.getLogger().handlers:
-                handler.addFilter(clear)
+                handler.addFilter(self._clear_for)
         try:
             if self.tty:
                 counting = asyncio.create_task(asyncio.to_thread(count_waiting, self.spools))
@@ -116,7 +104,7 @@ class Progress:
             if self.tty:
                 self.clear()
                 for handler in logging.getLogger().handlers:
-                    handler.removeFilter(clear)
+                    handler.removeFilter(self._clear_for)
 
     def _counted(self, task: asyncio.Task[tuple[int, int]]) -> None:
         if not task.cancelled() and task.exception() is None:
@@ -130,6 +118,10 @@ class Progress:
             self._drawn = True
         else:
             log.info("progress: %s", line)
+
+    def _clear_for(self, record: logging.LogRecord) -> bool:
+        self.clear()
+        return True
 
     def clear(self) -> None:
         if self._drawn:
@@ -151,15 +143,3 @@ class Progress:
             file=self.stream,
             flush=True,
         )
-
-
-class _ClearLine(logging.Filter):
-    """Clears the progress line before a log record is written to the same terminal."""
-
-    def __init__(self, progress: Progress) -> None:
-        super().__init__()
-        self.progress = progress
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        self.progress.clear()
-        return True

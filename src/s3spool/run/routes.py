@@ -194,7 +194,7 @@ class RouteRun:
                     guard.stranded
                     and await asyncio.to_thread(heal, guard.spool, guard.fault) is None
                 ):
-                    guard.reroute()  # the directory works again: move what waited
+                    guard.settle_stranded()  # the directory works again: move what waited
         await tidy_spools(self.spools, self.guards, self.s)
         if self.store is not None and self.gate.is_set():
             await self.surveyed.wait()

@@ -1,8 +1,5 @@
-"""Where a file goes after its upload: done/, failed/ (or back, resubmitted), and its log line.
-
-A directory that refuses a file (a local fault) strands the claim with its spool's guard,
-which routes it once the directory works again (spoolguard.py).
-"""
+"""Settling a file after its upload: to done/ or failed/ (or back, resubmitted), and its log
+line; a directory that refuses strands it with its spool's guard until it works."""
 
 from __future__ import annotations
 
@@ -10,7 +7,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
 
 from s3spool.config.settings import Settings
 from s3spool.config.spools import DEFAULT_ROUTE
@@ -83,7 +79,7 @@ class Resubmits:
 
 
 class Outcomes:
-    """Routes delivered and failed claims and writes the one log record per file."""
+    """Settles delivered and failed claims and writes the one log record per file."""
 
     def __init__(
         self,
@@ -119,22 +115,27 @@ class Outcomes:
             for sp in spools
         }
 
-    def commit(self, claim: Claim, delivery: Delivery, started: float) -> None:
+    def settle(self, claim: Claim, result: Delivery | UploadError, started: float) -> None:
+        """Move a claim to done/ (delivered) or failed/ (``result`` is the error); one that a
+        directory refuses waits in working/ and moves as soon as the directory works."""
+        failed = isinstance(result, UploadError)
+        move: Callable[..., None] = self._settle_failed if failed else self._settle_done
         try:
-            self._route_done(claim, delivery, started)
-        except LocalFault as exc:
-            # uploaded: it waits in working/ and moves as soon as the directory works
-            self.strand(claim, exc, lambda: self._route_done(claim, delivery, started))
-        except FileVanished as exc:
-            about(log.warning, claim.spool, claim.name, "uploaded, but %s", exc)
+            move(claim, result, started)
+        except LocalFault as fault:
+            self.strand(claim, fault, lambda: move(claim, result, started))
+        except FileVanished as gone:
+            what = f"failed ({result})" if failed else "uploaded"
+            about(log.warning, claim.spool, claim.name, "%s, but %s", what, gone)
 
-    def _route_done(self, claim: Claim, delivery: Delivery, started: float) -> None:
+    def _settle_done(self, claim: Claim, delivery: Delivery, started: float) -> None:
         spool = claim.spool
         if self.notifications:
             # durable before the file leaves working/: a crash after this line redelivers
             # nothing and loses no event; before it, recovery redelivers and records it again
-            self.notifications.record(spool, self._event(claim, "delivered", delivery=delivery))
-        dest = spool.route_done(claim)
+            event = make_event(claim, "delivered", self.s.bucket, self.instance_id, delivery)
+            self.notifications.record(spool, event)
+        dest = spool.settle_done(claim)
         duration = time.monotonic() - started
         self.counts.delivered += 1
         self.counts.bytes += delivery.size
@@ -151,41 +152,7 @@ class Outcomes:
             logging.INFO, claim, delivery.size, duration, "done" if dest else "removed", **extra
         )
 
-    def _event(
-        self,
-        claim: Claim,
-        outcome: str,
-        *,
-        delivery: Delivery | None = None,
-        error: UploadError | None = None,
-    ) -> dict[str, Any]:
-        return make_event(
-            outcome=outcome,
-            route=claim.spool.dirs.route,
-            spool=claim.spool.label,
-            name=claim.name,
-            size=claim.size,
-            mtime_ns=claim.mtime_ns,
-            bucket=self.s.bucket,
-            key=claim.key,
-            instance=self.instance_id,
-            now=time.time(),
-            etag=delivery.etag if delivery else None,
-            checksum=delivery.checksum if delivery else None,
-            version_id=delivery.version_id if delivery else None,
-            reason=error.reason if error else None,
-            error=str(error) if error else None,
-        )
-
-    def fail(self, claim: Claim, exc: UploadError, started: float) -> None:
-        try:
-            self._route_failed(claim, exc, started)
-        except LocalFault as fault:
-            self.strand(claim, fault, lambda: self._route_failed(claim, exc, started))
-        except FileVanished as gone:
-            about(log.warning, claim.spool, claim.name, "failed (%s), and %s", exc, gone)
-
-    def _route_failed(self, claim: Claim, exc: UploadError, started: float) -> None:
+    def _settle_failed(self, claim: Claim, exc: UploadError, started: float) -> None:
         spool = claim.spool
         item = (spool, claim.name)
         reason = {
@@ -204,8 +171,9 @@ class Outcomes:
             self.resubmits.failed(item)
             outcome = "resubmitted"
         elif self.notifications:  # a resubmitted file is not failed yet: no event
-            self.notifications.record(spool, self._event(claim, "failed", error=exc))
-        dest = spool.route_failed(claim, reason)
+            event = make_event(claim, "failed", self.s.bucket, self.instance_id, error=exc)
+            self.notifications.record(spool, event)
+        dest = spool.settle_failed(claim, reason)
         if dest is None:
             outcome = "removed"
         self.counts.failed += 1
@@ -243,10 +211,10 @@ class Outcomes:
             fields = {"route": route, **fields}
         log_fields(file_log, level, "file", fields)
 
-    def strand(self, claim: Claim, fault: LocalFault, route: Callable[[], None]) -> None:
-        """A claim that a directory refused to take: the spool's guard routes it later."""
+    def strand(self, claim: Claim, fault: LocalFault, settle: Callable[[], None]) -> None:
+        """A claim that a directory refused to take: the spool's guard settles it later."""
         about(log.debug, claim.spool, claim.name, "waits in working/: %s", fault)
-        self.guards[claim.spool].stranded.append((claim, route))
+        self.guards[claim.spool].stranded.append((claim, settle))
         self.trip(claim.spool, fault)
 
     def left_behind(self, fault: LocalFault) -> None:

@@ -1,8 +1,5 @@
-"""Housekeeping, as plain functions the service calls every CLEANUP_INTERVAL (and --once
-calls once at its end): done/ expiry, stale resubmit records, the empty subdirectories of
-RECURSIVE spools, adoption of dead instances' claims; and ``cautious_now``, the wall clock
-that file ages are measured with.
-"""
+"""Housekeeping every CLEANUP_INTERVAL: done/ expiry, stale resubmit records, empty
+subdirectories, dead instances' claims; and ``cautious_now``, the clock of file ages."""
 
 from __future__ import annotations
 
@@ -28,29 +25,17 @@ _MONO0 = time.monotonic()
 
 
 def cautious_now() -> float:
-    """``time.time()``, capped at the start time plus the monotonic time elapsed since.
-
-    File ages (mtime, ctime) are wall-clock times, so a forward clock step (NTP after a
-    suspend, ``date -s``) would make files look older: ``HOLD_FOR`` would release a file
-    early and ``DELETE_AFTER`` remove one early from done/.  With this cap both are only
-    delayed, by at most the step.  A backward step makes files look younger (delayed too);
-    a file dated in the future has ``HOLD_FOR`` counted from when it was first seen
-    (run/pipeline.py).  A step while s3spool was not running cannot be seen.
-    """
+    """``time.time()``, capped at the start time plus the monotonic time elapsed since: a clock
+    stepped forward must not make files look older (``HOLD_FOR`` and ``DELETE_AFTER`` early);
+    a step either way only delays them."""
     return min(time.time(), _WALL0 + (time.monotonic() - _MONO0))
 
 
 def expire_done(
     done: Path, delete_after: float, *, now: float | None = None, recursive: bool = False
 ) -> int:
-    """Remove files that reached done/ more than ``delete_after`` seconds ago.
-
-    "Reached done/" is the file's ctime: rename(2) sets it, while the mtime is
-    still the producer's (an old file would otherwise be removed at once).  A clock
-    stepped forward removes nothing early (``cautious_now``).
-    Reason files of failed/ are never here; subdirectories are left alone unless the
-    spool is RECURSIVE (its files keep their relpath in done/).
-    """
+    """Remove files that reached done/ more than ``delete_after`` seconds ago: by ctime, which
+    rename(2) sets (the mtime is still the producer's); subdirectories only if RECURSIVE."""
     cutoff = (now if now is not None else cautious_now()) - delete_after
     removed = 0
     try:
@@ -76,14 +61,8 @@ def expire_done(
 def prune_subdirs(
     spool: Spool, grace: float, is_ignored: Callable[[str], bool], *, now: float | None = None
 ) -> int:
-    """RECURSIVE: remove the empty subdirectories of incoming/, done/ and failed/ in which
-    nothing changed for ``grace`` seconds (never those directories themselves).
-
-    The grace is what keeps a directory a producer just made, and has not renamed its file
-    into yet; rmdir(2) removes only an empty directory, so a file renamed in at the last
-    moment keeps its directory.  incoming/'s subdirectories whose names match IGNORE are
-    the producers' own (staging) and are not looked into.
-    """
+    """RECURSIVE: remove the subdirectories of incoming/, done/ and failed/ empty and unchanged
+    for ``grace`` seconds (a producer may have just made one); IGNOREd ones are not entered."""
     cutoff = (now if now is not None else cautious_now()) - grace
     d = spool.dirs
     removed = prune_empty(d.incoming, unchanged_since=cutoff, skip_dir=is_ignored)
@@ -94,8 +73,7 @@ def prune_subdirs(
 
 
 async def tidy_spools(spools: Sequence[Spool], guards: Mapping[Spool, Guard], s: Settings) -> None:
-    """done/ expiry, stale resubmit records and empty subdirectories (RECURSIVE), for every
-    spool that is not paused."""
+    """done/ expiry, stale resubmit records and empty subdirectories of each spool not paused."""
     is_ignored = compile_ignore(s.ignore)
     for spool in spools:
         if guards[spool].paused:
@@ -105,12 +83,8 @@ async def tidy_spools(spools: Sequence[Spool], guards: Mapping[Spool, Guard], s:
                 expire_done, spool.dirs.done, s.delete_after, recursive=spool.recursive
             )
             if removed:
-                log.info(
-                    "spool=%s: removed %d files from done/ (older than %.0fs)",
-                    spool.label,
-                    removed,
-                    s.delete_after,
-                )
+                msg = "spool=%s: removed %d files from done/ (older than %.0fs)"
+                log.info(msg, spool.label, removed, s.delete_after)
         if spool.dirs.resubmit:
             # records of files that are gone (delivered elsewhere, removed by hand)
             stale = time.time() - max(4 * s.retry_backoff_max, 3600.0)
@@ -131,11 +105,7 @@ def adopt_dead(
         for dead in list(dead_instances(spool)):
             claims = adopt(spool, dead)
             if claims:
-                log.warning(
-                    "spool=%s: recovered %d claims of dead instance %s",
-                    spool.label,
-                    len(claims),
-                    dead.name,
-                )
+                msg = "spool=%s: recovered %d claims of dead instance %s"
+                log.warning(msg, spool.label, len(claims), dead.name)
             for claim in claims:
                 deliver(claim)

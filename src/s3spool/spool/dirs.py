@@ -1,15 +1,5 @@
-"""Relative paths below a spool directory: walking a tree, making and pruning subdirectories.
-
-A file's *relpath* is its path below ``incoming/``: ``a/b/NAME`` (a str, with surrogateescape
-for bytes that are not UTF-8, like every name here); a file directly in ``incoming/`` has
-relpath == name.  A claim keeps it wherever it goes: ``working/<instance>/files/RELPATH``,
-``keys/RELPATH``, then ``done/RELPATH`` or ``failed/RELPATH``, so a restart after a crash
-reads it back from the tree (RECURSIVE spools, README "Recursive spools").
-
-Symlinks are never followed: a symlink to a directory is an entry like any other, never a
-directory to walk into.  ``rmdir`` is the only removal here, so a directory that is not empty
-is never removed, whatever a walk believed a moment earlier.
-"""
+"""Relpaths (``a/b/NAME``, kept by a claim wherever it goes): walking, making and pruning the
+subdirectories of a spool directory. Symlinks are never followed; only rmdir removes."""
 
 from __future__ import annotations
 
@@ -35,16 +25,10 @@ def walk(
     enter: Callable[[str], None] | None = None,
     onerror: Callable[[str, OSError], None] | None = None,
 ) -> Iterator[tuple[str, os.DirEntry[str]]]:
-    """``(relpath, entry)`` for every entry below ``top``, except the directories it walks into.
-
-    ``recursive=False`` lists ``top`` alone.  Otherwise every subdirectory is walked into,
-    unless it is a symlink or ``skip_dir(name)`` (such a directory is yielded as an entry).
-    ``enter(reldir)`` runs just before a directory is read (``""``: ``top``): discovery adds
-    its inotify watch there.  One directory is open at a time and the ones still to read wait
-    as names: memory grows with the directories, never with the files.  ``top`` that cannot
-    be read raises ``OSError``; a subdirectory that cannot (gone again, unreadable) is given
-    to ``onerror`` and skipped.
-    """
+    """``(relpath, entry)`` for every entry below ``top`` but the directories walked into (not
+    symlinks, nor ``skip_dir(name)``; ``recursive=False``: none). ``enter(reldir)`` runs before
+    a directory is read (``""``: ``top``). One directory is open at a time: memory grows with
+    directories, not files. ``top`` unreadable raises; a subdirectory goes to ``onerror``."""
     root = os.fspath(top)
     pending = [""]
     while pending:
@@ -81,13 +65,9 @@ def files_below(top: str | os.PathLike[str]) -> list[str]:
 
 
 def make_dirs(top: str, reldir: str, *, sidestep: bool = False) -> str:
-    """Create the directories of ``reldir`` below ``top``; returns the path of the last one.
-
-    ``top`` itself is never created: when it is gone, ``FileNotFoundError`` (a claim directory
-    that vanished must stay a fault, not be made again unlocked).  A segment taken by
-    something that is not a directory raises ``NotADirectoryError``, or with ``sidestep``
-    is replaced by the first free ``SEGMENT~N`` (done/ and failed/ keep both, never replace).
-    """
+    """Create the directories of ``reldir`` below ``top`` (never ``top``: a claim directory that
+    vanished stays a fault); returns the last. A non-directory in the way raises
+    ``NotADirectoryError``, or with ``sidestep`` the first free ``SEGMENT~N`` is taken."""
     path = top
     for segment in reldir.split("/"):
         for n in range(100_000):
@@ -107,12 +87,8 @@ def make_dirs(top: str, reldir: str, *, sidestep: bool = False) -> str:
 
 
 def move_into(rename: Callable[[str, str], None], src: str, top: str, rel: str) -> None:
-    """``rename(src, top/rel)``, first making the directories of ``rel`` below ``top`` if the
-    rename says they are missing (a claim into ``files/a/b/``, a file back to ``incoming/a/``).
-
-    ``FileNotFoundError`` when ``src`` (or ``top``) is gone; ``NotADirectoryError`` when
-    something that is not a directory holds the name of one of them (``make_dirs``).
-    """
+    """``rename(src, top/rel)``, making the directories of ``rel`` if the rename says they are
+    missing; ``FileNotFoundError`` when ``src`` (or ``top``) is gone, else ``make_dirs``' errors."""
     try:
         rename(src, f"{top}/{rel}")
         return
@@ -135,10 +111,8 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
 def write_atomic(
     top: str | os.PathLike[str], rel: str, body: bytes, *, sync: bool = False, mode: int = 0o666
 ) -> None:
-    """Write ``body`` to ``top/rel`` whole or not at all: a temporary file in ``top``, renamed
-    over it (``move_into``).  ``sync``: file and directory are on disk when it returns (a
-    record that must survive a power cut, not only a kill).  ``OSError`` as met; no
-    temporary file is left behind."""
+    """Write ``body`` to ``top/rel`` whole or not at all (a temporary file renamed over it);
+    ``sync``: file and directory are on disk when it returns (to survive a power cut)."""
     root = os.fspath(top)
     tmp = f"{root}/.tmp.{secrets.token_hex(6)}"
     try:
@@ -159,13 +133,9 @@ def write_atomic(
 
 
 def move_from_below(rename: Callable[..., None], top: str, rel: str, to: str) -> None:
-    """``rename(top/rel, to/rel)`` for ``rel`` in a subdirectory of ``top`` (a claim out of
-    ``incoming/a/b/``), never through a symlink: the directories of ``rel`` are opened one at
-    a time with ``O_NOFOLLOW`` and the rename is made relative to the last, so a directory
-    swapped for a symlink after a scan listed it is never followed (``FileNotFoundError``, as
-    for a file that is gone).  ``rename`` takes ``src_dir_fd``; the directories of ``rel`` are
-    made below ``to`` when the rename says they are missing (``make_dirs``' errors).
-    """
+    """``rename(top/rel, to/rel)`` (a claim out of ``incoming/a/b/``) never through a symlink:
+    each directory of ``rel`` is opened with ``O_NOFOLLOW`` and the rename is relative to the
+    last (a symlink raises ``FileNotFoundError``, as a file that is gone does)."""
     reldir, name = split(rel)
     flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
     fd = os.open(top, flags)
@@ -194,8 +164,7 @@ def move_from_below(rename: Callable[..., None], top: str, rel: str, to: str) ->
 
 
 def prune_parents(top: str, rel: str) -> None:
-    """Remove the directories of ``rel`` below ``top``, deepest first, while they are empty
-    (``top/a/b`` and ``top/a`` for ``a/b/NAME`` that just left; nothing for a plain name)."""
+    """Remove the directories of ``rel`` below ``top``, deepest first, while they are empty."""
     reldir = split(rel)[0]
     while reldir:
         try:
@@ -211,14 +180,9 @@ def prune_empty(
     unchanged_since: float | None = None,
     skip_dir: Callable[[str], bool] | None = None,
 ) -> int:
-    """Remove the empty directories below ``top`` (never ``top``); returns how many.
-
-    With ``unchanged_since``, only directories whose last change (the newer of mtime and
-    ctime, as they were before this pass began) is not later than it: an emptied directory
-    stays for a grace period, in which a producer that made it may still rename a file in.
-    Children go first, so a tree emptied long ago goes in one pass.  A directory that is not
-    empty when its turn comes is left (rmdir refuses it).
-    """
+    """Remove the empty directories below ``top`` (never ``top``), children first; returns how
+    many. ``unchanged_since``: only those not changed (mtime, ctime) since, so a producer that
+    just made one may still rename a file in."""
     root = os.fspath(top)
     found: list[tuple[str, float]] = []
 

@@ -1,21 +1,7 @@
-"""Local faults: a spool whose directories fail pauses alone, and resumes by itself.
+"""Local faults: a spool whose directories fail pauses alone and resumes by itself.
 
-``spool.py`` raises ``LocalFault`` (ENOSPC, EDQUOT, EACCES, EPERM, EROFS, ENOENT,
-naming the directory) wherever the filesystem refuses: claims, key records,
-routing, the instance directory, listing incoming/.  The pipeline hands it to
-the spool's ``Guard``, which says so in one log line and then:
-
-* out of space (ENOSPC, EDQUOT): only files that need space wait — those whose key
-  must be recorded (multipart, or a key template that cannot be recomputed).
-  Everything else still moves, because a rename or an unlink needs none: with
-  ``REMOVE_ON_SUCCESS`` a full spool drains and frees space;
-* anything else: the spool takes no new files.
-
-Files that were uploaded but could not be moved wait in the guard and are routed
-as soon as the directory works again.  ``heal`` probes with backoff (never a busy
-loop, at most a second apart so recovery is prompt), and one log line says when
-the spool resumes.  The other spools never notice.
-"""
+Out of space, only files that must record a key wait (a rename or an unlink needs no space,
+so a full spool still drains); any other fault stops new claims until ``heal`` says it works."""
 
 from __future__ import annotations
 
@@ -32,9 +18,6 @@ from pathlib import Path
 from s3spool.errors import LocalFault, TransientError
 from s3spool.spool.spool import Claim, Spool, local_fault
 
-#: bytes written by the probe of a full filesystem: a page, as a key record needs
-_PROBE_BYTES = b"\0" * 4096
-
 log = logging.getLogger("s3spool.spoolguard")
 
 #: probe delays: quick at first (a directory recreated at once), then once a second
@@ -49,7 +32,7 @@ class Guard:
     spool: Spool
     fault: LocalFault | None = None
     since: float = 0.0
-    #: claims waiting for a directory to route them: (claim, what to do with it)
+    #: claims a directory refused to take, with how to settle them once it works
     stranded: list[tuple[Claim, Callable[[], None]]] = field(default_factory=list)
     _healing: asyncio.Task[None] | None = None
 
@@ -58,11 +41,6 @@ class Guard:
         """No new files from this spool: any fault but a lack of space, or no claim
         directory yet (it could not be made at startup)."""
         return self.fault is not None and (not self.fault.no_space or not self.spool.opened)
-
-    @property
-    def no_space(self) -> bool:
-        """Only files that need space wait."""
-        return self.fault is not None and self.fault.no_space
 
     def up(self) -> int:
         """1 while the spool works, 0 during a fault (the s3spool_spool_up gauge)."""
@@ -109,8 +87,8 @@ class Guard:
                     self.fault = None
                     self.trip(still)  # a different problem now: say so
                 continue
-            if not self.reroute():
-                continue  # a move failed again: reroute tripped the guard anew
+            if not self.settle_stranded():
+                continue  # a move failed again: the guard tripped anew
             log.warning(
                 "spool=%s: %s works again after %.1fs; resuming",
                 self.spool.label,
@@ -120,12 +98,12 @@ class Guard:
             self.fault = None
             on_healed(self)
 
-    def reroute(self) -> bool:
-        """Route the stranded claims; False if a directory refused again."""
+    def settle_stranded(self) -> bool:
+        """Settle the stranded claims; False if a directory refused again."""
         stranded, self.stranded = self.stranded, []
-        for i, (_claim, route) in enumerate(stranded):
+        for i, (_claim, settle) in enumerate(stranded):
             try:
-                route()
+                settle()
             except LocalFault as exc:
                 self.stranded.extend(stranded[i:])
                 self.fault = None
@@ -137,10 +115,8 @@ class Guard:
 def heal(spool: Spool, fault: LocalFault | None) -> LocalFault | None:
     """After a local fault: None once every directory works again, else what still fails.
 
-    Recreates a missing directory as startup does, except the spool root: a root that is
-    gone waits for whoever removed it.  Re-creates and re-locks this instance's own directory
-    if it was removed.  After running out of space, also writes (and removes) a page in it.
-    """
+    Recreates missing directories and relocks ours, as startup does, but never the spool root
+    (that waits for whoever removed it); after ENOSPC also writes and removes a page."""
     d = spool.dirs
     root = d.root or d.incoming.parent
     if not root.is_dir():
@@ -155,7 +131,7 @@ def heal(spool: Spool, fault: LocalFault | None) -> LocalFault | None:
     except LocalFault as still:
         return still
     except TransientError:
-        return None  # not a directory fault (another errno): nothing to wait for here
+        pass  # not a directory fault (another errno): nothing to wait for here
     return None
 
 
@@ -163,7 +139,7 @@ def _write_probe(directory: Path) -> None:
     probe = directory / f".probe.{secrets.token_hex(4)}"
     try:
         with open(probe, "wb") as fh:
-            fh.write(_PROBE_BYTES)
+            fh.write(b"\0" * 4096)  # a page, as a key record needs
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as exc:

@@ -1,14 +1,5 @@
-"""Object keys: render ``KEY_FORMAT`` for a file, safely.
-
-A key can never start with ``/``, contain ``.``/``..`` or empty segments, or
-leave the destination prefix, whatever the template or the file name.
-
-File names are arbitrary bytes on Unix; keys are UTF-8.  The mapping is
-lossless: a byte that is not part of valid UTF-8, a control character
-(``0x00-0x1f``, ``0x7f``) and ``%`` itself are written as ``%XX``.  Every other
-character is kept, so ordinary names map to themselves and every key decodes
-back (``urllib.parse.unquote_to_bytes``) to exactly one name.
-"""
+"""Object keys: ``KEY_FORMAT`` rendered for a file, never with a leading ``/``, ``.``, ``..`` or
+empty segments; name bytes map losslessly (``%XX`` for bad UTF-8, control characters, ``%``)."""
 
 from __future__ import annotations
 
@@ -31,10 +22,10 @@ if TYPE_CHECKING:
     from s3spool.spool.spool import Claim
 
 MAX_KEY_BYTES = 1024
-#: Fields whose value depends only on the file and the spool; a key built only
-#: from these can be recomputed after a crash, so it need not be persisted.
-_M_FIELDS = frozenset(f"m_{u}" for u in ("YYYY", "MM", "DD", "hh", "mm", "ss"))
-_C_FIELDS = frozenset(f"c_{u}" for u in ("YYYY", "MM", "DD", "hh", "mm", "ss"))
+_UNITS = ("YYYY", "MM", "DD", "hh", "mm", "ss")
+_M_FIELDS = frozenset(f"m_{u}" for u in _UNITS)
+_C_FIELDS = frozenset(f"c_{u}" for u in _UNITS)
+#: fields of the file and the spool alone: a key of these is recomputed after a crash, not kept
 STABLE_FIELDS = frozenset({"fname", "relpath", "dirname", "spool_dir"}) | _M_FIELDS
 
 
@@ -72,23 +63,14 @@ def encode_name(raw: bytes) -> str:
 
 def _time_fields(prefix: str, ts: float) -> dict[str, str]:
     t = datetime.fromtimestamp(ts, UTC)
-    return {
-        f"{prefix}_YYYY": f"{t.year:04d}",
-        f"{prefix}_MM": f"{t.month:02d}",
-        f"{prefix}_DD": f"{t.day:02d}",
-        f"{prefix}_hh": f"{t.hour:02d}",
-        f"{prefix}_mm": f"{t.minute:02d}",
-        f"{prefix}_ss": f"{t.second:02d}",
-    }
+    values = [f"{t.year:04d}"] + [f"{n:02d}" for n in (t.month, t.day, t.hour, t.minute, t.second)]
+    return dict(zip([f"{prefix}_{u}" for u in _UNITS], values, strict=True))
 
 
 @dataclass(frozen=True, slots=True)
 class KeyInput:
-    """What a key is rendered from: the file's name and claim-time stat.
-
-    ``dirname``: the directories between incoming/ and the file (RECURSIVE spools, ``a/b``),
-    empty for a file directly in incoming/; a claim keeps them, so they are stable too.
-    """
+    """What a key is rendered from: the file's name and claim-time stat; ``dirname``: the
+    directories between incoming/ and the file (``a/b``, RECURSIVE), kept by a claim."""
 
     name: bytes
     spool_dir: str
@@ -98,10 +80,7 @@ class KeyInput:
 
 
 def claim_input(claim: Claim) -> KeyInput:
-    """What a claimed file's key (and its object options, ``objectopts.py``) render from.
-
-    A claim adopted after a crash has no ctime of its own: its mtime stands in.
-    """
+    """What a claim's key and object options render from (an adopted claim's mtime is its ctime)."""
     dirs = claim.spool.dirs
     dirname, _, name = claim.name.rpartition("/")  # a claim's name is its relpath
     return KeyInput(

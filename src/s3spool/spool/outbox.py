@@ -1,18 +1,10 @@
-"""The outbox: delivery events kept on disk until every notifier has accepted them.
+"""The outbox: delivery events on disk (``working/<instance>/outbox/<notifier>/<id>.json``)
+until each notifier has accepted them; ``OSError`` becomes ``LocalFault`` here.
 
-Layout, inside the instance's working directory of a spool::
-
-    working/<instance>/outbox/<notifier>/<event id>.json
-
-One file per event and notifier, so notifiers acknowledge independently (an unlink each) and
-never rewrite a shared record.  ``put`` makes every copy durable (file and directory fsync)
-*before* it returns; the pipeline calls it before the file leaves ``working/``, so after a
-kill -9 at any moment either the file is still in ``working/`` (and recovery delivers it
-again, producing the same event id) or its event is on disk.  A dead instance's outbox is
-adopted with its claims (``adopt``).
-
-This module is the filesystem boundary of notifications: ``OSError`` becomes ``LocalFault``
-(a full or read-only working directory) here.
+One file per event and notifier, so notifiers acknowledge independently (an unlink each).
+``put`` makes every copy durable (file and directory fsync) before it returns, and runs before
+the file leaves working/: after a kill -9 at any moment either the file is still in working/
+(recovery delivers it again, with the same event id) or its event is on disk.
 """
 
 from __future__ import annotations
@@ -38,9 +30,6 @@ class Outbox:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def _dir(self, notifier: str) -> Path:
-        return self.root / notifier
-
     def put(self, event: dict[str, Any], notifiers: Sequence[str]) -> None:
         """Write ``event`` durably for each of ``notifiers``; ``LocalFault`` if it cannot."""
         if not notifiers:
@@ -49,7 +38,7 @@ class Outbox:
         name = f"{event['id']}.json"
         try:
             for notifier in notifiers:
-                directory = self._dir(notifier)
+                directory = self.root / notifier
                 directory.mkdir(parents=True, exist_ok=True)
                 # the same id again (a recovered claim delivered twice): one copy is enough
                 write_atomic(directory, name, body, sync=True, mode=0o640)
@@ -61,7 +50,7 @@ class Outbox:
 
     def load(self, notifier: str, event_id: str) -> dict[str, Any] | None:
         try:
-            raw = (self._dir(notifier) / f"{event_id}.json").read_bytes()
+            raw = (self.root / notifier / f"{event_id}.json").read_bytes()
             data: dict[str, Any] = json.loads(raw)
         except (OSError, ValueError):
             return None
@@ -70,12 +59,12 @@ class Outbox:
     def done(self, notifier: str, event_id: str) -> None:
         """``notifier`` accepted the event: forget it (idempotent)."""
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._dir(notifier) / f"{event_id}.json")
+            os.unlink(self.root / notifier / f"{event_id}.json")
 
     def waiting(self, notifier: str) -> Iterator[tuple[str, float]]:
         """(event id, mtime) of each event ``notifier`` has not accepted yet."""
         try:
-            it = os.scandir(self._dir(notifier))
+            it = os.scandir(self.root / notifier)
         except OSError:
             return
         with it:
@@ -105,7 +94,7 @@ class Outbox:
             return 0
         for notifier in notifiers:
             src_dir = dead_root / notifier
-            dst_dir = self._dir(notifier)
+            dst_dir = self.root / notifier
             dst_dir.mkdir(parents=True, exist_ok=True)
             for entry in list(os.scandir(src_dir)):
                 if entry.name.startswith("."):

@@ -1,9 +1,5 @@
-"""Crash recovery: our own claims after a restart, dead instances' claims, recorded uploads.
-
-An instance whose directory can be locked is dead: a live instance adopts its claims, key
-records included, into its own directory and delivers them (checking the store first).
-Claims are found by walking ``files/``: a RECURSIVE claim's relpath is its path below it.
-"""
+"""Crash recovery: our own claims after a restart, the claims of dead instances (whose
+directory can be locked), and the recorded multipart uploads."""
 
 from __future__ import annotations
 
@@ -54,12 +50,8 @@ def adopt(spool: Spool, dead: Path) -> list[Claim]:
         # its events not yet accepted by every notifier: ours to send now
         events = Outbox(spool.me / OUTBOX).adopt(dead / OUTBOX)
         if events:
-            log.warning(
-                "spool=%s: adopted %d notification events of dead instance %s",
-                spool.label,
-                events,
-                dead.name,
-            )
+            msg = "spool=%s: adopted %d notification events of dead instance %s"
+            log.warning(msg, spool.label, events, dead.name)
         for sub in (dead / "keys", dead / "files", dead):
             with contextlib.suppress(OSError):
                 for leftover in sub.glob(".tmp.*"):
@@ -83,12 +75,8 @@ def _adopt_locked(spool: Spool, dead: Path) -> list[Claim]:
         try:
             move_into(rename_noreplace, os.fspath(files / name), os.fspath(spool.files), name)
         except (FileExistsError, NotADirectoryError):
-            about(
-                log.warning,
-                spool,
-                name,
-                "a claim of this name is in flight here; adopting it later",
-            )
+            msg = "a claim of this name is in flight here; adopting it later"
+            about(log.warning, spool, name, msg)
             continue
         except FileNotFoundError:
             continue
@@ -106,7 +94,7 @@ def recover_own(spool: Spool) -> list[Claim]:
         for leftover in spool.me.glob(".tmp.*"):  # a compressed copy's (compress.py)
             leftover.unlink()
     prune_empty(spool.files)  # left by a crash between a RECURSIVE claim's move and its tidy-up
-    return [spool.recovered(spool.keys, name) for name in spool.own_claims()]
+    return [spool.recovered(spool.keys, name) for name in files_below(spool.files)]
 
 
 def open_uploads(spool: Spool) -> set[str]:
@@ -147,7 +135,7 @@ def instance_is_live(path: Path) -> bool:
 
 
 def _remove_orphan_keys(keys: Path, files: Path) -> None:
-    """Key records whose file is gone (routed just before a crash) and stray temp files."""
+    """Key records whose file is gone (settled just before a crash) and stray temp files."""
     if not files.is_dir():
         return
     for name in files_below(keys):

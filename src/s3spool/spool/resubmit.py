@@ -36,13 +36,8 @@ def save_record(spool: Spool, name: str, attempts: int, not_before: float) -> No
         _records(spool).mkdir(exist_ok=True)
         write_atomic(_records(spool), name, json.dumps(record).encode())
     except OSError as exc:
-        log.warning(
-            "spool=%s name=%r: cannot record its resubmit backoff in %s: %s (kept in memory)",
-            spool.label,
-            name,
-            _records(spool),
-            exc.strerror,
-        )
+        msg = "spool=%s name=%r: cannot record its resubmit backoff in %s: %s (kept in memory)"
+        log.warning(msg, spool.label, name, _records(spool), exc.strerror)
 
 
 def forget_record(spool: Spool, name: str) -> None:

@@ -1,10 +1,5 @@
-"""Read-only surveys of a spool, shared by ``status``, ``run --dry-run`` and the gauges.
-
-Nothing here writes, claims or talks to the store.  ``hold_left`` is the one rule for
-when a regular file may be taken; the pipeline, dry-run, status and the gauges all use it.
-A RECURSIVE spool's files are counted in every subdirectory, as discovery walks them
-(``dirs.walk``: symlinks never followed, subdirectories matching IGNORE not entered).
-"""
+"""Read-only surveys of a spool for ``status``, ``run --dry-run`` and the gauges; ``hold_left``
+is the one rule for when a file may be taken."""
 
 from __future__ import annotations
 
@@ -23,12 +18,8 @@ from s3spool.spool.spool import Spool
 
 
 def hold_left(mtime: float, hold_for: float, now: float, seen_for: float = 0.0) -> float:
-    """Seconds until a regular file with this mtime may be taken (0: now).
-
-    ``HOLD_FOR`` counts from the mtime; a file dated more than a second in the future (a
-    producer's clock ahead of ours, or ours stepped back) would never become old enough,
-    so its hold counts from when it was first seen instead (``seen_for`` seconds ago).
-    """
+    """Seconds until a regular file with this mtime may be taken (0: now): ``HOLD_FOR`` from its
+    mtime, or, dated more than a second ahead, from when it was first seen (``seen_for`` ago)."""
     if hold_for <= 0:
         return 0.0
     if mtime > now + 1:
@@ -94,9 +85,8 @@ def files(
     recursive: bool = False,
     tally: DirSurvey | None = None,
 ) -> Iterator[os.stat_result]:
-    """The lstat of each regular file in ``path`` (``recursive``: below it, not entering
-    directories ``is_ignored`` names) whose name is not ignored: what the pipeline would take.
-    ``tally`` counts them and the rest, and whether ``path`` can be read."""
+    """The lstat of each regular file in (``recursive``: below) ``path`` not ignored: what the
+    pipeline would take; ``tally`` counts them and the rest, and whether ``path`` can be read."""
     if path is None:
         return
     t = tally if tally is not None else DirSurvey("")
@@ -179,12 +169,8 @@ def spool_gauges(
     *,
     recursive: bool = False,
 ) -> SpoolGauges:
-    """One pass over incoming/ (count + lag) and a count of working/ and failed/.
-
-    Lag is the age of the oldest file the service would take right now: a regular file, not
-    ignored, whose mtime is at least HOLD_FOR old (the oldest file, if any is).  A scrape
-    of a 100k-file spool costs one readdir and one lstat per candidate, in a thread.
-    """
+    """One pass over incoming/ (count, and lag: the age of the oldest file if HOLD_FOR lets it
+    be taken now) and a count of working/ and failed/."""
     incoming = survey(dirs.incoming, is_ignored, recursive=recursive)
     g = SpoolGauges(incoming.files + incoming.ignored + incoming.not_regular)
     oldest = incoming.oldest_mtime

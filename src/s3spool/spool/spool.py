@@ -1,29 +1,18 @@
-"""The spool on disk: layout, claims, routing, instance locks and recovery.
+"""The spool on disk: layout, claims, settling to done/ and failed/, instance locks.
 
-This module is the boundary with the filesystem; ``OSError`` is translated
-into ``errors.py``'s classes here.
-
+The boundary with the filesystem: ``OSError`` becomes ``errors.py``'s classes here.
 Layout of one spool (directories are created if missing)::
 
     incoming/                  producers rename files in here
-    working/<instance>/        flock'ed by a live instance for its lifetime (the
-                               directory itself: starting needs no free space)
+    working/<instance>/        flock'ed by a live instance (the directory: starting writes no file)
     working/<instance>/files/  files this instance claimed (rename is the lock)
-    working/<instance>/keys/   per-claim JSON: the object key fixed at claim time,
-                               and the multipart upload id while one is open
-    working/.resubmit/         resubmit mode: per-name attempt count and next try
-                               (wall clock), so a restart keeps a poison file's backoff
+    working/<instance>/keys/   per-claim JSON: the key fixed at claim time, an open upload's id
+    working/.resubmit/         resubmit mode: each name's attempts and next try (wall clock)
     done/                      delivered files (unless REMOVE_ON_SUCCESS)
     failed/                    undeliverable files + NAME.reason.json
 
-A RECURSIVE spool takes files from subdirectories of incoming/ too: a claim keeps its
-relpath (``a/b/NAME``) below files/, keys/, done/ and failed/ (``dirs.py``).
-
-An instance whose directory can be locked is dead: any live instance adopts its
-claims (with their keys) and delivers them.
-
-Directory faults met at run time (no space, no permission, read-only, gone) are
-raised as ``LocalFault`` naming the directory; ``heal`` tells when they are over.
+A RECURSIVE claim keeps its relpath (``a/b/NAME``) below files/, keys/, done/ and failed/.
+An instance whose directory can be locked is dead: a live one adopts its claims and keys.
 """
 
 from __future__ import annotations
@@ -38,7 +27,7 @@ import logging
 import os
 import secrets
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,13 +52,7 @@ _RENAME_NOREPLACE = 1
 try:
     _libc = ctypes.CDLL(None, use_errno=True)
     _renameat2: Any = _libc.renameat2
-    _renameat2.argtypes = [
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_uint,
-    ]
+    _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p] * 2 + [ctypes.c_uint]
     _renameat2.restype = ctypes.c_int
 except (OSError, AttributeError):  # pragma: no cover - glibc < 2.28 or not Linux
     _renameat2 = None
@@ -77,12 +60,8 @@ _noreplace_ok = _renameat2 is not None
 
 
 def rename_noreplace(src: str | Path, dst: str | Path, *, src_dir_fd: int | None = None) -> None:
-    """rename(2) that fails with ``FileExistsError`` instead of replacing ``dst``.
-
-    Uses renameat2(RENAME_NOREPLACE); where a filesystem lacks it, link+unlink
-    gives the same guarantee (exactly one of several racers' unlinks succeeds).
-    ``src_dir_fd``: ``src`` is relative to that directory.
-    """
+    """rename(2) that raises ``FileExistsError`` instead of replacing ``dst`` (renameat2, else
+    link+unlink: one racer's unlink wins); ``src`` may be relative to ``src_dir_fd``."""
     global _noreplace_ok
     if _noreplace_ok:
         sfd = _AT_FDCWD if src_dir_fd is None else src_dir_fd
@@ -161,8 +140,7 @@ class Source:
         self.upload_id, self.part_size = upload_id, part_size
 
     def file(self) -> Source:
-        """The file this is, whose name and times the object's options render from: itself,
-        or the claim a copy stands for."""
+        """The file whose name and times the object's options render from (a copy's claim)."""
         return self
 
 
@@ -174,10 +152,8 @@ def about(emit: Callable[..., None], spool: Spool, name: str, msg: str, *args: o
 
 @dataclass(slots=True, eq=False, kw_only=True)
 class Claim(Source):
-    """A file this instance has renamed into its working directory: the one record of a
-    file in flight, from the claim to done/ or failed/ (``name`` is its relpath, ``a/b/NAME``
-    in a RECURSIVE spool, kept below every directory it goes to; str with surrogateescape
-    for non-UTF-8 bytes)."""
+    """A file this instance renamed into working/, the one record of it until it is settled
+    (``name``: its relpath, ``a/b/NAME`` in a RECURSIVE spool; surrogateescape str)."""
 
     spool: Spool
     path: str  # working/<instance>/files/RELPATH (a str: built for every file, cheaply)
@@ -236,12 +212,8 @@ class Spool:
         cannot take new entries, or the filesystems they are split across (EXDEV)."""
         d = self.dirs
         devs: dict[int, list[str]] = {}
-        for role, path in (
-            ("incoming", d.incoming),
-            ("working", d.working),
-            ("done", d.done),
-            ("failed", d.failed),
-        ):
+        for role in ("incoming", "working", "done", "failed"):
+            path = getattr(d, role)
             if path is None:
                 continue
             try:
@@ -268,12 +240,8 @@ class Spool:
             )
 
     def open(self) -> None:
-        """Create this instance's claim directory and lock it.
-
-        The lock is an flock on the directory itself, so starting writes no file: a full
-        filesystem still starts, and drains where uploads free space.  ``LocalFault``
-        when the directory cannot be made; ``ConfigError`` when a live process has it.
-        """
+        """Create and flock this instance's directory (no file written: a full filesystem still
+        starts); ``LocalFault`` if it cannot be made, ``ConfigError`` if a live process has it."""
         try:
             self.files.mkdir(parents=True, exist_ok=True)
             self.keys.mkdir(exist_ok=True)
@@ -334,11 +302,8 @@ class Spool:
 
     # --- claims ----------------------------------------------------------------------------
     def claim(self, name: str) -> Claim | None:
-        """Rename ``incoming/name`` into our claim directory.
-
-        ``None`` if another worker or instance took it first (ENOENT), or if a
-        claim of the same name is still in flight here (EEXIST: try later).
-        """
+        """Rename ``incoming/name`` into our claim directory; ``None`` if another took it first.
+        ``Busy`` if a claim of the same name is still in flight here (try later)."""
         src, dst = self._incoming_s + name, self._files_s + name
         try:
             if "/" in name:  # RECURSIVE: never through a directory swapped for a symlink
@@ -370,14 +335,8 @@ class Spool:
         try:
             tree.move_into(rename_noreplace, claim.path, self._incoming_s[:-1], claim.name)
         except (FileExistsError, NotADirectoryError):
-            about(
-                log.warning,
-                self,
-                claim.name,
-                "a new file of the same name is in incoming/; the claimed one stays in %s "
-                "and is recovered on next start",
-                self.files,
-            )
+            msg = "a new file of the same name is in incoming/; the claimed one stays in %s "
+            about(log.warning, self, claim.name, msg + "and is recovered on next start", self.files)
             return False
         except FileNotFoundError:
             pass
@@ -432,20 +391,18 @@ class Spool:
         tree.prune_parents(os.fspath(self.keys), claim.name)
         claim.key_saved = False
 
-    # --- routing ---------------------------------------------------------------------------
-    def route_done(self, claim: Claim) -> Path | None:
+    # --- settling --------------------------------------------------------------------------
+    def settle_done(self, claim: Claim) -> Path | None:
         """Move a delivered file to done/ (or unlink it); returns where it went."""
         return self._move_out(claim, self.dirs.done)
 
     def _move_out(self, claim: Claim, directory: Path | None) -> Path | None:
-        """Move a claim to ``directory`` (None: unlink it) and drop its key record.
-
-        A directory that refuses raises ``LocalFault`` naming it; a claim that is gone,
-        ``FileVanished``.
-        """
+        """Move a claim to ``directory`` (None: unlink it) and drop its key record; ``LocalFault``
+        names a directory that refuses, ``FileVanished`` a claim that is gone."""
         try:
             if directory is None:
-                _unlink(claim.path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(claim.path)
                 dest = None
             else:
                 try:
@@ -464,7 +421,7 @@ class Spool:
         self.forget_key(claim)
         return dest
 
-    def route_failed(self, claim: Claim, reason: dict[str, Any]) -> Path | None:
+    def settle_failed(self, claim: Claim, reason: dict[str, Any]) -> Path | None:
         """Move an undeliverable file to failed/ with a reason file (or unlink it)."""
         dest = self._move_out(claim, self.dirs.failed)
         if dest is None or self.dirs.resubmit:
@@ -476,11 +433,6 @@ class Spool:
         except OSError as exc:
             about(log.warning, self, claim.name, "could not write %s: %s", note, exc.strerror)
         return dest
-
-    # --- scanning and recovery -----------------------------------------------------------
-    def own_claims(self) -> Iterator[str]:
-        """Relpaths of our claims (a RECURSIVE claim keeps its directories below files/)."""
-        yield from tree.files_below(self.files)
 
 
 def open_claimed(claim: Claim) -> None:
@@ -506,10 +458,8 @@ def open_claimed(claim: Claim) -> None:
 
 
 def _place(src: str, directory: Path, name: str, label: str) -> Path:
-    """rename src → directory/name; an existing *different* file is never replaced.
-
-    ``name`` is a relpath: its directories are made, and a non-directory in the way of
-    one is sidestepped like a name (``a~1/``)."""
+    """rename src → directory/name (a relpath: a non-directory in the way of one of its
+    directories is sidestepped, ``a~1/``); an existing *different* file is never replaced."""
     reldir, name = tree.split(name)
     if reldir:
         directory = Path(tree.make_dirs(os.fspath(directory), reldir, sidestep=True))
@@ -543,11 +493,6 @@ def _place(src: str, directory: Path, name: str, label: str) -> Path:
         )
         return alt
     raise PermanentError(f"no free name for {name!r} in {directory}")  # pragma: no cover
-
-
-def _unlink(path: str | Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
 
 
 def _same_file_content(a: str | Path, b: str | Path) -> bool:

@@ -1,16 +1,6 @@
 """Discovery: inotify events and directory scans feed one bounded, de-duplicated queue.
 
-Watches are added before the first scan, so a file renamed in during startup
-is seen by one or the other.  A scan walks ``incoming/`` lazily and blocks
-when the queue is full, so a backlog of any length costs at most
-``QUEUE_SIZE`` entries of memory.  The inotify reader never blocks: when the
-queue is full it drops the event and asks for a rescan instead.
-
-A RECURSIVE spool's subdirectories are walked too (``dirs.walk``: one directory open at a
-time, symlinks never followed, names matching IGNORE not entered), each watched just before
-it is read (``TreeWatch``); a directory that appears is watched and then scanned, so a file
-renamed into it is seen by one or the other here as well.
-"""
+A directory is watched before it is scanned, so a file renamed in meanwhile is seen by one."""
 
 from __future__ import annotations
 
@@ -128,18 +118,19 @@ INOTIFY_HELP = {
 }
 
 
+def _hint(exc: OSError) -> str:
+    hint = INOTIFY_HELP.get(exc.errno or 0)
+    return f" — {hint}" if hint else ""
+
+
 #: new subdirectories waiting for their scan; beyond this a full rescan finds them instead
 MAX_NEW_DIRS = 10_000
 
 
 class TreeWatch:
-    """inotify watches on the subdirectories of RECURSIVE spools, and new ones to scan.
-
-    Watches are kept by descriptor: watching a directory already watched (every rescan does;
-    a directory renamed within incoming/) gives its descriptor again, which then names the
-    directory's new relpath.  One that cannot be added (``fs.inotify.max_user_watches``) is
-    logged once, and its spool is rescanned every few seconds until a scan watched them all.
-    """
+    """inotify watches on the subdirectories of RECURSIVE spools (by descriptor: watching one
+    again names its new relpath), and new ones to scan. A spool with a subdirectory that could
+    not be watched is rescanned every few seconds until a scan watched them all."""
 
     def __init__(self, rescan_every: float) -> None:
         self.rescan_every = rescan_every
@@ -176,16 +167,9 @@ class TreeWatch:
         if spool in self.degraded:
             return
         self.degraded.add(spool)
-        hint = INOTIFY_HELP.get(exc.errno or 0, "")
-        log.error(
-            "spool=%s: cannot watch %s: %s%s; falling back to scanning every %.0fs for the "
-            "files of subdirectories without a watch",
-            spool.label,
-            path,
-            exc.strerror,
-            f" — {hint}" if hint else "",
-            self.rescan_every,
-        )
+        msg = "spool=%s: cannot watch %s: %s%s; falling back to scanning every %.0fs for the "
+        msg += "files of subdirectories without a watch"
+        log.error(msg, spool.label, path, exc.strerror, _hint(exc), self.rescan_every)
 
     def scan_started(self, spool: Spool) -> None:
         self._missed.discard(spool)
@@ -352,11 +336,8 @@ class Discovery:
             log.error("spool=%s: %s", spool.label, fault)
 
     async def layout_loop(self, interval: float = 1.0) -> None:
-        """Notice an incoming/ that was removed, replaced or had a filesystem mounted on it.
-
-        inotify says when a watched directory goes away, but not when a new one (or a
-        mount) takes its place: compare the directory's identity every ``interval``.
-        """
+        """Notice an incoming/ removed, replaced or mounted over, by its identity every
+        ``interval`` (inotify tells when a watched directory goes, not when another comes)."""
         while True:
             await asyncio.sleep(interval)
             for spool in self.spools:
@@ -368,12 +349,8 @@ class Discovery:
                     self._lost(spool, exc)
                     continue
                 if ident != self._ident.get(spool):
-                    log.warning(
-                        "spool=%s: %s was replaced (recreated or remounted); watching the new "
-                        "one and rescanning",
-                        spool.label,
-                        spool.dirs.incoming,
-                    )
+                    msg = "spool=%s: %s was replaced (recreated or remounted); watching the new "
+                    log.warning(msg + "one and rescanning", spool.label, spool.dirs.incoming)
                     self.rewatch(spool)
                     self.request_rescan()
 
@@ -394,14 +371,8 @@ class Discovery:
         )
 
     def _inotify_failed(self, exc: OSError, what: str) -> None:
-        hint = INOTIFY_HELP.get(exc.errno or 0, "")
-        log.error(
-            "cannot %s: %s%s; falling back to scanning every %.0fs",
-            what,
-            exc.strerror,
-            f" — {hint}" if hint else "",
-            self._fallback_interval(),
-        )
+        msg = "cannot %s: %s%s; falling back to scanning every %.0fs"
+        log.error(msg, what, exc.strerror, _hint(exc), self._fallback_interval())
 
     def _fallback_interval(self) -> float:
         return min(self.rescan_interval, 5.0) if self.rescan_interval > 0 else 5.0
@@ -475,8 +446,7 @@ class Discovery:
             await self.scan_all()
             self._first_scan_done.set()
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
-            # arrives as the rescan event is set (seen: a SIGTERM right after a spool healed
-            # left this loop running, and the service waited a whole RESCAN_INTERVAL to stop)
+            # arrives as the rescan event is set (a SIGTERM just after a spool healed was lost)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval if interval > 0 else None):
                     await self._rescan.wait()

@@ -1,36 +1,11 @@
-"""Senders of object bodies: one interface for PutObject and UploadPart, two implementations.
+"""Senders of object bodies (PutObject, UploadPart): ``SignedSender`` and ``BotocoreSender``.
 
-``SignedSender`` (the default) is built from the botocore client's own parts, so
-it honours everything that client honours for the user:
-
-* the connection: the client's aiobotocore HTTP session itself — its pool, CA
-  bundle (``AWS_CA_BUNDLE``, the profile's ``ca_bundle``, ``CA_BUNDLE``) or
-  ``VERIFY_SSL=false``, client certificate, proxies (``HTTP(S)_PROXY``,
-  ``NO_PROXY``, botocore's ``proxies`` config) and timeouts;
-* the signature: SigV4 exactly as botocore's ``S3SigV4Auth`` makes it (``sigv4.py``; what
-  that does not cover goes through ``S3SigV4Auth`` itself), with the client's credentials
-  object, which botocore refreshes before they expire.  One deviation, on plain HTTP: a
-  body with a Content-MD5 goes with UNSIGNED-PAYLOAD, not its SHA-256 (the store checks the
-  MD5, which proves what the hash would); an explicit ``payload_signing_enabled`` wins;
-* the URL: botocore's endpoint rules and addressing style, read once from a
-  presigned URL.
-
-What it leaves out is botocore's per-request pipeline (validation, serialisation, endpoint
-rules, event hooks, response parsing), which costs more than the rest of a small file's work
-(bench/RESULTS.md, "After the stores issue").  Invariant: a request is signed as
-botocore's ``S3SigV4Auth`` signs the same URL, headers and payload decision
-(tests/unit/test_sigv4.py).  A bucket that answers from another region
-(botocore follows such redirects; a signed request cannot) sends every later body
-through ``BotocoreSender`` instead, with one warning.
-
-``BotocoreSender`` (``DIRECT_PUT=false``) sends through ``put_object`` /
-``upload_part`` and so needs bodies in memory.
-
-Both pace every body through the route's bandwidth limit when one is given
-(``bandwidth.RouteLimit``): the body's first piece is waited for before the request is
-signed, the rest as it is sent.  The signed sender paces where it hands the body to the
-session; the botocore sender in botocore's ``before-send`` event, which every attempt
-botocore makes passes.  Off (``limiter.active`` is None) costs one check per body.
+``SignedSender`` (the default) sends over the botocore client's own HTTP session (its TLS,
+proxies and timeouts) with its refreshed credentials and its endpoint rules (read once from a
+presigned URL), signed as botocore's ``S3SigV4Auth`` signs (``sigv4.py``). It leaves out
+botocore's per-request pipeline (validation, serialisation, hooks, parsing: bench/RESULTS.md)
+and region redirects: a bucket in another region sends every later body through botocore.
+One deviation, on plain HTTP: a body with a Content-MD5 goes with UNSIGNED-PAYLOAD.
 """
 
 from __future__ import annotations
@@ -84,12 +59,8 @@ _TURN: contextvars.ContextVar[Turn | None] = contextvars.ContextVar("s3spool_tur
 
 
 class Sender(Protocol):
-    """Sends one object body (a whole object or a part) and returns the store's answer.
-
-    ``params`` are botocore's PutObject/UploadPart parameters (Bucket, Key, ContentMD5,
-    ChecksumCRC32C, Metadata, UploadId, PartNumber, ...); the answer has botocore's
-    shape (ETag, Checksum*, VersionId).  Errors are ``errors.UploadError`` subclasses.
-    """
+    """Sends one object body (a whole object or a part): botocore's PutObject/UploadPart
+    ``params`` in, botocore's answer out (ETag, Checksum*, VersionId); ``UploadError`` raised."""
 
     #: True: bodies may be ``FileRange`` (streamed from the file, never held in memory)
     streams: bool
@@ -167,9 +138,8 @@ class BotocoreSender:
 
 
 class _Rewindable:
-    """A paced body for botocore's request: an async iterable aiohttp streams, and a no-op
-    ``seek``, which botocore calls before it retries (the retry is a new request, paced
-    anew from the original bytes)."""
+    """A paced body aiohttp streams, with the no-op ``seek`` botocore calls before a retry (which
+    is a new request, paced anew from the original bytes)."""
 
     def __init__(self, chunks: AsyncIterator[bytes]) -> None:
         self._chunks = chunks
@@ -189,12 +159,6 @@ class _Botocore(S3SigV4Auth):  # type: ignore[misc]
         return cast("str", request.context["s3spool_payload"])
 
 
-def _payload_signing(config: Any) -> bool | None:
-    s3 = getattr(config, "s3", None) or {}
-    value = s3.get("payload_signing_enabled")
-    return None if value is None else bool(value)
-
-
 class SignedSender:
     """Signed PUTs over the botocore client's own HTTP session (see the module docstring)."""
 
@@ -208,16 +172,15 @@ class SignedSender:
         on_slowdown: Callable[[], None] | None = None,
         limiter: RouteLimit | None = None,
     ) -> None:
-        # The client's private attributes are the point: its session carries the user's
-        # TLS and proxy settings, its credentials object is the one botocore refreshes.
-        # tests/test_sender.py fails if a release of aiobotocore moves them.
+        # The client's private parts are the point: its session has the user's TLS and proxy
+        # settings, its credentials are refreshed (tests/test_sender.py checks they are there).
         self._http = client._endpoint.http_session
         self._credentials = client._request_signer._credentials
-        self._sign_payload = _payload_signing(client.meta.config)
+        value = (getattr(client.meta.config, "s3", None) or {}).get("payload_signing_enabled")
+        self._sign_payload = None if value is None else bool(value)  # explicit: it wins
         self._region = client.meta.region_name or "us-east-1"
         self.base_url = base_url.rstrip("/")
-        # botocore's own rule for the signed Host, and the path S3 signs as sent, worked out
-        # once: per request they cost 60 us of URL parsing
+        # botocore's rule for the signed Host, and the path as sent: once, not 60 us a request
         self._host = _host_from_url(self.base_url)
         self._path = urlsplit(self.base_url).path
         self._on_slowdown = on_slowdown
@@ -246,13 +209,10 @@ class SignedSender:
         return cls(client, base[: -len(_PROBE_KEY) - 1], on_slowdown=on_slowdown, limiter=limiter)
 
     def needs_payload_hash(self, content_md5: bool) -> bool:
-        if self._via_botocore:
-            return False
-        return self._signs_payload(content_md5)
+        return not self._via_botocore and self._signs_payload(content_md5)
 
     def _signs_payload(self, content_md5: bool) -> bool:
-        explicit = self._sign_payload
-        return explicit if explicit is not None else not content_md5
+        return self._sign_payload if self._sign_payload is not None else not content_md5
 
     def _signed(
         self, op: Op, params: dict[str, Any], body: Body, payload_sha256: str | None, creds: Any

@@ -1,10 +1,5 @@
-"""SigV4 for the signed sender's PUTs: botocore's ``S3SigV4Auth.add_auth``, cut to what they hold.
-
-Invariant: for every request ``sign`` accepts, the headers it adds equal those botocore's
-``S3SigV4Auth.add_auth`` adds to the same request in the same second (tests/unit/test_sigv4.py
-compares hundreds).  It refuses (returns False, headers untouched) any other shape, which the
-caller then signs through botocore.
-"""
+"""SigV4 for the signed sender's PUTs: botocore's ``S3SigV4Auth.add_auth`` cut to what they hold;
+``sign`` adds what botocore would (tests/unit/test_sigv4.py) or returns False."""
 
 from __future__ import annotations
 
@@ -20,9 +15,8 @@ _OWN = frozenset(
     {"authorization", "date", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256"}
 )
 _REFUSE = _OWN | frozenset(SIGNED_HEADERS_BLACKLIST)
-#: derived signing keys by (secret, day, region, service), as HMAC-SHA256's inner and outer
-#: hashes with the key absorbed, to copy per request: botocore derives the key with four HMACs
-#: a request, though it only changes daily
+#: derived signing keys by (secret, day, region, service), as HMAC-SHA256's inner and outer hashes
+#: with the key absorbed, copied per request (botocore makes four HMACs a request for it)
 _keys: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
 #: header name -> its lowercase form, or None where botocore would not sign it as is
 _names: dict[str, str | None] = {}
@@ -101,16 +95,8 @@ def sign(
     lower["x-amz-content-sha256"] = payload
     names = sorted(lower)
     signed = ";".join(names)
-    canonical = "\n".join(
-        (
-            method,
-            path,
-            query,
-            "".join([f"{n}:{lower[n]}\n" for n in names]),
-            signed,
-            payload,
-        )
-    )
+    block = "".join([f"{n}:{lower[n]}\n" for n in names])
+    canonical = f"{method}\n{path}\n{query}\n{block}\n{signed}\n{payload}"
     day = when[:8]
     scope = f"{day}/{region}/{service}/aws4_request"
     to_sign = f"AWS4-HMAC-SHA256\n{when}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
