@@ -240,7 +240,7 @@ class S3spool(Tool):
             n = count_entries(root / sub)
             if n:
                 problems.append(f"{n} files in {sub}/")
-        # working/<instance>/files/ holds claimed, not yet routed files.
+        # working/<instance>/files/ holds claimed, not yet settled files.
         claimed = sum(count_entries(d / "files") for d in _subdirs(root / "working"))
         if claimed:
             problems.append(f"{claimed} files still claimed in working/")
