@@ -8,10 +8,12 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from s3spool import logs
 from s3spool.config.load import Config
 from s3spool.errors import EXIT_OK, EXIT_STORE_UNAVAILABLE, UploadError
 from s3spool.metrics import Metrics
@@ -185,8 +187,12 @@ class Service:
         finally:
             for sig in signals:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
-                    if loop.remove_signal_handler(sig) and sig == signal.SIGHUP and hup is not None:
+                    if not loop.remove_signal_handler(sig):
+                        continue
+                    if sig == signal.SIGHUP and hup is not None:
                         signal.signal(sig, hup)  # as it was: a late SIGHUP stops nothing
+                    elif sig == signal.SIGTERM:
+                        signal.signal(sig, _late_term)
             for task in self._reloads:
                 task.cancel()
             await asyncio.gather(*self._reloads, return_exceptions=True)
@@ -303,3 +309,11 @@ class Service:
     async def cleanup_once(self) -> None:
         for route in self.routes:
             await route.cleanup_once()
+
+
+def _late_term(sig: int, _frame: object) -> None:
+    """SIGTERM after the drain: the process dies as asked, but not before the log lines it
+    holds are written."""
+    logs.flush()
+    signal.signal(sig, signal.SIG_DFL)
+    os.kill(os.getpid(), sig)
