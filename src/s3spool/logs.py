@@ -98,14 +98,16 @@ class JsonFormatter(logging.Formatter):
 
 class LineWriter(logging.Handler):
     """Writes lines in batches, one write per ``FLUSH_AFTER`` seconds; WARNING and above, a
-    record outside an event loop, and any on a terminal write what is held at once. A line per
-    file (``log_fields``, plain values) is formatted with its batch, where it costs a third."""
+    record outside an event loop or after ``FLUSH_AFTER`` without a write (the first upload's
+    line), and any on a terminal write what is held at once. A line per file (``log_fields``,
+    plain values) is formatted with its batch, where it costs a third."""
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__()
         self.stream = stream
         self.held: list[str | _FileRecord] = []  # lines with their "\n", or file records
         self.hold = not stream.isatty()  # the progress bar redraws between lines there
+        self.wrote = 0.0  # monotonic time of the last write
 
     def emit(self, record: logging.LogRecord) -> None:
         if type(record) is _FileRecord:
@@ -122,8 +124,8 @@ class LineWriter(logging.Handler):
             from asyncio import _get_running_loop
 
             loop = _get_running_loop()
-            if loop is None:
-                self.flush()
+            if loop is None or time.monotonic() - self.wrote >= FLUSH_AFTER:
+                self.flush()  # after a quiet spell a line waits for no batch
             else:
                 loop.call_later(FLUSH_AFTER, self.flush)
 
@@ -133,6 +135,7 @@ class LineWriter(logging.Handler):
                 return
             text = "".join([x if isinstance(x, str) else self._line(x) for x in self.held])
             self.held.clear()
+            self.wrote = time.monotonic()
             try:
                 self.stream.write(text)
                 self.stream.flush()
