@@ -107,6 +107,10 @@ def test_parse_list(text: object, items: list[str]) -> None:
         (b"\xc3\xa9t\xe9", "ét%E9"),  # valid UTF-8, then a lone Latin-1 byte
         (b"\xe6\x97", "%E6%97"),  # a truncated sequence
         (b"", ""),
+        (b"\x1f~ !", "%1F~ !"),  # the edges of printable ASCII
+        (b"a\rb", "a%0Db"),
+        (b"%", "%25"),
+        (b"caf\xc3\xa9\x00", "café%00"),  # non-ASCII text with a control byte
     ],
 )
 def test_encode_name_is_lossless_and_utf8(raw: bytes, encoded: str) -> None:

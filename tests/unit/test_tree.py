@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from s3spool.config.spools import SpoolDirs
+from s3spool.errors import PermanentError
 from s3spool.spool.dirs import (
     files_below,
     make_dirs,
@@ -158,6 +159,43 @@ def test_relpath_and_dirname_fields(dirname: bytes, name: bytes, template: str, 
     t = KeyTemplate(template, "")
     assert t.render(KeyInput(name, "spool", 0.0, 0.0, dirname)) == key
     assert t.stable  # recomputable after a crash: a claim keeps its relpath
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        b"f.txt",
+        b"a b",
+        b"100%",
+        b"n\nl",
+        b"raw-\xff",
+        "é.log".encode(),
+        b"...",
+        b".x",
+        b"",
+        b".",
+        b"..",
+        b"a/b",
+        b"/lead",
+        b"a//b",
+        b"./a",
+        b"a/../b",
+        b"x" * 1100,
+    ],
+)
+@pytest.mark.parametrize("prefix", ["", "p/"])
+def test_default_key_format_renders_as_the_formatter_does(name: bytes, prefix: str) -> None:
+    """``{fname}`` skips the formatter; ``{fname}{fname:.0}`` renders the same through it."""
+    fast, slow = KeyTemplate("{fname}", prefix), KeyTemplate("{fname}{fname:.0}", prefix)
+    item = KeyInput(name, "spool", 0.0, 0.0)
+
+    def outcome(t: KeyTemplate) -> str:
+        try:
+            return t.render(item, ".zst")
+        except PermanentError as exc:
+            return f"refused: {exc.reason}"
+
+    assert outcome(fast) == outcome(slow)
 
 
 def test_stable_fields_include_the_path_fields() -> None:

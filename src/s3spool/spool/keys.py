@@ -35,7 +35,11 @@ def encode_name(raw: bytes) -> str:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         text = None
-    if text is not None and not any(c == "%" or ord(c) < 0x20 or c == "\x7f" for c in text):
+    if text is not None and (
+        # the common name, printable ASCII (no control bytes, no DEL), without the generator
+        (text.isascii() and text.isprintable() and "%" not in text)
+        or not any(c == "%" or ord(c) < 0x20 or c == "\x7f" for c in text)
+    ):
         return text
     out: list[str] = []
     i = 0
@@ -132,12 +136,20 @@ class KeyTemplate:
 
     def render(self, item: KeyInput, suffix: str = "") -> str:
         """The key of ``item``; ``suffix`` (COMPRESS's ``.zst``) is appended after the rules."""
-        values = field_values(item, self.fields, self._hostname)
-        try:
-            rendered = self._formatter.vformat(self.template, (), values)
-        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
-            raise PermanentError(f"key template failed: {exc!r}", reason="bad_key") from None
-        key = self.prefix + sanitize_key(rendered) + suffix
+        if self.template == "{fname}":
+            # the default, without the formatter: a name with no "/" and not "", "." or ".."
+            # is its own sanitized key
+            rendered = encode_name(item.name)
+            if "/" in rendered or rendered in ("", ".", ".."):
+                rendered = sanitize_key(rendered)
+        else:
+            values = field_values(item, self.fields, self._hostname)
+            try:
+                rendered = self._formatter.vformat(self.template, (), values)
+            except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
+                raise PermanentError(f"key template failed: {exc!r}", reason="bad_key") from None
+            rendered = sanitize_key(rendered)
+        key = self.prefix + rendered + suffix
         if len(key.encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES:
             raise PermanentError(
                 f"key longer than {MAX_KEY_BYTES} bytes: {key[:80]!r}…", reason="key_too_long"
