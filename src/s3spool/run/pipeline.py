@@ -88,9 +88,8 @@ class Pipeline:
         spool, name = item
         if self.host.stopping:
             return
-        path = spool.dirs.incoming / name
         try:
-            st = os.lstat(path)
+            st = os.lstat(spool.incoming_s + name)
         except FileNotFoundError:
             return
         except OSError as exc:

@@ -187,7 +187,7 @@ class Spool:
         self.files = self.me / "files"
         self.keys = self.me / "keys"
         # str prefixes for the per-file hot path (pathlib joins cost more than the syscalls)
-        self._incoming_s = os.fspath(dirs.incoming) + "/"
+        self.incoming_s = os.fspath(dirs.incoming) + "/"
         self._files_s = os.fspath(self.files) + "/"
         self._lock_fd: int | None = None
 
@@ -304,11 +304,11 @@ class Spool:
     def claim(self, name: str) -> Claim | None:
         """Rename ``incoming/name`` into our claim directory; ``None`` if another took it first.
         ``Busy`` if a claim of the same name is still in flight here (try later)."""
-        src, dst = self._incoming_s + name, self._files_s + name
+        src, dst = self.incoming_s + name, self._files_s + name
         try:
             if "/" in name:  # RECURSIVE: never through a directory swapped for a symlink
                 tree.move_from_below(
-                    rename_noreplace, self._incoming_s[:-1], name, self._files_s[:-1]
+                    rename_noreplace, self.incoming_s[:-1], name, self._files_s[:-1]
                 )
             else:
                 rename_noreplace(src, dst)
@@ -333,7 +333,7 @@ class Spool:
     def unclaim(self, claim: Claim) -> bool:
         """Put a claimed, not yet uploaded file back into incoming/."""
         try:
-            tree.move_into(rename_noreplace, claim.path, self._incoming_s[:-1], claim.name)
+            tree.move_into(rename_noreplace, claim.path, self.incoming_s[:-1], claim.name)
         except (FileExistsError, NotADirectoryError):
             msg = "a new file of the same name is in incoming/; the claimed one stays in %s "
             about(log.warning, self, claim.name, msg + "and is recovered on next start", self.files)
