@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from s3spool.config.settings import Settings
@@ -24,12 +24,13 @@ class SpoolDirs:
     done: Path | None
     failed: Path | None
     route: str = DEFAULT_ROUTE
+    #: failed/ is incoming/: failed files are resubmitted (read per file: set once)
+    resubmit: bool = field(init=False)
 
-    @property
-    def resubmit(self) -> bool:
-        """failed/ is incoming/: failed files are resubmitted."""
+    def __post_init__(self) -> None:
         failed = self.failed
-        return failed is not None and os.path.abspath(failed) == os.path.abspath(self.incoming)
+        same = failed is not None and os.path.abspath(failed) == os.path.abspath(self.incoming)
+        object.__setattr__(self, "resubmit", same)
 
 
 def _abs(path: Path | None) -> Path | None:
