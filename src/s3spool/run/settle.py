@@ -3,6 +3,7 @@ line; a directory that refuses strands it with its spool's guard until it works.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -114,6 +115,8 @@ class Outcomes:
             )
             for sp in spools
         }
+        # per size class, made on first use like labels() (an unused class stays unexported)
+        self._duration = functools.cache(metrics.duration.labels)
 
     def settle(self, claim: Claim, result: Delivery | UploadError, started: float) -> None:
         """Move a claim to done/ (delivered) or failed/ (``result`` is the error); one that a
@@ -142,7 +145,7 @@ class Outcomes:
         files, size_bytes = self._uploaded_metrics[spool.label]
         files.inc()
         size_bytes.inc(delivery.size)
-        self.metrics.duration.labels(size_class(delivery.size)).observe(duration)
+        self._duration(size_class(delivery.size)).observe(duration)
         if spool.dirs.resubmit:
             self.resubmits.forget((spool, claim.name))
         extra: dict[str, object] = {"note": "already in store"} if delivery.already_there else {}
