@@ -98,6 +98,26 @@ async def test_byte_budget_cancelled_waiter_frees_nothing_it_did_not_take() -> N
     assert budget.used == 0
 
 
+async def test_byte_budget_frees_a_hold_left_by_an_error_or_a_cancel() -> None:
+    budget = ByteBudget(10)
+    with pytest.raises(KeyError):
+        async with budget.hold(4):
+            raise KeyError("x")
+    assert budget.used == 0
+
+    async def hold_long() -> None:
+        async with budget.hold(4):
+            await asyncio.sleep(10)
+
+    task = asyncio.create_task(hold_long())
+    await asyncio.sleep(0)
+    assert budget.used == 4
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert budget.used == 0
+
+
 async def test_throttle_halves_then_grows_back() -> None:
     t = Throttle(16, cooldown=0.0)
     t.on_slowdown()

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import heapq
 import itertools
 import mimetypes
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -103,15 +102,9 @@ class ByteBudget:
         self.used = 0
         self._waiters = Waiters(self._grant, self._release)
 
-    @contextlib.asynccontextmanager
-    async def hold(self, n: int) -> AsyncIterator[None]:
-        n = min(n, self.limit)  # a single body larger than the budget still proceeds alone
-        if self._waiters or not self._grant(n):
-            await self._waiters.wait(n)
-        try:
-            yield
-        finally:
-            self._release(n)
+    def hold(self, n: int) -> _Hold:
+        """``async with budget.hold(n)``: ``n`` held for the block."""
+        return _Hold(self, min(n, self.limit))  # a body larger than the budget proceeds alone
 
     def _grant(self, n: int) -> bool:
         if self.used + n > self.limit:
@@ -122,6 +115,23 @@ class ByteBudget:
     def _release(self, n: int) -> None:
         self.used -= n
         self._waiters.serve()
+
+
+class _Hold:
+    """A class, not a generator context manager: the fast path is per upload and ~1 us cheaper."""
+
+    __slots__ = ("budget", "n")
+
+    def __init__(self, budget: ByteBudget, n: int) -> None:
+        self.budget, self.n = budget, n
+
+    async def __aenter__(self) -> None:
+        budget = self.budget
+        if budget._waiters or not budget._grant(self.n):
+            await budget._waiters.wait(self.n)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.budget._release(self.n)
 
 
 def guess_type(name: str) -> str | None:
