@@ -248,7 +248,9 @@ def test_kill9_then_restart_delivers_nested_files_once(tmp_path: Path, moto_s3: 
     spool = tmp_path / "spool"
     files = _make_tree(spool / "incoming", 300, big=4, seed=5)
     with FaultProxy(moto_s3.endpoint_url) as proxy:
-        proxy.latency_s = 0.02  # spread the drain, so the kills land mid-upload and mid-route
+        # spread the drain over the three runs (4 workers, 0.05 s a request: ~80 files a run),
+        # so the kills land mid-upload and mid-route, however fast the client
+        proxy.latency_s = 0.05
         env = {
             **moto_s3.via(proxy.url).env(),
             "S3SPOOL_SPOOL_DIRS": str(spool),
