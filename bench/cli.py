@@ -199,6 +199,14 @@ COLD_TITLES = {
 }
 
 
+def _once_tool(tools: dict[str, Tool]) -> tuple[S3spool | None, str]:
+    """The `run --once` tool, or None and why it cannot run."""
+    tool = tools.get("s3spool")
+    if not isinstance(tool, S3spool) or tool.unavailable:
+        return None, "not selected (--tools)" if tool is None else tool.unavailable or "?"
+    return tool, ""
+
+
 def _run_cold_case(
     ns: argparse.Namespace,
     tools: dict[str, Tool],
@@ -206,9 +214,8 @@ def _run_cold_case(
     log_dir: Path,
     records: list[RunRecord],
 ) -> list[Slot]:
-    tool = tools.get("s3spool")
-    if not isinstance(tool, S3spool) or tool.unavailable:
-        why = "not selected (--tools)" if tool is None else tool.unavailable or "?"
+    tool, why = _once_tool(tools)
+    if tool is None:
         return [Slot(c, t, "s3spool", why) for c, t in COLD_TITLES.items()]
     for rep in range(1, ns.reps + 1):
         log(f"case 0 (cold start) rep {rep}/{ns.reps} ...")
@@ -225,9 +232,8 @@ def _run_noop_case(
     log_dir: Path,
     records: list[RunRecord],
 ) -> Slot:
-    tool = tools.get("s3spool")
-    if not isinstance(tool, S3spool) or tool.unavailable:
-        why = "not selected (--tools)" if tool is None else tool.unavailable or "?"
+    tool, why = _once_tool(tools)
+    if tool is None:
         return Slot("n", NOOP_TITLE, "s3spool", why)
     for rep in range(1, ns.reps + 1):
         log(f"case n ({NOOP_TITLE}) rep {rep}/{ns.reps} ...")
