@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import errno
 import functools
-import importlib
 import logging
 import os
 import secrets
@@ -29,7 +28,7 @@ from typing import Any, NamedTuple
 
 from s3spool.config.codecs import CODECS, Rules
 from s3spool.config.settings import Settings
-from s3spool.errors import ConfigError, PermanentError
+from s3spool.errors import PermanentError
 from s3spool.spool.spool import Claim, Source, about, local_fault
 from s3spool.store.base import guess_type
 from s3spool.store.bodies import read_chunks
@@ -190,19 +189,6 @@ async def run_pass(
         if not fut.cancelled():
             fut.exception()  # retrieved: the cancellation is what goes on
         raise
-
-
-def need_library(codec: str, level: int) -> None:
-    """``ConfigError`` at startup, not a failed upload, where the codec's library is missing."""
-    if codec == "gzip" and level > 3:
-        return  # zlib: the standard library
-    package = "zstandard" if codec == "zstd" else "isal"
-    try:
-        importlib.import_module(package)
-    except ImportError as exc:
-        raise ConfigError(
-            f"S3SPOOL_COMPRESS (--compress): {codec} needs the {package} package ({exc})"
-        ) from None
 
 
 @dataclass(slots=True, eq=False, kw_only=True)

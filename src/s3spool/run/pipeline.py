@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from s3spool import errors
 from s3spool.config.codecs import choose
-from s3spool.run.compress import compressed, need_library, rules_for
+from s3spool.run.compress import compressed, rules_for
 from s3spool.run.progress import Counts
 from s3spool.run.settle import Outcomes, Resubmits
 from s3spool.spool.cleanup import cautious_now
@@ -56,9 +56,7 @@ class Pipeline:
         self.host = host
         self.once = host.once
         self.template = KeyTemplate(settings.key_format, settings.prefix)
-        self.compression = rules_for(settings)
-        if self.compression is not None:  # a ConfigError at startup, not a failed upload
-            need_library(self.compression.codec.name, self.compression.level)
+        self.compression = rules_for(settings)  # its library was checked with the settings
         if any(sp.recursive for sp in host.spools) and self.template.fields.isdisjoint(
             {"relpath", "dirname"}
         ):
