@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from bench.bandwidth import bandwidth_table
 from bench.bandwidth import run_case as run_bandwidth_case
@@ -34,6 +35,8 @@ from bench.runner import RunRecord, log, run_batch
 from bench.soak import run_soak
 from bench.sysstat import loadavg
 from bench.tools import S3spool, S3spoolRun, Tool, make_tools
+
+T = TypeVar("T", bound=Tool)
 
 ALL_CASES = ("0", "n", "h", "1", "2", "3", "c", "4", "5", "6", "b")  # in the order they run
 # Fixed order inside every repetition, so slow drift hits every tool alike.
@@ -185,12 +188,26 @@ def _run_service_case(
         return Slot(case, title, "s3spool-run", "not selected (--tools)")
     if tool.unavailable:
         return Slot(case, title, "s3spool-run", tool.unavailable)
+    _repeat(case, title, run, tool, ns, work_dir, log_dir, records)
+    return Slot(case, title, "s3spool-run")
+
+
+def _repeat(
+    case: str,
+    title: str,
+    run: Callable[[T, int, Path, Path, float], RunRecord],
+    tool: T,
+    ns: argparse.Namespace,
+    work_dir: Path,
+    log_dir: Path,
+    records: list[RunRecord],
+) -> None:
+    """``ns.reps`` repetitions of a case that makes one record each."""
     for rep in range(1, ns.reps + 1):
         log(f"case {case} ({title}) rep {rep}/{ns.reps} ...")
         rec = run(tool, rep, work_dir, log_dir, ns.quiet_wait)
         _progress(rec)
         records.append(rec)
-    return Slot(case, title, "s3spool-run")
 
 
 COLD_TITLES = {
@@ -235,11 +252,7 @@ def _run_noop_case(
     tool, why = _once_tool(tools)
     if tool is None:
         return Slot("n", NOOP_TITLE, "s3spool", why)
-    for rep in range(1, ns.reps + 1):
-        log(f"case n ({NOOP_TITLE}) rep {rep}/{ns.reps} ...")
-        rec = run_noop(tool, rep, work_dir, log_dir, ns.quiet_wait)
-        _progress(rec)
-        records.append(rec)
+    _repeat("n", NOOP_TITLE, run_noop, tool, ns, work_dir, log_dir, records)
     return Slot("n", NOOP_TITLE, "s3spool")
 
 
