@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 
 from s3spool import errors
 
@@ -90,6 +91,18 @@ def parse_error_body(body: bytes) -> tuple[str, str, str | None]:
     )
 
 
+@cache
+def _aiohttp_as_botocore() -> tuple[tuple[type[BaseException], str], ...]:
+    import aiohttp
+
+    return (
+        (aiohttp.ClientProxyConnectionError, "ProxyConnectionError"),
+        (aiohttp.ClientHttpProxyError, "ProxyConnectionError"),
+        (aiohttp.ConnectionTimeoutError, "ConnectTimeoutError"),
+        (aiohttp.ClientConnectorError, "EndpointConnectionError"),
+    )
+
+
 def translate(exc: BaseException, what: str) -> errors.UploadError:
     """Map a botocore / aiohttp / OS error to the pipeline's classes."""
     from botocore import exceptions as bex
@@ -102,9 +115,15 @@ def translate(exc: BaseException, what: str) -> errors.UploadError:
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         msg = f"{what}: {code or status} {err.get('Message') or ''}".strip()
         return classify_error(code, status, msg)
-    if isinstance(exc, bex.SSLError):
+    import aiohttp
+
+    if isinstance(exc, bex.SSLError | aiohttp.ClientSSLError):
         # a certificate the CA bundle does not trust will not become trusted by retrying
         return errors.StoreUnavailable(f"{what}: TLS: {exc}", reason="tls")
+    # the signed sender's own requests raise aiohttp's errors: named as botocore names them
+    for aio, named in _aiohttp_as_botocore():
+        if isinstance(exc, aio):
+            return errors.StoreUnavailable(f"{what}: {exc}", reason=named)
     if isinstance(
         exc,
         bex.NoCredentialsError
@@ -120,8 +139,6 @@ def translate(exc: BaseException, what: str) -> errors.UploadError:
         return errors.TransientError(
             f"{what}: {type(exc).__name__}: {exc}", reason=type(exc).__name__
         )
-    import aiohttp
-
     if isinstance(exc, aiohttp.ClientError):
         return errors.TransientError(f"{what}: {type(exc).__name__}: {exc}", reason="connection")
     return errors.TransientError(f"{what}: {type(exc).__name__}: {exc}", reason=type(exc).__name__)

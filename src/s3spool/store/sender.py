@@ -1,10 +1,11 @@
 """Senders of object bodies (PutObject, UploadPart): ``SignedSender`` and ``BotocoreSender``.
 
-``SignedSender`` (the default) sends over the botocore client's own HTTP session (its TLS,
-proxies and timeouts) with its refreshed credentials and its endpoint rules (read once from a
-presigned URL), signed as botocore's ``S3SigV4Auth`` signs (``sigv4.py``). It leaves out
-botocore's per-request pipeline (validation, serialisation, hooks, parsing: bench/RESULTS.md)
-and region redirects: a bucket in another region sends every later body through botocore.
+``SignedSender`` (the default) sends with the aiohttp session of the botocore client's own
+HTTP session (its TLS, timeouts, and the proxy it picks for the endpoint), its refreshed
+credentials and its endpoint rules (read once from a presigned URL), signed as botocore's
+``S3SigV4Auth`` signs (``sigv4.py``). It leaves out botocore's per-request pipeline (validation,
+serialisation, hooks, parsing, the session's wrapper: bench/RESULTS.md) and region redirects: a
+bucket in another region sends every later body through botocore.
 One deviation, on plain HTTP: a body with a Content-MD5 goes with UNSIGNED-PAYLOAD.
 """
 
@@ -15,12 +16,14 @@ import contextvars
 import hashlib
 import io
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 from urllib.parse import quote, urlsplit
 
 from botocore.auth import UNSIGNED_PAYLOAD, S3SigV4Auth, _host_from_url
-from botocore.awsrequest import AWSPreparedRequest, AWSRequest
+from botocore.awsrequest import AWSRequest
+from yarl import URL
 
 from s3spool.store import sigv4
 from s3spool.store.bandwidth import RouteLimit, Turn
@@ -28,6 +31,7 @@ from s3spool.store.bodies import FileRange
 from s3spool.store.s3errors import SLOWDOWN_CODES, classify_error, parse_error_body, translate
 
 if TYPE_CHECKING:
+    import aiohttp
     from types_aiobotocore_s3 import S3Client
 
 log = logging.getLogger("s3spool.sender")
@@ -187,6 +191,14 @@ class SignedSender:
         self._limit = limiter
         self._fallback = BotocoreSender(client, limiter)
         self._via_botocore = False
+        # the aiohttp session and proxy botocore's session would pick for this endpoint, resolved
+        # once (``open``): its per-request wrapper cost 12% of the client's CPU (RESULTS.md)
+        proxies = self._http._proxy_config
+        self._proxy: str | None = proxies.proxy_url_for(self.base_url)
+        self._proxy_headers: dict[str, str] = proxies.proxy_headers_for(self.base_url)
+        if self._proxy and os.environ.get("BOTO_EXPERIMENTAL__ADD_PROXY_HOST_HEADER"):
+            self._proxy_headers["host"] = urlsplit(self.base_url).hostname or ""
+        self._session: aiohttp.ClientSession | None = None
 
     @classmethod
     async def for_client(
@@ -206,7 +218,9 @@ class SignedSender:
         base = url.split("?", 1)[0]
         if not base.endswith("/" + _PROBE_KEY):
             raise ValueError(f"unexpected presigned URL shape: {base}")
-        return cls(client, base[: -len(_PROBE_KEY) - 1], on_slowdown=on_slowdown, limiter=limiter)
+        sender = cls(client, base[: -len(_PROBE_KEY) - 1], on_slowdown=on_slowdown, limiter=limiter)
+        sender._session = await sender._http._get_session(sender._proxy)
+        return sender
 
     def needs_payload_hash(self, content_md5: bool) -> bool:
         return not self._via_botocore and self._signs_payload(content_md5)
@@ -249,7 +263,7 @@ class SignedSender:
         request = AWSRequest(method="PUT", url=url, headers=headers)
         request.context["s3spool_payload"] = payload
         _Botocore(creds, "s3", self._region).add_auth(request)
-        return url, request.headers
+        return url, dict(request.headers.items())
 
     async def send(
         self, op: Op, params: dict[str, Any], body: Body, payload_sha256: str | None = None
@@ -265,9 +279,19 @@ class SignedSender:
         try:
             creds = await self._credentials.get_frozen_credentials()
             url, headers = self._signed(op, params, body, payload_sha256, creds)
-            resp = await self._http.send(AWSPreparedRequest("PUT", url, headers, data, False, {}))
-            if resp.status_code == 200:
-                h = resp.headers
+            headers["Accept-Encoding"] = "identity"  # as botocore's session: no gzip error bodies
+            assert self._session is not None, "SignedSender.for_client opens the session"
+            async with self._session.request(
+                "PUT",
+                URL(url, encoded=True),
+                headers=headers,
+                data=data,
+                proxy=self._proxy,
+                proxy_headers=self._proxy_headers,
+            ) as resp:
+                text = await resp.read()  # all of it: the connection goes back to the pool
+                status, h = resp.status, resp.headers
+            if status == 200:
                 answer: dict[str, Any] = {"ETag": h.get("etag")}
                 for name in _CHECKSUM_PARAMS:
                     value = h.get(f"x-amz-checksum-{name[8:].lower()}")
@@ -276,11 +300,10 @@ class SignedSender:
                 if "x-amz-version-id" in h:
                     answer["VersionId"] = h["x-amz-version-id"]
                 return answer
-            text = await resp.content
         except Exception as exc:
             raise translate(exc, what) from None
         code, message, region = parse_error_body(text)
-        if (code in SLOWDOWN_CODES or resp.status_code == 503) and self._on_slowdown:
+        if (code in SLOWDOWN_CODES or status == 503) and self._on_slowdown:
             self._on_slowdown()
         if code in _REDIRECT_CODES and region and region != self._region:
             # botocore follows a bucket to its region; hand this and every later body to it
@@ -293,9 +316,7 @@ class SignedSender:
             )
             self._via_botocore = True
             return await self._fallback.send(op, params, body)
-        raise classify_error(
-            code, resp.status_code, f"{what}: {code or resp.status_code} {message}".strip()
-        )
+        raise classify_error(code, status, f"{what}: {code or status} {message}".strip())
 
 
 async def make_sender(
