@@ -49,8 +49,18 @@ def main() -> int:
     port = free_port(9000)
     # own session: a Ctrl-C meant for s3spool must not stop the server under it
     server = subprocess.Popen(
-        [rclone, "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key", f"{KEY},{SECRET}",
-         "--log-file", str(data / "rclone.log"), str(data)],
+        [
+            rclone,
+            "serve",
+            "s3",
+            "--addr",
+            f"127.0.0.1:{port}",
+            "--auth-key",
+            f"{KEY},{SECRET}",
+            "--log-file",
+            str(data / "rclone.log"),
+            str(data),
+        ],
         start_new_session=True,
     )
     try:
@@ -68,17 +78,20 @@ def main() -> int:
             "S3SPOOL_HTTP_ADDR": f"127.0.0.1:{free_port(9108)}",
             "S3SPOOL_DELETE_AFTER": "1h",
         }
-        print(f"""
+        print(
+            f"""
   local S3 server: http://127.0.0.1:{port}  (bucket '{BUCKET}', data in {data})
   spool:           {spool}/{{incoming,working,done,failed}}
-  metrics:         http://{env['S3SPOOL_HTTP_ADDR']}/metrics
+  metrics:         http://{env["S3SPOOL_HTTP_ADDR"]}/metrics
 
   Drop a file in (write it next to incoming/, then rename it in):
       echo hello > {spool}/hello.txt && mv {spool}/hello.txt {spool}/incoming/
   See it arrive:
       ls {data / BUCKET}   and   ls {spool}/done
   Ctrl-C stops s3spool and the server.
-""", flush=True)
+""",
+            flush=True,
+        )
         service = subprocess.Popen([str(BIN / "s3spool"), "run"], env=env)
         try:
             return service.wait()

@@ -32,8 +32,7 @@ def settings_for(spool: Path | list[Path] | None, target: S3Target | None, **kw:
     if spool is not None:
         base["spool_dirs"] = spool if isinstance(spool, list) else [spool]
     if target is not None:
-        base.update(endpoint_url=target.endpoint_url, region=target.region,
-                    addressing_style="path")
+        base.update(endpoint_url=target.endpoint_url, region=target.region, addressing_style="path")
     base.update(kw)
     return load_settings(**base)
 

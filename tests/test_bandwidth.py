@@ -159,9 +159,7 @@ def _wait(pred: Any, timeout: float, what: str, proc: SpoolProc) -> float:
     return time.monotonic() - start
 
 
-def test_sighup_changes_the_limit_of_a_running_process(
-    rclone_s3: S3Target, tmp_path: Path
-) -> None:
+def test_sighup_changes_the_limit_of_a_running_process(rclone_s3: S3Target, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     count, size = 48, 512 * KIB  # 24 MiB
     (spool / "incoming").mkdir(parents=True)

@@ -124,8 +124,9 @@ def test_three_instances_one_killed(tmp_path: Path, moto_s3: S3Target) -> None:
     with FaultProxy(moto_s3.endpoint_url) as proxy:
         proxy.latency_s = 0.005  # keep all three busy long enough to kill one mid-run
         env = _env(moto_s3.via(proxy.url), spool)
-        procs = [SpoolProc(["run"], env, cwd=tmp_path, log_path=tmp_path / f"i{i}.log")
-                 for i in range(3)]
+        procs = [
+            SpoolProc(["run"], env, cwd=tmp_path, log_path=tmp_path / f"i{i}.log") for i in range(3)
+        ]
         try:
             deadline = time.monotonic() + 60
             while _count(spool / "done") < 600:

@@ -24,13 +24,20 @@ from svc import drop, names
 BASE_ENV = {"AWS_EC2_METADATA_DISABLED": "true", "S3SPOOL_HTTP_ADDR": ""}
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
-        user: int | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60, user: int | None = None
+) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "s3spool", *args]
     if user is not None:
         cmd = [*as_user(user), *cmd]
-    return subprocess.run(cmd, env=clean_env({**BASE_ENV, **(env or {})}), capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        cmd,
+        env=clean_env({**BASE_ENV, **(env or {})}),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_help_documents_every_setting() -> None:
@@ -45,23 +52,58 @@ def test_help_documents_every_setting() -> None:
     ("env", "needle"),
     [
         ({"S3SPOOL_SPOOL_DIRS": "/tmp/x"}, "S3SPOOL_DESTINATION (--destination): required"),
-        ({"S3SPOOL_SPOOL_DIRS": "/tmp/x", "S3SPOOL_DESTINATION": "ftp://b/p"},
-         "S3SPOOL_DESTINATION (--destination): 'ftp://b/p' must start with s3:// or noop://"),
-        ({"S3SPOOL_SPOOL_DIRS": "/tmp/x", "S3SPOOL_DESTINATION": "s3://"},
-         "has no valid bucket name"),
-        ({"S3SPOOL_SPOOL_DIRS": "/tmp/x", "S3SPOOL_DESTINATION": "noop://",
-          "S3SPOOL_KEY_FORMAT": "{m_YYYY}/{colour}/{fname}"},
-         "S3SPOOL_KEY_FORMAT (--key-format): unknown field {colour}"),
+        (
+            {"S3SPOOL_SPOOL_DIRS": "/tmp/x", "S3SPOOL_DESTINATION": "ftp://b/p"},
+            "S3SPOOL_DESTINATION (--destination): 'ftp://b/p' must start with s3:// or noop://",
+        ),
+        (
+            {"S3SPOOL_SPOOL_DIRS": "/tmp/x", "S3SPOOL_DESTINATION": "s3://"},
+            "has no valid bucket name",
+        ),
+        (
+            {
+                "S3SPOOL_SPOOL_DIRS": "/tmp/x",
+                "S3SPOOL_DESTINATION": "noop://",
+                "S3SPOOL_KEY_FORMAT": "{m_YYYY}/{colour}/{fname}",
+            },
+            "S3SPOOL_KEY_FORMAT (--key-format): unknown field {colour}",
+        ),
         ({"S3SPOOL_DESTINATION": "noop://"}, "S3SPOOL_SPOOL_DIRS (--spool-dirs): required"),
-        ({"S3SPOOL_SPOOL_DIRS": "/tmp/x", "S3SPOOL_DESTINATION": "noop://",
-          "S3SPOOL_WORKERS": "many"}, "S3SPOOL_WORKERS (--workers)"),
-        ({"S3SPOOL_SPOOL_DIRS": "/tmp/x", "S3SPOOL_DESTINATION": "noop://",
-          "S3SPOOL_HOLD_FOR": "soon"}, "S3SPOOL_HOLD_FOR (--hold-for): 'soon' is not a duration"),
-        ({"S3SPOOL_SPOOL_DIRS": "/tmp/x", "S3SPOOL_DESTINATION": "noop://",
-          "S3SPOOL_PART_SIZE": "1MiB"}, "S3SPOOL_PART_SIZE (--part-size): must be between 5MiB"),
+        (
+            {
+                "S3SPOOL_SPOOL_DIRS": "/tmp/x",
+                "S3SPOOL_DESTINATION": "noop://",
+                "S3SPOOL_WORKERS": "many",
+            },
+            "S3SPOOL_WORKERS (--workers)",
+        ),
+        (
+            {
+                "S3SPOOL_SPOOL_DIRS": "/tmp/x",
+                "S3SPOOL_DESTINATION": "noop://",
+                "S3SPOOL_HOLD_FOR": "soon",
+            },
+            "S3SPOOL_HOLD_FOR (--hold-for): 'soon' is not a duration",
+        ),
+        (
+            {
+                "S3SPOOL_SPOOL_DIRS": "/tmp/x",
+                "S3SPOOL_DESTINATION": "noop://",
+                "S3SPOOL_PART_SIZE": "1MiB",
+            },
+            "S3SPOOL_PART_SIZE (--part-size): must be between 5MiB",
+        ),
     ],
-    ids=["missing-destination", "bad-scheme", "no-bucket", "unknown-key-field", "no-spool",
-         "bad-int", "bad-duration", "part-too-small"],
+    ids=[
+        "missing-destination",
+        "bad-scheme",
+        "no-bucket",
+        "unknown-key-field",
+        "no-spool",
+        "bad-int",
+        "bad-duration",
+        "part-too-small",
+    ],
 )
 def test_bad_settings_name_the_setting(env: dict[str, str], needle: str) -> None:
     result = cli("run", "--once", env=env)
@@ -73,8 +115,11 @@ def test_flags_win_over_env(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     (spool / "incoming").mkdir(parents=True)
     (spool / "incoming" / "a").write_bytes(b"1")
-    env = {"S3SPOOL_SPOOL_DIRS": str(spool), "S3SPOOL_DESTINATION": "s3://wrong-bucket/x",
-           "S3SPOOL_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    env = {
+        "S3SPOOL_SPOOL_DIRS": str(spool),
+        "S3SPOOL_DESTINATION": "s3://wrong-bucket/x",
+        "S3SPOOL_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+    }
     result = cli("run", "--once", "--destination", "noop://", env=env)
     assert result.returncode == 0, result.stderr
     assert names(spool / "done") == {"a"}
@@ -91,23 +136,34 @@ def test_once_exit_codes(tmp_path: Path, moto_s3: S3Target) -> None:
     assert sorted(moto_s3.keys()) == [f"f{i}" for i in range(5)]
 
     (spool / "incoming" / "bad").write_bytes(b"x")
-    failed = cli("run", "--once", "--fail-rate", "1",
-                 env={**moto_s3.env(), "S3SPOOL_SPOOL_DIRS": str(spool)})
+    failed = cli(
+        "run", "--once", "--fail-rate", "1", env={**moto_s3.env(), "S3SPOOL_SPOOL_DIRS": str(spool)}
+    )
     assert failed.returncode == 1, failed.stderr
     assert names(spool / "failed") == {"bad", "bad.reason.json"}
 
     (spool / "incoming" / "later").write_bytes(b"y")
-    down = cli("run", "--once", env={**moto_s3.env(), "S3SPOOL_SPOOL_DIRS": str(spool),
-                                     "S3SPOOL_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
-                                     "S3SPOOL_CONNECT_TIMEOUT": "1"})
+    down = cli(
+        "run",
+        "--once",
+        env={
+            **moto_s3.env(),
+            "S3SPOOL_SPOOL_DIRS": str(spool),
+            "S3SPOOL_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+            "S3SPOOL_CONNECT_TIMEOUT": "1",
+        },
+    )
     assert down.returncode == 3, down.stderr
     assert "store unavailable" in down.stderr
     assert names(spool / "incoming") == {"later"}  # left where it was
 
 
 def test_once_empty_spool_exits_zero(tmp_path: Path) -> None:
-    result = cli("run", "--once", env={"S3SPOOL_SPOOL_DIRS": str(tmp_path / "s"),
-                                       "S3SPOOL_DESTINATION": "noop://"})
+    result = cli(
+        "run",
+        "--once",
+        env={"S3SPOOL_SPOOL_DIRS": str(tmp_path / "s"), "S3SPOOL_DESTINATION": "noop://"},
+    )
     assert result.returncode == 0, result.stderr
     for sub in ("incoming", "working", "done", "failed"):
         assert (tmp_path / "s" / sub).is_dir()
@@ -124,9 +180,13 @@ def other_filesystem() -> Iterator[Path]:
 
 
 def test_dirs_on_two_filesystems_refused(tmp_path: Path, other_filesystem: Path) -> None:
-    env = {"S3SPOOL_INCOMING_DIR": str(tmp_path / "in"), "S3SPOOL_WORKING_DIR": str(tmp_path / "w"),
-           "S3SPOOL_DONE_DIR": str(other_filesystem / "done"),
-           "S3SPOOL_FAILED_DIR": str(tmp_path / "f"), "S3SPOOL_DESTINATION": "noop://"}
+    env = {
+        "S3SPOOL_INCOMING_DIR": str(tmp_path / "in"),
+        "S3SPOOL_WORKING_DIR": str(tmp_path / "w"),
+        "S3SPOOL_DONE_DIR": str(other_filesystem / "done"),
+        "S3SPOOL_FAILED_DIR": str(tmp_path / "f"),
+        "S3SPOOL_DESTINATION": "noop://",
+    }
     result = cli("run", "--once", env=env)
     assert result.returncode == 78
     assert "different filesystems" in result.stderr
@@ -159,8 +219,12 @@ def test_sigterm_drains_in_flight_and_returns_the_rest(tmp_path: Path, moto_s3: 
     (spool / "incoming").mkdir(parents=True)
     with FaultProxy(moto_s3.endpoint_url) as proxy:
         proxy.latency_s = 1.5
-        env = {**moto_s3.via(proxy.url).env(), "S3SPOOL_SPOOL_DIRS": str(spool),
-               "S3SPOOL_WORKERS": "2", "S3SPOOL_SHUTDOWN_GRACE": "20"}
+        env = {
+            **moto_s3.via(proxy.url).env(),
+            "S3SPOOL_SPOOL_DIRS": str(spool),
+            "S3SPOOL_WORKERS": "2",
+            "S3SPOOL_SHUTDOWN_GRACE": "20",
+        }
         with SpoolProc(["run"], env, cwd=tmp_path) as proc:
             proc.wait_for_log(r"watching 1 spool", 15)
             for i in range(6):

@@ -221,7 +221,11 @@ def test_skip_and_min_size_settings(moto_s3: S3Target, spool: Path) -> None:
     }
     r = subprocess.run(
         [sys.executable, "-m", "s3spool", "run", "--once"],
-        env=clean_env(env), capture_output=True, text=True, timeout=60, check=False,
+        env=clean_env(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert r.returncode == 0, r.stderr
     assert set(moto_s3.keys()) == {"p.jpg.zst", "keep.csv", "empty.zst"}
@@ -233,11 +237,18 @@ def test_skip_and_min_size_settings(moto_s3: S3Target, spool: Path) -> None:
 def test_a_bad_level_is_named() -> None:
     r = subprocess.run(
         [sys.executable, "-m", "s3spool", "run", "--once"],
-        env=clean_env({
-            "S3SPOOL_SPOOL_DIRS": "/nonexistent-spool", "S3SPOOL_DESTINATION": "noop://",
-            "S3SPOOL_COMPRESS": "gzip", "S3SPOOL_COMPRESS_LEVEL": "12",
-        }),
-        capture_output=True, text=True, timeout=60, check=False,
+        env=clean_env(
+            {
+                "S3SPOOL_SPOOL_DIRS": "/nonexistent-spool",
+                "S3SPOOL_DESTINATION": "noop://",
+                "S3SPOOL_COMPRESS": "gzip",
+                "S3SPOOL_COMPRESS_LEVEL": "12",
+            }
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert r.returncode == 78
     assert "S3SPOOL_COMPRESS_LEVEL (--compress-level): 12 is not a gzip level" in r.stderr
@@ -253,12 +264,19 @@ def test_a_missing_codec_library_names_the_extra(
     (tmp_path / "sitecustomize.py").write_text(f"import sys\nsys.modules[{library!r}] = None\n")
     r = subprocess.run(
         [sys.executable, "-m", "s3spool", "run", "--once"],
-        env=clean_env({
-            "S3SPOOL_SPOOL_DIRS": "/nonexistent-spool", "S3SPOOL_DESTINATION": "noop://",
-            "S3SPOOL_COMPRESS": codec, "S3SPOOL_COMPRESS_LEVEL": level,
-            "PYTHONPATH": str(tmp_path),
-        }),
-        capture_output=True, text=True, timeout=60, check=False,
+        env=clean_env(
+            {
+                "S3SPOOL_SPOOL_DIRS": "/nonexistent-spool",
+                "S3SPOOL_DESTINATION": "noop://",
+                "S3SPOOL_COMPRESS": codec,
+                "S3SPOOL_COMPRESS_LEVEL": level,
+                "PYTHONPATH": str(tmp_path),
+            }
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert r.returncode == 78, r.stderr
     assert f"needs the {library} package" in r.stderr
@@ -274,7 +292,10 @@ def _run_measured(env: dict[str, str], cwd: Path, log: Path) -> tuple[int, int]:
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "s3spool", "run", "--once"],
-            env=clean_env(env), cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+            env=clean_env(env),
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     status = Path(f"/proc/{proc.pid}/status")
     peak = 0
@@ -294,9 +315,7 @@ def _run_measured(env: dict[str, str], cwd: Path, log: Path) -> tuple[int, int]:
 
 
 @pytest.mark.slow
-def test_a_200_mib_file_stays_within_the_memory_bound(
-    rclone_s3: S3Target, tmp_path: Path
-) -> None:
+def test_a_200_mib_file_stays_within_the_memory_bound(rclone_s3: S3Target, tmp_path: Path) -> None:
     """Peak RSS with zstd (2 worker threads at this size) on a 200 MiB file: the same bound
     as without compression (bench's 128 MiB for a 1 GiB file), and no more than 40 MiB above
     the uncompressed run of the same file. The file is never held: the copy is on disk."""
@@ -387,7 +406,8 @@ async def test_no_room_for_the_compressed_copy_pauses_the_spool_and_loses_nothin
         async with running(settings) as svc:
             drop(spool / "incoming", "noise.bin", data)
             await wait_until(
-                lambda: any("compressed copy" in r.getMessage() for r in caplog.records), 20,
+                lambda: any("compressed copy" in r.getMessage() for r in caplog.records),
+                20,
                 "the fault",
             )
             assert names(spool / "failed") == set()

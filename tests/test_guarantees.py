@@ -53,8 +53,9 @@ async def test_faulty_proxy_all_delivered_and_concurrency_drops(
         assert s3.get(name) == data
 
 
-async def test_store_down_for_ten_seconds(spool: Path, rclone_private: RcloneServer,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_store_down_for_ten_seconds(
+    spool: Path, rclone_private: RcloneServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target = rclone_private.new_target()
     use_credentials(monkeypatch, target)
     settings = settings_for(spool, target, connect_timeout=1, read_timeout=5, retry_attempts=3)
@@ -77,15 +78,22 @@ async def test_store_down_for_ten_seconds(spool: Path, rclone_private: RcloneSer
 
 
 async def test_missing_bucket_pauses_then_resumes(spool: Path, moto_s3: S3Target) -> None:
-    target = S3Target(moto_s3.endpoint_url, moto_s3.bucket + "-later", moto_s3.access_key,
-                      moto_s3.secret_key, moto_s3.region, moto_s3.kind)
+    target = S3Target(
+        moto_s3.endpoint_url,
+        moto_s3.bucket + "-later",
+        moto_s3.access_key,
+        moto_s3.secret_key,
+        moto_s3.region,
+        moto_s3.kind,
+    )
     async with running(settings_for(spool, target)) as svc:
         drop(spool / "incoming", "waits", b"patience")
         await wait_until(lambda: not svc.routes[0].gate.is_set(), 10, "paused on NoSuchBucket")
         await asyncio.sleep(1)
         assert names(spool / "failed") == set()
         assert "waits" in names(spool / "incoming") | {
-            p.name for p in (spool / "working").rglob("waits")}
+            p.name for p in (spool / "working").rglob("waits")
+        }
         target.client().create_bucket(Bucket=target.bucket)
         await wait_until(lambda: names(spool / "done") == {"waits"}, 30)
     assert target.get("waits") == b"patience"
@@ -96,8 +104,9 @@ async def test_corrupted_body_is_caught_and_resent(spool: Path, s3: S3Target, si
     data = os.urandom(size)
     with FaultProxy(s3.endpoint_url) as proxy:
         proxy.corrupt_next(1)
-        settings = settings_for(spool, s3.via(proxy.url), multipart_threshold=5 * MIB,
-                                part_size=5 * MIB)
+        settings = settings_for(
+            spool, s3.via(proxy.url), multipart_threshold=5 * MIB, part_size=5 * MIB
+        )
         async with running(settings):
             drop(spool / "incoming", "precious", data)
             await wait_until(lambda: names(spool / "done") == {"precious"}, 30)
@@ -125,8 +134,13 @@ async def test_failed_multipart_is_aborted(spool: Path, moto_s3: S3Target) -> No
     with FaultProxy(moto_s3.endpoint_url) as proxy:
         proxy.error500 = 1.0
         proxy.fault_kinds = frozenset({"upload_part"})
-        settings = settings_for(spool, moto_s3.via(proxy.url), multipart_threshold=5 * MIB,
-                                part_size=5 * MIB, retry_attempts=2)
+        settings = settings_for(
+            spool,
+            moto_s3.via(proxy.url),
+            multipart_threshold=5 * MIB,
+            part_size=5 * MIB,
+            retry_attempts=2,
+        )
         async with running(settings) as svc:
             drop(spool / "incoming", "big", os.urandom(6 * MIB))
             await wait_until(lambda: svc.counts.failed == 1, 60)
@@ -142,12 +156,15 @@ async def test_stale_multipart_uploads_are_swept(spool: Path, moto_s3: S3Target)
     stale = client.create_multipart_upload(Bucket=moto_s3.bucket, Key="pfx/left-behind")
     outside = client.create_multipart_upload(Bucket=moto_s3.bucket, Key="elsewhere/keep")
     await asyncio.sleep(1.5)
-    settings = settings_for(spool, moto_s3, destination=f"s3://{moto_s3.bucket}/pfx",
-                            abort_multipart_after=1)
+    settings = settings_for(
+        spool, moto_s3, destination=f"s3://{moto_s3.bucket}/pfx", abort_multipart_after=1
+    )
     async with running(settings) as svc:
         await wait_until(lambda: svc.metrics.aborted._value.get() >= 1, 15)
-    left = {u["UploadId"] for u in client.list_multipart_uploads(Bucket=moto_s3.bucket)
-            .get("Uploads", [])}
+    left = {
+        u["UploadId"]
+        for u in client.list_multipart_uploads(Bucket=moto_s3.bucket).get("Uploads", [])
+    }
     assert stale["UploadId"] not in left
     assert outside["UploadId"] in left  # outside the destination prefix: not ours
 
@@ -238,14 +255,16 @@ def test_inotify_exhausted_falls_back_to_rescans(
     hog_dir.mkdir()
     subprocess.run(["chown", "-R", "65534:65534", str(spool), str(hog_dir)], check=True)
     user = as_user()
-    hogger = subprocess.Popen([*user, sys.executable, "-c", hog, str(limit), str(hog_dir)],
-                              stdout=subprocess.PIPE, text=True)
+    hogger = subprocess.Popen(
+        [*user, sys.executable, "-c", hog, str(limit), str(hog_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert hogger.stdout is not None
         assert int(hogger.stdout.readline()) > 0
         env = {**moto_s3.env(), "S3SPOOL_SPOOL_DIRS": str(spool), "S3SPOOL_RESCAN_INTERVAL": "1"}
-        with SpoolProc(["run"], env, cwd=base, log_path=base / "s3spool.log",
-                       wrapper=user) as proc:
+        with SpoolProc(["run"], env, cwd=base, log_path=base / "s3spool.log", wrapper=user) as proc:
             proc.wait_for_log(hint, 15)
             proc.wait_for_log(r"falling back to scanning every 1s", 5)
             (spool / "incoming" / "late").write_bytes(b"found by a rescan")

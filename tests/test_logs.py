@@ -38,8 +38,12 @@ class Piped:
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "s3spool", *args],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True, cwd="/",
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd="/",
         )
         self.lines: queue.Queue[tuple[float, str]] = queue.Queue()
         self.all: list[str] = []
@@ -83,8 +87,13 @@ def test_once_writes_every_file_line_to_the_pipe_before_exit(
     files = {f"f{i:03d}" for i in range(300)}
     for name in files:
         (spool / "incoming" / name).write_bytes(name.encode())
-    r = subprocess.run([sys.executable, "-m", "s3spool", "run", "--once"],
-                       env=_env(rclone_s3, spool), capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "s3spool", "run", "--once"],
+        env=_env(rclone_s3, spool),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stderr.splitlines(keepends=True)
     _whole_text_lines(lines)
@@ -137,9 +146,13 @@ def test_error_exits_keep_their_lines(tmp_path: Path, rclone_s3: S3Target) -> No
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         addr = f"127.0.0.1:{busy.getsockname()[1]}"
-        r = subprocess.run([sys.executable, "-m", "s3spool", "run"],
-                           env=_env(rclone_s3, spool, S3SPOOL_HTTP_ADDR=addr),
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [sys.executable, "-m", "s3spool", "run"],
+            env=_env(rclone_s3, spool, S3SPOOL_HTTP_ADDR=addr),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert r.returncode == 78, r.stderr
     lines = r.stderr.splitlines(keepends=True)
     _whole_text_lines(lines)
@@ -148,10 +161,15 @@ def test_error_exits_keep_their_lines(tmp_path: Path, rclone_s3: S3Target) -> No
 
     # a store that is down: exit 3, with the files delivered before it counted in the log
     (spool / "incoming" / "later").write_bytes(b"y")
-    r = subprocess.run([sys.executable, "-m", "s3spool", "run", "--once"],
-                       env=_env(rclone_s3, spool, S3SPOOL_ENDPOINT_URL="http://127.0.0.1:9",
-                                S3SPOOL_CONNECT_TIMEOUT="1"),
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "s3spool", "run", "--once"],
+        env=_env(
+            rclone_s3, spool, S3SPOOL_ENDPOINT_URL="http://127.0.0.1:9", S3SPOOL_CONNECT_TIMEOUT="1"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 3, r.stderr
     lines = r.stderr.splitlines(keepends=True)
     _whole_text_lines(lines)
@@ -159,12 +177,19 @@ def test_error_exits_keep_their_lines(tmp_path: Path, rclone_s3: S3Target) -> No
     assert names(spool / "incoming") == {"later"}
 
     # an exception out of main: every file's line, then the traceback
-    crash = ("import sys; sys.argv[1:] = [\"run\", \"--once\"]; "
-             "from s3spool.run.service import Service; "
-             "Service._once_summary = lambda self: 1 / 0; "
-             "from s3spool.__main__ import main; sys.exit(main())")
-    r = subprocess.run([sys.executable, "-c", crash], env=_env(rclone_s3, spool),
-                       capture_output=True, text=True, timeout=60)
+    crash = (
+        'import sys; sys.argv[1:] = ["run", "--once"]; '
+        "from s3spool.run.service import Service; "
+        "Service._once_summary = lambda self: 1 / 0; "
+        "from s3spool.__main__ import main; sys.exit(main())"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", crash],
+        env=_env(rclone_s3, spool),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1, r.stderr
     logs, _, traceback = r.stderr.partition("Traceback (most recent call last):\n")
     assert "ZeroDivisionError" in traceback, r.stderr
@@ -208,8 +233,14 @@ def test_the_short_way_writes_what_logging_writes(
 
 def _both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
     file_log = logging.getLogger("s3spool-test-logs")  # a child of the root, as in the service
-    odd = {"name": 'a b"c=\u3000\x01', "key": "", "size": 7, "duration": 0.12345,
-           "error": "X-Amz-Signature=abc Authorization: AWS4 k", "none": None}
+    odd = {
+        "name": 'a b"c=\u3000\x01',
+        "key": "",
+        "size": 7,
+        "duration": 0.12345,
+        "error": "X-Amz-Signature=abc Authorization: AWS4 k",
+        "none": None,
+    }
     for level in (logging.INFO, logging.WARNING):
         with monkeypatch.context() as m:
             m.setattr(file_log, "log", None)  # the short way, to the one handler

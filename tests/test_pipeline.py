@@ -77,13 +77,18 @@ async def test_zero_byte_and_odd_names(spool: Path, s3: S3Target) -> None:
 
 async def test_multipart_threshold_boundaries(spool: Path, s3: S3Target) -> None:
     threshold = 5 * MIB
-    sizes = {"below": threshold - 1, "at": threshold, "above": threshold + 1,
-             "parts": int(2.5 * threshold)}
+    sizes = {
+        "below": threshold - 1,
+        "at": threshold,
+        "above": threshold + 1,
+        "parts": int(2.5 * threshold),
+    }
     data = {name: os.urandom(size) for name, size in sizes.items()}
     with FaultProxy(s3.endpoint_url) as proxy:
         target = s3.via(proxy.url)
-        settings = settings_for(spool, target, multipart_threshold=threshold,
-                                part_size=threshold, part_concurrency=2)
+        settings = settings_for(
+            spool, target, multipart_threshold=threshold, part_size=threshold, part_concurrency=2
+        )
         async with running(settings):
             for name, body in data.items():
                 drop(spool / "incoming", name, body)
@@ -117,8 +122,10 @@ async def test_hold_for_waits_for_writer(spool: Path, s3: S3Target) -> None:
 
 
 async def test_every_key_field(spool: Path, moto_s3: S3Target) -> None:
-    fmt = ("{spool_dir}/{m_YYYY}/{m_MM}/{m_DD}/{m_hh}{m_mm}{m_ss}/{c_YYYY}-{c_MM}-{c_DD}T"
-           "{c_hh}{c_mm}{c_ss}/{hostname}/{now}/{uuid1}/{uuid4}/{fname}")
+    fmt = (
+        "{spool_dir}/{m_YYYY}/{m_MM}/{m_DD}/{m_hh}{m_mm}{m_ss}/{c_YYYY}-{c_MM}-{c_DD}T"
+        "{c_hh}{c_mm}{c_ss}/{hostname}/{now}/{uuid1}/{uuid4}/{fname}"
+    )
     (spool / "incoming").mkdir(parents=True)
     path = spool / "incoming" / "k.csv"
     path.write_bytes(b"1,2")
@@ -185,9 +192,17 @@ async def test_remove_on_failure(spool: Path, moto_s3: S3Target) -> None:
 async def test_resubmit_mode_backs_off_and_delivers(tmp_path: Path, moto_s3: S3Target) -> None:
     """FAILED_DIR == INCOMING_DIR: failures come back after a backoff, never in a tight loop."""
     inc, work, done = tmp_path / "in", tmp_path / "work", tmp_path / "done"
-    settings = settings_for(None, moto_s3, incoming_dir=inc, working_dir=work, done_dir=done,
-                            failed_dir=inc, fail_rate=0.5, retry_backoff=0.2,
-                            retry_backoff_max=0.4)
+    settings = settings_for(
+        None,
+        moto_s3,
+        incoming_dir=inc,
+        working_dir=work,
+        done_dir=done,
+        failed_dir=inc,
+        fail_rate=0.5,
+        retry_backoff=0.2,
+        retry_backoff_max=0.4,
+    )
     async with running(settings) as svc:
         for i in range(10):
             drop(inc, f"r{i}", f"payload {i}".encode())
@@ -211,8 +226,9 @@ async def test_noop_destination_with_fail_rate(spool: Path) -> None:
     assert 5 <= failed <= 35  # 50 % ± a wide margin: both paths really taken
 
 
-async def test_non_regular_entries_are_left_in_place(spool: Path, moto_s3: S3Target,
-                                                     caplog: pytest.LogCaptureFixture) -> None:
+async def test_non_regular_entries_are_left_in_place(
+    spool: Path, moto_s3: S3Target, caplog: pytest.LogCaptureFixture
+) -> None:
     (spool / "incoming").mkdir(parents=True)
     os.symlink("/etc/passwd", spool / "incoming" / "link")
     os.mkfifo(spool / "incoming" / "fifo")
@@ -247,8 +263,9 @@ async def test_object_options_and_metadata(spool: Path, moto_s3: S3Target) -> No
     path = spool / "incoming" / "report.csv"
     path.write_bytes(b"a,b\n")
     os.utime(path, (1_600_000_000.25, 1_600_000_000.25))
-    settings = settings_for(spool, moto_s3, acl="public-read", storage_class="STANDARD_IA",
-                            sse="AES256")
+    settings = settings_for(
+        spool, moto_s3, acl="public-read", storage_class="STANDARD_IA", sse="AES256"
+    )
     async with running(settings):
         drop(spool / "incoming", "notes.bin", b"\x00\x01")
         await wait_until(lambda: len(names(spool / "done")) == 2)
@@ -272,8 +289,9 @@ async def test_content_type_setting_wins(spool: Path, moto_s3: S3Target) -> None
 @pytest.mark.parametrize("algorithm", ["crc32c", "crc32", "sha256", "md5", "none"])
 async def test_checksum_algorithms(spool: Path, s3: S3Target, algorithm: str) -> None:
     small, big = os.urandom(3000), os.urandom(6 * MIB)
-    settings = settings_for(spool, s3, checksum=algorithm, multipart_threshold=5 * MIB,
-                            part_size=5 * MIB)
+    settings = settings_for(
+        spool, s3, checksum=algorithm, multipart_threshold=5 * MIB, part_size=5 * MIB
+    )
     async with running(settings):
         drop(spool / "incoming", "small", small)
         drop(spool / "incoming", "big", big)

@@ -144,21 +144,38 @@ def test_checksum_labels(algorithm: str) -> None:
         )
 
 
-@pytest.mark.parametrize(("codec", "level", "threads"), [
-    ("gzip", 1, 0), ("gzip", 6, 0), ("zstd", 3, 0), ("zstd", 3, 2),
-])
+@pytest.mark.parametrize(
+    ("codec", "level", "threads"),
+    [
+        ("gzip", 1, 0),
+        ("gzip", 6, 0),
+        ("zstd", 3, 0),
+        ("zstd", 3, 2),
+    ],
+)
 def test_a_pass_round_trips(codec: str, level: int, threads: int) -> None:
     data = b"".join(b"line %d of a log, status 200\n" % (i % 977) for i in range(200_000))
     with tempfile.TemporaryFile() as src, tempfile.TemporaryFile() as out:
         src.write(data)
         src.flush()
-        result = compress_pass(src.fileno(), len(data), out.fileno(), codec, level, threads,
-                               "crc32c", threading.Event())
+        result = compress_pass(
+            src.fileno(),
+            len(data),
+            out.fileno(),
+            codec,
+            level,
+            threads,
+            "crc32c",
+            threading.Event(),
+        )
         out.seek(0)
         stored = out.read()
     assert result.size == len(stored) < len(data) / 10
-    plain = (gzip.decompress(stored) if codec == "gzip"
-             else zstandard.ZstdDecompressor().stream_reader(stored).read())
+    plain = (
+        gzip.decompress(stored)
+        if codec == "gzip"
+        else zstandard.ZstdDecompressor().stream_reader(stored).read()
+    )
     assert plain == data
     label = StreamDigest("crc32c", md5=False)
     label.update(data)
