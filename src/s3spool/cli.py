@@ -59,8 +59,8 @@ def _epilog() -> str:
     lines.append("Durations: seconds or 30s/5m/1h. Sizes: bytes or 8MiB/1GiB.")
     lines.append(
         "Exit codes: 0 ok, 1 files failed (--once), 2 usage, 3 store unavailable "
-        "(--once), 75 files left behind by a full, read-only or missing directory (--once), "
-        "78 bad configuration."
+        "(--once), 75 files left behind by a full, read-only or missing directory, or by "
+        "--max-files/--max-duration (--once), 78 bad configuration."
     )
     return "\n".join(lines)
 
@@ -251,6 +251,12 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
                 return dry_run(config)
             from s3spool.run.service import Service
 
+            for bound in ("max_files", "max_duration"):
+                if getattr(config.s, bound) is not None and not args.once:
+                    raise ConfigError(
+                        f"{env_name(bound)} ({flag_name(bound)}): only with run --once "
+                        "(it bounds one cron run; the service runs until stopped)"
+                    )
             service = Service(config, once=args.once)
             service.early_signals = early
             if config.s.http_addr and not args.once:

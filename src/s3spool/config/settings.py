@@ -36,7 +36,7 @@ LogLevel = Annotated[
 GLOBAL_FIELDS = frozenset(
     {"config", "workers", "queue_size", "buffer_limit", "rescan_interval", "cleanup_interval"}
     | {"probe_interval", "shutdown_grace", "instance_id", "http_addr", "max_lag", "fail_rate"}
-    | {"log_level", "log_format", "outbox_max_age", "bandwidth_limit"}
+    | {"log_level", "log_format", "outbox_max_age", "bandwidth_limit", "max_files", "max_duration"}
 )
 
 
@@ -265,6 +265,18 @@ class Settings(BaseSettings):
     )
     instance_id: str | None = Field(
         None, description="This instance's working/ subdirectory name (default: host.pid.random)."
+    )
+    max_files: int | None = Field(
+        None,
+        ge=1,
+        description="run --once only: claim at most this many files; the rest waits in "
+        "incoming/ for the next run (exit 75).",
+    )
+    max_duration: Duration | None = Field(
+        None,
+        gt=0,
+        description="run --once only: claim no file after this long; uploads in flight get "
+        "SHUTDOWN_GRACE, the rest waits in incoming/ for the next run (exit 75).",
     )
     http_addr: str = Field(
         "127.0.0.1:9108", description="host:port of /metrics, /healthz, /readyz; empty: off."
