@@ -569,6 +569,19 @@ def test_dry_run_lists_keys_and_changes_nothing(moto_s3: S3Target, tmp_path: Pat
     assert moto_s3.keys() == []
 
 
+def test_hostname_sets_the_hostname_field(tmp_path: Path) -> None:
+    """A DaemonSet sets HOSTNAME to the node's name: keys keep it across pod rollouts."""
+    write(tmp_path / "spool" / "incoming" / "f.log", b"x")
+    env = {"S3SPOOL_SPOOL_DIRS": str(tmp_path / "spool"), "S3SPOOL_DESTINATION": "noop://",
+           "S3SPOOL_KEY_FORMAT": "{hostname}/{fname}"}
+    r = cli(["run", "--dry-run"], {**env, "S3SPOOL_HOSTNAME": "node-7.example"})
+    assert r.returncode == 0, r
+    assert "upload\tf.log\t1\tnode-7.example/f.log" in r.stdout
+    r = cli(["run", "--dry-run"], {**env, "S3SPOOL_HOSTNAME": "a/b"})
+    assert r.returncode == 78, r
+    assert "S3SPOOL_HOSTNAME (--hostname): only letters" in r.stderr
+
+
 def test_dry_run_of_a_spool_never_started(tmp_path: Path) -> None:
     root = tmp_path / "spool"
     env = {"S3SPOOL_SPOOL_DIRS": str(root), "S3SPOOL_DESTINATION": "noop://"}

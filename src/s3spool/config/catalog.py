@@ -85,6 +85,7 @@ SETTINGS: tuple[tuple[str, bool, str, str], ...] = (
     ('config', False, 'none', 'TOML file of settings and [[route]] tables (see README "Config file"); flags and variables override it.'),
     ('shutdown_grace', False, '30s', 'On SIGTERM/SIGINT, time for in-flight uploads to finish.'),
     ('instance_id', False, 'none', "This instance's working/ subdirectory name (default: host.pid.random)."),
+    ('hostname', False, 'none', "Value of the {hostname} field (default: this host's name); in a Kubernetes DaemonSet, the node's name from the downward API (spec.nodeName)."),
     ('max_files', False, 'none', 'run --once only: claim at most this many files; the rest waits in incoming/ for the next run (exit 75).'),
     ('max_duration', False, 'none', 'run --once only: claim no file after this long; uploads in flight get SHUTDOWN_GRACE, the rest waits in incoming/ for the next run (exit 75).'),
     ('http_addr', False, '127.0.0.1:9108', 'host:port of /metrics, /healthz, /readyz; empty: off.'),

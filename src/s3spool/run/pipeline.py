@@ -55,7 +55,7 @@ class Pipeline:
         self.s = settings = host.s
         self.host = host
         self.once = host.once
-        self.template = KeyTemplate(settings.key_format, settings.prefix)
+        self.template = KeyTemplate(settings.key_format, settings.prefix, settings.hostname_field)
         self.compression = rules_for(settings)  # its library was checked with the settings
         if any(sp.recursive for sp in host.spools) and self.template.fields.isdisjoint(
             {"relpath", "dirname"}
