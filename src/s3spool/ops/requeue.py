@@ -75,7 +75,7 @@ def requeue(
             found = sorted(
                 rel
                 for rel, entry in walk(failed, recursive=recursive)
-                if not reason_file(entry.name)
+                if not reason_file(entry.name) and not entry.is_dir(follow_symlinks=False)
             )
         except FileNotFoundError:
             continue
@@ -108,13 +108,14 @@ def requeue(
                 )
                 stayed += 1
                 continue
-            except FileNotFoundError:
-                continue  # gone meanwhile (another requeue, or a person)
             except OSError as exc:
-                print(f"s3spool requeue: {failed}/{shown}: {exc.strerror}", file=err)
+                if isinstance(exc, FileNotFoundError) and not os.path.lexists(src):
+                    continue  # gone meanwhile (another requeue, or a person)
+                msg = f"cannot move {failed}/{shown} to {incoming}/{shown}: {exc.strerror}"
+                print(f"s3spool requeue: {msg}", file=err)
                 stayed += 1
                 continue
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # the rename just worked in this directory
                 os.unlink(src + REASON_SUFFIX)
             prune_parents(failed, rel)  # a RECURSIVE spool's emptied directories
             print(f"requeued {failed}/{shown} -> {incoming}/{shown}", file=out)
