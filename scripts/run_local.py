@@ -78,9 +78,32 @@ def main() -> int:
             "S3SPOOL_HTTP_ADDR": f"127.0.0.1:{free_port(9108)}",
             "S3SPOOL_DELETE_AFTER": "1h",
         }
+        endpoint = env["S3SPOOL_ENDPOINT_URL"]
+        # the settings of this demo, for s3spool check/status/requeue in another shell
+        exports = " ".join(
+            f"{k}={env[k]}"
+            for k in (
+                "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY",
+                "S3SPOOL_SPOOL_DIRS",
+                "S3SPOOL_DESTINATION",
+                "S3SPOOL_ENDPOINT_URL",
+                "S3SPOOL_REGION",
+                "S3SPOOL_ADDRESSING_STYLE",
+            )
+        )
+        client = (
+            f"boto3.client('s3', endpoint_url='{endpoint}', aws_access_key_id='{KEY}', "
+            f"aws_secret_access_key='{SECRET}', region_name='us-east-1')"
+        )
+        listing = (
+            f"{sys.executable} -c \"import boto3; [print(o['Key'], o['Size']) for o in "
+            f"{client}.list_objects_v2(Bucket='{BUCKET}').get('Contents', [])]\""
+        )
         print(
             f"""
-  local S3 server: http://127.0.0.1:{port}  (bucket '{BUCKET}', data in {data})
+  local S3 server: {endpoint}  (bucket '{BUCKET}', data in {data})
+  credentials:     access key {KEY}, secret {SECRET}
   spool:           {spool}/{{incoming,working,done,failed}}
   metrics:         http://{env["S3SPOOL_HTTP_ADDR"]}/metrics
 
@@ -88,6 +111,10 @@ def main() -> int:
       echo hello > {spool}/hello.txt && mv {spool}/hello.txt {spool}/incoming/
   See it arrive:
       ls {data / BUCKET}   and   ls {spool}/done
+  List the bucket through S3:
+      {listing}
+  The same settings in another shell (for s3spool check, status, requeue):
+      export {exports}
   Ctrl-C stops s3spool and the server.
 """,
             flush=True,

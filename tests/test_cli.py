@@ -158,6 +158,39 @@ def test_once_exit_codes(tmp_path: Path, moto_s3: S3Target) -> None:
     assert names(spool / "incoming") == {"later"}  # left where it was
 
 
+def test_once_bounded_by_max_files_and_max_duration(tmp_path: Path, moto_s3: S3Target) -> None:
+    spool = tmp_path / "spool"
+    (spool / "incoming").mkdir(parents=True)
+    every = {f"f{i}" for i in range(10)}
+    for name in every:
+        (spool / "incoming" / name).write_bytes(name.encode())
+    env = {**moto_s3.env(), "S3SPOOL_SPOOL_DIRS": str(spool)}
+    service = cli("run", env={**env, "S3SPOOL_MAX_FILES": "3"})
+    assert service.returncode == 78, service.stderr
+    assert "S3SPOOL_MAX_FILES (--max-files): only with run --once" in service.stderr
+
+    bounded = cli("run", "--once", "--max-files", "3", env=env)
+    assert bounded.returncode == 75, bounded.stderr  # work left for the next run
+    assert "3 delivered, 0 failed, 7 deferred: 7 (MAX_FILES 3 reached)" in bounded.stderr
+    assert len(names(spool / "done")) == 3
+    assert len(names(spool / "incoming")) == 7
+    assert sorted(moto_s3.keys()) == sorted(names(spool / "done"))
+
+    # each request takes 1 s: the upload in flight at the deadline finishes, the rest waits
+    with FaultProxy(moto_s3.endpoint_url) as proxy:
+        proxy.latency_s = 1.0
+        env = {**moto_s3.via(proxy.url).env(), "S3SPOOL_SPOOL_DIRS": str(spool)}
+        timed = cli("run", "--once", "--max-duration", "1.5", "--workers", "1", env=env)
+    assert timed.returncode == 75, timed.stderr
+    assert "MAX_DURATION 1.5s reached" in timed.stderr
+    assert "cancelling" not in timed.stderr
+    done, left = names(spool / "done"), names(spool / "incoming")
+    assert 3 < len(done) < 10, timed.stderr
+    assert done | left == every
+    assert sorted(moto_s3.keys()) == sorted(done)
+    assert [p for p in (spool / "working").rglob("*") if p.is_file()] == []
+
+
 def test_once_empty_spool_exits_zero(tmp_path: Path) -> None:
     result = cli(
         "run",

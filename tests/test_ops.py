@@ -23,6 +23,7 @@ from asyncinotify import Inotify, Mask
 from faultproxy import FaultProxy
 from proc import CLI_TIMEOUT_S, SpoolProc, clean_env, cli
 from s3servers import S3Target
+from svc import names
 
 UNREACHABLE = "http://127.0.0.1:1"  # nothing listens on port 1: any store call would fail
 
@@ -473,6 +474,67 @@ def test_enqueue_chooses_the_spool(tmp_path: Path) -> None:
     assert "has no incoming/" in r.stderr, r
 
 
+# -- requeue ------------------------------------------------------------------------------------
+
+
+def test_requeue_by_pattern_reason_and_all(tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    env = {
+        "S3SPOOL_SPOOL_DIRS": str(root),
+        "S3SPOOL_DESTINATION": "noop://",
+        "S3SPOOL_RECURSIVE": "true",
+        "S3SPOOL_KEY_FORMAT": "{relpath}",
+        "S3SPOOL_HTTP_ADDR": "",
+    }
+    incoming, failed = root / "incoming", root / "failed"
+    for rel in ("a.csv", "b.txt", "sub/dir/c.csv"):
+        write(incoming / rel, rel.encode())
+    assert cli(["run", "--once", "--fail-rate", "1"], env).returncode == 1  # reason "injected"
+    long = "L" * 210  # five times over 1024 bytes; with .reason.json under NAME_MAX
+    write(incoming / long, b"long")
+    r = cli(["run", "--once", "--key-format", "{relpath}/" * 4 + "{relpath}"], env)
+    assert r.returncode == 1, r
+    assert json.loads((failed / f"{long}.reason.json").read_text())["reason"] == "key_too_long"
+    before = tree(root)
+
+    r = cli(["requeue"], env)
+    assert r.returncode == 2, r
+    assert "--all" in r.stderr
+    r = cli(["requeue", "--all", "--dry-run"], env)
+    assert r.returncode == 0, r
+    assert len(lines_starting(r.stdout, "would requeue")) == 4, r.stdout
+    assert "4 files would be requeued" in r.stdout
+    assert tree(root) == before, "--dry-run moved something"
+
+    # a name waiting in incoming/ is never replaced: that file stays in failed/
+    write(incoming / "b.txt", b"newer")
+    r = cli(["requeue", "b.txt"], env)
+    assert r.returncode == 1, r
+    assert f"{incoming}/b.txt already exists" in r.stderr
+    assert (incoming / "b.txt").read_bytes() == b"newer"
+    assert names(failed) >= {"b.txt", "b.txt.reason.json"}
+
+    r = cli(["requeue", "--reason", "key_too_long"], env)
+    assert r.returncode == 0, r
+    assert r.stdout.splitlines() == [
+        f"requeued {failed}/{long} -> {incoming}/{long}",
+        "1 file requeued",
+    ]
+    r = cli(["requeue", "*.csv"], env)  # the path below failed/, or the name
+    assert r.returncode == 0, r
+    assert (incoming / "sub/dir/c.csv").read_bytes() == b"sub/dir/c.csv"
+    assert (incoming / "a.csv").is_file()
+    assert names(failed) == {"b.txt", "b.txt.reason.json"}, "emptied directories are pruned"
+
+    (incoming / "b.txt").unlink()
+    r = cli(["requeue", "--all", "--spool", str(root)], {})  # no settings: the plain layout
+    assert r.returncode == 0, r
+    assert "1 file requeued" in r.stdout
+    assert names(failed) == set()
+    assert cli(["run", "--once"], env).returncode == 0
+    assert names(root / "done") == {"a.csv", "b.txt", "sub", long}
+
+
 # -- run --dry-run -----------------------------------------------------------------------------
 
 
@@ -512,6 +574,22 @@ def test_dry_run_lists_keys_and_changes_nothing(moto_s3: S3Target, tmp_path: Pat
     assert not any((root / d).exists() for d in ("working", "done", "failed"))
     assert counts == {}, f"dry run must not talk to the store: {counts}"
     assert moto_s3.keys() == []
+
+
+def test_hostname_sets_the_hostname_field(tmp_path: Path) -> None:
+    """A DaemonSet sets HOSTNAME to the node's name: keys keep it across pod rollouts."""
+    write(tmp_path / "spool" / "incoming" / "f.log", b"x")
+    env = {
+        "S3SPOOL_SPOOL_DIRS": str(tmp_path / "spool"),
+        "S3SPOOL_DESTINATION": "noop://",
+        "S3SPOOL_KEY_FORMAT": "{hostname}/{fname}",
+    }
+    r = cli(["run", "--dry-run"], {**env, "S3SPOOL_HOSTNAME": "node-7.example"})
+    assert r.returncode == 0, r
+    assert "upload\tf.log\t1\tnode-7.example/f.log" in r.stdout
+    r = cli(["run", "--dry-run"], {**env, "S3SPOOL_HOSTNAME": "a/b"})
+    assert r.returncode == 78, r
+    assert "S3SPOOL_HOSTNAME (--hostname): only letters" in r.stderr
 
 
 def test_dry_run_of_a_spool_never_started(tmp_path: Path) -> None:

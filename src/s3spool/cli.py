@@ -1,5 +1,6 @@
-"""Command line: ``s3spool run``, ``check``, ``status``, ``enqueue``, ``config``; every setting
-is a flag too (``S3SPOOL_KEY_FORMAT`` ↔ ``--key-format``), which wins over the variable.
+"""Command line: ``s3spool run``, ``check``, ``status``, ``enqueue``, ``requeue``, ``config``;
+every setting is a flag too (``S3SPOOL_KEY_FORMAT`` ↔ ``--key-format``), which wins over the
+variable.
 Exit codes: 0 success · 1 some file failed · 2 usage error · 3 store unavailable · 75 files
 left behind by a local fault · 78 configuration error (1, 3 and 75: ``run --once``)."""
 
@@ -58,8 +59,8 @@ def _epilog() -> str:
     lines.append("Durations: seconds or 30s/5m/1h. Sizes: bytes or 8MiB/1GiB.")
     lines.append(
         "Exit codes: 0 ok, 1 files failed (--once), 2 usage, 3 store unavailable "
-        "(--once), 75 files left behind by a full, read-only or missing directory (--once), "
-        "78 bad configuration."
+        "(--once), 75 files left behind by a full, read-only or missing directory, or by "
+        "--max-files/--max-duration (--once), 78 bad configuration."
     )
     return "\n".join(lines)
 
@@ -91,6 +92,17 @@ _COMMANDS = {
         "file next to incoming/, fsynced, then renamed in without replacing an existing file. "
         "A name that already exists fails and keeps both files.",
         "Exit codes: 0 all enqueued, 1 some file was not enqueued, 78 no usable spool.",
+    ),
+    "requeue": (
+        "move failed files back to incoming/ (by name, by reason, or --all)",
+        "Move the files of failed/ that match back to incoming/ (the same path below it), each "
+        "with one rename that never replaces a file, and remove their reason files. A PATTERN "
+        "(glob) matches the path below failed/ or the file's name; --reason matches the reason "
+        "code of NAME.reason.json. Several patterns (or reasons) match any of them; patterns "
+        "and reasons together must both match. A name already in incoming/ stays in failed/. "
+        "Every spool of the settings, or --spool DIR.",
+        "Exit codes: 0 all matching files requeued, 1 some stayed in failed/, 2 no selector, "
+        "78 no usable spool.",
     ),
     "config": (
         "print the effective configuration, route by route",
@@ -151,6 +163,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="remove each source once it is safely in incoming/ (a rename on one filesystem)",
     )
+    requeue = cmd["requeue"]
+    requeue.add_argument("patterns", nargs="*", metavar="PATTERN", help="glob, e.g. '*.csv'")
+    requeue.add_argument(
+        "--reason",
+        action="append",
+        default=[],
+        metavar="CODE",
+        help="reason code in NAME.reason.json (as `status` and the logs show it), e.g. bad_key",
+    )
+    requeue.add_argument("--all", action="store_true", help="every failed file")
+    requeue.add_argument("--dry-run", action="store_true", help="say what would move; move nothing")
+    requeue.add_argument(
+        "--spool", metavar="DIR", type=Path, help="spool root; default: every spool of the settings"
+    )
     cmd["config"].add_argument("--json", action="store_true", help="machine-readable output")
     for each in cmd.values():
         _add_settings(each)
@@ -196,19 +222,21 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
     if not args.command:
         parser.print_help(sys.stderr)
         return 2
+    if args.command == "requeue" and args.all == bool(args.patterns or args.reason):
+        parser.error("requeue: give PATTERN or --reason CODE, or --all (alone)")
     try:
         config = _config_from(args)
     except ConfigError as exc:
         if args.command == "check":
             print(f"FAIL settings: {exc}", flush=True)
             return EXIT_CONFIG
-        if args.command == "enqueue":
+        if args.command in ("enqueue", "requeue"):
             if args.spool is not None:
                 # A producer needs only the spool; it need not know the destination.
                 setup_logging("INFO", "text")
-                return _enqueue(args, None)
+                return _enqueue(args, None) if args.command == "enqueue" else _requeue(args, None)
             print(
-                f"s3spool enqueue: no spool: pass --spool DIR, or fix the settings: {exc}",
+                f"s3spool {args.command}: no spool: pass --spool DIR, or fix the settings: {exc}",
                 file=sys.stderr,
             )
             return EXIT_CONFIG
@@ -223,6 +251,12 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
                 return dry_run(config)
             from s3spool.run.service import Service
 
+            for bound in ("max_files", "max_duration"):
+                if getattr(config.s, bound) is not None and not args.once:
+                    raise ConfigError(
+                        f"{env_name(bound)} ({flag_name(bound)}): only with run --once "
+                        "(it bounds one cron run; the service runs until stopped)"
+                    )
             service = Service(config, once=args.once)
             service.early_signals = early
             if config.s.http_addr and not args.once:
@@ -240,6 +274,8 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
             return status(config, as_json=args.json)
         if args.command == "enqueue":
             return _enqueue(args, config)
+        if args.command == "requeue":
+            return _requeue(args, config)
         if args.command == "config":
             from s3spool.ops.show_config import show_config
 
@@ -277,3 +313,16 @@ def _enqueue(args: argparse.Namespace, config: Config | None) -> int:
         print(f"s3spool enqueue: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     return enqueue.enqueue(args.files, target, move=args.move)
+
+
+def _requeue(args: argparse.Namespace, config: Config | None) -> int:
+    from s3spool.ops import requeue
+
+    try:
+        spools = requeue.requeue_spools(config, args.spool)
+    except ConfigError as exc:
+        print(f"s3spool requeue: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return requeue.requeue(
+        spools, patterns=args.patterns, reasons=args.reason, dry_run=args.dry_run
+    )

@@ -156,7 +156,7 @@ def test_prune_parents_and_prune_empty(tmp_path: Path) -> None:
     ],
 )
 def test_relpath_and_dirname_fields(dirname: bytes, name: bytes, template: str, key: str) -> None:
-    t = KeyTemplate(template, "")
+    t = KeyTemplate(template, "", "host")
     assert t.render(KeyInput(name, "spool", 0.0, 0.0, dirname)) == key
     assert t.stable  # recomputable after a crash: a claim keeps its relpath
 
@@ -186,7 +186,7 @@ def test_relpath_and_dirname_fields(dirname: bytes, name: bytes, template: str, 
 @pytest.mark.parametrize("prefix", ["", "p/"])
 def test_default_key_format_renders_as_the_formatter_does(name: bytes, prefix: str) -> None:
     """``{fname}`` skips the formatter; ``{fname}{fname:.0}`` renders the same through it."""
-    fast, slow = KeyTemplate("{fname}", prefix), KeyTemplate("{fname}{fname:.0}", prefix)
+    fast, slow = KeyTemplate("{fname}", prefix, "h"), KeyTemplate("{fname}{fname:.0}", prefix, "h")
     item = KeyInput(name, "spool", 0.0, 0.0)
 
     def outcome(t: KeyTemplate) -> str:

@@ -36,7 +36,8 @@ LogLevel = Annotated[
 GLOBAL_FIELDS = frozenset(
     {"config", "workers", "queue_size", "buffer_limit", "rescan_interval", "cleanup_interval"}
     | {"probe_interval", "shutdown_grace", "instance_id", "http_addr", "max_lag", "fail_rate"}
-    | {"log_level", "log_format", "outbox_max_age", "bandwidth_limit"}
+    | {"log_level", "log_format", "outbox_max_age", "bandwidth_limit", "max_files", "max_duration"}
+    | {"hostname"}
 )
 
 
@@ -266,6 +267,23 @@ class Settings(BaseSettings):
     instance_id: str | None = Field(
         None, description="This instance's working/ subdirectory name (default: host.pid.random)."
     )
+    hostname: str | None = Field(
+        None,
+        description="Value of the {hostname} field (default: this host's name); in a Kubernetes "
+        "DaemonSet, the node's name from the downward API (spec.nodeName).",
+    )
+    max_files: int | None = Field(
+        None,
+        ge=1,
+        description="run --once only: claim at most this many files; the rest waits in "
+        "incoming/ for the next run (exit 75).",
+    )
+    max_duration: Duration | None = Field(
+        None,
+        gt=0,
+        description="run --once only: claim no file after this long; uploads in flight get "
+        "SHUTDOWN_GRACE, the rest waits in incoming/ for the next run (exit 75).",
+    )
     http_addr: str = Field(
         "127.0.0.1:9108", description="host:port of /metrics, /healthz, /readyz; empty: off."
     )
@@ -300,6 +318,11 @@ class Settings(BaseSettings):
         return self._destination[2]
 
     @property
+    def hostname_field(self) -> str:
+        """The value of ``{hostname}``: HOSTNAME, else this host's name."""
+        return self.hostname or socket.gethostname()
+
+    @property
     def resolved_instance_id(self) -> str:
         return self.instance_id or _default_instance_id()
 
@@ -323,8 +346,10 @@ def check_settings(s: Settings) -> tuple[str, str, str]:
     if s.ca_bundle is not None:
         check_ca_bundle(s.ca_bundle)
     _check_dir_names(s)
-    if s.instance_id is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", s.instance_id):
-        raise ValueError("instance_id: only letters, digits, '_', '.', '-' are allowed")
+    for name in ("instance_id", "hostname"):
+        value = getattr(s, name)
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+            raise ValueError(f"{name}: only letters, digits, '_', '.', '-' are allowed")
     _check_object_options(s)
     s.compress_level = resolve_level(s.compress, s.compress_level)
     return destination

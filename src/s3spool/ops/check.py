@@ -67,7 +67,7 @@ async def check(config: Config, *, read_only: bool = False, out: TextIO | None =
 async def _check_route(settings: Settings, report: Report, *, read_only: bool) -> bool:
     """False if the settings are invalid."""
     try:
-        KeyTemplate(settings.key_format, settings.prefix)
+        KeyTemplate(settings.key_format, settings.prefix, settings.hostname_field)
         layouts = spool_layouts(settings)
     except (ConfigError, ValueError) as exc:
         report("settings", FAIL, str(exc))

@@ -16,7 +16,7 @@ from typing import TextIO
 
 from s3spool.config.load import Config
 from s3spool.config.settings import Settings
-from s3spool.config.spools import spool_layouts
+from s3spool.config.spools import SpoolDirs, spool_layouts
 from s3spool.errors import EXIT_NOT_OK, EXIT_OK, ConfigError
 from s3spool.run.progress import DRAW_INTERVAL, Counts, Progress
 from s3spool.spool.dirs import fsync_dir
@@ -44,10 +44,19 @@ class EnqueueTarget:
     ignore: tuple[str, ...]
 
 
-def enqueue_target(config: Config | None, spool: Path | None) -> EnqueueTarget:
-    """Which incoming/ to deliver into: ``--spool DIR`` or the settings' only spool."""
+def spools_of(config: Config | None, spool: Path | None) -> list[tuple[Settings, SpoolDirs]]:
+    """The spools of every route; ``--spool DIR``: only the one whose root or incoming/ it is."""
     routes = config.routes if config is not None else ()
     layouts = [(r.s, d) for r in routes for d in spool_layouts(r.s, route=r.name)]
+    if spool is None:
+        return layouts
+    path = Path(os.path.abspath(spool))
+    return [(s, d) for s, d in layouts if path in (d.root, d.incoming)]
+
+
+def enqueue_target(config: Config | None, spool: Path | None) -> EnqueueTarget:
+    """Which incoming/ to deliver into: ``--spool DIR`` or the settings' only spool."""
+    layouts = spools_of(config, spool)
     if spool is None:
         if config is None:
             raise ConfigError(
@@ -61,7 +70,6 @@ def enqueue_target(config: Config | None, spool: Path | None) -> EnqueueTarget:
             )
     else:
         path = Path(os.path.abspath(spool))
-        layouts = [(s, d) for s, d in layouts if path in (d.root, d.incoming)]
         if not layouts and (path / "incoming").is_dir():
             ignore = tuple(Settings.model_fields["ignore"].get_default(call_default_factory=True))
             return EnqueueTarget(str(path), path / "incoming", compile_ignore(ignore), ignore)

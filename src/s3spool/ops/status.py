@@ -113,7 +113,7 @@ def dry_run(config: Config, *, out: TextIO | None = None) -> int:
     files = size = skipped = 0
     for route in config.routes:
         s = route.s
-        template = KeyTemplate(s.key_format, s.prefix)
+        template = KeyTemplate(s.key_format, s.prefix, s.hostname_field)
         rules = rules_for(s)
         is_ignored = compile_ignore(s.ignore)
         if not template.stable:

@@ -55,7 +55,7 @@ class Pipeline:
         self.s = settings = host.s
         self.host = host
         self.once = host.once
-        self.template = KeyTemplate(settings.key_format, settings.prefix)
+        self.template = KeyTemplate(settings.key_format, settings.prefix, settings.hostname_field)
         self.compression = rules_for(settings)  # its library was checked with the settings
         if any(sp.recursive for sp in host.spools) and self.template.fields.isdisjoint(
             {"relpath", "dirname"}
@@ -126,6 +126,10 @@ class Pipeline:
         await self.host.gate.wait()
         if self.host.stopping:
             return
+        counts = self.outcomes.counts
+        if counts.claims_left is not None and counts.claims_left <= 0:
+            self._max_files_reached(counts)
+            return
         try:
             claim = spool.claim(name)
         except errors.LocalFault as exc:
@@ -141,10 +145,19 @@ class Pipeline:
             return
         if claim is None:
             return  # another worker or instance won the rename
+        if counts.claims_left is not None:
+            counts.claims_left -= 1
         claim.ctime = st.st_ctime
         self.resubmits.taken(item)
         self._first_seen.pop(item, None)
         await self.deliver(claim)
+
+    def _max_files_reached(self, counts: Counts) -> None:
+        """--once: a file is left over; the drain ends with the claims it has (exit 75)."""
+        if not counts.bounded:
+            counts.bounded = f"MAX_FILES {self.s.max_files} reached"
+            msg = "%s: no more files are claimed; the rest waits for the next run"
+            log.info(msg, counts.bounded)
 
     async def deliver(self, claim: Claim) -> None:
         spool, name = claim.spool, claim.name

@@ -30,6 +30,10 @@ class Counts:
     bytes: int = 0  # delivered
     #: --once: files left behind by local faults, by "ERRNO in DIRECTORY"
     deferred: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: --once: claims left before MAX_FILES stops intake (None: no bound), and the bound
+    #: that stopped it ("": none)
+    claims_left: int | None = None
+    bounded: str = ""
 
 
 def count_waiting(

@@ -19,7 +19,7 @@ from s3spool.errors import EXIT_OK, EXIT_STORE_UNAVAILABLE, UploadError
 from s3spool.metrics import Metrics
 from s3spool.notify.notifications import flush
 from s3spool.run.pipeline import Pipeline
-from s3spool.run.progress import Counts, Progress
+from s3spool.run.progress import Counts, Progress, count_waiting
 from s3spool.run.reload import reload
 from s3spool.run.routes import Lanes, RouteRun, last_sweep, sweep_due
 from s3spool.spool.scan import work_waiting
@@ -44,6 +44,8 @@ class Service:
         self.exit_code = EXIT_OK
         tickets: asyncio.Queue[None] | None = asyncio.Queue() if len(config.routes) > 1 else None
         self.counts = Counts()
+        if once:
+            self.counts.claims_left = settings.max_files
         self.routes = [
             RouteRun(
                 route,
@@ -176,6 +178,8 @@ class Service:
                 if self.once:
                     self.spawn(self._once_driver())
                     self.spawn(self.progress.run())
+                    if self.s.max_duration is not None:
+                        self.spawn(self._deadline(self.s.max_duration))
                 else:
                     self.spawn(self._cleanup_loop())
                     tg.create_task(self._mark_ready())
@@ -202,7 +206,18 @@ class Service:
         return self.exit_code
 
     def _once_summary(self) -> int:
+        if self.counts.bounded:  # MAX_FILES, MAX_DURATION: what waits is deferred (exit 75)
+            left = count_waiting(self.progress.spools)[0]
+            if left:
+                self.counts.deferred[self.counts.bounded] += left
         return self.pipelines[0].outcomes.once_summary(self.guards.values(), self.exit_code)
+
+    async def _deadline(self, seconds: float) -> None:
+        """--once with MAX_DURATION: then stop as on SIGTERM (uploads in flight get the grace)."""
+        await asyncio.sleep(seconds)
+        self.counts.bounded = f"MAX_DURATION {seconds:g}s reached"
+        log.info("%s: draining (%d uploads in flight)", self.counts.bounded, len(self._busy))
+        self.request_stop()
 
     def _on_signal(self, sig: int) -> None:
         if sig == signal.SIGHUP:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
 import string
 import time
 import uuid
@@ -126,13 +125,13 @@ def field_values(item: KeyInput, used: Set[str], hostname: str) -> dict[str, obj
 class KeyTemplate:
     """A ``KEY_FORMAT`` (checked by ``settings.check_key_format``) bound to a destination prefix."""
 
-    def __init__(self, template: str, prefix: str) -> None:
+    def __init__(self, template: str, prefix: str, hostname: str) -> None:
         self.template = template
         self.prefix = prefix
         self.fields = key_format_fields(template)  # checked with the settings
         self.stable = self.fields <= STABLE_FIELDS
         self._formatter = string.Formatter()
-        self._hostname = socket.gethostname()
+        self._hostname = hostname
 
     def render(self, item: KeyInput, suffix: str = "") -> str:
         """The key of ``item``; ``suffix`` (COMPRESS's ``.zst``) is appended after the rules."""

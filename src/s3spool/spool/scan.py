@@ -14,7 +14,7 @@ from s3spool.config.spools import SpoolDirs
 from s3spool.spool.dirs import walk
 from s3spool.spool.keys import encode_name
 from s3spool.spool.recovery import instance_is_live
-from s3spool.spool.spool import Spool
+from s3spool.spool.spool import REASON_SUFFIX, Spool
 
 
 def hold_left(mtime: float, hold_for: float, now: float, seen_for: float = 0.0) -> float:
@@ -179,13 +179,13 @@ def spool_gauges(
     g.working = claimed(dirs).count
     if dirs.failed is not None and not dirs.resubmit:
         # reason files sit next to the failed files; they are not files of their own
-        failed = survey(dirs.failed, _reason_file, recursive=recursive)
+        failed = survey(dirs.failed, reason_file, recursive=recursive)
         g.failed = failed.count
     return g
 
 
-def _reason_file(name: str) -> bool:
-    return name.endswith(".reason.json")
+def reason_file(name: str) -> bool:
+    return name.endswith(REASON_SUFFIX)
 
 
 # --- formatting --------------------------------------------------------------------------------
@@ -230,7 +230,7 @@ def survey_spool(
     ]
     failed: DirSurvey | None = None
     if dirs.failed is not None and not dirs.resubmit:
-        failed = survey(dirs.failed, _reason_file, recursive=recursive)
+        failed = survey(dirs.failed, reason_file, recursive=recursive)
     return {
         "incoming": survey(dirs.incoming, is_ignored, recursive=recursive),
         "working": working,

@@ -46,6 +46,9 @@ from s3spool.spool import dirs as tree
 
 log = logging.getLogger("s3spool.spool")
 
+#: failed/NAME's reason file is failed/NAME.reason.json (``requeue`` removes it with the file)
+REASON_SUFFIX = ".reason.json"
+
 # --- atomic rename that never replaces ---------------------------------------------------------
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
@@ -426,7 +429,7 @@ class Spool:
         dest = self._move_out(claim, self.dirs.failed)
         if dest is None or self.dirs.resubmit:
             return dest
-        note = dest.name + ".reason.json"
+        note = dest.name + REASON_SUFFIX
         try:
             body = json.dumps(reason, indent=1, default=str) + "\n"
             tree.write_atomic(dest.parent, note, body.encode())

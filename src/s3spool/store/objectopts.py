@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import string
 import time
 from collections.abc import Mapping
@@ -61,7 +60,7 @@ class ObjectOptions:
         self.content_disposition = s.content_disposition
         templates = [*self.metadata.values(), *self.tags.values(), self.content_disposition or ""]
         self.fields = {field for t in templates for field in key_format_fields(t)}
-        self._hostname = socket.gethostname()
+        self._hostname = s.hostname_field
         self._formatter = string.Formatter()
         now = time.time()
         try:
