@@ -397,7 +397,7 @@ def test_resubmit_backoff_survives_a_restart(moto_s3: S3Target, tmp_path: Path) 
         "S3SPOOL_RETRY_BACKOFF": "6s",
         "S3SPOOL_RETRY_BACKOFF_MAX": "6s",  # each wait is 3-6 s
     }
-    attempt = r"name=poison .*outcome=resubmitted"
+    attempt = r"name=poison .*outcome=failed .*then=resubmitted"
     with SpoolProc(["run"], env, cwd=tmp_path) as first:
         first.wait_for_log("watching 1 spool", 15)
         drop(incoming, "poison", b"never goes up")

@@ -24,7 +24,7 @@ from s3spool import logs
 from svc import drop, names
 
 LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) +\S+: ")
-FILE_LINE = re.compile(r".* INFO    s3spool\.file: file .*\bname=(\S+) .*\boutcome=done")
+FILE_LINE = re.compile(r".* INFO    s3spool\.file: file .*\bname=(\S+) .*\boutcome=delivered")
 
 
 def _env(target: S3Target, spool: Path, **more: str) -> dict[str, str]:
