@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -103,6 +104,11 @@ def test_once_exit_codes(tmp_path: Path, moto_s3: S3Target) -> None:
     assert down.returncode == 3, down.stderr
     assert "store unavailable" in down.stderr
     assert names(spool / "incoming") == {"later"}  # left where it was
+    # no terminal (cron): the summary still has bytes, elapsed time and what is left waiting
+    *_, summary, stopped = down.stderr.splitlines()
+    assert re.search(r"run --once: 0 delivered \(0 B\), 0 failed, 0 deferred, 1 left waiting "
+                     r"in \d+\.\ds$", summary), down.stderr
+    assert re.search(r"stopped: 0 delivered, 0 failed in \d+\.\ds; exit 3$", stopped), stopped
 
 
 def test_once_empty_spool_exits_zero(tmp_path: Path) -> None:
@@ -171,6 +177,9 @@ def test_sigterm_drains_in_flight_and_returns_the_rest(tmp_path: Path, moto_s3: 
             assert proxy.in_flight == 2, "two uploads should be in flight"
             proc.signal(signal.SIGTERM)
             assert proc.wait(30) == 0, proc.log_tail()
+            last = proc.log_tail(1)
+            assert re.search(r"INFO +s3spool.service: stopped: 2 delivered, 0 failed in "
+                             r"\d+\.\ds; exit 0$", last), last
     done = names(spool / "done")
     back = names(spool / "incoming")
     assert len(done) == 2, proc.log_tail()

@@ -250,7 +250,11 @@ def test_key_records_on_a_full_disk_exit_75_with_a_summary(
     assert left == set(waiting), "every file is back in incoming/: nothing lost"
     summary = [ln for ln in r.stderr.splitlines() if "run --once:" in ln]
     assert len(summary) == 1, r.stderr
-    assert re.search(r"1 delivered, 0 failed, 5 deferred: 5 \(ENOSPC in \S+/keys\)", summary[0])
+    assert re.search(
+        r"1 delivered \(11 B\), 0 failed, 5 deferred, 5 left waiting in [\d.]+s; "
+        r"deferred: 5 \(ENOSPC in \S+/keys\)",
+        summary[0],
+    )
     assert names(fine / "done") == {"ok"}
 
 

@@ -23,9 +23,10 @@ from s3spool.logs import log_fields
 from s3spool.metrics import Metrics, size_class
 from s3spool.notify.events import make_event
 from s3spool.notify.notifications import Notifications
-from s3spool.run.progress import Counts
+from s3spool.run.progress import Counts, took
 from s3spool.spool.guard import Guard
 from s3spool.spool.resubmit import forget_record, load_record, save_record
+from s3spool.spool.scan import human_size
 from s3spool.spool.spool import Claim, Spool, about
 from s3spool.spool.watch import Item
 from s3spool.store.aimd import backoff
@@ -241,20 +242,26 @@ class Outcomes:
                 claim.key,
             )
 
-    def once_summary(self, guards: Iterable[Guard], exit_code: int) -> int:
-        """--once: one line of counts, and the exit code they give (0, 1, 75, or ``exit_code``)."""
+    def once_summary(
+        self, guards: Iterable[Guard], exit_code: int, *, left: int, elapsed: float
+    ) -> int:
+        """--once: one line of counts (``left``: files still waiting in the spools), and the
+        exit code they give (0, 1, 75, or ``exit_code``)."""
         for guard in guards:
             if guard.stranded and guard.fault is not None:  # uploaded or failed, not moved
                 self.deferred[why(guard.fault)] += len(guard.stranded)
         deferred = sum(self.deferred.values())
         reasons = ", ".join(f"{n} ({r})" for r, n in self.deferred.most_common())
         log.log(
-            logging.WARNING if deferred or self.counts.failed else logging.INFO,
-            "run --once: %d delivered, %d failed, %d deferred%s",
+            logging.WARNING if deferred or self.counts.failed or exit_code else logging.INFO,
+            "run --once: %d delivered (%s), %d failed, %d deferred, %d left waiting in %s%s",
             self.counts.delivered,
+            human_size(self.counts.bytes),
             self.counts.failed,
             deferred,
-            f": {reasons}" if reasons else "",
+            left,
+            took(elapsed),
+            f"; deferred: {reasons}" if reasons else "",
         )
         if exit_code != EXIT_OK:
             return exit_code
