@@ -7,7 +7,7 @@ one line per file:
 
     {"ts": <unix time of commit>, "level": "INFO", "event": "file", "spool": ...,
      "name": "<file name>", "key": ..., "size": ..., "duration": ...,
-     "outcome": "done"}
+     "outcome": "delivered"}
 
 Latency = ts - rename time, joined on name.
 """
@@ -37,7 +37,7 @@ def parse_file_events(lines: Iterable[str]) -> tuple[dict[str, float], int]:
     """Map file name -> commit ts from s3spool's JSON log; also count repeats.
 
     Non-JSON lines and other events are skipped, so stderr noise (warnings,
-    tracebacks) does not break the join. The first "done" per name wins.
+    tracebacks) does not break the join. The first "delivered" per name wins.
     """
     done: dict[str, float] = {}
     repeats = 0
@@ -51,7 +51,7 @@ def parse_file_events(lines: Iterable[str]) -> tuple[dict[str, float], int]:
             continue
         if not isinstance(obj, dict) or obj.get("event") != "file":
             continue
-        if obj.get("outcome") != "done":
+        if obj.get("outcome") != "delivered":
             continue
         name, ts = obj.get("name"), obj.get("ts")
         if not isinstance(name, str) or not isinstance(ts, int | float):
@@ -256,5 +256,5 @@ def latency_stats(rec: RunRecord, log_prefix: Path, renamed: dict[str, float]) -
     rec.extra["log_missing"] = float(missing)
     rec.extra["log_repeats"] = float(repeats)
     if missing:
-        return [f"{missing}/{len(renamed)} files have no 'done' log line"]
+        return [f"{missing}/{len(renamed)} files have no 'delivered' log line"]
     return []

@@ -341,11 +341,11 @@ try:
     text = urllib.request.urlopen(sys.argv[1], timeout=5).read().decode()
 except OSError as exc:
     sys.exit(f"GET {sys.argv[1]}: {exc}")
-uploaded = sum(float(v) for v in re.findall(
-    r'^s3spool_files_total\{[^}]*outcome="uploaded"[^}]*\} (\S+)$', text, re.M))
-if uploaded < int(sys.argv[2]):
-    sys.exit(f"s3spool_files_total uploaded = {uploaded}, expected >= {sys.argv[2]}")
-print(f"metrics: s3spool_files_total{{outcome=uploaded}} = {uploaded:g}", file=sys.stderr)
+delivered = sum(float(v) for v in re.findall(
+    r'^s3spool_files_total\{[^}]*outcome="delivered"[^}]*\} (\S+)$', text, re.M))
+if delivered < int(sys.argv[2]):
+    sys.exit(f"s3spool_files_total delivered = {delivered}, expected >= {sys.argv[2]}")
+print(f"metrics: s3spool_files_total{{outcome=delivered}} = {delivered:g}", file=sys.stderr)
 EOF
 
 # --- step 9: SIGTERM ----------------------------------------------------------------------------

@@ -205,13 +205,13 @@ def text_filed(raw: bytes, outcome: str, key: str) -> dict[str, str]:
 
 # --- row builders: one for each common shape of row ----------------------------------------
 def uploaded(cid: str, raw: bytes, data: bytes, key: str, setup: str, **kw: Any) -> Case:
-    """Uploaded as ``key`` and logged as done: a regular file of ``data`` unless ``make``
+    """Uploaded as ``key`` and logged as delivered: a regular file of ``data`` unless ``make``
     says otherwise; in the main run unless ``run`` says otherwise."""
     run = kw.pop("run", "main")
     log = (
-        text_filed(raw, "done", key)
+        text_filed(raw, "delivered", key)
         if run == "text"
-        else filed(raw, "done", key=f"^{re.escape(key)}$")
+        else filed(raw, "delivered", key=f"^{re.escape(key)}$")
     )
     return Case(
         cid,

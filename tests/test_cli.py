@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -156,6 +157,14 @@ def test_once_exit_codes(tmp_path: Path, moto_s3: S3Target) -> None:
     assert down.returncode == 3, down.stderr
     assert "store unavailable" in down.stderr
     assert names(spool / "incoming") == {"later"}  # left where it was
+    # no terminal (cron): the summary still has bytes, elapsed time and what is left waiting
+    *_, summary, stopped = down.stderr.splitlines()
+    assert re.search(
+        r"run --once: 0 delivered \(0 B\), 0 failed, 0 deferred, 1 left waiting "
+        r"in \d+\.\ds$",
+        summary,
+    ), down.stderr
+    assert re.search(r"stopped: 0 delivered, 0 failed in \d+\.\ds; exit 3$", stopped), stopped
 
 
 def test_once_bounded_by_max_files_and_max_duration(tmp_path: Path, moto_s3: S3Target) -> None:
@@ -171,7 +180,8 @@ def test_once_bounded_by_max_files_and_max_duration(tmp_path: Path, moto_s3: S3T
 
     bounded = cli("run", "--once", "--max-files", "3", env=env)
     assert bounded.returncode == 75, bounded.stderr  # work left for the next run
-    assert "3 delivered, 0 failed, 7 deferred: 7 (MAX_FILES 3 reached)" in bounded.stderr
+    assert "0 failed, 7 deferred, 7 left waiting in " in bounded.stderr
+    assert "; deferred: 7 (MAX_FILES 3 reached)" in bounded.stderr
     assert len(names(spool / "done")) == 3
     assert len(names(spool / "incoming")) == 7
     assert sorted(moto_s3.keys()) == sorted(names(spool / "done"))
@@ -268,6 +278,12 @@ def test_sigterm_drains_in_flight_and_returns_the_rest(tmp_path: Path, moto_s3: 
             assert proxy.in_flight == 2, "two uploads should be in flight"
             proc.signal(signal.SIGTERM)
             assert proc.wait(30) == 0, proc.log_tail()
+            last = proc.log_tail(1)
+            assert re.search(
+                r"INFO +s3spool.service: stopped: 2 delivered, 0 failed in "
+                r"\d+\.\ds; exit 0$",
+                last,
+            ), last
     done = names(spool / "done")
     back = names(spool / "incoming")
     assert len(done) == 2, proc.log_tail()

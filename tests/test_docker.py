@@ -34,6 +34,7 @@ METRICS = frozenset(
     {
         "s3spool_files_total",
         "s3spool_bytes_total",
+        "s3spool_retries_total",
         "s3spool_upload_duration_seconds",
         "s3spool_uploads_in_flight",
         "s3spool_concurrency_limit",
@@ -303,9 +304,9 @@ def test_dashboard_covers_required_panels() -> None:
     joined = "\n".join(dashboard_exprs(json.loads(DASHBOARD.read_text())))
     for metric in METRICS - {"s3spool_upload_duration_seconds"}:
         assert metric in joined, f"dashboard never shows {metric}"
-    assert re.search(r'rate\(s3spool_files_total\{[^}]*outcome="uploaded"', joined)
-    assert re.search(r'rate\(s3spool_bytes_total\{[^}]*outcome="uploaded"', joined)
-    assert 'outcome=~"failed|retried"' in joined
+    assert re.search(r'rate\(s3spool_files_total\{[^}]*outcome="delivered"', joined)
+    assert re.search(r'rate\(s3spool_bytes_total\{[^}]*outcome="delivered"', joined)
+    assert 'outcome="failed"' in joined
     for q in ("0.5", "0.95", "0.99"):
         assert re.search(
             rf"histogram_quantile\({q}, .*s3spool_upload_duration_seconds_bucket", joined

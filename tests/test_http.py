@@ -103,16 +103,17 @@ def test_metrics_and_readiness_follow_files_and_store(
         def all_uploaded() -> bool:
             m = metrics(base)
             return (
-                value(m, "s3spool_files_total", spool=label, outcome="uploaded") == 5
+                value(m, "s3spool_files_total", spool=label, outcome="delivered") == 5
                 and value(m, "s3spool_spool_files", spool=label, state="incoming") == 0
             )
 
         wait_for("5 uploads counted", all_uploaded, proc)
         m = metrics(base)
-        assert value(m, "s3spool_bytes_total", spool=label, outcome="uploaded") == 5 * len(
+        assert value(m, "s3spool_bytes_total", spool=label, outcome="delivered") == 5 * len(
             b"file 0"
         )
         assert value(m, "s3spool_upload_duration_seconds_count", size_class="small") == 5
+        assert not [name for name, _ in m if name.endswith("_created")], "no *_created series"
         assert sorted(target.keys("up/")) == [f"up/f{i}.txt" for i in range(5)]
 
         # --- the store goes away: the next upload attempt pauses intake ---
@@ -127,7 +128,8 @@ def test_metrics_and_readiness_follow_files_and_store(
         assert value(metrics(base), "s3spool_paused") == 1
         assert get(f"{base}/healthz")[0] == 200, "the loop still answers while paused"
 
-        # files arriving now wait in incoming/; one of them is two hours old
+        # the trigger waits claimed in working/; files arriving now wait in incoming/, one of
+        # them two hours old
         drop(incoming, "late-1.txt", b"late 1")
         drop(incoming, "late-2.txt", b"late 2")
         drop(incoming, "old.txt", b"old", mtime=time.time() - 7200)
@@ -136,6 +138,7 @@ def test_metrics_and_readiness_follow_files_and_store(
             m = metrics(base)
             return (
                 value(m, "s3spool_spool_files", spool=label, state="incoming") == 3
+                and value(m, "s3spool_spool_files", spool=label, state="working") == 1
                 and value(m, "s3spool_spool_lag_seconds", spool=label) >= 7200
             )
 
@@ -151,7 +154,7 @@ def test_metrics_and_readiness_follow_files_and_store(
         def drained() -> bool:
             m = metrics(base)
             return (
-                value(m, "s3spool_files_total", spool=label, outcome="uploaded") == 9
+                value(m, "s3spool_files_total", spool=label, outcome="delivered") == 9
                 and value(m, "s3spool_spool_files", spool=label, state="incoming") == 0
                 and value(m, "s3spool_spool_files", spool=label, state="working") == 0
                 and value(m, "s3spool_spool_lag_seconds", spool=label) == 0
@@ -192,7 +195,8 @@ async def test_spool_gauges_count_eligible_files_at_most_once_a_second(tmp_path:
     incoming = root / "incoming"
     incoming.mkdir(parents=True)
     (root / "working" / "inst" / "files").mkdir(parents=True)
-    (root / "working" / "inst" / "files" / "claimed").write_bytes(b"c")
+    claim = root / "working" / "inst" / "files" / "claimed"
+    claim.write_bytes(b"c")
     (root / "failed").mkdir()
     (root / "failed" / "bad").write_bytes(b"b")
     (root / "failed" / "bad.reason.json").write_bytes(b"{}")
@@ -200,6 +204,7 @@ async def test_spool_gauges_count_eligible_files_at_most_once_a_second(tmp_path:
     for name, age in (("old", 500), (".ignored", 5000), ("held", 30)):
         (incoming / name).write_bytes(b"x")
         os.utime(incoming / name, (now - age, now - age))
+    os.utime(claim, (now - 300, now - 300))  # a claim waits too (the store may be down)
     (incoming / "link").symlink_to("/etc/hostname")
     os.utime(incoming / "link", (now - 9000, now - 9000), follow_symlinks=False)
     settings = load_settings(
@@ -225,5 +230,5 @@ async def test_spool_gauges_count_eligible_files_at_most_once_a_second(tmp_path:
     (incoming / "old").unlink()
     assert (await refresh_spool_gauges(app))[label] == lags[label], "within 1s: cached"
     await asyncio.sleep(1.1)
-    assert (await refresh_spool_gauges(app))[label] == 0.0
+    assert 299 <= (await refresh_spool_gauges(app))[label] <= 320, "the claim is the oldest"
     assert files("incoming") == 3

@@ -250,7 +250,11 @@ def test_key_records_on_a_full_disk_exit_75_with_a_summary(
     assert left == set(waiting), "every file is back in incoming/: nothing lost"
     summary = [ln for ln in r.stderr.splitlines() if "run --once:" in ln]
     assert len(summary) == 1, r.stderr
-    assert re.search(r"1 delivered, 0 failed, 5 deferred: 5 \(ENOSPC in \S+/keys\)", summary[0])
+    assert re.search(
+        r"1 delivered \(11 B\), 0 failed, 5 deferred, 5 left waiting in [\d.]+s; "
+        r"deferred: 5 \(ENOSPC in \S+/keys\)",
+        summary[0],
+    )
     assert names(fine / "done") == {"ok"}
 
 
@@ -397,7 +401,7 @@ def test_resubmit_backoff_survives_a_restart(moto_s3: S3Target, tmp_path: Path) 
         "S3SPOOL_RETRY_BACKOFF": "6s",
         "S3SPOOL_RETRY_BACKOFF_MAX": "6s",  # each wait is 3-6 s
     }
-    attempt = r"name=poison .*outcome=resubmitted"
+    attempt = r"name=poison .*outcome=failed .*then=resubmitted"
     with SpoolProc(["run"], env, cwd=tmp_path) as first:
         first.wait_for_log("watching 1 spool", 15)
         drop(incoming, "poison", b"never goes up")

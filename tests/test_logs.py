@@ -24,7 +24,7 @@ from s3spool import logs
 from svc import drop, names
 
 LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) +\S+: ")
-FILE_LINE = re.compile(r".* INFO    s3spool\.file: file .*\bname=(\S+) .*\boutcome=done")
+FILE_LINE = re.compile(r".* INFO    s3spool\.file: file .*\bname=(\S+) .*\boutcome=delivered")
 
 
 def _env(target: S3Target, spool: Path, **more: str) -> dict[str, str]:
@@ -99,7 +99,8 @@ def test_once_writes_every_file_line_to_the_pipe_before_exit(
     _whole_text_lines(lines)
     logged = [m.group(1) for line in lines if (m := FILE_LINE.match(line))]
     assert sorted(logged) == sorted(files)  # each exactly once
-    assert "run --once: 300 delivered" in lines[-1]  # the summary is the last line
+    assert "run --once: 300 delivered" in lines[-2]  # the summary, then
+    assert re.search(r"stopped: 300 delivered, 0 failed in [\d.]+s; exit 0$", lines[-1])
 
 
 def test_a_running_service_writes_a_file_line_soon(tmp_path: Path, rclone_s3: S3Target) -> None:

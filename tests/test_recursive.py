@@ -111,7 +111,7 @@ def test_tree_present_at_start_run_once(tmp_path: Path, moto_s3: S3Target) -> No
 
     r = cli(["run", "--once"], env)
     assert r.returncode == 0, r.stderr
-    assert f"{len(files)} delivered, 0 failed" in r.stderr, r.stderr
+    assert f"{len(files)} delivered (" in r.stderr, r.stderr
     assert sorted(moto_s3.keys()) == sorted(expected_keys)
     for key, data in expected_keys.items():
         assert moto_s3.get(key) == data, key

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import time
@@ -111,6 +112,13 @@ key_format = "b-{{fname}}"
     lines = r.stderr.splitlines()
     assert sum("route=alpha spool=" in line for line in lines) == len(files_a)
     assert sum("route=beta spool=" in line for line in lines) == len(files_b)
+    for name in ("alpha", "beta"):
+        # one store line per route, naming it, short, before the route's first file line
+        store = [i for i, line in enumerate(lines) if f"store for route {name}: s3://" in line]
+        first = min(i for i, line in enumerate(lines) if f"route={name} spool=" in line)
+        assert len(store) == 1, r.stderr
+        assert store[0] < first, r.stderr
+        assert len(lines[store[0]].split(": ", 1)[1]) <= 160, lines[store[0]]
 
 
 async def test_a_backlog_in_one_route_does_not_delay_another(
@@ -211,7 +219,9 @@ def test_the_cli_refuses_bad_configuration_with_exit_78(
     assert not (tmp_path / "s").exists()  # nothing was laid out
 
 
-async def test_one_route_down_does_not_pause_the_other(moto_s3: S3Target, tmp_path: Path) -> None:
+async def test_one_route_down_does_not_pause_the_other(
+    moto_s3: S3Target, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A route whose store refuses every connection pauses alone; the other delivers."""
     instance = f"down-{os.getpid()}"
     good = settings_for(tmp_path / "good", moto_s3, instance_id=instance)
@@ -224,7 +234,10 @@ async def test_one_route_down_does_not_pause_the_other(moto_s3: S3Target, tmp_pa
         retry_attempts=1,
     )
     config = Config((Route("good", good, {}), Route("dead", dead, {})))
+    caplog.set_level(logging.INFO, logger="s3spool.service")
     async with running(config) as svc:
+        # the workers are one pool for both routes, and said so once
+        assert f"{good.workers} workers for 2 routes" in caplog.text
         drop(tmp_path / "dead" / "incoming", "stuck", b"s")
         await wait_until(lambda: not svc.routes[1].gate.is_set(), 20, "the dead route paused")
         drop(tmp_path / "good" / "incoming", "fine", b"f")

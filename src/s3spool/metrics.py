@@ -15,6 +15,7 @@ from prometheus_client import (
     Histogram,
     Info,
     ProcessCollector,
+    disable_created_metrics,
 )
 
 from s3spool import __version__
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
     from s3spool.spool.guard import Guard
     from s3spool.spool.spool import Spool
     from s3spool.store.aimd import Throttle
+
+
+# no *_created series beside each counter: a timestamp per series that dashboards never use
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 def size_class(size: int) -> str:
@@ -40,11 +45,10 @@ class Metrics:
         GCCollector(registry=r)
         counter, gauge = partial(Counter, registry=r), partial(Gauge, registry=r)
         by_outcome, notifier = ["spool", "outcome"], ["route", "notifier"]
-        self.files = counter(
-            "s3spool_files", "Files by outcome (uploaded, failed, retried).", by_outcome
-        )
-        self.bytes = counter(
-            "s3spool_bytes", "Bytes by outcome (uploaded, failed, retried).", by_outcome
+        self.files = counter("s3spool_files", "Files by outcome (delivered, failed).", by_outcome)
+        self.bytes = counter("s3spool_bytes", "Bytes by outcome (delivered, failed).", by_outcome)
+        self.retries = counter(
+            "s3spool_retries", "Upload attempts that failed and were tried again.", ["spool"]
         )
         self.failures = counter(
             "s3spool_failures", "Failed or retried attempts by reason.", ["spool", "reason"]
@@ -63,11 +67,13 @@ class Metrics:
         self.queue = gauge("s3spool_queue_depth", "Discovered files waiting for a worker.")
         self.spool_files = gauge(
             "s3spool_spool_files",
-            "Files per spool directory (incoming/working/failed).",
+            "Files per spool directory (incoming, working: claimed, not yet settled; failed).",
             ["spool", "state"],
         )
         self.lag = gauge(
-            "s3spool_spool_lag_seconds", "Age of the oldest file waiting in incoming/.", ["spool"]
+            "s3spool_spool_lag_seconds",
+            "Age of the oldest file not yet delivered (in incoming/ and due, or claimed).",
+            ["spool"],
         )
         self.slowdowns = counter("s3spool_slowdown", "SlowDown / 503 answers seen.")
         self.aborted = counter("s3spool_multipart_aborted", "Multipart uploads aborted.")

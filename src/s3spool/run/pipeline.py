@@ -286,7 +286,7 @@ class Pipeline:
                 raise
             except errors.TransientError as exc:
                 claim.attempts += 1
-                self.host.metrics.files.labels(claim.spool.label, "retried").inc()
+                self.host.metrics.retries.labels(claim.spool.label).inc()
                 self.host.metrics.failures.labels(claim.spool.label, exc.reason).inc()
                 if claim.attempts >= self.s.retry_attempts:
                     try:

@@ -49,6 +49,11 @@ def count_waiting(
     return files, size
 
 
+def took(seconds: float) -> str:
+    """A run's length: ``0.9s`` under a minute, else ``3m12s``, ``2h05m``."""
+    return f"{seconds:.1f}s" if seconds < 60 else human_age(seconds)
+
+
 def describe(counts: Counts, total: tuple[int, int] | None, elapsed: float) -> str:
     """``1,234/2,000 files  12.3 MiB/20.0 MiB  456 files/s  3.2 MiB/s  ETA 2s``."""
     done = counts.delivered + counts.failed

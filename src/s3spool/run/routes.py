@@ -14,7 +14,7 @@ from typing import Any
 
 from s3spool.config.load import Route
 from s3spool.config.settings import Settings
-from s3spool.config.spools import spool_layouts
+from s3spool.config.spools import DEFAULT_ROUTE, spool_layouts
 from s3spool.errors import LocalFault, StoreUnavailable, UploadError
 from s3spool.metrics import Metrics
 from s3spool.notify.notifications import Notifications
@@ -24,7 +24,7 @@ from s3spool.spool.recovery import open_uploads, recover_own
 from s3spool.spool.spool import Spool
 from s3spool.spool.watch import Discovery, Job, Pending
 from s3spool.store.aimd import Throttle
-from s3spool.store.base import Store
+from s3spool.store.base import UNKNOWN, Store
 
 log = logging.getLogger("s3spool.service")
 sweep_log = logging.getLogger("s3spool.cleanup")
@@ -145,8 +145,17 @@ class RouteRun:
                 self._spawn(self._reopen_when_up(self.store))
         await self.gate.wait()
 
+    def announce(self, store: Store) -> None:
+        """The route's one ``store`` line, before its first upload (what the survey learns
+        comes at DEBUG)."""
+        log.info("%s %s at %s", self._store_for, self.s.destination, store.where())
+
+    @property
+    def _store_for(self) -> str:
+        return "store:" if self.name == DEFAULT_ROUTE else f"store for route {self.name}:"
+
     async def survey(self, store: Store) -> None:
-        """The start-up survey, beside the first uploads: one ``store:`` line, or a pause."""
+        """The start-up survey, beside the first uploads: a DEBUG line, or a pause."""
         try:
             found = await store.survey()
         except StoreUnavailable as exc:
@@ -154,8 +163,9 @@ class RouteRun:
             return
         finally:
             self.surveyed.set()
-        if found:
-            log.info("store: %s", "; ".join(f"{topic}: {finding}" for topic, finding in found))
+        known = [(topic, finding) for topic, finding in found if not finding.startswith(UNKNOWN)]
+        if known:
+            log.debug("%s %s", self._store_for, "; ".join(f"{t}: {f}" for t, f in known))
 
     async def _reopen_when_up(self, store: Store) -> None:
         """Probe with backoff (1 s doubling to 10 s) until the store answers; then reopen."""

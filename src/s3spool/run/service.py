@@ -10,6 +10,7 @@ import gc
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -19,7 +20,7 @@ from s3spool.errors import EXIT_OK, EXIT_STORE_UNAVAILABLE, UploadError
 from s3spool.metrics import Metrics
 from s3spool.notify.notifications import flush
 from s3spool.run.pipeline import Pipeline
-from s3spool.run.progress import Counts, Progress, count_waiting
+from s3spool.run.progress import Counts, Progress, count_waiting, took
 from s3spool.run.reload import reload
 from s3spool.run.routes import Lanes, RouteRun, last_sweep, sweep_due
 from s3spool.spool.scan import work_waiting
@@ -113,6 +114,20 @@ class Service:
                 task.cancel()
 
     async def run(self) -> int:
+        code = await self._serve()
+        # a clean stop (a drained signal, the end of --once) says so, in one line
+        c = self.counts
+        log.log(
+            logging.INFO if code == EXIT_OK else logging.WARNING,
+            "stopped: %d delivered, %d failed in %s; exit %d",
+            c.delivered,
+            c.failed,
+            took(time.monotonic() - self.progress.started),
+            code,
+        )
+        return code
+
+    async def _serve(self) -> int:
         self.prepare()
         try:
             for route in self.routes:
@@ -161,6 +176,7 @@ class Service:
                 self._tg = tg
                 for route in self.routes:
                     assert route.store is not None
+                    route.announce(route.store)
                     # the start-up survey runs beside the first uploads, not before them
                     for coro in route.intake(route.store):
                         self.spawn(coro)
@@ -206,11 +222,14 @@ class Service:
         return self.exit_code
 
     def _once_summary(self) -> int:
-        if self.counts.bounded:  # MAX_FILES, MAX_DURATION: what waits is deferred (exit 75)
-            left = count_waiting(self.progress.spools)[0]
-            if left:
-                self.counts.deferred[self.counts.bounded] += left
-        return self.pipelines[0].outcomes.once_summary(self.guards.values(), self.exit_code)
+        left, _ = count_waiting(self.progress.spools)
+        if self.counts.bounded and left:  # MAX_FILES, MAX_DURATION: what waits is deferred (75)
+            self.counts.deferred[self.counts.bounded] += left
+        elapsed = time.monotonic() - self.progress.started
+        outcomes = self.pipelines[0].outcomes
+        return outcomes.once_summary(
+            self.guards.values(), self.exit_code, left=left, elapsed=elapsed
+        )
 
     async def _deadline(self, seconds: float) -> None:
         """--once with MAX_DURATION: then stop as on SIGTERM (uploads in flight get the grace)."""
@@ -243,11 +262,16 @@ class Service:
         for route in self.routes:
             await route.discovery.wait_scan_started()
         self.ready = True
-        msg = "%swatching %d spool(s) -> %s with %d workers (instance %s)"
+        workers, instance = self.s.workers, self.instance_id
+        if len(self.routes) == 1:
+            msg = "watching %d spool(s) -> %s with %d workers (instance %s)"
+            log.info(msg, len(self.spools), self.routes[0].s.destination, workers, instance)
+            return
         for route in self.routes:
-            name = f"route {route.name}: " if len(self.routes) > 1 else ""
-            where = route.s.destination
-            log.info(msg, name, len(route.spools), where, self.s.workers, self.instance_id)
+            msg = "route %s: watching %d spool(s) -> %s"
+            log.info(msg, route.name, len(route.spools), route.s.destination)
+        # one pool serves every route
+        log.info("%d workers for %d routes (instance %s)", workers, len(self.routes), instance)
 
     async def _shutdown(self, workers: list[asyncio.Task[Any]]) -> None:
         self.stopping = True

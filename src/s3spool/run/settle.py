@@ -23,9 +23,10 @@ from s3spool.logs import log_fields
 from s3spool.metrics import Metrics, size_class
 from s3spool.notify.events import make_event
 from s3spool.notify.notifications import Notifications
-from s3spool.run.progress import Counts
+from s3spool.run.progress import Counts, took
 from s3spool.spool.guard import Guard
 from s3spool.spool.resubmit import forget_record, load_record, save_record
+from s3spool.spool.scan import human_size
 from s3spool.spool.spool import Claim, Spool, about
 from s3spool.spool.watch import Item
 from s3spool.store.aimd import backoff
@@ -108,10 +109,10 @@ class Outcomes:
         self.notifications: Notifications | None = None
         self.deferred = self.counts.deferred
         # labelled children looked up once, not per file
-        self._uploaded_metrics = {
+        self._delivered_metrics = {
             sp.label: (
-                metrics.files.labels(sp.label, "uploaded"),
-                metrics.bytes.labels(sp.label, "uploaded"),
+                metrics.files.labels(sp.label, "delivered"),
+                metrics.bytes.labels(sp.label, "delivered"),
             )
             for sp in spools
         }
@@ -128,7 +129,7 @@ class Outcomes:
         except LocalFault as fault:
             self.strand(claim, fault, lambda: move(claim, result, started))
         except FileVanished as gone:
-            what = f"failed ({result})" if failed else "uploaded"
+            what = f"failed ({result})" if failed else "delivered"
             about(log.warning, claim.spool, claim.name, "%s, but %s", what, gone)
 
     def _settle_done(self, claim: Claim, delivery: Delivery, started: float) -> None:
@@ -142,7 +143,7 @@ class Outcomes:
         duration = time.monotonic() - started
         self.counts.delivered += 1
         self.counts.bytes += delivery.size
-        files, size_bytes = self._uploaded_metrics[spool.label]
+        files, size_bytes = self._delivered_metrics[spool.label]
         files.inc()
         size_bytes.inc(delivery.size)
         self._duration(size_class(delivery.size)).observe(duration)
@@ -151,9 +152,9 @@ class Outcomes:
         extra: dict[str, object] = {"note": "already in store"} if delivery.already_there else {}
         if delivery.stored is not None:
             extra["stored"] = delivery.stored  # bytes in the store: compressed (COMPRESS)
-        self.log_file(
-            logging.INFO, claim, delivery.size, duration, "done" if dest else "removed", **extra
-        )
+        if dest is None:
+            extra["then"] = "removed"  # REMOVE_ON_SUCCESS
+        self.log_file(logging.INFO, claim, delivery.size, duration, "delivered", **extra)
 
     def _settle_failed(self, claim: Claim, exc: UploadError, started: float) -> None:
         spool = claim.spool
@@ -169,16 +170,16 @@ class Outcomes:
             "instance": self.instance_id,
             "destination": self.s.destination,
         }
-        outcome = "failed"
+        extra: dict[str, object] = {}
         if spool.dirs.resubmit:
             self.resubmits.failed(item)
-            outcome = "resubmitted"
+            extra["then"] = "resubmitted"
         elif self.notifications:  # a resubmitted file is not failed yet: no event
             event = make_event(claim, "failed", self.s.bucket, self.instance_id, error=exc)
             self.notifications.record(spool, event)
         dest = spool.settle_failed(claim, reason)
         if dest is None:
-            outcome = "removed"
+            extra["then"] = "removed"  # REMOVE_ON_FAILURE
         self.counts.failed += 1
         self.metrics.files.labels(spool.label, "failed").inc()
         self.metrics.bytes.labels(spool.label, "failed").inc(claim.size)
@@ -188,15 +189,17 @@ class Outcomes:
             claim,
             claim.size,
             time.monotonic() - started,
-            outcome,
+            "failed",
             reason=exc.reason,
             error=str(exc),
+            **extra,
         )
 
     def log_file(
         self, level: int, claim: Claim, size: int, duration: float, outcome: str, **extra: object
     ) -> None:
-        """The one log record per file: (route,) spool, name, key, size, duration, outcome."""
+        """The one log record per file: (route,) spool, name, key, size, duration, outcome
+        (delivered or failed)."""
         if not file_log.isEnabledFor(level):
             return
         fields: dict[str, object] = {
@@ -239,20 +242,26 @@ class Outcomes:
                 claim.key,
             )
 
-    def once_summary(self, guards: Iterable[Guard], exit_code: int) -> int:
-        """--once: one line of counts, and the exit code they give (0, 1, 75, or ``exit_code``)."""
+    def once_summary(
+        self, guards: Iterable[Guard], exit_code: int, *, left: int, elapsed: float
+    ) -> int:
+        """--once: one line of counts (``left``: files still waiting in the spools), and the
+        exit code they give (0, 1, 75, or ``exit_code``)."""
         for guard in guards:
             if guard.stranded and guard.fault is not None:  # uploaded or failed, not moved
                 self.deferred[why(guard.fault)] += len(guard.stranded)
         deferred = sum(self.deferred.values())
         reasons = ", ".join(f"{n} ({r})" for r, n in self.deferred.most_common())
         log.log(
-            logging.WARNING if deferred or self.counts.failed else logging.INFO,
-            "run --once: %d delivered, %d failed, %d deferred%s",
+            logging.WARNING if deferred or self.counts.failed or exit_code else logging.INFO,
+            "run --once: %d delivered (%s), %d failed, %d deferred, %d left waiting in %s%s",
             self.counts.delivered,
+            human_size(self.counts.bytes),
             self.counts.failed,
             deferred,
-            f": {reasons}" if reasons else "",
+            left,
+            took(elapsed),
+            f"; deferred: {reasons}" if reasons else "",
         )
         if exit_code != EXIT_OK:
             return exit_code

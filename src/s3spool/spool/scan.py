@@ -169,14 +169,20 @@ def spool_gauges(
     *,
     recursive: bool = False,
 ) -> SpoolGauges:
-    """One pass over incoming/ (count, and lag: the age of the oldest file if HOLD_FOR lets it
-    be taken now) and a count of working/ and failed/."""
+    """One pass over incoming/ and working/ (counts, and lag: the age of the oldest file not yet
+    delivered, claimed or in incoming/ and let by HOLD_FOR be taken now) and a count of failed/.
+    A claim counts: while the store is down, claimed files wait in working/."""
     incoming = survey(dirs.incoming, is_ignored, recursive=recursive)
     g = SpoolGauges(incoming.files + incoming.ignored + incoming.not_regular)
     oldest = incoming.oldest_mtime
-    if oldest is not None and hold_left(oldest, hold_for, now) == 0:
+    if oldest is not None and hold_left(oldest, hold_for, now) > 0:
+        oldest = None
+    claims = claimed(dirs)
+    g.working = claims.count
+    if claims.oldest_mtime is not None:
+        oldest = min(claims.oldest_mtime, oldest or claims.oldest_mtime)
+    if oldest is not None:
         g.lag = max(now - oldest, 0.0)
-    g.working = claimed(dirs).count
     if dirs.failed is not None and not dirs.resubmit:
         # reason files sit next to the failed files; they are not files of their own
         failed = survey(dirs.failed, reason_file, recursive=recursive)

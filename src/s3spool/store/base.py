@@ -30,6 +30,10 @@ class Delivery:
     version_id: str | None = None  # when the bucket keeps versions
 
 
+#: how a survey names what the first uploads have not taught yet
+UNKNOWN = "not known yet"
+
+
 class Store(Protocol):
     async def upload(self, src: Source) -> Delivery: ...
 
@@ -38,6 +42,8 @@ class Store(Protocol):
     async def probe(self) -> None: ...
 
     async def survey(self) -> list[tuple[str, str]]: ...  # (topic, finding) lines
+
+    def where(self) -> str: ...  # the endpoint and how it is reached, known before a request
 
     @property
     def last_answer(self) -> float: ...  # monotonic: idle probes skip a busy store

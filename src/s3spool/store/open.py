@@ -47,6 +47,9 @@ class NoopStore:
     async def survey(self) -> list[tuple[str, str]]:
         return []
 
+    def where(self) -> str:
+        return "nowhere (files are read, nothing is stored)"
+
     @property
     def last_answer(self) -> float:
         return time.monotonic()

@@ -268,6 +268,9 @@ class S3Store:
             log.info("ListMultipartUploads not usable (%s); the sweep will try again", err)
         return self.verifier.describe()
 
+    def where(self) -> str:
+        return self.verifier.endpoint()
+
     async def delivered(self, src: Source) -> bool:
         """Is ``src.key`` already in the store with this file's bytes?  (crash recovery)"""
         try:

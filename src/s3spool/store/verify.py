@@ -12,7 +12,7 @@ from typing import Any
 
 from s3spool.errors import TransientError
 from s3spool.spool.spool import Source
-from s3spool.store.base import Delivery
+from s3spool.store.base import UNKNOWN, Delivery
 from s3spool.store.digests import BodyDigest, Checksummer, FileDigest, digest_file, digest_range
 
 log = logging.getLogger("s3spool.store")
@@ -88,25 +88,29 @@ class Verifier:
         if facts.put_etag_md5 and not self.etag_opaque:
             return "md5: the store's ETag is the body's MD5 and it is compared"
         if facts.checksum_echo is None and facts.put_etag_md5 is None:
-            return "not known yet (learned from the first upload)"
+            return f"{UNKNOWN} (learned from the first upload)"
         return (
             "store-side only: the store checks Content-MD5 on receipt, but its answers "
             "give nothing to compare"
         )
 
+    def endpoint(self) -> str:
+        f = self.facts
+        return f"{f.endpoint} ({f.addressing}-style addressing, {f.tls})"
+
     def describe(self) -> list[tuple[str, str]]:
         f = self.facts
 
         def yes(v: bool | None, yes: str = "yes", no: str = "no") -> str:
-            return "not known yet" if v is None else (yes if v else no)
+            return UNKNOWN if v is None else (yes if v else no)
 
         return [
-            ("endpoint", f"{f.endpoint} ({f.addressing}-style addressing, {f.tls})"),
+            ("endpoint", self.endpoint()),
             ("ListMultipartUploads", yes(f.list_uploads, no="not supported")),
             ("AbortMultipartUpload", yes(f.abort_uploads, no="not supported")),
             ("checksum echo", yes(f.checksum_echo)),
             ("PutObject ETag", yes(f.put_etag_md5, "MD5 of the body", "not an MD5")),
-            ("multipart ETag", f.multipart_etag or "not known yet"),
+            ("multipart ETag", f.multipart_etag or UNKNOWN),
             (
                 "conditional writes",
                 yes(f.conditional_writes, "honoured", "ignored (OVERWRITE=never is unsafe)"),
