@@ -171,10 +171,18 @@ class Exec:
 
     async def send(self, event: dict[str, Any], body: bytes) -> None:
         env = {**os.environ, **env_of(event)}
+        # stdin is a file, not a pipe: a command that exits without reading it (it may use
+        # only the variables) must not meet a write to a closed pipe (uvloop: RuntimeError)
         try:
+            stdin = os.memfd_create("s3spool-event")
+        except OSError as exc:
+            raise NotifyFailed(f"exec: no file for the event: {exc.strerror}") from None
+        try:
+            os.write(stdin, body)
+            os.lseek(stdin, 0, os.SEEK_SET)
             proc = await asyncio.create_subprocess_exec(
                 *self.spec.command,
-                stdin=asyncio.subprocess.PIPE,
+                stdin=stdin,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
                 env=env,
@@ -182,9 +190,11 @@ class Exec:
             )
         except OSError as exc:
             raise NotifyFailed(f"exec {self.spec.command[0]}: {exc.strerror}") from None
+        finally:
+            os.close(stdin)
         try:
             async with asyncio.timeout(self.spec.timeout):
-                _, err = await proc.communicate(body)
+                _, err = await proc.communicate()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
