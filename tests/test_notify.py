@@ -276,7 +276,8 @@ def _hwm_kib(pid: int) -> int:
 
 
 def test_the_example_receiver_gets_every_event(tmp_path: Path) -> None:
-    """docs/examples/webhook_receiver.py against a real `run --once` (noop destination)."""
+    """docs/examples/webhook_receiver.py against a real `run --once` (noop destination), its
+    variable exported to both, as in one shell."""
     import subprocess
     import sys
 
@@ -285,6 +286,7 @@ def test_the_example_receiver_gets_every_event(tmp_path: Path) -> None:
 
     port = free_port()
     out = tmp_path / "events.jsonl"
+    log = (tmp_path / "receiver.log").open("w")
     receiver = subprocess.Popen(
         [
             sys.executable,
@@ -292,7 +294,8 @@ def test_the_example_receiver_gets_every_event(tmp_path: Path) -> None:
             str(port),
             str(out),
         ],
-        env=clean_env({"S3SPOOL_WEBHOOK_SECRET": "s3cret"}),
+        env=clean_env({"WEBHOOK_SECRET": "s3cret"}),
+        stderr=log,
     )
     try:
         spool = tmp_path / "spool"
@@ -303,6 +306,7 @@ def test_the_example_receiver_gets_every_event(tmp_path: Path) -> None:
             "S3SPOOL_DESTINATION": "noop://",
             "S3SPOOL_HTTP_ADDR": "",
             "S3SPOOL_NOTIFY": json.dumps([hook]),
+            "WEBHOOK_SECRET": "s3cret",
         }
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # until the receiver listens
@@ -318,7 +322,10 @@ def test_the_example_receiver_gets_every_event(tmp_path: Path) -> None:
     finally:
         receiver.terminate()
         receiver.wait(10)
+        log.close()
     events = [json.loads(line) for line in out.read_text().splitlines()]
+    logged = (tmp_path / "receiver.log").read_text()
+    assert logged.count("new event ") == 5, logged
     assert sorted(e["name"] for e in events) == [f"n{i}" for i in range(5)]
     assert all(e["bucket"] is None for e in events)  # noop://
 
