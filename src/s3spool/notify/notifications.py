@@ -152,7 +152,7 @@ class Notifications:
                 continue
             more = f" and {len(ids) - 3} more" if len(ids) > 3 else ""
             shown = ", ".join(sorted(ids)[:3]) + more
-            error = self.last_error.get(spec.name, "not tried before the end of the run")
+            error = self.last_error.get(spec.name, "no answer before the end of the run")
             lines.append(
                 f"notifier {spec.name} (route {self.route}): {len(ids)} events not sent "
                 f"({shown}); last error: {error}; they wait in {', '.join(where)} "
