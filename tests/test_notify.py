@@ -276,7 +276,8 @@ def _hwm_kib(pid: int) -> int:
 
 
 def test_the_example_receiver_gets_every_event(tmp_path: Path) -> None:
-    """docs/examples/webhook_receiver.py against a real `run --once` (noop destination)."""
+    """docs/examples/webhook_receiver.py against a real `run --once` (noop destination), its
+    variable exported to both, as in one shell."""
     import subprocess
     import sys
 
@@ -285,6 +286,7 @@ def test_the_example_receiver_gets_every_event(tmp_path: Path) -> None:
 
     port = free_port()
     out = tmp_path / "events.jsonl"
+    log = (tmp_path / "receiver.log").open("w")
     receiver = subprocess.Popen(
         [
             sys.executable,
@@ -292,7 +294,8 @@ def test_the_example_receiver_gets_every_event(tmp_path: Path) -> None:
             str(port),
             str(out),
         ],
-        env=clean_env({"S3SPOOL_WEBHOOK_SECRET": "s3cret"}),
+        env=clean_env({"WEBHOOK_SECRET": "s3cret"}),
+        stderr=log,
     )
     try:
         spool = tmp_path / "spool"
@@ -303,6 +306,7 @@ def test_the_example_receiver_gets_every_event(tmp_path: Path) -> None:
             "S3SPOOL_DESTINATION": "noop://",
             "S3SPOOL_HTTP_ADDR": "",
             "S3SPOOL_NOTIFY": json.dumps([hook]),
+            "WEBHOOK_SECRET": "s3cret",
         }
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # until the receiver listens
@@ -318,7 +322,10 @@ def test_the_example_receiver_gets_every_event(tmp_path: Path) -> None:
     finally:
         receiver.terminate()
         receiver.wait(10)
+        log.close()
     events = [json.loads(line) for line in out.read_text().splitlines()]
+    logged = (tmp_path / "receiver.log").read_text()
+    assert logged.count("new event ") == 5, logged
     assert sorted(e["name"] for e in events) == [f"n{i}" for i in range(5)]
     assert all(e["bucket"] is None for e in events)  # noop://
 
@@ -352,3 +359,55 @@ headers = {{ Authorization = "Bearer tok3n", X-Trace = "on" }}
     r = cli(["run", "--once", "--config", str(path)], {})
     assert r.returncode == 78
     assert "route 'r': key notify: queue_url: not a setting of kind webhook" in r.stderr
+
+
+def test_cron_runs_send_what_earlier_runs_left(tmp_path: Path) -> None:
+    """`run --once` from cron: the webhook down, then up, then refusing the secret; and a
+    notifier dropped from the configuration."""
+    import re
+
+    from proc import cli
+    from s3servers import free_port
+
+    port = free_port()
+    spool = tmp_path / "spool"
+    _drop_many(spool / "incoming", ["a.csv"])
+    hook = {"kind": "webhook", "url": f"http://127.0.0.1:{port}/hook", "secret": SECRET}
+    hook |= {"retries": 2, "timeout": "2s"}
+    old = {"kind": "exec", "name": "old", "command": ["/bin/false"], "retries": 1}
+    env = {
+        "S3SPOOL_SPOOL_DIRS": str(spool),
+        "S3SPOOL_DESTINATION": "noop://",
+        "S3SPOOL_HTTP_ADDR": "",
+        "S3SPOOL_SHUTDOWN_GRACE": "20s",
+        "S3SPOOL_NOTIFY": json.dumps([hook, old]),
+    }
+    # 1. nothing listens: the file is delivered, its events wait; exit 75, each one named
+    started = time.monotonic()
+    r = cli(["run", "--once"], env)
+    assert r.returncode == 75, r.stderr
+    assert time.monotonic() - started < 15, "waited out SHUTDOWN_GRACE for a dead receiver"
+    assert "next try in" not in r.stderr
+    (event_id,) = [p.stem for p in (spool / "working").rglob("outbox/webhook/*.json")]
+    for name in ("webhook", "old"):
+        assert re.search(rf"WARNING.*notifier {name} \(route default\): 1 events not sent "
+                         rf"\({event_id}\); last error: \S", r.stderr), r.stderr  # fmt: skip
+    (left,) = os.listdir(spool / "working")
+    # 2. the receiver is up, nothing to upload, "old" no longer configured: the event is sent,
+    # exit 0; old's event stays where it is, with one warning naming its directory
+    env["S3SPOOL_NOTIFY"] = json.dumps([hook])
+    with WebhookReceiver(port=port) as receiver:
+        r = cli(["run", "--once"], env)
+        assert r.returncode == 0, r.stderr
+        assert [e["id"] for e in receiver.events] == [event_id]
+        stray = spool / "working" / left / "outbox" / "old"
+        assert r.stderr.count(f"wait in {stray} for notifier 'old', which is not configured") == 1
+        assert os.listdir(spool / "working") == [left], "adoption moved the directory"
+        assert os.listdir(stray) == [f"{event_id}.json"]
+        # 3. a wrong secret: a WARNING names the status, the event waits (exit 75)
+        receiver.secret = "rotated"
+        _drop_many(spool / "incoming", ["b.csv"])
+        r = cli(["run", "--once", "--log-level", "WARNING"], env)
+        assert r.returncode == 75, r.stderr
+        assert re.search(r"WARNING.*notifier webhook .*HTTP 401 Unauthorized", r.stderr), r.stderr
+        assert receiver.bad_signatures == 1, "a refused secret was tried again within the pass"

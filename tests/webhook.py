@@ -20,7 +20,7 @@ SECRET = "test-webhook-secret"
 
 
 class WebhookReceiver(LoopThread):
-    def __init__(self, *, secret: str = SECRET, seed: int = 0) -> None:
+    def __init__(self, *, secret: str = SECRET, seed: int = 0, port: int = 0) -> None:
         self.secret = secret
         self.fail = 0.0  # fraction answered 500
         self.stall = 0.0  # fraction held for stall_s, then answered 200
@@ -32,7 +32,7 @@ class WebhookReceiver(LoopThread):
         self.bad_signatures = 0
         self._lock = threading.Lock()
         self._runner: web.AppRunner | None = None
-        self._port = 0
+        self._port = port  # 0: any free one
 
     def ids(self) -> Counter[str]:
         with self._lock:

@@ -13,7 +13,7 @@ EXIT_OK = 0
 EXIT_NOT_OK = 1  # run --once: a file failed; check: a check failed; status: a dir unreadable
 EXIT_USAGE = 2  # argparse's own
 EXIT_STORE_UNAVAILABLE = 3  # run --once
-EXIT_TEMPFAIL = 75  # EX_TEMPFAIL: run --once left files behind (a local fault, a bound)
+EXIT_TEMPFAIL = 75  # EX_TEMPFAIL: run --once left work: files (a local fault, a bound), events
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h
 
 

@@ -281,12 +281,35 @@ def test_recovery_and_adoption_find_nested_claims_with_their_keys(tmp_path: Path
     os.close(dead._lock_fd or -1)  # dies without tidying up
     dead._lock_fd = None
     live = _spool(tmp_path, "live")
-    adopted = adopt(live, dead.me)
+    adopted = adopt(live, dead.me, ())
     assert sorted(c.name for c in adopted) == ["a/b/g", "a/f", "top"]
     assert all(c.recovered and c.key == f"key/{c.name}" for c in adopted)
     assert (live.files / "a" / "b" / "g").read_bytes() == b"a/b/g"
     assert (live.keys / "a" / "b" / "g").exists()
     assert not dead.me.exists()
+
+
+def test_events_of_a_notifier_no_longer_configured_stay_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from s3spool.spool.cleanup import adopt_dead
+    from s3spool.spool.guard import Guard
+
+    dead = _spool(tmp_path, "dead")
+    for notifier in ("hook", "gone"):
+        touch(dead.me / "outbox" / notifier / "ev1.json", b"{}")
+    os.close(dead._lock_fd or -1)  # dies without tidying up
+    dead._lock_fd = None
+    live = _spool(tmp_path, "live")
+    guards = {live: Guard(live)}
+    for _ in range(3):  # the service's cleanup, every CLEANUP_INTERVAL
+        adopt_dead([live], guards, lambda claim: None, {"hook"})
+    assert (live.me / "outbox" / "hook" / "ev1.json").exists()
+    assert (dead.me / "outbox" / "gone" / "ev1.json").exists()
+    assert sorted(os.listdir(tmp_path / "working")) == ["dead", "live"]
+    warned = [r for r in caplog.records if "which is not configured" in r.message]
+    assert len(warned) == 1
+    assert str(dead.me / "outbox" / "gone") in warned[0].message
 
 
 # --- the watch fallback when inotify runs out of watches ---------------------------------------

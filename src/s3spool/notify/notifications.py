@@ -7,7 +7,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from typing import Any
 from s3spool.config.notifiers import NotifierSpec
 from s3spool.config.settings import Settings
 from s3spool.metrics import Metrics
-from s3spool.notify.notifiers import NotifyFailed, make_notifier
+from s3spool.notify.notifiers import NotifyFailed, NotifyRefused, make_notifier
 from s3spool.spool.outbox import OUTBOX, Outbox
 from s3spool.spool.spool import Spool
 from s3spool.store.aimd import retry_delay
@@ -38,9 +38,16 @@ class Notifications:
     """The notifiers of one route and the outboxes of its spools."""
 
     def __init__(
-        self, route: str, settings: Settings, spools: Sequence[Spool], metrics: Metrics
+        self,
+        route: str,
+        settings: Settings,
+        spools: Sequence[Spool],
+        metrics: Metrics,
+        *,
+        once: bool = False,
     ) -> None:
         self.route = route
+        self.once = once
         self.specs: list[NotifierSpec] = list(settings.notify)
         self.settings = settings
         self.metrics = metrics
@@ -53,9 +60,16 @@ class Notifications:
         self._known: dict[str, set[tuple[str, str]]] = {s.name: set() for s in self.specs}
         #: not before (monotonic) for events whose last pass failed
         self._later: dict[str, dict[tuple[str, str], float]] = {s.name: {} for s in self.specs}
+        #: per notifier: why its last try failed (the --once summary), whether it refused us
+        self.last_error: dict[str, str] = {}
+        self._refused: set[str] = set()
 
     def __bool__(self) -> bool:
         return bool(self.specs)
+
+    @property
+    def names(self) -> set[str]:
+        return {s.name for s in self.specs}
 
     # --- the commit step (synchronous: no await between upload and settling) -----------------
     def record(self, spool: Spool, event: dict[str, Any]) -> None:
@@ -110,6 +124,42 @@ class Notifications:
             self._depth(s.name)[0] == 0 for s in self.specs
         )
 
+    def settled(self) -> bool:
+        """Nothing queued or being sent, and each event on disk failed its last pass: nothing
+        more happens before ``RETRY_LATER`` (--once stops waiting)."""
+        if any(self._known.values()):
+            return False
+        return all(
+            (label, event_id) in self._later[s.name]
+            for s in self.specs
+            for label, outbox in self.outboxes.items()
+            for event_id, _mtime in outbox.waiting(s.name)
+        )
+
+    def left(self) -> list[str]:
+        """One line per notifier with events not accepted yet: their ids, the last error, and
+        where they wait."""
+        lines = []
+        for spec in self.specs:
+            ids: list[str] = []
+            where = []
+            for outbox in self.outboxes.values():
+                found = [event_id for event_id, _mtime in outbox.waiting(spec.name)]
+                if found:
+                    ids += found
+                    where.append(str(outbox.root / spec.name))
+            if not ids:
+                continue
+            more = f" and {len(ids) - 3} more" if len(ids) > 3 else ""
+            shown = ", ".join(sorted(ids)[:3]) + more
+            error = self.last_error.get(spec.name, "no answer before the end of the run")
+            lines.append(
+                f"notifier {spec.name} (route {self.route}): {len(ids)} events not sent "
+                f"({shown}); last error: {error}; they wait in {', '.join(where)} "
+                "for the next run"
+            )
+        return lines
+
     def oldest(self) -> float:
         """Age of the oldest event any notifier of this route has not accepted (/readyz)."""
         return max((self._depth(s.name)[1] for s in self.specs), default=0.0)
@@ -152,31 +202,86 @@ class Notifications:
                     try:
                         await notifier.send(event, body)
                     except NotifyFailed as exc:
-                        if attempt == spec.retries:
-                            m.notify_failed.labels(*labels).inc()
+                        self.last_error[name] = str(exc)
+                        # a wrong secret or token is not fixed by trying again within the pass
+                        refused = isinstance(exc, NotifyRefused)
+                        if refused and name not in self._refused:
+                            self._refused.add(name)
                             log.warning(
-                                "notifier %s (route %s): event %s not accepted after %d tries: "
-                                "%s; kept, next try in %.0fs",
-                                name, self.route, event_id, attempt, exc, RETRY_LATER,
+                                "notifier %s (route %s): %s: the receiver refused the request; "
+                                "check the notifier's secret, token or headers",
+                                name, self.route, exc,
                             )  # fmt: skip
-                            self._later[name][item] = time.monotonic() + RETRY_LATER
+                        if refused or attempt == spec.retries:
+                            m.notify_failed.labels(*labels).inc()
+                            self._give_up(name, item, attempt, exc)
                             break
                         m.notify_retried.labels(*labels).inc()
                         await asyncio.sleep(retry_delay(attempt, 0.5, 30.0))
                     else:
                         await asyncio.to_thread(outbox.done, name, event_id)
                         m.notify_sent.labels(*labels).inc()
+                        self._refused.discard(name)
                         break
             finally:
                 self._known[name].discard(item)
 
+    def _give_up(self, name: str, item: tuple[str, str], tries: int, exc: NotifyFailed) -> None:
+        """This pass over ``item`` failed: the next in ``RETRY_LATER``, or (--once, whose summary
+        warns of what is left) in the next run."""
+        self._later[name][item] = time.monotonic() + RETRY_LATER
+        msg = "notifier %s (route %s): event %s not accepted after %d tries: %s; kept"
+        if self.once:
+            log.info(msg + " for the next run", name, self.route, item[1], tries, exc)
+        else:
+            msg += ", next try in %.0fs"
+            log.warning(msg, name, self.route, item[1], tries, exc, RETRY_LATER)
 
-async def flush(routes: Sequence[Notifications], grace: float) -> None:
-    """--once: until every notifier has accepted what the run recorded, for ``grace`` at most."""
+
+async def flush(
+    routes: Sequence[Notifications], grace: float, stopped: Callable[[], bool] = lambda: False
+) -> None:
+    """--once: until every notifier has accepted its events, or failed a pass over each, for
+    ``grace`` at most (or until ``stopped``); a wait of over a second says what it waits for."""
     busy = [n for n in routes if n]
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + grace
-    while busy and loop.time() < deadline:
-        if all(n.idle() for n in busy):
+    start = loop.time()
+    told = False
+    while busy and loop.time() < start + grace and not stopped():
+        if all(n.settled() for n in busy):
             return
+        if not told and loop.time() > start + 1.0:
+            told = True
+            waiting = sum(n._depth(s.name)[0] for n in busy for s in n.specs)
+            errors = "".join(
+                f"; last error of notifier {k}: {v}" for n in busy for k, v in n.last_error.items()
+            )
+            log.info(
+                "run --once: waiting up to %.0fs more (SHUTDOWN_GRACE) for notifiers to accept "
+                "%d events%s",
+                start + grace - loop.time(), waiting, errors,
+            )  # fmt: skip
         await asyncio.sleep(0.1)
+
+
+async def send_left(
+    routes: Sequence[Notifications], grace: float, stopped: Callable[[], bool]
+) -> None:
+    """--once with no file to take: run the notifiers over the events earlier runs left, until
+    ``stopped`` (a signal)."""
+    busy = [n for n in routes if n and not n.idle()]
+    if not busy:
+        return
+    async with asyncio.TaskGroup() as tg:
+        runs = [tg.create_task(n.run()) for n in busy]
+        await flush(busy, grace, stopped)
+        for task in runs:
+            task.cancel()
+
+
+def report_left(routes: Sequence[Notifications]) -> bool:
+    """--once: a WARNING per notifier with events not accepted; whether there were any."""
+    lines = [line for n in routes if n for line in n.left()]
+    for line in lines:
+        log.warning("run --once: %s", line)
+    return bool(lines)

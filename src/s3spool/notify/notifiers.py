@@ -35,6 +35,10 @@ class NotifyFailed(S3SpoolError):
     """A notifier did not accept an event (it stays in the outbox)."""
 
 
+class NotifyRefused(NotifyFailed):
+    """The receiver refused our credentials (HTTP 401 or 403): a wrong secret or token."""
+
+
 class Notifier(Protocol):
     """Webhook and Aws are async context managers too (a session, a client)."""
 
@@ -86,6 +90,8 @@ class Webhook:
         try:
             async with self._session.post(self.spec.url, data=body, headers=headers) as resp:
                 await resp.read()
+                if resp.status in (401, 403):
+                    raise NotifyRefused(f"webhook answered HTTP {resp.status} {resp.reason}")
                 if not 200 <= resp.status < 300:
                     raise NotifyFailed(f"webhook answered HTTP {resp.status}")
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -159,7 +165,12 @@ class Aws:
         call = getattr(self.client, _AWS_CALLS[self.spec.kind][0])
         try:
             await call(**self.message(event, body.decode()))
-        except (BotoCoreError, ClientError) as exc:
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status in (401, 403):
+                raise NotifyRefused(f"{self.spec.kind}: HTTP {status}: {exc}") from None
+            raise NotifyFailed(f"{self.spec.kind}: {exc}") from None
+        except BotoCoreError as exc:
             raise NotifyFailed(f"{self.spec.kind}: {exc}") from None
 
 
@@ -171,10 +182,18 @@ class Exec:
 
     async def send(self, event: dict[str, Any], body: bytes) -> None:
         env = {**os.environ, **env_of(event)}
+        # stdin is a file, not a pipe: a command that exits without reading it (it may use
+        # only the variables) must not meet a write to a closed pipe (uvloop: RuntimeError)
         try:
+            stdin = os.memfd_create("s3spool-event")
+        except OSError as exc:
+            raise NotifyFailed(f"exec: no file for the event: {exc.strerror}") from None
+        try:
+            os.write(stdin, body)
+            os.lseek(stdin, 0, os.SEEK_SET)
             proc = await asyncio.create_subprocess_exec(
                 *self.spec.command,
-                stdin=asyncio.subprocess.PIPE,
+                stdin=stdin,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
                 env=env,
@@ -182,9 +201,11 @@ class Exec:
             )
         except OSError as exc:
             raise NotifyFailed(f"exec {self.spec.command[0]}: {exc.strerror}") from None
+        finally:
+            os.close(stdin)
         try:
             async with asyncio.timeout(self.spec.timeout):
-                _, err = await proc.communicate(body)
+                _, err = await proc.communicate()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()

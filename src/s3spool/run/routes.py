@@ -73,7 +73,7 @@ class RouteRun:
         self.gate.set()
         self.surveyed = asyncio.Event()  # the sweep needs what the survey learned
         self.last_sweep = 0.0
-        self.notifications = Notifications(route.name, s, self.spools, metrics)
+        self.notifications = Notifications(route.name, s, self.spools, metrics, once=once)
 
     @property
     def stopping(self) -> bool:
@@ -97,7 +97,7 @@ class RouteRun:
             if spool.opened:
                 for claim in recover_own(spool):
                     self.pending.put_claim(claim)
-        adopt_dead(self.spools, self.guards, self.pending.put_claim)
+        adopt_dead(self.spools, self.guards, self.pending.put_claim, self.notifications.names)
 
     def intake(self, store: Store) -> list[Any]:
         """The coroutines that find work for this route (the service runs them)."""
@@ -197,7 +197,7 @@ class RouteRun:
                 await self.pause(exc)
 
     async def cleanup_once(self) -> None:
-        adopt_dead(self.spools, self.guards, self.pending.put_claim)
+        adopt_dead(self.spools, self.guards, self.pending.put_claim, self.notifications.names)
         if self.once:
             for guard in self.guards.values():
                 if (

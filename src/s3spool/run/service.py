@@ -16,9 +16,15 @@ from typing import Any
 
 from s3spool import logs
 from s3spool.config.load import Config
-from s3spool.errors import EXIT_OK, EXIT_STORE_UNAVAILABLE, UploadError
+from s3spool.errors import (
+    EXIT_NOT_OK,
+    EXIT_OK,
+    EXIT_STORE_UNAVAILABLE,
+    EXIT_TEMPFAIL,
+    UploadError,
+)
 from s3spool.metrics import Metrics
-from s3spool.notify.notifications import flush
+from s3spool.notify.notifications import flush, report_left, send_left
 from s3spool.run.pipeline import Pipeline
 from s3spool.run.progress import Counts, Progress, count_waiting, took
 from s3spool.run.reload import reload
@@ -137,8 +143,14 @@ class Service:
                 sweep_due(r.s, r.last_sweep) or work_waiting(r.spools, r.discovery.is_ignored)
                 for r in self.routes
             ):
-                # A cron job's empty run: no botocore to import, no client, no request.
+                # A cron job's empty run: no botocore to import, no client, no request;
+                # only the events earlier runs left (adopted by the cleanup) are sent.
                 await self.cleanup_once()
+                notifications = [r.notifications for r in self.routes]
+                # no signal handlers yet: __main__ notes a SIGTERM in early_signals
+                await send_left(
+                    notifications, self.s.shutdown_grace, lambda: bool(self.early_signals)
+                )
                 return self._once_summary()
             from s3spool.store.open import open_store
 
@@ -227,9 +239,13 @@ class Service:
             self.counts.deferred[self.counts.bounded] += left
         elapsed = time.monotonic() - self.progress.started
         outcomes = self.pipelines[0].outcomes
-        return outcomes.once_summary(
+        code = outcomes.once_summary(
             self.guards.values(), self.exit_code, left=left, elapsed=elapsed
         )
+        # events not accepted are work left, as files left behind are
+        if report_left([r.notifications for r in self.routes]) and code in (EXIT_OK, EXIT_NOT_OK):
+            return EXIT_TEMPFAIL
+        return code
 
     async def _deadline(self, seconds: float) -> None:
         """--once with MAX_DURATION: then stop as on SIGTERM (uploads in flight get the grace)."""

@@ -7,12 +7,13 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 from s3spool.config.settings import Settings
 from s3spool.spool.dirs import prune_empty, walk
 from s3spool.spool.guard import Guard
+from s3spool.spool.outbox import OUTBOX, Outbox
 from s3spool.spool.recovery import adopt, dead_instances
 from s3spool.spool.resubmit import expire_records
 from s3spool.spool.spool import Claim, Spool
@@ -96,16 +97,40 @@ async def tidy_spools(spools: Sequence[Spool], guards: Mapping[Spool, Guard], s:
 
 
 def adopt_dead(
-    spools: Sequence[Spool], guards: Mapping[Spool, Guard], deliver: Callable[[Claim], None]
+    spools: Sequence[Spool],
+    guards: Mapping[Spool, Guard],
+    deliver: Callable[[Claim], None],
+    notifiers: Collection[str],
 ) -> None:
-    """Claims of dead instances, with their keys, into ours; each handed to ``deliver``."""
+    """Claims of dead instances, with their keys, into ours; each handed to ``deliver``; and
+    their events for ``notifiers`` (the configured ones)."""
     for spool in spools:
         if not spool.opened or guards[spool].paused:
             continue
         for dead in list(dead_instances(spool)):
-            claims = adopt(spool, dead)
+            claims = adopt(spool, dead, notifiers)
             if claims:
                 msg = "spool=%s: recovered %d claims of dead instance %s"
                 log.warning(msg, spool.label, len(claims), dead.name)
             for claim in claims:
                 deliver(claim)
+            _warn_unsent(spool, dead / OUTBOX, notifiers)
+        _warn_unsent(spool, spool.me / OUTBOX, notifiers)  # a fixed INSTANCE_ID's own
+
+
+#: outbox directories of notifiers no longer configured, warned of once per process
+_warned: set[Path] = set()
+
+
+def _warn_unsent(spool: Spool, outbox: Path, notifiers: Collection[str]) -> None:
+    box = Outbox(outbox)
+    for name in box.notifiers():
+        path = outbox / name
+        if name in notifiers or path in _warned or not any(box.waiting(name)):
+            continue
+        _warned.add(path)
+        log.warning(
+            "spool=%s: notification events wait in %s for notifier %r, which is not "
+            "configured: configure it again to send them, or remove the directory",
+            spool.label, path, name,
+        )  # fmt: skip

@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,14 +85,21 @@ class Outbox:
             oldest = mtime if oldest is None else min(oldest, mtime)
         return n, (max(time.time() - oldest, 0.0) if oldest is not None else 0.0)
 
-    def adopt(self, dead_root: Path) -> int:
-        """Move a dead instance's waiting events into this outbox; how many moved."""
-        moved = 0
+    def notifiers(self) -> list[str]:
+        """The notifiers this outbox holds a directory for."""
         try:
-            notifiers = [e.name for e in os.scandir(dead_root) if e.is_dir(follow_symlinks=False)]
+            with os.scandir(self.root) as it:
+                return [e.name for e in it if e.is_dir(follow_symlinks=False)]
         except OSError:
-            return 0
-        for notifier in notifiers:
+            return []
+
+    def adopt(self, dead_root: Path, notifiers: Collection[str]) -> int:
+        """Move a dead instance's waiting events for ``notifiers`` into this outbox (those of
+        other notifiers stay where they are); how many moved."""
+        moved = 0
+        for notifier in Outbox(dead_root).notifiers():
+            if notifier not in notifiers:
+                continue
             src_dir = dead_root / notifier
             dst_dir = self.root / notifier
             dst_dir.mkdir(parents=True, exist_ok=True)

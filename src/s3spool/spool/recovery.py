@@ -7,7 +7,7 @@ import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from s3spool.spool.dirs import files_below, move_into, prune_empty
@@ -32,8 +32,9 @@ def dead_instances(spool: Spool) -> Iterator[Path]:
             yield Path(entry.path)
 
 
-def adopt(spool: Spool, dead: Path) -> list[Claim]:
-    """Move a dead instance's claims (and their keys) into ours."""
+def adopt(spool: Spool, dead: Path, notifiers: Collection[str]) -> list[Claim]:
+    """Move a dead instance's claims (and their keys) into ours, and its events for
+    ``notifiers`` (the configured ones; the others stay in its directory)."""
     try:
         fd = os.open(dead, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -48,10 +49,11 @@ def adopt(spool: Spool, dead: Path) -> list[Claim]:
             return []  # alive after all, or another instance is adopting it
         adopted = _adopt_locked(spool, dead)
         # its events not yet accepted by every notifier: ours to send now
-        events = Outbox(spool.me / OUTBOX).adopt(dead / OUTBOX)
+        events = Outbox(spool.me / OUTBOX).adopt(dead / OUTBOX, notifiers)
         if events:
+            # the usual sequel of a --once run whose summary warned of them: no alarm here
             msg = "spool=%s: adopted %d notification events of dead instance %s"
-            log.warning(msg, spool.label, events, dead.name)
+            log.info(msg, spool.label, events, dead.name)
         for sub in (dead / "keys", dead / "files", dead):
             with contextlib.suppress(OSError):
                 for leftover in sub.glob(".tmp.*"):
