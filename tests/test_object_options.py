@@ -36,11 +36,20 @@ FILES = {
     "report.csv": b"a,b\n1,2\n",
     "big.bin": os.urandom(6 * MIB),
     'caf\u00e9 "q".txt': b"non-ASCII and a quote in the name",
+    "50%.csv": b"a percent sign, in the key as it is",
 }
-#: {fname} as each option carries it: in a header value non-ASCII and '"' are %XX (UTF-8);
-#: in a tag what S3 refuses there is '_'
-AS_HEADER = {n: n for n in FILES} | {'caf\u00e9 "q".txt': "caf%C3%A9 %22q%22.txt"}
-AS_TAG = {n: n for n in FILES} | {'caf\u00e9 "q".txt': "caf_ _q_.txt"}
+#: {fname} as each option carries it: in metadata non-ASCII, '"' and '%' are %XX (UTF-8);
+#: in a tag what S3 refuses there is '_'; Content-Disposition as RFC 6266 has it
+AS_HEADER = {n: n for n in FILES} | {
+    'caf\u00e9 "q".txt': "caf%C3%A9 %22q%22.txt",
+    "50%.csv": "50%25.csv",
+}
+AS_TAG = {n: n for n in FILES} | {'caf\u00e9 "q".txt': "caf_ _q_.txt", "50%.csv": "50_.csv"}
+DISPOSITION = {n: f'attachment; filename="{n}"' for n in FILES} | {
+    'caf\u00e9 "q".txt': 'attachment; filename="cafe _q_.txt"; '
+    "filename*=UTF-8''caf%C3%A9%20%22q%22.txt",
+    "50%.csv": "attachment; filename=\"50_.csv\"; filename*=UTF-8''50%25.csv",
+}
 
 
 def _check_object(s3: S3Target, name: str, spool: Path, *, tags: bool) -> None:
@@ -52,7 +61,7 @@ def _check_object(s3: S3Target, name: str, spool: Path, *, tags: bool) -> None:
     assert {"s3spool-mtime", "s3spool-instance"} <= meta.keys()
     assert unquote_to_bytes(meta["name"]) == name.encode()  # lossless
     assert head["CacheControl"] == "max-age=86400, public"
-    assert head["ContentDisposition"] == f'attachment; filename="{AS_HEADER[name]}"'
+    assert head["ContentDisposition"] == DISPOSITION[name]
     if tags:
         tag_set = s3.client().get_object_tagging(Bucket=s3.bucket, Key=name)["TagSet"]
         assert {t["Key"]: t["Value"] for t in tag_set} == {
@@ -68,6 +77,7 @@ async def _upload_all(spool: Path, s3: S3Target, **kw: Any) -> None:
         for name, data in FILES.items():
             drop(spool / "incoming", name, data, mtime=MTIME)
         await wait_until(lambda: names(spool / "done") == set(FILES), 60, "all files in done/")
+    assert sorted(s3.keys()) == sorted(FILES)  # each key is its name
     for name, data in FILES.items():
         assert s3.get(name) == data
 
