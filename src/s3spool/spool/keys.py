@@ -27,6 +27,8 @@ _M_FIELDS = frozenset(f"m_{u}" for u in _UNITS)
 _C_FIELDS = frozenset(f"c_{u}" for u in _UNITS)
 #: fields of the file and the spool alone: a key of these is recomputed after a crash, not kept
 STABLE_FIELDS = frozenset({"fname", "relpath", "dirname", "spool_dir"}) | _M_FIELDS
+#: fields drawn anew for each claim: a dry run cannot show them
+DRAWN_FIELDS = frozenset({"now", "uuid1", "uuid4"})
 
 
 def encode_name(raw: bytes) -> str:
