@@ -34,7 +34,7 @@ OPTIONS: dict[str, Any] = {
 }
 FILES = {
     "report.csv": b"a,b\n1,2\n",
-    "big.bin": os.urandom(6 * MIB),
+    "big 1+1=2%.bin": os.urandom(6 * MIB),  # UploadPart's signed path: ' ', '+', '%' quoted
     'caf\u00e9 "q".txt': b"non-ASCII and a quote in the name",
     "50%.csv": b"a percent sign, in the key as it is",
 }
@@ -43,12 +43,19 @@ FILES = {
 AS_HEADER = {n: n for n in FILES} | {
     'caf\u00e9 "q".txt': "caf%C3%A9 %22q%22.txt",
     "50%.csv": "50%25.csv",
+    "big 1+1=2%.bin": "big 1+1=2%25.bin",
 }
-AS_TAG = {n: n for n in FILES} | {'caf\u00e9 "q".txt': "caf_ _q_.txt", "50%.csv": "50_.csv"}
+AS_TAG = {n: n for n in FILES} | {
+    'caf\u00e9 "q".txt': "caf_ _q_.txt",
+    "50%.csv": "50_.csv",
+    "big 1+1=2%.bin": "big 1+1=2_.bin",
+}
 DISPOSITION = {n: f'attachment; filename="{n}"' for n in FILES} | {
     'caf\u00e9 "q".txt': 'attachment; filename="cafe _q_.txt"; '
     "filename*=UTF-8''caf%C3%A9%20%22q%22.txt",
     "50%.csv": "attachment; filename=\"50_.csv\"; filename*=UTF-8''50%25.csv",
+    "big 1+1=2%.bin": 'attachment; filename="big 1+1=2_.bin"; '
+    "filename*=UTF-8''big%201+1%3D2%25.bin",
 }
 
 
@@ -85,7 +92,7 @@ async def _upload_all(spool: Path, s3: S3Target, **kw: Any) -> None:
 @pytest.mark.parametrize("direct_put", [True, False], ids=["direct", "botocore"])
 async def test_options_reach_moto(spool: Path, moto_s3: S3Target, direct_put: bool) -> None:
     await _upload_all(spool, moto_s3, direct_put=direct_put)
-    assert moto_s3.head("big.bin")["Metadata"]["s3spool-part-size"] == str(5 * MIB)
+    assert moto_s3.head("big 1+1=2%.bin")["Metadata"]["s3spool-part-size"] == str(5 * MIB)
     for name in FILES:
         _check_object(moto_s3, name, spool, tags=True)
 
