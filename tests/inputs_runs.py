@@ -21,11 +21,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 from inputs_cases import ACCESS, AS_ROOT, CASES, GID, PREFIX, RUNS, SECRET, UID, Case, Spot, own
 from proc import SpoolProc, as_user
 from s3servers import S3Target
+from s3spool.spool.keys import encode_name
 
 TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) ")
 LEAK = re.compile(
@@ -324,7 +324,8 @@ def check_case(case: Case, res: Result) -> list[str]:
         if reason.get("reason") != case.reason or reason.get("name") != os.fsdecode(raw):
             problems.append(f"reason file says {reason}")
     # (d) the object
-    keys = [k for k in res.objects if unquote_to_bytes(k.rsplit("/", 1)[-1]) == raw]
+    # by the key's last segment (unquote_to_bytes would take a name's literal %41 for an A)
+    keys = [k for k in res.objects if k.rsplit("/", 1)[-1] == encode_name(raw)]
     if case.key is None:
         if keys:
             problems.append(f"unexpected object(s) {keys}")

@@ -34,13 +34,29 @@ OPTIONS: dict[str, Any] = {
 }
 FILES = {
     "report.csv": b"a,b\n1,2\n",
-    "big.bin": os.urandom(6 * MIB),
+    "big 1+1=2%.bin": os.urandom(6 * MIB),  # UploadPart's signed path: ' ', '+', '%' quoted
     'caf\u00e9 "q".txt': b"non-ASCII and a quote in the name",
+    "50%.csv": b"a percent sign, in the key as it is",
 }
-#: {fname} as each option carries it: in a header value non-ASCII and '"' are %XX (UTF-8);
-#: in a tag what S3 refuses there is '_'
-AS_HEADER = {n: n for n in FILES} | {'caf\u00e9 "q".txt': "caf%C3%A9 %22q%22.txt"}
-AS_TAG = {n: n for n in FILES} | {'caf\u00e9 "q".txt': "caf_ _q_.txt"}
+#: {fname} as each option carries it: in metadata non-ASCII, '"' and '%' are %XX (UTF-8);
+#: in a tag what S3 refuses there is '_'; Content-Disposition as RFC 6266 has it
+AS_HEADER = {n: n for n in FILES} | {
+    'caf\u00e9 "q".txt': "caf%C3%A9 %22q%22.txt",
+    "50%.csv": "50%25.csv",
+    "big 1+1=2%.bin": "big 1+1=2%25.bin",
+}
+AS_TAG = {n: n for n in FILES} | {
+    'caf\u00e9 "q".txt': "caf_ _q_.txt",
+    "50%.csv": "50_.csv",
+    "big 1+1=2%.bin": "big 1+1=2_.bin",
+}
+DISPOSITION = {n: f'attachment; filename="{n}"' for n in FILES} | {
+    'caf\u00e9 "q".txt': 'attachment; filename="cafe _q_.txt"; '
+    "filename*=UTF-8''caf%C3%A9%20%22q%22.txt",
+    "50%.csv": "attachment; filename=\"50_.csv\"; filename*=UTF-8''50%25.csv",
+    "big 1+1=2%.bin": 'attachment; filename="big 1+1=2_.bin"; '
+    "filename*=UTF-8''big%201+1%3D2%25.bin",
+}
 
 
 def _check_object(s3: S3Target, name: str, spool: Path, *, tags: bool) -> None:
@@ -52,7 +68,7 @@ def _check_object(s3: S3Target, name: str, spool: Path, *, tags: bool) -> None:
     assert {"s3spool-mtime", "s3spool-instance"} <= meta.keys()
     assert unquote_to_bytes(meta["name"]) == name.encode()  # lossless
     assert head["CacheControl"] == "max-age=86400, public"
-    assert head["ContentDisposition"] == f'attachment; filename="{AS_HEADER[name]}"'
+    assert head["ContentDisposition"] == DISPOSITION[name]
     if tags:
         tag_set = s3.client().get_object_tagging(Bucket=s3.bucket, Key=name)["TagSet"]
         assert {t["Key"]: t["Value"] for t in tag_set} == {
@@ -68,6 +84,7 @@ async def _upload_all(spool: Path, s3: S3Target, **kw: Any) -> None:
         for name, data in FILES.items():
             drop(spool / "incoming", name, data, mtime=MTIME)
         await wait_until(lambda: names(spool / "done") == set(FILES), 60, "all files in done/")
+    assert sorted(s3.keys()) == sorted(FILES)  # each key is its name
     for name, data in FILES.items():
         assert s3.get(name) == data
 
@@ -75,7 +92,7 @@ async def _upload_all(spool: Path, s3: S3Target, **kw: Any) -> None:
 @pytest.mark.parametrize("direct_put", [True, False], ids=["direct", "botocore"])
 async def test_options_reach_moto(spool: Path, moto_s3: S3Target, direct_put: bool) -> None:
     await _upload_all(spool, moto_s3, direct_put=direct_put)
-    assert moto_s3.head("big.bin")["Metadata"]["s3spool-part-size"] == str(5 * MIB)
+    assert moto_s3.head("big 1+1=2%.bin")["Metadata"]["s3spool-part-size"] == str(5 * MIB)
     for name in FILES:
         _check_object(moto_s3, name, spool, tags=True)
 

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import stat
 import sys
 import tempfile
@@ -547,29 +548,38 @@ def test_dry_run_lists_keys_and_changes_nothing(moto_s3: S3Target, tmp_path: Pat
     write(incoming / "b.log", b"b" * 22, t2019)
     write(incoming / "fresh.dat", b"c")
     write(incoming / ".hidden", b"d", t2019)
+    write(incoming / "50% é.csv", b"e", t2019)  # shown, and keyed, by its real name
     (incoming / "link").symlink_to("a.csv")
     (incoming / "sub").mkdir()
+    os.mkfifo(incoming / "pipe")
     before = tree(root)
     with FaultProxy(moto_s3.endpoint_url, seed=1) as proxy:
         env = {
             **moto_s3.via(proxy.url).env("pfx/"),
             "S3SPOOL_SPOOL_DIRS": str(root),
-            "S3SPOOL_KEY_FORMAT": "{m_YYYY}/{fname}",
+            "S3SPOOL_KEY_FORMAT": "{m_YYYY}/{hostname}/{fname}",
             "S3SPOOL_HOLD_FOR": "1h",
         }
         r = cli(["run", "--dry-run"], env)
+        drawn = cli(["run", "--dry-run"], {**env, "S3SPOOL_KEY_FORMAT": "{uuid4}-{now}"})
         counts = proxy.snapshot()["counts"]
     assert r.returncode == 0, r
     rows = [line.split("\t") for line in r.stdout.splitlines() if not line.startswith("#")]
+    host = socket.gethostname()
     assert rows == [
         ["skip", ".hidden", "ignored (matches IGNORE)"],
-        ["upload", "a.csv", "11", "pfx/2021/a.csv"],
-        ["upload", "b.log", "22", "pfx/2019/b.log"],
-        ["skip", "fresh.dat", rows[3][2]],
+        ["upload", "50% é.csv", "1", f"pfx/2019/{host}/50% é.csv"],
+        ["upload", "a.csv", "11", f"pfx/2021/{host}/a.csv"],
+        ["upload", "b.log", "22", f"pfx/2019/{host}/b.log"],
+        ["skip", "fresh.dat", rows[4][2]],
         ["skip", "link", "symlink (never followed)"],
-        ["skip", "sub", "not a regular file"],
+        ["skip", "pipe", "fifo (left in place)"],  # the words of the service's log
+        ["skip", "sub", "directory (left in place)"],
     ], r.stdout
-    assert rows[3][2].startswith("held by HOLD_FOR")
+    assert rows[4][2].startswith("held by HOLD_FOR")
+    # {hostname} is fixed per host: no note; {now} and the UUIDs are drawn at the claim
+    assert "# note" not in r.stdout
+    assert "# note: KEY_FORMAT uses {now}, {uuid4}, drawn anew" in drawn.stdout, drawn
     assert tree(root) == before, "dry run must not touch the spool"
     assert not any((root / d).exists() for d in ("working", "done", "failed"))
     assert counts == {}, f"dry run must not talk to the store: {counts}"

@@ -63,16 +63,38 @@ async def test_backlog_present_at_startup(spool: Path, s3: S3Target) -> None:
 
 
 async def test_zero_byte_and_odd_names(spool: Path, s3: S3Target) -> None:
-    files = {"empty": b"", "with space.txt": b"a b", "naïve-日本.txt": "ü".encode()}
-    async with running(settings_for(spool, s3, destination=f"s3://{s3.bucket}/in/")):
+    """The key is the name (README "Odd file names"), '%', '+' and non-ASCII included;
+    a non-ASCII name's Content-Disposition has the exact name in RFC 6266 filename*."""
+    files = {
+        "empty": b"",
+        "with space.txt": b"a b",
+        "naïve-日本.txt": "ü".encode(),
+        "naïve.txt": b"n",
+        "50%.csv": b"p",
+        "a+b c.txt": b"+",
+    }
+    settings = settings_for(
+        spool,
+        s3,
+        destination=f"s3://{s3.bucket}/in/",
+        content_disposition='attachment; filename="{fname}"',
+    )
+    async with running(settings):
         for name, data in files.items():
             drop(spool / "incoming", name, data)
         drop(spool / "incoming", b"raw-\xff\xfe", b"bytes")
-        await wait_until(lambda: len(names(spool / "done")) == 4)
+        await wait_until(lambda: len(names(spool / "done")) == len(files) + 1)
+    # a name that is not UTF-8 gets the documented %XX encoding of its bytes
+    assert sorted(s3.keys()) == sorted([f"in/{name}" for name in files] + ["in/raw-%FF%FE"])
     for name, data in files.items():
         assert s3.get(f"in/{name}") == data
-    # a name that is not UTF-8 gets the documented lossless %XX encoding
     assert s3.get("in/raw-%FF%FE") == b"bytes"
+    assert s3.head("in/naïve.txt")["ContentDisposition"] == (
+        "attachment; filename=\"naive.txt\"; filename*=UTF-8''na%C3%AFve.txt"
+    )
+    assert s3.head("in/raw-%FF%FE")["ContentDisposition"] == (
+        "attachment; filename=\"raw-__\"; filename*=UTF-8''raw-%FF%FE"
+    )
 
 
 async def test_multipart_threshold_boundaries(spool: Path, s3: S3Target) -> None:

@@ -12,6 +12,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from fwdproxy import ForwardProxy
 from proc import SpoolProc, cli
 from s3servers import RcloneServer, S3Target, free_port
 from s3spool.spool.keys import encode_name
+from s3spool.store.s3 import MAX_OBJECT_SIZE
 from svc import drop, names, running, settings_for, wait_until
 
 MIB = 1024 * 1024
@@ -333,6 +336,8 @@ def test_kill_during_multipart_resumes_from_stored_parts(
             first.kill()  # SIGKILL: no abort, no cleanup
         before = fp.snapshot()["counts"].get("upload_part", 0)
         fp.latency_s = 0.0
+        # the part size recorded with the upload is kept, whatever PART_SIZE says now
+        env["S3SPOOL_PART_SIZE"] = "6MiB"
         with SpoolProc(["run"], env, cwd=tmp_path) as second:
             second.wait_for_log(r"resuming multipart upload of 'big'", 30)
             second.wait_until(lambda: names(spool / "done") == {"big"}, 60)
@@ -343,6 +348,38 @@ def test_kill_during_multipart_resumes_from_stored_parts(
     # at most the part in flight at the kill is sent twice
     assert counts["upload_part"] <= 12 + 1, (before, counts)
     assert rclone_s3.get("big") == data
+    meta = {k.lower(): v for k, v in rclone_s3.head("big")["Metadata"].items()}  # rclone: Title
+    assert meta["s3spool-part-size"] == str(5 * MIB)
+
+
+def test_a_file_larger_than_s3_takes_fails_before_any_request(moto_s3: S3Target) -> None:
+    """One byte over 10,000 parts of 5 GiB: failed/ with reason too_large, no request for it,
+    the file never read (sparse, on tmpfs: ext4 stops at 16 TiB; a read would hit the timeout)."""
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm (tmpfs) for a sparse file of 53.7 TB")
+    root = Path(tempfile.mkdtemp(prefix="s3spool-huge-", dir="/dev/shm"))
+    try:
+        (root / "incoming").mkdir()
+        try:
+            with open(root / "incoming" / "huge", "wb") as fh:
+                fh.truncate(MAX_OBJECT_SIZE + 1)
+        except OSError as exc:
+            pytest.skip(f"/dev/shm takes no sparse file of 53.7 TB: {exc}")
+        (root / "incoming" / "small").write_bytes(b"small")
+        with FaultProxy(moto_s3.endpoint_url) as fp:
+            env = {**moto_s3.via(fp.url).env(), "S3SPOOL_SPOOL_DIRS": str(root)}
+            r = cli(["run", "--once"], env, timeout=60)
+            counts = fp.snapshot()["counts"]
+        assert r.returncode == 1, r  # a file failed
+        reason = json.loads((root / "failed" / "huge.reason.json").read_text())
+        assert reason["reason"] == "too_large", reason
+        assert f"{MAX_OBJECT_SIZE + 1} bytes, more than S3 takes" in reason["error"], reason
+        assert (root / "failed" / "huge").stat().st_size == MAX_OBJECT_SIZE + 1
+        assert "create_mpu" not in counts, counts
+        assert counts.get("put_object") == 1, counts  # the small file's
+        assert moto_s3.keys() == ["small"]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 async def test_idle_store_outage_makes_readyz_unready(

@@ -177,7 +177,8 @@ def test_key_format_fields_takes_plain_fields(template: str, fields: set[str]) -
         ("caf\u00e9", "caf%C3%A9"),
         ('say "hi"', "say %22hi%22"),
         ("back\\slash", "back%5Cslash"),
-        ("50%25", "50%25"),  # a name's '%' already is %25 (keys.encode_name)
+        ("50%", "50%25"),  # '%' too: unquote_to_bytes gives back the name
+        ("bad\udcff", "bad%FF"),  # a byte that is not UTF-8 (os.fsdecode), as it is
         ("a\nb", "a%0Ab"),
         ("\u65e5", "%E6%97%A5"),
     ],
@@ -195,18 +196,33 @@ OPTIONS: dict[str, Any] = {
 
 
 @pytest.mark.parametrize(
-    ("raw", "meta_name", "tag_name", "quoted"),
+    ("raw", "meta_name", "tag_name", "disposition"),
     [
-        (b"report.csv", "report.csv", "report.csv", None),
-        ("caf\u00e9 50%.txt".encode(), "caf%C3%A9 50%25.txt", "caf_ 50_25.txt", None),
-        (b'q"uote', "q%22uote", "q_uote", None),
-        (b"bad\xff", "bad%FF", "bad_FF", None),
-        ("\u00e9\n".encode(), "%C3%A9%0A", "__0A", None),  # a control character after é
+        (b"report.csv", "report.csv", "report.csv", 'filename="report.csv"'),
+        (
+            "caf\u00e9 50%.txt".encode(),
+            "caf%C3%A9 50%25.txt",
+            "caf_ 50_.txt",
+            "filename=\"cafe 50_.txt\"; filename*=UTF-8''caf%C3%A9%2050%25.txt",
+        ),
+        (b'q"uote', "q%22uote", "q_uote", "filename=\"q_uote\"; filename*=UTF-8''q%22uote"),
+        (b"bad\xff", "bad%FF", "bad_", "filename=\"bad_\"; filename*=UTF-8''bad%FF"),
+        # a control character after é
+        ("\u00e9\n".encode(), "%C3%A9%0A", "__", "filename=\"e_\"; filename*=UTF-8''%C3%A9%0A"),
+        (
+            "日本.txt".encode(),
+            "%E6%97%A5%E6%9C%AC.txt",
+            "__.txt",
+            "filename=\"__.txt\"; filename*=UTF-8''%E6%97%A5%E6%9C%AC.txt",
+        ),
+        (b"a+b c!.txt", "a+b c!.txt", "a+b c_.txt", 'filename="a+b c!.txt"'),
         # HTTP drops spaces at the ends of a header value: there they are %20
-        (b" lead and trail ", "%20lead and trail%20", " lead and trail ", " lead and trail "),
+        (b" lead and trail ", "%20lead and trail%20", " lead and trail ", None),
     ],
 )
-def test_rendered_per_file(raw: bytes, meta_name: str, tag_name: str, quoted: str | None) -> None:
+def test_rendered_per_file(
+    raw: bytes, meta_name: str, tag_name: str, disposition: str | None
+) -> None:
     opts = ObjectOptions(settings(**OPTIONS))
     params = opts.params(KeyInput(raw, "var/spool", MTIME, MTIME))
     assert params["Metadata"] == {
@@ -218,7 +234,10 @@ def test_rendered_per_file(raw: bytes, meta_name: str, tag_name: str, quoted: st
     assert unquote_to_bytes(meta_name) == raw  # lossless
     assert dict(parse_qsl(params["Tagging"])) == {"name": tag_name, "year": "2021"}
     assert params["CacheControl"] == "max-age=60"
-    assert params["ContentDisposition"] == f'attachment; filename="{quoted or meta_name}"'
+    disposition = disposition or f'filename="{raw.decode()}"'
+    assert params["ContentDisposition"] == f"attachment; {disposition}"
+    if "filename*" in disposition:  # RFC 6266: the exact name, as bytes
+        assert unquote_to_bytes(disposition.rpartition("''")[2]) == raw
     for value in (*params["Metadata"].values(), params["ContentDisposition"], params["Tagging"]):
         assert value.isascii()
         assert value.isprintable()
@@ -254,7 +273,9 @@ def test_a_value_too_long_for_one_file(kw: dict[str, Any], reason: str, needle: 
 @pytest.mark.parametrize(
     ("raw", "encoded"),
     [
-        ("\u00e9%".encode(), "\u00e9%25"),  # was "é%": a wide chunk swallowed the ASCII after é
+        # a wide chunk once swallowed the ASCII after é; '%' is kept as it is
+        ("\u00e9\n%".encode(), "\u00e9%0A%"),
+        (b"\xe9%", "%E9%"),
         ("\u00e9\n".encode(), "\u00e9%0A"),
         ("\U0001f600\x7f".encode(), "\U0001f600%7F"),
         (b"\xc3\xa9t\xe9", "\u00e9t%E9"),

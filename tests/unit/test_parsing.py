@@ -1,11 +1,14 @@
-"""Settings parsers, key encoding, S3 error classification and the plain-HTTP rule:
-table-driven."""
+"""Settings parsers, key encoding, S3 error classification, the plain-HTTP rule and the
+multipart part plan: table-driven."""
 
 from __future__ import annotations
+
+from urllib.parse import unquote_to_bytes
 
 import pytest
 
 from s3spool.config.formats import parse_duration, parse_list, parse_size
+from s3spool.config.load import load_settings
 from s3spool.errors import (
     BadRequest,
     NoSuchUpload,
@@ -18,7 +21,14 @@ from s3spool.errors import (
     Unsupported,
 )
 from s3spool.spool.keys import encode_name, sanitize_key
-from s3spool.store.s3 import plain_http
+from s3spool.store.s3 import (
+    MAX_OBJECT_SIZE,
+    MAX_PART_SIZE,
+    MAX_PARTS,
+    S3Store,
+    part_plan,
+    plain_http,
+)
 from s3spool.store.s3errors import classify_error, parse_error_body
 
 MIB = 1024 * 1024
@@ -100,7 +110,7 @@ def test_parse_list(text: object, items: list[str]) -> None:
         (b"plain.txt", "plain.txt"),
         (b"a b+c~d", "a b+c~d"),
         ("日本語.log".encode(), "日本語.log"),
-        (b"100%", "100%25"),
+        (b"100%", "100%"),  # '%' as it is: the key is the name
         (b"tab\there", "tab%09here"),
         (b"del\x7f", "del%7F"),
         (b"bad\xff\xfe.bin", "bad%FF%FE.bin"),
@@ -109,18 +119,27 @@ def test_parse_list(text: object, items: list[str]) -> None:
         (b"", ""),
         (b"\x1f~ !", "%1F~ !"),  # the edges of printable ASCII
         (b"a\rb", "a%0Db"),
-        (b"%", "%25"),
+        (b"%", "%"),
+        (b"50%.csv", "50%.csv"),
+        (b"a+b c.txt", "a+b c.txt"),
+        (b"bad\xff%41", "bad%FF%41"),  # the slow path keeps '%' too
         (b"caf\xc3\xa9\x00", "café%00"),  # non-ASCII text with a control byte
     ],
 )
-def test_encode_name_is_lossless_and_utf8(raw: bytes, encoded: str) -> None:
+def test_encode_name_is_utf8(raw: bytes, encoded: str) -> None:
     assert encode_name(raw) == encoded
     encoded.encode("utf-8")  # always valid UTF-8
 
 
-def test_encode_name_keeps_distinct_names_distinct() -> None:
-    names = [b"x%41", b"xA", b"x\x41", b"x%2541", b"\xff", b"%FF"]
-    assert len({encode_name(n) for n in set(names)}) == len(set(names))
+def test_encode_name_is_lossless_but_for_a_literal_escape() -> None:
+    # README "Odd file names": unquote_to_bytes gives back every name without a literal %XX
+    for raw in (b"50%.csv", b"100%", b"a\nb", b"caf\xe9", "na\u00efve".encode(), b"%zz%"):
+        assert unquote_to_bytes(encode_name(raw)) == raw
+    # the one ambiguity: a name holding %XX and the name with the byte XX share a key
+    assert encode_name(b"a%0Ab") == encode_name(b"a\nb") == "a%0Ab"
+    assert encode_name(b"%FF") == encode_name(b"\xff") == "%FF"
+    names = [b"x%41", b"xA", b"x%2541", b"x%", b"x%25"]
+    assert len({encode_name(n) for n in names}) == len(names)
 
 
 @pytest.mark.parametrize(
@@ -226,3 +245,67 @@ def test_plain_http(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert plain_http(endpoint) is plain
+
+
+# --- the multipart part plan ------------------------------------------------------------------
+PS = 16 * MIB  # PART_SIZE's default
+TB = 10**12
+
+
+@pytest.mark.parametrize(
+    ("size", "part_size", "plan"),
+    [
+        (0, PS, (PS, 1)),
+        (1, PS, (PS, 1)),
+        (PS - 1, PS, (PS, 1)),
+        (PS, PS, (PS, 1)),
+        (PS + 1, PS, (PS, 2)),
+        (MAX_PARTS * PS, PS, (PS, MAX_PARTS)),  # 156.25 GiB: exactly 10,000 parts
+        # one byte more: the smallest whole MiB that fits, 17 MiB, in 9,412 parts
+        (MAX_PARTS * PS + 1, PS, (17 * MIB, 9412)),
+        (TB, PS, (96 * MIB, 9935)),
+        (50 * TB, PS, (4769 * MIB, 9999)),
+        (MAX_OBJECT_SIZE, PS, (MAX_PART_SIZE, MAX_PARTS)),
+        (MAX_OBJECT_SIZE, MAX_PART_SIZE, (MAX_PART_SIZE, MAX_PARTS)),
+        (MAX_PARTS * 5 * MIB + 1, 5 * MIB, (6 * MIB, 8334)),  # PART_SIZE's least
+        # a part size recorded with a resumed upload fits its file: kept, though larger
+        (TB, 128 * MIB, (128 * MIB, 7451)),
+    ],
+)
+def test_part_plan(size: int, part_size: int, plan: tuple[int, int]) -> None:
+    assert part_plan(size, part_size) == plan
+
+
+def test_part_plan_from_zero_to_the_largest_object() -> None:
+    sizes = sorted(
+        {0, 1, PS - 1, PS, MAX_PARTS * PS, MAX_OBJECT_SIZE, 50 * TB}
+        | {int(1.37**e) + d for e in range(1, 101) for d in (-1, 0, 1)}
+    )
+    for size in (s for s in sizes if 0 <= s <= MAX_OBJECT_SIZE):
+        part, count = part_plan(size, PS)
+        assert count <= MAX_PARTS, size
+        assert part <= MAX_PART_SIZE, size
+        # every byte in a part, no empty part (a 0-byte file is one empty part)
+        assert (count - 1) * part < max(size, 1) <= count * part, size
+        if part != PS:  # grown: whole MiB, and one MiB less would need more than 10,000 parts
+            assert part % MIB == 0, size
+            assert (part - MIB) * MAX_PARTS < size, size
+
+
+def test_a_file_too_large_for_s3_fails_before_any_request() -> None:
+    assert MAX_OBJECT_SIZE == 10_000 * 5 * 1024**3 == 53_687_091_200_000  # AWS: "48.8 TiB"
+    for size in (MAX_OBJECT_SIZE + 1, 60 * TB):
+        with pytest.raises(PermanentError) as info:
+            part_plan(size, PS)
+        assert info.value.reason == "too_large"
+        assert f"{size} bytes, more than S3 takes in one object" in str(info.value)
+
+
+def test_a_file_over_5_gib_never_goes_in_one_put() -> None:
+    # S3's largest PUT is 5 GiB, whatever MULTIPART_THRESHOLD says
+    s = load_settings(destination="s3://bkt", spool_dirs="/tmp/s3spool-unit")
+    assert S3Store(s)._multipart_from == s.multipart_threshold  # 64 MiB
+    s = load_settings(
+        destination="s3://bkt", spool_dirs="/tmp/s3spool-unit", multipart_threshold="1TiB"
+    )
+    assert S3Store(s)._multipart_from == MAX_PART_SIZE + 1

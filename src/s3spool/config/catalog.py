@@ -68,7 +68,7 @@ SETTINGS: tuple[tuple[str, bool, str, str], ...] = (
     ('rescan_interval', False, '1m', 'Full rescan of every incoming/.'),
     ('queue_size', False, '1024', 'Bound of the in-memory queue of discovered files.'),
     ('multipart_threshold', False, '64MiB', "Files of at least this size use multipart upload (smaller ones go in one streamed PUT: parts cost a request each and the store's assembly)."),
-    ('part_size', False, '16MiB', 'Multipart part size (5MiB to 5GiB).'),
+    ('part_size', False, '16MiB', 'Multipart part size (5MiB to 5GiB); larger for a file that would need more than 10,000 parts.'),
     ('part_concurrency', False, '4', 'Parts of one file in flight.'),
     ('buffer_limit', False, '128MiB', 'Upper bound on file bytes held in memory by all uploads together.'),
     ('retry_attempts', False, '6', 'Attempts per file for transient errors before failed/.'),

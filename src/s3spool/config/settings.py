@@ -217,7 +217,11 @@ class Settings(BaseSettings):
         description="Files of at least this size use multipart upload (smaller ones go in "
         "one streamed PUT: parts cost a request each and the store's assembly).",
     )
-    part_size: Size = Field(16 * MIB, description="Multipart part size (5MiB to 5GiB).")
+    part_size: Size = Field(
+        16 * MIB,
+        description="Multipart part size (5MiB to 5GiB); larger for a file that would need "
+        "more than 10,000 parts.",
+    )
     part_concurrency: int = Field(4, ge=1, le=64, description="Parts of one file in flight.")
     buffer_limit: Size = Field(
         128 * MIB, description="Upper bound on file bytes held in memory by all uploads together."

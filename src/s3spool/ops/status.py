@@ -16,10 +16,11 @@ from s3spool.errors import EXIT_NOT_OK, EXIT_OK, UploadError
 from s3spool.run.compress import rules_for
 from s3spool.spool.cleanup import cautious_now
 from s3spool.spool.dirs import walk
-from s3spool.spool.keys import STABLE_FIELDS, KeyInput, KeyTemplate, spool_dir_field
+from s3spool.spool.keys import DRAWN_FIELDS, KeyInput, KeyTemplate, spool_dir_field
 from s3spool.spool.scan import (
     claimed,
     dir_json,
+    entry_kind,
     hold_left,
     human_age,
     human_size,
@@ -116,9 +117,10 @@ def dry_run(config: Config, *, out: TextIO | None = None) -> int:
         template = KeyTemplate(s.key_format, s.prefix, s.hostname_field)
         rules = rules_for(s)
         is_ignored = compile_ignore(s.ignore)
-        if not template.stable:
-            changing = ", ".join(sorted(template.fields - STABLE_FIELDS))
-            note = f"KEY_FORMAT uses fields that change per upload ({changing})"
+        drawn = template.fields & DRAWN_FIELDS
+        if drawn:
+            fields = ", ".join(f"{{{f}}}" for f in sorted(drawn))
+            note = f"KEY_FORMAT uses {fields}, drawn anew as each file is claimed"
             print(f"# note: {note}; real keys will differ", file=out)
         for dirs in spool_layouts(s, route=route.name):
             print(f"# spool {dirs.label}: {dirs.incoming} -> {s.destination}", file=out)
@@ -177,6 +179,6 @@ def _unfit(st: os.stat_result, hold_for: float, now: float) -> str:
     if stat.S_ISLNK(st.st_mode):
         return "symlink (never followed)"
     if not stat.S_ISREG(st.st_mode):
-        return "not a regular file"
+        return f"{entry_kind(st.st_mode)} (left in place)"
     wait = hold_left(st.st_mtime, hold_for, now)
     return f"held by HOLD_FOR (eligible in {wait:.0f}s)" if wait > 0 else ""

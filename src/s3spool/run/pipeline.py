@@ -17,7 +17,7 @@ from s3spool.run.progress import Counts
 from s3spool.run.settle import Outcomes, Resubmits
 from s3spool.spool.cleanup import cautious_now
 from s3spool.spool.keys import KeyTemplate, claim_input
-from s3spool.spool.scan import hold_left
+from s3spool.spool.scan import entry_kind, hold_left
 from s3spool.spool.spool import Claim, about, open_claimed
 from s3spool.spool.watch import Item, WarnOnce
 from s3spool.store.aimd import retry_delay
@@ -27,14 +27,6 @@ if TYPE_CHECKING:
     from s3spool.run.routes import RouteRun
 
 log = logging.getLogger("s3spool.service")  # the name operators' log filters know
-_KINDS = {
-    stat.S_IFLNK: "symlink",
-    stat.S_IFDIR: "directory",
-    stat.S_IFIFO: "fifo",
-    stat.S_IFSOCK: "socket",
-    stat.S_IFCHR: "device",
-    stat.S_IFBLK: "device",
-}
 
 
 class _NotStarted(Exception):
@@ -95,7 +87,7 @@ class Pipeline:
                 about(log.warning, spool, name, "cannot stat: %s", exc.strerror)
             return
         if not stat.S_ISREG(st.st_mode):
-            kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+            kind = entry_kind(st.st_mode)
             if self._warn((item, kind)):
                 about(log.warning, spool, name, "skipped, %s (left in place)", kind)
             return

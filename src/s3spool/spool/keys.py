@@ -1,5 +1,5 @@
 """Object keys: ``KEY_FORMAT`` rendered for a file, never with a leading ``/``, ``.``, ``..`` or
-empty segments; name bytes map losslessly (``%XX`` for bad UTF-8, control characters, ``%``)."""
+empty segments; a name is its key but for ``%XX`` for bad UTF-8 and control characters."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import string
 import time
 import uuid
-from collections.abc import Set
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,18 +26,21 @@ _M_FIELDS = frozenset(f"m_{u}" for u in _UNITS)
 _C_FIELDS = frozenset(f"c_{u}" for u in _UNITS)
 #: fields of the file and the spool alone: a key of these is recomputed after a crash, not kept
 STABLE_FIELDS = frozenset({"fname", "relpath", "dirname", "spool_dir"}) | _M_FIELDS
+#: fields drawn anew for each claim: a dry run cannot show them
+DRAWN_FIELDS = frozenset({"now", "uuid1", "uuid4"})
 
 
 def encode_name(raw: bytes) -> str:
-    """Lossless, UTF-8-safe form of a file name for use in a key."""
+    """A file name as it goes into a key: valid UTF-8 unchanged, ``%`` included; ``%XX`` for
+    control characters and each byte that is not valid UTF-8 (README "Odd file names")."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         text = None
     if text is not None and (
         # the common name, printable ASCII (no control bytes, no DEL), without the generator
-        (text.isascii() and text.isprintable() and "%" not in text)
-        or not any(c == "%" or ord(c) < 0x20 or c == "\x7f" for c in text)
+        (text.isascii() and text.isprintable())
+        or not any(ord(c) < 0x20 or c == "\x7f" for c in text)
     ):
         return text
     out: list[str] = []
@@ -45,7 +48,7 @@ def encode_name(raw: bytes) -> str:
     while i < len(raw):
         b = raw[i]
         if b < 0x80:
-            out.append(f"%{b:02X}" if b < 0x20 or b in (0x25, 0x7F) else chr(b))
+            out.append(f"%{b:02X}" if b < 0x20 or b == 0x7F else chr(b))
             i += 1
             continue
         # take the one character a valid UTF-8 sequence starting here encodes, else escape
@@ -95,17 +98,19 @@ def claim_input(claim: Claim) -> KeyInput:
     )
 
 
-def field_values(item: KeyInput, used: Set[str], hostname: str) -> dict[str, object]:
+def field_values(
+    item: KeyInput, used: Set[str], hostname: str, names: Callable[[bytes], str] = encode_name
+) -> dict[str, object]:
     """The values of the key fields for ``item``: the cheap ones always, the others
-    (``now``, UUIDs, times) only when ``used`` names them."""
+    (``now``, UUIDs, times) only when ``used`` names them; ``names`` turns name bytes to text."""
     values: dict[str, object] = {
-        "fname": encode_name(item.name),
+        "fname": names(item.name),
         "spool_dir": item.spool_dir,
         "hostname": hostname,
     }
     if "relpath" in used or "dirname" in used:
         # segments encoded like names; "/" is never escaped, so the split is lossless too
-        values["dirname"] = encode_name(item.dirname)
+        values["dirname"] = names(item.dirname)
         values["relpath"] = (
             f"{values['dirname']}/{values['fname']}" if item.dirname else values["fname"]
         )

@@ -16,6 +16,20 @@ from s3spool.spool.keys import encode_name
 from s3spool.spool.recovery import instance_is_live
 from s3spool.spool.spool import REASON_SUFFIX, Spool
 
+_KINDS = {
+    stat.S_IFLNK: "symlink",
+    stat.S_IFDIR: "directory",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "device",
+    stat.S_IFBLK: "device",
+}
+
+
+def entry_kind(mode: int) -> str:
+    """What an entry that is not a regular file is, in the words of the log and the dry run."""
+    return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
 
 def hold_left(mtime: float, hold_for: float, now: float, seen_for: float = 0.0) -> float:
     """Seconds until a regular file with this mtime may be taken (0: now): ``HOLD_FOR`` from its

@@ -1,6 +1,6 @@
 """Object options (METADATA, TAGS, CACHE_CONTROL, CONTENT_DISPOSITION) rendered per file from
-the key's field values.  Header values carry a field's non-ASCII, ``"`` and ``\\`` as
-``%XX`` of its UTF-8 (as the key does); tag values have what S3 refuses replaced by ``_``."""
+the key's fields, names as their bytes: ``%XX`` in metadata, ``_`` in tags, and in
+Content-Disposition an ASCII ``filename`` with the exact name in ``filename*`` (RFC 6266)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import re
 import string
 import time
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -19,9 +20,14 @@ from s3spool.errors import ConfigError, PermanentError
 from s3spool.spool.keys import KeyInput, claim_input, field_values
 from s3spool.spool.spool import Claim, Source
 
-#: what a header value keeps of a field's value as it is: printable ASCII but the quoting ones
-_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in '"\\')
+#: what a header value keeps of a field's value as it is: printable ASCII but the quoting
+#: ones and '%' (so that unquote_to_bytes gives back the name's bytes)
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in '"\\%')
 _NOT_TAG = re.compile(f"[^{TAG_CLASS}]")
+#: RFC 5987 attr-char but ALPHA / DIGIT and "-._~", which quote() always keeps
+_ATTR_CHAR = "!#$&+^`|"
+#: a quoted filename="..." parameter of CONTENT_DISPOSITION: gets a filename* when needed
+_FILENAME = re.compile(r'(?<![\w*-])filename\s*=\s*"([^"]*)"', re.IGNORECASE)
 
 
 class OptionError(ValueError):
@@ -35,10 +41,24 @@ class OptionError(ValueError):
 
 
 def header_safe(value: str) -> str:
-    """A field's value as header text: ``%XX`` (UTF-8) for what a header cannot carry."""
+    """A field's value as header text: ``%XX`` (UTF-8; a name's other bytes as they are) for
+    what a header cannot carry and ``%``."""
     if all(c in _HEADER_SAFE for c in value):
         return value
     return quote(value, safe=_HEADER_SAFE, errors="surrogateescape")
+
+
+def ascii_fallback(value: str) -> str:
+    """A field's value for a quoted ``filename``: non-ASCII letters without their accents, and
+    ``_`` for the rest that is not printable ASCII, for ``"``, ``\\`` and ``%`` (RFC 6266 D)."""
+    if all(c in _HEADER_SAFE for c in value):
+        return value
+    out = []
+    for c in value:
+        if c not in _HEADER_SAFE:
+            c = "".join(a for a in unicodedata.normalize("NFKD", c) if a in _HEADER_SAFE) or "_"
+        out.append(c)
+    return "".join(out)
 
 
 def _keep_edges(value: str) -> str:
@@ -60,6 +80,8 @@ class ObjectOptions:
         self.content_disposition = s.content_disposition
         templates = [*self.metadata.values(), *self.tags.values(), self.content_disposition or ""]
         self.fields = {field for t in templates for field in key_format_fields(t)}
+        found = _FILENAME.search(self.content_disposition or "")
+        self._filename = found.group(1) if found and key_format_fields(found.group(1)) else None
         self._hostname = s.hostname_field
         self._formatter = string.Formatter()
         now = time.time()
@@ -98,7 +120,8 @@ class ObjectOptions:
 
     def _render(self, item: KeyInput) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        values = field_values(item, self.fields, self._hostname) if self.fields else {}
+        # names as their bytes (os.fsdecode), not as the key has them: each option encodes them
+        values = field_values(item, self.fields, self._hostname, os.fsdecode) if self.fields else {}
         safe = {k: header_safe(str(v)) for k, v in values.items()}
         if self.metadata:
             meta = {
@@ -132,7 +155,13 @@ class ObjectOptions:
         if self.cache_control:
             out["CacheControl"] = self.cache_control
         if self.content_disposition:
-            cd = self._format("content_disposition", "", self.content_disposition, safe)
+            plain = {k: ascii_fallback(str(v)) for k, v in values.items()}
+            cd = self._format("content_disposition", "", self.content_disposition, plain)
+            if self._filename is not None:
+                name = self._format("content_disposition", "", self._filename, values)
+                if name != self._format("content_disposition", "", self._filename, plain):
+                    exact = quote(name, safe=_ATTR_CHAR, errors="surrogateescape")
+                    cd = f"{cd}; filename*=UTF-8''{exact}"
             out["ContentDisposition"] = _keep_edges(cd)
         return out
 

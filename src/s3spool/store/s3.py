@@ -12,7 +12,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import TYPE_CHECKING, Any, cast
 
 from s3spool import errors
-from s3spool.config.settings import Settings, check_ca_bundle, tls_verify
+from s3spool.config.settings import MIB, Settings, check_ca_bundle, tls_verify
 from s3spool.spool.spool import Source
 from s3spool.store.aimd import retry_delay
 from s3spool.store.bandwidth import RouteLimit
@@ -29,6 +29,26 @@ if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
 log = logging.getLogger("s3spool.store")
+#: S3's multipart limits; their product is AWS's largest object ("48.8 TiB", 53.7 TB, the
+#: "50 TB" of late 2025's announcement)
+MAX_PARTS = 10_000
+MAX_PART_SIZE = 5 * 1024 * MIB
+MAX_OBJECT_SIZE = MAX_PARTS * MAX_PART_SIZE
+
+
+def part_plan(size: int, part_size: int) -> tuple[int, int]:
+    """(part size, part count) of a multipart upload of ``size`` bytes: ``part_size``, grown to
+    the smallest whole MiB that fits 10,000 parts where it does not; ``too_large`` past S3's
+    largest object, before any byte is sent."""
+    if size > MAX_OBJECT_SIZE:
+        raise errors.PermanentError(
+            f"{size} bytes, more than S3 takes in one object ({MAX_PARTS:,} parts of 5 GiB, "
+            f"{MAX_OBJECT_SIZE} bytes)",
+            reason="too_large",
+        )
+    if size > part_size * MAX_PARTS:
+        part_size = -(-size // (MAX_PARTS * MIB)) * MIB  # at most 5 GiB: size is in bounds
+    return part_size, max(1, -(-size // part_size))
 
 
 class S3Store:
@@ -50,6 +70,8 @@ class S3Store:
         self.s = settings
         self.ck = Checksummer(settings.checksum)
         self.budget = budget or ByteBudget(settings.buffer_limit)
+        # one PUT takes at most 5 GiB, whatever MULTIPART_THRESHOLD says
+        self._multipart_from = min(settings.multipart_threshold, MAX_PART_SIZE + 1)
         self.last_answer = 0.0  # monotonic, any status: idle probes skip a busy store
         self._on_slowdown = on_slowdown
         self._stack = AsyncExitStack()
@@ -151,7 +173,7 @@ class S3Store:
         return params
 
     async def upload(self, src: Source) -> Delivery:
-        if src.upload_id is not None or src.size >= self.s.multipart_threshold:
+        if src.upload_id is not None or src.size >= self._multipart_from:
             return await self._multipart(src)
         async with self.budget.hold(held_bytes(self.sender.streams, src.size)):
             body, digest, payload = await self._body(src.fd, 0, src.size)
@@ -277,7 +299,7 @@ class S3Store:
             head = await self.head(src.key)
         except errors.NotFound:
             return False
-        return await self.verifier.matches_stored(src, head, self.s.part_size)
+        return await self.verifier.matches_stored(src, head, src.part_size or self.s.part_size)
 
     async def head(self, key: str) -> dict[str, Any]:
         """HeadObject with checksum mode."""
@@ -291,8 +313,8 @@ class S3Store:
         """A multipart upload of ``src``: a recorded one continues, parts go up in parallel,
         a failed part is retried alone; the completed object is verified against the file."""
         sender = self.sender
-        part_size = src.part_size or self.s.part_size
-        count = max(1, -(-src.size // part_size))
+        # a recorded part size (a resumed upload) fits its file: the plan keeps it
+        part_size, count = part_plan(src.size, src.part_size or self.s.part_size)
         upload_id = src.upload_id
         stored: dict[int, dict[str, Any]] = {}
         if upload_id is not None:
