@@ -21,7 +21,7 @@ from s3spool.notify.notifications import flush
 from s3spool.run.pipeline import Pipeline
 from s3spool.run.progress import Counts, Progress
 from s3spool.run.reload import reload
-from s3spool.run.routes import Lanes, RouteRun, last_sweep, sweep_due
+from s3spool.run.routes import CHECK_HINT, Lanes, RouteRun, last_sweep, sweep_due
 from s3spool.spool.scan import work_waiting
 from s3spool.spool.spool import Claim
 from s3spool.store.bandwidth import Bandwidth
@@ -291,7 +291,7 @@ class Service:
     async def store_down(self, exc: UploadError) -> None:
         """--once: a store is unavailable; stop, exit 3."""
         if self.exit_code != EXIT_STORE_UNAVAILABLE:
-            log.error("store unavailable: %s; stopping (--once)", exc)
+            log.error("store unavailable: %s; stopping (--once); %s", exc, CHECK_HINT)
             self.exit_code = EXIT_STORE_UNAVAILABLE
         self.request_stop(force=True)
         raise asyncio.CancelledError

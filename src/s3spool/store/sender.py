@@ -22,7 +22,7 @@ from urllib.parse import quote, urlsplit
 from botocore.auth import UNSIGNED_PAYLOAD, S3SigV4Auth, _host_from_url
 from botocore.awsrequest import AWSPreparedRequest, AWSRequest
 
-from s3spool.store import sigv4
+from s3spool.store import clock, sigv4
 from s3spool.store.bandwidth import RouteLimit, Turn
 from s3spool.store.bodies import FileRange
 from s3spool.store.s3errors import SLOWDOWN_CODES, classify_error, parse_error_body, translate
@@ -121,6 +121,7 @@ class BotocoreSender:
     ) -> dict[str, Any]:
         data = body if isinstance(body, bytes) else await asyncio.to_thread(body.read)
         call = self._client.put_object if op == "PutObject" else self._client.upload_part
+        signed_with = clock.offset
         limit = self._limit
         # the first piece before botocore signs: a body that waits for its turn is signed
         # when it goes (_pace sends the rest)
@@ -130,7 +131,7 @@ class BotocoreSender:
         try:
             resp = await call(Body=data, **params)
         except Exception as exc:
-            raise translate(exc, _what(op, params)) from None
+            raise translate(exc, _what(op, params), signed_with) from None
         finally:
             if token is not None:
                 _TURN.reset(token)
@@ -262,6 +263,7 @@ class SignedSender:
         if limit is not None and limit.active is not None:
             # before signing: a body that waits for its turn is signed when it goes
             data = await limit.start(data, len(body) if isinstance(body, bytes) else body.length)
+        signed_with = clock.offset
         try:
             creds = await self._credentials.get_frozen_credentials()
             url, headers = self._signed(op, params, body, payload_sha256, creds)
@@ -278,7 +280,7 @@ class SignedSender:
                 return answer
             text = await resp.content
         except Exception as exc:
-            raise translate(exc, what) from None
+            raise translate(exc, what, signed_with) from None
         code, message, region = parse_error_body(text)
         if (code in SLOWDOWN_CODES or resp.status_code == 503) and self._on_slowdown:
             self._on_slowdown()
@@ -294,7 +296,11 @@ class SignedSender:
             self._via_botocore = True
             return await self._fallback.send(op, params, body)
         raise classify_error(
-            code, resp.status_code, f"{what}: {code or resp.status_code} {message}".strip()
+            code,
+            resp.status_code,
+            f"{what}: {code or resp.status_code} {message}".strip(),
+            resp.headers.get("Date"),
+            signed_with,
         )
 
 
