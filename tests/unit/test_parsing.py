@@ -11,6 +11,7 @@ import botocore.auth
 import pytest
 
 from s3spool.config.formats import parse_duration, parse_list, parse_size
+from s3spool.config.options import key_format_hint
 from s3spool.errors import (
     AccessRefused,
     BadRequest,
@@ -280,6 +281,27 @@ def test_store_down_names_the_cause(err: UploadError, cls: type, says: str) -> N
     assert type(down) is cls
     assert says in str(down)
     assert down.reason == err.reason
+
+
+@pytest.mark.parametrize(
+    ("fmt", "hint"),
+    [
+        ("{fname}", None),
+        ("{now:%Y}/{m_YYYY}/{fname}", None),  # a format spec is strftime, rightly
+        ("%Y/%m/{fname}", "'%Y/%m/{fname}' holds %Y, %m, which keys carry as written "
+         "(strftime codes are not expanded): use {m_YYYY}, {m_MM} (the file's mtime; {c_*} "
+         "for its ctime, {now:%Y} for the upload time)"),
+        ("${fname}", "'${fname}' holds '$', which keys carry as written: a field is {fname}, "
+         "without '$'"),
+        ("%j-{fname}", "use the {m_*} fields"),
+    ],
+)  # fmt: skip
+def test_key_format_hint(fmt: str, hint: str | None) -> None:
+    found = key_format_hint(fmt)
+    if hint is None or found is None:
+        assert found == hint
+    else:
+        assert hint in found
 
 
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")

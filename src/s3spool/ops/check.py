@@ -57,6 +57,8 @@ async def check(config: Config, *, read_only: bool = False, out: TextIO | None =
     """One PASS/WARN/FAIL line per check (per route, when there are several); exit 0 if nothing
     failed, 1 if a check failed, 78 if the settings are invalid."""
     report = Report(out or sys.stdout)
+    for warning in config.warnings:
+        report("settings", WARN, warning)
     for route in config.routes:
         if len(config.routes) > 1:
             print(f"# route {route.name}", file=report.out, flush=True)
