@@ -157,3 +157,6 @@ def test_start_warns_of_variables_over_the_file_and_strftime_keys(
     logged = [line.split(" s3spool.cli: ", 1)[1] for line in r.stderr.splitlines()[:3]]
     assert tuple(logged) == warnings, r.stderr
     assert all(" WARNING " in line for line in r.stderr.splitlines()[:3])
+    c = cli(["check", "--config", str(path)], env)
+    assert c.returncode == 0, c.stdout + c.stderr
+    assert tuple(c.stdout.splitlines()[:3]) == tuple(f"WARN settings: {w}" for w in warnings)
