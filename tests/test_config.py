@@ -1,4 +1,5 @@
-"""Config file errors: every problem is reported at once, naming its route and key."""
+"""Config file errors: every problem is reported at once, naming its route and key; and the
+warnings of valid settings that are likely not meant."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from proc import cli
 from s3spool.config.load import load_config
 from s3spool.errors import ConfigError
 
@@ -118,3 +120,43 @@ def test_without_a_file_errors_read_as_before(tmp_path: Path) -> None:
         "invalid settings:\n  S3SPOOL_DESTINATION (--destination): 'ftp://x' must start "
         "with s3:// or noop://"
     )
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_start_warns_of_variables_over_the_file_and_strftime_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        "workers = 8\nhold_for = '2s'\n"
+        + ROUTE.format(name="web", dir="web", root=tmp_path)
+        + "key_format = '%Y/%m/{fname}'\n"
+        + ROUTE.format(name="bill", dir="bill", root=tmp_path)
+        + "key_format = '${fname}'\n"
+    )
+    env = {
+        "S3SPOOL_DESTINATION": "noop://elsewhere",  # replaces both routes' destination
+        "S3SPOOL_WORKERS": "8",  # what the file says: changes nothing
+        "S3SPOOL_IGNORE": "*.tmp",  # the file sets no ignore: the variable is the only value
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    warnings = load_config({"config": str(path)}).warnings
+    assert warnings == (
+        f"S3SPOOL_DESTINATION overrides destination of routes web, bill in {path}: a variable "
+        "applies to every route; unset it to use the file's values",
+        "route 'web': key key_format: '%Y/%m/{fname}' holds %Y, %m, which keys carry as "
+        "written (strftime codes are not expanded): use {m_YYYY}, {m_MM} (the file's mtime; "
+        "{c_*} for its ctime, {now:%Y} for the upload time)",
+        "route 'bill': key key_format: '${fname}' holds '$', which keys carry as written: a "
+        "field is {fname}, without '$'",
+    )
+    # the real `run` says them at start, before anything else (here a dry run)
+    r = cli(["run", "--dry-run", "--config", str(path)], env)
+    assert r.returncode == 0, r.stderr
+    logged = [line.split(" s3spool.cli: ", 1)[1] for line in r.stderr.splitlines()[:3]]
+    assert tuple(logged) == warnings, r.stderr
+    assert all(" WARNING " in line for line in r.stderr.splitlines()[:3])
+    c = cli(["check", "--config", str(path)], env)
+    assert c.returncode == 0, c.stdout + c.stderr
+    assert tuple(c.stdout.splitlines()[:3]) == tuple(f"WARN settings: {w}" for w in warnings)

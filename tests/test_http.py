@@ -14,8 +14,9 @@ from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from faultproxy import FaultProxy
 from proc import SpoolProc
-from s3servers import RcloneServer, free_port
+from s3servers import RcloneServer, S3Target, free_port
 from s3spool import __version__
 from s3spool.config.load import load_settings
 from s3spool.run.service import Service
@@ -166,6 +167,36 @@ def test_metrics_and_readiness_follow_files_and_store(
         assert target.get("up/old.txt") == b"old"
         proc.signal()
         assert proc.wait(30) == 0
+
+
+def test_readyz_follows_a_store_that_stops_answering(rclone_s3: S3Target, tmp_path: Path) -> None:
+    """A store that takes the connection and never answers (a blackhole, a hung gateway): the
+    idle probe gives up after 4 s, not after botocore's retries of 60 s read timeouts, so
+    /readyz is unready within PROBE_INTERVAL + 5 s."""
+    interval = 1.0
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with FaultProxy(rclone_s3.endpoint_url) as proxy:
+        env = {
+            **rclone_s3.via(proxy.url).env(),
+            "S3SPOOL_SPOOL_DIRS": str(tmp_path / "spool"),
+            "S3SPOOL_HTTP_ADDR": f"127.0.0.1:{port}",
+            "S3SPOOL_PROBE_INTERVAL": f"{interval}s",
+        }
+        with SpoolProc(["run"], env, cwd=tmp_path) as proc:
+            wait_for("/readyz 200", lambda: get(f"{base}/readyz")[0] == 200, proc)
+            proxy.latency_s = 600.0  # every request hangs
+            gone = time.monotonic()
+            wait_for("/readyz 503", lambda: get(f"{base}/readyz")[0] == 503, proc)
+            assert time.monotonic() - gone < interval + 5
+            line = proc.wait_for_log(r"ERROR .*store unavailable: .*", 1).group(0)
+            assert "the endpoint is unreachable" in line
+            assert "HeadBucket: no answer within 4s" in line
+            assert line.endswith("; run `s3spool check`")
+            proxy.latency_s = 0.0
+            wait_for("/readyz 200 again", lambda: get(f"{base}/readyz")[0] == 200, proc)
+            proc.signal()
+            assert proc.wait(30) == 0
 
 
 def test_busy_http_addr_is_a_config_error(tmp_path: Path) -> None:

@@ -135,7 +135,7 @@ def run_done_ro(base: Path, moto_srv: S3Server) -> Result:
             proxy.fault_kinds = frozenset({"put_object"})
             proxy.reset = 1.0
             drop(spot.incoming, "flaky.dat", b"retried twice", owner=OWNER)
-            proc.wait_for_log(r"'flaky\.dat': .+; retry 1/|store unavailable \(PutObject", 15)
+            proc.wait_for_log(r"'flaky\.dat': .+; retry 1/|store unavailable: .*PutObject", 15)
             mark = proc.mark()
             proxy.reset, proxy.error500 = 0.0, 1.0
             proc.wait_for_log(r"'flaky\.dat': .+; retry \d+/", 15, since=mark)

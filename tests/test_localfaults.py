@@ -500,3 +500,45 @@ def test_clock_stepped_back_delays_nothing_for_long(
         assert time.monotonic() - written >= 1.9
         proc.signal(signal.SIGTERM)
         assert proc.wait(20) == 0
+
+
+def test_a_host_clock_far_off_the_stores_is_named_and_signed_around(
+    rclone_s3: S3Target, tmp_path: Path, stepped_clock: tuple[dict[str, str], Path]
+) -> None:
+    """rclone checks request times as S3 does: 30 min ahead, it refuses a PUT with
+    RequestTimeTooSkewed and a HeadBucket with a bare 403.  s3spool reads the store's time
+    from the answer's Date header, says so once, and signs with that time; when the host's
+    clock is set right again, it follows."""
+    faked, offset = stepped_clock
+    offset.write_text("+1800\n")
+    spool = tmp_path / "spool"
+    env = {**rclone_s3.env("skew/"), **faked, "S3SPOOL_SPOOL_DIRS": str(spool)}
+    ahead = "this host's clock is 30 min ahead of the store's"
+    (spool / "incoming").mkdir(parents=True)
+    drop(spool / "incoming", "once", b"sent by the store's time")
+    once = cli(["run", "--once"], env)
+    assert once.returncode == 0, once.stderr
+    assert rclone_s3.get(f"{rclone_s3.prefix}skew/once") == b"sent by the store's time"
+    warned = [line for line in once.stderr.splitlines() if " WARNING " in line]
+    assert len(warned) == 1, once.stderr  # once, however many answers told it
+    assert ahead in warned[0]
+
+    check = cli(["check", "--read-only"], env)
+    assert check.returncode == 0, check.stdout + check.stderr
+    (store,) = [line for line in check.stdout.splitlines() if line.startswith("WARN store:")]
+    assert ahead in store, check.stdout
+
+    with SpoolProc(["run"], env, cwd=tmp_path) as proc:
+        proc.wait_for_log(re.escape(ahead), 15)  # the start-up survey's HeadBucket
+        offset.write_text("+0\n")  # NTP set the clock right: the offset must go
+        for i in range(10):  # libfaketime takes the new offset within a second or two
+            drop(spool / "incoming", f"after{i}", b"sent by the host's own time again")
+            proc.wait_until(lambda i=i: f"after{i}" in names(spool / "done"), 15)
+            if "agrees with the store's again" in proc.log_text():
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"the correction was never undone\n{proc.log_tail()}")
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    assert rclone_s3.get(f"{rclone_s3.prefix}skew/after{i}") == b"sent by the host's own time again"

@@ -243,6 +243,9 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
         print(f"s3spool: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(config.s.log_level, config.s.log_format)
+    if args.command == "run":
+        for warning in config.warnings:  # valid settings that are likely not what was meant
+            log.warning("%s", warning)
     try:
         if args.command == "run":
             if args.dry_run:

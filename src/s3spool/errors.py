@@ -94,8 +94,34 @@ class Refused(UploadError):
     """The store refused this request; a probe decides whether the file or the store is at fault."""
 
 
+class ClockSkewed(TransientError):
+    """The store refused a request dated too far from its own clock (``store.clock`` corrects
+    the clock, so a retry goes through); ``skew``: the store's time minus this host's, in s."""
+
+    def __init__(self, message: str, *, skew: float) -> None:
+        super().__init__(message, reason="clock_skew")
+        self.skew = skew
+
+
 class StoreUnavailable(UploadError):
-    """The whole store is unusable; pause intake until a probe succeeds."""
+    """The whole store is unusable; pause intake until a probe succeeds.  Its subclasses name
+    the cause (``store.s3errors`` maps them and words the message)."""
+
+
+class NoBucket(StoreUnavailable):
+    """The bucket does not exist."""
+
+
+class AccessRefused(StoreUnavailable):
+    """The store refused the credentials, or a policy denies access to the bucket."""
+
+
+class NoCredentials(StoreUnavailable):
+    """No credentials were found to sign with."""
+
+
+class Unreachable(StoreUnavailable):
+    """No connection to the endpoint, or no answer in time."""
 
 
 class FileVanished(S3SpoolError):

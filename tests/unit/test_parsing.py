@@ -1,26 +1,37 @@
-"""Settings parsers, key encoding, S3 error classification, the plain-HTTP rule and the
-multipart part plan: table-driven."""
+"""Settings parsers, key encoding, S3 error classification (with the clock skew and store-wide
+causes), the plain-HTTP rule and the multipart part plan: table-driven."""
 
 from __future__ import annotations
 
+import datetime
+import email.utils
+import time
 from urllib.parse import unquote_to_bytes
 
+import botocore.auth
 import pytest
 
 from s3spool.config.formats import parse_duration, parse_list, parse_size
 from s3spool.config.load import load_settings
+from s3spool.config.options import key_format_hint
 from s3spool.errors import (
+    AccessRefused,
     BadRequest,
+    ClockSkewed,
+    NoBucket,
     NoSuchUpload,
     NotFound,
     PermanentError,
     PreconditionFailed,
     Refused,
     SlowDown,
+    StoreUnavailable,
     TransientError,
     Unsupported,
+    UploadError,
 )
 from s3spool.spool.keys import encode_name, sanitize_key
+from s3spool.store import clock, sigv4
 from s3spool.store.s3 import (
     MAX_OBJECT_SIZE,
     MAX_PART_SIZE,
@@ -29,7 +40,7 @@ from s3spool.store.s3 import (
     part_plan,
     plain_http,
 )
-from s3spool.store.s3errors import classify_error, parse_error_body
+from s3spool.store.s3errors import classify_error, parse_error_body, store_down
 
 MIB = 1024 * 1024
 
@@ -213,6 +224,102 @@ def test_classify_error(code: str, status: int, cls: type, reason: str) -> None:
 )
 def test_parse_error_body(body: bytes, parsed: tuple[str, str, str | None]) -> None:
     assert parse_error_body(body) == parsed
+
+
+@pytest.fixture
+def host_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A correction made in a test is undone after it (the offset and botocore's clock)."""
+    monkeypatch.setattr(clock, "offset", 0.0)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", botocore.auth.get_current_datetime)
+
+
+@pytest.mark.usefixtures("host_clock")
+@pytest.mark.parametrize(
+    ("code", "status", "store_off", "cls"),
+    [
+        ("RequestTimeTooSkewed", 403, -1800, ClockSkewed),  # a PUT's answer from rclone
+        ("", 403, -1800, ClockSkewed),  # a HEAD's: no code
+        ("", 403, 1800, ClockSkewed),  # this host behind the store
+        ("", 403, -30, Refused),  # within the tolerance: not the clock
+        ("RequestTimeTooSkewed", 403, None, TransientError),  # no Date header
+        ("", 404, -1800, NotFound),  # only a refusal is put down to the clock
+    ],
+)
+def test_a_refusal_from_a_far_clock_corrects_it(
+    code: str, status: int, store_off: float | None, cls: type, caplog: pytest.LogCaptureFixture
+) -> None:
+    date = None if store_off is None else email.utils.formatdate(time.time() + store_off, True)
+    err = classify_error(code, status, "HeadBucket: 403", date)
+    assert type(err) is cls
+    if cls is ClockSkewed:
+        side = "ahead of" if store_off and store_off < 0 else "behind"
+        assert str(err).startswith(f"this host's clock is 30 min {side} the store's: HeadBucket")
+        assert clock.offset == pytest.approx(store_off, abs=2)
+        signed = botocore.auth.get_current_datetime().replace(tzinfo=datetime.UTC)  # naive UTC
+        assert signed.timestamp() - time.time() == pytest.approx(store_off, abs=2)
+        ours = datetime.datetime.strptime(sigv4.amz_date(), "%Y%m%dT%H%M%SZ")
+        ours_ts = ours.replace(tzinfo=datetime.UTC).timestamp()
+        assert ours_ts == pytest.approx(signed.timestamp(), abs=2)
+        assert [r.getMessage() for r in caplog.records] == [
+            f"this host's clock is 30 min {side} the store's: signing requests with the "
+            "store's time; set this host's clock right (NTP)"
+        ]
+        # corrected: the store's next answer agrees, a refusal is the store's again
+        assert clock.skew(email.utils.formatdate(time.time() + store_off, True)) is None
+    else:
+        assert clock.offset == 0.0
+
+
+@pytest.mark.usefixtures("host_clock")
+def test_a_refusal_signed_before_a_correction_is_tried_again() -> None:
+    now = email.utils.formatdate(time.time(), True)
+    again = classify_error("AccessDenied", 403, "PutObject: AccessDenied", now, signed_with=-1800)
+    assert type(again) is ClockSkewed  # transient: the retry is signed with the store's time
+    assert type(classify_error("AccessDenied", 403, "m", now, signed_with=0.0)) is Refused
+
+
+@pytest.mark.parametrize(
+    ("seconds", "words"),
+    [(-1800, "30 min ahead of"), (45, "45 s behind"), (-10800, "3.0 h ahead of")],
+)
+def test_clock_words(seconds: float, words: str) -> None:
+    assert clock.words(seconds) == f"this host's clock is {words} the store's"
+
+
+@pytest.mark.parametrize(
+    ("err", "cls", "says"),
+    [
+        (NotFound("HeadBucket: 404", reason="404"), NoBucket, "bucket 'b' does not exist"),
+        (Refused("HeadBucket: 403", reason="AccessDenied"), AccessRefused, "credentials"),
+        (TransientError("HeadBucket: 500", reason="http_500"), StoreUnavailable, "500"),
+    ],
+)
+def test_store_down_names_the_cause(err: UploadError, cls: type, says: str) -> None:
+    down = store_down(err, "b")
+    assert type(down) is cls
+    assert says in str(down)
+    assert down.reason == err.reason
+
+
+@pytest.mark.parametrize(
+    ("fmt", "hint"),
+    [
+        ("{fname}", None),
+        ("{now:%Y}/{m_YYYY}/{fname}", None),  # a format spec is strftime, rightly
+        ("%Y/%m/{fname}", "'%Y/%m/{fname}' holds %Y, %m, which keys carry as written "
+         "(strftime codes are not expanded): use {m_YYYY}, {m_MM} (the file's mtime; {c_*} "
+         "for its ctime, {now:%Y} for the upload time)"),
+        ("${fname}", "'${fname}' holds '$', which keys carry as written: a field is {fname}, "
+         "without '$'"),
+        ("%j-{fname}", "use the {m_*} fields"),
+    ],
+)  # fmt: skip
+def test_key_format_hint(fmt: str, hint: str | None) -> None:
+    found = key_format_hint(fmt)
+    if hint is None or found is None:
+        assert found == hint
+    else:
+        assert hint in found
 
 
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource
 
 from s3spool.config.catalog import ENV_PREFIX, env_name, flag_name
+from s3spool.config.options import key_format_hint
 from s3spool.config.settings import GLOBAL_FIELDS, Settings, validation_problems
 from s3spool.config.spools import DEFAULT_ROUTE, spool_layouts
 from s3spool.errors import ConfigError
@@ -66,6 +67,8 @@ class Config:
     #: the flags it was loaded with: SIGHUP loads it again from them (``reload.py``); None
     #: for settings built elsewhere, which cannot be re-read
     flags: Mapping[str, Any] | None = None
+    #: what is valid but likely not meant, one line each (``run`` logs them at start)
+    warnings: tuple[str, ...] = ()
 
     @property
     def s(self) -> Settings:
@@ -144,14 +147,22 @@ def load_config(flags: Mapping[str, Any]) -> Config:
     if problems:
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
     routes = []
+    overridden: dict[str, list[str]] = {}  # field -> routes whose file value a variable replaces
     for table in tables or [{"name": DEFAULT_ROUTE}]:
         name = table["name"]
         values: dict[str, Any] = {}
         origin: dict[str, str] = {}
         for where, layer in ((FILE, top), (ROUTE, table), (ENV, env), (FLAG, given)):
             for key, value in layer.items():
-                if key != "name":
-                    values[key], origin[key] = value, where
+                if key == "name":
+                    continue
+                if (
+                    where == ENV
+                    and origin.get(key) in (FILE, ROUTE)
+                    and not _same(value, values[key])
+                ):
+                    overridden.setdefault(key, []).append(name)
+                values[key], origin[key] = value, where
         try:
             settings = RouteSettings(**values)
         except ValidationError as exc:
@@ -162,12 +173,43 @@ def load_config(flags: Mapping[str, Any]) -> Config:
     problems += _shared_spools(routes)
     if problems:
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
-    return Config(tuple(routes), path, given)
+    return Config(tuple(routes), path, given, _warnings(routes, overridden, path))
 
 
 def load_settings(**flags: Any) -> Settings:
     """The settings of a single route from ``flags`` and the environment (tests, tools)."""
     return load_config(flags).s
+
+
+def _same(env_value: Any, file_value: Any) -> bool:
+    """Does a variable's text say what the file's TOML value says (``8`` and ``"8"``)?"""
+    if isinstance(file_value, bool):
+        file_value = str(file_value).lower()
+    return str(env_value).strip() == str(file_value).strip()
+
+
+def _warnings(
+    routes: list[Route], overridden: Mapping[str, list[str]], path: Path | None
+) -> tuple[str, ...]:
+    """A variable that replaces values of the file (it applies to every route), and
+    ``KEY_FORMAT`` text meant as fields."""
+    out = [
+        f"{env_name(field)} overrides {field} of route{'s' if len(names) > 1 else ''} "
+        f"{', '.join(names)} in {path}: a variable applies to every route; unset it to use "
+        "the file's values"
+        for field, names in overridden.items()
+    ]
+    hints: dict[str, list[Route]] = {}
+    for route in routes:
+        hint = key_format_hint(route.s.key_format)
+        if hint is not None:
+            hints.setdefault(hint, []).append(route)
+    for hint, same in hints.items():
+        label = _locate("key_format", same[0].origin["key_format"], same[0].name, path)
+        if len(same) > 1:
+            label = f"KEY_FORMAT of routes {', '.join(r.name for r in same)}: "
+        out.append(label + hint)
+    return tuple(out)
 
 
 def _locate(field: str, where: str, route: str, path: Path | None) -> str:

@@ -80,6 +80,29 @@ def check_key_format(template: str, known: Set[str]) -> None:
         raise ValueError(f"key_format: {exc}") from None
 
 
+#: strftime codes (as Fluent Bit, Vector and logrotate write dates) and the key fields to use
+_STRFTIME_FIELDS = {"Y": "m_YYYY", "m": "m_MM", "d": "m_DD", "H": "m_hh", "M": "m_mm", "S": "m_ss"}
+_STRFTIME_RE = re.compile(r"%[A-Za-z]")
+
+
+def key_format_hint(template: str) -> str | None:
+    """What a valid ``KEY_FORMAT`` holds that its author likely meant as a field: strftime
+    codes or shell-style ``$``, which every key would carry as they are; None if nothing."""
+    text = _literal(template)
+    codes = list(dict.fromkeys(_STRFTIME_RE.findall(text)))
+    hints = []
+    if codes:
+        use = [f"{{{_STRFTIME_FIELDS[c[1]]}}}" for c in codes if c[1] in _STRFTIME_FIELDS]
+        hints.append(
+            f"holds {', '.join(codes)}, which keys carry as written (strftime codes are not "
+            f"expanded): use {', '.join(use) or 'the {m_*} fields'} (the file's mtime; {{c_*}} "
+            "for its ctime, {now:%Y} for the upload time)"
+        )
+    if "$" in text:
+        hints.append("holds '$', which keys carry as written: a field is {fname}, without '$'")
+    return f"{template!r} " + "; ".join(hints) if hints else None
+
+
 def _literal(template: str) -> str:
     """The text of a template outside its fields."""
     return "".join(literal for literal, *_ in string.Formatter().parse(template))

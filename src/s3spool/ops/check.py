@@ -30,7 +30,8 @@ from s3spool.spool.keys import KeyTemplate
 from s3spool.spool.scan import plural
 from s3spool.spool.spool import Source, Spool
 from s3spool.spool.watch import INOTIFY_HELP
-from s3spool.store.s3errors import s3_errors
+from s3spool.store import clock
+from s3spool.store.s3errors import no_answer, s3_errors
 
 if TYPE_CHECKING:
     from s3spool.store.s3 import S3Store
@@ -56,6 +57,8 @@ async def check(config: Config, *, read_only: bool = False, out: TextIO | None =
     """One PASS/WARN/FAIL line per check (per route, when there are several); exit 0 if nothing
     failed, 1 if a check failed, 78 if the settings are invalid."""
     report = Report(out or sys.stdout)
+    for warning in config.warnings:
+        report("settings", WARN, warning)
     for route in config.routes:
         if len(config.routes) > 1:
             print(f"# route {route.name}", file=report.out, flush=True)
@@ -174,22 +177,30 @@ async def check_store(s: Settings, *, read_only: bool) -> tuple[str, str, list[t
         async with asyncio.timeout(limit), S3Store(s) as store:
             found = await store.survey()
             if read_only:
-                detail = "bucket reachable (HeadBucket); write not tested (--read-only)"
-                return PASS, f"{where}: {detail}", found
-            try:
-                key = await test_write(store)
                 verdict = PASS
-                detail = f"HeadBucket, PutObject, multipart and DeleteObject of {key!r} work"
-                if s.overwrite == "never" and store.verifier.facts.conditional_writes is False:
-                    verdict = WARN
-                    detail += "; but the store ignores If-None-Match (OVERWRITE=never)"
-            except _TestObjectLeft as exc:
-                verdict, detail = WARN, f"PutObject works, but {exc}"
-            except UploadError as exc:
-                verdict, detail = FAIL, f"cannot write: {exc}{_checksum_hint(exc, s)}"
-            return verdict, f"{where}: {detail}", store.verifier.describe()
+                detail = "bucket reachable (HeadBucket); write not tested (--read-only)"
+            else:
+                try:
+                    key = await test_write(store)
+                    verdict = PASS
+                    detail = f"HeadBucket, PutObject, multipart and DeleteObject of {key!r} work"
+                    if s.overwrite == "never" and store.verifier.facts.conditional_writes is False:
+                        verdict = WARN
+                        detail += "; but the store ignores If-None-Match (OVERWRITE=never)"
+                except _TestObjectLeft as exc:
+                    verdict, detail = WARN, f"PutObject works, but {exc}"
+                except UploadError as exc:
+                    verdict, detail = FAIL, f"cannot write: {exc}{_checksum_hint(exc, s)}"
+                found = store.verifier.describe()
+            if abs(clock.offset) > clock.TOLERANCE:
+                verdict = FAIL if verdict == FAIL else WARN
+                detail += (
+                    f"; but {clock.words(clock.offset)} (requests are signed with the store's "
+                    "time; set this host's clock right: NTP)"
+                )
+            return verdict, f"{where}: {detail}", found
     except TimeoutError:
-        return FAIL, f"{where}: no answer within {limit:.0f}s (S3SPOOL_ENDPOINT_URL, network?)", []
+        return FAIL, f"{where}: {no_answer('the store check', limit)}", []
     except (UploadError, ConfigError) as exc:  # ConfigError: PROFILE, AWS_CA_BUNDLE
         return FAIL, f"{where}: {exc}", []
 

@@ -25,9 +25,16 @@ from s3spool.spool.spool import Spool
 from s3spool.spool.watch import Discovery, Job, Pending
 from s3spool.store.aimd import Throttle
 from s3spool.store.base import UNKNOWN, Store
+from s3spool.store.s3errors import no_answer
 
 log = logging.getLogger("s3spool.service")
 sweep_log = logging.getLogger("s3spool.cleanup")
+
+#: Seconds a readiness probe may take (connect, retries and all): /readyz follows the store
+#: within PROBE_INTERVAL plus this, whatever the connect and read timeouts of uploads are.
+PROBE_TIMEOUT = 4.0
+#: Where an operator finds the whole story of a store that does not answer.
+CHECK_HINT = "run `s3spool check`"
 
 
 class RouteRun:
@@ -137,9 +144,10 @@ class RouteRun:
         if self.gate.is_set():
             self.gate.clear()
             log.error(
-                "store unavailable (%s): intake paused, files stay where they are; "
-                "probing until it answers",
+                "store unavailable: %s; intake paused, files stay where they are; "
+                "probing until it answers; %s",
                 exc,
+                CHECK_HINT,
             )
             if self._running() and self.store is not None:
                 self._spawn(self._reopen_when_up(self.store))
@@ -174,10 +182,10 @@ class RouteRun:
         while True:
             await asyncio.sleep(delay)
             try:
-                await store.probe()
+                await probe(store)
             except StoreUnavailable as exc:
                 if time.monotonic() - last_log >= 60:
-                    log.error("store still unavailable: %s (intake paused)", exc)
+                    log.error("store still unavailable: %s (intake paused); %s", exc, CHECK_HINT)
                     last_log = time.monotonic()
                 delay = min(delay * 2, 10.0)
                 continue
@@ -186,13 +194,20 @@ class RouteRun:
             return
 
     async def watch(self, store: Store, interval: float) -> None:
-        """While nothing else reaches the store, probe it every ``interval``."""
+        """Probe the store once nothing else reached it for ``interval``."""
+        due = time.monotonic() + interval
         while True:
-            await asyncio.sleep(interval)
-            if not self.gate.is_set() or time.monotonic() - store.last_answer < interval:
-                continue  # already paused (and probing), or the store answered recently
+            await asyncio.sleep(due - time.monotonic())
+            now = time.monotonic()
+            if not self.gate.is_set():  # paused: _reopen_when_up probes
+                due = now + interval
+                continue
+            if now - store.last_answer < interval:  # the store answered recently
+                due = store.last_answer + interval
+                continue
+            due = now + interval
             try:
-                await store.probe()
+                await probe(store)
             except StoreUnavailable as exc:
                 await self.pause(exc)
 
@@ -230,6 +245,16 @@ class RouteRun:
         else:
             _mark(self.spools)
         self.last_sweep = now
+
+
+async def probe(store: Store) -> None:
+    """``store.probe()`` that fails (``Unreachable``) without an answer within PROBE_TIMEOUT.
+    A bound on the call, not a second client with short timeouts: one client per process."""
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            await store.probe()
+    except TimeoutError:
+        raise no_answer("HeadBucket", PROBE_TIMEOUT) from None
 
 
 class Lanes:

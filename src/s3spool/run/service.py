@@ -28,7 +28,7 @@ from s3spool.notify.notifications import flush, report_left, send_left
 from s3spool.run.pipeline import Pipeline
 from s3spool.run.progress import Counts, Progress, count_waiting, took
 from s3spool.run.reload import reload
-from s3spool.run.routes import Lanes, RouteRun, last_sweep, sweep_due
+from s3spool.run.routes import CHECK_HINT, Lanes, RouteRun, last_sweep, sweep_due
 from s3spool.spool.scan import work_waiting
 from s3spool.spool.spool import Claim
 from s3spool.store.bandwidth import Bandwidth
@@ -346,7 +346,7 @@ class Service:
     async def store_down(self, exc: UploadError) -> None:
         """--once: a store is unavailable; stop, exit 3."""
         if self.exit_code != EXIT_STORE_UNAVAILABLE:
-            log.error("store unavailable: %s; stopping (--once)", exc)
+            log.error("store unavailable: %s; stopping (--once); %s", exc, CHECK_HINT)
             self.exit_code = EXIT_STORE_UNAVAILABLE
         self.request_stop(force=True)
         raise asyncio.CancelledError

@@ -20,7 +20,7 @@ from s3spool.store.base import INLINE_READ_MAX, ByteBudget, Delivery, guess_type
 from s3spool.store.bodies import FileRange, held_bytes, read_exact
 from s3spool.store.digests import BodyDigest, Checksummer, digest_range
 from s3spool.store.objectopts import object_options
-from s3spool.store.s3errors import SLOWDOWN_CODES, s3_errors
+from s3spool.store.s3errors import SLOWDOWN_CODES, s3_errors, store_down
 from s3spool.store.sender import Body, Sender, make_sender
 from s3spool.store.verify import Verifier, delivery_of
 
@@ -257,23 +257,18 @@ class S3Store:
         )
 
     async def probe(self) -> None:
-        """HeadBucket; any failure makes the store unavailable, its message saying why."""
-        try:
-            with s3_errors("HeadBucket"):
-                await self.client.head_bucket(Bucket=self.bucket)
-        except errors.NotFound as err:
-            raise errors.StoreUnavailable(
-                f"bucket {self.bucket!r} does not exist (S3SPOOL_DESTINATION): {err}",
-                reason=err.reason,
-            ) from None
-        except errors.Refused as err:
-            raise errors.StoreUnavailable(
-                f"access to bucket {self.bucket!r} denied: {err} (check the credentials and "
-                "the bucket policy: s3:ListBucket is needed for HeadBucket)",
-                reason=err.reason,
-            ) from None
-        except errors.UploadError as err:
-            raise errors.StoreUnavailable(str(err), reason=err.reason) from None
+        """HeadBucket; any failure makes the store unavailable, its class and message saying
+        why (``store_down``).  A clock far off the store's is corrected, then tried again."""
+        for attempt in (1, 2):
+            try:
+                with s3_errors("HeadBucket"):
+                    await self.client.head_bucket(Bucket=self.bucket)
+                return
+            except errors.ClockSkewed as err:
+                if attempt == 2:
+                    raise store_down(err, self.bucket) from None
+            except errors.UploadError as err:
+                raise store_down(err, self.bucket) from None
 
     async def survey(self) -> list[tuple[str, str]]:
         """Probe the bucket, then what a read can tell: is ListMultipartUploads there?"""

@@ -25,7 +25,7 @@ from botocore.auth import UNSIGNED_PAYLOAD, S3SigV4Auth, _host_from_url
 from botocore.awsrequest import AWSRequest
 from yarl import URL
 
-from s3spool.store import sigv4
+from s3spool.store import clock, sigv4
 from s3spool.store.bandwidth import RouteLimit, Turn
 from s3spool.store.bodies import FileRange
 from s3spool.store.s3errors import SLOWDOWN_CODES, classify_error, parse_error_body, translate
@@ -125,6 +125,7 @@ class BotocoreSender:
     ) -> dict[str, Any]:
         data = body if isinstance(body, bytes) else await asyncio.to_thread(body.read)
         call = self._client.put_object if op == "PutObject" else self._client.upload_part
+        signed_with = clock.offset
         limit = self._limit
         # the first piece before botocore signs: a body that waits for its turn is signed
         # when it goes (_pace sends the rest)
@@ -134,7 +135,7 @@ class BotocoreSender:
         try:
             resp = await call(Body=data, **params)
         except Exception as exc:
-            raise translate(exc, _what(op, params)) from None
+            raise translate(exc, _what(op, params), signed_with) from None
         finally:
             if token is not None:
                 _TURN.reset(token)
@@ -276,6 +277,7 @@ class SignedSender:
         if limit is not None and limit.active is not None:
             # before signing: a body that waits for its turn is signed when it goes
             data = await limit.start(data, len(body) if isinstance(body, bytes) else body.length)
+        signed_with = clock.offset
         try:
             creds = await self._credentials.get_frozen_credentials()
             url, headers = self._signed(op, params, body, payload_sha256, creds)
@@ -301,7 +303,7 @@ class SignedSender:
                     answer["VersionId"] = h["x-amz-version-id"]
                 return answer
         except Exception as exc:
-            raise translate(exc, what) from None
+            raise translate(exc, what, signed_with) from None
         code, message, region = parse_error_body(text)
         if (code in SLOWDOWN_CODES or status == 503) and self._on_slowdown:
             self._on_slowdown()
@@ -316,7 +318,9 @@ class SignedSender:
             )
             self._via_botocore = True
             return await self._fallback.send(op, params, body)
-        raise classify_error(code, status, f"{what}: {code or status} {message}".strip())
+        raise classify_error(
+            code, status, f"{what}: {code or status} {message}".strip(), h.get("Date"), signed_with
+        )
 
 
 async def make_sender(

@@ -10,6 +10,8 @@ from typing import Any
 
 from botocore.auth import SIGNED_HEADERS_BLACKLIST
 
+from s3spool.store import clock
+
 #: headers botocore's signer sets or replaces itself (and ``Date``, which changes how it dates)
 _OWN = frozenset(
     {"authorization", "date", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256"}
@@ -56,9 +58,10 @@ def _name(name: str) -> str | None:
 
 
 def amz_date() -> str:
-    """Now, as SigV4 dates a request (formatted once a second)."""
+    """Now, as SigV4 dates a request (formatted once a second; the store's time once a skew
+    was found, ``clock.py``)."""
     global _stamp
-    now = int(time.time())
+    now = int(time.time() + clock.offset)
     if _stamp[0] != now:
         _stamp = (now, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)))
     return _stamp[1]
