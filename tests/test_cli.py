@@ -167,6 +167,25 @@ def test_once_exit_codes(tmp_path: Path, moto_s3: S3Target) -> None:
     ), down.stderr
     assert re.search(r"stopped: 0 delivered, 0 failed in \d+\.\ds; exit 3$", stopped), stopped
 
+    # the cause named as `check` names it, and where to look
+    missing = cli(
+        "run",
+        "--once",
+        env={
+            **moto_s3.env(),
+            "S3SPOOL_SPOOL_DIRS": str(spool),
+            "S3SPOOL_DESTINATION": "s3://no-such-bucket-here/",
+        },
+    )
+    assert missing.returncode == 3, missing.stderr
+    said = [line for line in missing.stderr.splitlines() if "store unavailable" in line]
+    assert len(said) == 1, missing.stderr
+    assert (
+        "store unavailable: bucket 'no-such-bucket-here' does not exist (S3SPOOL_DESTINATION): "
+    ) in said[0]
+    assert said[0].endswith("; run `s3spool check`")
+    assert names(spool / "incoming") == {"later"}
+
 
 def test_once_bounded_by_max_files_and_max_duration(tmp_path: Path, moto_s3: S3Target) -> None:
     spool = tmp_path / "spool"
@@ -200,17 +219,6 @@ def test_once_bounded_by_max_files_and_max_duration(tmp_path: Path, moto_s3: S3T
     assert done | left == every
     assert sorted(moto_s3.keys()) == sorted(done)
     assert [p for p in (spool / "working").rglob("*") if p.is_file()] == []
-
-    # the cause named as `check` names it, and where to look
-    missing = cli("run", "--once", env={**moto_s3.env(), "S3SPOOL_SPOOL_DIRS": str(spool),
-                                        "S3SPOOL_DESTINATION": "s3://no-such-bucket-here/"})
-    assert missing.returncode == 3, missing.stderr
-    said = [line for line in missing.stderr.splitlines() if "store unavailable" in line]
-    assert len(said) == 1, missing.stderr
-    assert ("store unavailable: bucket 'no-such-bucket-here' does not exist "
-            "(S3SPOOL_DESTINATION): ") in said[0]
-    assert said[0].endswith("; run `s3spool check`")
-    assert names(spool / "incoming") == {"later"}
 
 
 def test_once_empty_spool_exits_zero(tmp_path: Path) -> None:
