@@ -1,12 +1,14 @@
-"""Generate the README's configuration reference from the settings model.
+"""Generate the reference tables in docs/ from the code: settings, metrics, exit codes.
 
-    python scripts/settings_doc.py            print the table (markdown)
-    python scripts/settings_doc.py --write    rewrite the README section and config/catalog.py
-    python scripts/settings_doc.py --check    exit 1 if either is out of date
+    python scripts/settings_doc.py            print the settings table (markdown)
+    python scripts/settings_doc.py --write    rewrite the tables in docs/ and config/catalog.py
+    python scripts/settings_doc.py --check    exit 1 if any of them is out of date
 
-The rows come from ``settings_table()`` below (the same rows ``s3spool --help`` prints,
-through ``catalog.py``), so the README cannot drift from the code: ``tests/test_docs.py``
-fails when the section between the markers differs from this script's output.
+Each table sits between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` markers: the
+settings in docs/configuration.md (from the settings model; the same rows ``s3spool --help``
+prints, through ``catalog.py``), the metrics and the exit codes in docs/operations.md (from
+``s3spool.metrics.Metrics`` and ``s3spool.errors.EXIT_MEANINGS``).  ``tests/test_docs.py`` fails
+when a section differs from this script's output.
 ``src/s3spool/config/catalog.py`` (the same settings as plain data, so the command line needs
 no pydantic) is written alongside.  The "Value" column and the human-readable defaults
 (``16MiB``, ``1h``) are derived from the field types of ``s3spool.config.settings.Settings``.
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 FLAGS = ROOT / "src" / "s3spool" / "config" / "catalog.py"
 BEGIN = "<!-- settings:begin -->"
 END = "<!-- settings:end -->"
@@ -33,6 +35,8 @@ except ImportError:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT / "src"))
 from s3spool.config.catalog import ENV_PREFIX, env_name, flag_name  # noqa: E402
 from s3spool.config.settings import Settings  # noqa: E402
+from s3spool.errors import EXIT_MEANINGS  # noqa: E402
+from s3spool.metrics import Metrics  # noqa: E402
 
 KIB = 1024
 UNITS = (("GiB", KIB**3), ("MiB", KIB**2), ("KiB", KIB))
@@ -152,7 +156,7 @@ def default_text(field: str) -> str:
 
 
 def settings_table() -> list[tuple[str, str, str, str]]:
-    """(env var, flag, default, description) for every setting: the CLI help and the README."""
+    """(env var, flag, default, description) for every setting: the CLI help and the reference."""
     rows = []
     for field, info in Settings.model_fields.items():
         rows.append(
@@ -203,25 +207,66 @@ def render() -> str:
     return "\n".join(lines) + "\n"
 
 
-def section(table: str) -> str:
-    """What the README holds between (and including) the markers."""
-    return f"{BEGIN}\n\n{table}\n{END}"
+def render_metrics() -> str:
+    """Every s3spool_* metric of ``Metrics``: exposed name, type, labels, HELP text."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    lines = ["| Metric | Type | Labels | Meaning |", "|---|---|---|---|"]
+    for metric in vars(Metrics()).values():
+        if not isinstance(metric, MetricWrapperBase):
+            continue
+        name, kind = metric._name, metric._type
+        if kind == "counter":
+            name += "_total"
+        elif kind == "info":
+            name, kind = name + "_info", "gauge"
+        labels = ", ".join(f"`{label}`" for label in metric._labelnames)
+        cells = (f"`{name}`", kind, labels, metric._documentation)
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
-def current_section(text: str) -> str | None:
-    """The README's section between the markers, markers included; None if missing."""
-    start = text.find(BEGIN)
-    end = text.find(END, start + len(BEGIN)) if start >= 0 else -1
-    if start < 0 or end < 0:
+def render_exit_codes() -> str:
+    """``errors.EXIT_MEANINGS`` as a table."""
+    lines = ["| Code | Meaning |", "|---|---|"]
+    lines += [f"| `{code}` | {_cell(text)} |" for code, text in sorted(EXIT_MEANINGS.items())]
+    return "\n".join(lines) + "\n"
+
+
+#: name -> (file below docs/, renderer): each table and where it lives
+TABLES = {
+    "settings": ("configuration.md", render),
+    "metrics": ("operations.md", render_metrics),
+    "exit-codes": ("operations.md", render_exit_codes),
+}
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def section(table: str, name: str = "settings") -> str:
+    """What a doc holds between (and including) the markers of table ``name``."""
+    begin, end = markers(name)
+    return f"{begin}\n\n{table}\n{end}"
+
+
+def current_section(text: str, name: str = "settings") -> str | None:
+    """The section of table ``name``, markers included; None if missing."""
+    begin, end = markers(name)
+    start = text.find(begin)
+    stop = text.find(end, start + len(begin)) if start >= 0 else -1
+    if start < 0 or stop < 0:
         return None
-    return text[start : end + len(END)]
+    return text[start : stop + len(end)]
 
 
-def rewrite(text: str, table: str) -> str:
-    old = current_section(text)
+def rewrite(text: str, table: str, name: str = "settings") -> str:
+    old = current_section(text, name)
     if old is None:
-        raise SystemExit(f"README has no {BEGIN} ... {END} markers")
-    return text.replace(old, section(table), 1)
+        begin, end = markers(name)
+        raise SystemExit(f"no {begin} ... {end} markers")
+    return text.replace(old, section(table, name), 1)
 
 
 FLAGS_BEGIN = "# --- generated: settings_doc.py ---\n"
@@ -237,39 +282,39 @@ def rewrite_flags(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--write", action="store_true", help="rewrite the README section in place")
-    mode.add_argument("--check", action="store_true", help="exit 1 if the README is out of date")
-    parser.add_argument("--readme", type=Path, default=README, help="README to read or rewrite")
+    mode.add_argument("--write", action="store_true", help="rewrite the tables in place")
+    mode.add_argument("--check", action="store_true", help="exit 1 if a table is out of date")
+    parser.add_argument("--docs", type=Path, default=DOCS, help="the docs/ directory to use")
     args = parser.parse_args(argv)
-    table = render()
     if not (args.write or args.check):
-        sys.stdout.write(table)
+        sys.stdout.write(render())
         return 0
     old_flags = FLAGS.read_text(encoding="utf-8")
     flags = rewrite_flags(old_flags)
+    stale = 0
     if flags != old_flags:
         if args.check:
             print(f"{FLAGS}: out of date; run `python scripts/settings_doc.py --write`")
             return 1
         FLAGS.write_text(flags, encoding="utf-8")
         print(f"{FLAGS}: rewritten")
-    text = args.readme.read_text(encoding="utf-8")
-    new = rewrite(text, table)
-    if args.check:
-        if new != text:
+    for name, (file, renderer) in TABLES.items():
+        path = args.docs / file
+        text = path.read_text(encoding="utf-8")
+        new = rewrite(text, renderer(), name)
+        if new == text:
+            continue
+        if args.check:
             print(
-                f"{args.readme}: settings section is out of date; run "
+                f"{path}: the {name} table is out of date; run "
                 "`python scripts/settings_doc.py --write`",
                 file=sys.stderr,
             )
-            return 1
-        return 0
-    if new != text:
-        args.readme.write_text(new, encoding="utf-8")
-        print(f"{args.readme}: settings section rewritten")
-    else:
-        print(f"{args.readme}: settings section already up to date")
-    return 0
+            stale = 1
+        else:
+            path.write_text(new, encoding="utf-8")
+            print(f"{path}: {name} table rewritten")
+    return stale
 
 
 if __name__ == "__main__":

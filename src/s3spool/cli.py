@@ -1,8 +1,7 @@
 """Command line: ``s3spool run``, ``check``, ``status``, ``enqueue``, ``requeue``, ``config``;
 every setting is a flag too (``S3SPOOL_KEY_FORMAT`` ↔ ``--key-format``), which wins over the
 variable.
-Exit codes: 0 success · 1 some file failed · 2 usage error · 3 store unavailable · 75 files
-left behind by a local fault · 78 configuration error (1, 3 and 75: ``run --once``)."""
+Exit codes: ``errors.EXIT_MEANINGS`` (docs/operations.md "Exit codes" is generated from it)."""
 
 from __future__ import annotations
 
@@ -57,11 +56,7 @@ def _epilog() -> str:
         lines.append(f"  {env_name(field):<30} {flag_name(field):<24} {default}")
     lines.append("")
     lines.append("Durations: seconds or 30s/5m/1h. Sizes: bytes or 8MiB/1GiB.")
-    lines.append(
-        "Exit codes: 0 ok, 1 files failed (--once), 2 usage, 3 store unavailable "
-        "(--once), 75 files left behind by a full, read-only or missing directory, or by "
-        "--max-files/--max-duration (--once), 78 bad configuration."
-    )
+    lines.append("Exit codes: docs/operations.md#exit-codes (0: ok).")
     return "\n".join(lines)
 
 

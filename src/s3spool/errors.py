@@ -8,13 +8,35 @@ the store is at fault) and StoreUnavailable (intake pauses, no file is blamed).
 
 from __future__ import annotations
 
-# Exit codes of every command, in one table (README "Exit codes" documents them).
+# Exit codes of every command, in one table; docs/operations.md "Exit codes" is generated from
+# EXIT_MEANINGS by scripts/settings_doc.py.
 EXIT_OK = 0
 EXIT_NOT_OK = 1  # run --once: a file failed; check: a check failed; status: a dir unreadable
 EXIT_USAGE = 2  # argparse's own
 EXIT_STORE_UNAVAILABLE = 3  # run --once
 EXIT_TEMPFAIL = 75  # EX_TEMPFAIL: run --once left work: files (a local fault, a bound), events
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h
+
+EXIT_MEANINGS: dict[int, str] = {
+    EXIT_OK: "success: `run` stopped by SIGTERM/SIGINT after draining; `run --once` with no "
+    "failed file; `check`, `status`, `enqueue`, `requeue` and `config` without problems",
+    EXIT_NOT_OK: "`run --once`: at least one file failed (moved to `failed/`, removed, or "
+    "resubmitted); `check`: a check failed; `status`: a directory could not be read; "
+    "`enqueue`: a file was not enqueued; `requeue`: a file stayed in `failed/`",
+    EXIT_USAGE: "usage error: unknown flag or command, or no command; `requeue` without "
+    "PATTERN, `--reason` or `--all`",
+    EXIT_STORE_UNAVAILABLE: "`run --once`: the store is unavailable (at start or during the "
+    "run); the message names the cause and ends with `run s3spool check`",
+    EXIT_TEMPFAIL: "`run --once` (EX_TEMPFAIL): work was left for the next run: files left "
+    "behind by a local fault (a full, read-only, unwritable or missing spool directory) or by "
+    "`MAX_FILES` or `MAX_DURATION`, or notification events not accepted yet. Nothing is lost; "
+    "the summary says how many and why. A store fault (3) wins over it, and it wins over "
+    "failed files (1)",
+    EXIT_CONFIG: "configuration error (EX_CONFIG): an invalid or unknown setting (every "
+    "problem listed at once), a spool root that does not exist, an unusable directory, "
+    "directories on two filesystems, an `INSTANCE_ID` in use by a live process, an "
+    "`HTTP_ADDR` that cannot be bound, `MAX_FILES` or `MAX_DURATION` without `--once`",
+}
 
 
 class S3SpoolError(Exception):

@@ -117,7 +117,8 @@ class Metrics:
             "Age of the oldest event waiting for a notifier (0 if none).",
             notifier,
         )
-        Info("s3spool_build", "Build information.", registry=r).info({"version": __version__})
+        self.build = Info("s3spool_build", "Build information.", registry=r)
+        self.build.info({"version": __version__})
 
     def follow(
         self,

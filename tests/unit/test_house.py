@@ -1,5 +1,5 @@
 """The shape of the package: no import circle between modules or subpackages, even through
-type-checking imports, and the folder layout the README's map describes."""
+type-checking imports, and the folder layout docs/architecture.md describes."""
 
 from __future__ import annotations
 

@@ -122,7 +122,7 @@ def check_option_value(
         if bad is not None and bad > "~":
             raise ValueError(
                 f"{head} holds {bad!r}: header values are US-ASCII; write it percent-encoded "
-                f"({quote(bad)}), or take it from a key field (encoded per file, see README)"
+                f"({quote(bad)}), or take it from a key field (encoded per file, see docs/keys.md)"
             )
         if bad is not None:
             raise ValueError(f"{head} holds the control character {bad!r}")

@@ -160,7 +160,9 @@ class Settings(BaseSettings):
 
     # --- compression ------------------------------------------------------------------------
     compress: CodecName = Field(
-        "none", description='Compress uploads (README "Compression"); none: files go as they are.'
+        "none",
+        description="Compress uploads (docs/compression-and-bandwidth.md); none: files go as they "
+        "are.",
     )
     compress_level: int | None = Field(
         None,
@@ -182,8 +184,8 @@ class Settings(BaseSettings):
     bandwidth_limit: BandwidthLimit = Field(
         None,
         description="Bytes per second for all uploads of the process together, e.g. 20MiB; off; "
-        "or a schedule in local time, e.g. 08:00-18:00=10MiB,18:00-08:00=off (README "
-        '"Bandwidth limit"); SIGHUP re-reads it.',
+        "or a schedule in local time, e.g. 08:00-18:00=10MiB,18:00-08:00=off "
+        "(docs/compression-and-bandwidth.md); SIGHUP re-reads it.",
     )
     route_bandwidth_limit: BandwidthLimit = Field(
         None, description="Like BANDWIDTH_LIMIT, for each route's own uploads, on top of it."
@@ -193,7 +195,7 @@ class Settings(BaseSettings):
     notify: Notifiers = Field(
         default_factory=list,
         description="Notifiers told of each delivered (and/or failed) file: a JSON list of "
-        'tables, [[route.notify]] in the config file (README "Notifications").',
+        "tables, [[route.notify]] in the config file (docs/notifications.md).",
     )
     outbox_max_age: Duration | None = Field(
         None, description="If set, /readyz is unready while an event older than this waits."
@@ -262,7 +264,7 @@ class Settings(BaseSettings):
     # --- process -----------------------------------------------------------------------------
     config: Path | None = Field(
         None,
-        description='TOML file of settings and [[route]] tables (see README "Config file"); '
+        description="TOML file of settings and [[route]] tables (docs/configuration.md); "
         "flags and variables override it.",
     )
     shutdown_grace: Duration = Field(

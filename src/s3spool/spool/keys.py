@@ -32,7 +32,7 @@ DRAWN_FIELDS = frozenset({"now", "uuid1", "uuid4"})
 
 def encode_name(raw: bytes) -> str:
     """A file name as it goes into a key: valid UTF-8 unchanged, ``%`` included; ``%XX`` for
-    control characters and each byte that is not valid UTF-8 (README "Odd file names")."""
+    control characters and each byte that is not valid UTF-8 (docs/keys.md)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
