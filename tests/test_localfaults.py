@@ -261,6 +261,7 @@ async def test_read_only_remount_and_back(
     caplog.set_level(logging.INFO, logger="s3spool")
     with tmpfs(tmp_path / "fs") as fs:
         spool = fs / "spool"
+        spool.mkdir()
         async with running(settings_for(spool, moto_s3, hold_for=1.0)) as svc:
             for i in range(3):
                 drop(spool / "incoming", f"held-{i}", b"x")
@@ -454,6 +455,7 @@ def test_clock_stepped_forward_releases_and_deletes_nothing_early(
 ) -> None:
     faked, offset = stepped_clock
     spool = tmp_path / "spool"
+    spool.mkdir()
     env = {
         **moto_s3.env(),
         **faked,
@@ -485,6 +487,7 @@ def test_clock_stepped_back_delays_nothing_for_long(
 ) -> None:
     faked, offset = stepped_clock
     spool = tmp_path / "spool"
+    spool.mkdir()
     env = {**moto_s3.env(), **faked, "S3SPOOL_SPOOL_DIRS": str(spool), "S3SPOOL_HOLD_FOR": "2s"}
     with SpoolProc(["run"], env, cwd=tmp_path) as proc:
         proc.wait_for_log("watching 1 spool", 15)

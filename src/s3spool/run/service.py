@@ -228,11 +228,12 @@ class Service:
         for route in self.routes:
             await route.discovery.wait_scan_started()
         self.ready = True
-        msg = "%swatching %d spool(s) -> %s with %d workers (instance %s)"
+        msg = "%swatching %d spool(s) (%s) -> %s with %d workers (instance %s)"
         for route in self.routes:
             name = f"route {route.name}: " if len(self.routes) > 1 else ""
             where = route.s.destination
-            log.info(msg, name, len(route.spools), where, self.s.workers, self.instance_id)
+            spools = ", ".join(sp.label for sp in route.spools)  # absolute, as resolved
+            log.info(msg, name, len(route.spools), spools, where, self.s.workers, self.instance_id)
 
     async def _shutdown(self, workers: list[asyncio.Task[Any]]) -> None:
         self.stopping = True
