@@ -174,3 +174,35 @@ def test_every_setting_refuses_a_typo_by_name_or_takes_it(field: str, tmp_path: 
             validate_region_name(s.region)
         except InvalidRegionError:
             pytest.fail(f"region {s.region!r} taken, which botocore refuses")
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_relative_paths_and_missing_roots_name_their_route(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file's relative paths are taken from its directory, a flag's from the working
+    directory; a missing root is named with the key (and route) that gave it."""
+    from s3spool.config.load import missing_spools
+
+    (tmp_path / "etc" / "one").mkdir(parents=True)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    path = tmp_path / "etc" / "c.toml"
+    path.write_text(
+        "ca_bundle = 'ca.pem'\n"
+        + ROUTE.format(name="r1", root=".", dir="one")
+        + ROUTE.format(name="r2", root="..", dir="two")
+    )
+    (tmp_path / "etc" / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    config = load_config({"config": "../etc/c.toml"})
+    assert config.path == path
+    assert [r.s.spool_dirs for r in config.routes] == [[path.parent / "one"], [tmp_path / "two"]]
+    assert config.s.ca_bundle == path.parent / "ca.pem"
+    with pytest.raises(ConfigError) as err:
+        missing_spools(config)
+    assert str(err.value) == (
+        f"invalid settings:\n  route 'r2': key spool_dirs: spool root {tmp_path / 'two'} "
+        "does not exist"
+    )
+    (flagged,) = load_config({"spool_dirs": "one,two", "destination": "noop://"}).routes
+    assert flagged.s.spool_dirs == [tmp_path / "cwd" / "one", tmp_path / "cwd" / "two"]

@@ -351,6 +351,7 @@ def test_permissions_removed_and_restored(moto_s3: S3Target, public_dir: Path) -
 @pytest.mark.slow
 def test_inotify_overflow_rescans_and_delivers_everything(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
+    spool.mkdir()
     env = {
         "S3SPOOL_SPOOL_DIRS": str(spool),
         "S3SPOOL_DESTINATION": "noop://",

@@ -240,16 +240,16 @@ def missing_spools(config: Config) -> None:
     for route in config.routes:
         for dirs in spool_layouts(route.s, route=route.name):
             if dirs.root is not None:
-                wanted = [("spool_dirs", dirs.root, "spool root")]
-            else:
+                wanted = [("spool_dirs", dirs.root, "spool root ")]
+            else:  # an explicit directory is made if missing, in a parent that exists
                 roles = ("incoming", "working", "done", "failed")
                 paths = [(f"{r}_dir", getattr(dirs, r)) for r in roles if getattr(dirs, r)]
-                wanted = [(f, p.parent, f"parent of {p}") for f, p in paths if not p.is_dir()]
+                wanted = [(f, p.parent, f"{p}: its directory ") for f, p in paths if not p.is_dir()]
             for field, need, what in wanted:
                 if not need.is_dir():
                     why = "is not a directory" if need.exists() else "does not exist"
                     where = _locate(field, route.origin[field], route.name, config.path)
-                    problems.append(f"{where}{what} {need} {why}")
+                    problems.append(f"{where}{what}{need} {why}")
     if problems:
         raise ConfigError("invalid settings:\n  " + "\n  ".join(dict.fromkeys(problems)))
 
