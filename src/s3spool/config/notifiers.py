@@ -38,7 +38,7 @@ class _Spec(BaseModel):
     #: names the notifier in metrics, logs and its outbox directory; default: the kind
     name: str = ""
     on: list[Outcome] = Field(default_factory=lambda: list[Outcome](["delivered"]))
-    timeout: Duration = 10.0
+    timeout: Duration = Field(10.0, gt=0)
     #: tries within one pass before the event waits for the next sweep (never dropped)
     retries: int = Field(6, ge=1, le=100)
     concurrency: int = Field(4, ge=1, le=256)

@@ -70,6 +70,8 @@ def check_key_format(template: str, known: Set[str]) -> None:
     """Every check of ``KEY_FORMAT``: plain known fields, no literal ``.``/``..`` segment, and
     a format spec that renders (``{now:%Y}`` fails here, not at the first file)."""
     fields = key_format_fields(template)
+    if not fields and not template.strip("/"):
+        raise ValueError("key_format: empty: every key would be the prefix; the default is {fname}")
     _check_known("key_format", fields, known)
     bad = next((c for c in _literal(template) if c < " " or c == "\x7f"), None)
     if bad is not None:

@@ -273,8 +273,9 @@ class Settings(BaseSettings):
         "over the client's own HTTP session, without botocore's per-request pipeline (about half "
         "its CPU per small file); false: every request takes botocore's full pipeline.",
     )
-    connect_timeout: Duration = Field(10.0, description="Connection timeout to the store.")
-    read_timeout: Duration = Field(60.0, description="Read timeout of one request.")
+    # 0 would time out every request (and a 0 CLEANUP_INTERVAL spin): more than 0
+    connect_timeout: Duration = Field(10.0, gt=0, description="Connection timeout to the store.")
+    read_timeout: Duration = Field(60.0, gt=0, description="Read timeout of one request.")
 
     # --- after the upload ------------------------------------------------------------------
     remove_on_success: bool = Field(False, description="Unlink instead of moving to done/.")
@@ -285,7 +286,7 @@ class Settings(BaseSettings):
         3600.0, description="Cleanup removes done/ files this long after they reached done/."
     )
     cleanup_interval: Duration = Field(
-        60.0, description="How often cleanup and dead-instance recovery run."
+        60.0, gt=0, description="How often cleanup and dead-instance recovery run."
     )
     abort_multipart_after: Duration = Field(
         86400.0, description="Abort s3spool's multipart uploads older than this."
