@@ -101,6 +101,8 @@ async def test_spool_root_deleted_and_recreated_while_another_spool_goes_on(
 ) -> None:
     caplog.set_level(logging.INFO, logger="s3spool")
     gone, other = tmp_path / "gone", tmp_path / "other"
+    gone.mkdir()
+    other.mkdir()
     settings = settings_for([gone, other], moto_s3, key_format="{spool_dir}/{fname}")
     async with running(settings) as svc:
         subprocess.run(["rm", "-rf", str(gone)], check=True)
@@ -196,6 +198,7 @@ async def test_no_free_inode_for_the_instance_directory_then_one(
 ) -> None:
     caplog.set_level(logging.INFO, logger="s3spool")
     other = tmp_path / "other"
+    other.mkdir()
     with tmpfs(tmp_path / "fs", inodes=64) as fs:
         spool = fs / "spool"
         lay_out(spool)
