@@ -112,7 +112,10 @@ def parse_endpoint_url(value: Any) -> Any:
         raise ValueError(f"{value!r} holds {bad!r}; a URL has no white space or control characters")
     if "://" not in value:
         raise ValueError(f"{value!r} has no scheme: write http://{value} or https://{value}")
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:  # a bracketed host that is no IPv6 address
+        raise ValueError(f"{value!r}: {exc}") from None
     if parts.scheme.lower() not in ("http", "https"):
         raise ValueError(f"{value!r} must start with http:// or https://")
     try:
