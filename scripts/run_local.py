@@ -46,6 +46,7 @@ def main() -> int:
     data = ROOT / ".s3data"
     (data / BUCKET).mkdir(parents=True, exist_ok=True)
     spool = ROOT / "spool"
+    spool.mkdir(exist_ok=True)  # s3spool lays out incoming/ and the rest in an existing root
     port = free_port(9000)
     # own session: a Ctrl-C meant for s3spool must not stop the server under it
     server = subprocess.Popen(

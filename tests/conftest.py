@@ -104,8 +104,10 @@ def rclone_private(tmp_path: Path) -> Iterator[RcloneServer]:
 
 @pytest.fixture
 def spool(tmp_path: Path) -> Path:
-    """Where the service's spool directory should live; deliberately not created."""
-    return tmp_path / "spool"
+    """A spool root, empty: the service lays out incoming/ and the rest in it."""
+    root = tmp_path / "spool"
+    root.mkdir()
+    return root
 
 
 @pytest.fixture(autouse=True)

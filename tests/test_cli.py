@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -26,7 +27,11 @@ BASE_ENV = {"AWS_EC2_METADATA_DISABLED": "true", "S3SPOOL_HTTP_ADDR": ""}
 
 
 def cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60, user: int | None = None
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    user: int | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "s3spool", *args]
     if user is not None:
@@ -38,6 +43,7 @@ def cli(
         text=True,
         timeout=timeout,
         check=False,
+        cwd=cwd,
     )
 
 
@@ -222,6 +228,7 @@ def test_once_bounded_by_max_files_and_max_duration(tmp_path: Path, moto_s3: S3T
 
 
 def test_once_empty_spool_exits_zero(tmp_path: Path) -> None:
+    (tmp_path / "s").mkdir()
     result = cli(
         "run",
         "--once",
@@ -230,6 +237,58 @@ def test_once_empty_spool_exits_zero(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     for sub in ("incoming", "working", "done", "failed"):
         assert (tmp_path / "s" / sub).is_dir()
+
+
+def test_first_contact_mistakes_exit_78_in_one_format(tmp_path: Path) -> None:
+    """A spool root that is not there, an endpoint without a scheme, a directory as --config:
+    exit 78, one `s3spool: what: why` format, no traceback, nothing created."""
+    missing = tmp_path / "no" / "such" / "spool"
+    noop = {"S3SPOOL_DESTINATION": "noop://"}
+    for args in (["run", "--once"], ["run", "--dry-run"], ["check"]):
+        r = cli(*args, "--spool-dirs", str(missing), env=noop)
+        assert r.returncode == 78, (args, r.stdout, r.stderr)
+        said = r.stderr + r.stdout  # check prints FAIL lines on stdout
+        assert f"S3SPOOL_SPOOL_DIRS (--spool-dirs): spool root {missing} does not exist" in said
+    assert not (tmp_path / "no").exists()
+
+    (tmp_path / "empty").mkdir()
+    env = {**noop, "S3SPOOL_SPOOL_DIRS": str(tmp_path / "empty")}
+    r = cli("run", "--once", "--endpoint-url", "127.0.0.1:9000", env=env)
+    assert r.returncode == 78, r.stderr
+    assert "S3SPOOL_ENDPOINT_URL (--endpoint-url): '127.0.0.1:9000' has no scheme" in r.stderr
+    assert "Traceback" not in r.stderr
+
+    r = cli("run", "--once", "--config", str(tmp_path), env={})
+    assert r.returncode == 78, r.stderr
+    assert r.stderr == (
+        f"s3spool: S3SPOOL_CONFIG (--config): {tmp_path} is a directory, not a TOML file\n"
+    )
+
+    # a directory fault found as the service starts: the same format, no log prefix
+    (tmp_path / "empty" / "incoming").write_text("not a directory")
+    r = cli("run", "--once", env=env)
+    assert r.returncode == 78, r.stderr
+    assert r.stderr.startswith(f"s3spool: spool {tmp_path / 'empty'}: incoming directory"), r.stderr
+
+
+def test_relative_paths_follow_the_config_file_and_status_needs_no_destination(
+    tmp_path: Path,
+) -> None:
+    """A relative spool_dirs in the file is taken from the file's directory, whatever the
+    working directory (/ under systemd); a relative flag from the working directory."""
+    (tmp_path / "cfg" / "rel" / "incoming").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    config = tmp_path / "cfg" / "s3spool.toml"
+    config.write_text('spool_dirs = ["rel"]\ndestination = "noop://"\n')
+    drop(tmp_path / "cfg" / "rel" / "incoming", "a.txt", b"a")
+    r = cli("run", "--once", "--config", "../cfg/s3spool.toml", cwd=tmp_path / "elsewhere")
+    assert r.returncode == 0, r.stderr
+    assert names(tmp_path / "cfg" / "rel" / "done") == {"a.txt"}
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+    r = cli("status", "--json", "--spool-dirs", "rel", cwd=tmp_path / "cfg")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["spools"][0]["spool"] == str(tmp_path / "cfg" / "rel")
 
 
 @pytest.fixture
@@ -340,6 +399,7 @@ def test_once_on_an_empty_spool_asks_the_store_nothing(moto_s3: S3Target, tmp_pa
     """A cron job's `run --once` every minute: no request (and no botocore) while there is
     nothing to take, a multipart sweep once per interval, and a file is still delivered."""
     spool = tmp_path / "spool"
+    spool.mkdir()
     stamp = spool / ".s3spool-multipart-sweep"
     with FaultProxy(moto_s3.endpoint_url) as fp:
         env = {**moto_s3.via(fp.url).env(), "S3SPOOL_SPOOL_DIRS": str(spool)}

@@ -3,13 +3,16 @@ warnings of valid settings that are likely not meant."""
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
 import pytest
 
 from proc import cli
+from s3spool.config.catalog import env_name, flag_name
 from s3spool.config.load import load_config
+from s3spool.config.settings import Settings
 from s3spool.errors import ConfigError
 
 ROUTE = """
@@ -37,12 +40,13 @@ CASES: dict[str, tuple[str, list[str]]] = {
         "{r1}hold_for = 'soon'\n",
         [r"route 'r1': key hold_for: 'soon' is not a duration"],
     ),
-    "bad-top-value-names-each-route": (
+    "bad-top-value-said-once": (  # not once per route
         "part_size = '1MiB'\n{r1}{r2}",
-        [
-            r"route 'r1': key part_size \(top of .*c\.toml\): must be between 5MiB and 5GiB",
-            r"route 'r2': key part_size \(top of .*c\.toml\): must be between 5MiB and 5GiB",
-        ],
+        [r"\A[^\n]*\n  key part_size \(top of .*c\.toml\): must be between 5MiB and 5GiB[^\n]*\Z"],
+    ),
+    "routes-for-route": (
+        "[[routes]]\nname = 'r1'\n",
+        [r"c\.toml: unknown key 'routes'; did you mean route\?"],
     ),
     "missing-destination": (
         "[[route]]\nname = 'r1'\nspool_dirs = ['{root}/x']\n",
@@ -126,6 +130,8 @@ def test_without_a_file_errors_read_as_before(tmp_path: Path) -> None:
 def test_start_warns_of_variables_over_the_file_and_strftime_keys(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    for root in ("web", "bill"):
+        (tmp_path / root).mkdir()
     path = tmp_path / "c.toml"
     path.write_text(
         "workers = 8\nhold_for = '2s'\n"
@@ -160,3 +166,87 @@ def test_start_warns_of_variables_over_the_file_and_strftime_keys(
     c = cli(["check", "--config", str(path)], env)
     assert c.returncode == 0, c.stdout + c.stderr
     assert tuple(c.stdout.splitlines()[:3]) == tuple(f"WARN settings: {w}" for w in warnings)
+
+
+# --- every setting against values a person mistypes -----------------------------------------
+#: as flags and variables give them (text), and as a TOML file can (typed)
+TYPOS: list[object] = [
+    *("", " ", "\t", "a\nb", "\x1b[1m", "{", "}", "{fname", "%", "%Y", "-1", "-5s"),
+    *("5 parsecs", "10XiB", "1e9", "9" * 30, "9" * 30 + "d", "nan", "é"),
+    *(-1, 2**63 - 1, 1.5, math.inf, math.nan, True, [], {"a": {}}),
+]
+EXPLICIT = ("incoming_dir", "working_dir", "done_dir", "failed_dir")
+
+
+@pytest.mark.parametrize("field", list(Settings.model_fields))
+@pytest.mark.usefixtures("clean_env")
+def test_every_setting_refuses_a_typo_by_name_or_takes_it(field: str, tmp_path: Path) -> None:
+    """Each value is refused with a ConfigError naming the setting, or accepted and what the
+    service builds at start-up from it builds (no other exception: it would be a traceback)."""
+    from botocore.exceptions import InvalidRegionError
+    from botocore.utils import (
+        is_valid_endpoint_url,
+        is_valid_ipv6_endpoint_url,
+        validate_region_name,
+    )
+
+    from s3spool.run.service import Service
+    from s3spool.store.s3 import S3Store
+
+    (tmp_path / "s").mkdir()
+    base: dict[str, object] = {"destination": "s3://bucket/p/", "spool_dirs": str(tmp_path / "s")}
+    if field in EXPLICIT:
+        base = {"destination": "noop://", **{f: str(tmp_path / f) for f in EXPLICIT}}
+    for value in TYPOS:
+        try:
+            config = load_config({**base, field: value})
+        except ConfigError as exc:
+            refused = str(exc)
+        else:
+            refused = ""
+        if refused:
+            assert env_name(field) in refused or flag_name(field) in refused, (value, refused)
+            continue
+        s = config.s
+        Service(config, once=True)
+        if s.scheme == "s3":
+            S3Store(s)
+        if s.endpoint_url is not None:
+            url = s.endpoint_url
+            assert is_valid_endpoint_url(url) or is_valid_ipv6_endpoint_url(url), url
+        try:
+            validate_region_name(s.region)
+        except InvalidRegionError:
+            pytest.fail(f"region {s.region!r} taken, which botocore refuses")
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_relative_paths_and_missing_roots_name_their_route(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file's relative paths are taken from its directory, a flag's from the working
+    directory; a missing root is named with the key (and route) that gave it."""
+    from s3spool.config.load import missing_spools
+
+    (tmp_path / "etc" / "one").mkdir(parents=True)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    path = tmp_path / "etc" / "c.toml"
+    path.write_text(
+        "ca_bundle = 'ca.pem'\n"
+        + ROUTE.format(name="r1", root=".", dir="one")
+        + ROUTE.format(name="r2", root="..", dir="two")
+    )
+    (tmp_path / "etc" / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    config = load_config({"config": "../etc/c.toml"})
+    assert config.path == path
+    assert [r.s.spool_dirs for r in config.routes] == [[path.parent / "one"], [tmp_path / "two"]]
+    assert config.s.ca_bundle == path.parent / "ca.pem"
+    with pytest.raises(ConfigError) as err:
+        missing_spools(config)
+    assert str(err.value) == (
+        f"invalid settings:\n  route 'r2': key spool_dirs: spool root {tmp_path / 'two'} "
+        "does not exist"
+    )
+    (flagged,) = load_config({"spool_dirs": "one,two", "destination": "noop://"}).routes
+    assert flagged.s.spool_dirs == [tmp_path / "cwd" / "one", tmp_path / "cwd" / "two"]

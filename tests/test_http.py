@@ -73,6 +73,7 @@ def test_metrics_and_readiness_follow_files_and_store(
 ) -> None:
     target = rclone_private.new_target()
     root = tmp_path / "spool"
+    root.mkdir()
     incoming = root / "incoming"
     label = str(root)
     port = free_port()
@@ -204,6 +205,7 @@ def test_busy_http_addr_is_a_config_error(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
+        (tmp_path / "spool").mkdir()
         env = {
             "S3SPOOL_SPOOL_DIRS": str(tmp_path / "spool"),
             "S3SPOOL_DESTINATION": "noop://",

@@ -101,6 +101,8 @@ async def test_spool_root_deleted_and_recreated_while_another_spool_goes_on(
 ) -> None:
     caplog.set_level(logging.INFO, logger="s3spool")
     gone, other = tmp_path / "gone", tmp_path / "other"
+    gone.mkdir()
+    other.mkdir()
     settings = settings_for([gone, other], moto_s3, key_format="{spool_dir}/{fname}")
     async with running(settings) as svc:
         subprocess.run(["rm", "-rf", str(gone)], check=True)
@@ -196,6 +198,7 @@ async def test_no_free_inode_for_the_instance_directory_then_one(
 ) -> None:
     caplog.set_level(logging.INFO, logger="s3spool")
     other = tmp_path / "other"
+    other.mkdir()
     with tmpfs(tmp_path / "fs", inodes=64) as fs:
         spool = fs / "spool"
         lay_out(spool)
@@ -265,6 +268,7 @@ async def test_read_only_remount_and_back(
     caplog.set_level(logging.INFO, logger="s3spool")
     with tmpfs(tmp_path / "fs") as fs:
         spool = fs / "spool"
+        spool.mkdir()
         async with running(settings_for(spool, moto_s3, hold_for=1.0)) as svc:
             for i in range(3):
                 drop(spool / "incoming", f"held-{i}", b"x")
@@ -354,6 +358,7 @@ def test_permissions_removed_and_restored(moto_s3: S3Target, public_dir: Path) -
 @pytest.mark.slow
 def test_inotify_overflow_rescans_and_delivers_everything(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
+    spool.mkdir()
     env = {
         "S3SPOOL_SPOOL_DIRS": str(spool),
         "S3SPOOL_DESTINATION": "noop://",
@@ -458,6 +463,7 @@ def test_clock_stepped_forward_releases_and_deletes_nothing_early(
 ) -> None:
     faked, offset = stepped_clock
     spool = tmp_path / "spool"
+    spool.mkdir()
     env = {
         **moto_s3.env(),
         **faked,
@@ -489,6 +495,7 @@ def test_clock_stepped_back_delays_nothing_for_long(
 ) -> None:
     faked, offset = stepped_clock
     spool = tmp_path / "spool"
+    spool.mkdir()
     env = {**moto_s3.env(), **faked, "S3SPOOL_SPOOL_DIRS": str(spool), "S3SPOOL_HOLD_FOR": "2s"}
     with SpoolProc(["run"], env, cwd=tmp_path) as proc:
         proc.wait_for_log("watching 1 spool", 15)

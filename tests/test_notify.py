@@ -235,6 +235,7 @@ def test_a_webhook_down_for_a_minute_slows_nothing(
     """2,000 files arrive while the webhook is down for 60 s: all delivered on time, every
     event sent once it is back, memory bounded."""
     spool = tmp_path / "spool"
+    spool.mkdir()
     receiver.down = True
     names = [f"d{i:04d}" for i in range(2000)]
     env = _notify_env(rclone_s3, spool, receiver)

@@ -133,6 +133,7 @@ def test_check_directories_on_two_filesystems(tmp_path: Path) -> None:
 
 def test_check_missing_bucket(s3: S3Target, tmp_path: Path) -> None:
     missing = dataclasses.replace(s3, bucket=f"{s3.bucket}-missing")
+    (tmp_path / "spool").mkdir()
     env = {**missing.env("p/"), "S3SPOOL_SPOOL_DIRS": str(tmp_path / "spool")}
     r = cli(["check"], env)
     assert r.returncode == 1, r
@@ -143,6 +144,7 @@ def test_check_missing_bucket(s3: S3Target, tmp_path: Path) -> None:
 
 
 def test_check_refused_credentials(rclone_s3: S3Target, tmp_path: Path) -> None:
+    (tmp_path / "spool").mkdir()
     env = {
         **rclone_s3.env(),
         "AWS_SECRET_ACCESS_KEY": "not-the-secret",
@@ -167,6 +169,7 @@ def test_check_names_a_bad_client_setting(
     env: dict[str, str], says: str, rclone_tls_s3: S3Target, tmp_path: Path
 ) -> None:
     # found only when the client is made: a FAIL line for the store, naming the setting
+    (tmp_path / "spool").mkdir()
     base = {**rclone_tls_s3.env(), "S3SPOOL_SPOOL_DIRS": str(tmp_path / "spool")}
     r = cli(["check"], {**base, **env})
     assert r.returncode == 1, r
@@ -176,6 +179,7 @@ def test_check_names_a_bad_client_setting(
 
 
 def test_check_good_config_passes_and_leaves_nothing(s3: S3Target, tmp_path: Path) -> None:
+    (tmp_path / "spool").mkdir()
     with FaultProxy(s3.endpoint_url, seed=1) as proxy:
         env = {**s3.via(proxy.url).env("in/"), "S3SPOOL_SPOOL_DIRS": str(tmp_path / "spool")}
         r = cli(["check"], env)
@@ -216,6 +220,7 @@ def test_check_good_config_passes_and_leaves_nothing(s3: S3Target, tmp_path: Pat
 
 
 def test_check_read_only_writes_nothing(moto_s3: S3Target, tmp_path: Path) -> None:
+    (tmp_path / "spool").mkdir()
     with FaultProxy(moto_s3.endpoint_url, seed=1) as proxy:
         env = {**moto_s3.via(proxy.url).env(), "S3SPOOL_SPOOL_DIRS": str(tmp_path / "spool")}
         r = cli(["check", "--read-only"], env)
@@ -290,6 +295,7 @@ def test_status_matches_disk(tmp_path: Path) -> None:
 
 def test_status_sees_a_running_service(tmp_path: Path) -> None:
     root = tmp_path / "spool"
+    root.mkdir()
     env = {
         "S3SPOOL_SPOOL_DIRS": str(root),
         "S3SPOOL_DESTINATION": "noop://",
@@ -460,11 +466,11 @@ def test_enqueue_chooses_the_spool(tmp_path: Path) -> None:
     r = cli(["enqueue", str(src)], both)
     assert r.returncode == 78, r
     assert "--spool" in r.stderr
-    assert "2 spools" in r.stderr
+    assert f"the settings name 2 spools ({one}, {two})" in r.stderr
     r = cli(["enqueue", "--spool", str(two), str(src)], both)
     assert r.returncode == 0, r
     assert (two / "incoming" / "f.txt").read_bytes() == b"data"
-    single = {"S3SPOOL_SPOOL_DIRS": str(one), "S3SPOOL_DESTINATION": "noop://"}
+    single = {"S3SPOOL_SPOOL_DIRS": str(one)}  # a producer needs no DESTINATION
     assert cli(["enqueue", str(src)], single).returncode == 0
     assert (one / "incoming" / "f.txt").read_bytes() == b"data"
     r = cli(["enqueue", str(src)], {})
@@ -604,11 +610,12 @@ def test_hostname_sets_the_hostname_field(tmp_path: Path) -> None:
 
 def test_dry_run_of_a_spool_never_started(tmp_path: Path) -> None:
     root = tmp_path / "spool"
+    root.mkdir()
     env = {"S3SPOOL_SPOOL_DIRS": str(root), "S3SPOOL_DESTINATION": "noop://"}
     r = cli(["run", "--dry-run"], env)
     assert r.returncode == 0, r
     assert "does not exist yet" in r.stdout
-    assert not root.exists()
+    assert list(root.iterdir()) == []
 
 
 def test_enqueue_keeps_the_file_mode(tmp_path: Path) -> None:

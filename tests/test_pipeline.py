@@ -174,6 +174,8 @@ async def test_every_key_field(spool: Path, moto_s3: S3Target) -> None:
 
 async def test_multiple_spools(tmp_path: Path, s3: S3Target) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
     settings = settings_for([a, b], s3, key_format="{spool_dir}/{fname}")
     async with running(settings):
         drop(a / "incoming", "x", b"from a")

@@ -130,6 +130,7 @@ async def test_a_backlog_in_one_route_does_not_delay_another(
     other.create_bucket(Bucket=bucket_b)
     busy, quiet = tmp_path / "busy", tmp_path / "quiet"
     (busy / "incoming").mkdir(parents=True)
+    quiet.mkdir()
     for i in range(10_000):
         (busy / "incoming" / f"f{i:05d}").write_bytes(b"x" * 64)
     instance = f"fair-{os.getpid()}"
@@ -224,6 +225,8 @@ async def test_one_route_down_does_not_pause_the_other(
 ) -> None:
     """A route whose store refuses every connection pauses alone; the other delivers."""
     instance = f"down-{os.getpid()}"
+    (tmp_path / "good").mkdir()
+    (tmp_path / "dead").mkdir()
     good = settings_for(tmp_path / "good", moto_s3, instance_id=instance)
     dead = settings_for(
         tmp_path / "dead",

@@ -69,7 +69,8 @@ _COMMANDS = {
     ),
     "check": (
         "check settings, directories, inotify and the store",
-        "Check the settings, the spool directories (created if missing, as the service would), "
+        "Check the settings, the spool directories (created in an existing root if missing, as "
+        "the service would), "
         "inotify limits and the store (HeadBucket, then a PUT and DELETE of a small test object "
         "under the prefix). One PASS/WARN/FAIL line per check.",
         "Exit codes: 0 all passed (warnings allowed), 1 a check failed, 78 invalid settings.",
@@ -179,9 +180,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_from(args: argparse.Namespace) -> Config:
-    from s3spool.config.load import load_config
+    """The settings; for run and check also the spool roots, which must exist."""
+    from s3spool.config.load import load_config, missing_spools
 
-    return load_config({f[0]: getattr(args, f[0], None) for f in SETTINGS})
+    flags = {f[0]: getattr(args, f[0], None) for f in SETTINGS}
+    # status and enqueue never contact the store: they need no destination
+    config = load_config(flags, need_destination=args.command in ("run", "check", "config"))
+    if args.command in ("run", "check"):
+        missing_spools(config)
+    return config
+
+
+def _config_failed(exc: BaseException | str) -> int:
+    """Every exit-78 error says ``s3spool: what: why`` on stderr, without a log prefix."""
+    flush_logs()
+    print(f"s3spool: {exc}", file=sys.stderr, flush=True)
+    return EXIT_CONFIG
 
 
 def run_async(coro: Callable[[], Coroutine[Any, Any, int]]) -> int:
@@ -230,13 +244,10 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
                 # A producer needs only the spool; it need not know the destination.
                 setup_logging("INFO", "text")
                 return _enqueue(args, None) if args.command == "enqueue" else _requeue(args, None)
-            print(
-                f"s3spool {args.command}: no spool: pass --spool DIR, or fix the settings: {exc}",
-                file=sys.stderr,
+            return _config_failed(
+                f"{args.command}: no spool: pass --spool DIR, or fix the settings: {exc}"
             )
-            return EXIT_CONFIG
-        print(f"s3spool: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _config_failed(exc)
     setup_logging(config.s.log_level, config.s.log_format)
     if args.command == "run":
         for warning in config.warnings:  # valid settings that are likely not what was meant
@@ -279,8 +290,7 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
 
             return show_config(config, as_json=args.json)
     except ConfigError as exc:
-        log.error("%s", exc)
-        return EXIT_CONFIG
+        return _config_failed(exc)
     except BaseExceptionGroup as group:
         # A task of the service's TaskGroup (e.g. the HTTP server) could not start.
         found: BaseException | None = group.subgroup(ConfigError)
@@ -288,8 +298,7 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
             raise
         while isinstance(found, BaseExceptionGroup):
             found = found.exceptions[0]  # the first ConfigError, however deep
-        log.error("%s", found)
-        return EXIT_CONFIG
+        return _config_failed(found)
     except KeyboardInterrupt:  # pragma: no cover - signal handlers normally catch it
         return 130
     except BrokenPipeError:
@@ -308,8 +317,7 @@ def _enqueue(args: argparse.Namespace, config: Config | None) -> int:
     try:
         target = enqueue.enqueue_target(config, args.spool)
     except ConfigError as exc:
-        print(f"s3spool enqueue: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _config_failed(exc)
     return enqueue.enqueue(args.files, target, move=args.move)
 
 
@@ -319,8 +327,7 @@ def _requeue(args: argparse.Namespace, config: Config | None) -> int:
     try:
         spools = requeue.requeue_spools(config, args.spool)
     except ConfigError as exc:
-        print(f"s3spool requeue: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _config_failed(exc)
     return requeue.requeue(
         spools, patterns=args.patterns, reasons=args.reason, dry_run=args.dry_run
     )

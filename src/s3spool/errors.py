@@ -35,7 +35,8 @@ EXIT_MEANINGS: dict[int, str] = {
     EXIT_CONFIG: "configuration error (EX_CONFIG): an invalid or unknown setting (every "
     "problem listed at once), a spool root that does not exist, an unusable directory, "
     "directories on two filesystems, an `INSTANCE_ID` in use by a live process, an "
-    "`HTTP_ADDR` that cannot be bound, `MAX_FILES` or `MAX_DURATION` without `--once`",
+    "`HTTP_ADDR` that cannot be bound, `MAX_FILES` or `MAX_DURATION` without `--once`. One "
+    "block on stderr, `s3spool: what: why`",
 }
 
 

@@ -11,7 +11,7 @@ from urllib.parse import unquote_to_bytes
 import botocore.auth
 import pytest
 
-from s3spool.config.formats import parse_duration, parse_list, parse_size
+from s3spool.config.formats import parse_duration, parse_endpoint_url, parse_list, parse_size
 from s3spool.config.load import load_settings
 from s3spool.config.options import key_format_hint
 from s3spool.errors import (
@@ -99,6 +99,53 @@ def test_parse_duration(text: object, seconds: float) -> None:
 def test_parse_duration_refuses(bad: str) -> None:
     with pytest.raises(ValueError, match="is not a duration"):
         parse_duration(bad)
+
+
+@pytest.mark.parametrize("huge", ["36501d", "9" * 30, float("inf"), 10**20])
+def test_parse_duration_refuses_more_than_a_century(huge: object) -> None:
+    # timers and thread waits overflow near 300 years
+    with pytest.raises(ValueError, match="longer than 100 years"):
+        parse_duration(huge)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9000",
+        "https://s3.eu-west-1.amazonaws.com",
+        "http://[::1]:9000/",
+        "http://minio.local.:9000/path",
+        "127.0.0.1:9000",
+        "localhost:9000",
+        "ftp://host",
+        "http://",
+        "http://a b",
+        "http://host:99999",
+        "http://host:port",
+        "http://-bad-.example",
+        "http://[::zz]:1",
+        "http://h\x00st",
+        "http://h_st",
+    ],
+)
+def test_endpoint_urls_are_refused_exactly_when_botocore_would(url: str) -> None:
+    from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
+
+    try:
+        parse_endpoint_url(url)
+    except ValueError:
+        taken = False
+    else:
+        taken = True
+    try:
+        botocore = url.startswith(("http://", "https://")) and bool(
+            is_valid_endpoint_url(url) or is_valid_ipv6_endpoint_url(url)
+        )
+    except ValueError:
+        botocore = False
+    if url in ("http://host:99999", "http://host:port"):
+        botocore = False  # botocore takes them, and fails at the first request
+    assert taken == botocore
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ def flag_name(field: str) -> str:
 # fmt: off
 # --- generated: settings_doc.py ---
 SETTINGS: tuple[tuple[str, bool, str, str], ...] = (
-    ('spool_dirs', False, 'none', 'Spool roots (comma-separated or JSON list); each holds incoming/ working/ done/ failed/, created if missing.'),
+    ('spool_dirs', False, 'none', 'Spool roots (comma-separated or JSON list), which must exist; each holds incoming/ working/ done/ failed/, created if missing.'),
     ('incoming_dir', False, 'none', 'Explicit incoming directory of a single spool (instead of SPOOL_DIRS).'),
     ('working_dir', False, 'none', 'Explicit working directory (single spool).'),
     ('done_dir', False, 'none', 'Explicit done directory (single spool).'),
@@ -31,7 +31,7 @@ SETTINGS: tuple[tuple[str, bool, str, str], ...] = (
     ('done_name', False, 'done', 'Name of done/ inside each root (e.g. completed).'),
     ('failed_name', False, 'failed', 'Name of failed/ inside each root.'),
     ('destination', False, 'none', 's3://bucket/prefix (the prefix is a directory) or noop:// (log only).'),
-    ('endpoint_url', False, 'none', 'S3-compatible endpoint URL.'),
+    ('endpoint_url', False, 'none', 'S3-compatible endpoint URL, e.g. http://127.0.0.1:9000.'),
     ('region', False, 'none', 'Region of the bucket (botocore default chain).'),
     ('addressing_style', False, 'auto', 'Bucket addressing style.'),
     ('profile', False, 'none', "Credentials profile of the shared AWS config files (default: botocore's chain, AWS_PROFILE included)."),

@@ -3,6 +3,7 @@ pairs and bandwidth limits."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import re
@@ -10,12 +11,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field
 from pydantic_settings import NoDecode
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+#: The longest duration: timers and thread waits overflow near 300 years (time_t, TIMEOUT_MAX).
+MAX_DURATION = 100 * 365 * 86400.0
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 
 
@@ -24,13 +28,19 @@ def parse_duration(value: Any) -> Any:
     if isinstance(value, int | float) and not isinstance(value, bool):
         if value < 0:
             raise ValueError("must not be negative")
-        return float(value)
-    if isinstance(value, str):
+        seconds = float(value)
+    elif isinstance(value, str):
         m = _DURATION_RE.match(value)
         if not m:
             raise ValueError(f"{value!r} is not a duration (use seconds or 30s / 5m / 1h)")
-        return float(m.group(1)) * _DURATION_UNITS[(m.group(2) or "s").lower()]
-    return value
+        seconds = float(m.group(1)) * _DURATION_UNITS[(m.group(2) or "s").lower()]
+    else:
+        return value
+    if math.isnan(seconds):
+        raise ValueError(f"{value!r} is not a duration")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{value!r} is longer than 100 years")
+    return seconds
 
 
 def parse_size(value: Any) -> Any:
@@ -62,10 +72,78 @@ def parse_list(value: Any) -> Any:
     return value
 
 
+def parse_path(value: Any) -> Any:
+    """A path; empty: unset (``Path("")`` would be the working directory)."""
+    if isinstance(value, str):
+        if "\0" in value:
+            raise ValueError(f"{value!r} holds a NUL character")
+        return value or None
+    return value
+
+
+def parse_paths(value: Any) -> Any:
+    value = parse_list(value)
+    if isinstance(value, list):
+        return [parse_path(item) if isinstance(item, str) else item for item in value]
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
 StrList = Annotated[list[str], NoDecode, BeforeValidator(parse_list)]
-PathList = Annotated[list[Path], NoDecode, BeforeValidator(parse_list)]
+PathList = Annotated[list[Path], NoDecode, BeforeValidator(parse_paths)]
+OptionalPath = Annotated[Path | None, BeforeValidator(parse_path)]
+
+#: a host name as botocore takes it in an endpoint URL (botocore.utils.is_valid_endpoint_url)
+_HOST_RE = re.compile(r"((?!-)[A-Za-z\d-]{1,63}(?<!-)\.)*(?!-)[A-Za-z\d-]{1,63}(?<!-)\.?")
+#: a region as botocore takes it (botocore.utils.validate_region_name)
+_REGION_RE = re.compile(r"(?![0-9]+$)(?!-)[a-zA-Z0-9-]{1,63}(?<!-)")
+
+
+def parse_endpoint_url(value: Any) -> Any:
+    """``http(s)://host[:port][/path]``, checked as botocore will (else it fails at the first
+    client, with a traceback); empty: unset."""
+    if not isinstance(value, str):
+        return value
+    if not value:
+        return None
+    bad = next((c for c in value if not "!" <= c <= "~"), None)
+    if bad is not None:
+        raise ValueError(f"{value!r} holds {bad!r}; a URL has no white space or control characters")
+    if "://" not in value:
+        raise ValueError(f"{value!r} has no scheme: write http://{value} or https://{value}")
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:  # a bracketed host that is no IPv6 address
+        raise ValueError(f"{value!r}: {exc}") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError(f"{value!r} must start with http:// or https://")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
+    except ValueError:
+        raise ValueError(f"{value!r} has no valid port (a number from 1 to 65535)") from None
+    host = parts.hostname or ""
+    if ":" in host:  # [IPv6]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{value!r}: [{host}] is not an IPv6 address") from None
+    elif len(host) > 255 or not _HOST_RE.fullmatch(host):
+        raise ValueError(f"{value!r} has no valid host name")
+    return value
+
+
+def parse_region(value: Any) -> Any:
+    """A region name (``eu-west-1``); empty: unset (botocore's chain)."""
+    if value == "":
+        return None
+    if isinstance(value, str) and not _REGION_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a region name (letters, digits, '-': eu-west-1)")
+    return value
+
+
+EndpointUrl = Annotated[str | None, BeforeValidator(parse_endpoint_url)]
+Region = Annotated[str | None, BeforeValidator(parse_region)]
 
 
 def parse_pairs(value: Any) -> Any:

@@ -21,7 +21,8 @@ from pydantic import (
 )
 from pydantic_settings import NoDecode
 
-from s3spool.config.formats import Duration
+from s3spool.config.formats import Duration, EndpointUrl, Region
+from s3spool.config.options import check_header_name, check_header_value
 
 Outcome = Literal["delivered", "failed"]
 
@@ -37,7 +38,7 @@ class _Spec(BaseModel):
     #: names the notifier in metrics, logs and its outbox directory; default: the kind
     name: str = ""
     on: list[Outcome] = Field(default_factory=lambda: list[Outcome](["delivered"]))
-    timeout: Duration = 10.0
+    timeout: Duration = Field(10.0, gt=0)
     #: tries within one pass before the event waits for the next sweep (never dropped)
     retries: int = Field(6, ge=1, le=100)
     concurrency: int = Field(4, ge=1, le=256)
@@ -69,21 +70,31 @@ class WebhookSpec(_Spec):
     def _http(cls, url: str) -> str:
         if not re.match(r"https?://", url):
             raise ValueError(f"{url!r} must be http:// or https://")
+        if any(not "!" <= c <= "~" for c in url):
+            raise ValueError(f"{url!r} holds white space or a control character")
         return url
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            check_header_name(f"header {name!r}:", name)
+            check_header_value(f"header {name!r}:", value)
+        return headers
 
 
 class SqsSpec(_Spec):
     kind: Literal["sqs"]
     queue_url: str = Field(min_length=1)
-    endpoint_url: str | None = None
-    region: str | None = None
+    endpoint_url: EndpointUrl = None
+    region: Region = None
 
 
 class SnsSpec(_Spec):
     kind: Literal["sns"]
     topic_arn: str = Field(min_length=1)
-    endpoint_url: str | None = None
-    region: str | None = None
+    endpoint_url: EndpointUrl = None
+    region: Region = None
 
 
 class ExecSpec(_Spec):
@@ -97,6 +108,8 @@ class ExecSpec(_Spec):
             raise ValueError("required for kind exec")
         if not Path(command[0]).is_absolute():
             raise ValueError(f"{command[0]!r} must be an absolute path")
+        if any("\0" in arg for arg in command):
+            raise ValueError("an argument holds a NUL character")
         return command
 
 

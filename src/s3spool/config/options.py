@@ -70,7 +70,12 @@ def check_key_format(template: str, known: Set[str]) -> None:
     """Every check of ``KEY_FORMAT``: plain known fields, no literal ``.``/``..`` segment, and
     a format spec that renders (``{now:%Y}`` fails here, not at the first file)."""
     fields = key_format_fields(template)
+    if not fields and not template.strip("/"):
+        raise ValueError("key_format: empty: every key would be the prefix; the default is {fname}")
     _check_known("key_format", fields, known)
+    bad = next((c for c in _literal(template) if c < " " or c == "\x7f"), None)
+    if bad is not None:
+        raise ValueError(f"key_format: holds the control character {bad!r}")
     for seg in template.split("/"):
         if seg in (".", ".."):
             raise ValueError(f"key_format: '{seg}' segments are not allowed")
@@ -108,6 +113,32 @@ def _literal(template: str) -> str:
     return "".join(literal for literal, *_ in string.Formatter().parse(template))
 
 
+def check_header_name(head: str, name: str) -> None:
+    if not _TOKEN_RE.fullmatch(name):
+        raise ValueError(
+            f"{head} has characters an HTTP header name cannot have "
+            "(letters, digits and !#$%&'*+-.^_`|~ only)"
+        )
+
+
+def check_header_value(head: str, text: str, *, fields: bool = False) -> None:
+    """Text an HTTP header value can carry: printable US-ASCII, no white space at either end
+    (``head`` starts each message: ``"content_type:"``; ``fields``: key fields may stand in)."""
+    bad = next((c for c in text if not " " <= c <= "~"), None)  # control or not US-ASCII
+    if bad is not None and bad > "~":
+        hint = (
+            ", or take it from a key field (encoded per file, see docs/keys.md)" if fields else ""
+        )
+        raise ValueError(
+            f"{head} holds {bad!r}: header values are US-ASCII; write it percent-encoded "
+            f"({quote(bad)}){hint}"
+        )
+    if bad is not None:
+        raise ValueError(f"{head} holds the control character {bad!r}")
+    if text != text.strip():
+        raise ValueError(f"{head} starts or ends with white space, which HTTP drops")
+
+
 def check_option_value(
     setting: str, what: str, text: str, *, header: bool, known: Set[str]
 ) -> set[str]:
@@ -118,16 +149,7 @@ def check_option_value(
     head = f"{setting}: {what}" if what else f"{setting}:"  # "field: ..." in every message
     fields = key_format_fields(text, label)
     if header:
-        bad = next((c for c in text if not " " <= c <= "~"), None)  # control or not US-ASCII
-        if bad is not None and bad > "~":
-            raise ValueError(
-                f"{head} holds {bad!r}: header values are US-ASCII; write it percent-encoded "
-                f"({quote(bad)}), or take it from a key field (encoded per file, see docs/keys.md)"
-            )
-        if bad is not None:
-            raise ValueError(f"{head} holds the control character {bad!r}")
-        if text != text.strip():
-            raise ValueError(f"{head} starts or ends with white space, which HTTP drops")
+        check_header_value(head, text, fields=True)
     else:
         bad = next((c for c in _literal(text) if not _TAG_RE.fullmatch(c)), None)
         if bad is not None:
@@ -142,11 +164,7 @@ def check_metadata(pairs: dict[str, str], known: Set[str]) -> dict[str, str]:
     for name, value in pairs.items():
         if not name:
             raise ValueError("metadata: a name is empty")
-        if not _TOKEN_RE.fullmatch(name):
-            raise ValueError(
-                f"metadata: name {name!r} has characters an HTTP header name cannot have "
-                "(letters, digits and !#$%&'*+-.^_`|~ only)"
-            )
+        check_header_name(f"metadata: name {name!r}", name)
         low = name.lower()
         if low.startswith("x-amz-meta-"):
             raise ValueError(f"metadata: name {name!r}: give the name without x-amz-meta-")

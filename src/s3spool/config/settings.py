@@ -11,14 +11,36 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from s3spool.config.catalog import ENV_PREFIX
 from s3spool.config.codecs import DEFAULT_SKIP, CodecName, ModeName, resolve_level
-from s3spool.config.formats import BandwidthLimit, Duration, Pairs, PathList, Size, StrList
+from s3spool.config.formats import (
+    BandwidthLimit,
+    Duration,
+    EndpointUrl,
+    OptionalPath,
+    Pairs,
+    PathList,
+    Region,
+    Size,
+    StrList,
+)
 from s3spool.config.notifiers import Notifiers
-from s3spool.config.options import check_key_format, check_metadata, check_option_value, check_tags
+from s3spool.config.options import (
+    check_header_value,
+    check_key_format,
+    check_metadata,
+    check_option_value,
+    check_tags,
+)
 
 #: Fields a ``KEY_FORMAT`` may use; ``keys.py`` fills them.
 KEY_FIELDS = frozenset(
@@ -30,6 +52,17 @@ MIB = 1024 * 1024
 LogLevel = Annotated[
     Literal["DEBUG", "INFO", "WARNING", "ERROR"],
     BeforeValidator(lambda v: v.upper() if isinstance(v, str) else v),
+]
+
+#: S3's canned ACLs of an object
+CannedAcl = Literal[
+    "private",
+    "public-read",
+    "public-read-write",
+    "authenticated-read",
+    "aws-exec-read",
+    "bucket-owner-read",
+    "bucket-owner-full-control",
 ]
 
 #: Settings of the whole process; every other setting may differ per route (config.py).
@@ -49,15 +82,17 @@ class Settings(BaseSettings):
     # --- where files come from --------------------------------------------------------------
     spool_dirs: PathList = Field(
         default_factory=list,
-        description="Spool roots (comma-separated or JSON list); each holds incoming/ working/ "
-        "done/ failed/, created if missing.",
+        description="Spool roots (comma-separated or JSON list), which must exist; each holds "
+        "incoming/ working/ done/ failed/, created if missing.",
     )
-    incoming_dir: Path | None = Field(
+    incoming_dir: OptionalPath = Field(
         None, description="Explicit incoming directory of a single spool (instead of SPOOL_DIRS)."
     )
-    working_dir: Path | None = Field(None, description="Explicit working directory (single spool).")
-    done_dir: Path | None = Field(None, description="Explicit done directory (single spool).")
-    failed_dir: Path | None = Field(
+    working_dir: OptionalPath = Field(
+        None, description="Explicit working directory (single spool)."
+    )
+    done_dir: OptionalPath = Field(None, description="Explicit done directory (single spool).")
+    failed_dir: OptionalPath = Field(
         None,
         description="Explicit failed directory (single spool); equal to INCOMING_DIR means "
         "failed files are resubmitted after a backoff.",
@@ -74,8 +109,10 @@ class Settings(BaseSettings):
     destination: str = Field(
         "", description="s3://bucket/prefix (the prefix is a directory) or noop:// (log only)."
     )
-    endpoint_url: str | None = Field(None, description="S3-compatible endpoint URL.")
-    region: str | None = Field(None, description="Region of the bucket (botocore default chain).")
+    endpoint_url: EndpointUrl = Field(
+        None, description="S3-compatible endpoint URL, e.g. http://127.0.0.1:9000."
+    )
+    region: Region = Field(None, description="Region of the bucket (botocore default chain).")
     addressing_style: Literal["auto", "path", "virtual"] = Field(
         "auto", description="Bucket addressing style."
     )
@@ -84,7 +121,7 @@ class Settings(BaseSettings):
         description="Credentials profile of the shared AWS config files (default: botocore's "
         "chain, AWS_PROFILE included).",
     )
-    ca_bundle: Path | None = Field(
+    ca_bundle: OptionalPath = Field(
         None,
         description="PEM file of the CA certificates that sign the store's TLS certificate "
         "(like the aws cli's --ca-bundle; default: botocore's AWS_CA_BUNDLE or the profile's "
@@ -106,7 +143,7 @@ class Settings(BaseSettings):
         + ", ".join(sorted(KEY_FIELDS))
         + ".",
     )
-    acl: str | None = Field(None, description="Canned ACL, e.g. private or public-read.")
+    acl: CannedAcl | None = Field(None, description="Canned ACL, e.g. private or public-read.")
     storage_class: str | None = Field(None, description="Storage class, e.g. STANDARD_IA.")
     sse: Literal["AES256", "aws:kms"] | None = Field(None, description="Server-side encryption.")
     sse_kms_key_id: str | None = Field(None, description="KMS key id when SSE=aws:kms.")
@@ -243,8 +280,9 @@ class Settings(BaseSettings):
         "over the client's own HTTP session, without botocore's per-request pipeline (about half "
         "its CPU per small file); false: every request takes botocore's full pipeline.",
     )
-    connect_timeout: Duration = Field(10.0, description="Connection timeout to the store.")
-    read_timeout: Duration = Field(60.0, description="Read timeout of one request.")
+    # 0 would time out every request (and a 0 CLEANUP_INTERVAL spin): more than 0
+    connect_timeout: Duration = Field(10.0, gt=0, description="Connection timeout to the store.")
+    read_timeout: Duration = Field(60.0, gt=0, description="Read timeout of one request.")
 
     # --- after the upload ------------------------------------------------------------------
     remove_on_success: bool = Field(False, description="Unlink instead of moving to done/.")
@@ -255,14 +293,14 @@ class Settings(BaseSettings):
         3600.0, description="Cleanup removes done/ files this long after they reached done/."
     )
     cleanup_interval: Duration = Field(
-        60.0, description="How often cleanup and dead-instance recovery run."
+        60.0, gt=0, description="How often cleanup and dead-instance recovery run."
     )
     abort_multipart_after: Duration = Field(
         86400.0, description="Abort s3spool's multipart uploads older than this."
     )
 
     # --- process -----------------------------------------------------------------------------
-    config: Path | None = Field(
+    config: OptionalPath = Field(
         None,
         description="TOML file of settings and [[route]] tables (docs/configuration.md); "
         "flags and variables override it.",
@@ -334,31 +372,61 @@ class Settings(BaseSettings):
 
 
 def check_settings(s: Settings) -> tuple[str, str, str]:
-    """The checks across settings (a ``ValueError`` names the setting first, as
-    ``validation_problems`` expects); returns the parsed destination."""
-    if not s.destination:
-        raise ValueError("destination: required (s3://bucket/prefix or noop://)")
-    destination = parse_destination(s.destination)
+    """The checks across settings; a ``ValueError`` holds one line per problem, each naming
+    its setting first (``field: text``, as ``validation_problems`` expects).  Returns the
+    parsed destination."""
+    problems: list[str] = []
+    destination = ("", "", "")
+    try:
+        if not s.destination:
+            raise ValueError("destination: required (s3://bucket/prefix or noop://)")
+        destination = parse_destination(s.destination)
+    except ValueError as exc:
+        problems.append(str(exc))
+    checks = (_check_key_format, _check_spools, _check_numbers, _check_store, _check_dir_names)
+    for check in (*checks, _check_object_options, _check_compress):
+        try:
+            check(s)
+        except ValueError as exc:
+            problems.extend(str(exc).splitlines())
+    if problems:
+        raise ValueError("\n".join(problems))
+    return destination
+
+
+def _check_key_format(s: Settings) -> None:
     check_key_format(s.key_format, KEY_FIELDS)
-    _check_spools(s)
+
+
+def _check_compress(s: Settings) -> None:
+    s.compress_level = resolve_level(s.compress, s.compress_level)
+
+
+def _check_numbers(s: Settings) -> None:
     if not 5 * MIB <= s.part_size <= 5 * 1024 * MIB:
         raise ValueError("part_size: must be between 5MiB and 5GiB (S3 limits)")
-    if s.sse_kms_key_id and s.sse != "aws:kms":
-        raise ValueError("sse_kms_key_id: only valid with SSE=aws:kms")
     if s.retry_backoff_max < s.retry_backoff:
         raise ValueError("retry_backoff_max: must be at least RETRY_BACKOFF")
+
+
+def _check_store(s: Settings) -> None:
+    """What goes into requests and connections as it is written."""
+    if s.sse_kms_key_id and s.sse != "aws:kms":
+        raise ValueError("sse_kms_key_id: only valid with SSE=aws:kms")
+    for name in ("storage_class", "sse_kms_key_id", "content_type"):
+        value = getattr(s, name)
+        if value:
+            check_header_value(f"{name}:", value)
+        elif value == "":
+            setattr(s, name, None)
     if s.http_addr:
         parse_http_addr(s.http_addr)
     if s.ca_bundle is not None:
         check_ca_bundle(s.ca_bundle)
-    _check_dir_names(s)
     for name in ("instance_id", "hostname"):
         value = getattr(s, name)
         if value is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
             raise ValueError(f"{name}: only letters, digits, '_', '.', '-' are allowed")
-    _check_object_options(s)
-    s.compress_level = resolve_level(s.compress, s.compress_level)
-    return destination
 
 
 def _check_object_options(s: Settings) -> None:
@@ -386,21 +454,25 @@ def tls_verify(s: Settings) -> bool | str | None:
 
 
 def _check_spools(s: Settings) -> None:
-    """SPOOL_DIRS, or a complete set of explicit directories."""
-    explicit = [s.incoming_dir, s.working_dir, s.done_dir, s.failed_dir]
-    if s.spool_dirs and any(explicit):
+    """SPOOL_DIRS, or a complete set of explicit directories (every problem at once)."""
+    explicit = ("incoming_dir", "working_dir", "done_dir", "failed_dir")
+    given = [name for name in explicit if getattr(s, name) is not None]
+    if s.spool_dirs and given:
         raise ValueError(
-            "spool_dirs: use either SPOOL_DIRS or INCOMING_DIR/WORKING_DIR/DONE_DIR/FAILED_DIR"
+            f"{given[0]}: use either SPOOL_DIRS or INCOMING_DIR/WORKING_DIR/DONE_DIR/FAILED_DIR"
         )
-    if not s.spool_dirs:
-        if not s.incoming_dir:
-            raise ValueError("spool_dirs: required (or INCOMING_DIR with WORKING_DIR)")
-        if not s.working_dir:
-            raise ValueError("working_dir: required with INCOMING_DIR")
-        if not s.done_dir and not s.remove_on_success:
-            raise ValueError("done_dir: required with INCOMING_DIR unless REMOVE_ON_SUCCESS")
-        if not s.failed_dir and not s.remove_on_failure:
-            raise ValueError("failed_dir: required with INCOMING_DIR unless REMOVE_ON_FAILURE")
+    if s.spool_dirs:
+        return
+    if not given:
+        raise ValueError("spool_dirs: required (or INCOMING_DIR with WORKING_DIR)")
+    lead = given[0].upper()
+    problems = [f"{n}: required with {lead}" for n in explicit[:2] if getattr(s, n) is None]
+    if s.done_dir is None and not s.remove_on_success:
+        problems.append(f"done_dir: required with {lead} unless REMOVE_ON_SUCCESS")
+    if s.failed_dir is None and not s.remove_on_failure:
+        problems.append(f"failed_dir: required with {lead} unless REMOVE_ON_FAILURE")
+    if problems:
+        raise ValueError("\n".join(problems))
 
 
 def check_ca_bundle(path: str | Path, setting: str = "ca_bundle") -> None:
@@ -441,6 +513,9 @@ def _default_instance_id() -> str:
 def parse_destination(uri: str) -> tuple[str, str, str]:
     """``s3://bucket/a/b`` → ``("s3", "bucket", "a/b/")``, ``noop://`` → ``("noop", "", "")``:
     the prefix is always a "directory" that never starts with ``/``."""
+    bad = next((c for c in uri if c < " " or c == "\x7f"), None)
+    if bad is not None:
+        raise ValueError(f"destination: {uri!r} holds the control character {bad!r}")
     parts = urlsplit(uri)
     if parts.scheme == "noop":
         return "noop", "", ""
@@ -448,7 +523,8 @@ def parse_destination(uri: str) -> tuple[str, str, str]:
         raise ValueError(f"destination: {uri!r} must start with s3:// or noop://")
     bucket = parts.netloc
     if not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{1,253}[a-z0-9]", bucket or ""):
-        raise ValueError(f"destination: {uri!r} has no valid bucket name")
+        why = _bucket_problem(bucket)
+        raise ValueError(f"destination: {uri!r} has no valid bucket name: {why}")
     if parts.query or parts.fragment:
         raise ValueError(f"destination: {uri!r} must not have a query or fragment")
     segments = [s for s in parts.path.split("/") if s]
@@ -458,10 +534,28 @@ def parse_destination(uri: str) -> tuple[str, str, str]:
     return "s3", bucket, f"{prefix}/" if prefix else ""
 
 
+def _bucket_problem(bucket: str) -> str:
+    rule = "bucket names are 3 to 63 lower-case letters, digits, '.' and '-'"
+    if not bucket:
+        return f"none given (s3://BUCKET/prefix); {rule}"
+    if bucket != bucket.lower():
+        return f"{bucket!r} has upper-case letters; {rule}"
+    bad = next((c for c in bucket if not re.fullmatch(r"[a-z0-9.\-_]", c)), None)
+    if bad is not None:
+        return f"{bucket!r} holds {bad!r}; {rule}"
+    if len(bucket) < 3:
+        return f"{bucket!r} is shorter than 3 characters; {rule}"
+    if len(bucket) > 255:
+        return f"{bucket!r} is longer than 255 characters; {rule}"
+    return f"{bucket!r} must start and end with a letter or digit; {rule}"
+
+
 def parse_http_addr(addr: str) -> tuple[str, int]:
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"http_addr: {addr!r} is not host:port")
+    if not re.fullmatch(r"[A-Za-z0-9.\-_:%\[\]]*", host):
+        raise ValueError(f"http_addr: {addr!r}: {host!r} is not a host name or IP address")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
@@ -470,14 +564,15 @@ def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
     out = []
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ()) if not isinstance(p, int)]
-        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        field = loc[0] if loc else ""
-        # model-level checks put the field name first in the message: "field: text"
-        if not field and ":" in msg:
-            head, _, rest = msg.partition(":")
-            if head in Settings.model_fields:
-                field, msg = head, rest.strip()
-        if field and field not in Settings.model_fields:
-            field, msg = "", f"{'.'.join(loc)}: {msg}"
-        out.append((field, msg))
+        text = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        # model-level checks give one line per problem, the field name first: "field: text"
+        for msg in text.splitlines() if not loc else [text]:
+            field = loc[0] if loc else ""
+            if not field and ":" in msg:
+                head, _, rest = msg.partition(":")
+                if head in Settings.model_fields:
+                    field, msg = head, rest.strip()
+            if field and field not in Settings.model_fields:
+                field, msg = "", f"{'.'.join(loc)}: {msg}"
+            out.append((field, msg))
     return out

@@ -64,9 +64,9 @@ def enqueue_target(config: Config | None, spool: Path | None) -> EnqueueTarget:
                 "S3SPOOL_INCOMING_DIR (with valid settings)"
             )
         if len(layouts) != 1:
+            spools = ", ".join(d.label for _s, d in layouts)
             raise ConfigError(
-                f"S3SPOOL_SPOOL_DIRS (--spool-dirs) lists {len(layouts)} spools; "
-                "choose one with --spool DIR"
+                f"the settings name {len(layouts)} spools ({spools}); choose one with --spool DIR"
             )
     else:
         path = Path(os.path.abspath(spool))

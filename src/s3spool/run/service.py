@@ -280,12 +280,15 @@ class Service:
         self.ready = True
         workers, instance = self.s.workers, self.instance_id
         if len(self.routes) == 1:
-            msg = "watching %d spool(s) -> %s with %d workers (instance %s)"
-            log.info(msg, len(self.spools), self.routes[0].s.destination, workers, instance)
+            msg = "watching %d spool(s) (%s) -> %s with %d workers (instance %s)"
+            spools = ", ".join(sp.label for sp in self.spools)  # absolute, as resolved
+            dest = self.routes[0].s.destination
+            log.info(msg, len(self.spools), spools, dest, workers, instance)
             return
         for route in self.routes:
-            msg = "route %s: watching %d spool(s) -> %s"
-            log.info(msg, route.name, len(route.spools), route.s.destination)
+            spools = ", ".join(sp.label for sp in route.spools)
+            msg = "route %s: watching %d spool(s) (%s) -> %s"
+            log.info(msg, route.name, len(route.spools), spools, route.s.destination)
         # one pool serves every route
         log.info("%d workers for %d routes (instance %s)", workers, len(self.routes), instance)
 

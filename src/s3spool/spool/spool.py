@@ -211,8 +211,9 @@ class Spool:
                 )
 
     def check_dirs(self, *, create: bool = True) -> None:
-        """Create (``create``) and check the directories: ``LocalFault`` naming the first that
-        cannot take new entries, or the filesystems they are split across (EXDEV)."""
+        """Create (``create``: in an existing parent) and check the directories: ``LocalFault``
+        naming the first that cannot take new entries, or the filesystems they are split
+        across (EXDEV)."""
         d = self.dirs
         devs: dict[int, list[str]] = {}
         for role in ("incoming", "working", "done", "failed"):
@@ -220,8 +221,11 @@ class Spool:
             if path is None:
                 continue
             try:
+                # one level: a missing root or parent is a mistake, not a spool; a file in
+                # the directory's place is named below
                 if create:
-                    path.mkdir(parents=True, exist_ok=True)
+                    with contextlib.suppress(FileExistsError):
+                        path.mkdir()
                 st = os.stat(path)
             except OSError as exc:
                 where = path.parent
