@@ -177,6 +177,7 @@ def test_readyz_follows_a_store_that_stops_answering(rclone_s3: S3Target, tmp_pa
     interval = 1.0
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    (tmp_path / "spool").mkdir()  # a spool root must exist
     with FaultProxy(rclone_s3.endpoint_url) as proxy:
         env = {
             **rclone_s3.via(proxy.url).env(),
