@@ -8,7 +8,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -369,6 +369,22 @@ class Settings(BaseSettings):
     @property
     def resolved_instance_id(self) -> str:
         return self.instance_id or _default_instance_id()
+
+
+def field_parsers(field: str) -> set[str]:
+    """Names of the parsers (``BeforeValidator`` functions) of a setting: ``parse_size``,
+    ``parse_duration``, ...; what kind of value it takes."""
+    info = Settings.model_fields[field]
+    names: set[str] = set()
+    stack: list[Any] = [*info.metadata, info.annotation]
+    while stack:
+        item = stack.pop()
+        func = getattr(item, "func", None)
+        if func is not None:
+            names.add(getattr(func, "__name__", ""))
+        stack.extend(getattr(item, "__metadata__", ()))
+        stack.extend(get_args(item))
+    return names
 
 
 def check_settings(s: Settings) -> tuple[str, str, str]:
