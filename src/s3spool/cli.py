@@ -223,14 +223,22 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     the usage of the command only (not every flag)."""
     args, extra = parser.parse_known_args(argv)
     if extra:
-        target = parser
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction) and args.command:
-                target = action.choices[args.command]
+        target = _command_parser(parser, args.command)
         flag = extra[0].partition("=")[0]
         hint = suggest(flag, target._option_string_actions) if flag.startswith("--") else ""
         target.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     return args
+
+
+def _command_parser(
+    parser: argparse.ArgumentParser, command: str | None
+) -> argparse.ArgumentParser:
+    """The parser of ``command`` (its usage line is short), else the top one."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            found: argparse.ArgumentParser = action.choices[command]
+            return found
+    return parser
 
 
 def _config_from(args: argparse.Namespace) -> Config:
@@ -286,7 +294,7 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
         parser.print_help(sys.stderr)
         return 2
     if args.command == "requeue" and args.all == bool(args.patterns or args.reason):
-        parser.error("requeue: give PATTERN or --reason CODE, or --all (alone)")
+        _command_parser(parser, "requeue").error("give PATTERN or --reason CODE, or --all (alone)")
     try:
         config = _config_from(args)
     except ConfigError as exc:

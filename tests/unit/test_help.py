@@ -3,13 +3,12 @@ docs/configuration.md."""
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections import Counter
 
 import pytest
 
-from s3spool.cli import build_parser
+from s3spool.cli import _command_parser, build_parser
 from s3spool.config.catalog import SETTINGS, env_name, flag_name
 from s3spool.config.settings import GROUPS, Settings
 
@@ -26,9 +25,7 @@ def test_every_setting_has_one_group() -> None:
 
 
 def _help(command: str) -> str:
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices[command].format_help()
+    return _command_parser(build_parser(), command).format_help()
 
 
 @pytest.mark.parametrize("columns", ["80", "200"])
