@@ -33,27 +33,11 @@ try:
     import s3spool  # noqa: F401
 except ImportError:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT / "src"))
-from s3spool.config.catalog import ENV_PREFIX, env_name, flag_name  # noqa: E402
-from s3spool.config.settings import Settings  # noqa: E402
+from s3spool.config.catalog import env_name, flag_name  # noqa: E402
+from s3spool.config.formats import format_duration, format_size  # noqa: E402
+from s3spool.config.settings import GROUPS, Settings, field_parsers  # noqa: E402
 from s3spool.errors import EXIT_MEANINGS  # noqa: E402
 from s3spool.metrics import Metrics  # noqa: E402
-
-KIB = 1024
-UNITS = (("GiB", KIB**3), ("MiB", KIB**2), ("KiB", KIB))
-
-
-def _validator_names(annotation: Any, metadata: list[Any]) -> set[str]:
-    """Names of the BeforeValidator functions on a field (parse_size, parse_duration, ...)."""
-    names: set[str] = set()
-    stack: list[Any] = [*metadata, annotation]
-    while stack:
-        item = stack.pop()
-        func = getattr(item, "func", None)
-        if func is not None:
-            names.add(getattr(func, "__name__", ""))
-        stack.extend(getattr(item, "__metadata__", ()))
-        stack.extend(typing.get_args(item))
-    return names
 
 
 def _strip_optional(annotation: Any) -> Any:
@@ -73,7 +57,7 @@ def value_kind(field: str) -> str:
     info = Settings.model_fields.get(field)
     if info is None:
         return ""
-    validators = _validator_names(info.annotation, list(info.metadata))
+    validators = field_parsers(field)
     if "parse_size" in validators:
         return "size"
     if "parse_duration" in validators:
@@ -109,29 +93,13 @@ def _num(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _exact_size(n: int) -> str:
-    for unit, scale in UNITS:
-        if n >= scale and n % scale == 0:
-            return f"{n // scale}{unit}"
-    return str(n)
-
-
-def _exact_duration(seconds: float) -> str:
-    if seconds == 0:
-        return "0"
-    for unit, scale in (("h", 3600), ("m", 60)):
-        if seconds >= scale and seconds % scale == 0:
-            return f"{int(seconds // scale)}{unit}"
-    return f"{seconds:g}s"
-
-
 def format_default(kind: str, text: str) -> str:
     """Show size and duration defaults the way an operator would write them."""
     try:
         if kind == "size":
-            return _exact_size(int(text))
+            return format_size(int(text))
         if kind == "duration":
-            return _exact_duration(float(text))
+            return format_duration(float(text))
         if kind.startswith("number"):
             return f"{float(text):g}"
     except ValueError:
@@ -166,14 +134,16 @@ def settings_table() -> list[tuple[str, str, str, str]]:
 
 
 def flags_table() -> str:
-    """The generated part of ``flags.py``: each setting's name, whether it is a switch,
-    its default and its help."""
+    """The generated part of ``catalog.py``: each setting's name, whether it is a switch, its
+    default, its help and its group, group by group."""
     rows = "".join(
-        f"    ({field!r}, {info.annotation is bool}, {default_text(field)!r}, "
-        f"{info.description or ''!r}),\n"
-        for field, info in Settings.model_fields.items()
+        f"    ({field!r}, {Settings.model_fields[field].annotation is bool}, "
+        f"{default_text(field)!r}, {Settings.model_fields[field].description or ''!r}, "
+        f"{group!r}),\n"
+        for group, fields in GROUPS.items()
+        for field in fields
     )
-    return "SETTINGS: tuple[tuple[str, bool, str, str], ...] = (\n" + rows + ")\n"
+    return "SETTINGS: tuple[tuple[str, bool, str, str, str], ...] = (\n" + rows + ")\n"
 
 
 HEADER = ("Environment variable", "Flag", "Default", "Value", "Meaning")
@@ -188,23 +158,23 @@ def _code(text: str) -> str:
 
 
 def render() -> str:
-    """The configuration reference as a markdown table (ends with a newline)."""
-    lines = [
-        "| " + " | ".join(HEADER) + " |",
-        "|" + "|".join("---" for _ in HEADER) + "|",
-    ]
-    for env, flag, default, description in settings_table():
-        field = env.removeprefix(ENV_PREFIX).lower()
-        kind = value_kind(field)
-        cells = (
-            f"`{env}`",
-            f"`{flag}`",
-            _code(format_default(kind, default)),
-            kind,
-            description,
-        )
-        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+    """The configuration reference: one markdown table per group (ends with a newline)."""
+    described = {env: (flag, default, text) for env, flag, default, text in settings_table()}
+    lines = []
+    for group, fields in GROUPS.items():
+        lines += [
+            f"### {group[0].upper()}{group[1:]}",
+            "",
+            "| " + " | ".join(HEADER) + " |",
+            "|" + "|".join("---" for _ in HEADER) + "|",
+        ]
+        for field in fields:
+            flag, default, description = described[env_name(field)]
+            kind = value_kind(field)
+            cells = (f"`{env_name(field)}`", f"`{flag}`", _code(default), kind, description)
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+        lines.append("")
+    return "\n".join(lines[:-1]) + "\n"
 
 
 def render_metrics() -> str:

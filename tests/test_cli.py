@@ -47,12 +47,27 @@ def cli(
     )
 
 
-def test_help_documents_every_setting() -> None:
-    for args in (["--help"], ["run", "--help"]):
-        out = cli(*args).stdout
-        for field in Settings.model_fields:
-            assert env_name(field) in out, (args, field)
-            assert flag_name(field) in out, (args, field)
+def test_help_documents_every_setting_and_a_mistyped_flag_gets_a_suggestion() -> None:
+    """`s3spool --help` names the commands; `run --help` every setting, once (the groups and
+    widths: tests/unit/test_help.py).  A mistyped flag gets the flag it likely meant, in two
+    lines, not the usage of every flag."""
+    top = cli("--help").stdout
+    assert all(f"\n    {c} " in top for c in ("run", "check", "status", "enqueue", "config"))
+    assert top.count("\n  s3spool ") == 3, "three examples"
+    out = cli("run", "--help", env={"COLUMNS": "80"}).stdout
+    assert len(out.splitlines()) <= 220
+    for field in Settings.model_fields:
+        assert env_name(field) in out, field
+        assert out.count(f"{flag_name(field)} ") + out.count(f"{flag_name(field)},") == 1, field
+    typo = cli("run", "--once", "--remove-on-sucess")
+    assert typo.returncode == 2, typo.stderr
+    assert "did you mean --remove-on-success?" in typo.stderr
+    assert typo.stderr.splitlines()[0] == "usage: s3spool run [options]"
+    assert len(typo.stderr.splitlines()) <= 3, typo.stderr
+    slip = cli("run", "--once", "--remove-on-success=true")
+    assert slip.returncode == 2
+    assert len(slip.stderr.splitlines()) <= 3, slip.stderr
+    assert "ignored explicit argument 'true'" in slip.stderr
 
 
 @pytest.mark.parametrize(

@@ -190,8 +190,61 @@ destination = "noop://"
     assert text.returncode == 0, text.stderr
     assert "hunter2" not in text.stdout
     assert 'name = "two"' in text.stdout
-    assert re.search(r"^hold_for +=  ?5\.0  # route$", text.stdout, re.M), text.stdout
+    assert re.search(r'^hold_for += "5s"  # route$', text.stdout, re.M), text.stdout
     assert re.search(r"^# profile +\(not set\)  # default$", text.stdout, re.M)
+
+
+def test_config_output_is_written_as_a_person_would_and_loads_as_the_same(
+    tmp_path: Path,
+) -> None:
+    """Durations and sizes as in a config file ("24h", "128MiB"); the text, saved as a config
+    file, gives the same settings (every route and value)."""
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f"""
+buffer_limit = "96MiB"
+shutdown_grace = "90s"
+max_lag = 1.5
+delete_after = "2d"
+
+[[route]]
+name = "one"
+spool_dirs = ["{tmp_path / "one"}"]
+destination = "noop://"
+part_size = 10485761
+hold_for = "250ms"
+metadata = {{ src = "{{spool_dir}}" }}
+
+[[route]]
+name = "two"
+spool_dirs = ["{tmp_path / "two"}"]
+destination = "s3://bucket/p"
+compress = "zstd"
+compress_min_size = "4KiB"
+rmdir_after = "90m"
+"""
+    )
+    text = cli(["config", "--config", str(config)], {})
+    assert text.returncode == 0, text.stderr
+    for line in ('buffer_limit     = "96MiB"', 'delete_after          = "48h"'):
+        assert line in text.stdout
+    for pattern in (r"^part_size += 10485761 ", r'^rmdir_after += "90m" ', r'^max_lag += "1.5s" '):
+        assert re.search(pattern, text.stdout, re.M), pattern
+    assert re.search(r'^abort_multipart_after += "24h"  # default$', text.stdout, re.M)
+    assert re.search(r'^multipart_threshold += "64MiB"  # default$', text.stdout, re.M)
+    again = tmp_path / "again.toml"
+    again.write_text(text.stdout)
+
+    def values(path: Path) -> dict[str, object]:
+        r = cli(["config", "--json", "--config", str(path)], {})
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        shown = {f"global.{k}": v["value"] for k, v in doc["global"].items() if k != "config"}
+        for route in doc["routes"]:
+            shown |= {f"{route['name']}.{k}": v["value"] for k, v in route["settings"].items()}
+        return shown
+
+    assert values(again) == values(config)
 
 
 @pytest.mark.parametrize(

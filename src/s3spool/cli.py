@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from s3spool import __version__
-from s3spool.config.catalog import SETTINGS, env_name, flag_name
+from s3spool.config.catalog import SETTINGS, env_name, flag_name, suggest
 from s3spool.errors import EXIT_CONFIG, ConfigError
 from s3spool.logs import flush as flush_logs
 from s3spool.logs import setup as setup_logging
@@ -29,43 +29,90 @@ if TYPE_CHECKING:
 log = logging.getLogger("s3spool.cli")
 
 
-def _add_settings(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group(
-        "settings", "each flag overrides the S3SPOOL_* environment variable of the same name"
-    )
-    for field, switch, default, description in SETTINGS:
-        help_text = f"{description} [env {env_name(field)}; default {default}]"
-        help_text = help_text.replace("%", "%%")
-        if switch:
-            group.add_argument(
-                flag_name(field),
-                dest=field,
-                action=argparse.BooleanOptionalAction,
+_EXIT_CODES = "Exit codes: docs/operations.md#exit-codes."
+#: where the help of a setting starts, and how wide it may be to stay on one line at 80 columns
+_HELP_AT, _HELP_WIDTH = 33, 78 - 33
+
+
+def _setting_help(field: str, default: str) -> str:
+    text = f"{env_name(field)}, default "
+    if len(text + default) > _HELP_WIDTH:  # COMPRESS_SKIP's 19 patterns
+        default = default[: _HELP_WIDTH - len(text) - 3].rsplit(",", 1)[0] + ",..."
+    return (text + default).replace("%", "%%")
+
+
+def _add_settings(parser: argparse.ArgumentParser, *, shown: bool) -> None:
+    """Every setting as a flag; ``shown``: one line each in --help, group by group (run).
+    ``--config`` comes first everywhere, as ``-c`` too."""
+    groups: dict[str, Any] = {}
+    for field, switch, default, _description, group_name in SETTINGS:
+        if group_name not in groups:
+            groups[group_name] = parser.add_argument_group(group_name) if shown else parser
+        target = groups[group_name]
+        if field == "config":
+            target.add_argument(
+                *("-c", "--config"),
+                dest="config",
                 default=None,
-                help=help_text,
+                metavar="FILE",
+                help="TOML file of settings and [[route]] tables (S3SPOOL_CONFIG)",
             )
-        else:
-            group.add_argument(
-                flag_name(field), dest=field, default=None, metavar="VALUE", help=help_text
-            )
+            if shown:
+                _add_run_options(target)
+            continue
+        kind: dict[str, Any] = (
+            {"action": argparse.BooleanOptionalAction} if switch else {"metavar": "VALUE"}
+        )
+        help_text = _setting_help(field, default) if shown else argparse.SUPPRESS
+        target.add_argument(flag_name(field), dest=field, default=None, help=help_text, **kind)
 
 
-def _epilog() -> str:
-    lines = ["settings (environment variable, flag, default):"]
-    for field, _switch, default, _desc in SETTINGS:
-        lines.append(f"  {env_name(field):<30} {flag_name(field):<24} {default}")
-    lines.append("")
-    lines.append("Durations: seconds or 30s/5m/1h. Sizes: bytes or 8MiB/1GiB.")
-    lines.append("Exit codes: docs/operations.md#exit-codes (0: ok).")
-    return "\n".join(lines)
+def _add_run_options(group: Any) -> None:
+    group.add_argument("--once", action="store_true", help="upload what is eligible now, then exit")
+    group.add_argument(
+        *("-n", "--dry-run"),
+        action="store_true",
+        help="list each file and its key (or why it is skipped); touch nothing",
+    )
 
 
-#: command -> (help, description, epilog: None for the settings table)
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """One line per setting at 80 columns: the help column starts after the longest flag."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=_HELP_AT)
+
+
+_RUN_EPILOG = (
+    "Each setting is a flag, a variable S3SPOOL_<NAME> and a key of the config file;\n"
+    "a flag wins over a variable. docs/configuration.md describes each setting, in\n"
+    "these groups. Durations: 30s, 5m, 1h. Sizes: bytes, 8MiB, 1GiB.\n" + _EXIT_CODES
+)
+_SETTINGS_NOTE = (
+    "Every setting of `s3spool run --help` is a flag here too (and a variable S3SPOOL_<NAME>).\n"
+    + _EXIT_CODES
+)
+_EXAMPLES = (
+    """\
+examples:
+  # check the settings, the spools and the store
+  s3spool check -c /etc/s3spool/s3spool.toml
+  # from cron: upload what waits, then exit
+  s3spool run --once -c /etc/s3spool/s3spool.toml
+  # the service, with flags instead of a config file
+  s3spool run --spool-dirs /var/spool/up --destination s3://bucket/logs
+
+Settings: `s3spool run --help`, docs/configuration.md.
+"""
+    + _EXIT_CODES
+)
+
+#: command -> (help, description, usage after the command)
 _COMMANDS = {
     "run": (
         "run the service (or drain once with --once)",
         "Watch the spools and upload every file that arrives.",
-        None,
+        "[options]",
     ),
     "check": (
         "check settings, directories, inotify and the store",
@@ -73,21 +120,21 @@ _COMMANDS = {
         "the service would), "
         "inotify limits and the store (HeadBucket, then a PUT and DELETE of a small test object "
         "under the prefix). One PASS/WARN/FAIL line per check.",
-        "Exit codes: 0 all passed (warnings allowed), 1 a check failed, 78 invalid settings.",
+        "[options]",
     ),
     "status": (
         "files per state, oldest waiting file and instances of each spool",
         "Read the spool directories (never the store) and report files and bytes in incoming/, "
         "working/, done/, failed/, the age of the oldest file in incoming/, and the instances "
         "in working/ (live: its lock is held).",
-        "Exit codes: 0 ok, 1 a directory could not be read, 78 invalid settings.",
+        "[options]",
     ),
     "enqueue": (
         "put files into a spool safely (atomic: never seen half-written)",
         "Copy (or --move) each FILE into the spool's incoming/: the data is written to a staging "
         "file next to incoming/, fsynced, then renamed in without replacing an existing file. "
         "A name that already exists fails and keeps both files.",
-        "Exit codes: 0 all enqueued, 1 some file was not enqueued, 78 no usable spool.",
+        "[options] FILE [FILE ...]",
     ),
     "requeue": (
         "move failed files back to incoming/ (by name, by reason, or --all)",
@@ -97,49 +144,41 @@ _COMMANDS = {
         "code of NAME.reason.json. Several patterns (or reasons) match any of them; patterns "
         "and reasons together must both match. A name already in incoming/ stays in failed/. "
         "Every spool of the settings, or --spool DIR.",
-        "Exit codes: 0 all matching files requeued, 1 some stayed in failed/, 2 no selector, "
-        "78 no usable spool.",
+        "[options] [PATTERN ...]",
     ),
     "config": (
         "print the effective configuration, route by route",
         "Print every setting of every route with where its value came from (flag, env, route "
-        "table, file, default); secrets are masked. The text form is TOML.",
-        "Exit codes: 0 ok, 78 invalid settings (each problem names its route and key).",
+        "table, file, default); secrets are masked. The text form is TOML that loads as a "
+        "config file.",
+        "[options]",
     ),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="s3spool",
         description="Drain Unix spool directories into S3 and S3-compatible stores.",
-        epilog=_epilog(),
-        formatter_class=raw,
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"s3spool {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
     cmd = {}
-    for name, (help_text, description, epilog) in _COMMANDS.items():
+    for name, (help_text, description, usage) in _COMMANDS.items():
         cmd[name] = sub.add_parser(
             name,
             help=help_text,
             description=description,
-            epilog=epilog or _epilog(),
-            formatter_class=argparse.HelpFormatter if epilog else raw,
+            usage=f"%(prog)s {usage}",
+            epilog=_RUN_EPILOG if name == "run" else _SETTINGS_NOTE,
+            formatter_class=_Formatter if name == "run" else argparse.HelpFormatter,
         )
-    run = cmd["run"]
-    run.add_argument(
-        "--once",
-        action="store_true",
-        help="drain every file eligible now, then exit (0 if none failed)",
-    )
-    run.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="list each file that would be uploaded and its key (or why it is skipped); "
-        "touch nothing: no directory, claim or store request",
-    )
+        if name != "run":
+            # the settings' text; run's shows each in its group (_add_settings)
+            _add_settings(cmd[name], shown=False)
+    _add_settings(cmd["run"], shown=True)
     cmd["check"].add_argument(
         "--read-only",
         action="store_true",
@@ -169,13 +208,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="reason code in NAME.reason.json (as `status` and the logs show it), e.g. bad_key",
     )
     requeue.add_argument("--all", action="store_true", help="every failed file")
-    requeue.add_argument("--dry-run", action="store_true", help="say what would move; move nothing")
+    requeue.add_argument(
+        "-n", "--dry-run", action="store_true", help="say what would move; move nothing"
+    )
     requeue.add_argument(
         "--spool", metavar="DIR", type=Path, help="spool root; default: every spool of the settings"
     )
     cmd["config"].add_argument("--json", action="store_true", help="machine-readable output")
-    for each in cmd.values():
-        _add_settings(each)
+    return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parse_args``, with "did you mean" for a mistyped flag, as for a mistyped variable, and
+    the usage of the command only (not every flag)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        target = _command_parser(parser, args.command)
+        flag = extra[0].partition("=")[0]
+        hint = suggest(flag, target._option_string_actions) if flag.startswith("--") else ""
+        target.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    return args
+
+
+def _command_parser(
+    parser: argparse.ArgumentParser, command: str | None
+) -> argparse.ArgumentParser:
+    """The parser of ``command`` (its usage line is short), else the top one."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            found: argparse.ArgumentParser = action.choices[command]
+            return found
     return parser
 
 
@@ -218,7 +280,7 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
     """
     early = early_signals if early_signals is not None else []
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if not (args.command == "run" and not args.dry_run):
         gc.enable()  # off since __main__: only the service's start-up runs without it
         # Only the service drains on signals: Ctrl-C must still interrupt check, status
@@ -232,7 +294,7 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
         parser.print_help(sys.stderr)
         return 2
     if args.command == "requeue" and args.all == bool(args.patterns or args.reason):
-        parser.error("requeue: give PATTERN or --reason CODE, or --all (alone)")
+        _command_parser(parser, "requeue").error("give PATTERN or --reason CODE, or --all (alone)")
     try:
         config = _config_from(args)
     except ConfigError as exc:

@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import random
 import time
 from urllib.parse import unquote_to_bytes
 
 import botocore.auth
 import pytest
 
-from s3spool.config.formats import parse_duration, parse_endpoint_url, parse_list, parse_size
+from s3spool.config.formats import (
+    MAX_DURATION,
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_endpoint_url,
+    parse_list,
+    parse_size,
+)
 from s3spool.config.load import load_settings
 from s3spool.config.options import key_format_hint
 from s3spool.errors import (
@@ -106,6 +115,59 @@ def test_parse_duration_refuses_more_than_a_century(huge: object) -> None:
     # timers and thread waits overflow near 300 years
     with pytest.raises(ValueError, match="longer than 100 years"):
         parse_duration(huge)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0s"),
+        (0.5, "0.5s"),
+        (1e-7, "0.0000001s"),
+        (30, "30s"),
+        (90, "90s"),
+        (60, "1m"),
+        (5400, "90m"),
+        (3600, "1h"),
+        (86400, "24h"),
+        (1.5, "1.5s"),
+        (3599.25, "3599.25s"),
+    ],
+)
+def test_format_duration(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [
+        (0, "0"),
+        (1000, "1000"),
+        (1024, "1KiB"),
+        (1536, "1536"),
+        (128 * 2**20, "128MiB"),
+        (16 * 2**20, "16MiB"),
+        (3 * 2**30, "3GiB"),
+        (2**40, "1TiB"),
+        (2**50, "1024TiB"),
+    ],
+)
+def test_format_size(size: int, text: str) -> None:
+    assert format_size(size) == text
+
+
+def test_formatted_durations_and_sizes_read_back_the_same() -> None:
+    """``s3spool config`` writes them so; its output must load as the same settings."""
+    rng = random.Random(24)
+    durations = [rng.uniform(0, 10) ** rng.randint(0, 9) for _ in range(3000)]
+    durations += [rng.randint(0, 10**6) * scale for scale in (1, 0.001, 0.25, 60, 3600)]
+    durations += [MAX_DURATION, 5e-324, 0.1, 0.3, 2 / 3]
+    for seconds in durations:
+        if seconds <= MAX_DURATION:
+            assert parse_duration(format_duration(seconds)) == seconds, seconds
+    sizes = [rng.randint(0, 2 ** rng.randint(1, 50)) for _ in range(3000)]
+    sizes += [rng.randint(0, 4096) * 2 ** rng.randint(0, 40) for _ in range(3000)]
+    for size in sizes:
+        assert parse_size(format_size(size)) == size, size
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -57,6 +58,30 @@ def parse_size(value: Any) -> Any:
         base = 1000 if unit.endswith("b") and not unit.endswith("ib") and exp else 1024
         return int(float(m.group(1)) * base**exp)
     return value
+
+
+def format_duration(seconds: float) -> str:
+    """The inverse of ``parse_duration``, as a person writes it: ``24h``, ``90m``, ``30s``,
+    ``0.5s``; ``parse_duration(format_duration(x)) == x``."""
+    for unit, scale in (("h", 3600), ("m", 60)):
+        if seconds >= scale and seconds % scale == 0:
+            return f"{int(seconds // scale)}{unit}"
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    # the shortest digits that read back as the same float, never in exponent form
+    return f"{Decimal(repr(float(seconds))):f}s"
+
+
+_SIZE_UNITS = (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024))
+
+
+def format_size(size: int) -> str:
+    """The inverse of ``parse_size``: the largest binary unit that divides ``size`` exactly
+    (``128MiB``), else bytes (``1000``)."""
+    for unit, scale in _SIZE_UNITS:
+        if size >= scale and size % scale == 0:
+            return f"{size // scale}{unit}"
+    return str(size)
 
 
 def parse_list(value: Any) -> Any:

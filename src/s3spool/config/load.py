@@ -4,7 +4,6 @@ variable > the route's table > the file's top level > default."""
 
 from __future__ import annotations
 
-import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -15,7 +14,7 @@ from typing import Any, get_args, get_origin
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-from s3spool.config.catalog import ENV_PREFIX, env_name, flag_name
+from s3spool.config.catalog import ENV_PREFIX, env_name, flag_name, suggest
 from s3spool.config.formats import parse_paths
 from s3spool.config.options import key_format_hint
 from s3spool.config.settings import GLOBAL_FIELDS, Settings, validation_problems
@@ -88,11 +87,6 @@ class Config:
     def s(self) -> Settings:
         """The process-wide settings (the same in every route)."""
         return self.routes[0].s
-
-
-def suggest(name: str, known: Any) -> str:
-    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]}?" if close else ""
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:

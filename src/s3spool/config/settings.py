@@ -8,7 +8,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -72,6 +72,40 @@ GLOBAL_FIELDS = frozenset(
     | {"log_level", "log_format", "outbox_max_age", "bandwidth_limit", "max_files", "max_duration"}
     | {"hostname"}
 )
+
+#: Every setting in one group, by task: ``--help`` and docs/configuration.md show them so, in
+#: this order (config/catalog.py carries it; tests/unit/test_help.py checks that none is missing).
+GROUPS: dict[str, tuple[str, ...]] = {
+    "config file and run --once": ("config", "max_files", "max_duration"),
+    "spools": (
+        *("spool_dirs", "incoming_dir", "working_dir", "done_dir", "failed_dir"),
+        *("incoming_name", "working_name", "done_name", "failed_name", "recursive"),
+        *("rmdir_after", "ignore", "hold_for", "remove_on_success", "remove_on_failure"),
+        "delete_after",
+    ),
+    "destination and store": (
+        *("destination", "endpoint_url", "region", "addressing_style", "profile", "ca_bundle"),
+        *("verify_ssl", "probe_interval", "checksum", "checksum_compat", "overwrite"),
+    ),
+    "keys and object options": (
+        *("key_format", "hostname", "acl", "storage_class", "sse", "sse_kms_key_id"),
+        *("content_type", "metadata", "tags", "cache_control", "content_disposition"),
+    ),
+    "compression": (
+        *("compress", "compress_level", "compress_mode", "compress_min_size", "compress_skip"),
+    ),
+    "limits and tuning": (
+        *("bandwidth_limit", "route_bandwidth_limit", "workers", "queue_size"),
+        *("rescan_interval", "multipart_threshold", "part_size", "part_concurrency"),
+        *("buffer_limit", "retry_attempts", "retry_backoff", "retry_backoff_max", "direct_put"),
+        *("connect_timeout", "read_timeout", "cleanup_interval", "abort_multipart_after"),
+        "fail_rate",
+    ),
+    "notifications": ("notify", "outbox_max_age"),
+    "service (HTTP, logging)": (
+        *("http_addr", "max_lag", "shutdown_grace", "instance_id", "log_level", "log_format"),
+    ),
+}
 
 
 class Settings(BaseSettings):
@@ -369,6 +403,22 @@ class Settings(BaseSettings):
     @property
     def resolved_instance_id(self) -> str:
         return self.instance_id or _default_instance_id()
+
+
+def field_parsers(field: str) -> set[str]:
+    """Names of the parsers (``BeforeValidator`` functions) of a setting: ``parse_size``,
+    ``parse_duration``, ...; what kind of value it takes."""
+    info = Settings.model_fields[field]
+    names: set[str] = set()
+    stack: list[Any] = [*info.metadata, info.annotation]
+    while stack:
+        item = stack.pop()
+        func = getattr(item, "func", None)
+        if func is not None:
+            names.add(getattr(func, "__name__", ""))
+        stack.extend(getattr(item, "__metadata__", ()))
+        stack.extend(get_args(item))
+    return names
 
 
 def check_settings(s: Settings) -> tuple[str, str, str]:

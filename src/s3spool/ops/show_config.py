@@ -1,5 +1,6 @@
 """``s3spool config``: the effective configuration per route, each value with its origin and
-secrets masked, as TOML that reads back as the same configuration (or ``--json``)."""
+secrets masked, as TOML that reads back as the same configuration (or ``--json``); durations
+and sizes are written as in a config file (``"24h"``, ``"128MiB"``)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
 
+from s3spool.config.formats import format_duration, format_size
 from s3spool.config.load import DEFAULT, Config, Route
-from s3spool.config.settings import GLOBAL_FIELDS, Settings
+from s3spool.config.settings import GLOBAL_FIELDS, Settings, field_parsers
 
 #: Names that hold a secret (settings, notifier keys, header names): shown as "***"
 SECRET_WORDS = ("secret", "password", "token", "authorization", "api-key", "api_key")
@@ -85,7 +87,19 @@ def _table(fields: dict[str, dict[str, Any]], out: TextIO) -> None:
         if value is None:
             print(f"# {name:<{width}} (not set)  # {origin}", file=out)
         else:
-            print(f"{name:<{width}} = {_toml(value)}  # {origin}", file=out)
+            print(f"{name:<{width}} = {_toml(_written(name, value))}  # {origin}", file=out)
+
+
+def _written(name: str, value: Any) -> Any:
+    """A duration or a size as a person writes it (``"24h"``, ``"128MiB"``); it reads back
+    as the same value."""
+    parsers = field_parsers(name)
+    if "parse_duration" in parsers:
+        return format_duration(value)
+    if "parse_size" in parsers:
+        text = format_size(value)
+        return value if text.isdigit() else text  # bytes stay a number
+    return value
 
 
 def _toml(value: Any) -> str:
