@@ -32,7 +32,7 @@ run: $(VENV)/.installed-bench
 lint: $(VENV)/.installed-test
 	$(BIN)/lint-imports
 	$(BIN)/ruff check src tests bench scripts
-	$(BIN)/ruff format --check src
+	$(BIN)/ruff format --check src tests bench scripts
 
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy --strict src
