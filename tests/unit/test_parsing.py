@@ -421,6 +421,12 @@ def test_store_down_names_the_cause(err: UploadError, cls: type, says: str) -> N
         ("${fname}", "'${fname}' holds '$', which keys carry as written: a field is {fname}, "
          "without '$'"),
         ("%j-{fname}", "use the {m_*} fields"),
+        ("{relpath}", None),
+        ("{m_YYYY}/{uuid4}.log", None),
+        ("all-the-same", "'all-the-same' has none of {fname}, {relpath}, {uuid4}, {uuid1}: "
+         "files that share the other fields get the same key"),
+        ("{m_YYYY}/{hostname}", "has none of {fname}"),
+        ("%", "has none of {fname}"),
     ],
 )  # fmt: skip
 def test_key_format_hint(fmt: str, hint: str | None) -> None:

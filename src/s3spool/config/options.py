@@ -91,8 +91,9 @@ _STRFTIME_RE = re.compile(r"%[A-Za-z]")
 
 
 def key_format_hint(template: str) -> str | None:
-    """What a valid ``KEY_FORMAT`` holds that its author likely meant as a field: strftime
-    codes or shell-style ``$``, which every key would carry as they are; None if nothing."""
+    """What a valid ``KEY_FORMAT`` holds that its author likely did not mean: strftime codes
+    or shell-style ``$`` (every key carries them as they are), or no field that tells files
+    apart (they would share keys); None if nothing."""
     text = _literal(template)
     codes = list(dict.fromkeys(_STRFTIME_RE.findall(text)))
     hints = []
@@ -105,12 +106,23 @@ def key_format_hint(template: str) -> str | None:
         )
     if "$" in text:
         hints.append("holds '$', which keys carry as written: a field is {fname}, without '$'")
+    fields = {name.split(".")[0].split("[")[0] for _, name, *_ in _PARSE(template) if name}
+    if not fields & _PER_FILE:
+        hints.append(
+            "has none of {fname}, {relpath}, {uuid4}, {uuid1}: files that share the other "
+            "fields get the same key, and each replaces the one before"
+        )
     return f"{template!r} " + "; ".join(hints) if hints else None
+
+
+#: fields that tell two files of one moment apart
+_PER_FILE = frozenset({"fname", "relpath", "uuid1", "uuid4"})
+_PARSE = string.Formatter().parse
 
 
 def _literal(template: str) -> str:
     """The text of a template outside its fields."""
-    return "".join(literal for literal, *_ in string.Formatter().parse(template))
+    return "".join(literal for literal, *_ in _PARSE(template))
 
 
 def check_header_name(head: str, name: str) -> None:
