@@ -479,6 +479,10 @@ def test_enqueue_chooses_the_spool(tmp_path: Path) -> None:
     r = cli(["enqueue", "--spool", str(tmp_path / "nope"), str(src)], {})
     assert r.returncode == 78, r
     assert "has no incoming/" in r.stderr, r
+    (tmp_path / "fresh").mkdir()  # a root the service has not started on yet: the same answer
+    r = cli(["enqueue", str(src)], {"S3SPOOL_SPOOL_DIRS": str(tmp_path / "fresh")})
+    assert r.returncode == 78, r
+    assert f"{tmp_path / 'fresh'}: has no incoming/" in r.stderr, r
 
 
 # -- requeue ------------------------------------------------------------------------------------

@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="CODE",
-        help="reason code in NAME.reason.json (as `status` and the logs show it), e.g. bad_key",
+        help="reason code in NAME.reason.json (as the per-file log line shows it), e.g. bad_key",
     )
     requeue.add_argument("--all", action="store_true", help="every failed file")
     requeue.add_argument(

@@ -54,6 +54,12 @@ def spools_of(config: Config | None, spool: Path | None) -> list[tuple[Settings,
     return [(s, d) for s, d in layouts if path in (d.root, d.incoming)]
 
 
+_NO_INCOMING = (
+    "has no incoming/ directory (a spool root holds incoming/; the service creates it when it "
+    "starts, or create it)"
+)
+
+
 def enqueue_target(config: Config | None, spool: Path | None) -> EnqueueTarget:
     """Which incoming/ to deliver into: ``--spool DIR`` or the settings' only spool."""
     layouts = spools_of(config, spool)
@@ -74,11 +80,10 @@ def enqueue_target(config: Config | None, spool: Path | None) -> EnqueueTarget:
             ignore = tuple(Settings.model_fields["ignore"].get_default(call_default_factory=True))
             return EnqueueTarget(str(path), path / "incoming", compile_ignore(ignore), ignore)
         if not layouts:
-            raise ConfigError(
-                f"--spool {path}: has no incoming/ directory (a spool root holds incoming/; "
-                "the service creates it when it starts)"
-            )
+            raise ConfigError(f"--spool {path}: {_NO_INCOMING}")
     s, d = layouts[0]
+    if not d.incoming.is_dir():  # the same answer whichever way the spool was named
+        raise ConfigError(f"{d.label}: {_NO_INCOMING}")
     return EnqueueTarget(d.label, d.incoming, compile_ignore(s.ignore), tuple(s.ignore))
 
 
