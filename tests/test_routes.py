@@ -296,6 +296,10 @@ async def test_one_route_down_does_not_pause_the_other(
         assert f"{good.workers} workers for 2 routes" in caplog.text
         drop(tmp_path / "dead" / "incoming", "stuck", b"s")
         await wait_until(lambda: not svc.routes[1].gate.is_set(), 20, "the dead route paused")
+        # the line says which route paused: two routes may share one bucket's words
+        assert any(
+            r.getMessage().startswith("route dead: store unavailable: ") for r in caplog.records
+        ), caplog.text
         drop(tmp_path / "good" / "incoming", "fine", b"f")
         await wait_until(lambda: (tmp_path / "good" / "done" / "fine").exists(), 10, "delivery")
         assert svc.routes[0].gate.is_set()

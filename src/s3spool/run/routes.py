@@ -49,7 +49,7 @@ class RouteRun:
         stopping: Callable[[], bool],
         running: Callable[[], bool],
         spawn: Callable[[Coroutine[Any, Any, None]], None],
-        store_down: Callable[[UploadError], Awaitable[None]],
+        store_down: Callable[[UploadError, str], Awaitable[None]],
         once: bool,
         metrics: Metrics,
         tickets: asyncio.Queue[None] | None,
@@ -140,12 +140,13 @@ class RouteRun:
     async def pause(self, exc: UploadError) -> None:
         """This route's store is unavailable: its intake waits until a probe succeeds."""
         if self.once:
-            await self._store_down(exc)
+            await self._store_down(exc, self._route)
         if self.gate.is_set():
             self.gate.clear()
             log.error(
-                "store unavailable: %s; intake paused, files stay where they are; "
+                "%sstore unavailable: %s; intake paused, files stay where they are; "
                 "probing until it answers; %s",
+                self._route,
                 exc,
                 CHECK_HINT,
             )
@@ -161,6 +162,11 @@ class RouteRun:
     @property
     def _store_for(self) -> str:
         return "store:" if self.name == DEFAULT_ROUTE else f"store for route {self.name}:"
+
+    @property
+    def _route(self) -> str:
+        """A line's prefix naming the route, where there are routes to tell apart."""
+        return "" if self.name == DEFAULT_ROUTE else f"route {self.name}: "
 
     async def survey(self, store: Store) -> None:
         """The start-up survey, beside the first uploads: a DEBUG line, or a pause."""
@@ -185,11 +191,16 @@ class RouteRun:
                 await probe(store)
             except StoreUnavailable as exc:
                 if time.monotonic() - last_log >= 60:
-                    log.error("store still unavailable: %s (intake paused); %s", exc, CHECK_HINT)
+                    log.error(
+                        "%sstore still unavailable: %s (intake paused); %s",
+                        self._route,
+                        exc,
+                        CHECK_HINT,
+                    )
                     last_log = time.monotonic()
                 delay = min(delay * 2, 10.0)
                 continue
-            log.warning("store reachable again: resuming intake")
+            log.warning("%sstore reachable again: resuming intake", self._route)
             self.gate.set()
             return
 

@@ -346,10 +346,10 @@ class Service:
             if self.stopping:
                 return
 
-    async def store_down(self, exc: UploadError) -> None:
-        """--once: a store is unavailable; stop, exit 3."""
+    async def store_down(self, exc: UploadError, route: str = "") -> None:
+        """--once: a store is unavailable; stop, exit 3 (``route``: the line's prefix)."""
         if self.exit_code != EXIT_STORE_UNAVAILABLE:
-            log.error("store unavailable: %s; stopping (--once); %s", exc, CHECK_HINT)
+            log.error("%sstore unavailable: %s; stopping (--once); %s", route, exc, CHECK_HINT)
             self.exit_code = EXIT_STORE_UNAVAILABLE
         self.request_stop(force=True)
         raise asyncio.CancelledError

@@ -88,6 +88,7 @@ class S3Store:
             self.ck,
             send_checksum=bool(self.ck.param) and not settings.checksum_compat,
             etag_opaque=settings.sse == "aws:kms",  # SSE-KMS ETags are not MD5s
+            where=settings.destination,
         )
 
     async def __aenter__(self) -> S3Store:

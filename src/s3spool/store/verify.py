@@ -66,8 +66,11 @@ def mismatch(what: str, field: str, got: str, want: str) -> TransientError:
 class Verifier:
     """Compares the store's answers with the file; learns ``facts`` on the way."""
 
-    def __init__(self, ck: Checksummer, *, send_checksum: bool, etag_opaque: bool) -> None:
+    def __init__(
+        self, ck: Checksummer, *, send_checksum: bool, etag_opaque: bool, where: str = ""
+    ) -> None:
         self.ck = ck
+        self.where = f" at {where}" if where else ""  # which store a line is about
         self.send_checksum = send_checksum  # x-amz-checksum-* sent (not CHECKSUM_COMPAT)
         self.etag_opaque = etag_opaque  # SSE-KMS and SSE-C ETags are not MD5s
         self.facts = StoreFacts()
@@ -131,7 +134,8 @@ class Verifier:
                 logging.INFO
                 if self.facts.checksum_echo or self.facts.put_etag_md5
                 else logging.WARNING,
-                "store's answers to uploads: verification %s",
+                "store's answers to uploads%s: verification %s",
+                self.where,
                 self.verification(),
             )
         if echoed and digest.checksum_b64 and echoed != digest.checksum_b64:
