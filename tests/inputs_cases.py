@@ -385,7 +385,11 @@ CASES: list[Case] = [
         b"mode-000",
         "regular file owned by the service user, mode 000",
         filed(
-            b"mode-000", "failed", reason="^unreadable$", error="^cannot read: Permission denied$"
+            b"mode-000",
+            "failed",
+            reason="^unreadable$",
+            error="^cannot read: Permission denied$",
+            size="^20$",  # read from its inode: the file itself cannot be
         ),
         "failed",
         reason="unreadable",

@@ -451,6 +451,8 @@ def open_claimed(claim: Claim) -> None:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise NotAFile("is a symlink (never followed)", reason="symlink") from None
+        with contextlib.suppress(OSError):  # its size still goes into the log and reason file
+            claim.size = os.lstat(claim.path).st_size
         if exc.errno in (errno.EACCES, errno.EPERM):
             raise PermanentError(f"cannot read: {exc.strerror}", reason="unreadable") from None
         raise PermanentError(f"cannot open: {exc.strerror}", reason="unreadable") from None
