@@ -90,7 +90,7 @@ SETTINGS: tuple[tuple[str, bool, str, str, str], ...] = (
     ('retry_attempts', False, '6', 'Attempts per file for transient errors before failed/.', 'limits and tuning'),
     ('retry_backoff', False, '0.5s', 'Backoff of a failed upload: the first retry follows within 25 ms, the next after this delay, doubling with jitter (SlowDown: from this delay at once).', 'limits and tuning'),
     ('retry_backoff_max', False, '1m', 'Longest retry delay.', 'limits and tuning'),
-    ('direct_put', True, 'true', "Send object bodies (PutObject, UploadPart) signed by botocore's signer over the client's own HTTP session, without botocore's per-request pipeline (about half its CPU per small file); false: every request takes botocore's full pipeline.", 'limits and tuning'),
+    ('direct_put', True, 'true', "Send object bodies (PutObject, UploadPart) signed as botocore signs them over the client's own connection pool, TLS and proxy, without botocore's per-request pipeline (about half its CPU per small file); false: every request takes botocore's full pipeline.", 'limits and tuning'),
     ('connect_timeout', False, '10s', 'Connection timeout to the store.', 'limits and tuning'),
     ('read_timeout', False, '1m', 'Read timeout of one request.', 'limits and tuning'),
     ('cleanup_interval', False, '1m', 'How often cleanup and dead-instance recovery run.', 'limits and tuning'),

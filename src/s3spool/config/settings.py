@@ -310,9 +310,10 @@ class Settings(BaseSettings):
     retry_backoff_max: Duration = Field(60.0, description="Longest retry delay.")
     direct_put: bool = Field(
         True,
-        description="Send object bodies (PutObject, UploadPart) signed by botocore's signer "
-        "over the client's own HTTP session, without botocore's per-request pipeline (about half "
-        "its CPU per small file); false: every request takes botocore's full pipeline.",
+        description="Send object bodies (PutObject, UploadPart) signed as botocore signs them "
+        "over the client's own connection pool, TLS and proxy, without botocore's per-request "
+        "pipeline (about half its CPU per small file); false: every request takes botocore's "
+        "full pipeline.",
     )
     # 0 would time out every request (and a 0 CLEANUP_INTERVAL spin): more than 0
     connect_timeout: Duration = Field(10.0, gt=0, description="Connection timeout to the store.")
