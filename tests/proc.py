@@ -23,7 +23,17 @@ NOBODY = 65534
 
 
 def as_user(uid: int = NOBODY, gid: int | None = None) -> list[str]:
-    """A command prefix that runs the rest as ``uid`` (tests run as root to use it)."""
+    """A command prefix that runs the rest as ``uid`` (tests run as root to use it). The
+    checkout must be one ``uid`` can enter, or the child fails with an ImportError: say so."""
+    here = Path(__file__).resolve().parent
+    for d in (here, *here.parents):
+        if d.stat().st_uid != uid and not d.stat().st_mode & 0o001:
+            import pytest
+
+            pytest.fail(
+                f"uid {uid} cannot enter {d} (mode {d.stat().st_mode & 0o777:o}), so it cannot "
+                "import this checkout: clone it under a directory others can enter (chmod o+x)"
+            )
     return ["setpriv", f"--reuid={uid}", f"--regid={uid if gid is None else gid}", "--clear-groups"]
 
 
