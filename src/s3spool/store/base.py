@@ -28,6 +28,9 @@ class Delivery:
     #: bytes stored when they are not the file's (COMPRESS); ``size`` stays the file's
     stored: int | None = None
     version_id: str | None = None  # when the bucket keeps versions
+    #: BATCH=bundle: the bundle that holds the file, and where its bytes start in it
+    bundle: str | None = None
+    offset: int | None = None
 
 
 #: how a survey names what the first uploads have not taught yet

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from s3spool import errors
 from s3spool.config.settings import MIB, Settings, check_ca_bundle, tls_verify
+from s3spool.spool.pieces import Readable
 from s3spool.spool.spool import Source
 from s3spool.store.aimd import retry_delay
 from s3spool.store.bandwidth import RouteLimit
@@ -176,7 +177,7 @@ class S3Store:
         if src.upload_id is not None or src.size >= self._multipart_from:
             return await self._multipart(src)
         async with self.budget.hold(held_bytes(self.sender.streams, src.size)):
-            body, digest, payload = await self._body(src.fd, 0, src.size)
+            body, digest, payload = await self._body(src.reader(), 0, src.size)
             return await self.send_put(src, body, digest, payload)
 
     async def send_put(
@@ -342,7 +343,7 @@ class S3Store:
             length = min(part_size, src.size - offset)
             what = f"UploadPart {number}/{count}"
             async with sem, self.budget.hold(held_bytes(sender.streams, length)):
-                body, digest, payload = await self._body(src.fd, offset, length)
+                body, digest, payload = await self._body(src.reader(), offset, length)
                 digests[index] = digest
                 part: dict[str, Any] = {"PartNumber": number}
                 if digest.checksum is not None and self.verifier.send_checksum:
@@ -435,7 +436,9 @@ class S3Store:
             return None
         return have
 
-    async def _body(self, fd: int, offset: int, length: int) -> tuple[Body, BodyDigest, str | None]:
+    async def _body(
+        self, fd: Readable, offset: int, length: int
+    ) -> tuple[Body, BodyDigest, str | None]:
         """The body to send (streamed when the sender can, else in memory; the caller holds
         the byte budget), its digests and, for a streamed body the signer needs, its SHA-256."""
         ck = self.ck

@@ -1,0 +1,336 @@
+"""BATCH=bundle: small claims of a spool formed into batches; each sent as one tar object, then
+an index beside it, then its members settled one by one (docs/architecture.md, Batching)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from s3spool import errors
+from s3spool.config.spools import DEFAULT_ROUTE
+from s3spool.logs import log_fields
+from s3spool.run.settle import NotStarted, Outcomes
+from s3spool.spool.batches import Batch, batches_dir, drop_batch, forget_batch, save_batch
+from s3spool.spool.keys import KeyInput, KeyTemplate, spool_dir_field
+from s3spool.spool.pieces import FilePart, Pieces
+from s3spool.spool.spool import Claim, Spool, about
+from s3spool.store.base import Delivery
+from s3spool.store.digests import Checksummer, digest_range
+from s3spool.store.tar import layout
+
+if TYPE_CHECKING:
+    from s3spool.run.routes import RouteRun
+
+log = logging.getLogger("s3spool.service")
+batch_log = logging.getLogger("s3spool.batch")
+
+
+@dataclass(slots=True, eq=False, kw_only=True)
+class Bundle(Claim):
+    """A body laid out from claimed files (the tar) or held in memory (its index), sent
+    through the pipeline's upload as a claim is; ``record``: the batch whose multipart upload
+    it records."""
+
+    pieces: Pieces
+    parts: list[FilePart] = field(default_factory=list)
+    record: Batch | None = None
+
+    def reader(self) -> Pieces:
+        return self.pieces
+
+    def changed(self) -> str | None:
+        for part in self.parts:
+            try:
+                st = os.lstat(part.path)
+            except OSError as exc:
+                return f"{part.path}: {exc.strerror}"
+            if st.st_size != part.size or st.st_mtime_ns != part.mtime_ns:
+                return f"{part.path} changed during upload (size {part.size}->{st.st_size})"
+        return None
+
+    def restat(self) -> None:
+        """Lay the tar out again from the files as they are now (same names, same key)."""
+        if self.record is None:
+            return
+        found = _stat_members(self.record.members)
+        if len(found) != len(self.record.members):
+            raise errors.FileChanged("a member is gone", reason="changed")
+        self.parts = [part for _, part in found]
+        self.pieces = _tar(self.record, self.parts)[0]
+        self.size = self.pieces.length
+
+    def uploading(self, upload_id: str | None, part_size: int) -> None:
+        if (upload_id, part_size) == (self.upload_id, self.part_size):
+            return
+        self.upload_id, self.part_size = upload_id, part_size
+        if self.record is None:
+            return
+        self.record.upload_id, self.record.part_size = upload_id, part_size
+        try:
+            save_batch(self.record)
+        except errors.TransientError as exc:
+            log.warning("%s", exc)  # the sweep still finds the upload if we crash
+
+
+def _stat_members(members: list[Claim]) -> list[tuple[Claim, FilePart]]:
+    """Each member that is still a regular file, with its size and mtime now."""
+    found = []
+    for m in members:
+        try:
+            st = os.lstat(m.path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            m.size, m.mtime, m.mtime_ns = st.st_size, st.st_mtime, st.st_mtime_ns
+            found.append((m, FilePart(m.path, st.st_size, st.st_mtime_ns)))
+    return found
+
+
+def _tar(batch: Batch, parts: list[FilePart]) -> tuple[Pieces, list[int]]:
+    # member names are the keys the files would have had: `tar x` gives the store's tree
+    return layout([(m.key, part) for m, part in zip(batch.members, parts, strict=True)])
+
+
+@dataclass(slots=True, eq=False)
+class _Forming:
+    batch: Batch
+    size: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+
+class Batches:
+    """One route's batches: formed per spool, sent by a worker, recovered from their records."""
+
+    def __init__(
+        self,
+        host: RouteRun,
+        outcomes: Outcomes,
+        *,
+        upload: Callable[[Claim], Awaitable[Delivery]],
+        deliver: Callable[[Claim], Awaitable[None]],
+    ) -> None:
+        """``upload``: the pipeline's (retries, pauses, verification); ``deliver``: a file's
+        whole per-file way."""
+        self.host, self.outcomes = host, outcomes
+        self._upload, self._deliver = upload, deliver
+        s = self.s = host.s
+        self.once = host.once
+        self.on = s.batch == "bundle"
+        self.template = KeyTemplate(s.batch_key_format, s.prefix, s.hostname_field)
+        self._forming: dict[Spool, _Forming] = {}
+        self._seq = itertools.count(1)
+        self._instance = s.resolved_instance_id
+        self.ck = Checksummer(s.checksum)
+
+    def takes(self, size: int) -> bool:
+        """Does a file of ``size`` bytes go in a batch?"""
+        return self.on and size <= self.s.batch_file_limit
+
+    def add(self, claim: Claim) -> Batch | None:
+        """Take a claim (its key rendered, its stat filled); the batch this closed, if any."""
+        spool = claim.spool
+        forming = self._forming.get(spool)
+        if forming is None:
+            forming = self._forming[spool] = _Forming(self._new(claim))
+            if not self.once:
+                loop = asyncio.get_running_loop()
+                forming.timer = loop.call_later(self.s.batch_max_wait, self._expire, forming)
+        forming.batch.members.append(claim)
+        forming.size += claim.size
+        if (
+            len(forming.batch.members) >= self.s.batch_max_files
+            or forming.size >= self.s.batch_max_bytes
+        ):
+            return self._close(spool)
+        return None
+
+    def _new(self, first: Claim) -> Batch:
+        now = datetime.now(UTC)
+        seq = f"{now:%Y%m%dT%H%M%S}-{self._instance}-{next(self._seq):06d}"
+        dirs = first.spool.dirs
+        item = KeyInput(b"", spool_dir_field(dirs.root or dirs.incoming), first.mtime, first.ctime)
+        key = self.template.render(item, extra={"batch_seq": seq})
+        return Batch(first.spool, seq, key)
+
+    def _close(self, spool: Spool) -> Batch:
+        forming = self._forming.pop(spool)
+        if forming.timer is not None:
+            forming.timer.cancel()
+        return forming.batch
+
+    def _expire(self, forming: _Forming) -> None:
+        spool = forming.batch.spool
+        if self._forming.get(spool) is forming:
+            self.host.pending.put_claim(self._close(spool))  # a worker sends it
+
+    def flush(self) -> int:
+        """Queue every batch being formed (run --once, once all else is handled)."""
+        spools = list(self._forming)
+        for spool in spools:
+            self.host.pending.put_claim(self._close(spool))
+        return len(spools)
+
+    def release(self) -> None:
+        """Stopping: claims of batches still forming go back to incoming/ (nothing was sent)."""
+        for spool in list(self._forming):
+            for claim in self._close(spool).members:
+                spool.unclaim(claim)
+
+    async def deliver(self, batch: Batch) -> None:
+        started = time.monotonic()
+        found = _stat_members(batch.members)
+        kept = {id(m) for m, _ in found}
+        alone = [m for m in batch.members if id(m) not in kept]  # gone or swapped: one by one
+        batch.members = [m for m, _ in found]
+        if not batch.members:
+            drop_batch(batch)
+        else:
+            try:
+                if alone or not batch.saved:
+                    save_batch(batch)  # before the first byte
+            except errors.TransientError as exc:
+                self._not_sent(batch, exc if isinstance(exc, errors.LocalFault) else None)
+            else:
+                await self._send(batch, [part for _, part in found], started)
+        await self._alone(alone)
+
+    async def _send(self, batch: Batch, parts: list[FilePart], started: float) -> None:
+        spool = batch.spool
+        pieces, offsets = _tar(batch, parts)
+        bundle = Bundle(
+            name=batch.key,
+            spool=spool,
+            path=os.fspath(batches_dir(spool) / batch.id),
+            key=batch.key,
+            size=pieces.length,
+            mtime_ns=time.time_ns(),
+            upload_id=batch.upload_id,
+            part_size=batch.part_size,
+            content_type="application/x-tar",
+            recovered=batch.recovered,
+            pieces=pieces,
+            parts=parts,
+            record=batch,
+        )
+        sent = False
+        note = "already in store" if batch.complete else None
+        try:
+            if not batch.complete:
+                done = await self._upload(bundle)
+                sent = True
+                if bundle.parts is not parts:  # laid out again (a file changed)
+                    parts, offsets = bundle.parts, _tar(batch, bundle.parts)[1]
+                body, sums = await asyncio.to_thread(self._index, batch, parts, offsets)
+                index = Bundle(
+                    name=batch.index_key,
+                    spool=spool,
+                    path=bundle.path,
+                    key=batch.index_key,
+                    size=len(body),
+                    mtime_ns=bundle.mtime_ns,
+                    content_type="application/x-ndjson",
+                    recovered=batch.recovered,
+                    pieces=Pieces([body]),
+                )
+                await self._upload(index)
+                note = "already in store" if done.already_there else None
+                batch.complete = True
+                save_batch(batch)  # members may move to done/ only after this
+            else:
+                sums = await asyncio.to_thread(self._sums, parts)
+        except NotStarted as why:
+            if sent or batch.recovered:
+                msg = "batch %s left in working/ for the next start"
+                about(log.info, spool, batch.key, msg, batch.id)
+                return
+            self._not_sent(batch, why.local)
+            batch.members = []
+            return
+        except errors.UploadError as exc:
+            if sent and isinstance(exc, errors.LocalFault):
+                # the record could not say complete: the next start finds the bundle stored
+                about(log.error, spool, batch.key, "%s; batch left in working/", exc)
+                return
+            # TODO: delete the bundle an earlier attempt may have stored (it has no index)
+            msg = "bundle not delivered (%s); its %d files go one by one"
+            about(log.warning, spool, batch.key, msg, exc, len(batch.members))
+            alone, batch.members = batch.members, []
+            drop_batch(batch)
+            await self._alone(alone)
+            return
+        outcomes = self.outcomes
+        for claim, part, offset, checksum in zip(batch.members, parts, offsets, sums, strict=True):
+            delivery = Delivery(
+                claim.key, part.size, checksum=checksum, bundle=batch.key, offset=offset
+            )
+            outcomes.settle(claim, delivery, started)
+        forget_batch(batch)
+        self.host.metrics.batches.labels(spool.label).inc()
+        self.host.metrics.batch_bytes.observe(pieces.length)
+        if batch_log.isEnabledFor(logging.INFO):
+            fields: dict[str, object] = {
+                "spool": spool.label,
+                "bundle": batch.key,
+                "files": len(batch.members),
+                "bytes": pieces.length,
+                "duration": round(time.monotonic() - started, 4),
+            }
+            if spool.dirs.route != DEFAULT_ROUTE:
+                fields = {"route": spool.dirs.route, **fields}
+            if note:
+                fields["note"] = note
+            log_fields(batch_log, logging.INFO, "batch", fields)
+
+    async def _alone(self, claims: list[Claim]) -> None:
+        """The per-file path, its key rendered (and recorded if it must be) as for any file."""
+        for claim in claims:
+            claim.key = ""
+            await self._deliver(claim)
+
+    def _sums(self, parts: list[FilePart]) -> list[str | None]:
+        """Each member's configured checksum (``crc32c:BASE64``), for the index."""
+        ck = self.ck
+        return [digest_range(Pieces([p]), 0, p.size, ck, md5=False)[0].label() for p in parts]
+
+    def _index(
+        self, batch: Batch, parts: list[FilePart], offsets: list[int]
+    ) -> tuple[bytes, list[str | None]]:
+        """The index object's body, one JSON line per member, and the members' checksums."""
+        sums = self._sums(parts)
+        lines = [
+            json.dumps(
+                {
+                    "name": m.name,
+                    "key": m.key,
+                    "offset": offset,
+                    "size": part.size,
+                    "checksum": checksum,
+                    "mtime": part.mtime_ns / 1e9,
+                }
+            )
+            for m, part, offset, checksum in zip(batch.members, parts, offsets, sums, strict=True)
+        ]
+        return ("\n".join(lines) + "\n").encode(), sums
+
+    def _not_sent(self, batch: Batch, local: errors.LocalFault | None) -> None:
+        """Nothing of the batch was sent: its record goes, its claims back to incoming/."""
+        spool = batch.spool
+        if batch.recovered:
+            return  # its record and members stay: the next start sends them
+        members, batch.members = batch.members, []
+        drop_batch(batch)
+        for claim in members:
+            spool.unclaim(claim)
+            if local is not None:
+                self.outcomes.left_behind(local)
+        if local is not None:
+            self.host.trip(spool, local)
