@@ -115,7 +115,7 @@ def _spool(root: Path, instance: str = "me") -> Spool:
 def _batches(spool: Spool, **settings: Any) -> tuple[Batches, Pending]:
     s = Settings(destination="s3://bucket/pre", spool_dirs=[spool.dirs.root], **settings)
     pending = Pending(10)
-    host: Any = SimpleNamespace(s=s, once=True, pending=pending)
+    host: Any = SimpleNamespace(s=s, once=True, pending=pending, stopping=False)
 
     async def never(claim: Any) -> Any:
         raise AssertionError("forming sends nothing")
@@ -138,8 +138,7 @@ def test_batches_close_at_max_files_and_bytes_and_flush_the_rest(tmp_path: Path)
     batches, pending = _batches(
         spool, batch="bundle", batch_max_files=3, batch_max_bytes=1000, batch_file_limit=600
     )
-    assert batches.takes(600)
-    assert not batches.takes(601)
+    assert batches.on
     closed = [batches.add(_claim(spool, f"f{i}", b"x" * 10)) for i in range(7)]
     full = [b for b in closed if b is not None]
     assert [len(b.members) for b in full] == [3, 3]  # BATCH_MAX_FILES
@@ -159,7 +158,7 @@ def test_batches_close_at_max_files_and_bytes_and_flush_the_rest(tmp_path: Path)
     batches.release()  # stopping: a claim of a batch still forming goes back to incoming/
     assert (spool.dirs.incoming / "back").exists()
     off, _ = _batches(spool)
-    assert not off.takes(1)  # BATCH=off, the default
+    assert not off.on  # BATCH=off, the default
 
 
 def test_the_service_closes_a_batch_after_batch_max_wait(tmp_path: Path) -> None:

@@ -131,10 +131,6 @@ class Batches:
         self._instance = s.resolved_instance_id
         self.ck = Checksummer(s.checksum)
 
-    def takes(self, size: int) -> bool:
-        """Does a file of ``size`` bytes go in a batch?"""
-        return self.on and size <= self.s.batch_file_limit
-
     def add(self, claim: Claim) -> Batch | None:
         """Take a claim (its key rendered, its stat filled); the batch this closed, if any."""
         spool = claim.spool
@@ -169,7 +165,7 @@ class Batches:
 
     def _expire(self, forming: _Forming) -> None:
         spool = forming.batch.spool
-        if self._forming.get(spool) is forming:
+        if self._forming.get(spool) is forming and not self.host.stopping:
             self.host.pending.put_claim(self._close(spool))  # a worker sends it
 
     def flush(self) -> int:

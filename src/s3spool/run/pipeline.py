@@ -134,14 +134,14 @@ class Pipeline:
         claim.ctime = st.st_ctime
         self.resubmits.taken(item)
         self._first_seen.pop(item, None)
-        if self.batches.takes(st.st_size):
+        if self.batches.on and st.st_size <= self.s.batch_file_limit:
             claim.size, claim.mtime, claim.mtime_ns = st.st_size, st.st_mtime, st.st_mtime_ns
             try:
                 claim.key = self.template.render(claim_input(claim))
-            except errors.UploadError:
-                pass  # deliver() renders it again and settles the error
-            else:
                 batch = self.batches.add(claim)
+            except errors.UploadError:
+                claim.key = ""  # deliver() renders it again and settles the error
+            else:
                 if batch is not None:
                     await self.batches.deliver(batch)
                 return

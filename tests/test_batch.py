@@ -1,0 +1,125 @@
+"""BATCH=bundle with the real process against rclone: every small file in exactly one bundle,
+its index offsets read back the exact bytes with ranged GETs, large files alone, all in done/."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import crc32c
+
+from proc import cli
+from s3servers import S3Target
+from svc import drop
+
+LARGE = 100 * 1024  # above the BATCH_FILE_LIMIT of these tests
+
+
+def _names() -> list[bytes]:
+    odd = [
+        b"with space.txt",
+        "grüße-日本語.txt".encode(),
+        b"percent%41+plus",
+        b"not-utf8-\xff\xfe",
+        b"n" * 200,  # a key over 100 bytes: a PAX path= record in the tar
+        b"empty",
+        b"ctrl\x01char",
+    ]
+    return odd + [b"f%03d.log" % i for i in range(300 - len(odd))]
+
+
+def _records(text: str, event: str) -> list[dict[str, object]]:
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            rec = json.loads(line)
+            if rec.get("event") == event:
+                out.append(rec)
+    return out
+
+
+def _crc(data: bytes) -> str:
+    import base64
+
+    return "crc32c:" + base64.b64encode(crc32c.crc32c(data).to_bytes(4, "big")).decode()
+
+
+def test_bundle_once_against_rclone(tmp_path: Path, rclone_s3: S3Target) -> None:
+    spool = tmp_path / "spool"
+    incoming = spool / "incoming"
+    incoming.mkdir(parents=True)
+    small: dict[bytes, bytes] = {}
+    for i, name in enumerate(_names()):
+        data = b"" if name == b"empty" else os.urandom(1 + i * 37 % 5000)
+        drop(incoming, name, data)
+        small[name] = data
+    large = {b"large-%d.bin" % i: os.urandom(LARGE + i) for i in range(2)}
+    for name, data in large.items():
+        drop(incoming, name, data)
+    env = {
+        **rclone_s3.env("pre"),
+        "S3SPOOL_SPOOL_DIRS": str(spool),
+        "S3SPOOL_BATCH": "bundle",
+        "S3SPOOL_BATCH_MAX_FILES": "100",
+        "S3SPOOL_BATCH_FILE_LIMIT": "64KiB",
+        "S3SPOOL_LOG_FORMAT": "json",
+        "S3SPOOL_WORKERS": "8",
+    }
+    run = cli(["run", "--once"], env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    done = spool / "done"
+    assert {os.fsencode(n) for n in os.listdir(done)} == set(small) | set(large)
+    assert not os.listdir(incoming)
+    assert not any((spool / "working").rglob("*.json")), "batch records are gone"
+
+    keys = rclone_s3.keys()
+    # the large files alone, as without BATCH
+    for name, data in large.items():
+        assert rclone_s3.get("pre/" + name.decode()) == data
+    bundles = sorted(k for k in keys if k.endswith(".tar"))
+    assert len(bundles) >= 3, keys  # 300 small files, at most 100 a batch
+    assert all(k.startswith("pre/bundles/") for k in bundles)
+    assert sorted(k for k in keys if k.endswith(".index.jsonl")) == [
+        k + ".index.jsonl" for k in bundles
+    ]
+    assert len(keys) == 2 * len(bundles) + len(large), "nothing else in the store"
+
+    seen: dict[str, int] = {}
+    client = rclone_s3.client()
+    for bundle in bundles:
+        body = rclone_s3.get(bundle)
+        lines = rclone_s3.get(bundle + ".index.jsonl").decode().splitlines()
+        with tarfile.open(fileobj=io.BytesIO(body), mode="r:") as tar:
+            members = {m.name: m for m in tar.getmembers()}
+        assert len(members) == len(lines)
+        for line in lines:
+            entry = json.loads(line)
+            name = os.fsencode(entry["name"])
+            data = small[name]
+            seen[entry["name"]] = seen.get(entry["name"], 0) + 1
+            assert entry["size"] == len(data)
+            assert entry["checksum"] == _crc(data)
+            assert entry["key"].startswith("pre/")
+            member = members[entry["key"]]  # the member's name is the key it would have had
+            assert member.offset_data == entry["offset"]
+            if data:  # a ranged GET of the index's offset and size gives the file's bytes
+                end = entry["offset"] + len(data) - 1
+                got = client.get_object(
+                    Bucket=rclone_s3.bucket, Key=bundle, Range=f"bytes={entry['offset']}-{end}"
+                )["Body"].read()
+                assert got == data, entry
+    assert sorted(seen) == sorted(os.fsdecode(n) for n in small)
+    assert set(seen.values()) == {1}, "each small file in exactly one bundle"
+
+    files = _records(run.stderr + run.stdout, "file")
+    assert len(files) == len(small) + len(large)
+    assert all(r["outcome"] == "delivered" for r in files)
+    in_bundles = [r for r in files if "bundle" in r]
+    assert len(in_bundles) == len(small)
+    assert {r["bundle"] for r in in_bundles} == set(bundles)
+    batches = _records(run.stderr + run.stdout, "batch")
+    assert sorted(str(r["bundle"]) for r in batches) == bundles
+    assert sum(int(str(r["files"])) for r in batches) == len(small)
