@@ -11,7 +11,7 @@ from pathlib import Path
 
 import crc32c
 
-from proc import cli
+from proc import SpoolProc, cli
 from s3servers import S3Target
 from svc import drop
 
@@ -123,3 +123,56 @@ def test_bundle_once_against_rclone(tmp_path: Path, rclone_s3: S3Target) -> None
     batches = _records(run.stderr + run.stdout, "batch")
     assert sorted(str(r["bundle"]) for r in batches) == bundles
     assert sum(int(str(r["files"])) for r in batches) == len(small)
+
+
+def test_kill_during_batches_then_drain_delivers_each_file_once(
+    tmp_path: Path, rclone_s3: S3Target
+) -> None:
+    spool = tmp_path / "spool"
+    incoming = spool / "incoming"
+    incoming.mkdir(parents=True)
+    files = {b"k%05d" % i: os.urandom(2048 + i % 700) for i in range(3000)}
+    for name, data in files.items():
+        drop(incoming, name, data)
+    env = {
+        **rclone_s3.env("pre"),
+        "S3SPOOL_SPOOL_DIRS": str(spool),
+        "S3SPOOL_BATCH": "bundle",
+        "S3SPOOL_BATCH_MAX_FILES": "50",
+        "S3SPOOL_WORKERS": "4",
+        "S3SPOOL_LOG_FORMAT": "json",
+    }
+    done = spool / "done"
+
+    def delivered() -> int:
+        return len(os.listdir(done)) if done.exists() else 0
+
+    for target in (300, 1100, 1900):  # kill -9 mid-run, three times
+        with SpoolProc(["run"], env, tmp_path) as proc:
+            proc.wait_until(lambda t=target: delivered() >= t, 60, f"{target} in done/")
+            proc.kill()
+        assert delivered() < len(files), "killed before the end"
+    run = cli(["run", "--once"], env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert {os.fsencode(n) for n in os.listdir(done)} == set(files)
+
+    keys = rclone_s3.keys()
+    bundles = [k for k in keys if k.endswith(".tar")]
+    assert sorted(k for k in keys if k.endswith(".index.jsonl")) == sorted(
+        k + ".index.jsonl" for k in bundles
+    ), "every bundle has its index"
+    alone = {k for k in keys if not k.endswith((".tar", ".index.jsonl"))}
+    found: dict[bytes, int] = {}
+    for key in alone:
+        name = key.removeprefix("pre/").encode()
+        assert rclone_s3.get(key) == files[name]
+        found[name] = found.get(name, 0) + 1
+    for bundle in bundles:
+        body = rclone_s3.get(bundle)
+        for line in rclone_s3.get(bundle + ".index.jsonl").decode().splitlines():
+            entry = json.loads(line)
+            name = os.fsencode(entry["name"])
+            assert body[entry["offset"] : entry["offset"] + entry["size"]] == files[name]
+            found[name] = found.get(name, 0) + 1
+    assert set(found) == set(files)
+    assert {n: c for n, c in found.items() if c != 1} == {}, "each file exactly once"

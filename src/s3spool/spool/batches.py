@@ -41,10 +41,6 @@ class Batch:
     def index_key(self) -> str:
         return self.key + INDEX_SUFFIX
 
-    @property
-    def size(self) -> int:
-        return sum(m.size for m in self.members)
-
 
 def batches_dir(spool: Spool) -> Path:
     return spool.me / BATCHES
@@ -142,10 +138,8 @@ def adopt_records(spool: Spool, dead: Path) -> list[str]:
     leaves a record whose members are adopted on the next pass); their ids."""
     src = dead / BATCHES
     try:
-        names = [n for n in os.listdir(src) if n.endswith(".json")]
+        names = [n for n in os.listdir(src) if n.endswith(".json") and not n.startswith(".")]
     except FileNotFoundError:
-        return []
-    if not names:
         return []
     where = batches_dir(spool)
     where.mkdir(exist_ok=True)
@@ -157,5 +151,7 @@ def adopt_records(spool: Spool, dead: Path) -> list[str]:
             continue
         moved.append(name[:-5])
     with contextlib.suppress(OSError):
+        for leftover in src.glob(".tmp.*"):  # a record cut short by the crash
+            leftover.unlink()
         src.rmdir()
     return moved
