@@ -123,6 +123,34 @@ def test_bundle_once_against_rclone(tmp_path: Path, rclone_s3: S3Target) -> None
     batches = _records(run.stderr + run.stdout, "batch")
     assert sorted(str(r["bundle"]) for r in batches) == bundles
     assert sum(int(str(r["files"])) for r in batches) == len(small)
+    summary = next(line for line in run.stderr.splitlines() if "run --once:" in line)
+    assert "run --once: 302 delivered (" in summary
+    assert f", {len(bundles)} bundles), 0 failed" in summary
+
+
+def test_a_bundle_given_up_sends_its_files_one_by_one(tmp_path: Path, rclone_s3: S3Target) -> None:
+    spool = tmp_path / "spool"
+    incoming = spool / "incoming"
+    incoming.mkdir(parents=True)
+    for i in range(20):
+        drop(incoming, f"g{i}", b"%d" % i)
+    env = {
+        **rclone_s3.env("pre"),
+        "S3SPOOL_SPOOL_DIRS": str(spool),
+        "S3SPOOL_BATCH": "bundle",
+        "S3SPOOL_FAIL_RATE": "1",  # every request fails: the bundle, then each file alone
+    }
+    run = cli(["run", "--once"], env)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "bundle not delivered (injected failure (FAIL_RATE)); its 20 files go one by one" in (
+        run.stderr
+    )
+    failed = spool / "failed"
+    assert sorted(os.listdir(failed)) == sorted(
+        [f"g{i}" for i in range(20)] + [f"g{i}.reason.json" for i in range(20)]
+    )
+    assert rclone_s3.keys() == []
+    assert not any((spool / "working").rglob("*.json")), "no batch record is left"
 
 
 def test_kill_during_batches_then_drain_delivers_each_file_once(

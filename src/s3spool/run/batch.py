@@ -256,14 +256,15 @@ class Batches:
                 # the record could not say complete: the next start finds the bundle stored
                 about(log.error, spool, batch.key, "%s; batch left in working/", exc)
                 return
-            # TODO: delete the bundle an earlier attempt may have stored (it has no index)
             msg = "bundle not delivered (%s); its %d files go one by one"
             about(log.warning, spool, batch.key, msg, exc, len(batch.members))
+            await self._discard(batch)
             alone, batch.members = batch.members, []
             drop_batch(batch)
             await self._alone(alone)
             return
         outcomes = self.outcomes
+        outcomes.counts.bundles += 1
         for claim, part, offset, checksum in zip(batch.members, parts, offsets, sums, strict=True):
             delivery = Delivery(
                 claim.key, part.size, checksum=checksum, bundle=batch.key, offset=offset
@@ -285,6 +286,18 @@ class Batches:
             if note:
                 fields["note"] = note
             log_fields(batch_log, logging.INFO, "batch", fields)
+
+    async def _discard(self, batch: Batch) -> None:
+        """A bundle given up: what an attempt may have stored goes, before its files go alone
+        (a crash before the record goes repeats this)."""
+        store = self.host.store
+        if store is None:
+            return
+        for key in (batch.index_key, batch.key):
+            try:
+                await store.delete(key)
+            except errors.UploadError as exc:
+                about(log.warning, batch.spool, key, "could not delete: %s", exc)
 
     async def _alone(self, claims: list[Claim]) -> None:
         """The per-file path, its key rendered (and recorded if it must be) as for any file."""

@@ -267,7 +267,8 @@ class Outcomes:
             logging.WARNING if deferred or self.counts.failed or exit_code else logging.INFO,
             "run --once: %d delivered (%s), %d failed, %d deferred, %d left waiting in %s%s",
             self.counts.delivered,
-            human_size(self.counts.bytes),
+            human_size(self.counts.bytes)
+            + (f", {self.counts.bundles} bundles" if self.counts.bundles else ""),
             self.counts.failed,
             deferred,
             left,

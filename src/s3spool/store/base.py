@@ -53,6 +53,8 @@ class Store(Protocol):
 
     async def abort_upload(self, key: str, upload_id: str) -> None: ...
 
+    async def delete(self, key: str) -> None: ...  # an object of s3spool's own (a bundle)
+
     async def stale_uploads(self, older_than: float) -> list[tuple[str, str]]: ...
 
 

@@ -58,6 +58,9 @@ class NoopStore:
     async def abort_upload(self, key: str, upload_id: str) -> None:
         return None
 
+    async def delete(self, key: str) -> None:
+        return None
+
     async def stale_uploads(self, older_than: float) -> list[tuple[str, str]]:
         return []
 

@@ -226,6 +226,11 @@ class S3Store:
                 err,
             )
 
+    async def delete(self, key: str) -> None:
+        """DeleteObject (a bundle given up, BATCH=bundle); ``UploadError`` if it fails."""
+        with s3_errors("DeleteObject"):
+            await self.client.delete_object(Bucket=self.bucket, Key=key)
+
     async def stale_uploads(self, older_than: float) -> list[tuple[str, str]]:
         """(key, upload id) of multipart uploads under the prefix started before ``older_than``."""
         found: list[tuple[str, str]] = []
