@@ -22,6 +22,7 @@ from s3spool.spool.pieces import FilePart, Pieces, read_chunks
 from s3spool.spool.recovery import adopt, recover_own
 from s3spool.spool.spool import Spool
 from s3spool.spool.watch import Pending
+from s3spool.store import tar
 from s3spool.store.bodies import read_exact
 from s3spool.store.digests import Checksummer, digest_file
 from s3spool.store.tar import layout
@@ -83,6 +84,18 @@ def _fd_of(tmp_path: Path, data: bytes) -> int:
     path = tmp_path / "whole.tar"
     path.write_bytes(data)
     return os.open(path, os.O_RDONLY)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a", "pre/file-000123.log", "x" * 100, "x" * 99 + "\x7f", "sp ace %41+", "é", "y" * 101],
+)
+@pytest.mark.parametrize("size", [0, 1, 4096, 8**11 - 1, 8**11])
+def test_the_hand_written_header_is_tarfiles(name: str, size: int) -> None:
+    for mtime_ns in (0, 1_733_600_000_123_456_789, 8**11 * 10**9):
+        assert tar.header(name, size, mtime_ns) == tar._tarfile_header(
+            name, size, mtime_ns // 10**9
+        )
 
 
 def test_a_file_that_changed_after_the_layout_is_caught(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import itertools
 import json
 import logging
 import os
+import secrets
 import stat
 import time
 from collections.abc import Awaitable, Callable
@@ -128,7 +129,8 @@ class Batches:
         self.template = KeyTemplate(s.batch_key_format, s.prefix, s.hostname_field)
         self._forming: dict[Spool, _Forming] = {}
         self._seq = itertools.count(1)
-        self._instance = s.resolved_instance_id
+        # a fixed INSTANCE_ID restarted within a second must not draw the same {batch_seq}
+        self._instance = f"{s.resolved_instance_id}-{secrets.token_hex(3)}"
         self.ck = Checksummer(s.checksum)
 
     def add(self, claim: Claim) -> Batch | None:
