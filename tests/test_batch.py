@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import tarfile
 from pathlib import Path
 
@@ -204,3 +205,27 @@ def test_kill_during_batches_then_drain_delivers_each_file_once(
             found[name] = found.get(name, 0) + 1
     assert set(found) == set(files)
     assert {n: c for n, c in found.items() if c != 1} == {}, "each file exactly once"
+
+
+def test_sigterm_returns_the_files_of_a_batch_still_forming(
+    tmp_path: Path, rclone_s3: S3Target
+) -> None:
+    spool = tmp_path / "spool"
+    incoming = spool / "incoming"
+    incoming.mkdir(parents=True)
+    env = {
+        **rclone_s3.env("pre"),
+        "S3SPOOL_SPOOL_DIRS": str(spool),
+        "S3SPOOL_BATCH": "bundle",
+        "S3SPOOL_BATCH_MAX_WAIT": "1h",
+    }
+    with SpoolProc(["run"], env, tmp_path) as proc:
+        proc.wait_for_log("watching 1 spool")
+        for i in range(5):
+            drop(incoming, f"w{i}", b"%d" % i)
+        proc.wait_until(lambda: not os.listdir(incoming), 10, "the files claimed")
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, proc.log_tail()
+    assert sorted(os.listdir(incoming)) == [f"w{i}" for i in range(5)]
+    assert not [p for p in (spool / "working").rglob("*") if p.is_file()]
+    assert rclone_s3.keys() == []

@@ -168,8 +168,9 @@ def test_batches_close_at_max_files_and_bytes_and_flush_the_rest(tmp_path: Path)
     assert len(pending) == 1
     assert batches.flush() == 0
     batches.add(_claim(spool, "back", b"x"))
-    batches.release()  # stopping: a claim of a batch still forming goes back to incoming/
+    batches.release()  # stopping: claims of batches forming or queued go back to incoming/
     assert (spool.dirs.incoming / "back").exists()
+    assert (spool.dirs.incoming / "last").exists()
     off, _ = _batches(spool)
     assert not off.on  # BATCH=off, the default
 

@@ -128,6 +128,7 @@ class Batches:
         self.on = s.batch == "bundle"
         self.template = KeyTemplate(s.batch_key_format, s.prefix, s.hostname_field)
         self._forming: dict[Spool, _Forming] = {}
+        self._queued: set[Batch] = set()  # closed, waiting for a worker
         self._seq = itertools.count(1)
         # a fixed INSTANCE_ID restarted within a second must not draw the same {batch_seq}
         self._instance = f"{s.resolved_instance_id}-{secrets.token_hex(3)}"
@@ -168,23 +169,32 @@ class Batches:
     def _expire(self, forming: _Forming) -> None:
         spool = forming.batch.spool
         if self._forming.get(spool) is forming and not self.host.stopping:
-            self.host.pending.put_claim(self._close(spool))  # a worker sends it
+            self._queue(self._close(spool))  # a worker sends it
 
     def flush(self) -> int:
         """Queue every batch being formed (run --once, once all else is handled)."""
         spools = list(self._forming)
         for spool in spools:
-            self.host.pending.put_claim(self._close(spool))
+            self._queue(self._close(spool))
         return len(spools)
 
+    def _queue(self, batch: Batch) -> None:
+        self._queued.add(batch)
+        self.host.pending.put_claim(batch)
+
     def release(self) -> None:
-        """Stopping: claims of batches still forming go back to incoming/ (nothing was sent)."""
-        for spool in list(self._forming):
-            for claim in self._close(spool).members:
-                spool.unclaim(claim)
+        """Stopping: claims of batches still forming, or queued and not taken, go back to
+        incoming/ (nothing of them was sent, and no record was written)."""
+        batches = [self._close(spool) for spool in list(self._forming)] + list(self._queued)
+        self._queued.clear()
+        for batch in batches:
+            members, batch.members = batch.members, []
+            for claim in members:
+                batch.spool.unclaim(claim)
 
     async def deliver(self, batch: Batch) -> None:
         started = time.monotonic()
+        self._queued.discard(batch)
         found = _stat_members(batch.members)
         kept = {id(m) for m, _ in found}
         alone = [m for m in batch.members if id(m) not in kept]  # gone or swapped: one by one
