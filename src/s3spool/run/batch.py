@@ -251,8 +251,6 @@ class Batches:
                 )
                 await self._upload(index)
                 note = "already in store" if done.already_there else None
-                batch.complete = True
-                save_batch(batch)  # members may move to done/ only after this
             else:
                 sums = await asyncio.to_thread(self._sums, parts)
         except NotStarted as why:
@@ -261,13 +259,8 @@ class Batches:
                 about(log.info, spool, batch.key, msg, batch.id)
                 return
             self._not_sent(batch, why.local)
-            batch.members = []
             return
         except errors.UploadError as exc:
-            if sent and isinstance(exc, errors.LocalFault):
-                # the record could not say complete: the next start finds the bundle stored
-                about(log.error, spool, batch.key, "%s; batch left in working/", exc)
-                return
             msg = "bundle not delivered (%s); its %d files go one by one"
             about(log.warning, spool, batch.key, msg, exc, len(batch.members))
             await self._discard(batch)
@@ -275,6 +268,36 @@ class Batches:
             drop_batch(batch)
             await self._alone(alone)
             return
+
+        def finish() -> None:
+            self._finish(batch, bundle.size, parts, offsets, sums, started, note)
+
+        try:
+            finish()
+        except errors.LocalFault as fault:  # the record cannot say complete: settle later
+            self.outcomes.strand(bundle, fault, finish)
+        except errors.TransientError as exc:
+            about(log.error, spool, batch.key, "%s; batch left in working/", exc)
+
+    def _finish(
+        self,
+        batch: Batch,
+        size: int,
+        parts: list[FilePart],
+        offsets: list[int],
+        sums: list[str | None],
+        started: float,
+        note: str | None,
+    ) -> None:
+        """Bundle and index confirmed: the record says so, then the members move to done/."""
+        spool = batch.spool
+        if not batch.complete:
+            batch.complete = True
+            try:
+                save_batch(batch)  # members may move to done/ only after this
+            except errors.TransientError:
+                batch.complete = False
+                raise
         outcomes = self.outcomes
         outcomes.counts.bundles += 1
         for claim, part, offset, checksum in zip(batch.members, parts, offsets, sums, strict=True):
@@ -284,13 +307,13 @@ class Batches:
             outcomes.settle(claim, delivery, started)
         forget_batch(batch)
         self.host.metrics.batches.labels(spool.label).inc()
-        self.host.metrics.batch_bytes.observe(pieces.length)
+        self.host.metrics.batch_bytes.observe(size)
         if batch_log.isEnabledFor(logging.INFO):
             fields: dict[str, object] = {
                 "spool": spool.label,
                 "bundle": batch.key,
                 "files": len(batch.members),
-                "bytes": pieces.length,
+                "bytes": size,
                 "duration": round(time.monotonic() - started, 4),
             }
             if spool.dirs.route != DEFAULT_ROUTE:
