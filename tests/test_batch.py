@@ -129,6 +129,73 @@ def test_bundle_once_against_rclone(tmp_path: Path, rclone_s3: S3Target) -> None
     assert f", {len(bundles)} bundles), 0 failed" in summary
 
 
+def test_extract_on_juicefs_gives_the_objects_of_a_per_file_run(
+    tmp_path: Path, juicefs_s3: S3Target, rclone_s3: S3Target
+) -> None:
+    spool = tmp_path / "spool"
+    incoming = spool / "incoming"
+    incoming.mkdir(parents=True)
+    small = {name: os.urandom(1 + i * 37 % 5000) for i, name in enumerate(_names())}
+    small[b"empty"] = b""
+    large = {b"large-%d.bin" % i: os.urandom(LARGE + i) for i in range(2)}
+    for name, data in {**small, **large}.items():
+        drop(incoming, name, data)
+    env = {
+        **juicefs_s3.env("pre"),
+        "S3SPOOL_SPOOL_DIRS": str(spool),
+        "S3SPOOL_BATCH": "extract",
+        "S3SPOOL_BATCH_MAX_FILES": "100",
+        "S3SPOOL_BATCH_FILE_LIMIT": "64KiB",
+        "S3SPOOL_LOG_FORMAT": "json",
+        "S3SPOOL_WORKERS": "8",
+    }
+    run = cli(["run", "--once"], env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert {os.fsencode(n) for n in os.listdir(spool / "done")} == set(small) | set(large)
+    assert not any((spool / "working").rglob("*.json")), "batch records are gone"
+    # the keys a per-file run gives, from the same files on another store
+    per_file = tmp_path / "per-file"
+    (per_file / "incoming").mkdir(parents=True)
+    for name in {**small, **large}:
+        drop(per_file / "incoming", name, b"")
+    plain = cli(["run", "--once"], {**rclone_s3.env("pre"), "S3SPOOL_SPOOL_DIRS": str(per_file)})
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    keys = sorted(juicefs_s3.keys())
+    assert keys == sorted(rclone_s3.keys())
+    by_key = {}
+    for rec in _records(run.stderr, "file"):
+        by_key[str(rec["key"])] = os.fsencode(str(rec["name"]))
+    for key in keys:
+        assert juicefs_s3.get(key) == {**small, **large}[by_key[key]], key
+    batches = _records(run.stderr, "batch")
+    assert len(batches) >= 3
+    assert sum(int(str(r["files"])) for r in batches) == len(small)
+
+
+def test_extract_on_a_store_that_does_not_unpack_falls_back(
+    tmp_path: Path, rclone_s3: S3Target
+) -> None:
+    spool = tmp_path / "spool"
+    incoming = spool / "incoming"
+    incoming.mkdir(parents=True)
+    files = {f"e{i}": b"%d" % i for i in range(30)}
+    for name, data in files.items():
+        drop(incoming, name, data)
+    env = {
+        **rclone_s3.env("pre"),
+        "S3SPOOL_SPOOL_DIRS": str(spool),
+        "S3SPOOL_BATCH": "extract",
+        "S3SPOOL_BATCH_MAX_FILES": "10",
+    }
+    run = cli(["run", "--once"], env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stderr.count("instead of unpacking it") == 1, run.stderr
+    assert sorted(os.listdir(spool / "done")) == sorted(files)
+    assert sorted(rclone_s3.keys()) == sorted(f"pre/{n}" for n in files), "no stray tar"
+    for name, data in files.items():
+        assert rclone_s3.get(f"pre/{name}") == data
+
+
 def test_a_bundle_given_up_sends_its_files_one_by_one(tmp_path: Path, rclone_s3: S3Target) -> None:
     spool = tmp_path / "spool"
     incoming = spool / "incoming"
@@ -154,19 +221,20 @@ def test_a_bundle_given_up_sends_its_files_one_by_one(tmp_path: Path, rclone_s3:
     assert not any((spool / "working").rglob("*.json")), "no batch record is left"
 
 
-def test_kill_during_batches_then_drain_delivers_each_file_once(
-    tmp_path: Path, rclone_s3: S3Target
-) -> None:
+def _kill_three_times_then_drain(
+    tmp_path: Path, target: S3Target, mode: str, count: int
+) -> dict[bytes, bytes]:
+    """``count`` small files, kill -9 three times during batches, then a drain: the files."""
     spool = tmp_path / "spool"
     incoming = spool / "incoming"
     incoming.mkdir(parents=True)
-    files = {b"k%05d" % i: os.urandom(2048 + i % 700) for i in range(3000)}
+    files = {b"k%05d" % i: os.urandom(2048 + i % 700) for i in range(count)}
     for name, data in files.items():
         drop(incoming, name, data)
     env = {
-        **rclone_s3.env("pre"),
+        **target.env("pre"),
         "S3SPOOL_SPOOL_DIRS": str(spool),
-        "S3SPOOL_BATCH": "bundle",
+        "S3SPOOL_BATCH": mode,
         "S3SPOOL_BATCH_MAX_FILES": "50",
         "S3SPOOL_WORKERS": "4",
         "S3SPOOL_LOG_FORMAT": "json",
@@ -176,15 +244,31 @@ def test_kill_during_batches_then_drain_delivers_each_file_once(
     def delivered() -> int:
         return len(os.listdir(done)) if done.exists() else 0
 
-    for target in (300, 1100, 1900):  # kill -9 mid-run, three times
+    for goal in (count // 10, count * 4 // 10, count * 7 // 10):  # kill -9 mid-run, three times
         with SpoolProc(["run"], env, tmp_path) as proc:
-            proc.wait_until(lambda t=target: delivered() >= t, 60, f"{target} in done/")
+            proc.wait_until(lambda g=goal: delivered() >= g, 60, f"{goal} in done/")
             proc.kill()
         assert delivered() < len(files), "killed before the end"
     run = cli(["run", "--once"], env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert {os.fsencode(n) for n in os.listdir(done)} == set(files)
+    return files
 
+
+def test_extract_kill_during_batches_then_drain_gives_one_object_per_file(
+    tmp_path: Path, juicefs_s3: S3Target
+) -> None:
+    files = _kill_three_times_then_drain(tmp_path, juicefs_s3, "extract", 1000)
+    keys = juicefs_s3.keys()
+    assert sorted(keys) == sorted(f"pre/{n.decode()}" for n in files), "no tar, no stray"
+    for name, data in files.items():
+        assert juicefs_s3.get(f"pre/{name.decode()}") == data
+
+
+def test_kill_during_batches_then_drain_delivers_each_file_once(
+    tmp_path: Path, rclone_s3: S3Target
+) -> None:
+    files = _kill_three_times_then_drain(tmp_path, rclone_s3, "bundle", 3000)
     keys = rclone_s3.keys()
     bundles = [k for k in keys if k.endswith(".tar")]
     assert sorted(k for k in keys if k.endswith(".index.jsonl")) == sorted(

@@ -224,7 +224,8 @@ def test_batch_records_are_recovered_and_adopted_as_batches(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("settings", "problem"),
     [
-        ({"batch": "extract"}, "batch: extract is not implemented yet"),
+        ({"batch": "extract", "cache_control": "no-cache"}, "CACHE_CONTROL apply to each file"),
+        ({"batch": "extract", "overwrite": "never"}, "OVERWRITE=never needs a conditional"),
         ({"batch": "bundle", "batch_key_format": "b/{now}.tar"}, "needs {batch_seq} or {uuid4}"),
         ({"batch": "bundle", "batch_key_format": "{fname}-{uuid4}"}, "unknown field {fname}"),
         ({"batch": "bundle", "compress": "zstd"}, "COMPRESS apply to each file's own object"),

@@ -73,7 +73,7 @@ SETTINGS: tuple[tuple[str, bool, str, str, str], ...] = (
     ('tags', False, 'none', 'Object tags as k=v pairs, like METADATA (at most 10).', 'keys and object options'),
     ('cache_control', False, 'none', 'Cache-Control of every object, e.g. max-age=86400.', 'keys and object options'),
     ('content_disposition', False, 'none', 'Content-Disposition of every object; may use the key fields, e.g. attachment; filename="{fname}".', 'keys and object options'),
-    ('batch', False, 'off', 'Send small files together: bundle: one tar object per batch and an index object beside it (docs/batching.md); extract: not yet; off: one object per file.', 'batching'),
+    ('batch', False, 'off', 'Send small files together: bundle: one tar object per batch and an index object beside it; extract: a tar the store unpacks into one object per file (Snowball auto-extract: MinIO, JuiceFS; docs/batching.md); off: one object per file.', 'batching'),
     ('batch_max_files', False, '1000', 'A batch closes at this many files.', 'batching'),
     ('batch_max_bytes', False, '64MiB', 'A batch closes once its files hold this many bytes.', 'batching'),
     ('batch_max_wait', False, '1s', 'The service closes a batch this long after its first file (run --once sends what waits at the end).', 'batching'),

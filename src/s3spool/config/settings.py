@@ -260,7 +260,8 @@ class Settings(BaseSettings):
     batch: Literal["off", "bundle", "extract"] = Field(
         "off",
         description="Send small files together: bundle: one tar object per batch and an index "
-        "object beside it (docs/batching.md); extract: not yet; off: one object per file.",
+        "object beside it; extract: a tar the store unpacks into one object per file "
+        "(Snowball auto-extract: MinIO, JuiceFS; docs/batching.md); off: one object per file.",
     )
     batch_max_files: int = Field(1000, ge=1, description="A batch closes at this many files.")
     batch_max_bytes: Size = Field(
@@ -485,8 +486,6 @@ BATCH_KEY_FIELDS = (KEY_FIELDS - {"fname", "relpath", "dirname"}) | {"batch_seq"
 def _check_batch(s: Settings) -> None:
     if s.batch == "off":
         return
-    if s.batch == "extract":
-        raise ValueError("batch: extract is not implemented yet; use bundle or off")
     check_key_format(s.batch_key_format, BATCH_KEY_FIELDS, "batch_key_format")
     if not key_format_fields(s.batch_key_format) & {"batch_seq", "uuid4"}:
         raise ValueError(
@@ -494,15 +493,25 @@ def _check_batch(s: Settings) -> None:
         )
     if s.batch_file_limit > s.batch_max_bytes:
         raise ValueError("batch_file_limit: must not exceed BATCH_MAX_BYTES")
-    per_file = [
-        name
-        for name in ("compress", "metadata", "tags", "content_disposition")
-        if getattr(s, name) not in (None, "none")
-    ]
+    options: tuple[str, ...] = ("compress", "metadata", "tags", "content_disposition")
+    if s.batch == "extract":
+        # the store makes the objects from the tar: no request carries a member's headers
+        options += ("cache_control", "content_type", "acl", "storage_class", "sse")
+    per_file = [name for name in options if getattr(s, name) not in (None, "none")]
     if per_file:
+        why = (
+            "the store unpacks the tar, and no request carries a file's own headers"
+            if s.batch == "extract"
+            else "in a bundle the files are not objects"
+        )
         raise ValueError(
             f"batch: {', '.join(n.upper() for n in per_file)} apply to each file's own object, "
-            "and in a bundle the files are not objects; not supported with BATCH=bundle yet"
+            f"and {why}; not supported with BATCH={s.batch} (yet)"
+        )
+    if s.batch == "extract" and s.overwrite == "never":
+        raise ValueError(
+            "batch: OVERWRITE=never needs a conditional write per object; the store writes "
+            "the objects it unpacks unconditionally"
         )
 
 

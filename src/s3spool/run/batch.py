@@ -24,9 +24,10 @@ from s3spool.spool.batches import Batch, batches_dir, drop_batch, forget_batch, 
 from s3spool.spool.keys import KeyInput, KeyTemplate, spool_dir_field
 from s3spool.spool.pieces import FilePart, Pieces
 from s3spool.spool.spool import Claim, Spool, about
-from s3spool.store.base import Delivery
+from s3spool.store.base import Delivery, Store
 from s3spool.store.digests import Checksummer, digest_range
 from s3spool.store.tar import layout
+from s3spool.store.verify import MD5_HEX
 
 if TYPE_CHECKING:
     from s3spool.run.routes import RouteRun
@@ -125,7 +126,10 @@ class Batches:
         self._upload, self._deliver = upload, deliver
         s = self.s = host.s
         self.once = host.once
-        self.on = s.batch == "bundle"
+        self.on = s.batch != "off"
+        self.extract = s.batch == "extract"
+        self._unpacks: bool | None = None  # extract: does the store unpack? (the first batch)
+        self._probing = asyncio.Lock()
         self.template = KeyTemplate(s.batch_key_format, s.prefix, s.hostname_field)
         self._forming: dict[Spool, _Forming] = {}
         self._queued: set[Batch] = set()  # closed, waiting for a worker
@@ -212,6 +216,9 @@ class Batches:
         await self._alone(alone)
 
     async def _send(self, batch: Batch, parts: list[FilePart], started: float) -> None:
+        if self.extract:
+            await self._send_extract(batch, parts, started)
+            return
         spool = batch.spool
         pieces, offsets = _tar(batch, parts)
         bundle = Bundle(
@@ -252,7 +259,7 @@ class Batches:
                 await self._upload(index)
                 note = "already in store" if done.already_there else None
             else:
-                sums = await asyncio.to_thread(self._sums, parts)
+                sums = [label for label, _ in await asyncio.to_thread(self._sums, parts)]
         except NotStarted as why:
             if sent or batch.recovered:
                 msg = "batch %s left in working/ for the next start"
@@ -264,9 +271,7 @@ class Batches:
             msg = "bundle not delivered (%s); its %d files go one by one"
             about(log.warning, spool, batch.key, msg, exc, len(batch.members))
             await self._discard(batch)
-            alone, batch.members = batch.members, []
-            drop_batch(batch)
-            await self._alone(alone)
+            await self._all_alone(batch)
             return
 
         def finish() -> None:
@@ -322,6 +327,133 @@ class Batches:
                 fields["note"] = note
             log_fields(batch_log, logging.INFO, "batch", fields)
 
+    async def _send_extract(self, batch: Batch, parts: list[FilePart], started: float) -> None:
+        """BATCH=extract: the tar goes to the store, which unpacks it into the members' own
+        keys; a listing of those keys confirms each member (size, and MD5 where the ETag is
+        one). A member that did not appear goes alone; a store that kept the tar as one
+        object is told once, and the route goes on file by file."""
+        spool = batch.spool
+        store = self.host.store
+        assert store is not None
+        if not batch.complete:
+            pieces, _ = _tar(batch, parts)
+            tar = Bundle(
+                name=batch.key,
+                spool=spool,
+                path=os.fspath(batches_dir(spool) / batch.id),
+                key=batch.key,
+                size=pieces.length,
+                mtime_ns=time.time_ns(),
+                content_type="application/x-tar",
+                metadata={"snowball-auto-extract": "true"},
+                unpacked=True,
+                pieces=pieces,
+                parts=parts,
+                record=batch,
+            )
+            try:
+                sent = False
+                if self._unpacks is None:
+                    async with self._probing:  # the first tar tells; the others wait for it
+                        if self._unpacks is None:
+                            await self._upload(tar)
+                            sent = True
+                            await self._check_unpacks(store, batch)
+                if not self._unpacks:
+                    await self._all_alone(batch)
+                    return
+                if not sent:
+                    await self._upload(tar)
+                parts = tar.parts  # (laid out again if a file changed)
+                keys = sorted(m.key for m in batch.members)
+                found = await store.listed(keys[0], keys[-1])
+            except NotStarted as why:
+                if not batch.recovered:
+                    self._not_sent(batch, why.local)
+                return
+            except errors.UploadError as exc:
+                msg = "tar not delivered (%s); its %d files go one by one"
+                about(log.warning, spool, batch.key, msg, exc, len(batch.members))
+                await self._discard(batch)
+                await self._all_alone(batch)
+                return
+            sums = await asyncio.to_thread(self._sums, parts, md5=True)
+            kept: list[tuple[Claim, FilePart, str | None, str | None]] = []
+            alone: list[tuple[Claim, FilePart, str | None, str | None]] = []
+            for claim, part, (label, md5) in zip(batch.members, parts, sums, strict=True):
+                size, etag = found.get(claim.key, (-1, None))
+                ok = size == part.size and (etag is None or not MD5_HEX.match(etag) or etag == md5)
+                (kept if ok else alone).append((claim, part, label, etag))
+            if alone:
+                msg = "%d of %d files did not appear where the store unpacks them; they go alone"
+                about(log.warning, spool, batch.key, msg, len(alone), len(batch.members))
+            batch.members = [claim for claim, *_ in kept]
+            parts = [part for _, part, *_ in kept]
+            done = [(label, etag) for *_, label, etag in kept]
+        else:
+            done = [(label, None) for label, _ in await asyncio.to_thread(self._sums, parts)]
+            alone = []
+
+        def finish() -> None:
+            self._finish_extract(batch, parts, done, started)
+
+        if batch.members:
+            try:
+                finish()
+            except errors.LocalFault as fault:
+                self.outcomes.strand(batch.members[0], fault, finish)
+            except errors.TransientError as exc:
+                about(log.error, spool, batch.key, "%s; batch left in working/", exc)
+        else:
+            drop_batch(batch)
+        await self._alone([claim for claim, *_ in alone])
+
+    def _finish_extract(
+        self,
+        batch: Batch,
+        parts: list[FilePart],
+        done: list[tuple[str | None, str | None]],
+        started: float,
+    ) -> None:
+        if not batch.complete:
+            batch.complete = True
+            try:
+                save_batch(batch)  # only the members found: one missing is not settled
+            except errors.TransientError:
+                batch.complete = False
+                raise
+        self.outcomes.counts.bundles += 1
+        for claim, part, (label, etag) in zip(batch.members, parts, done, strict=True):
+            self.outcomes.settle(claim, Delivery(claim.key, part.size, etag, label), started)
+        forget_batch(batch)
+        self.host.metrics.batches.labels(batch.spool.label).inc()
+        self.host.metrics.batch_bytes.observe(sum(p.size for p in parts))
+        if batch_log.isEnabledFor(logging.INFO):
+            fields: dict[str, object] = {
+                "spool": batch.spool.label,
+                "extracted": batch.key,
+                "files": len(batch.members),
+                "bytes": sum(p.size for p in parts),
+                "duration": round(time.monotonic() - started, 4),
+            }
+            if batch.spool.dirs.route != DEFAULT_ROUTE:
+                fields = {"route": batch.spool.dirs.route, **fields}
+            log_fields(batch_log, logging.INFO, "batch", fields)
+
+    async def _check_unpacks(self, store: Store, batch: Batch) -> None:
+        """The first tar of the route: a store that kept it as one object does not unpack."""
+        self._unpacks = batch.key not in await store.listed(batch.key, batch.key)
+        if self._unpacks:
+            return
+        log.error(
+            "route %s: the store kept a tar as one object (%s) instead of unpacking it (no "
+            "Snowball auto-extract): deleted; BATCH=extract falls back to one upload per file",
+            batch.spool.dirs.route,
+            batch.key,
+        )
+        await self._discard(batch)
+        self.on = False
+
     async def _discard(self, batch: Batch) -> None:
         """A bundle given up: what an attempt may have stored goes, before its files go alone
         (a crash before the record goes repeats this)."""
@@ -334,22 +466,31 @@ class Batches:
             except errors.UploadError as exc:
                 about(log.warning, batch.spool, key, "could not delete: %s", exc)
 
+    async def _all_alone(self, batch: Batch) -> None:
+        members, batch.members = batch.members, []
+        drop_batch(batch)
+        await self._alone(members)
+
     async def _alone(self, claims: list[Claim]) -> None:
         """The per-file path, its key rendered (and recorded if it must be) as for any file."""
         for claim in claims:
             claim.key = ""
             await self._deliver(claim)
 
-    def _sums(self, parts: list[FilePart]) -> list[str | None]:
-        """Each member's configured checksum (``crc32c:BASE64``), for the index."""
-        ck = self.ck
-        return [digest_range(Pieces([p]), 0, p.size, ck, md5=False)[0].label() for p in parts]
+    def _sums(self, parts: list[FilePart], *, md5: bool = False) -> list[tuple[str | None, str]]:
+        """Each member's configured checksum (``crc32c:BASE64``) and (``md5``) its MD5 hex."""
+        out = []
+        for p in parts:
+            found = digest_range(Pieces([p]), 0, p.size, self.ck, md5=md5)[0]
+            digest = found.result().md5
+            out.append((found.label(), digest.hex() if md5 and digest else ""))
+        return out
 
     def _index(
         self, batch: Batch, parts: list[FilePart], offsets: list[int]
     ) -> tuple[bytes, list[str | None]]:
         """The index object's body, one JSON line per member, and the members' checksums."""
-        sums = self._sums(parts)
+        sums = [label for label, _ in self._sums(parts)]
         lines = [
             json.dumps(
                 {

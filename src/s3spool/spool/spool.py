@@ -140,6 +140,8 @@ class Source:
     content_type: str | None = None
     content_encoding: str | None = None
     metadata: dict[str, str] | None = None
+    #: BATCH=extract: a tar the store unpacks; its answer describes no object of ours
+    unpacked: bool = False
 
     def uploading(self, upload_id: str | None, part_size: int) -> None:
         """A multipart upload got its id (or ended): a claim records it durably."""

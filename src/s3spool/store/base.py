@@ -55,6 +55,8 @@ class Store(Protocol):
 
     async def delete(self, key: str) -> None: ...  # an object of s3spool's own (a bundle)
 
+    async def listed(self, first: str, last: str) -> dict[str, tuple[int, str | None]]: ...
+
     async def stale_uploads(self, older_than: float) -> list[tuple[str, str]]: ...
 
 
