@@ -17,6 +17,7 @@ from s3servers import S3Target
 from svc import drop
 
 LARGE = 100 * 1024  # above the BATCH_FILE_LIMIT of these tests
+MD5_O = "d95679752134a2d9eb61dbd7b91c4bcc"  # of b"o"
 
 
 def _names() -> list[bytes]:
@@ -313,3 +314,49 @@ def test_sigterm_returns_the_files_of_a_batch_still_forming(
     assert sorted(os.listdir(incoming)) == [f"w{i}" for i in range(5)]
     assert not [p for p in (spool / "working").rglob("*") if p.is_file()]
     assert rclone_s3.keys() == []
+
+
+async def test_listed_seeks_past_other_objects(tmp_path: Path, rclone_s3: S3Target) -> None:
+    """The listing that confirms extracted files: right answers, and pages only where needed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from s3spool.config.settings import Settings
+    from s3spool.store.s3 import S3Store
+
+    client = rclone_s3.client()
+    others = [f"pre/f{i:04d}" for i in range(1100)]  # more than a page before "pre/f5"
+    with ThreadPoolExecutor(16) as pool:
+        list(
+            pool.map(lambda k: client.put_object(Bucket=rclone_s3.bucket, Key=k, Body=b"o"), others)
+        )
+    client.put_object(Bucket=rclone_s3.bucket, Key="pre/f5", Body=b"five!")
+    env = rclone_s3.env()
+    s = Settings(
+        destination=env["S3SPOOL_DESTINATION"],
+        endpoint_url=rclone_s3.endpoint_url,
+        region=rclone_s3.region,
+        addressing_style="path",
+        spool_dirs=[tmp_path],
+    )
+    async with S3Store(s) as store:
+        calls = 0
+        real = store.client.list_objects_v2
+
+        async def counted(**kw: object) -> object:
+            nonlocal calls
+            calls += 1
+            return await real(**kw)
+
+        store.client.list_objects_v2 = counted  # type: ignore[method-assign]
+        five = {"pre/f5": (5, "ec550badc26b54eabf2ed55051f7392d")}
+        assert await store.listed(["pre/f5"]) == five
+        assert calls == 1  # one key: its own prefix
+        calls = 0
+        assert await store.listed(["pre/f0000", "pre/f5"]) == {"pre/f0000": (1, MD5_O), **five}
+        assert calls == 2  # a page holding the first, then a seek past 100 others to the last
+        calls = 0
+        wanted = sorted([*others[::100], "pre/f0000x", "pre/zz"])
+        found = await store.listed(wanted)
+        assert sorted(found) == others[::100]
+        assert all(size == 1 for size, _ in found.values())
+        assert calls == 2  # the first page holds ten of them; the second the rest

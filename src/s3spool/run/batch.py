@@ -365,8 +365,7 @@ class Batches:
                 if not sent:
                     await self._upload(tar)
                 parts = tar.parts  # (laid out again if a file changed)
-                keys = sorted(m.key for m in batch.members)
-                found = await store.listed(keys[0], keys[-1])
+                found = await store.listed(sorted(m.key for m in batch.members))
             except NotStarted as why:
                 if not batch.recovered:
                     self._not_sent(batch, why.local)
@@ -442,7 +441,7 @@ class Batches:
 
     async def _check_unpacks(self, store: Store, batch: Batch) -> None:
         """The first tar of the route: a store that kept it as one object does not unpack."""
-        self._unpacks = batch.key not in await store.listed(batch.key, batch.key)
+        self._unpacks = batch.key not in await store.listed([batch.key])
         if self._unpacks:
             return
         log.error(

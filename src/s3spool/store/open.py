@@ -61,7 +61,7 @@ class NoopStore:
     async def delete(self, key: str) -> None:
         return None
 
-    async def listed(self, first: str, last: str) -> dict[str, tuple[int, str | None]]:
+    async def listed(self, keys: list[str]) -> dict[str, tuple[int, str | None]]:
         return {}
 
     async def stale_uploads(self, older_than: float) -> list[tuple[str, str]]:

@@ -228,24 +228,31 @@ class S3Store:
                 err,
             )
 
-    async def listed(self, first: str, last: str) -> dict[str, tuple[int, str | None]]:
-        """Size and ETag of every object from ``first`` to ``last`` (keys in S3's order): one
-        ListObjectsV2 per 1,000 keys, not a HEAD per key."""
+    async def listed(self, keys: list[str]) -> dict[str, tuple[int, str | None]]:
+        """Size and ETag of those of ``keys`` (sorted, in S3's order) the store holds. Each
+        ListObjectsV2 starts at the next key not yet seen: one request per 1,000 keys where
+        they are close, about one per key where many other objects lie between them."""
+        wanted = set(keys)
         found: dict[str, tuple[int, str | None]] = {}
-        prefix = os.path.commonprefix([first, last])  # noqa: RUF071 - keys, not paths
-        # MinIO's code refuses a StartAfter outside the prefix (NotImplemented)
-        with s3_errors("ListObjectsV2"):
-            paginator = self.client.get_paginator("list_objects_v2")
-            if len(prefix) < len(first):
-                pages = paginator.paginate(Bucket=self.bucket, Prefix=prefix, StartAfter=first[:-1])
-            else:
-                pages = paginator.paginate(Bucket=self.bucket, Prefix=prefix)
-            async for page in pages:
-                for obj in page.get("Contents", []) or []:
-                    key = obj["Key"]
-                    if key > last:
-                        return found
-                    found[key] = (int(obj["Size"]), str(obj.get("ETag") or "").strip('"') or None)
+        i, after = 0, ""
+        while i < len(keys):
+            prefix = os.path.commonprefix([keys[i], keys[-1]])  # noqa: RUF071 - keys, not paths
+            start = max(after, keys[i][:-1])
+            params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+            if start.startswith(prefix):  # MinIO refuses a StartAfter outside the prefix
+                params["StartAfter"] = start
+            with s3_errors("ListObjectsV2"):
+                page = await self.client.list_objects_v2(**params)
+            objects = page.get("Contents", []) or []
+            for obj in objects:
+                if obj["Key"] in wanted:
+                    etag = str(obj.get("ETag") or "").strip('"') or None
+                    found[obj["Key"]] = (int(obj["Size"]), etag)
+            if not page.get("IsTruncated") or not objects:
+                break
+            after = objects[-1]["Key"]
+            while i < len(keys) and keys[i] <= after:
+                i += 1
         return found
 
     async def delete(self, key: str) -> None:
