@@ -360,3 +360,18 @@ async def test_listed_seeks_past_other_objects(tmp_path: Path, rclone_s3: S3Targ
         assert sorted(found) == others[::100]
         assert all(size == 1 for size, _ in found.values())
         assert calls == 2  # the first page holds ten of them; the second the rest
+
+
+def test_check_says_whether_the_store_unpacks(
+    tmp_path: Path, juicefs_s3: S3Target, rclone_s3: S3Target
+) -> None:
+    (tmp_path / "spool").mkdir()
+    extra = {"S3SPOOL_SPOOL_DIRS": str(tmp_path / "spool"), "S3SPOOL_BATCH": "extract"}
+    yes = cli(["check"], {**juicefs_s3.env("pre"), **extra})
+    assert yes.returncode == 0, yes.stdout + yes.stderr
+    assert "  auto-extract: yes" in yes.stdout, yes.stdout
+    no = cli(["check"], {**rclone_s3.env("pre"), **extra})
+    assert "  auto-extract: no (it keeps a tar as one object" in no.stdout, no.stdout
+    assert "but the store does not unpack tars (BATCH=extract)" in no.stdout
+    assert juicefs_s3.keys() == []
+    assert rclone_s3.keys() == [], "the test objects are deleted"

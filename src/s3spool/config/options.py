@@ -69,7 +69,7 @@ def _check_known(setting: str, fields: Set[str], known: Set[str]) -> None:
 def check_key_format(template: str, known: Set[str], setting: str = "key_format") -> None:
     """Every check of ``KEY_FORMAT``: plain known fields, no literal ``.``/``..`` segment, and
     a format spec that renders (``{now:%Y}`` fails here, not at the first file)."""
-    fields = key_format_fields(template)
+    fields = key_format_fields(template, setting)
     if not fields and not template.strip("/"):
         hint = "; the default is {fname}" if setting == "key_format" else ""
         raise ValueError(f"{setting}: empty: every key would be the prefix{hint}")

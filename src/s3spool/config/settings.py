@@ -484,13 +484,13 @@ BATCH_KEY_FIELDS = (KEY_FIELDS - {"fname", "relpath", "dirname"}) | {"batch_seq"
 
 
 def _check_batch(s: Settings) -> None:
-    if s.batch == "off":
-        return
     check_key_format(s.batch_key_format, BATCH_KEY_FIELDS, "batch_key_format")
     if not key_format_fields(s.batch_key_format) & {"batch_seq", "uuid4"}:
         raise ValueError(
             "batch_key_format: needs {batch_seq} or {uuid4}, or two bundles could get one key"
         )
+    if s.batch == "off":
+        return
     if s.batch_file_limit > s.batch_max_bytes:
         raise ValueError("batch_file_limit: must not exceed BATCH_MAX_BYTES")
     options: tuple[str, ...] = ("compress", "metadata", "tags", "content_disposition")
