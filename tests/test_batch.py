@@ -1,8 +1,10 @@
-"""BATCH=bundle with the real process against rclone: every small file in exactly one bundle,
-its index offsets read back the exact bytes with ranged GETs, large files alone, all in done/."""
+"""BATCH with the real process: bundles on rclone (every small file in exactly one bundle, its
+index offsets read back with ranged GETs), extract on the JuiceFS gateway (the objects of a
+per-file run) and on rclone (which does not unpack); kill -9, SIGTERM, a bundle given up."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -44,8 +46,6 @@ def _records(text: str, event: str) -> list[dict[str, object]]:
 
 
 def _crc(data: bytes) -> str:
-    import base64
-
     return "crc32c:" + base64.b64encode(crc32c.crc32c(data).to_bytes(4, "big")).decode()
 
 
