@@ -235,6 +235,7 @@ class Service:
         return self.exit_code
 
     def _once_summary(self) -> int:
+        self.counts.requests = sum(r.store.requests for r in self.routes if r.store is not None)
         left, _ = count_waiting(self.progress.spools)
         if self.counts.bounded and left:  # MAX_FILES, MAX_DURATION: what waits is deferred (75)
             self.counts.deferred[self.counts.bounded] += left

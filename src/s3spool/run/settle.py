@@ -268,7 +268,11 @@ class Outcomes:
             "run --once: %d delivered (%s), %d failed, %d deferred, %d left waiting in %s%s",
             self.counts.delivered,
             human_size(self.counts.bytes)
-            + (f", {self.counts.bundles} bundles" if self.counts.bundles else ""),
+            + (
+                f", {self.counts.bundles} batches, {self.counts.requests} requests"
+                if self.counts.bundles
+                else ""
+            ),
             self.counts.failed,
             deferred,
             left,

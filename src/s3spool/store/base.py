@@ -51,6 +51,9 @@ class Store(Protocol):
     @property
     def last_answer(self) -> float: ...  # monotonic: idle probes skip a busy store
 
+    @property
+    def requests(self) -> int: ...  # sent so far (the --once summary with BATCH)
+
     async def abort_upload(self, key: str, upload_id: str) -> None: ...
 
     async def delete(self, key: str) -> None: ...  # an object of s3spool's own (a bundle)

@@ -55,6 +55,10 @@ class NoopStore:
     def last_answer(self) -> float:
         return time.monotonic()
 
+    @property
+    def requests(self) -> int:
+        return 0
+
     async def abort_upload(self, key: str, upload_id: str) -> None:
         return None
 

@@ -75,6 +75,7 @@ class S3Store:
         # one PUT takes at most 5 GiB, whatever MULTIPART_THRESHOLD says
         self._multipart_from = min(settings.multipart_threshold, MAX_PART_SIZE + 1)
         self.last_answer = 0.0  # monotonic, any status: idle probes skip a busy store
+        self._observed = 0  # botocore's requests (each attempt), for the --once summary
         self._on_slowdown = on_slowdown
         self._stack = AsyncExitStack()
         self._instance = settings.resolved_instance_id
@@ -137,6 +138,7 @@ class S3Store:
     def _observe(self, parsed_response: Any = None, **_: Any) -> None:
         # every attempt passes here: throttling shows even when botocore's retry hides it
         self.last_answer = time.monotonic()
+        self._observed += 1
         if not parsed_response or not self._on_slowdown:
             return
         code = (parsed_response.get("Error") or {}).get("Code")
@@ -322,6 +324,11 @@ class S3Store:
 
     def where(self) -> str:
         return self.verifier.endpoint()
+
+    @property
+    def requests(self) -> int:
+        """Requests sent so far, botocore's and the signed sender's."""
+        return self._observed + self.sender.sent
 
     async def delivered(self, src: Source) -> bool:
         """Is ``src.key`` already in the store with this file's bytes?  (crash recovery)"""
