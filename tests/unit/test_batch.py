@@ -207,6 +207,7 @@ def test_batch_records_are_recovered_and_adopted_as_batches(tmp_path: Path) -> N
     ]
     assert found.recovered
     assert not found.complete
+    assert found.mode == "bundle"
     del single
     os.close(dead._lock_fd or -1)  # dies without tidying up
     dead._lock_fd = None
@@ -238,3 +239,14 @@ def test_combinations_that_cannot_apply_are_refused(
 ) -> None:
     with pytest.raises(ValueError, match=problem.replace("{", r"\{").replace("}", r"\}")):
         Settings(destination="s3://bucket/p", spool_dirs=[tmp_path], **settings)
+
+
+def test_a_batch_is_recovered_in_the_mode_it_was_formed_in(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    batches, _ = _batches(spool, batch="extract", batch_max_files=1)
+    batch = batches.add(_claim(spool, "x", b"1"))
+    assert batch is not None
+    assert batch.mode == "extract"
+    save_batch(batch)
+    (found,) = load_batches(spool)  # a restart with BATCH=bundle, or off, sends it the same way
+    assert found.mode == "extract"

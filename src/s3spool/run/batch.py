@@ -162,7 +162,7 @@ class Batches:
         dirs = first.spool.dirs
         item = KeyInput(b"", spool_dir_field(dirs.root or dirs.incoming), first.mtime, first.ctime)
         key = self.template.render(item, extra={"batch_seq": seq})
-        return Batch(first.spool, seq, key)
+        return Batch(first.spool, seq, key, "extract" if self.extract else "bundle")
 
     def _close(self, spool: Spool) -> Batch:
         forming = self._forming.pop(spool)
@@ -216,7 +216,7 @@ class Batches:
         await self._alone(alone)
 
     async def _send(self, batch: Batch, parts: list[FilePart], started: float) -> None:
-        if self.extract:
+        if batch.mode == "extract":  # as when it was formed, whatever BATCH is now
             await self._send_extract(batch, parts, started)
             return
         spool = batch.spool

@@ -30,6 +30,8 @@ class Batch:
     spool: Spool
     id: str
     key: str
+    #: bundle or extract, as BATCH was when it was formed: a restart sends it the same way
+    mode: str = "bundle"
     members: list[Claim] = field(default_factory=list)
     upload_id: str | None = None
     part_size: int | None = None
@@ -60,6 +62,7 @@ def save_batch(batch: Batch) -> None:
     """Write the record whole or not at all; ``LocalFault`` (or ``TransientError``) if not."""
     record = {
         "key": batch.key,
+        "mode": batch.mode,
         "members": [[m.name, m.key] for m in batch.members],
         "upload_id": batch.upload_id,
         "part_size": batch.part_size,
@@ -104,7 +107,8 @@ def load_batches(spool: Spool, ids: Iterable[str] | None = None) -> list[Batch]:
         path = where / (bid + ".json")
         try:
             data = json.loads(path.read_bytes())
-            batch = Batch(spool, bid, str(data["key"]), recovered=True, saved=True)
+            mode = "extract" if data.get("mode") == "extract" else "bundle"
+            batch = Batch(spool, bid, str(data["key"]), mode, recovered=True, saved=True)
             batch.upload_id, batch.part_size = data.get("upload_id"), data.get("part_size")
             batch.complete = bool(data.get("complete"))
             members = [(str(name), str(key)) for name, key in data["members"]]
