@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -126,6 +127,20 @@ def bucket_objects(bucket_dir: Path) -> dict[str, int]:
     return objects
 
 
+#: s3spool's BATCH=bundle: a tar object and, at its key plus this, the index of its files
+BUNDLE_INDEX = ".index.jsonl"
+
+
+def bundle_members(bucket_dir: Path, index_key: str, bundle_size: int) -> dict[str, int]:
+    """The files a bundle's index names (last key segment -> size), each within the bundle."""
+    out: dict[str, int] = {}
+    for line in (bucket_dir / index_key).read_text().splitlines():
+        entry = json.loads(line)
+        if entry["offset"] + entry["size"] <= bundle_size:
+            out[entry["key"].rsplit("/", 1)[-1]] = entry["size"]
+    return out
+
+
 def check_delivery(bucket_dir: Path, expected: Iterable[tuple[str, int]]) -> str | None:
     """None if every file arrived with its size, else a short reason.
 
@@ -134,8 +149,12 @@ def check_delivery(bucket_dir: Path, expected: Iterable[tuple[str, int]]) -> str
     """
     want = dict(expected)
     got: dict[str, int] = {}
-    for key, size in bucket_objects(bucket_dir).items():
-        got[key.rsplit("/", 1)[-1]] = size
+    objects = bucket_objects(bucket_dir)
+    for key, size in objects.items():
+        if key.endswith(BUNDLE_INDEX) and key[: -len(BUNDLE_INDEX)] in objects:
+            got.update(bundle_members(bucket_dir, key, objects[key[: -len(BUNDLE_INDEX)]]))
+        elif key + BUNDLE_INDEX not in objects:
+            got[key.rsplit("/", 1)[-1]] = size
     missing = [n for n in want if n not in got]
     wrong = [n for n, s in want.items() if n in got and got[n] != s]
     extra = [n for n in got if n not in want]

@@ -37,7 +37,8 @@ _HELP_AT, _HELP_WIDTH = 33, 78 - 33
 def _setting_help(field: str, default: str) -> str:
     text = f"{env_name(field)}, default "
     if len(text + default) > _HELP_WIDTH:  # COMPRESS_SKIP's 19 patterns
-        default = default[: _HELP_WIDTH - len(text) - 3].rsplit(",", 1)[0] + ",..."
+        head = default[: _HELP_WIDTH - len(text) - 3]
+        default = head.rsplit(",", 1)[0] + ",..." if "," in head else head + "..."
     return (text + default).replace("%", "%%")
 
 

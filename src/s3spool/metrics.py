@@ -60,6 +60,15 @@ class Metrics:
             registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
         )
+        self.batches = counter(
+            "s3spool_batches", "Batches delivered as one bundle (BATCH=bundle).", ["spool"]
+        )
+        self.batch_bytes = Histogram(
+            "s3spool_batch_bytes",
+            "Bytes of each bundle delivered (BATCH=bundle).",
+            registry=r,
+            buckets=tuple(float(2**n) for n in range(16, 30, 2)),  # 64 KiB to 256 MiB
+        )
         self.in_flight = gauge("s3spool_uploads_in_flight", "Uploads in flight.")
         self.limit = gauge(
             "s3spool_concurrency_limit", "Current limit on uploads in flight (AIMD)."

@@ -12,8 +12,8 @@ import pytest
 from s3spool.config.formats import Limit, Window, parse_limit
 from s3spool.config.load import Config, load_settings
 from s3spool.run.reload import needs_restart
+from s3spool.spool.pieces import STREAM_CHUNK
 from s3spool.store.bandwidth import Bandwidth, TokenBucket, piece_size
-from s3spool.store.bodies import STREAM_CHUNK
 from svc import config_of
 
 KIB, MIB = 1024, 1024 * 1024

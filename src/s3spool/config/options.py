@@ -66,23 +66,24 @@ def _check_known(setting: str, fields: Set[str], known: Set[str]) -> None:
         )
 
 
-def check_key_format(template: str, known: Set[str]) -> None:
+def check_key_format(template: str, known: Set[str], setting: str = "key_format") -> None:
     """Every check of ``KEY_FORMAT``: plain known fields, no literal ``.``/``..`` segment, and
     a format spec that renders (``{now:%Y}`` fails here, not at the first file)."""
-    fields = key_format_fields(template)
+    fields = key_format_fields(template, setting)
     if not fields and not template.strip("/"):
-        raise ValueError("key_format: empty: every key would be the prefix; the default is {fname}")
-    _check_known("key_format", fields, known)
+        hint = "; the default is {fname}" if setting == "key_format" else ""
+        raise ValueError(f"{setting}: empty: every key would be the prefix{hint}")
+    _check_known(setting, fields, known)
     bad = next((c for c in _literal(template) if c < " " or c == "\x7f"), None)
     if bad is not None:
-        raise ValueError(f"key_format: holds the control character {bad!r}")
+        raise ValueError(f"{setting}: holds the control character {bad!r}")
     for seg in template.split("/"):
         if seg in (".", ".."):
-            raise ValueError(f"key_format: '{seg}' segments are not allowed")
+            raise ValueError(f"{setting}: '{seg}' segments are not allowed")
     try:
         template.format_map({f: 0 if f == "now" else "sample" for f in fields})
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"key_format: {exc}") from None
+        raise ValueError(f"{setting}: {exc}") from None
 
 
 #: strftime codes (as Fluent Bit, Vector and logrotate write dates) and the key fields to use

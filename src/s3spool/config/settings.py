@@ -40,6 +40,7 @@ from s3spool.config.options import (
     check_metadata,
     check_option_value,
     check_tags,
+    key_format_fields,
 )
 
 #: Fields a ``KEY_FORMAT`` may use; ``keys.py`` fills them.
@@ -90,6 +91,10 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "keys and object options": (
         *("key_format", "hostname", "acl", "storage_class", "sse", "sse_kms_key_id"),
         *("content_type", "metadata", "tags", "cache_control", "content_disposition"),
+    ),
+    "batching": (
+        *("batch", "batch_max_files", "batch_max_bytes", "batch_max_wait", "batch_file_limit"),
+        "batch_key_format",
     ),
     "compression": (
         *("compress", "compress_level", "compress_mode", "compress_min_size", "compress_skip"),
@@ -249,6 +254,32 @@ class Settings(BaseSettings):
     compress_skip: StrList = Field(
         default_factory=lambda: list(DEFAULT_SKIP),
         description="Glob patterns (any case) of names of compressed data: uploaded as they are.",
+    )
+
+    # --- batching ---------------------------------------------------------------------------
+    batch: Literal["off", "bundle", "extract"] = Field(
+        "off",
+        description="Send small files together: bundle: one tar object per batch and an index "
+        "object beside it; extract: a tar the store unpacks into one object per file "
+        "(Snowball auto-extract: MinIO, JuiceFS; docs/batching.md); off: one object per file.",
+    )
+    batch_max_files: int = Field(1000, ge=1, description="A batch closes at this many files.")
+    batch_max_bytes: Size = Field(
+        64 * MIB, description="A batch closes once its files hold this many bytes."
+    )
+    batch_max_wait: Duration = Field(
+        1.0,
+        gt=0,
+        description="The service closes a batch this long after its first file (run --once "
+        "sends what waits at the end).",
+    )
+    batch_file_limit: Size = Field(
+        MIB, description="Larger files are uploaded alone, as without BATCH."
+    )
+    batch_key_format: str = Field(
+        "bundles/{batch_seq}.tar",
+        description="Key template of a bundle under the prefix: the key fields but fname, "
+        "relpath and dirname (times: of its first file), with {batch_seq} or {uuid4}.",
     )
 
     # --- bandwidth --------------------------------------------------------------------------
@@ -435,7 +466,7 @@ def check_settings(s: Settings) -> tuple[str, str, str]:
     except ValueError as exc:
         problems.append(str(exc))
     checks = (_check_key_format, _check_spools, _check_numbers, _check_store, _check_dir_names)
-    for check in (*checks, _check_object_options, _check_compress):
+    for check in (*checks, _check_object_options, _check_compress, _check_batch):
         try:
             check(s)
         except ValueError as exc:
@@ -447,6 +478,42 @@ def check_settings(s: Settings) -> tuple[str, str, str]:
 
 def _check_key_format(s: Settings) -> None:
     check_key_format(s.key_format, KEY_FIELDS)
+
+
+#: fields a BATCH_KEY_FORMAT may use: a bundle has no one file name
+BATCH_KEY_FIELDS = (KEY_FIELDS - {"fname", "relpath", "dirname"}) | {"batch_seq"}
+
+
+def _check_batch(s: Settings) -> None:
+    check_key_format(s.batch_key_format, BATCH_KEY_FIELDS, "batch_key_format")
+    if not key_format_fields(s.batch_key_format) & {"batch_seq", "uuid4"}:
+        raise ValueError(
+            "batch_key_format: needs {batch_seq} or {uuid4}, or two bundles could get one key"
+        )
+    if s.batch == "off":
+        return
+    if s.batch_file_limit > s.batch_max_bytes:
+        raise ValueError("batch_file_limit: must not exceed BATCH_MAX_BYTES")
+    options: tuple[str, ...] = ("compress", "metadata", "tags", "content_disposition")
+    if s.batch == "extract":
+        # the store makes the objects from the tar: no request carries a member's headers
+        options += ("cache_control", "content_type", "acl", "storage_class", "sse")
+    per_file = [name for name in options if getattr(s, name) not in (None, "none")]
+    if per_file:
+        why = (
+            "the store unpacks the tar, and no request carries a file's own headers"
+            if s.batch == "extract"
+            else "in a bundle the files are not objects"
+        )
+        raise ValueError(
+            f"batch: {', '.join(n.upper() for n in per_file)} apply to each file's own object, "
+            f"and {why}; not supported with BATCH={s.batch} (yet)"
+        )
+    if s.batch == "extract" and s.overwrite == "never":
+        raise ValueError(
+            "batch: OVERWRITE=never needs a conditional write per object; the store writes "
+            "the objects it unpacks unconditionally"
+        )
 
 
 def _check_compress(s: Settings) -> None:

@@ -39,7 +39,7 @@ def make_event(
     route, spool, name, key = claim.spool.dirs.route, claim.spool.label, claim.name, claim.key
     shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     parts = [route, spool, name, str(claim.size), str(claim.mtime_ns), bucket, key, outcome]
-    return {
+    event: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
         "id": event_id(parts),
         "outcome": outcome,
@@ -59,6 +59,10 @@ def make_event(
         "time": _iso(time.time()),
         "instance": instance,
     }
+    if delivery is not None and delivery.bundle is not None:
+        # BATCH=bundle: the file is a member of this object, its bytes at this offset
+        event["bundle"], event["offset"] = delivery.bundle, delivery.offset
+    return event
 
 
 def env_of(event: dict[str, Any]) -> dict[str, str]:

@@ -32,6 +32,7 @@ from s3spool.spool.spool import Source, Spool
 from s3spool.spool.watch import INOTIFY_HELP
 from s3spool.store import clock
 from s3spool.store.s3errors import no_answer, s3_errors
+from s3spool.store.tar import END, header
 
 if TYPE_CHECKING:
     from s3spool.store.s3 import S3Store
@@ -192,6 +193,16 @@ async def check_store(s: Settings, *, read_only: bool) -> tuple[str, str, list[t
                 except UploadError as exc:
                     verdict, detail = FAIL, f"cannot write: {exc}{_checksum_hint(exc, s)}"
                 found = store.verifier.describe()
+                if s.batch == "extract" and verdict != FAIL:
+                    try:
+                        unpacks = await test_extract(store)
+                    except UploadError as exc:
+                        verdict, detail = WARN, f"{detail}; but the extract test failed: {exc}"
+                    else:
+                        found.append(("auto-extract", "yes" if unpacks else _NO_EXTRACT))
+                        if not unpacks:
+                            verdict = WARN
+                            detail += "; but the store does not unpack tars (BATCH=extract)"
             if abs(clock.offset) > clock.TOLERANCE:
                 verdict = FAIL if verdict == FAIL else WARN
                 detail += (
@@ -248,6 +259,38 @@ async def test_write(s3: S3Store) -> str:
                     reason="test_object_left",
                 ) from None
     return key
+
+
+_NO_EXTRACT = "no (it keeps a tar as one object: BATCH=extract would upload file by file)"
+
+
+async def test_extract(s3: S3Store) -> bool:
+    """Does the store unpack a tar sent with Snowball auto-extract?  One tar of one member,
+    both keys deleted after (BATCH=extract)."""
+    key = f"{s3.prefix}.s3spool-check-{secrets.token_hex(8)}"
+    member, data = key + "-extracted", b"s3spool check: safe to delete\n"
+    body = header(member, len(data), time.time_ns()) + data + bytes(-len(data) % 512) + END
+    src = Source(
+        "check.tar",
+        size=len(body),
+        mtime_ns=time.time_ns(),
+        key=key + ".tar",
+        metadata={"snowball-auto-extract": "true"},
+        unpacked=True,
+    )
+    try:
+        await s3.send_put(src, body, s3.ck.body(body), None)
+        found = await s3.listed(sorted([member, src.key]))
+    finally:
+        for name in (member, src.key):
+            try:
+                await s3.delete(name)
+            except UploadError as err:
+                raise _TestObjectLeft(
+                    f"the test object {name!r} was left behind ({err}); remove it by hand",
+                    reason="test_object_left",
+                ) from None
+    return member in found and src.key not in found
 
 
 async def _learn_conditional(s3: S3Store, src: Source, data: bytes) -> None:

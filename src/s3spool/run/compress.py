@@ -29,9 +29,9 @@ from typing import Any, NamedTuple
 from s3spool.config.codecs import CODECS, Rules
 from s3spool.config.settings import Settings
 from s3spool.errors import PermanentError
+from s3spool.spool.pieces import read_chunks
 from s3spool.spool.spool import Claim, Source, about, local_fault
 from s3spool.store.base import guess_type
-from s3spool.store.bodies import read_chunks
 from s3spool.store.digests import StreamDigest
 
 log = logging.getLogger("s3spool.store")

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 
 from s3spool import errors
 from s3spool.config.codecs import choose
+from s3spool.run.batch import Batches
 from s3spool.run.compress import compressed, rules_for
 from s3spool.run.progress import Counts
-from s3spool.run.settle import Outcomes, Resubmits
+from s3spool.run.settle import NotStarted, Outcomes, Resubmits
 from s3spool.spool.cleanup import cautious_now
 from s3spool.spool.keys import KeyTemplate, claim_input
 from s3spool.spool.scan import entry_kind, hold_left
@@ -27,17 +28,6 @@ if TYPE_CHECKING:
     from s3spool.run.routes import RouteRun
 
 log = logging.getLogger("s3spool.service")  # the name operators' log filters know
-
-
-class _NotStarted(Exception):
-    """This claim's upload did not start (shutdown, or its key could not be recorded)."""
-
-    def __init__(
-        self, retry_after: float | None = None, local: errors.LocalFault | None = None
-    ) -> None:
-        super().__init__()
-        self.retry_after = retry_after
-        self.local = local  # a spool directory refused: the spool's guard takes over
 
 
 class Pipeline:
@@ -73,6 +63,8 @@ class Pipeline:
             counts=counts,
         )
         self.outcomes.notifications = host.notifications
+        # BATCH=bundle; and recovered batches whatever BATCH is now
+        self.batches = Batches(host, self.outcomes, upload=self.upload, deliver=self.deliver)
 
     async def take(self, item: Item) -> None:
         spool, name = item
@@ -142,6 +134,17 @@ class Pipeline:
         claim.ctime = st.st_ctime
         self.resubmits.taken(item)
         self._first_seen.pop(item, None)
+        if self.batches.on and st.st_size <= self.s.batch_file_limit:
+            claim.size, claim.mtime, claim.mtime_ns = st.st_size, st.st_mtime, st.st_mtime_ns
+            try:
+                claim.key = self.template.render(claim_input(claim))
+                batch = self.batches.add(claim)
+            except errors.UploadError:
+                claim.key = ""  # deliver() renders it again and settles the error
+            else:
+                if batch is not None:
+                    await self.batches.deliver(batch)
+                return
         await self.deliver(claim)
 
     def _max_files_reached(self, counts: Counts) -> None:
@@ -169,8 +172,8 @@ class Pipeline:
             self.outcomes.settle(claim, exc, started)
             return
         try:
-            delivery = await self._upload(claim)
-        except _NotStarted as why:
+            delivery = await self.upload(claim)
+        except NotStarted as why:
             if why.local is not None:
                 if claim.recovered:
                     # its key record must survive: deliver it from working/ once healed
@@ -200,7 +203,7 @@ class Pipeline:
         # No await between a confirmed upload and settling: cancellation cannot split them.
         self.outcomes.settle(claim, delivery, started)
 
-    async def _upload(self, claim: Claim) -> Delivery:
+    async def upload(self, claim: Claim) -> Delivery:
         assert self.host.store is not None
         store = self.host.store
         if not claim.key:
@@ -216,18 +219,18 @@ class Pipeline:
                     claim.key = ""
                     if isinstance(exc, errors.LocalFault):
                         about(log.debug, claim.spool, claim.name, "%s", exc)
-                        raise _NotStarted(local=exc) from None
+                        raise NotStarted(local=exc) from None
                     msg = "%s; returned to incoming/, retrying later"
                     about(log.error, claim.spool, claim.name, msg, exc)
-                    raise _NotStarted(retry_after=self.s.retry_backoff_max) from None
+                    raise NotStarted(retry_after=self.s.retry_backoff_max) from None
 
         begun = False
         while True:
             if self.host.stopping and not begun:
-                raise _NotStarted
+                raise NotStarted
             await self.host.gate.wait()
             if self.host.stopping and not begun:
-                raise _NotStarted
+                raise NotStarted
             try:
                 async with self.host.throttle.hold(1):
                     begun = True
@@ -245,9 +248,8 @@ class Pipeline:
                         async with compressed(claim, self.compression, self.s) as copy:
                             delivery = await store.upload(copy)
                         delivery.stored, delivery.size = delivery.size, claim.size
-                st = os.fstat(claim.fd)
-                if st.st_size != claim.size or st.st_mtime_ns != claim.mtime_ns:
-                    what = f"changed during upload (size {claim.size}->{st.st_size})"
+                what = claim.changed()
+                if what is not None:
                     raise errors.FileChanged(what, reason="changed")
                 self.host.throttle.on_success()
                 return delivery
@@ -255,13 +257,12 @@ class Pipeline:
                 claim.attempts += 1
                 if claim.attempts >= self.s.retry_attempts:
                     raise
-                st = os.fstat(claim.fd)
-                claim.size, claim.mtime, claim.mtime_ns = st.st_size, st.st_mtime, st.st_mtime_ns
+                claim.restat()
                 about(log.warning, claim.spool, claim.name, "%s; uploading again", exc)
             except errors.LocalFault as exc:
                 # no room for the compressed copy: an earlier attempt may have sent it, so check
                 claim.recovered = claim.recovered or claim.attempts > 0
-                raise _NotStarted(local=exc) from None
+                raise NotStarted(local=exc) from None
             except errors.StoreUnavailable as exc:
                 await self.host.pause(exc)
             except errors.Refused as exc:

@@ -28,6 +28,8 @@ class Counts:
     delivered: int = 0
     failed: int = 0
     bytes: int = 0  # delivered
+    bundles: int = 0  # BATCH: batches delivered (their files count in delivered)
+    requests: int = 0  # BATCH, --once: requests sent, for the summary
     #: --once: files left behind by local faults, by "ERRNO in DIRECTORY"
     deferred: collections.Counter[str] = field(default_factory=collections.Counter)
     #: --once: claims left before MAX_FILES stops intake (None: no bound), and the bound

@@ -29,6 +29,7 @@ from s3spool.run.pipeline import Pipeline
 from s3spool.run.progress import Counts, Progress, count_waiting, took
 from s3spool.run.reload import reload
 from s3spool.run.routes import CHECK_HINT, Lanes, RouteRun, last_sweep, sweep_due
+from s3spool.spool.batches import Batch
 from s3spool.spool.scan import work_waiting
 from s3spool.spool.spool import Claim
 from s3spool.store.bandwidth import Bandwidth
@@ -234,6 +235,7 @@ class Service:
         return self.exit_code
 
     def _once_summary(self) -> int:
+        self.counts.requests = sum(r.store.requests for r in self.routes if r.store is not None)
         left, _ = count_waiting(self.progress.spools)
         if self.counts.bounded and left:  # MAX_FILES, MAX_DURATION: what waits is deferred (75)
             self.counts.deferred[self.counts.bounded] += left
@@ -310,12 +312,16 @@ class Service:
                 )
         for task in workers:
             task.cancel()
+        for pipeline in self.pipelines:
+            pipeline.batches.release()
 
     async def _once_driver(self) -> None:
         """--once: one scan, then stop when every queued and recovered file is handled."""
         for route in self.routes:
             await route.discovery.scan_all()
         await self.lanes.join()
+        while sum(p.batches.flush() for p in self.pipelines):  # BATCH: what is still forming
+            await self.lanes.join()
         # the cleanup phase a cron job expects: expire done/, sweep stale multipart uploads
         await self.cleanup_once()
         # what is left is sent by the next run, which adopts this instance's outbox
@@ -335,6 +341,8 @@ class Service:
             try:
                 if isinstance(job, Claim):
                     await self._by_spool[job.spool].deliver(job)
+                elif isinstance(job, Batch):
+                    await self._by_spool[job.spool].batches.deliver(job)
                 else:
                     await self._by_spool[job[0]].take(job)
             except Exception:

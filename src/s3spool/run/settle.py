@@ -36,6 +36,15 @@ log = logging.getLogger("s3spool.service")
 file_log = logging.getLogger("s3spool.file")
 
 
+class NotStarted(Exception):
+    """This claim's upload did not start (shutdown, or its key could not be recorded)."""
+
+    def __init__(self, retry_after: float | None = None, local: LocalFault | None = None) -> None:
+        super().__init__()
+        self.retry_after = retry_after
+        self.local = local  # a spool directory refused: the spool's guard takes over
+
+
 def why(fault: LocalFault) -> str:
     """How --once's summary names a local fault."""
     return f"{fault.reason} in {fault.path}"
@@ -152,6 +161,8 @@ class Outcomes:
         extra: dict[str, object] = {"note": "already in store"} if delivery.already_there else {}
         if delivery.stored is not None:
             extra["stored"] = delivery.stored  # bytes in the store: compressed (COMPRESS)
+        if delivery.bundle is not None:
+            extra["bundle"], extra["offset"] = delivery.bundle, delivery.offset
         if dest is None:
             extra["then"] = "removed"  # REMOVE_ON_SUCCESS
         self.log_file(logging.INFO, claim, delivery.size, duration, "delivered", **extra)
@@ -256,7 +267,12 @@ class Outcomes:
             logging.WARNING if deferred or self.counts.failed or exit_code else logging.INFO,
             "run --once: %d delivered (%s), %d failed, %d deferred, %d left waiting in %s%s",
             self.counts.delivered,
-            human_size(self.counts.bytes),
+            human_size(self.counts.bytes)
+            + (
+                f", {self.counts.bundles} batches, {self.counts.requests} requests"
+                if self.counts.bundles
+                else ""
+            ),
             self.counts.failed,
             deferred,
             left,

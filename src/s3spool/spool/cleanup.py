@@ -11,6 +11,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 from s3spool.config.settings import Settings
+from s3spool.spool.batches import Batch
 from s3spool.spool.dirs import prune_empty, walk
 from s3spool.spool.guard import Guard
 from s3spool.spool.outbox import OUTBOX, Outbox
@@ -99,7 +100,7 @@ async def tidy_spools(spools: Sequence[Spool], guards: Mapping[Spool, Guard], s:
 def adopt_dead(
     spools: Sequence[Spool],
     guards: Mapping[Spool, Guard],
-    deliver: Callable[[Claim], None],
+    deliver: Callable[[Claim | Batch], None],
     notifiers: Collection[str],
 ) -> None:
     """Claims of dead instances, with their keys, into ours; each handed to ``deliver``; and

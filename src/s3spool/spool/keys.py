@@ -138,8 +138,11 @@ class KeyTemplate:
         self._formatter = string.Formatter()
         self._hostname = hostname
 
-    def render(self, item: KeyInput, suffix: str = "") -> str:
-        """The key of ``item``; ``suffix`` (COMPRESS's ``.zst``) is appended after the rules."""
+    def render(
+        self, item: KeyInput, suffix: str = "", extra: dict[str, object] | None = None
+    ) -> str:
+        """The key of ``item``; ``suffix`` (COMPRESS's ``.zst``) is appended after the rules;
+        ``extra``: fields of a template's own (a bundle's ``{batch_seq}``)."""
         if self.template == "{fname}":
             # the default, without the formatter: a name with no "/" and not "", "." or ".."
             # is its own sanitized key
@@ -148,6 +151,8 @@ class KeyTemplate:
                 rendered = sanitize_key(rendered)
         else:
             values = field_values(item, self.fields, self._hostname)
+            if extra:
+                values.update(extra)
             try:
                 rendered = self._formatter.vformat(self.template, (), values)
             except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:

@@ -10,6 +10,14 @@ import os
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
+from s3spool.spool.batches import (
+    BATCHES,
+    Batch,
+    adopt_records,
+    load_batches,
+    member_names,
+    recorded_upload,
+)
 from s3spool.spool.dirs import files_below, move_into, prune_empty
 from s3spool.spool.outbox import OUTBOX, Outbox
 from s3spool.spool.spool import Claim, Spool, about, rename_noreplace
@@ -32,7 +40,7 @@ def dead_instances(spool: Spool) -> Iterator[Path]:
             yield Path(entry.path)
 
 
-def adopt(spool: Spool, dead: Path, notifiers: Collection[str]) -> list[Claim]:
+def adopt(spool: Spool, dead: Path, notifiers: Collection[str]) -> list[Claim | Batch]:
     """Move a dead instance's claims (and their keys) into ours, and its events for
     ``notifiers`` (the configured ones; the others stay in its directory)."""
     try:
@@ -65,8 +73,9 @@ def adopt(spool: Spool, dead: Path, notifiers: Collection[str]) -> list[Claim]:
         os.close(fd)
 
 
-def _adopt_locked(spool: Spool, dead: Path) -> list[Claim]:
+def _adopt_locked(spool: Spool, dead: Path) -> list[Claim | Batch]:
     files, keys = dead / "files", dead / "keys"
+    records = adopt_records(spool, dead)  # records first, as keys before files
     adopted: list[Claim] = []
     for name in files_below(files):
         claim = spool.recovered(keys, name)
@@ -86,17 +95,25 @@ def _adopt_locked(spool: Spool, dead: Path) -> list[Claim]:
             os.unlink(keys / name)
         adopted.append(claim)
     _remove_orphan_keys(keys, files)
-    return adopted
+    return _grouped(adopted, load_batches(spool, records) if records else [])
 
 
-def recover_own(spool: Spool) -> list[Claim]:
-    """Claims in our own directory (left by a cancelled upload): deliver them again."""
+def _grouped(claims: list[Claim], batches: list[Batch]) -> list[Claim | Batch]:
+    """Claims that are members of a batch go with it, the others alone."""
+    names = member_names(batches)
+    return [c for c in claims if c.name not in names] + batches
+
+
+def recover_own(spool: Spool) -> list[Claim | Batch]:
+    """Claims in our own directory (left by a cancelled upload) and the batches recorded
+    there: deliver them again."""
     _remove_orphan_keys(spool.keys, spool.files)
     with contextlib.suppress(OSError):
         for leftover in spool.me.glob(".tmp.*"):  # a compressed copy's (compress.py)
             leftover.unlink()
     prune_empty(spool.files)  # left by a crash between a RECURSIVE claim's move and its tidy-up
-    return [spool.recovered(spool.keys, name) for name in files_below(spool.files)]
+    claims = [spool.recovered(spool.keys, name) for name in files_below(spool.files)]
+    return _grouped(claims, load_batches(spool))
 
 
 def open_uploads(spool: Spool) -> set[str]:
@@ -114,6 +131,10 @@ def open_uploads(spool: Spool) -> set[str]:
             record = spool.load_key(keys, name)
             if record and record.get("upload_id"):
                 ids.add(str(record["upload_id"]))
+        for name in files_below(Path(inst.path) / BATCHES):
+            upload_id = recorded_upload(Path(inst.path) / BATCHES / name)
+            if upload_id:
+                ids.add(upload_id)
     return ids
 
 

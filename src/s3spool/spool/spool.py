@@ -30,7 +30,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from s3spool.config.spools import SpoolDirs
 from s3spool.errors import (
@@ -43,6 +43,9 @@ from s3spool.errors import (
     TransientError,
 )
 from s3spool.spool import dirs as tree
+
+if TYPE_CHECKING:
+    from s3spool.spool.pieces import Pieces
 
 log = logging.getLogger("s3spool.spool")
 
@@ -137,6 +140,8 @@ class Source:
     content_type: str | None = None
     content_encoding: str | None = None
     metadata: dict[str, str] | None = None
+    #: BATCH=extract: a tar the store unpacks; its answer describes no object of ours
+    unpacked: bool = False
 
     def uploading(self, upload_id: str | None, part_size: int) -> None:
         """A multipart upload got its id (or ended): a claim records it durably."""
@@ -145,6 +150,10 @@ class Source:
     def file(self) -> Source:
         """The file whose name and times the object's options render from (a copy's claim)."""
         return self
+
+    def reader(self) -> int | Pieces:
+        """What the store reads the body from: the open file (a bundle's: its ``Pieces``)."""
+        return self.fd
 
 
 def about(emit: Callable[..., None], spool: Spool, name: str, msg: str, *args: object) -> None:
@@ -165,6 +174,18 @@ class Claim(Source):
     recovered: bool = False  # adopted from a dead instance: check the store first
     key_saved: bool = False  # a keys/NAME record exists for this claim
     attempts: int = 0
+
+    def changed(self) -> str | None:
+        """How the file changed since it was opened (size, mtime), or None."""
+        st = os.fstat(self.fd)
+        if st.st_size != self.size or st.st_mtime_ns != self.mtime_ns:
+            return f"changed during upload (size {self.size}->{st.st_size})"
+        return None
+
+    def restat(self) -> None:
+        """Take the file as it is now, to upload it again."""
+        st = os.fstat(self.fd)
+        self.size, self.mtime, self.mtime_ns = st.st_size, st.st_mtime, st.st_mtime_ns
 
     def uploading(self, upload_id: str | None, part_size: int) -> None:
         if (upload_id, part_size) == (self.upload_id, self.part_size):
@@ -281,6 +302,11 @@ class Spool:
                 tree.prune_empty(self.keys)
                 self.keys.rmdir()
                 self.files.rmdir()
+                batches = self.me / "batches"  # records of batches with no member left
+                if batches.exists():
+                    for rel in tree.files_below(batches):
+                        os.unlink(batches / rel)
+                    batches.rmdir()
                 outbox = self.me / "outbox"  # events not yet accepted keep the directory
                 if outbox.exists():
                     tree.prune_empty(outbox)

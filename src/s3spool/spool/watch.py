@@ -16,6 +16,7 @@ from typing import Any
 
 from s3spool.config.codecs import compile_globs
 from s3spool.errors import LocalFault
+from s3spool.spool.batches import Batch
 from s3spool.spool.dirs import walk
 from s3spool.spool.spool import Claim, Spool, local_fault
 
@@ -23,7 +24,7 @@ log = logging.getLogger("s3spool.watch")
 
 #: (spool, relpath): a file in that spool's incoming/ (``a/b/NAME`` in a subdirectory)
 Item = tuple[Spool, str]
-Job = Item | Claim
+Job = Item | Claim | Batch  # a recovered claim or batch skips the queue's bound
 
 
 class Pending:
@@ -68,7 +69,7 @@ class Pending:
         """Until every job taken so far has been marked done (``--once``)."""
         await self._q.join()
 
-    def put_claim(self, claim: Claim) -> None:
+    def put_claim(self, claim: Claim | Batch) -> None:
         """Recovered claims bypass the bound: they are already on disk in working/."""
         self._q.put_nowait(claim)
         if self._tickets is not None:

@@ -14,8 +14,8 @@ from datetime import datetime
 from typing import Any
 
 from s3spool.config.formats import MIN_RATE, parse_limit
+from s3spool.spool.pieces import STREAM_CHUNK
 from s3spool.store.base import Waiters
-from s3spool.store.bodies import STREAM_CHUNK
 
 #: Bodies in the order they asked for their first piece: a bucket serves the lowest first.
 _tickets = itertools.count()

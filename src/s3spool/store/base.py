@@ -28,6 +28,9 @@ class Delivery:
     #: bytes stored when they are not the file's (COMPRESS); ``size`` stays the file's
     stored: int | None = None
     version_id: str | None = None  # when the bucket keeps versions
+    #: BATCH=bundle: the bundle that holds the file, and where its bytes start in it
+    bundle: str | None = None
+    offset: int | None = None
 
 
 #: how a survey names what the first uploads have not taught yet
@@ -48,7 +51,14 @@ class Store(Protocol):
     @property
     def last_answer(self) -> float: ...  # monotonic: idle probes skip a busy store
 
+    @property
+    def requests(self) -> int: ...  # sent so far (the --once summary with BATCH)
+
     async def abort_upload(self, key: str, upload_id: str) -> None: ...
+
+    async def delete(self, key: str) -> None: ...  # an object of s3spool's own (a bundle)
+
+    async def listed(self, keys: list[str]) -> dict[str, tuple[int, str | None]]: ...
 
     async def stale_uploads(self, older_than: float) -> list[tuple[str, str]]: ...
 

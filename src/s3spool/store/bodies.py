@@ -1,16 +1,15 @@
-"""Bodies read from an open file: exact reads, streamed ranges and their digests."""
+"""Bodies read from an open file or laid out (``spool/pieces.py``): exact reads, streamed
+ranges and their digests."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from s3spool.errors import FileChanged
+from s3spool.spool.pieces import STREAM_CHUNK, Readable, read_chunks
 from s3spool.store.base import INLINE_READ_MAX
-
-#: Streamed bodies are read, hashed and sent in chunks: a chunk or two in memory per request.
-STREAM_CHUNK = 2 * 1024 * 1024
 
 
 def held_bytes(streams: bool, length: int) -> int:
@@ -21,19 +20,10 @@ def held_bytes(streams: bool, length: int) -> int:
     return length
 
 
-def read_chunks(fd: int, offset: int, length: int, size: int = STREAM_CHUNK) -> Iterator[bytes]:
-    """``length`` bytes at ``offset``, ``size`` at a time; ``FileChanged`` if the file shrank."""
-    pos, end = offset, offset + length
-    while pos < end:
-        chunk = os.pread(fd, min(size, end - pos), pos)
-        if not chunk:
-            raise FileChanged("file shrank while it was being read", reason="changed")
-        yield chunk
-        pos += len(chunk)
-
-
-def read_exact(fd: int, offset: int, length: int) -> bytes:
+def read_exact(fd: Readable, offset: int, length: int) -> bytes:
     """``length`` bytes at ``offset``; ``FileChanged`` if the file is shorter."""
+    if not isinstance(fd, int):
+        return b"".join(fd.chunks(offset, length, max(length, 1)))
     chunks: list[bytes] = []
     got = 0
     while got < length:
@@ -51,7 +41,7 @@ def read_exact(fd: int, offset: int, length: int) -> bytes:
 class FileRange:
     """A body streamed from an open file: ``length`` bytes at ``offset``."""
 
-    fd: int
+    fd: Readable
     offset: int
     length: int
 

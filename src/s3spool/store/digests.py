@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import crc32c
 
-from s3spool.store.bodies import read_chunks
+from s3spool.spool.pieces import Readable, read_chunks
 
 #: algorithm → (request/response parameter suffix used by botocore, e.g. ChecksumCRC32C)
 PARAM = {"crc32c": "CRC32C", "crc32": "CRC32", "sha256": "SHA256"}
@@ -121,7 +121,7 @@ class StreamDigest:
 
 
 def digest_range(
-    fd: int,
+    fd: Readable,
     offset: int,
     length: int,
     ck: Checksummer,
@@ -146,7 +146,9 @@ class FileDigest(NamedTuple):
     checksum: str | None
 
 
-def digest_file(fd: int, size: int, ck: Checksummer, part_size: int | None = None) -> FileDigest:
+def digest_file(
+    fd: Readable, size: int, ck: Checksummer, part_size: int | None = None
+) -> FileDigest:
     """A whole file's digests as one PUT has them, or (``part_size``) as the composite
     values (``-N``) of a multipart upload."""
     if not ck.enabled:

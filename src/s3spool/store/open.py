@@ -9,9 +9,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from s3spool.config.settings import Settings
+from s3spool.spool.pieces import Readable, read_chunks
 from s3spool.spool.spool import Source
 from s3spool.store.base import INLINE_READ_MAX, ByteBudget, Delivery
-from s3spool.store.bodies import read_chunks, read_exact
+from s3spool.store.bodies import read_exact
 
 if TYPE_CHECKING:
     from s3spool.store.bandwidth import RouteLimit
@@ -32,9 +33,9 @@ class NoopStore:
 
     async def upload(self, src: Source) -> Delivery:
         if src.size <= INLINE_READ_MAX:  # a thread hop costs more than reading a small file
-            read_exact(src.fd, 0, src.size)
+            read_exact(src.reader(), 0, src.size)
         else:
-            await asyncio.to_thread(_read_all, src.fd, src.size)
+            await asyncio.to_thread(_read_all, src.reader(), src.size)
         log.debug("noop: would upload %r to %r", src.name, src.key)
         return Delivery(src.key, src.size)
 
@@ -54,14 +55,24 @@ class NoopStore:
     def last_answer(self) -> float:
         return time.monotonic()
 
+    @property
+    def requests(self) -> int:
+        return 0
+
     async def abort_upload(self, key: str, upload_id: str) -> None:
         return None
+
+    async def delete(self, key: str) -> None:
+        return None
+
+    async def listed(self, keys: list[str]) -> dict[str, tuple[int, str | None]]:
+        return {}
 
     async def stale_uploads(self, older_than: float) -> list[tuple[str, str]]:
         return []
 
 
-def _read_all(fd: int, size: int) -> None:
+def _read_all(fd: Readable, size: int) -> None:
     for _chunk in read_chunks(fd, 0, size):
         pass
 

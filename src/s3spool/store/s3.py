@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from s3spool import errors
 from s3spool.config.settings import MIB, Settings, check_ca_bundle, tls_verify
+from s3spool.spool.pieces import Readable
 from s3spool.spool.spool import Source
 from s3spool.store.aimd import retry_delay
 from s3spool.store.bandwidth import RouteLimit
@@ -73,6 +75,7 @@ class S3Store:
         # one PUT takes at most 5 GiB, whatever MULTIPART_THRESHOLD says
         self._multipart_from = min(settings.multipart_threshold, MAX_PART_SIZE + 1)
         self.last_answer = 0.0  # monotonic, any status: idle probes skip a busy store
+        self._observed = 0  # botocore's requests (each attempt), for the --once summary
         self._on_slowdown = on_slowdown
         self._stack = AsyncExitStack()
         self._instance = settings.resolved_instance_id
@@ -136,6 +139,7 @@ class S3Store:
     def _observe(self, parsed_response: Any = None, **_: Any) -> None:
         # every attempt passes here: throttling shows even when botocore's retry hides it
         self.last_answer = time.monotonic()
+        self._observed += 1
         if not parsed_response or not self._on_slowdown:
             return
         code = (parsed_response.get("Error") or {}).get("Code")
@@ -174,10 +178,10 @@ class S3Store:
         return params
 
     async def upload(self, src: Source) -> Delivery:
-        if src.upload_id is not None or src.size >= self._multipart_from:
+        if not src.unpacked and (src.upload_id is not None or src.size >= self._multipart_from):
             return await self._multipart(src)
         async with self.budget.hold(held_bytes(self.sender.streams, src.size)):
-            body, digest, payload = await self._body(src.fd, 0, src.size)
+            body, digest, payload = await self._body(src.reader(), 0, src.size)
             return await self.send_put(src, body, digest, payload)
 
     async def send_put(
@@ -195,7 +199,8 @@ class S3Store:
         except errors.PreconditionFailed:
             raise _exists(src, "PutObject") from None
         self.last_answer = time.monotonic()
-        self.verifier.body("PutObject", resp, digest)
+        if not src.unpacked:  # an unpacked tar's answer is not its MD5 (the JuiceFS gateway)
+            self.verifier.body("PutObject", resp, digest)
         return delivery_of(src, resp, label)
 
     async def abort_quietly(self, key: str, upload_id: str) -> None:
@@ -225,6 +230,38 @@ class S3Store:
                 "stay until the store expires them (set a lifecycle rule)",
                 err,
             )
+
+    async def listed(self, keys: list[str]) -> dict[str, tuple[int, str | None]]:
+        """Size and ETag of those of ``keys`` (sorted, in S3's order) the store holds. Each
+        ListObjectsV2 starts at the next key not yet seen: one request per 1,000 keys where
+        they are close, about one per key where many other objects lie between them."""
+        wanted = set(keys)
+        found: dict[str, tuple[int, str | None]] = {}
+        i, after = 0, ""
+        while i < len(keys):
+            prefix = os.path.commonprefix([keys[i], keys[-1]])  # noqa: RUF071 - keys, not paths
+            start = max(after, keys[i][:-1])
+            params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+            if start.startswith(prefix):  # MinIO refuses a StartAfter outside the prefix
+                params["StartAfter"] = start
+            with s3_errors("ListObjectsV2"):
+                page = await self.client.list_objects_v2(**params)
+            objects = page.get("Contents", []) or []
+            for obj in objects:
+                if obj["Key"] in wanted:
+                    etag = str(obj.get("ETag") or "").strip('"') or None
+                    found[obj["Key"]] = (int(obj["Size"]), etag)
+            if not page.get("IsTruncated") or not objects:
+                break
+            after = objects[-1]["Key"]
+            while i < len(keys) and keys[i] <= after:
+                i += 1
+        return found
+
+    async def delete(self, key: str) -> None:
+        """DeleteObject (a bundle given up, BATCH=bundle); ``UploadError`` if it fails."""
+        with s3_errors("DeleteObject"):
+            await self.client.delete_object(Bucket=self.bucket, Key=key)
 
     async def stale_uploads(self, older_than: float) -> list[tuple[str, str]]:
         """(key, upload id) of multipart uploads under the prefix started before ``older_than``."""
@@ -289,6 +326,11 @@ class S3Store:
     def where(self) -> str:
         return self.verifier.endpoint()
 
+    @property
+    def requests(self) -> int:
+        """Requests sent so far, botocore's and the signed sender's."""
+        return self._observed + self.sender.sent
+
     async def delivered(self, src: Source) -> bool:
         """Is ``src.key`` already in the store with this file's bytes?  (crash recovery)"""
         try:
@@ -343,7 +385,7 @@ class S3Store:
             length = min(part_size, src.size - offset)
             what = f"UploadPart {number}/{count}"
             async with sem, self.budget.hold(held_bytes(sender.streams, length)):
-                body, digest, payload = await self._body(src.fd, offset, length)
+                body, digest, payload = await self._body(src.reader(), offset, length)
                 digests[index] = digest
                 part: dict[str, Any] = {"PartNumber": number}
                 if digest.checksum is not None and self.verifier.send_checksum:
@@ -436,7 +478,9 @@ class S3Store:
             return None
         return have
 
-    async def _body(self, fd: int, offset: int, length: int) -> tuple[Body, BodyDigest, str | None]:
+    async def _body(
+        self, fd: Readable, offset: int, length: int
+    ) -> tuple[Body, BodyDigest, str | None]:
         """The body to send (streamed when the sender can, else in memory; the caller holds
         the byte budget), its digests and, for a streamed body the signer needs, its SHA-256."""
         ck = self.ck

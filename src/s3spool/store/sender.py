@@ -68,6 +68,8 @@ class Sender(Protocol):
 
     #: True: bodies may be ``FileRange`` (streamed from the file, never held in memory)
     streams: bool
+    #: requests sent on its own (botocore's are counted by the store's response hook)
+    sent: int
 
     def needs_payload_hash(self, content_md5: bool) -> bool:
         """Must a streamed body's SHA-256 be computed (in the digest pass) to sign it?"""
@@ -86,6 +88,7 @@ class BotocoreSender:
     """Every body through botocore's own ``put_object`` / ``upload_part``."""
 
     streams = False
+    sent = 0  # botocore's requests: the store's response hook counts them
 
     def __init__(self, client: S3Client, limiter: RouteLimit | None = None) -> None:
         self._client = client
@@ -192,6 +195,7 @@ class SignedSender:
         self._limit = limiter
         self._fallback = BotocoreSender(client, limiter)
         self._via_botocore = False
+        self.sent = 0
         # the aiohttp session and proxy botocore's session would pick for this endpoint, resolved
         # once (``open``): its per-request wrapper cost 12% of the client's CPU (RESULTS.md)
         proxies = self._http._proxy_config
@@ -271,6 +275,7 @@ class SignedSender:
     ) -> dict[str, Any]:
         if self._via_botocore:
             return await self._fallback.send(op, params, body)
+        self.sent += 1
         what = _what(op, params)
         data: bytes | AsyncIterator[bytes] = body if isinstance(body, bytes) else body.chunks()
         limit = self._limit

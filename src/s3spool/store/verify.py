@@ -159,7 +159,7 @@ class Verifier:
         async def whole_file() -> FileDigest:
             nonlocal whole
             if whole is None:
-                whole = await asyncio.to_thread(digest_file, src.fd, src.size, self.ck)
+                whole = await asyncio.to_thread(digest_file, src.reader(), src.size, self.ck)
             return whole
 
         async def judge(answer: dict[str, Any], what: str) -> bool:
@@ -230,7 +230,7 @@ class Verifier:
             if original.get(f"{_ORIGINAL}size") != str(src.size) or not label:
                 return False
             found, _ = await asyncio.to_thread(
-                digest_range, src.fd, 0, src.size, self.ck, md5=False
+                digest_range, src.reader(), 0, src.size, self.ck, md5=False
             )
             return bool(label == found.label())
         if int(head.get("ContentLength", -1)) != src.size:
@@ -241,7 +241,7 @@ class Verifier:
         stored = meta.get("s3spool-checksum")
         want_parts = bool(echoed and "-" in echoed) or bool(MPU_ETAG.match(etag))
         local = await asyncio.to_thread(
-            digest_file, src.fd, src.size, self.ck, part_size if want_parts else None
+            digest_file, src.reader(), src.size, self.ck, part_size if want_parts else None
         )
         if echoed:
             return bool(echoed == local.checksum)
@@ -249,6 +249,6 @@ class Verifier:
             return bool(stored == self.ck.label(local.checksum))
         if MD5_HEX.match(etag) or MPU_ETAG.match(etag):
             if MD5_HEX.match(etag) and want_parts:
-                local = await asyncio.to_thread(digest_file, src.fd, src.size, self.ck, None)
+                local = await asyncio.to_thread(digest_file, src.reader(), src.size, self.ck, None)
             return etag == local.etag
         return False

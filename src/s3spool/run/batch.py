@@ -1,0 +1,520 @@
+"""BATCH=bundle: small claims of a spool formed into batches; each sent as one tar object, then
+an index beside it, then its members settled one by one (docs/architecture.md, Batching)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import secrets
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from s3spool import errors
+from s3spool.config.spools import DEFAULT_ROUTE
+from s3spool.logs import log_fields
+from s3spool.run.settle import NotStarted, Outcomes
+from s3spool.spool.batches import Batch, batches_dir, drop_batch, forget_batch, save_batch
+from s3spool.spool.keys import KeyInput, KeyTemplate, spool_dir_field
+from s3spool.spool.pieces import FilePart, Pieces
+from s3spool.spool.spool import Claim, Spool, about
+from s3spool.store.base import Delivery, Store
+from s3spool.store.digests import Checksummer, digest_range
+from s3spool.store.tar import layout
+from s3spool.store.verify import MD5_HEX
+
+if TYPE_CHECKING:
+    from s3spool.run.routes import RouteRun
+
+log = logging.getLogger("s3spool.service")
+batch_log = logging.getLogger("s3spool.batch")
+
+
+@dataclass(slots=True, eq=False, kw_only=True)
+class Bundle(Claim):
+    """A body laid out from claimed files (the tar) or held in memory (its index), sent
+    through the pipeline's upload as a claim is; ``record``: the batch whose multipart upload
+    it records."""
+
+    pieces: Pieces
+    parts: list[FilePart] = field(default_factory=list)
+    record: Batch | None = None
+
+    def reader(self) -> Pieces:
+        return self.pieces
+
+    def changed(self) -> str | None:
+        for part in self.parts:
+            try:
+                st = os.lstat(part.path)
+            except OSError as exc:
+                return f"{part.path}: {exc.strerror}"
+            if st.st_size != part.size or st.st_mtime_ns != part.mtime_ns:
+                return f"{part.path} changed during upload (size {part.size}->{st.st_size})"
+        return None
+
+    def restat(self) -> None:
+        """Lay the tar out again from the files as they are now (same names, same key)."""
+        if self.record is None:
+            return
+        found = _stat_members(self.record.members)
+        if len(found) != len(self.record.members):
+            raise errors.FileChanged("a member is gone", reason="changed")
+        self.parts = [part for _, part in found]
+        self.pieces = _tar(self.record, self.parts)[0]
+        self.size = self.pieces.length
+
+    def uploading(self, upload_id: str | None, part_size: int) -> None:
+        if (upload_id, part_size) == (self.upload_id, self.part_size):
+            return
+        self.upload_id, self.part_size = upload_id, part_size
+        if self.record is None:
+            return
+        self.record.upload_id, self.record.part_size = upload_id, part_size
+        try:
+            save_batch(self.record)
+        except errors.TransientError as exc:
+            log.warning("%s", exc)  # the sweep still finds the upload if we crash
+
+
+def _stat_members(members: list[Claim]) -> list[tuple[Claim, FilePart]]:
+    """Each member that is still a regular file, with its size and mtime now."""
+    found = []
+    for m in members:
+        try:
+            st = os.lstat(m.path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            m.size, m.mtime, m.mtime_ns = st.st_size, st.st_mtime, st.st_mtime_ns
+            found.append((m, FilePart(m.path, st.st_size, st.st_mtime_ns)))
+    return found
+
+
+def _tar(batch: Batch, parts: list[FilePart]) -> tuple[Pieces, list[int]]:
+    # member names are the keys the files would have had: `tar x` gives the store's tree
+    return layout([(m.key, part) for m, part in zip(batch.members, parts, strict=True)])
+
+
+@dataclass(slots=True, eq=False)
+class _Forming:
+    batch: Batch
+    size: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+
+class Batches:
+    """One route's batches: formed per spool, sent by a worker, recovered from their records."""
+
+    def __init__(
+        self,
+        host: RouteRun,
+        outcomes: Outcomes,
+        *,
+        upload: Callable[[Claim], Awaitable[Delivery]],
+        deliver: Callable[[Claim], Awaitable[None]],
+    ) -> None:
+        """``upload``: the pipeline's (retries, pauses, verification); ``deliver``: a file's
+        whole per-file way."""
+        self.host, self.outcomes = host, outcomes
+        self._upload, self._deliver = upload, deliver
+        s = self.s = host.s
+        self.once = host.once
+        self.on = s.batch != "off"
+        self.extract = s.batch == "extract"
+        self._unpacks: bool | None = None  # extract: does the store unpack? (the first batch)
+        self._probing = asyncio.Lock()
+        self.template = KeyTemplate(s.batch_key_format, s.prefix, s.hostname_field)
+        self._forming: dict[Spool, _Forming] = {}
+        self._queued: set[Batch] = set()  # closed, waiting for a worker
+        self._seq = itertools.count(1)
+        # a fixed INSTANCE_ID restarted within a second must not draw the same {batch_seq}
+        self._instance = f"{s.resolved_instance_id}-{secrets.token_hex(3)}"
+        self.ck = Checksummer(s.checksum)
+
+    def add(self, claim: Claim) -> Batch | None:
+        """Take a claim (its key rendered, its stat filled); the batch this closed, if any."""
+        spool = claim.spool
+        forming = self._forming.get(spool)
+        if forming is None:
+            forming = self._forming[spool] = _Forming(self._new(claim))
+            if not self.once:
+                loop = asyncio.get_running_loop()
+                forming.timer = loop.call_later(self.s.batch_max_wait, self._expire, forming)
+        forming.batch.members.append(claim)
+        forming.size += claim.size
+        if (
+            len(forming.batch.members) >= self.s.batch_max_files
+            or forming.size >= self.s.batch_max_bytes
+        ):
+            return self._close(spool)
+        return None
+
+    def _new(self, first: Claim) -> Batch:
+        now = datetime.now(UTC)
+        seq = f"{now:%Y%m%dT%H%M%S}-{self._instance}-{next(self._seq):06d}"
+        dirs = first.spool.dirs
+        item = KeyInput(b"", spool_dir_field(dirs.root or dirs.incoming), first.mtime, first.ctime)
+        key = self.template.render(item, extra={"batch_seq": seq})
+        return Batch(first.spool, seq, key, "extract" if self.extract else "bundle")
+
+    def _close(self, spool: Spool) -> Batch:
+        forming = self._forming.pop(spool)
+        if forming.timer is not None:
+            forming.timer.cancel()
+        return forming.batch
+
+    def _expire(self, forming: _Forming) -> None:
+        spool = forming.batch.spool
+        if self._forming.get(spool) is forming and not self.host.stopping:
+            self._queue(self._close(spool))  # a worker sends it
+
+    def flush(self) -> int:
+        """Queue every batch being formed (run --once, once all else is handled)."""
+        spools = list(self._forming)
+        for spool in spools:
+            self._queue(self._close(spool))
+        return len(spools)
+
+    def _queue(self, batch: Batch) -> None:
+        self._queued.add(batch)
+        self.host.pending.put_claim(batch)
+
+    def release(self) -> None:
+        """Stopping: claims of batches still forming, or queued and not taken, go back to
+        incoming/ (nothing of them was sent, and no record was written)."""
+        batches = [self._close(spool) for spool in list(self._forming)] + list(self._queued)
+        self._queued.clear()
+        for batch in batches:
+            members, batch.members = batch.members, []
+            for claim in members:
+                batch.spool.unclaim(claim)
+
+    async def deliver(self, batch: Batch) -> None:
+        started = time.monotonic()
+        self._queued.discard(batch)
+        found = _stat_members(batch.members)
+        kept = {id(m) for m, _ in found}
+        alone = [m for m in batch.members if id(m) not in kept]  # gone or swapped: one by one
+        batch.members = [m for m, _ in found]
+        if not batch.members:
+            drop_batch(batch)
+        else:
+            try:
+                if alone or not batch.saved:
+                    save_batch(batch)  # before the first byte
+            except errors.TransientError as exc:
+                self._not_sent(batch, exc if isinstance(exc, errors.LocalFault) else None)
+            else:
+                await self._send(batch, [part for _, part in found], started)
+        await self._alone(alone)
+
+    async def _send(self, batch: Batch, parts: list[FilePart], started: float) -> None:
+        if batch.mode == "extract":  # as when it was formed, whatever BATCH is now
+            await self._send_extract(batch, parts, started)
+            return
+        spool = batch.spool
+        pieces, offsets = _tar(batch, parts)
+        bundle = Bundle(
+            name=batch.key,
+            spool=spool,
+            path=os.fspath(batches_dir(spool) / batch.id),
+            key=batch.key,
+            size=pieces.length,
+            mtime_ns=time.time_ns(),
+            upload_id=batch.upload_id,
+            part_size=batch.part_size,
+            content_type="application/x-tar",
+            recovered=batch.recovered,
+            pieces=pieces,
+            parts=parts,
+            record=batch,
+        )
+        sent = False
+        note = "already in store" if batch.complete else None
+        try:
+            if not batch.complete:
+                done = await self._upload(bundle)
+                sent = True
+                if bundle.parts is not parts:  # laid out again (a file changed)
+                    parts, offsets = bundle.parts, _tar(batch, bundle.parts)[1]
+                body, sums = await asyncio.to_thread(self._index, batch, parts, offsets)
+                index = Bundle(
+                    name=batch.index_key,
+                    spool=spool,
+                    path=bundle.path,
+                    key=batch.index_key,
+                    size=len(body),
+                    mtime_ns=bundle.mtime_ns,
+                    content_type="application/x-ndjson",
+                    recovered=batch.recovered,
+                    pieces=Pieces([body]),
+                )
+                await self._upload(index)
+                note = "already in store" if done.already_there else None
+            else:
+                sums = [label for label, _ in await asyncio.to_thread(self._sums, parts)]
+        except NotStarted as why:
+            if sent or batch.recovered:
+                msg = "batch %s left in working/ for the next start"
+                about(log.info, spool, batch.key, msg, batch.id)
+                return
+            self._not_sent(batch, why.local)
+            return
+        except errors.UploadError as exc:
+            msg = "bundle not delivered (%s); its %d files go one by one"
+            about(log.warning, spool, batch.key, msg, exc, len(batch.members))
+            await self._discard(batch)
+            await self._all_alone(batch)
+            return
+
+        def finish() -> None:
+            self._finish(batch, bundle.size, parts, offsets, sums, started, note)
+
+        try:
+            finish()
+        except errors.LocalFault as fault:  # the record cannot say complete: settle later
+            self.outcomes.strand(bundle, fault, finish)
+        except errors.TransientError as exc:
+            about(log.error, spool, batch.key, "%s; batch left in working/", exc)
+
+    def _finish(
+        self,
+        batch: Batch,
+        size: int,
+        parts: list[FilePart],
+        offsets: list[int],
+        sums: list[str | None],
+        started: float,
+        note: str | None,
+    ) -> None:
+        """Bundle and index confirmed: the record says so, then the members move to done/."""
+        spool = batch.spool
+        if not batch.complete:
+            batch.complete = True
+            try:
+                save_batch(batch)  # members may move to done/ only after this
+            except errors.TransientError:
+                batch.complete = False
+                raise
+        outcomes = self.outcomes
+        outcomes.counts.bundles += 1
+        for claim, part, offset, checksum in zip(batch.members, parts, offsets, sums, strict=True):
+            delivery = Delivery(
+                claim.key, part.size, checksum=checksum, bundle=batch.key, offset=offset
+            )
+            outcomes.settle(claim, delivery, started)
+        forget_batch(batch)
+        self.host.metrics.batches.labels(spool.label).inc()
+        self.host.metrics.batch_bytes.observe(size)
+        if batch_log.isEnabledFor(logging.INFO):
+            fields: dict[str, object] = {
+                "spool": spool.label,
+                "bundle": batch.key,
+                "files": len(batch.members),
+                "bytes": size,
+                "duration": round(time.monotonic() - started, 4),
+            }
+            if spool.dirs.route != DEFAULT_ROUTE:
+                fields = {"route": spool.dirs.route, **fields}
+            if note:
+                fields["note"] = note
+            log_fields(batch_log, logging.INFO, "batch", fields)
+
+    async def _send_extract(self, batch: Batch, parts: list[FilePart], started: float) -> None:
+        """BATCH=extract: the tar goes to the store, which unpacks it into the members' own
+        keys; a listing of those keys confirms each member (size, and MD5 where the ETag is
+        one). A member that did not appear goes alone; a store that kept the tar as one
+        object is told once, and the route goes on file by file."""
+        spool = batch.spool
+        store = self.host.store
+        assert store is not None
+        if not batch.complete:
+            pieces, _ = _tar(batch, parts)
+            tar = Bundle(
+                name=batch.key,
+                spool=spool,
+                path=os.fspath(batches_dir(spool) / batch.id),
+                key=batch.key,
+                size=pieces.length,
+                mtime_ns=time.time_ns(),
+                content_type="application/x-tar",
+                metadata={"snowball-auto-extract": "true"},
+                unpacked=True,
+                pieces=pieces,
+                parts=parts,
+                record=batch,
+            )
+            try:
+                sent = False
+                if self._unpacks is None:
+                    async with self._probing:  # the first tar tells; the others wait for it
+                        if self._unpacks is None:
+                            await self._upload(tar)
+                            sent = True
+                            await self._check_unpacks(store, batch)
+                if not self._unpacks:
+                    await self._all_alone(batch)
+                    return
+                if not sent:
+                    await self._upload(tar)
+                parts = tar.parts  # (laid out again if a file changed)
+                found = await store.listed(sorted(m.key for m in batch.members))
+            except NotStarted as why:
+                if not batch.recovered:
+                    self._not_sent(batch, why.local)
+                return
+            except errors.UploadError as exc:
+                msg = "tar not delivered (%s); its %d files go one by one"
+                about(log.warning, spool, batch.key, msg, exc, len(batch.members))
+                await self._discard(batch)
+                await self._all_alone(batch)
+                return
+            sums = await asyncio.to_thread(self._sums, parts, md5=True)
+            kept: list[tuple[Claim, FilePart, str | None, str | None]] = []
+            alone: list[tuple[Claim, FilePart, str | None, str | None]] = []
+            for claim, part, (label, md5) in zip(batch.members, parts, sums, strict=True):
+                size, etag = found.get(claim.key, (-1, None))
+                ok = size == part.size and (etag is None or not MD5_HEX.match(etag) or etag == md5)
+                (kept if ok else alone).append((claim, part, label, etag))
+            if alone:
+                msg = "%d of %d files did not appear where the store unpacks them; they go alone"
+                about(log.warning, spool, batch.key, msg, len(alone), len(batch.members))
+            batch.members = [claim for claim, *_ in kept]
+            parts = [part for _, part, *_ in kept]
+            done = [(label, etag) for *_, label, etag in kept]
+        else:
+            done = [(label, None) for label, _ in await asyncio.to_thread(self._sums, parts)]
+            alone = []
+
+        def finish() -> None:
+            self._finish_extract(batch, parts, done, started)
+
+        if batch.members:
+            try:
+                finish()
+            except errors.LocalFault as fault:
+                self.outcomes.strand(batch.members[0], fault, finish)
+            except errors.TransientError as exc:
+                about(log.error, spool, batch.key, "%s; batch left in working/", exc)
+        else:
+            drop_batch(batch)
+        await self._alone([claim for claim, *_ in alone])
+
+    def _finish_extract(
+        self,
+        batch: Batch,
+        parts: list[FilePart],
+        done: list[tuple[str | None, str | None]],
+        started: float,
+    ) -> None:
+        if not batch.complete:
+            batch.complete = True
+            try:
+                save_batch(batch)  # only the members found: one missing is not settled
+            except errors.TransientError:
+                batch.complete = False
+                raise
+        self.outcomes.counts.bundles += 1
+        for claim, part, (label, etag) in zip(batch.members, parts, done, strict=True):
+            self.outcomes.settle(claim, Delivery(claim.key, part.size, etag, label), started)
+        forget_batch(batch)
+        self.host.metrics.batches.labels(batch.spool.label).inc()
+        self.host.metrics.batch_bytes.observe(sum(p.size for p in parts))
+        if batch_log.isEnabledFor(logging.INFO):
+            fields: dict[str, object] = {
+                "spool": batch.spool.label,
+                "extracted": batch.key,
+                "files": len(batch.members),
+                "bytes": sum(p.size for p in parts),
+                "duration": round(time.monotonic() - started, 4),
+            }
+            if batch.spool.dirs.route != DEFAULT_ROUTE:
+                fields = {"route": batch.spool.dirs.route, **fields}
+            log_fields(batch_log, logging.INFO, "batch", fields)
+
+    async def _check_unpacks(self, store: Store, batch: Batch) -> None:
+        """The first tar of the route: a store that kept it as one object does not unpack."""
+        self._unpacks = batch.key not in await store.listed([batch.key])
+        if self._unpacks:
+            return
+        log.error(
+            "route %s: the store kept a tar as one object (%s) instead of unpacking it (no "
+            "Snowball auto-extract): deleted; BATCH=extract falls back to one upload per file",
+            batch.spool.dirs.route,
+            batch.key,
+        )
+        await self._discard(batch)
+        self.on = False
+
+    async def _discard(self, batch: Batch) -> None:
+        """A bundle given up: what an attempt may have stored goes, before its files go alone
+        (a crash before the record goes repeats this)."""
+        store = self.host.store
+        if store is None:
+            return
+        for key in (batch.index_key, batch.key):
+            try:
+                await store.delete(key)
+            except errors.UploadError as exc:
+                about(log.warning, batch.spool, key, "could not delete: %s", exc)
+
+    async def _all_alone(self, batch: Batch) -> None:
+        members, batch.members = batch.members, []
+        drop_batch(batch)
+        await self._alone(members)
+
+    async def _alone(self, claims: list[Claim]) -> None:
+        """The per-file path, its key rendered (and recorded if it must be) as for any file."""
+        for claim in claims:
+            claim.key = ""
+            await self._deliver(claim)
+
+    def _sums(self, parts: list[FilePart], *, md5: bool = False) -> list[tuple[str | None, str]]:
+        """Each member's configured checksum (``crc32c:BASE64``) and (``md5``) its MD5 hex."""
+        out = []
+        for p in parts:
+            found = digest_range(Pieces([p]), 0, p.size, self.ck, md5=md5)[0]
+            digest = found.result().md5
+            out.append((found.label(), digest.hex() if md5 and digest else ""))
+        return out
+
+    def _index(
+        self, batch: Batch, parts: list[FilePart], offsets: list[int]
+    ) -> tuple[bytes, list[str | None]]:
+        """The index object's body, one JSON line per member, and the members' checksums."""
+        sums = [label for label, _ in self._sums(parts)]
+        lines = [
+            json.dumps(
+                {
+                    "name": m.name,
+                    "key": m.key,
+                    "offset": offset,
+                    "size": part.size,
+                    "checksum": checksum,
+                    "mtime": part.mtime_ns / 1e9,
+                }
+            )
+            for m, part, offset, checksum in zip(batch.members, parts, offsets, sums, strict=True)
+        ]
+        return ("\n".join(lines) + "\n").encode(), sums
+
+    def _not_sent(self, batch: Batch, local: errors.LocalFault | None) -> None:
+        """Nothing of the batch was sent: its record goes, its claims back to incoming/."""
+        spool = batch.spool
+        if batch.recovered:
+            return  # its record and members stay: the next start sends them
+        members, batch.members = batch.members, []
+        drop_batch(batch)
+        for claim in members:
+            spool.unclaim(claim)
+            if local is not None:
+                self.outcomes.left_behind(local)
+        if local is not None:
+            self.host.trip(spool, local)

@@ -1,0 +1,252 @@
+"""BATCH=bundle below the service: the tar stream laid out from files (read back byte-exact
+by tarfile), its reads by range, change detection, batch forming and the batch records."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import tarfile
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from s3spool.config.settings import Settings
+from s3spool.config.spools import SpoolDirs
+from s3spool.errors import FileChanged
+from s3spool.run.batch import Batches
+from s3spool.spool.batches import load_batches, save_batch
+from s3spool.spool.pieces import FilePart, Pieces, read_chunks
+from s3spool.spool.recovery import adopt, recover_own
+from s3spool.spool.spool import Spool
+from s3spool.spool.watch import Pending
+from s3spool.store import tar
+from s3spool.store.bodies import read_exact
+from s3spool.store.digests import Checksummer, digest_file
+from s3spool.store.tar import layout
+
+NAMES = [
+    "a.txt",
+    "dir/sub/b.log",
+    "x" * 99,
+    "y" * 100,
+    "deep/" + "z" * 150 + "/long-name.bin",  # over 100 bytes: a PAX path= record
+    "grüße/日本語.txt",  # not ASCII: a PAX path= record
+    "odd name with spaces & %41 +.dat",
+    "empty",
+]
+SIZES = [1, 511, 512, 513, 4096, 1023, 3, 0]
+
+
+def _files(tmp_path: Path) -> list[tuple[str, FilePart, bytes]]:
+    out = []
+    for i, (name, size) in enumerate(zip(NAMES, SIZES, strict=True)):
+        data = os.urandom(size)
+        path = tmp_path / f"f{i}"
+        path.write_bytes(data)
+        st = os.stat(path)
+        out.append((name, FilePart(str(path), size, st.st_mtime_ns), data))
+    return out
+
+
+def test_tar_stream_reads_back_byte_exact(tmp_path: Path) -> None:
+    files = _files(tmp_path)
+    pieces, offsets = layout([(name, part) for name, part, _ in files])
+    whole = b"".join(read_chunks(pieces, 0, pieces.length, 4096))
+    assert len(whole) == pieces.length
+    assert pieces.length % 512 == 0
+    assert whole.endswith(bytes(1024))
+    with tarfile.open(fileobj=io.BytesIO(whole), mode="r:") as tar:
+        members = tar.getmembers()
+        assert [m.name for m in members] == NAMES
+        for m, (_, part, data), offset in zip(members, files, offsets, strict=True):
+            assert m.isreg()
+            assert m.size == len(data)
+            assert m.offset_data == offset
+            assert m.mtime == part.mtime_ns // 10**9
+            extracted = tar.extractfile(m)
+            assert extracted is not None
+            assert extracted.read() == data
+            assert whole[offset : offset + len(data)] == data  # the index's offset, as a range GET
+    # any range reads as the same slice of the whole: parts of a multipart upload
+    for start, length in [(0, 1), (500, 700), (511, 2), (1000, 5000), (pieces.length - 3, 3)]:
+        assert read_exact(pieces, start, length) == whole[start : start + length]
+        assert b"".join(read_chunks(pieces, start, length, 100)) == whole[start : start + length]
+    ck = Checksummer("crc32c")
+    assert digest_file(pieces, pieces.length, ck) == digest_file(
+        _fd_of(tmp_path, whole), len(whole), ck
+    )
+
+
+def _fd_of(tmp_path: Path, data: bytes) -> int:
+    path = tmp_path / "whole.tar"
+    path.write_bytes(data)
+    return os.open(path, os.O_RDONLY)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a", "pre/file-000123.log", "x" * 100, "x" * 99 + "\x7f", "sp ace %41+", "é", "y" * 101],
+)
+@pytest.mark.parametrize("size", [0, 1, 4096, 8**11 - 1, 8**11])
+def test_the_hand_written_header_is_tarfiles(name: str, size: int) -> None:
+    for mtime_ns in (0, 1_733_600_000_123_456_789, 8**11 * 10**9):
+        assert tar.header(name, size, mtime_ns) == tar._tarfile_header(
+            name, size, mtime_ns // 10**9
+        )
+
+
+def test_a_file_that_changed_after_the_layout_is_caught(tmp_path: Path) -> None:
+    files = _files(tmp_path)
+    pieces, _ = layout([(name, part) for name, part, _ in files])
+    Path(files[4][1].path).write_bytes(b"other bytes")
+    with pytest.raises(FileChanged):
+        read_exact(pieces, 0, pieces.length)
+    os.unlink(files[0][1].path)
+    with pytest.raises(FileChanged):
+        read_exact(pieces, 0, 600)
+    assert read_exact(Pieces([b"abc", b"def"]), 2, 3) == b"cde"
+
+
+def _spool(root: Path, instance: str = "me") -> Spool:
+    dirs = SpoolDirs(
+        label=str(root),
+        root=root,
+        incoming=root / "incoming",
+        working=root / "working",
+        done=root / "done",
+        failed=root / "failed",
+    )
+    spool = Spool(dirs, instance)
+    spool.prepare()
+    spool.open()
+    return spool
+
+
+def _batches(spool: Spool, **settings: Any) -> tuple[Batches, Pending]:
+    s = Settings(destination="s3://bucket/pre", spool_dirs=[spool.dirs.root], **settings)
+    pending = Pending(10)
+    host: Any = SimpleNamespace(s=s, once=True, pending=pending, stopping=False)
+
+    async def never(claim: Any) -> Any:
+        raise AssertionError("forming sends nothing")
+
+    return Batches(host, None, upload=never, deliver=never), pending  # type: ignore[arg-type]
+
+
+def _claim(spool: Spool, name: str, data: bytes) -> Any:
+    (spool.dirs.incoming / name).write_bytes(data)
+    claim = spool.claim(name)
+    assert claim is not None
+    st = os.stat(claim.path)
+    claim.size, claim.mtime, claim.mtime_ns = st.st_size, st.st_mtime, st.st_mtime_ns
+    claim.key = "pre/" + name
+    return claim
+
+
+def test_batches_close_at_max_files_and_bytes_and_flush_the_rest(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    batches, pending = _batches(
+        spool, batch="bundle", batch_max_files=3, batch_max_bytes=1000, batch_file_limit=600
+    )
+    assert batches.on
+    closed = [batches.add(_claim(spool, f"f{i}", b"x" * 10)) for i in range(7)]
+    full = [b for b in closed if b is not None]
+    assert [len(b.members) for b in full] == [3, 3]  # BATCH_MAX_FILES
+    assert full[0].key != full[1].key
+    assert full[0].key.startswith("pre/bundles/")
+    assert full[0].key.endswith(".tar")
+    assert full[0].index_key == full[0].key + ".index.jsonl"
+    assert batches.add(_claim(spool, "big1", b"x" * 500)) is None
+    by_bytes = batches.add(_claim(spool, "big2", b"x" * 500))  # 1010 bytes: BATCH_MAX_BYTES
+    assert by_bytes is not None
+    assert [m.name for m in by_bytes.members] == ["f6", "big1", "big2"]
+    assert batches.add(_claim(spool, "last", b"x")) is None
+    assert batches.flush() == 1
+    assert len(pending) == 1
+    assert batches.flush() == 0
+    batches.add(_claim(spool, "back", b"x"))
+    batches.release()  # stopping: claims of batches forming or queued go back to incoming/
+    assert (spool.dirs.incoming / "back").exists()
+    assert (spool.dirs.incoming / "last").exists()
+    off, _ = _batches(spool)
+    assert not off.on  # BATCH=off, the default
+
+
+def test_the_service_closes_a_batch_after_batch_max_wait(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    batches, pending = _batches(spool, batch="bundle", batch_max_wait=0.05)
+    batches.once = False
+
+    async def go() -> None:
+        assert batches.add(_claim(spool, "a", b"1")) is None
+        assert batches.add(_claim(spool, "b", b"2")) is None
+        job = await asyncio.wait_for(pending.get(), 2)
+        assert [m.name for m in job.members] == ["a", "b"]  # type: ignore[union-attr]
+
+    asyncio.run(go())
+
+
+def test_batch_records_are_recovered_and_adopted_as_batches(tmp_path: Path) -> None:
+    dead = _spool(tmp_path, "dead")
+    batches, _ = _batches(dead, batch="bundle", batch_max_files=2)
+    batches.add(_claim(dead, "m1", b"1"))
+    batch = batches.add(_claim(dead, "m2", b"2"))
+    assert batch is not None
+    save_batch(batch)
+    single = _claim(dead, "single", b"3")
+    mine = recover_own(dead)
+    assert [getattr(j, "name", None) for j in mine] == ["single", None]
+    (found,) = load_batches(dead)
+    assert found.key == batch.key
+    assert [(m.name, m.key) for m in found.members] == [
+        ("m1", "pre/m1"),
+        ("m2", "pre/m2"),
+    ]
+    assert found.recovered
+    assert not found.complete
+    assert found.mode == "bundle"
+    del single
+    os.close(dead._lock_fd or -1)  # dies without tidying up
+    dead._lock_fd = None
+    live = _spool(tmp_path, "live")
+    adopted = adopt(live, dead.me, ())
+    names = sorted(getattr(j, "name", "<batch>") for j in adopted)
+    assert names == ["<batch>", "single"]
+    (moved,) = load_batches(live)
+    assert moved.key == batch.key
+    assert len(moved.members) == 2
+    assert all(os.path.exists(m.path) for m in moved.members)
+    assert not dead.me.exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ({"batch": "extract", "cache_control": "no-cache"}, "CACHE_CONTROL apply to each file"),
+        ({"batch": "extract", "overwrite": "never"}, "OVERWRITE=never needs a conditional"),
+        ({"batch": "bundle", "batch_key_format": "b/{now}.tar"}, "needs {batch_seq} or {uuid4}"),
+        ({"batch": "bundle", "batch_key_format": "{fname}-{uuid4}"}, "unknown field {fname}"),
+        ({"batch": "bundle", "compress": "zstd"}, "COMPRESS apply to each file's own object"),
+        ({"batch": "bundle", "tags": "a=b"}, "TAGS apply"),
+        ({"batch": "bundle", "batch_file_limit": "2MiB", "batch_max_bytes": "1MiB"}, "exceed"),
+    ],
+)
+def test_combinations_that_cannot_apply_are_refused(
+    tmp_path: Path, settings: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(ValueError, match=problem.replace("{", r"\{").replace("}", r"\}")):
+        Settings(destination="s3://bucket/p", spool_dirs=[tmp_path], **settings)
+
+
+def test_a_batch_is_recovered_in_the_mode_it_was_formed_in(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    batches, _ = _batches(spool, batch="extract", batch_max_files=1)
+    batch = batches.add(_claim(spool, "x", b"1"))
+    assert batch is not None
+    assert batch.mode == "extract"
+    save_batch(batch)
+    (found,) = load_batches(spool)  # a restart with BATCH=bundle, or off, sends it the same way
+    assert found.mode == "extract"
