@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from s3spool import errors
 from s3spool.config.spools import DEFAULT_ROUTE
@@ -95,6 +95,23 @@ def _stat_members(members: list[Claim]) -> list[tuple[Claim, FilePart]]:
             m.size, m.mtime, m.mtime_ns = st.st_size, st.st_mtime, st.st_mtime_ns
             found.append((m, FilePart(m.path, st.st_size, st.st_mtime_ns)))
     return found
+
+
+def _tar_body(batch: Batch, pieces: Pieces, parts: list[FilePart], **more: Any) -> Bundle:
+    """The batch's tar as a body the pipeline uploads (``more``: the mode's own fields)."""
+    return Bundle(
+        name=batch.key,
+        spool=batch.spool,
+        path=os.fspath(batches_dir(batch.spool) / batch.id),
+        key=batch.key,
+        size=pieces.length,
+        mtime_ns=time.time_ns(),
+        content_type="application/x-tar",
+        pieces=pieces,
+        parts=parts,
+        record=batch,
+        **more,
+    )
 
 
 def _tar(batch: Batch, parts: list[FilePart]) -> tuple[Pieces, list[int]]:
@@ -221,20 +238,13 @@ class Batches:
             return
         spool = batch.spool
         pieces, offsets = _tar(batch, parts)
-        bundle = Bundle(
-            name=batch.key,
-            spool=spool,
-            path=os.fspath(batches_dir(spool) / batch.id),
-            key=batch.key,
-            size=pieces.length,
-            mtime_ns=time.time_ns(),
+        bundle = _tar_body(
+            batch,
+            pieces,
+            parts,
             upload_id=batch.upload_id,
             part_size=batch.part_size,
-            content_type="application/x-tar",
             recovered=batch.recovered,
-            pieces=pieces,
-            parts=parts,
-            record=batch,
         )
         sent = False
         note = "already in store" if batch.complete else None
@@ -337,19 +347,12 @@ class Batches:
         assert store is not None
         if not batch.complete:
             pieces, _ = _tar(batch, parts)
-            tar = Bundle(
-                name=batch.key,
-                spool=spool,
-                path=os.fspath(batches_dir(spool) / batch.id),
-                key=batch.key,
-                size=pieces.length,
-                mtime_ns=time.time_ns(),
-                content_type="application/x-tar",
+            tar = _tar_body(
+                batch,
+                pieces,
+                parts,
                 metadata={"snowball-auto-extract": "true"},
                 unpacked=True,
-                pieces=pieces,
-                parts=parts,
-                record=batch,
             )
             try:
                 sent = False
