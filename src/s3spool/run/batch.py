@@ -278,10 +278,7 @@ class Batches:
             self._not_sent(batch, why.local)
             return
         except errors.UploadError as exc:
-            msg = "bundle not delivered (%s); its %d files go one by one"
-            about(log.warning, spool, batch.key, msg, exc, len(batch.members))
-            await self._discard(batch)
-            await self._all_alone(batch)
+            await self._give_up(batch, "bundle", exc)
             return
 
         def finish() -> None:
@@ -374,10 +371,7 @@ class Batches:
                     self._not_sent(batch, why.local)
                 return
             except errors.UploadError as exc:
-                msg = "tar not delivered (%s); its %d files go one by one"
-                about(log.warning, spool, batch.key, msg, exc, len(batch.members))
-                await self._discard(batch)
-                await self._all_alone(batch)
+                await self._give_up(batch, "tar", exc)
                 return
             sums = await asyncio.to_thread(self._sums, parts, md5=True)
             kept: list[tuple[Claim, FilePart, str | None, str | None]] = []
@@ -455,6 +449,14 @@ class Batches:
         )
         await self._discard(batch)
         self.on = False
+
+    async def _give_up(self, batch: Batch, what: str, exc: errors.UploadError) -> None:
+        """A bundle or tar not delivered after its retries: what an attempt stored goes, then
+        its files go one by one."""
+        msg = "%s not delivered (%s); its %d files go one by one"
+        about(log.warning, batch.spool, batch.key, msg, what, exc, len(batch.members))
+        await self._discard(batch)
+        await self._all_alone(batch)
 
     async def _discard(self, batch: Batch) -> None:
         """A bundle given up: what an attempt may have stored goes, before its files go alone
