@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -50,7 +51,11 @@ def _crc(data: bytes) -> str:
     return "crc32c:" + base64.b64encode(crc32c.crc32c(data).to_bytes(4, "big")).decode()
 
 
-def test_bundle_once_against_rclone(tmp_path: Path, rclone_s3: S3Target) -> None:
+def _batched_once(
+    tmp_path: Path, target: S3Target, mode: str
+) -> tuple[dict[bytes, bytes], dict[bytes, bytes], subprocess.CompletedProcess[str]]:
+    """300 small files of odd names and 2 large ones, one `run --once` with ``BATCH=mode``:
+    everything in done/, no batch record left."""
     spool = tmp_path / "spool"
     incoming = spool / "incoming"
     incoming.mkdir(parents=True)
@@ -63,9 +68,9 @@ def test_bundle_once_against_rclone(tmp_path: Path, rclone_s3: S3Target) -> None
     for name, data in large.items():
         drop(incoming, name, data)
     env = {
-        **rclone_s3.env("pre"),
+        **target.env("pre"),
         "S3SPOOL_SPOOL_DIRS": str(spool),
-        "S3SPOOL_BATCH": "bundle",
+        "S3SPOOL_BATCH": mode,
         "S3SPOOL_BATCH_MAX_FILES": "100",
         "S3SPOOL_BATCH_FILE_LIMIT": "64KiB",
         "S3SPOOL_LOG_FORMAT": "json",
@@ -73,11 +78,14 @@ def test_bundle_once_against_rclone(tmp_path: Path, rclone_s3: S3Target) -> None
     }
     run = cli(["run", "--once"], env)
     assert run.returncode == 0, run.stderr[-3000:]
-    done = spool / "done"
-    assert {os.fsencode(n) for n in os.listdir(done)} == set(small) | set(large)
+    assert {os.fsencode(n) for n in os.listdir(spool / "done")} == set(small) | set(large)
     assert not os.listdir(incoming)
     assert not any((spool / "working").rglob("*.json")), "batch records are gone"
+    return small, large, run
 
+
+def test_bundle_once_against_rclone(tmp_path: Path, rclone_s3: S3Target) -> None:
+    small, large, run = _batched_once(tmp_path, rclone_s3, "bundle")
     keys = rclone_s3.keys()
     # the large files alone, as without BATCH
     for name, data in large.items():
@@ -139,27 +147,7 @@ def test_bundle_once_against_rclone(tmp_path: Path, rclone_s3: S3Target) -> None
 def test_extract_on_juicefs_gives_the_objects_of_a_per_file_run(
     tmp_path: Path, juicefs_s3: S3Target, rclone_s3: S3Target
 ) -> None:
-    spool = tmp_path / "spool"
-    incoming = spool / "incoming"
-    incoming.mkdir(parents=True)
-    small = {name: os.urandom(1 + i * 37 % 5000) for i, name in enumerate(_names())}
-    small[b"empty"] = b""
-    large = {b"large-%d.bin" % i: os.urandom(LARGE + i) for i in range(2)}
-    for name, data in {**small, **large}.items():
-        drop(incoming, name, data)
-    env = {
-        **juicefs_s3.env("pre"),
-        "S3SPOOL_SPOOL_DIRS": str(spool),
-        "S3SPOOL_BATCH": "extract",
-        "S3SPOOL_BATCH_MAX_FILES": "100",
-        "S3SPOOL_BATCH_FILE_LIMIT": "64KiB",
-        "S3SPOOL_LOG_FORMAT": "json",
-        "S3SPOOL_WORKERS": "8",
-    }
-    run = cli(["run", "--once"], env)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert {os.fsencode(n) for n in os.listdir(spool / "done")} == set(small) | set(large)
-    assert not any((spool / "working").rglob("*.json")), "batch records are gone"
+    small, large, run = _batched_once(tmp_path, juicefs_s3, "extract")
     # the keys a per-file run gives, from the same files on another store
     per_file = tmp_path / "per-file"
     (per_file / "incoming").mkdir(parents=True)
