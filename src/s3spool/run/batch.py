@@ -1,5 +1,6 @@
-"""BATCH=bundle: small claims of a spool formed into batches; each sent as one tar object, then
-an index beside it, then its members settled one by one (docs/architecture.md, Batching)."""
+"""BATCH: small claims of a spool formed into batches, each sent as one tar: a bundle object and
+then its index (bundle), or a tar the store unpacks, confirmed by a listing (extract); then the
+members settle one by one (docs/architecture.md, Batching)."""
 
 from __future__ import annotations
 

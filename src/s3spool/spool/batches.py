@@ -79,11 +79,8 @@ def save_batch(batch: Batch) -> None:
 
 def forget_batch(batch: Batch) -> None:
     """Remove the record once no member is left in ``files/``."""
-    if not batch.saved or any(os.path.lexists(m.path) for m in batch.members):
-        return
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(batches_dir(batch.spool) / (batch.id + ".json"))
-    batch.saved = False
+    if batch.saved and not any(os.path.lexists(m.path) for m in batch.members):
+        drop_batch(batch)
 
 
 def drop_batch(batch: Batch) -> None:
