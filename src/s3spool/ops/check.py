@@ -249,16 +249,19 @@ async def test_write(s3: S3Store) -> str:
             created = await s3.client.create_multipart_upload(Bucket=s3.bucket, Key=mpu_key)
         await s3.abort_upload(mpu_key, created["UploadId"])
     finally:
-        for name in left:
-            try:
-                with s3_errors(f"DeleteObject {name!r}"):
-                    await s3.client.delete_object(Bucket=s3.bucket, Key=name)
-            except UploadError as err:
-                raise _TestObjectLeft(
-                    f"the test object {name!r} was left behind ({err}); remove it by hand",
-                    reason="test_object_left",
-                ) from None
+        await _remove_test_objects(s3, left)
     return key
+
+
+async def _remove_test_objects(s3: S3Store, names: list[str]) -> None:
+    for name in names:
+        try:
+            await s3.delete(name)
+        except UploadError as err:
+            raise _TestObjectLeft(
+                f"the test object {name!r} was left behind ({err}); remove it by hand",
+                reason="test_object_left",
+            ) from None
 
 
 _NO_EXTRACT = "no (it keeps a tar as one object: BATCH=extract would upload file by file)"
@@ -282,14 +285,7 @@ async def test_extract(s3: S3Store) -> bool:
         await s3.send_put(src, body, s3.ck.body(body), None)
         found = await s3.listed(sorted([member, src.key]))
     finally:
-        for name in (member, src.key):
-            try:
-                await s3.delete(name)
-            except UploadError as err:
-                raise _TestObjectLeft(
-                    f"the test object {name!r} was left behind ({err}); remove it by hand",
-                    reason="test_object_left",
-                ) from None
+        await _remove_test_objects(s3, [member, src.key])
     return member in found and src.key not in found
 
 

@@ -259,7 +259,8 @@ class S3Store:
         return found
 
     async def delete(self, key: str) -> None:
-        """DeleteObject (a bundle given up, BATCH=bundle); ``UploadError`` if it fails."""
+        """DeleteObject (a bundle given up, a test object of ``check``); ``UploadError`` if it
+        fails."""
         with s3_errors("DeleteObject"):
             await self.client.delete_object(Bucket=self.bucket, Key=key)
 
