@@ -66,9 +66,9 @@ def _check_known(setting: str, fields: Set[str], known: Set[str]) -> None:
         )
 
 
-def check_key_format(template: str, known: Set[str], setting: str = "key_format") -> None:
+def check_key_format(template: str, known: Set[str], setting: str = "key_format") -> set[str]:
     """Every check of ``KEY_FORMAT``: plain known fields, no literal ``.``/``..`` segment, and
-    a format spec that renders (``{now:%Y}`` fails here, not at the first file)."""
+    a format spec that renders (``{now:%Y}`` fails here, not at the first file); its fields."""
     fields = key_format_fields(template, setting)
     if not fields and not template.strip("/"):
         hint = "; the default is {fname}" if setting == "key_format" else ""
@@ -84,6 +84,7 @@ def check_key_format(template: str, known: Set[str], setting: str = "key_format"
         template.format_map({f: 0 if f == "now" else "sample" for f in fields})
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{setting}: {exc}") from None
+    return fields
 
 
 #: strftime codes (as Fluent Bit, Vector and logrotate write dates) and the key fields to use
@@ -107,8 +108,7 @@ def key_format_hint(template: str) -> str | None:
         )
     if "$" in text:
         hints.append("holds '$', which keys carry as written: a field is {fname}, without '$'")
-    fields = {name.split(".")[0].split("[")[0] for _, name, *_ in _PARSE(template) if name}
-    if not fields & _PER_FILE:
+    if not key_format_fields(template) & _PER_FILE:
         hints.append(
             "has none of {fname}, {relpath}, {uuid4}, {uuid1}: files that share the other "
             "fields get the same key, and each replaces the one before"
@@ -118,12 +118,11 @@ def key_format_hint(template: str) -> str | None:
 
 #: fields that tell two files of one moment apart
 _PER_FILE = frozenset({"fname", "relpath", "uuid1", "uuid4"})
-_PARSE = string.Formatter().parse
 
 
 def _literal(template: str) -> str:
     """The text of a template outside its fields."""
-    return "".join(literal for literal, *_ in _PARSE(template))
+    return "".join(literal for literal, *_ in string.Formatter().parse(template))
 
 
 def check_header_name(head: str, name: str) -> None:

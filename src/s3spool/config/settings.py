@@ -40,7 +40,6 @@ from s3spool.config.options import (
     check_metadata,
     check_option_value,
     check_tags,
-    key_format_fields,
 )
 
 #: Fields a ``KEY_FORMAT`` may use; ``keys.py`` fills them.
@@ -485,8 +484,8 @@ BATCH_KEY_FIELDS = (KEY_FIELDS - {"fname", "relpath", "dirname"}) | {"batch_seq"
 
 
 def _check_batch(s: Settings) -> None:
-    check_key_format(s.batch_key_format, BATCH_KEY_FIELDS, "batch_key_format")
-    if not key_format_fields(s.batch_key_format) & {"batch_seq", "uuid4"}:
+    fields = check_key_format(s.batch_key_format, BATCH_KEY_FIELDS, "batch_key_format")
+    if not fields & {"batch_seq", "uuid4"}:
         raise ValueError(
             "batch_key_format: needs {batch_seq} or {uuid4}, or two bundles could get one key"
         )
