@@ -45,7 +45,6 @@ from s3spool.store.s3 import (
     MAX_OBJECT_SIZE,
     MAX_PART_SIZE,
     MAX_PARTS,
-    S3Store,
     part_plan,
     plain_http,
 )
@@ -526,8 +525,8 @@ def test_a_file_too_large_for_s3_fails_before_any_request() -> None:
 def test_a_file_over_5_gib_never_goes_in_one_put() -> None:
     # S3's largest PUT is 5 GiB, whatever MULTIPART_THRESHOLD says
     s = load_settings(destination="s3://bkt", spool_dirs="/tmp/s3spool-unit")
-    assert S3Store(s)._multipart_from == s.multipart_threshold  # 64 MiB
+    assert s.multipart_from == s.multipart_threshold  # 64 MiB
     s = load_settings(
         destination="s3://bkt", spool_dirs="/tmp/s3spool-unit", multipart_threshold="1TiB"
     )
-    assert S3Store(s)._multipart_from == MAX_PART_SIZE + 1
+    assert s.multipart_from == MAX_PART_SIZE + 1

@@ -49,6 +49,7 @@ KEY_FIELDS = frozenset(
 )
 
 MIB = 1024 * 1024
+MAX_PUT_SIZE = 5 * 1024 * MIB  # S3's largest PutObject, and its largest part
 LogLevel = Annotated[
     Literal["DEBUG", "INFO", "WARNING", "ERROR"],
     BeforeValidator(lambda v: v.upper() if isinstance(v, str) else v),
@@ -427,6 +428,12 @@ class Settings(BaseSettings):
         return self._destination[2]
 
     @property
+    def multipart_from(self) -> int:
+        """The size from which a file goes multipart: MULTIPART_THRESHOLD, but one PUT takes
+        at most 5 GiB, whatever the setting says."""
+        return min(self.multipart_threshold, MAX_PUT_SIZE + 1)
+
+    @property
     def hostname_field(self) -> str:
         """The value of ``{hostname}``: HOSTNAME, else this host's name."""
         return self.hostname or socket.gethostname()
@@ -520,7 +527,7 @@ def _check_compress(s: Settings) -> None:
 
 
 def _check_numbers(s: Settings) -> None:
-    if not 5 * MIB <= s.part_size <= 5 * 1024 * MIB:
+    if not 5 * MIB <= s.part_size <= MAX_PUT_SIZE:
         raise ValueError("part_size: must be between 5MiB and 5GiB (S3 limits)")
     if s.retry_backoff_max < s.retry_backoff:
         raise ValueError("retry_backoff_max: must be at least RETRY_BACKOFF")

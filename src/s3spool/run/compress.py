@@ -220,7 +220,7 @@ async def compressed(claim: Claim, rules: Rules | None, s: Settings) -> AsyncIte
     except OSError as exc:
         raise local_fault(exc, f"make the compressed copy of {claim.name!r}", where) from None
     try:
-        threads = zstd_threads(claim.size, s.multipart_threshold)
+        threads = zstd_threads(claim.size, s.multipart_from)
         started = time.monotonic()
         try:
             done = await run_pass(claim.fd, claim.size, fd, codec.name, level, threads, s.checksum)

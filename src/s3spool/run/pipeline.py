@@ -211,7 +211,7 @@ class Pipeline:
             claim.codec, suffix = choose(self.compression, claim.name, claim.size)
             claim.key = self.template.render(claim_input(claim), suffix)
             # a key that a restart would not render again (or a long upload) is recorded first
-            if not self.template.stable or claim.size >= self.s.multipart_threshold:
+            if not self.template.stable or claim.size >= self.s.multipart_from:
                 try:
                     claim.spool.save_key(claim)
                 except errors.TransientError as exc:

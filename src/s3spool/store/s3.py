@@ -13,7 +13,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import TYPE_CHECKING, Any, cast
 
 from s3spool import errors
-from s3spool.config.settings import MIB, Settings, check_ca_bundle, tls_verify
+from s3spool.config.settings import MAX_PUT_SIZE, MIB, Settings, check_ca_bundle, tls_verify
 from s3spool.spool.pieces import Readable
 from s3spool.spool.spool import Source
 from s3spool.store.aimd import retry_delay
@@ -34,7 +34,7 @@ log = logging.getLogger("s3spool.store")
 #: S3's multipart limits; their product is AWS's largest object ("48.8 TiB", 53.7 TB, the
 #: "50 TB" of late 2025's announcement)
 MAX_PARTS = 10_000
-MAX_PART_SIZE = 5 * 1024 * MIB
+MAX_PART_SIZE = MAX_PUT_SIZE
 MAX_OBJECT_SIZE = MAX_PARTS * MAX_PART_SIZE
 
 
@@ -72,8 +72,6 @@ class S3Store:
         self.s = settings
         self.ck = Checksummer(settings.checksum)
         self.budget = budget or ByteBudget(settings.buffer_limit)
-        # one PUT takes at most 5 GiB, whatever MULTIPART_THRESHOLD says
-        self._multipart_from = min(settings.multipart_threshold, MAX_PART_SIZE + 1)
         self.last_answer = 0.0  # monotonic, any status: idle probes skip a busy store
         self._observed = 0  # botocore's requests (each attempt), for the --once summary
         self._on_slowdown = on_slowdown
@@ -178,7 +176,7 @@ class S3Store:
         return params
 
     async def upload(self, src: Source) -> Delivery:
-        if not src.unpacked and (src.upload_id is not None or src.size >= self._multipart_from):
+        if not src.unpacked and (src.upload_id is not None or src.size >= self.s.multipart_from):
             return await self._multipart(src)
         async with self.budget.hold(held_bytes(self.sender.streams, src.size)):
             body, digest, payload = await self._body(src.reader(), 0, src.size)
