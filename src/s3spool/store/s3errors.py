@@ -181,8 +181,6 @@ def store_down(err: errors.UploadError, bucket: str) -> errors.StoreUnavailable:
     names the cause and the message an operator reads, in ``check`` and the service alike."""
     if isinstance(err, errors.StoreUnavailable):
         return err  # no connection, no credentials, TLS: named where it was translated
-    if isinstance(err, errors.ClockSkewed):
-        return errors.StoreUnavailable(str(err), reason=err.reason)
     if isinstance(err, errors.NotFound):
         msg = f"bucket {bucket!r} does not exist (S3SPOOL_DESTINATION): {err}"
         return errors.NoBucket(msg, reason=err.reason)
