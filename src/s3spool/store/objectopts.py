@@ -122,8 +122,8 @@ class ObjectOptions:
         out: dict[str, Any] = {}
         # names as their bytes (os.fsdecode), not as the key has them: each option encodes them
         values = field_values(item, self.fields, self._hostname, os.fsdecode) if self.fields else {}
-        safe = {k: header_safe(str(v)) for k, v in values.items()}
         if self.metadata:
+            safe = {k: header_safe(str(v)) for k, v in values.items()}
             meta = {
                 name: _keep_edges(self._format("metadata", name, t, safe))
                 for name, t in self.metadata.items()

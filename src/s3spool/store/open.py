@@ -12,7 +12,6 @@ from s3spool.config.settings import Settings
 from s3spool.spool.pieces import Readable, read_chunks
 from s3spool.spool.spool import Source
 from s3spool.store.base import INLINE_READ_MAX, ByteBudget, Delivery
-from s3spool.store.bodies import read_exact
 
 if TYPE_CHECKING:
     from s3spool.store.bandwidth import RouteLimit
@@ -33,7 +32,7 @@ class NoopStore:
 
     async def upload(self, src: Source) -> Delivery:
         if src.size <= INLINE_READ_MAX:  # a thread hop costs more than reading a small file
-            read_exact(src.reader(), 0, src.size)
+            _read_all(src.reader(), src.size)
         else:
             await asyncio.to_thread(_read_all, src.reader(), src.size)
         log.debug("noop: would upload %r to %r", src.name, src.key)
