@@ -9,7 +9,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any
 
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from s3spool.config.catalog import ENV_PREFIX, env_name, flag_name, suggest
 from s3spool.config.formats import parse_paths
 from s3spool.config.options import key_format_hint
-from s3spool.config.settings import GLOBAL_FIELDS, Settings, validation_problems
+from s3spool.config.settings import GLOBAL_FIELDS, Settings, field_parsers, validation_problems
 from s3spool.config.spools import DEFAULT_ROUTE, spool_layouts
 from s3spool.errors import ConfigError
 
@@ -26,16 +26,9 @@ ROUTE_FIELDS = FIELDS - GLOBAL_FIELDS
 VARIABLES = frozenset(env_name(f) for f in FIELDS)
 
 
-def _names_path(annotation: Any) -> bool:
-    return annotation is Path or any(_names_path(a) for a in get_args(annotation))
-
-
 #: settings that are paths (or lists of paths): relative ones are made absolute as they are read
-FIELD_TYPES = {f: i.annotation for f, i in Settings.model_fields.items()}
-PATH_FIELDS = frozenset(f for f, t in FIELD_TYPES.items() if _names_path(t))
-PATH_LISTS = frozenset(
-    f for f in PATH_FIELDS if get_origin(Settings.model_fields[f].annotation) is list
-)
+PATH_FIELDS = frozenset(f for f in FIELDS if field_parsers(f) & {"parse_path", "parse_paths"})
+PATH_LISTS = frozenset(f for f in FIELDS if "parse_paths" in field_parsers(f))
 
 #: S3SPOOL_* variables of our own tooling (docker/smoke.sh, the image build) and the prefix of
 #: what the exec notifier passes to its command: the strict check leaves them alone.
