@@ -62,7 +62,7 @@ def value_kind(field: str) -> str:
         return "size"
     if "parse_duration" in validators:
         return "duration"
-    if "parse_list" in validators:
+    if validators & {"parse_list", "parse_paths"}:
         return "list"
     if "parse_bandwidth_limit" in validators:
         return "rate, `off` or schedule"
