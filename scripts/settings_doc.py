@@ -26,8 +26,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 FLAGS = ROOT / "src" / "s3spool" / "config" / "catalog.py"
-BEGIN = "<!-- settings:begin -->"
-END = "<!-- settings:end -->"
 
 try:
     import s3spool  # noqa: F401
@@ -123,16 +121,6 @@ def default_text(field: str) -> str:
     return format_default(value_kind(field), str(value))
 
 
-def settings_table() -> list[tuple[str, str, str, str]]:
-    """(env var, flag, default, description) for every setting: the CLI help and the reference."""
-    rows = []
-    for field, info in Settings.model_fields.items():
-        rows.append(
-            (env_name(field), flag_name(field), default_text(field), info.description or "")
-        )
-    return rows
-
-
 def flags_table() -> str:
     """The generated part of ``catalog.py``: each setting's name, whether it is a switch, its
     default, its help and its group, group by group."""
@@ -159,7 +147,6 @@ def _code(text: str) -> str:
 
 def render() -> str:
     """The configuration reference: one markdown table per group (ends with a newline)."""
-    described = {env: (flag, default, text) for env, flag, default, text in settings_table()}
     lines = []
     for group, fields in GROUPS.items():
         lines += [
@@ -169,9 +156,15 @@ def render() -> str:
             "|" + "|".join("---" for _ in HEADER) + "|",
         ]
         for field in fields:
-            flag, default, description = described[env_name(field)]
+            description = Settings.model_fields[field].description or ""
             kind = value_kind(field)
-            cells = (f"`{env_name(field)}`", f"`{flag}`", _code(default), kind, description)
+            cells = (
+                f"`{env_name(field)}`",
+                f"`{flag_name(field)}`",
+                _code(default_text(field)),
+                kind,
+                description,
+            )
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         lines.append("")
     return "\n".join(lines[:-1]) + "\n"
