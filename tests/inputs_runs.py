@@ -32,7 +32,12 @@ LEAK = re.compile(
     r"(?i)(Signature|Credential|X-Amz-Security-Token|Authorization)['\"]?\s*[=:]\s*['\"]?"
     r"(?!\*\*\*)[A-Za-z0-9/+]"
 )
-AS_SERVICE = as_user(UID, GID) if AS_ROOT else None  # command prefix for the service
+
+
+def _as_service() -> list[str] | None:
+    """The service's command prefix: as UID where we are root (asked per run: as_user may
+    skip the test, which only a running test can do)."""
+    return as_user(UID, GID) if AS_ROOT else None
 
 
 # --- setting a run up ---------------------------------------------------------------------
@@ -164,7 +169,7 @@ def service(
     started = time.monotonic()
     with (
         watch_opens(watched or [], res),
-        SpoolProc(args, environ, spot.root, spot.root / "log", wrapper=AS_SERVICE) as proc,
+        SpoolProc(args, environ, spot.root, spot.root / "log", wrapper=_as_service()) as proc,
     ):
         try:
             if not once:
