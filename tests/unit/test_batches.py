@@ -7,6 +7,7 @@ import asyncio
 import io
 import os
 import tarfile
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,7 +25,7 @@ from s3spool.spool.spool import Spool
 from s3spool.spool.watch import Pending
 from s3spool.store import tar
 from s3spool.store.bodies import read_exact
-from s3spool.store.digests import Checksummer, digest_file
+from s3spool.store.digests import Checksummer, StreamDigest, digest_file, digest_range
 from s3spool.store.tar import layout
 
 NAMES = [
@@ -78,6 +79,26 @@ def test_tar_stream_reads_back_byte_exact(tmp_path: Path) -> None:
     assert digest_file(pieces, pieces.length, ck) == digest_file(
         _fd_of(tmp_path, whole), len(whole), ck
     )
+
+
+def test_the_digest_pass_gives_each_members_checksum(tmp_path: Path) -> None:
+    """The members' own checksums (for the index) come from the body's one digest pass; a
+    member read only in part (split by a multipart part) is not given one."""
+    files = _files(tmp_path)
+    pieces, offsets = layout(
+        [(name, part) for name, part, _ in files], partial(StreamDigest, "crc32c", md5=True)
+    )
+    ck = Checksummer("crc32c")
+    digest_range(pieces, 0, pieces.length, ck)
+    for _, part, data in files:
+        found = pieces.sums[part].result()
+        assert found == ck.body(data)
+    split = offsets[4] + 100  # inside the 4096-byte member
+    again, _ = layout([(name, part) for name, part, _ in files], partial(StreamDigest, "crc32c"))
+    digest_range(again, 0, split, ck)
+    digest_range(again, split, again.length - split, ck)
+    assert files[4][1] not in again.sums
+    assert again.sums[files[3][1]].label() == ck.label(ck.body(files[3][2]).checksum_b64)
 
 
 def _fd_of(tmp_path: Path, data: bytes) -> int:

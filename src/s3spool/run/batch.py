@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from s3spool import errors
@@ -26,7 +27,7 @@ from s3spool.spool.keys import KeyInput, KeyTemplate, spool_dir_field
 from s3spool.spool.pieces import FilePart, Pieces
 from s3spool.spool.spool import Claim, Spool, about
 from s3spool.store.base import Delivery, Store
-from s3spool.store.digests import Checksummer, digest_range
+from s3spool.store.digests import Checksummer, StreamDigest, digest_range
 from s3spool.store.tar import layout
 from s3spool.store.verify import MD5_HEX
 
@@ -68,7 +69,7 @@ class Bundle(Claim):
         if len(found) != len(self.record.members):
             raise errors.FileChanged("a member is gone", reason="changed")
         self.parts = [part for _, part in found]
-        self.pieces = _tar(self.record, self.parts)[0]
+        self.pieces = _tar(self.record, self.parts, self.pieces.digest)[0]
         self.size = self.pieces.length
 
     def uploading(self, upload_id: str | None, part_size: int) -> None:
@@ -115,9 +116,12 @@ def _tar_body(batch: Batch, pieces: Pieces, parts: list[FilePart], **more: Any) 
     )
 
 
-def _tar(batch: Batch, parts: list[FilePart]) -> tuple[Pieces, list[int]]:
+def _tar(
+    batch: Batch, parts: list[FilePart], digest: Callable[[], StreamDigest] | None = None
+) -> tuple[Pieces, list[int]]:
     # member names are the keys the files would have had: `tar x` gives the store's tree
-    return layout([(m.key, part) for m, part in zip(batch.members, parts, strict=True)])
+    members = [(m.key, part) for m, part in zip(batch.members, parts, strict=True)]
+    return layout(members, digest)
 
 
 @dataclass(slots=True, eq=False)
@@ -155,6 +159,8 @@ class Batches:
         # a fixed INSTANCE_ID restarted within a second must not draw the same {batch_seq}
         self._instance = f"{s.resolved_instance_id}-{secrets.token_hex(3)}"
         self.ck = Checksummer(s.checksum)
+        # each member's checksum (extract: and MD5) from the body's digest pass
+        self._digest = partial(StreamDigest, s.checksum, md5=self.extract)
 
     def add(self, claim: Claim) -> Batch | None:
         """Take a claim (its key rendered, its stat filled); the batch this closed, if any."""
@@ -217,7 +223,10 @@ class Batches:
     async def deliver(self, batch: Batch) -> None:
         started = time.monotonic()
         self._queued.discard(batch)
-        found = _stat_members(batch.members)
+        if batch.recovered:
+            found = _stat_members(batch.members)
+        else:  # as take() found them before the claim; a change since fails the read
+            found = [(m, FilePart(m.path, m.size, m.mtime_ns)) for m in batch.members]
         kept = {id(m) for m, _ in found}
         alone = [m for m in batch.members if id(m) not in kept]  # gone or swapped: one by one
         batch.members = [m for m, _ in found]
@@ -238,7 +247,7 @@ class Batches:
             await self._send_extract(batch, parts, started)
             return
         spool = batch.spool
-        pieces, offsets = _tar(batch, parts)
+        pieces, offsets = _tar(batch, parts, self._digest)
         bundle = _tar_body(
             batch,
             pieces,
@@ -255,7 +264,9 @@ class Batches:
                 sent = True
                 if bundle.parts is not parts:  # laid out again (a file changed)
                     parts, offsets = bundle.parts, _tar(batch, bundle.parts)[1]
-                body, sums = await asyncio.to_thread(self._index, batch, parts, offsets)
+                body, sums = await asyncio.to_thread(
+                    self._index, batch, parts, offsets, bundle.pieces
+                )
                 index = Bundle(
                     name=batch.index_key,
                     spool=spool,
@@ -344,7 +355,7 @@ class Batches:
         store = self.host.store
         assert store is not None
         if not batch.complete:
-            pieces, _ = _tar(batch, parts)
+            pieces, _ = _tar(batch, parts, self._digest)
             tar = _tar_body(
                 batch,
                 pieces,
@@ -374,7 +385,7 @@ class Batches:
             except errors.UploadError as exc:
                 await self._give_up(batch, "tar", exc)
                 return
-            sums = await asyncio.to_thread(self._sums, parts, md5=True)
+            sums = await asyncio.to_thread(self._sums, parts, tar.pieces, md5=True)
             kept: list[tuple[Claim, FilePart, str | None, str | None]] = []
             alone: list[tuple[Claim, FilePart, str | None, str | None]] = []
             for claim, part, (label, md5) in zip(batch.members, parts, sums, strict=True):
@@ -482,20 +493,24 @@ class Batches:
             claim.key = ""
             await self._deliver(claim)
 
-    def _sums(self, parts: list[FilePart], *, md5: bool = False) -> list[tuple[str | None, str]]:
-        """Each member's configured checksum (``crc32c:BASE64``) and (``md5``) its MD5 hex."""
+    def _sums(
+        self, parts: list[FilePart], pieces: Pieces | None = None, *, md5: bool = False
+    ) -> list[tuple[str | None, str]]:
+        """Each member's configured checksum (``crc32c:BASE64``) and (``md5``) its MD5 hex:
+        as the body's digest pass found it in ``pieces``, else read again."""
         out = []
+        known = pieces.sums if pieces is not None else {}
         for p in parts:
-            found = digest_range(Pieces([p]), 0, p.size, self.ck, md5=md5)[0]
+            found = known.get(p) or digest_range(Pieces([p]), 0, p.size, self.ck, md5=md5)[0]
             digest = found.result().md5
             out.append((found.label(), digest.hex() if md5 and digest else ""))
         return out
 
     def _index(
-        self, batch: Batch, parts: list[FilePart], offsets: list[int]
+        self, batch: Batch, parts: list[FilePart], offsets: list[int], pieces: Pieces
     ) -> tuple[bytes, list[str | None]]:
         """The index object's body, one JSON line per member, and the members' checksums."""
-        sums = [label for label, _ in self._sums(parts)]
+        sums = [label for label, _ in self._sums(parts, pieces)]
         lines = [
             json.dumps(
                 {

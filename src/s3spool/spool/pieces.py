@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from s3spool.errors import FileChanged
 
@@ -41,8 +42,14 @@ class Pieces:
     """A body made of byte strings and ``FilePart``s, read like a file (a tar stream of
     claimed files, ``tar.py``): only the byte strings are in memory."""
 
-    def __init__(self, parts: list[bytes | FilePart]) -> None:
+    def __init__(
+        self, parts: list[bytes | FilePart], digest: Callable[[], Any] | None = None
+    ) -> None:
+        """``digest``: makes a digest (``update(bytes)``) for each file the first time it is
+        read whole, kept in ``sums``: a member's own checksum without a read of its own."""
         self.parts = parts
+        self.digest = digest
+        self.sums: dict[FilePart, Any] = {}
         self.starts: list[int] = []
         pos = 0
         for part in parts:
@@ -71,7 +78,13 @@ class Pieces:
             within = offset - start
             if isinstance(part, FilePart):
                 take = min(part.size - within, end - offset)
-                if take > 0:
+                if take == part.size and self.digest is not None and part not in self.sums:
+                    d = self.digest()
+                    for chunk in part.chunks(0, take, size):
+                        d.update(chunk)
+                        yield chunk
+                    self.sums[part] = d
+                elif take > 0:
                     yield from part.chunks(within, take, size)
             else:
                 take = min(len(part) - within, end - offset)

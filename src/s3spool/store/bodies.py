@@ -3,8 +3,9 @@ ranges and their digests."""
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 from s3spool.errors import FileChanged
@@ -46,10 +47,20 @@ class FileRange:
     length: int
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        # inline, not in a thread: the digest pass just read these bytes into the page cache
-        for chunk in read_chunks(self.fd, self.offset, self.length):
-            yield chunk
+        it = read_chunks(self.fd, self.offset, self.length)
+        if isinstance(self.fd, int):
+            # inline, not in a thread: the digest pass just read these bytes into the page cache
+            for chunk in it:
+                yield chunk
+            return
+        # a laid-out body opens a file per member: a thread does that, not the event loop
+        while (piece := await asyncio.to_thread(_next, it)) is not None:
+            yield piece
 
     def read(self) -> bytes:
         """The whole range in memory (for senders that cannot stream)."""
         return read_exact(self.fd, self.offset, self.length)
+
+
+def _next(chunks: Iterator[bytes]) -> bytes | None:
+    return next(chunks, None)

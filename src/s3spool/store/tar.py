@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import tarfile
+from collections.abc import Callable
+from typing import Any
 
 from s3spool.spool.pieces import FilePart, Pieces
 
@@ -41,8 +43,11 @@ def _tarfile_header(name: str, size: int, mtime: int) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
-def layout(members: list[tuple[str, FilePart]]) -> tuple[Pieces, list[int]]:
-    """The tar of ``members`` (member name, file), and the offset of each member's data."""
+def layout(
+    members: list[tuple[str, FilePart]], digest: Callable[[], Any] | None = None
+) -> tuple[Pieces, list[int]]:
+    """The tar of ``members`` (member name, file), and the offset of each member's data
+    (``digest``: as for ``Pieces``)."""
     parts: list[bytes | FilePart] = []
     offsets: list[int] = []
     pos = 0
@@ -56,4 +61,4 @@ def layout(members: list[tuple[str, FilePart]]) -> tuple[Pieces, list[int]]:
         pos += part.size
         gap = bytes(-part.size % BLOCK)  # counted with the next header
     parts.append(gap + END)
-    return Pieces(parts), offsets
+    return Pieces(parts, digest), offsets
