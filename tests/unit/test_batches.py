@@ -18,6 +18,7 @@ from s3spool.config.spools import SpoolDirs
 from s3spool.errors import FileChanged
 from s3spool.run.batch import Batches
 from s3spool.spool.batches import load_batches, save_batch
+from s3spool.spool.dirs import files_below
 from s3spool.spool.pieces import FilePart, Pieces, read_chunks
 from s3spool.spool.recovery import adopt, recover_own
 from s3spool.spool.spool import Spool
@@ -137,6 +138,7 @@ def _batches(spool: Spool, **settings: Any) -> tuple[Batches, Pending]:
 
 
 def _claim(spool: Spool, name: str, data: bytes) -> Any:
+    (spool.dirs.incoming / name).parent.mkdir(parents=True, exist_ok=True)
     (spool.dirs.incoming / name).write_bytes(data)
     claim = spool.claim(name)
     assert claim is not None
@@ -272,22 +274,30 @@ def _jobs(jobs: list[Any]) -> tuple[list[str], list[list[str]]]:
     return lone, sorted(sorted(m.name for m in j.members) for j in jobs if hasattr(j, "members"))
 
 
+@pytest.mark.parametrize(
+    ("member", "ours"),
+    [("m1", "m1"), ("d/m1", "d"), ("m1", "m1/x")],  # RECURSIVE: a file where a directory goes
+)
 def test_a_batch_whose_member_collides_with_a_claim_in_flight_is_adopted_whole_later(
-    tmp_path: Path,
+    tmp_path: Path, member: str, ours: str
 ) -> None:
-    dead, batch = _dead_with_batch(tmp_path, ["m1", "m2"], complete=True)
+    dead, batch = _dead_with_batch(tmp_path, ["m2", member], complete=True)
     live = _spool(tmp_path, "live")
-    mine = _claim(live, "m1", b"mine, in flight")  # a new file of the same name, claimed here
+    if member.startswith(ours + "/"):
+        (live.dirs.incoming / ours).rmdir()  # left by the dead one's claim of d/m1
+    mine = _claim(live, ours, b"mine, in flight")  # a new file, claimed here
     assert adopt(live, dead.me, ()) == []  # the record stays whole, with both members
     assert Path(mine.path).read_bytes() == b"mine, in flight"
     assert load_batches(live) == []
-    assert sorted(os.listdir(dead.me / "files")) == ["m1", "m2"]
+    assert sorted(files_below(dead.me / "files")) == sorted([member, "m2"])
     live.settle_done(mine)
     (again,) = adopt(live, dead.me, ())  # a later pass: the whole batch, its own files
     assert isinstance(again, type(batch))
     assert again.key == batch.key
     assert again.complete
-    assert [Path(m.path).read_bytes() for m in again.members] == [b"dead m1", b"dead m2"]
+    for m in again.members:
+        assert Path(m.path).read_bytes() == b"dead " + m.name.encode()
+    assert sorted(m.name for m in again.members) == sorted([member, "m2"])
     assert not dead.me.exists()
 
 

@@ -200,9 +200,10 @@ def _adopt_record(
         with contextlib.suppress(OSError):  # else on the next pass
             src.unlink()  # nothing left, or its batch went on without these: they go alone
         return ""
-    if any(_in_the_way(spool, n) for n, _ in present):
-        msg = "a claim of this name is in flight here; its batch %s is adopted later"
-        about(log.warning, spool, present[0][0], msg, bid)
+    busy = next((n for n, _ in present if _in_the_way(spool, n)), None)
+    if busy is not None:
+        msg = "a claim of this name is in flight here; its batch %s is adopted later, whole"
+        about(log.warning, spool, busy, msg, bid)
         return ""
     where = batches_dir(spool)
     if os.path.lexists(where / (bid + ".json")):  # a part of it that moved in before
