@@ -16,11 +16,13 @@ from pathlib import Path
 
 import crc32c
 
+from faultproxy import FaultProxy
 from proc import SpoolProc, cli
 from s3servers import S3Target
-from svc import drop
+from svc import drop, names
 
 LARGE = 100 * 1024  # above the BATCH_FILE_LIMIT of these tests
+MIB = 1024 * 1024
 MD5_O = "d95679752134a2d9eb61dbd7b91c4bcc"  # of b"o"
 
 
@@ -284,6 +286,58 @@ def test_kill_during_batches_then_drain_delivers_each_file_once(
             found[name] = found.get(name, 0) + 1
     assert set(found) == set(files)
     assert {n: c for n, c in found.items() if c != 1} == {}, "each file exactly once"
+
+
+def test_kill9_during_a_multipart_bundle_resumes_its_recorded_upload(
+    tmp_path: Path, rclone_s3: S3Target
+) -> None:
+    """A bundle above MULTIPART_THRESHOLD, kill -9 once a part is stored: the next start
+    continues the upload its record names; each member once, the index's offsets exact."""
+    spool = tmp_path / "spool"
+    incoming = spool / "incoming"
+    incoming.mkdir(parents=True)
+    files = {b"m%d" % i: os.urandom(4 * MIB - 1000 * i) for i in range(3)}  # 3 parts of 5 MiB
+    for name, data in files.items():
+        drop(incoming, name, data)
+    with FaultProxy(rclone_s3.endpoint_url) as fp:
+        fp.latency_s = 0.5
+        fp.fault_kinds = frozenset({"upload_part"})
+        env = {
+            **rclone_s3.via(fp.url).env("pre"),
+            "S3SPOOL_SPOOL_DIRS": str(spool),
+            "S3SPOOL_BATCH": "bundle",
+            "S3SPOOL_BATCH_MAX_FILES": "3",
+            "S3SPOOL_BATCH_FILE_LIMIT": "4MiB",
+            "S3SPOOL_MULTIPART_THRESHOLD": "5MiB",
+            "S3SPOOL_PART_SIZE": "5MiB",
+            "S3SPOOL_PART_CONCURRENCY": "1",
+        }
+        with SpoolProc(["run"], env, cwd=tmp_path) as first:
+            first.wait_until(lambda: fp.snapshot()["counts"].get("upload_part", 0) >= 2, 60)
+            first.kill()  # SIGKILL mid-upload: part 1 stored, no abort
+        assert names(spool / "done") == set()
+        fp.latency_s = 0.0
+        with SpoolProc(["run"], env, cwd=tmp_path) as second:
+            second.wait_for_log(r"resuming multipart upload of 'pre/bundles/[^']+\.tar'", 30)
+            second.wait_until(lambda: names(spool / "done") == {"m0", "m1", "m2"}, 60)
+            reused = second.wait_for_log(r"resumed: (\d+) of 3 parts reused", 10)
+            second.signal(signal.SIGTERM)
+            assert second.wait(30) == 0, second.log_tail()
+        counts = fp.snapshot()["counts"]
+    assert counts.get("create_mpu") == 1, counts  # the recorded upload, continued
+    assert int(reused.group(1)) >= 1, reused.group(0)
+    keys = rclone_s3.keys()
+    (bundle,) = [k for k in keys if k.endswith(".tar")]
+    assert sorted(keys) == [bundle, bundle + ".index.jsonl"], keys
+    body = rclone_s3.get(bundle)
+    index = [json.loads(line) for line in rclone_s3.get(bundle + ".index.jsonl").splitlines()]
+    assert sorted(e["name"] for e in index) == ["m0", "m1", "m2"], "each member once"
+    for entry in index:
+        start = entry["offset"]
+        assert body[start : start + entry["size"]] == files[entry["name"].encode()]
+    uploads = rclone_s3.client().list_multipart_uploads(Bucket=rclone_s3.bucket)
+    assert not uploads.get("Uploads"), uploads
+    assert not any((spool / "working").rglob("*.json")), "the record is gone"
 
 
 def test_sigterm_returns_the_files_of_a_batch_still_forming(

@@ -19,6 +19,7 @@ from s3spool.config.spools import SpoolDirs
 from s3spool.errors import FileChanged
 from s3spool.run.batch import Batches
 from s3spool.spool.batches import load_batches, save_batch
+from s3spool.spool.dirs import files_below
 from s3spool.spool.pieces import FilePart, Pieces, read_chunks
 from s3spool.spool.recovery import adopt, recover_own
 from s3spool.spool.spool import Spool
@@ -158,6 +159,7 @@ def _batches(spool: Spool, **settings: Any) -> tuple[Batches, Pending]:
 
 
 def _claim(spool: Spool, name: str, data: bytes) -> Any:
+    (spool.dirs.incoming / name).parent.mkdir(parents=True, exist_ok=True)
     (spool.dirs.incoming / name).write_bytes(data)
     claim = spool.claim(name)
     assert claim is not None
@@ -271,3 +273,108 @@ def test_a_batch_is_recovered_in_the_mode_it_was_formed_in(tmp_path: Path) -> No
     save_batch(batch)
     (found,) = load_batches(spool)  # a restart with BATCH=bundle, or off, sends it the same way
     assert found.mode == "extract"
+
+
+def _dead_with_batch(tmp_path: Path, names: list[str], *, complete: bool) -> tuple[Spool, Any]:
+    """A dead instance holding one recorded batch of ``names`` (each file's bytes: its name)."""
+    dead = _spool(tmp_path, "dead")
+    batches, _ = _batches(dead, batch="bundle", batch_max_files=len(names))
+    batch = None
+    for name in names:
+        batch = batches.add(_claim(dead, name, b"dead " + name.encode()))
+    assert batch is not None
+    batch.complete = complete
+    save_batch(batch)
+    os.close(dead._lock_fd or -1)  # dies without tidying up
+    dead._lock_fd = None
+    return dead, batch
+
+
+def _jobs(jobs: list[Any]) -> tuple[list[str], list[list[str]]]:
+    lone = sorted(j.name for j in jobs if not hasattr(j, "members"))
+    return lone, sorted(sorted(m.name for m in j.members) for j in jobs if hasattr(j, "members"))
+
+
+@pytest.mark.parametrize(
+    ("member", "ours"),
+    [("m1", "m1"), ("d/m1", "d"), ("m1", "m1/x")],  # RECURSIVE: a file where a directory goes
+)
+def test_a_batch_whose_member_collides_with_a_claim_in_flight_is_adopted_whole_later(
+    tmp_path: Path, member: str, ours: str
+) -> None:
+    dead, batch = _dead_with_batch(tmp_path, ["m2", member], complete=True)
+    live = _spool(tmp_path, "live")
+    if member.startswith(ours + "/"):
+        (live.dirs.incoming / ours).rmdir()  # left by the dead one's claim of d/m1
+    mine = _claim(live, ours, b"mine, in flight")  # a new file, claimed here
+    assert adopt(live, dead.me, ()) == []  # the record stays whole, with both members
+    assert Path(mine.path).read_bytes() == b"mine, in flight"
+    assert load_batches(live) == []
+    assert sorted(files_below(dead.me / "files")) == sorted([member, "m2"])
+    live.settle_done(mine)
+    (again,) = adopt(live, dead.me, ())  # a later pass: the whole batch, its own files
+    assert isinstance(again, type(batch))
+    assert again.key == batch.key
+    assert again.complete
+    for m in again.members:
+        assert Path(m.path).read_bytes() == b"dead " + m.name.encode()
+    assert sorted(m.name for m in again.members) == sorted([member, "m2"])
+    assert not dead.me.exists()
+
+
+class _Crash(BaseException):
+    """The process dies here."""
+
+
+@pytest.mark.parametrize("complete", [False, True])
+@pytest.mark.parametrize("after", ["restart", "other", "other-dead-first", "dead-restarts"])
+def test_a_crash_between_a_record_and_its_files_leaves_each_member_in_one_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, complete: bool, after: str
+) -> None:
+    from s3spool.spool import dirs
+
+    dead, batch = _dead_with_batch(tmp_path, ["m1", "m2", "m3"], complete=complete)
+    live = _spool(tmp_path, "live")
+    move, moves = dirs.move_into, []
+
+    def dies_at_the_second(*args: Any) -> None:
+        if "/files/" in args[1]:  # a member's, not a record's write
+            moves.append(args[3])
+            if len(moves) == 2:
+                raise _Crash
+        move(*args)
+
+    monkeypatch.setattr(dirs, "move_into", dies_at_the_second)
+    with pytest.raises(_Crash):
+        adopt(live, dead.me, ())  # its record copied here, m1 moved, m2 and m3 not yet
+    monkeypatch.setattr(dirs, "move_into", move)
+    os.close(live._lock_fd or -1)
+    live._lock_fd = None
+    assert sorted(os.listdir(live.files)) == ["m1"], moves
+    if after == "restart":
+        live = _spool(tmp_path, "live")
+        jobs = recover_own(live) + adopt(live, dead.me, ())
+    elif after == "dead-restarts":
+        dead = _spool(tmp_path, "dead")
+        jobs = recover_own(dead) + adopt(dead, live.me, ())
+    else:
+        other = _spool(tmp_path, "other")
+        order = [live.me, dead.me] if after == "other" else [dead.me, live.me]
+        jobs = adopt(other, order[0], ()) + adopt(other, order[1], ())
+    lone, batched = _jobs(jobs)
+    if complete:  # all three are in the bundle: none goes alone
+        assert lone == []
+        assert sorted(n for ms in batched for n in ms) == ["m1", "m2", "m3"]
+        assert all(j.key == batch.key and j.complete for j in jobs)
+    else:  # the batch went on with m1 (its bundle is sent again without the others)
+        assert batched == [["m1"]]
+        assert lone == ["m2", "m3"]
+    for job in jobs:
+        for m in getattr(job, "members", [job]):
+            assert Path(m.path).read_bytes() == b"dead " + m.name.encode()
+    # what is left on disk names each member once: a restart loads the same
+    survivor = jobs[0].spool
+    os.close(survivor._lock_fd or -1)
+    survivor._lock_fd = None
+    again = _spool(tmp_path, survivor.instance_id)
+    assert _jobs(recover_own(again)) == (lone, batched)

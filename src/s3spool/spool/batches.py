@@ -9,12 +9,16 @@ import contextlib
 import json
 import logging
 import os
+import secrets
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from s3spool.errors import TransientError
 from s3spool.spool import dirs as tree
-from s3spool.spool.spool import Claim, Spool, local_fault, rename_noreplace
+from s3spool.spool.spool import Claim, Spool, about, local_fault, rename_noreplace
 
 log = logging.getLogger("s3spool.spool")
 
@@ -117,16 +121,23 @@ def load_batches(spool: Spool, ids: Iterable[str] | None = None) -> list[Batch]:
                 "spool=%s: unreadable batch record %s (%s); ignored", spool.label, path, exc
             )
             continue
+        if data.get("left") and not batch.complete:
+            members = []  # its batch went on in an adopter without these: they go alone
         for name, key in members:
             claim = spool.recovered(spool.keys, name)
             if os.path.lexists(claim.path):
                 claim.key = key
                 batch.members.append(claim)
-        if batch.members:
-            found.append(batch)
-        else:
+        if not batch.members:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+            continue
+        found.append(batch)
+        if len(batch.members) < len(members):
+            try:  # a claim of a name that left may come later: it is no member
+                save_batch(batch)
+            except TransientError as exc:
+                log.warning("%s", exc)
     return found
 
 
@@ -134,25 +145,106 @@ def member_names(batches: Iterable[Batch]) -> set[str]:
     return {m.name for b in batches for m in b.members}
 
 
-def adopt_records(spool: Spool, dead: Path) -> list[str]:
-    """Move a dead instance's batch records into ours (before its files: a crash in between
-    leaves a record whose members are adopted on the next pass); their ids."""
-    src = dead / BATCHES
-    try:
-        names = [n for n in os.listdir(src) if n.endswith(".json") and not n.startswith(".")]
-    except FileNotFoundError:
-        return []
-    where = batches_dir(spool)
+def adopt_records(spool: Spool, dead: Path) -> tuple[list[str], set[str]]:
+    """Move a dead instance's batch records into ours, each with its members (the ids), and
+    the names of members left in ``dead`` with their record, never to go alone: a batch of
+    which one member's name is a claim in flight here is adopted whole on a later pass."""
+    src, where = dead / BATCHES, batches_dir(spool)
+    names = _record_names(src)
+    if not names:
+        return [], set()
     where.mkdir(exist_ok=True)
     moved = []
     for name in names:
         try:
-            rename_noreplace(src / name, where / name)
-        except (FileExistsError, FileNotFoundError):
+            data = json.loads((src / name).read_bytes())
+            members = [(str(n), str(k)) for n, k in data["members"]]
+        except FileNotFoundError:
             continue
-        moved.append(name[:-5])
+        except (OSError, ValueError, KeyError, TypeError):
+            # load_batches says so and ignores it: its members are adopted one by one
+            with contextlib.suppress(FileExistsError, FileNotFoundError):
+                rename_noreplace(src / name, where / name)
+            continue
+        bid = _adopt_record(spool, dead, name[:-5], data, members)
+        if bid:
+            moved.append(bid)
+    kept: set[str] = set()
+    for name in _record_names(src):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            kept.update(str(n) for n, _ in json.loads((src / name).read_bytes())["members"])
     with contextlib.suppress(OSError):
         for leftover in src.glob(".tmp.*"):  # a record cut short by the crash
             leftover.unlink()
         src.rmdir()
-    return moved
+    return moved, kept
+
+
+def _record_names(where: Path) -> list[str]:
+    try:
+        return [n for n in os.listdir(where) if n.endswith(".json") and not n.startswith(".")]
+    except FileNotFoundError:
+        return []
+
+
+def _adopt_record(
+    spool: Spool, dead: Path, bid: str, data: dict[str, Any], members: list[tuple[str, str]]
+) -> str:
+    """Our copy of the record first, the dead one's marked ``left`` (its batch went on), then
+    the files, then the dead one's record goes. A crash in between leaves each file beside a
+    record naming it: ours loads what moved, the dead one's the rest (``left``: see
+    load_batches). Returns the id adopted, or ``""``."""
+    src, files = dead / BATCHES / (bid + ".json"), dead / "files"
+    present = [(n, k) for n, k in members if os.path.lexists(files / n)]
+    if not present or (data.get("left") and not data.get("complete")):
+        with contextlib.suppress(OSError):  # else on the next pass
+            src.unlink()  # nothing left, or its batch went on without these: they go alone
+        return ""
+    busy = next((n for n, _ in present if _in_the_way(spool, n)), None)
+    if busy is not None:
+        msg = "a claim of this name is in flight here; its batch %s is adopted later, whole"
+        about(log.warning, spool, busy, msg, bid)
+        return ""
+    where = batches_dir(spool)
+    if os.path.lexists(where / (bid + ".json")):  # a part of it that moved in before
+        bid = f"{bid}-{secrets.token_hex(3)}"
+    ours = {k: v for k, v in data.items() if k != "left"}
+    try:
+        tree.write_atomic(where, bid + ".json", json.dumps(ours | {"members": present}).encode())
+        if not data.get("left"):
+            tree.write_atomic(src.parent, src.name, json.dumps(data | {"left": True}).encode())
+    except OSError as exc:
+        log.warning("spool=%s: cannot adopt batch %s now: %s", spool.label, bid, exc)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(where / (bid + ".json"))
+        return ""
+    taken = []
+    for n, k in present:
+        try:
+            tree.move_into(rename_noreplace, os.fspath(files / n), os.fspath(spool.files), n)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            about(log.warning, spool, n, "cannot adopt: %s; its batch is adopted in part", exc)
+            break
+        taken.append([n, k])
+    if len(taken) < len(present):  # our record names only what moved in (load_batches too)
+        with contextlib.suppress(OSError):
+            tree.write_atomic(where, bid + ".json", json.dumps(ours | {"members": taken}).encode())
+        return bid
+    with contextlib.suppress(OSError):  # else on the next pass: none of its members is left
+        src.unlink()
+    return bid
+
+
+def _in_the_way(spool: Spool, name: str) -> bool:
+    """Would a claim of ours keep ``name`` from moving into our ``files/``?"""
+    path, parts = spool.files, name.split("/")
+    for part in parts[:-1]:
+        path = path / part
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                return True
+        except FileNotFoundError:
+            return False
+    return os.path.lexists(path / parts[-1])

@@ -75,9 +75,11 @@ def adopt(spool: Spool, dead: Path, notifiers: Collection[str]) -> list[Claim | 
 
 def _adopt_locked(spool: Spool, dead: Path) -> list[Claim | Batch]:
     files, keys = dead / "files", dead / "keys"
-    records = adopt_records(spool, dead)  # records first, as keys before files
+    records, kept = adopt_records(spool, dead)  # records first, as keys before files
     adopted: list[Claim] = []
     for name in files_below(files):
+        if name in kept:
+            continue  # a member of a batch adopted later, whole: never alone
         claim = spool.recovered(keys, name)
         if claim.key:
             # Key first, file second: a crash in between leaves an orphan record
