@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from s3spool.config.codecs import CODECS
 from s3spool.spool import dirs as tree
 from s3spool.spool.spool import Claim, Spool, local_fault, rename_noreplace
 
@@ -38,6 +39,10 @@ class Batch:
     complete: bool = False  # bundle and index confirmed: members may move to done/
     recovered: bool = False  # from a record of an earlier life: ask the store first
     saved: bool = False
+    #: COMPRESS: the compressed bytes of the members that have a codec, by name, held in memory
+    #: while the batch is sent (run/batch.py); never recorded: a restart compresses again
+    packed: dict[str, bytes] = field(default_factory=dict)
+    stored: dict[str, int] = field(default_factory=dict)  # their sizes, kept for settling
 
     @property
     def index_key(self) -> str:
@@ -63,7 +68,10 @@ def save_batch(batch: Batch) -> None:
     record = {
         "key": batch.key,
         "mode": batch.mode,
-        "members": [[m.name, m.key] for m in batch.members],
+        # a member's codec (COMPRESS) is fixed with its key, as in a claim's key record
+        "members": [
+            [m.name, m.key, m.codec] if m.codec else [m.name, m.key] for m in batch.members
+        ],
         "upload_id": batch.upload_id,
         "part_size": batch.part_size,
         "complete": batch.complete,
@@ -108,7 +116,7 @@ def load_batches(spool: Spool, ids: Iterable[str] | None = None) -> list[Batch]:
             batch = Batch(spool, bid, str(data["key"]), mode, recovered=True, saved=True)
             batch.upload_id, batch.part_size = data.get("upload_id"), data.get("part_size")
             batch.complete = bool(data.get("complete"))
-            members = [(str(name), str(key)) for name, key in data["members"]]
+            members = [_member(m) for m in data["members"]]
         except FileNotFoundError:
             continue
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -117,10 +125,10 @@ def load_batches(spool: Spool, ids: Iterable[str] | None = None) -> list[Batch]:
                 "spool=%s: unreadable batch record %s (%s); ignored", spool.label, path, exc
             )
             continue
-        for name, key in members:
+        for name, key, codec in members:
             claim = spool.recovered(spool.keys, name)
             if os.path.lexists(claim.path):
-                claim.key = key
+                claim.key, claim.codec = key, codec
                 batch.members.append(claim)
         if batch.members:
             found.append(batch)
@@ -128,6 +136,15 @@ def load_batches(spool: Spool, ids: Iterable[str] | None = None) -> list[Batch]:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
     return found
+
+
+def _member(entry: list[str]) -> tuple[str, str, str | None]:
+    """(name, key, codec) of a record's member; ``ValueError`` for a codec we do not know."""
+    name, key, *more = entry
+    codec = more[0] if more else None
+    if codec is not None and codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r}")
+    return str(name), str(key), codec
 
 
 def member_names(batches: Iterable[Batch]) -> set[str]:

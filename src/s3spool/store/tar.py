@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import tarfile
+from collections.abc import Sequence
 
 from s3spool.spool.pieces import FilePart, Pieces
 
@@ -41,19 +42,26 @@ def _tarfile_header(name: str, size: int, mtime: int) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
-def layout(members: list[tuple[str, FilePart]]) -> tuple[Pieces, list[int]]:
-    """The tar of ``members`` (member name, file), and the offset of each member's data."""
+def layout(
+    members: list[tuple[str, FilePart]], held: Sequence[bytes | None] = ()
+) -> tuple[Pieces, list[int]]:
+    """The tar of ``members`` (member name, file), and the offset of each member's data;
+    ``held``: per member, bytes in memory stored in the file's place (COMPRESS), or None."""
     parts: list[bytes | FilePart] = []
     offsets: list[int] = []
     pos = 0
     gap = b""  # the previous member's padding goes out with the next header
-    for name, part in members:
-        head = gap + header(name, part.size, part.mtime_ns)
+    for i, (name, part) in enumerate(members):
+        body: bytes | FilePart = part
+        if held and (data := held[i]) is not None:
+            body = data
+        size = len(body) if isinstance(body, bytes) else part.size
+        head = gap + header(name, size, part.mtime_ns)
         parts.append(head)
         pos += len(head)
         offsets.append(pos)
-        parts.append(part)
-        pos += part.size
-        gap = bytes(-part.size % BLOCK)  # counted with the next header
+        parts.append(body)
+        pos += size
+        gap = bytes(-size % BLOCK)  # counted with the next header
     parts.append(gap + END)
     return Pieces(parts), offsets
