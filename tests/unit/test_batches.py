@@ -19,6 +19,7 @@ import zstandard
 from s3spool.config.settings import Settings
 from s3spool.config.spools import SpoolDirs
 from s3spool.errors import FileChanged
+from s3spool.run import batch as batch_mod
 from s3spool.run.batch import Batches
 from s3spool.run.compress import compress_member
 from s3spool.spool.batches import batches_dir, load_batches, save_batch
@@ -316,3 +317,34 @@ def test_a_members_codec_is_recorded_with_its_key(tmp_path: Path) -> None:
     data["members"][0][2] = "lz4"
     record.write_text(json.dumps(data))
     assert load_batches(spool) == []  # a codec we do not know: the record is not trusted
+
+
+def test_a_batch_with_compressed_members_its_tar_index_and_a_change(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    batches, _ = _batches(spool, batch="bundle", batch_max_files=2, compress="zstd")
+    text = b"a line of a log\n" * 200
+    packed = _claim(spool, "a.log", text)
+    packed.codec, packed.key = "zstd", "pre/a.log.zst"
+    batches.add(packed)
+    batch = batches.add(_claim(spool, "b.jpg", b"2"))
+    assert batch is not None
+    found = [(m, FilePart(m.path, m.size, m.mtime_ns)) for m in batch.members]
+    kept, alone = asyncio.run(batches._pack(batch, found))
+    assert (kept, alone) == (found, [])
+    assert batch.stored == {"a.log": len(batch.packed["a.log"])}
+    assert batch.stored["a.log"] < 100
+    parts = [part for _, part in kept]
+    pieces, offsets = batch_mod._tar(batch, parts)
+    whole = read_exact(pieces, 0, pieces.length)
+    body, _ = batches._index(batch, parts, offsets)
+    first, second = (json.loads(line) for line in body.decode().splitlines())
+    assert first["key"] == "pre/a.log.zst"
+    assert (first["size"], first["file_size"]) == (batch.stored["a.log"], len(text))
+    stored = whole[first["offset"] : first["offset"] + first["size"]]
+    assert _decompress("zstd", stored) == text
+    assert "file_size" not in second
+    assert whole[second["offset"] : second["offset"] + second["size"]] == b"2"
+    bundle = batch_mod._tar_body(batch, pieces, parts)
+    os.utime(packed.path, ns=(0, 0))  # changed during the upload: its bytes are not the file's
+    with pytest.raises(FileChanged):
+        bundle.restat()
