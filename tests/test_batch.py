@@ -1,10 +1,12 @@
 """BATCH with the real process: bundles on rclone (every small file in exactly one bundle, its
 index offsets read back with ranged GETs), extract on the JuiceFS gateway (the objects of a
-per-file run) and on rclone (which does not unpack); kill -9, SIGTERM, a bundle given up."""
+per-file run) and on rclone (which does not unpack), both with COMPRESS on part of the files;
+kill -9, SIGTERM, a bundle given up."""
 
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import json
 import os
@@ -15,6 +17,7 @@ import tarfile
 from pathlib import Path
 
 import crc32c
+import zstandard
 
 from faultproxy import FaultProxy
 from proc import SpoolProc, cli
@@ -53,11 +56,24 @@ def _crc(data: bytes) -> str:
     return "crc32c:" + base64.b64encode(crc32c.crc32c(data).to_bytes(4, "big")).decode()
 
 
+#: files from 2500 bytes up (about half the small ones, and the large) compressed
+COMPRESS = {"S3SPOOL_COMPRESS_MIN_SIZE": "2500"}
+
+
+def _unpack(key: str, stored: bytes) -> bytes:
+    """A file's bytes from what its key holds (COMPRESS: the key says the codec)."""
+    if key.endswith(".gz"):
+        return gzip.decompress(stored)
+    if key.endswith(".zst"):
+        return zstandard.ZstdDecompressor().decompressobj().decompress(stored)
+    return stored
+
+
 def _batched_once(
-    tmp_path: Path, target: S3Target, mode: str
+    tmp_path: Path, target: S3Target, mode: str, compress: str
 ) -> tuple[dict[bytes, bytes], dict[bytes, bytes], subprocess.CompletedProcess[str]]:
-    """300 small files of odd names and 2 large ones, one `run --once` with ``BATCH=mode``:
-    everything in done/, no batch record left."""
+    """300 small files of odd names and 2 large ones, one `run --once` with ``BATCH=mode`` and
+    ``COMPRESS=compress``: everything in done/, no batch record left."""
     spool = tmp_path / "spool"
     incoming = spool / "incoming"
     incoming.mkdir(parents=True)
@@ -77,6 +93,8 @@ def _batched_once(
         "S3SPOOL_BATCH_FILE_LIMIT": "64KiB",
         "S3SPOOL_LOG_FORMAT": "json",
         "S3SPOOL_WORKERS": "8",
+        "S3SPOOL_COMPRESS": compress,
+        **COMPRESS,
     }
     run = cli(["run", "--once"], env)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -87,11 +105,14 @@ def _batched_once(
 
 
 def test_bundle_once_against_rclone(tmp_path: Path, rclone_s3: S3Target) -> None:
-    small, large, run = _batched_once(tmp_path, rclone_s3, "bundle")
+    small, large, run = _batched_once(tmp_path, rclone_s3, "bundle", "zstd")
     keys = rclone_s3.keys()
     # the large files alone, as without BATCH
     for name, data in large.items():
-        assert rclone_s3.get("pre/" + name.decode()) == data
+        assert (
+            _unpack("pre/" + name.decode() + ".zst", rclone_s3.get(f"pre/{name.decode()}.zst"))
+            == data
+        )
     bundles = sorted(k for k in keys if k.endswith(".tar"))
     assert len(bundles) >= 3, keys  # 300 small files, at most 100 a batch
     assert all(k.startswith("pre/bundles/") for k in bundles)
@@ -101,6 +122,7 @@ def test_bundle_once_against_rclone(tmp_path: Path, rclone_s3: S3Target) -> None
     assert len(keys) == 2 * len(bundles) + len(large), "nothing else in the store"
 
     seen: dict[str, int] = {}
+    sizes: dict[str, int] = {}
     client = rclone_s3.client()
     for bundle in bundles:
         body = rclone_s3.get(bundle)
@@ -113,17 +135,23 @@ def test_bundle_once_against_rclone(tmp_path: Path, rclone_s3: S3Target) -> None
             name = os.fsencode(entry["name"])
             data = small[name]
             seen[entry["name"]] = seen.get(entry["name"], 0) + 1
-            assert entry["size"] == len(data)
-            assert entry["checksum"] == _crc(data)
+            # COMPRESS: the key a per-file run gives (.zst from COMPRESS_MIN_SIZE); size: of
+            # the stored bytes, file_size and checksum: of the file
             assert entry["key"].startswith("pre/")
+            assert entry["key"].endswith(".zst") == (len(data) >= 2500)
+            assert entry.get("file_size", entry["size"]) == len(data)
+            assert ("file_size" in entry) == (len(data) >= 2500)
+            assert entry["checksum"] == _crc(data)
             member = members[entry["key"]]  # the member's name is the key it would have had
             assert member.offset_data == entry["offset"]
-            if data:  # a ranged GET of the index's offset and size gives the file's bytes
-                end = entry["offset"] + len(data) - 1
+            assert member.size == entry["size"]
+            sizes[entry["key"]] = entry["size"]
+            if data:  # a ranged GET of the index's offset and size gives the stored bytes
+                end = entry["offset"] + entry["size"] - 1
                 got = client.get_object(
                     Bucket=rclone_s3.bucket, Key=bundle, Range=f"bytes={entry['offset']}-{end}"
                 )["Body"].read()
-                assert got == data, entry
+                assert _unpack(entry["key"], got) == data, entry
     assert sorted(seen) == sorted(os.fsdecode(n) for n in small)
     assert set(seen.values()) == {1}, "each small file in exactly one bundle"
 
@@ -132,6 +160,10 @@ def test_bundle_once_against_rclone(tmp_path: Path, rclone_s3: S3Target) -> None
     assert all(r["outcome"] == "delivered" for r in files)
     in_bundles = [r for r in files if "bundle" in r]
     assert len(in_bundles) == len(small)
+    for r in in_bundles:  # the file's size, and (compressed) the stored size as per file
+        assert r.get("stored") == (sizes[str(r["key"])] if "stored" in r else None)
+        assert r["size"] == len(small[os.fsencode(str(r["name"]))])
+        assert str(r["key"]).endswith(".zst") == ("stored" in r)
     assert {r["bundle"] for r in in_bundles} == set(bundles)
     batches = _records(run.stderr + run.stdout, "batch")
     assert sorted(str(r["bundle"]) for r in batches) == bundles
@@ -149,21 +181,24 @@ def test_bundle_once_against_rclone(tmp_path: Path, rclone_s3: S3Target) -> None
 def test_extract_on_juicefs_gives_the_objects_of_a_per_file_run(
     tmp_path: Path, juicefs_s3: S3Target, rclone_s3: S3Target
 ) -> None:
-    small, large, run = _batched_once(tmp_path, juicefs_s3, "extract")
-    # the keys a per-file run gives, from the same files on another store
+    small, large, run = _batched_once(tmp_path, juicefs_s3, "extract", "gzip")
+    # the keys a per-file run with the same COMPRESS gives, from the same files on another store
     per_file = tmp_path / "per-file"
     (per_file / "incoming").mkdir(parents=True)
-    for name in {**small, **large}:
-        drop(per_file / "incoming", name, b"")
-    plain = cli(["run", "--once"], {**rclone_s3.env("pre"), "S3SPOOL_SPOOL_DIRS": str(per_file)})
+    for name, data in {**small, **large}.items():
+        drop(per_file / "incoming", name, data)
+    env = {**rclone_s3.env("pre"), "S3SPOOL_SPOOL_DIRS": str(per_file), "S3SPOOL_COMPRESS": "gzip"}
+    plain = cli(["run", "--once"], {**env, **COMPRESS})
     assert plain.returncode == 0, plain.stderr[-3000:]
     keys = sorted(juicefs_s3.keys())
     assert keys == sorted(rclone_s3.keys())
+    assert sum(k.endswith(".gz") for k in keys) > len(keys) // 3
     by_key = {}
     for rec in _records(run.stderr, "file"):
         by_key[str(rec["key"])] = os.fsencode(str(rec["name"]))
+        assert ("stored" in rec) == str(rec["key"]).endswith(".gz")
     for key in keys:
-        assert juicefs_s3.get(key) == {**small, **large}[by_key[key]], key
+        assert _unpack(key, juicefs_s3.get(key)) == {**small, **large}[by_key[key]], key
     batches = _records(run.stderr, "batch")
     assert len(batches) >= 3
     assert sum(int(str(r["files"])) for r in batches) == len(small)
@@ -219,9 +254,10 @@ def test_a_bundle_given_up_sends_its_files_one_by_one(tmp_path: Path, rclone_s3:
 
 
 def _kill_three_times_then_drain(
-    tmp_path: Path, target: S3Target, mode: str, count: int
+    tmp_path: Path, target: S3Target, mode: str, count: int, **more: str
 ) -> dict[bytes, bytes]:
-    """``count`` small files, kill -9 three times during batches, then a drain: the files."""
+    """``count`` small files, kill -9 three times during batches, then a drain: the files
+    (``more``: settings)."""
     spool = tmp_path / "spool"
     incoming = spool / "incoming"
     incoming.mkdir(parents=True)
@@ -235,6 +271,7 @@ def _kill_three_times_then_drain(
         "S3SPOOL_BATCH_MAX_FILES": "50",
         "S3SPOOL_WORKERS": "4",
         "S3SPOOL_LOG_FORMAT": "json",
+        **{f"S3SPOOL_{k.upper()}": v for k, v in more.items()},
     }
     done = spool / "done"
 
@@ -265,7 +302,10 @@ def test_extract_kill_during_batches_then_drain_gives_one_object_per_file(
 def test_kill_during_batches_then_drain_delivers_each_file_once(
     tmp_path: Path, rclone_s3: S3Target
 ) -> None:
-    files = _kill_three_times_then_drain(tmp_path, rclone_s3, "bundle", 3000)
+    # COMPRESS on about half the files: a restart sends the same compressed bytes, same keys
+    files = _kill_three_times_then_drain(
+        tmp_path, rclone_s3, "bundle", 3000, compress="zstd", compress_min_size="2400"
+    )
     keys = rclone_s3.keys()
     bundles = [k for k in keys if k.endswith(".tar")]
     assert sorted(k for k in keys if k.endswith(".index.jsonl")) == sorted(
@@ -274,15 +314,18 @@ def test_kill_during_batches_then_drain_delivers_each_file_once(
     alone = {k for k in keys if not k.endswith((".tar", ".index.jsonl"))}
     found: dict[bytes, int] = {}
     for key in alone:
-        name = key.removeprefix("pre/").encode()
-        assert rclone_s3.get(key) == files[name]
+        name = key.removeprefix("pre/").removesuffix(".zst").encode()
+        assert key.endswith(".zst") == (len(files[name]) >= 2400)
+        assert _unpack(key, rclone_s3.get(key)) == files[name]
         found[name] = found.get(name, 0) + 1
     for bundle in bundles:
         body = rclone_s3.get(bundle)
         for line in rclone_s3.get(bundle + ".index.jsonl").decode().splitlines():
             entry = json.loads(line)
             name = os.fsencode(entry["name"])
-            assert body[entry["offset"] : entry["offset"] + entry["size"]] == files[name]
+            stored = body[entry["offset"] : entry["offset"] + entry["size"]]
+            assert _unpack(entry["key"], stored) == files[name]
+            assert entry["key"].endswith(".zst") == (len(files[name]) >= 2400)
             found[name] = found.get(name, 0) + 1
     assert set(found) == set(files)
     assert {n: c for n, c in found.items() if c != 1} == {}, "each file exactly once"

@@ -4,7 +4,9 @@ by tarfile), its reads by range, change detection, batch forming and the batch r
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
+import json
 import os
 import tarfile
 from functools import partial
@@ -13,12 +15,15 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import zstandard
 
 from s3spool.config.settings import Settings
 from s3spool.config.spools import SpoolDirs
 from s3spool.errors import FileChanged
+from s3spool.run import batch as batch_mod
 from s3spool.run.batch import Batches
-from s3spool.spool.batches import load_batches, save_batch
+from s3spool.run.compress import compress_member
+from s3spool.spool.batches import batches_dir, load_batches, save_batch
 from s3spool.spool.dirs import files_below
 from s3spool.spool.pieces import FilePart, Pieces, read_chunks
 from s3spool.spool.recovery import adopt, recover_own
@@ -87,7 +92,7 @@ def test_the_digest_pass_gives_each_members_checksum(tmp_path: Path) -> None:
     member read only in part (split by a multipart part) is not given one."""
     files = _files(tmp_path)
     pieces, offsets = layout(
-        [(name, part) for name, part, _ in files], partial(StreamDigest, "crc32c", md5=True)
+        [(name, part) for name, part, _ in files], digest=partial(StreamDigest, "crc32c", md5=True)
     )
     ck = Checksummer("crc32c")
     digest_range(pieces, 0, pieces.length, ck)
@@ -95,7 +100,9 @@ def test_the_digest_pass_gives_each_members_checksum(tmp_path: Path) -> None:
         found = pieces.sums[part].result()
         assert found == ck.body(data)
     split = offsets[4] + 100  # inside the 4096-byte member
-    again, _ = layout([(name, part) for name, part, _ in files], partial(StreamDigest, "crc32c"))
+    again, _ = layout(
+        [(name, part) for name, part, _ in files], digest=partial(StreamDigest, "crc32c")
+    )
     digest_range(again, 0, split, ck)
     digest_range(again, split, again.length - split, ck)
     assert files[4][1] not in again.sums
@@ -252,7 +259,11 @@ def test_batch_records_are_recovered_and_adopted_as_batches(tmp_path: Path) -> N
         ({"batch": "extract", "overwrite": "never"}, "OVERWRITE=never needs a conditional"),
         ({"batch": "bundle", "batch_key_format": "b/{now}.tar"}, "needs {batch_seq} or {uuid4}"),
         ({"batch": "bundle", "batch_key_format": "{fname}-{uuid4}"}, "unknown field {fname}"),
-        ({"batch": "bundle", "compress": "zstd"}, "COMPRESS apply to each file's own object"),
+        *(
+            ({"batch": mode, "compress": "zstd", "compress_mode": "content-encoding"}, why)
+            for mode in ("bundle", "extract")
+            for why in ["COMPRESS_MODE=content-encoding needs a Content-Encoding header"]
+        ),
         ({"batch": "bundle", "tags": "a=b"}, "TAGS apply"),
         ({"batch": "bundle", "batch_file_limit": "2MiB", "batch_max_bytes": "1MiB"}, "exceed"),
     ],
@@ -378,3 +389,92 @@ def test_a_crash_between_a_record_and_its_files_leaves_each_member_in_one_place(
     survivor._lock_fd = None
     again = _spool(tmp_path, survivor.instance_id)
     assert _jobs(recover_own(again)) == (lone, batched)
+
+
+def _decompress(codec: str, data: bytes) -> bytes:
+    if codec == "gzip":
+        return gzip.decompress(data)
+    return zstandard.ZstdDecompressor().decompressobj().decompress(data)  # no size in the frame
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd"])
+def test_compressed_members_are_laid_out_as_their_stored_bytes(tmp_path: Path, codec: str) -> None:
+    files = _files(tmp_path)
+    # every other member compressed (COMPRESS): its bytes held in memory in the file's place
+    held = [
+        compress_member(part, codec, 1) if i % 2 else None for i, (_, part, _) in enumerate(files)
+    ]
+    again = [
+        compress_member(part, codec, 1) if i % 2 else None for i, (_, part, _) in enumerate(files)
+    ]
+    assert held == again, "a restart sends the same bytes"
+    pieces, offsets = layout([(name, part) for name, part, _ in files], held)
+    whole = b"".join(read_chunks(pieces, 0, pieces.length, 4096))
+    with tarfile.open(fileobj=io.BytesIO(whole), mode="r:") as archive:
+        for m, (_, part, data), stored, offset in zip(
+            archive.getmembers(), files, held, offsets, strict=True
+        ):
+            assert m.offset_data == offset
+            assert m.mtime == part.mtime_ns // 10**9
+            got = whole[offset : offset + m.size]  # a ranged GET of the index's offset and size
+            if stored is None:
+                assert got == data
+                continue
+            assert got == stored
+            assert m.size == len(stored)
+            assert _decompress(codec, got) == data
+    Path(files[1][1].path).write_bytes(b"other bytes")
+    with pytest.raises(FileChanged):  # compressed from a file as it was batched, or not at all
+        compress_member(files[1][1], codec, 1)
+
+
+def test_a_members_codec_is_recorded_with_its_key(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    batches, _ = _batches(spool, batch="bundle", batch_max_files=2)
+    first = _claim(spool, "a.log", b"1" * 2000)
+    first.codec, first.key = "zstd", "pre/a.log.zst"
+    batches.add(first)
+    batch = batches.add(_claim(spool, "b.jpg", b"2"))
+    assert batch is not None
+    save_batch(batch)
+    (found,) = load_batches(spool)  # a restart: the same codec, whatever COMPRESS is now
+    assert [(m.name, m.key, m.codec) for m in found.members] == [
+        ("a.log", "pre/a.log.zst", "zstd"),
+        ("b.jpg", "pre/b.jpg", None),
+    ]
+    record = batches_dir(spool) / f"{batch.id}.json"
+    data = json.loads(record.read_text())
+    data["members"][0][2] = "lz4"
+    record.write_text(json.dumps(data))
+    assert load_batches(spool) == []  # a codec we do not know: the record is not trusted
+
+
+def test_a_batch_with_compressed_members_its_tar_index_and_a_change(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    batches, _ = _batches(spool, batch="bundle", batch_max_files=2, compress="zstd")
+    text = b"a line of a log\n" * 200
+    packed = _claim(spool, "a.log", text)
+    packed.codec, packed.key = "zstd", "pre/a.log.zst"
+    batches.add(packed)
+    batch = batches.add(_claim(spool, "b.jpg", b"2"))
+    assert batch is not None
+    found = [(m, FilePart(m.path, m.size, m.mtime_ns)) for m in batch.members]
+    kept, alone = asyncio.run(batches._pack(batch, found))
+    assert (kept, alone) == (found, [])
+    assert batch.stored == {"a.log": len(batch.packed["a.log"])}
+    assert batch.stored["a.log"] < 100
+    parts = [part for _, part in kept]
+    pieces, offsets = batch_mod._tar(batch, parts)
+    whole = read_exact(pieces, 0, pieces.length)
+    body, _ = batches._index(batch, parts, offsets)
+    first, second = (json.loads(line) for line in body.decode().splitlines())
+    assert first["key"] == "pre/a.log.zst"
+    assert (first["size"], first["file_size"]) == (batch.stored["a.log"], len(text))
+    stored = whole[first["offset"] : first["offset"] + first["size"]]
+    assert _decompress("zstd", stored) == text
+    assert "file_size" not in second
+    assert whole[second["offset"] : second["offset"] + second["size"]] == b"2"
+    bundle = batch_mod._tar_body(batch, pieces, parts)
+    os.utime(packed.path, ns=(0, 0))  # changed during the upload: its bytes are not the file's
+    with pytest.raises(FileChanged):
+        bundle.restat()

@@ -500,7 +500,7 @@ def _check_batch(s: Settings) -> None:
         return
     if s.batch_file_limit > s.batch_max_bytes:
         raise ValueError("batch_file_limit: must not exceed BATCH_MAX_BYTES")
-    options: tuple[str, ...] = ("compress", "metadata", "tags", "content_disposition")
+    options: tuple[str, ...] = ("metadata", "tags", "content_disposition")
     if s.batch == "extract":
         # the store makes the objects from the tar: no request carries a member's headers
         options += ("cache_control", "content_type", "acl", "storage_class", "sse")
@@ -514,6 +514,12 @@ def _check_batch(s: Settings) -> None:
         raise ValueError(
             f"batch: {', '.join(n.upper() for n in per_file)} apply to each file's own object, "
             f"and {why}; not supported with BATCH={s.batch} (yet)"
+        )
+    if s.compress != "none" and s.compress_mode == "content-encoding":
+        raise ValueError(
+            "batch: COMPRESS_MODE=content-encoding needs a Content-Encoding header on each "
+            f"file's own object, and with BATCH={s.batch} no request carries one; members are "
+            "compressed with COMPRESS_MODE=suffix (their keys end in .gz or .zst)"
         )
     if s.batch == "extract" and s.overwrite == "never":
         raise ValueError(

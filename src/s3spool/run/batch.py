@@ -5,6 +5,8 @@ members settle one by one (docs/architecture.md, Batching)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import itertools
 import json
 import logging
@@ -19,14 +21,16 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from s3spool import errors
+from s3spool.config.codecs import CODECS
 from s3spool.config.spools import DEFAULT_ROUTE
 from s3spool.logs import log_fields
+from s3spool.run.compress import compress_member, executor, level_of, rules_for
 from s3spool.run.settle import NotStarted, Outcomes
 from s3spool.spool.batches import Batch, batches_dir, drop_batch, forget_batch, save_batch
 from s3spool.spool.keys import KeyInput, KeyTemplate, spool_dir_field
 from s3spool.spool.pieces import FilePart, Pieces
 from s3spool.spool.spool import Claim, Spool, about
-from s3spool.store.base import Delivery, Store
+from s3spool.store.base import ByteBudget, Delivery, Store
 from s3spool.store.digests import Checksummer, StreamDigest, digest_range
 from s3spool.store.tar import layout
 from s3spool.store.verify import MD5_HEX
@@ -68,7 +72,11 @@ class Bundle(Claim):
         found = _stat_members(self.record.members)
         if len(found) != len(self.record.members):
             raise errors.FileChanged("a member is gone", reason="changed")
-        self.parts = [part for _, part in found]
+        was, self.parts = self.parts, [part for _, part in found]
+        packed = self.record.packed
+        for m, part, old in zip(self.record.members, self.parts, was, strict=True):
+            if m.name in packed and part != old:  # its compressed bytes are not the file's now
+                raise errors.FileChanged(f"{part.path} changed", reason="changed")
         self.pieces = _tar(self.record, self.parts, self.pieces.digest)[0]
         self.size = self.pieces.length
 
@@ -120,8 +128,34 @@ def _tar(
     batch: Batch, parts: list[FilePart], digest: Callable[[], StreamDigest] | None = None
 ) -> tuple[Pieces, list[int]]:
     # member names are the keys the files would have had: `tar x` gives the store's tree
+    held = [batch.packed.get(m.name) for m in batch.members] if batch.packed else ()
     members = [(m.key, part) for m, part in zip(batch.members, parts, strict=True)]
-    return layout(members, digest)
+    return layout(members, held, digest)
+
+
+def _compress_all(work: list[tuple[str, FilePart, str, int]]) -> dict[str, bytes]:
+    """COMPRESS: (name, file, codec, level) compressed, by name (a thread); a file changed,
+    gone or unreadable since it was batched is left out."""
+    out = {}
+    for name, part, codec, level in work:
+        try:
+            out[name] = compress_member(part, codec, level)
+        except (errors.FileChanged, OSError):
+            continue
+    return out
+
+
+def _md5s(packed: dict[str, bytes]) -> dict[str, tuple[int, str]]:
+    """Size and MD5 hex of the bytes a compressed member's object holds (a thread)."""
+    return {
+        name: (len(data), hashlib.md5(data, usedforsecurity=False).hexdigest())
+        for name, data in packed.items()
+    }
+
+
+def _sizes(stored: int | None, size: int) -> dict[str, int]:
+    """An index line's sizes: of the bytes in the bundle, and (COMPRESS) of the file."""
+    return {"size": size} if stored is None else {"size": stored, "file_size": size}
 
 
 @dataclass(slots=True, eq=False)
@@ -161,6 +195,9 @@ class Batches:
         self.ck = Checksummer(s.checksum)
         # each member's checksum (extract: and MD5) from the body's digest pass
         self._digest = partial(StreamDigest, s.checksum, md5=self.extract)
+        self.compression = rules_for(s)
+        # COMPRESS: the compressed members of the route's batches being sent, held in memory
+        self._held = ByteBudget(s.buffer_limit)
 
     def add(self, claim: Claim) -> Batch | None:
         """Take a claim (its key rendered, its stat filled); the batch this closed, if any."""
@@ -230,17 +267,41 @@ class Batches:
         kept = {id(m) for m, _ in found}
         alone = [m for m in batch.members if id(m) not in kept]  # gone or swapped: one by one
         batch.members = [m for m, _ in found]
-        if not batch.members:
-            drop_batch(batch)
-        else:
-            try:
-                if alone or not batch.saved:
-                    save_batch(batch)  # before the first byte
-            except errors.TransientError as exc:
-                self._not_sent(batch, exc if isinstance(exc, errors.LocalFault) else None)
+        held = 0 if batch.complete else sum(m.size for m in batch.members if m.codec)
+        async with self._held.hold(held) if held else contextlib.nullcontext():
+            if held:
+                found, unread = await self._pack(batch, found)
+                alone += unread
+                batch.members = [m for m, _ in found]
+            if not batch.members:
+                drop_batch(batch)
             else:
-                await self._send(batch, [part for _, part in found], started)
+                try:
+                    if alone or not batch.saved:
+                        save_batch(batch)  # before the first byte
+                except errors.TransientError as exc:
+                    self._not_sent(batch, exc if isinstance(exc, errors.LocalFault) else None)
+                else:
+                    await self._send(batch, [part for _, part in found], started)
+            batch.packed = {}
         await self._alone(alone)
+
+    async def _pack(
+        self, batch: Batch, found: list[tuple[Claim, FilePart]]
+    ) -> tuple[list[tuple[Claim, FilePart]], list[Claim]]:
+        """COMPRESS: the members with a codec (fixed with their keys) compressed into memory,
+        in the compressing threads; the members kept, and those that could not be read (they
+        go alone)."""
+        work = [
+            (m.name, part, codec, level_of(CODECS[codec], self.compression))
+            for m, part in found
+            if (codec := m.codec)
+        ]
+        loop = asyncio.get_running_loop()
+        batch.packed = await loop.run_in_executor(executor(), _compress_all, work)
+        batch.stored = {name: len(data) for name, data in batch.packed.items()}
+        kept = [(m, part) for m, part in found if not m.codec or m.name in batch.packed]
+        return kept, [m for m, _ in found if m.codec and m.name not in batch.packed]
 
     async def _send(self, batch: Batch, parts: list[FilePart], started: float) -> None:
         if batch.mode == "extract":  # as when it was formed, whatever BATCH is now
@@ -328,6 +389,7 @@ class Batches:
             delivery = Delivery(
                 claim.key, part.size, checksum=checksum, bundle=batch.key, offset=offset
             )
+            delivery.stored = batch.stored.get(claim.name)  # COMPRESS: the bytes in the bundle
             outcomes.settle(claim, delivery, started)
         forget_batch(batch)
         self.host.metrics.batches.labels(spool.label).inc()
@@ -386,11 +448,13 @@ class Batches:
                 await self._give_up(batch, "tar", exc)
                 return
             sums = await asyncio.to_thread(self._sums, parts, tar.pieces, md5=True)
+            held = await asyncio.to_thread(_md5s, batch.packed) if batch.packed else {}
             kept: list[tuple[Claim, FilePart, str | None, str | None]] = []
             alone: list[tuple[Claim, FilePart, str | None, str | None]] = []
             for claim, part, (label, md5) in zip(batch.members, parts, sums, strict=True):
                 size, etag = found.get(claim.key, (-1, None))
-                ok = size == part.size and (etag is None or not MD5_HEX.match(etag) or etag == md5)
+                want, md5 = held.get(claim.name, (part.size, md5))  # COMPRESS: the stored bytes
+                ok = size == want and (etag is None or not MD5_HEX.match(etag) or etag == md5)
                 (kept if ok else alone).append((claim, part, label, etag))
             if alone:
                 msg = "%d of %d files did not appear where the store unpacks them; they go alone"
@@ -432,7 +496,9 @@ class Batches:
                 raise
         self.outcomes.counts.bundles += 1
         for claim, part, (label, etag) in zip(batch.members, parts, done, strict=True):
-            self.outcomes.settle(claim, Delivery(claim.key, part.size, etag, label), started)
+            delivery = Delivery(claim.key, part.size, etag, label)
+            delivery.stored = batch.stored.get(claim.name)  # COMPRESS: the object's bytes
+            self.outcomes.settle(claim, delivery, started)
         forget_batch(batch)
         self.host.metrics.batches.labels(batch.spool.label).inc()
         self.host.metrics.batch_bytes.observe(sum(p.size for p in parts))
@@ -507,7 +573,11 @@ class Batches:
         return out
 
     def _index(
-        self, batch: Batch, parts: list[FilePart], offsets: list[int], pieces: Pieces
+        self,
+        batch: Batch,
+        parts: list[FilePart],
+        offsets: list[int],
+        pieces: Pieces | None = None,
     ) -> tuple[bytes, list[str | None]]:
         """The index object's body, one JSON line per member, and the members' checksums."""
         sums = [label for label, _ in self._sums(parts, pieces)]
@@ -517,7 +587,7 @@ class Batches:
                     "name": m.name,
                     "key": m.key,
                     "offset": offset,
-                    "size": part.size,
+                    **_sizes(batch.stored.get(m.name), part.size),
                     "checksum": checksum,
                     "mtime": part.mtime_ns / 1e9,
                 }

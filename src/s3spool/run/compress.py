@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import errno
 import functools
+import io
 import logging
 import os
 import secrets
@@ -26,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from s3spool.config.codecs import CODECS, Rules
+from s3spool.config.codecs import CODECS, Codec, Rules
 from s3spool.config.settings import Settings
 from s3spool.errors import PermanentError
-from s3spool.spool.pieces import read_chunks
+from s3spool.spool.pieces import FilePart, read_chunks
 from s3spool.spool.spool import Claim, Source, about, local_fault
 from s3spool.store.base import guess_type
 from s3spool.store.digests import StreamDigest
@@ -55,6 +56,12 @@ def rules_for(s: Settings) -> Rules | None:
     return Rules.of(
         s.compress, s.compress_level, s.compress_mode, s.compress_min_size, s.compress_skip
     )
+
+
+def level_of(codec: Codec, rules: Rules | None) -> int:
+    """The level of a file fixed to ``codec``: the route's, or (COMPRESS changed since) the
+    codec's default."""
+    return rules.level if rules and rules.codec is codec else codec.default
 
 
 def zstd_threads(size: int, threshold: int) -> int:
@@ -89,7 +96,7 @@ class Encoder(NamedTuple):
     finish: Callable[[], object]
 
 
-def encoder(codec: str, level: int, threads: int, sink: Sink) -> Encoder:
+def encoder(codec: str, level: int, threads: int, sink: Sink | io.BytesIO) -> Encoder:
     """A streaming encoder writing into ``sink``."""
     if codec == "zstd":
         import zstandard
@@ -154,6 +161,17 @@ def compress_pass(
     return PassResult(sink.size, digest.label())
 
 
+def compress_member(part: FilePart, codec: str, level: int) -> bytes:
+    """A batch member's compressed bytes, held in memory for its tar (a thread): the frame the
+    per-file path writes, the same bytes on every run (no time or name in a gzip header)."""
+    out = io.BytesIO()
+    enc = encoder(codec, level, 0, out)
+    for chunk in part.chunks(0, part.size, CHUNK):  # FileChanged if it is not as batched
+        enc.write(chunk)
+    enc.finish()
+    return out.getvalue()
+
+
 def open_scratch(directory: Path) -> int:
     """An unnamed file in ``directory``: O_TMPFILE, else a file unlinked at once (a crash in
     between leaves ``.tmp.compress.*``, which recovery removes)."""
@@ -212,7 +230,7 @@ async def compressed(claim: Claim, rules: Rules | None, s: Settings) -> AsyncIte
     """The compressed copy of ``claim``, open while the body is uploaded.  The codec was fixed
     with the key: a claim recorded before COMPRESS changed is still stored as its key says."""
     codec = CODECS[claim.codec or ""]
-    level = rules.level if rules and rules.codec is codec else codec.default
+    level = level_of(codec, rules)
     mode = rules.mode if rules else "suffix"
     where = claim.spool.me
     try:

@@ -137,7 +137,9 @@ class Pipeline:
         if self.batches.on and st.st_size <= self.s.batch_file_limit:
             claim.size, claim.mtime, claim.mtime_ns = st.st_size, st.st_mtime, st.st_mtime_ns
             try:
-                claim.key = self.template.render(claim_input(claim))
+                # COMPRESS per member: the codec and suffix a per-file run gives, fixed here
+                claim.codec, suffix = choose(self.compression, claim.name, claim.size)
+                claim.key = self.template.render(claim_input(claim), suffix)
                 batch = self.batches.add(claim)
             except errors.UploadError:
                 claim.key = ""  # deliver() renders it again and settles the error

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from s3spool.config.codecs import CODECS
 from s3spool.errors import TransientError
 from s3spool.spool import dirs as tree
 from s3spool.spool.spool import Claim, Spool, about, local_fault, rename_noreplace
@@ -42,6 +43,10 @@ class Batch:
     complete: bool = False  # bundle and index confirmed: members may move to done/
     recovered: bool = False  # from a record of an earlier life: ask the store first
     saved: bool = False
+    #: COMPRESS: the compressed bytes of the members that have a codec, by name, held in memory
+    #: while the batch is sent (run/batch.py); never recorded: a restart compresses again
+    packed: dict[str, bytes] = field(default_factory=dict)
+    stored: dict[str, int] = field(default_factory=dict)  # their sizes, kept for settling
 
     @property
     def index_key(self) -> str:
@@ -67,7 +72,10 @@ def save_batch(batch: Batch) -> None:
     record = {
         "key": batch.key,
         "mode": batch.mode,
-        "members": [[m.name, m.key] for m in batch.members],
+        # a member's codec (COMPRESS) is fixed with its key, as in a claim's key record
+        "members": [
+            [m.name, m.key, m.codec] if m.codec else [m.name, m.key] for m in batch.members
+        ],
         "upload_id": batch.upload_id,
         "part_size": batch.part_size,
         "complete": batch.complete,
@@ -112,7 +120,7 @@ def load_batches(spool: Spool, ids: Iterable[str] | None = None) -> list[Batch]:
             batch = Batch(spool, bid, str(data["key"]), mode, recovered=True, saved=True)
             batch.upload_id, batch.part_size = data.get("upload_id"), data.get("part_size")
             batch.complete = bool(data.get("complete"))
-            members = [(str(name), str(key)) for name, key in data["members"]]
+            members = [_member(m) for m in data["members"]]
         except FileNotFoundError:
             continue
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -123,10 +131,10 @@ def load_batches(spool: Spool, ids: Iterable[str] | None = None) -> list[Batch]:
             continue
         if data.get("left") and not batch.complete:
             members = []  # its batch went on in an adopter without these: they go alone
-        for name, key in members:
+        for name, key, codec in members:
             claim = spool.recovered(spool.keys, name)
             if os.path.lexists(claim.path):
-                claim.key = key
+                claim.key, claim.codec = key, codec
                 batch.members.append(claim)
         if not batch.members:
             with contextlib.suppress(FileNotFoundError):
@@ -139,6 +147,15 @@ def load_batches(spool: Spool, ids: Iterable[str] | None = None) -> list[Batch]:
             except TransientError as exc:
                 log.warning("%s", exc)
     return found
+
+
+def _member(entry: list[str]) -> tuple[str, str, str | None]:
+    """(name, key, codec) of a record's member; ``ValueError`` for a codec we do not know."""
+    name, key, *more = entry
+    codec = more[0] if more else None
+    if codec is not None and codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r}")
+    return str(name), str(key), codec
 
 
 def member_names(batches: Iterable[Batch]) -> set[str]:
@@ -158,7 +175,9 @@ def adopt_records(spool: Spool, dead: Path) -> tuple[list[str], set[str]]:
     for name in names:
         try:
             data = json.loads((src / name).read_bytes())
-            members = [(str(n), str(k)) for n, k in data["members"]]
+            members = [list(m) for m in data["members"]]
+            for m in members:
+                _member(m)  # as load_batches will read it
         except FileNotFoundError:
             continue
         except (OSError, ValueError, KeyError, TypeError):
@@ -172,7 +191,7 @@ def adopt_records(spool: Spool, dead: Path) -> tuple[list[str], set[str]]:
     kept: set[str] = set()
     for name in _record_names(src):
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            kept.update(str(n) for n, _ in json.loads((src / name).read_bytes())["members"])
+            kept.update(str(m[0]) for m in json.loads((src / name).read_bytes())["members"])
     with contextlib.suppress(OSError):
         for leftover in src.glob(".tmp.*"):  # a record cut short by the crash
             leftover.unlink()
@@ -188,19 +207,19 @@ def _record_names(where: Path) -> list[str]:
 
 
 def _adopt_record(
-    spool: Spool, dead: Path, bid: str, data: dict[str, Any], members: list[tuple[str, str]]
+    spool: Spool, dead: Path, bid: str, data: dict[str, Any], members: list[list[str]]
 ) -> str:
     """Our copy of the record first, the dead one's marked ``left`` (its batch went on), then
     the files, then the dead one's record goes. A crash in between leaves each file beside a
     record naming it: ours loads what moved, the dead one's the rest (``left``: see
     load_batches). Returns the id adopted, or ``""``."""
     src, files = dead / BATCHES / (bid + ".json"), dead / "files"
-    present = [(n, k) for n, k in members if os.path.lexists(files / n)]
+    present = [m for m in members if os.path.lexists(files / m[0])]  # [name, key(, codec)]
     if not present or (data.get("left") and not data.get("complete")):
         with contextlib.suppress(OSError):  # else on the next pass
             src.unlink()  # nothing left, or its batch went on without these: they go alone
         return ""
-    busy = next((n for n, _ in present if _in_the_way(spool, n)), None)
+    busy = next((m[0] for m in present if _in_the_way(spool, m[0])), None)
     if busy is not None:
         msg = "a claim of this name is in flight here; its batch %s is adopted later, whole"
         about(log.warning, spool, busy, msg, bid)
@@ -219,7 +238,8 @@ def _adopt_record(
             os.unlink(where / (bid + ".json"))
         return ""
     taken = []
-    for n, k in present:
+    for member in present:
+        n = member[0]
         try:
             tree.move_into(rename_noreplace, os.fspath(files / n), os.fspath(spool.files), n)
         except FileNotFoundError:
@@ -227,7 +247,7 @@ def _adopt_record(
         except OSError as exc:
             about(log.warning, spool, n, "cannot adopt: %s; its batch is adopted in part", exc)
             break
-        taken.append([n, k])
+        taken.append(member)
     if len(taken) < len(present):  # our record names only what moved in (load_batches too)
         with contextlib.suppress(OSError):
             tree.write_atomic(where, bid + ".json", json.dumps(ours | {"members": taken}).encode())

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from s3spool.spool.pieces import FilePart, Pieces
@@ -44,21 +44,28 @@ def _tarfile_header(name: str, size: int, mtime: int) -> bytes:
 
 
 def layout(
-    members: list[tuple[str, FilePart]], digest: Callable[[], Any] | None = None
+    members: list[tuple[str, FilePart]],
+    held: Sequence[bytes | None] = (),
+    digest: Callable[[], Any] | None = None,
 ) -> tuple[Pieces, list[int]]:
-    """The tar of ``members`` (member name, file), and the offset of each member's data
-    (``digest``: as for ``Pieces``)."""
+    """The tar of ``members`` (member name, file), and the offset of each member's data;
+    ``held``: per member, bytes in memory stored in the file's place (COMPRESS), or None;
+    ``digest``: as for ``Pieces``."""
     parts: list[bytes | FilePart] = []
     offsets: list[int] = []
     pos = 0
     gap = b""  # the previous member's padding goes out with the next header
-    for name, part in members:
-        head = gap + header(name, part.size, part.mtime_ns)
+    for i, (name, part) in enumerate(members):
+        body: bytes | FilePart = part
+        if held and (data := held[i]) is not None:
+            body = data
+        size = len(body) if isinstance(body, bytes) else part.size
+        head = gap + header(name, size, part.mtime_ns)
         parts.append(head)
         pos += len(head)
         offsets.append(pos)
-        parts.append(part)
-        pos += part.size
-        gap = bytes(-part.size % BLOCK)  # counted with the next header
+        parts.append(body)
+        pos += size
+        gap = bytes(-size % BLOCK)  # counted with the next header
     parts.append(gap + END)
     return Pieces(parts, digest), offsets
