@@ -478,3 +478,29 @@ def test_a_batch_with_compressed_members_its_tar_index_and_a_change(tmp_path: Pa
     os.utime(packed.path, ns=(0, 0))  # changed during the upload: its bytes are not the file's
     with pytest.raises(FileChanged):
         bundle.restat()
+
+
+def test_a_later_file_of_a_settled_members_name_is_no_member(tmp_path: Path) -> None:
+    """A complete batch half settled (a directory refused the rest), then a new file of a
+    settled member's name claimed, then a crash: the restart settles the member left, and
+    the new file goes on its own, never as a member of a bundle that does not hold it."""
+    spool = _spool(tmp_path)
+    batches, _ = _batches(spool, batch="bundle", batch_max_files=2)
+    batches.add(_claim(spool, "a", b"first a"))
+    batch = batches.add(_claim(spool, "b", b"b"))
+    assert batch is not None
+    batch.complete, batch.offsets = True, {"a": 512, "b": 1536}
+    save_batch(batch)
+    os.rename(batch.members[0].path, spool.dirs.done / "a")  # a settled, b stranded
+    later = _claim(spool, "a", b"a later file of that name")
+    assert later.mtime_ns != batch.members[0].mtime_ns or later.size != batch.members[0].size
+    jobs = recover_own(spool)
+    [again] = [j for j in jobs if hasattr(j, "members")]
+    assert [m.name for m in again.members] == ["b"]
+    assert again.complete
+    assert again.offsets == {"a": 512, "b": 1536}
+    assert [j.name for j in jobs if not hasattr(j, "members")] == ["a"]  # on its own
+    # the narrowed record keeps b's offset in the stored bundle, and only b
+    [reloaded] = load_batches(spool)
+    assert [m.name for m in reloaded.members] == ["b"]
+    assert reloaded.offsets == {"b": 1536}

@@ -378,11 +378,18 @@ class Batches:
         spool = batch.spool
         if not batch.complete:
             batch.complete = True
+            # a restart after a partial settle lays out fewer members: their offsets stay these
+            batch.offsets = {m.name: off for m, off in zip(batch.members, offsets, strict=True)}
             try:
                 save_batch(batch)  # members may move to done/ only after this
             except errors.TransientError:
                 batch.complete = False
                 raise
+        elif batch.offsets:
+            offsets = [
+                batch.offsets.get(m.name, off)
+                for m, off in zip(batch.members, offsets, strict=True)
+            ]
         outcomes = self.outcomes
         outcomes.counts.bundles += 1
         for claim, part, offset, checksum in zip(batch.members, parts, offsets, sums, strict=True):

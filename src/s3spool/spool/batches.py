@@ -47,6 +47,8 @@ class Batch:
     #: while the batch is sent (run/batch.py); never recorded: a restart compresses again
     packed: dict[str, bytes] = field(default_factory=dict)
     stored: dict[str, int] = field(default_factory=dict)  # their sizes, kept for settling
+    #: complete: where each member's bytes start in the stored bundle, by name
+    offsets: dict[str, int] = field(default_factory=dict)
 
     @property
     def index_key(self) -> str:
@@ -69,17 +71,19 @@ def recorded_upload(path: Path) -> str | None:
 
 def save_batch(batch: Batch) -> None:
     """Write the record whole or not at all; ``LocalFault`` (or ``TransientError``) if not."""
-    record = {
+    record: dict[str, Any] = {
         "key": batch.key,
         "mode": batch.mode,
-        # a member's codec (COMPRESS) is fixed with its key, as in a claim's key record
-        "members": [
-            [m.name, m.key, m.codec] if m.codec else [m.name, m.key] for m in batch.members
-        ],
+        # a member's codec (COMPRESS) is fixed with its key, as in a claim's key record; its
+        # size and mtime tell it from a later file of the same name (load_batches)
+        "members": [[m.name, m.key, m.codec, m.size, m.mtime_ns] for m in batch.members],
         "upload_id": batch.upload_id,
         "part_size": batch.part_size,
         "complete": batch.complete,
     }
+    if batch.offsets:
+        names = {m.name for m in batch.members}
+        record["offsets"] = {n: o for n, o in batch.offsets.items() if n in names}
     where = batches_dir(batch.spool)
     try:
         where.mkdir(exist_ok=True)
@@ -120,6 +124,7 @@ def load_batches(spool: Spool, ids: Iterable[str] | None = None) -> list[Batch]:
             batch = Batch(spool, bid, str(data["key"]), mode, recovered=True, saved=True)
             batch.upload_id, batch.part_size = data.get("upload_id"), data.get("part_size")
             batch.complete = bool(data.get("complete"))
+            batch.offsets = {str(n): int(o) for n, o in (data.get("offsets") or {}).items()}
             members = [_member(m) for m in data["members"]]
         except FileNotFoundError:
             continue
@@ -131,11 +136,17 @@ def load_batches(spool: Spool, ids: Iterable[str] | None = None) -> list[Batch]:
             continue
         if data.get("left") and not batch.complete:
             members = []  # its batch went on in an adopter without these: they go alone
-        for name, key, codec in members:
+        for name, key, codec, seen in members:
             claim = spool.recovered(spool.keys, name)
-            if os.path.lexists(claim.path):
-                claim.key, claim.codec = key, codec
-                batch.members.append(claim)
+            try:
+                st = os.lstat(claim.path)
+            except OSError:
+                continue
+            if seen is not None and seen != (st.st_size, st.st_mtime_ns):
+                continue  # a later file of the name (its member settled): a claim of its own
+            claim.key, claim.codec = key, codec
+            claim.size, claim.mtime, claim.mtime_ns = st.st_size, st.st_mtime, st.st_mtime_ns
+            batch.members.append(claim)
         if not batch.members:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
@@ -149,13 +160,15 @@ def load_batches(spool: Spool, ids: Iterable[str] | None = None) -> list[Batch]:
     return found
 
 
-def _member(entry: list[str]) -> tuple[str, str, str | None]:
-    """(name, key, codec) of a record's member; ``ValueError`` for a codec we do not know."""
+def _member(entry: list[Any]) -> tuple[str, str, str | None, tuple[int, int] | None]:
+    """(name, key, codec, (size, mtime_ns)) of a record's member (a record of an earlier
+    version has no codec or size); ``ValueError`` for a codec we do not know."""
     name, key, *more = entry
     codec = more[0] if more else None
     if codec is not None and codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}")
-    return str(name), str(key), codec
+    seen = (int(more[1]), int(more[2])) if len(more) >= 3 else None
+    return str(name), str(key), codec, seen
 
 
 def member_names(batches: Iterable[Batch]) -> set[str]:
