@@ -32,6 +32,7 @@ from bench.report import (
     versus_table,
 )
 from bench.runner import RunRecord, log, run_batch
+from bench.server import SERVERS
 from bench.soak import run_soak
 from bench.sysstat import loadavg
 from bench.tools import S3spool, S3spoolRun, Tool, make_tools
@@ -56,6 +57,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="shrunken cases for a smoke run")
     ap.add_argument("--tools", default=",".join(TOOL_ORDER), help="comma list of tools")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
+    ap.add_argument(
+        "--server",
+        choices=SERVERS,
+        default="rclone",
+        help="the store of the batch cases (1, 2, 3, 5, h): rclone serve s3, or the JuiceFS "
+        "gateway (it unpacks BATCH=extract's tars)",
+    )
     ap.add_argument(
         "--s3spool-env",
         action="append",
@@ -164,7 +172,9 @@ def run_all(
                     if tools[name].unavailable:
                         continue
                     log(f"case {work.key} ({work.title}) {name} rep {rep}/{ns.reps} ...")
-                    rec = run_batch(work, tools[name], rep, work_dir, log_dir, ns.quiet_wait)
+                    rec = run_batch(
+                        work, tools[name], rep, work_dir, log_dir, ns.quiet_wait, ns.server
+                    )
                     _progress(rec)
                     records.append(rec)
             slots += [Slot(work.key, work.title, n, tools[n].unavailable or "") for n in order]
@@ -315,6 +325,8 @@ def header(ns: argparse.Namespace, stamp: str, tools: dict[str, Tool]) -> str:
     m = machine_info()
     args = f"--cases {','.join(ns.cases)} --reps {ns.reps}" + (" --quick" if ns.quick else "")
     args += f" --quiet-wait {ns.quiet_wait:g}"
+    if ns.server != "rclone":
+        args += f" --server {ns.server}"
     args += "".join(f" --s3spool-env {k}={v}" for k, v in ns.s3spool_env.items())
     if ns.tools != set(TOOL_ORDER):
         args += f" --tools {','.join(t for t in TOOL_ORDER if t in ns.tools)}"
@@ -325,6 +337,10 @@ def header(ns: argparse.Namespace, stamp: str, tools: dict[str, Tool]) -> str:
         f"- machine: nproc {m['nproc']}, {m['cpu']}, {m['memory']} RAM, {m['kernel']}, "
         f"Python {m['python']}; load average at start {loadavg()}",
         f"- server: `{RCLONE} serve s3` on 127.0.0.1, local backend, fresh per run "
+        "(server CPU = its utime+stime during the tool run)"
+        if ns.server == "rclone"
+        else "- server (batch cases): the JuiceFS gateway (`juicefs gateway`, SQLite metadata, "
+        "local blobs, `--keep-etag`; tests/s3servers.py) on 127.0.0.1, fresh per run "
         "(server CPU = its utime+stime during the tool run)",
         "- output: each tool's stdout and stderr are pipes, drained by a reader thread of the "
         "harness into the log directory (as journald or a container runtime reads them); "

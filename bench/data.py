@@ -6,7 +6,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import cache
 from pathlib import Path
 
@@ -131,10 +131,10 @@ def bucket_objects(bucket_dir: Path) -> dict[str, int]:
 BUNDLE_INDEX = ".index.jsonl"
 
 
-def bundle_members(bucket_dir: Path, index_key: str, bundle_size: int) -> dict[str, int]:
+def bundle_members(index: bytes, bundle_size: int) -> dict[str, int]:
     """The files a bundle's index names (last key segment -> size), each within the bundle."""
     out: dict[str, int] = {}
-    for line in (bucket_dir / index_key).read_text().splitlines():
+    for line in index.decode().splitlines():
         entry = json.loads(line)
         if entry["offset"] + entry["size"] <= bundle_size:
             out[entry["key"].rsplit("/", 1)[-1]] = entry["size"]
@@ -142,17 +142,26 @@ def bundle_members(bucket_dir: Path, index_key: str, bundle_size: int) -> dict[s
 
 
 def check_delivery(bucket_dir: Path, expected: Iterable[tuple[str, int]]) -> str | None:
-    """None if every file arrived with its size, else a short reason.
+    """check_objects on what rclone's local backend holds in ``bucket_dir``."""
+    return check_objects(
+        bucket_objects(bucket_dir), lambda key: (bucket_dir / key).read_bytes(), expected
+    )
+
+
+def check_objects(
+    objects: dict[str, int], read: Callable[[str], bytes], expected: Iterable[tuple[str, int]]
+) -> str | None:
+    """None if every file arrived with its size, else a short reason. ``objects``: the
+    bucket's (key -> size); ``read``: one object's bytes (a bundle's index).
 
     Matched on the key's last path segment so the check does not depend on how
     a tool lays out the prefix.
     """
     want = dict(expected)
     got: dict[str, int] = {}
-    objects = bucket_objects(bucket_dir)
     for key, size in objects.items():
         if key.endswith(BUNDLE_INDEX) and key[: -len(BUNDLE_INDEX)] in objects:
-            got.update(bundle_members(bucket_dir, key, objects[key[: -len(BUNDLE_INDEX)]]))
+            got.update(bundle_members(read(key), objects[key[: -len(BUNDLE_INDEX)]]))
         elif key + BUNDLE_INDEX not in objects:
             got[key.rsplit("/", 1)[-1]] = size
     missing = [n for n in want if n not in got]

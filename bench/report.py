@@ -91,6 +91,8 @@ def aggregate(case: str, title: str, tool: str, runs: Sequence[RunRecord]) -> Ro
             row.metrics[key] = statistics.median(vals)
     if "first_line_s" in row.metrics:
         row.notes.append(f"first per-file line {row.metrics['first_line_s']:.3f} s")
+    if "requests_per_1k" in row.metrics:  # BATCH: the `run --once` summary's count
+        row.notes.append(f"{row.metrics['requests_per_1k']:.1f} requests per 1,000 files")
     return row
 
 
@@ -335,7 +337,8 @@ def legend() -> str:
         "- Client CPU s: user+sys of the tool and the children it reaped (`wait4` rusage)",
         "- CPU ms/file: client CPU s / files x 1000 (small-file cases only)",
         "- Client RSS MiB: peak resident set of the tool's largest process (`ru_maxrss`)",
-        "- Server CPU s: user+sys of the fresh `rclone serve s3` during the run (same 2 CPUs)",
+        "- Server CPU s: user+sys of the fresh server (`rclone serve s3`, or `--server`'s) "
+        "during the run (same 2 CPUs)",
         "- Thr s3spool/peer: s3spool `--once` files/s / peer files/s (= MiB/s ratio); "
         ">1 = s3spool faster",
         "- CPU, RSS s3spool/peer: client CPU s (= CPU per file) and RSS ratios; <1 = s3spool "

@@ -5,18 +5,19 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.config import BUCKET, Workload
-from bench.data import check_delivery, write_files
+from bench.config import Workload
+from bench.data import write_files
 from bench.proc import Measured, run_measured
-from bench.server import bench_server, server_cpu_seconds
+from bench.server import bench_server, check_stored, server_cpu_seconds
 from bench.sysstat import others, snap, wait_for_quiet
-from bench.tools import S3spoolRun, Tool, nondefault
+from bench.tools import S3spool, S3spoolRun, Tool, nondefault
 
 
 @dataclass
@@ -83,8 +84,18 @@ def _free_space_reason(where: Path, need: int) -> str | None:
     return None
 
 
+# the `run --once` summary: "... (39.1 MiB, 10 batches, 22 requests), ..." (BATCH on)
+_REQUESTS = re.compile(rb"batches, (\d+) requests\)")
+
+
 def run_batch(
-    work: Workload, tool: Tool, rep: int, work_dir: Path, log_dir: Path, quiet_wait_s: float
+    work: Workload,
+    tool: Tool,
+    rep: int,
+    work_dir: Path,
+    log_dir: Path,
+    quiet_wait_s: float,
+    server_kind: str = "rclone",
 ) -> RunRecord:
     rec = RunRecord(
         work.key, tool.name, rep, ok=False, files=len(work.files), bytes=work.total_bytes
@@ -100,7 +111,7 @@ def run_batch(
         if reason:
             return rec.conclude([reason])
         datadir = rundir / "s3"
-        with bench_server(datadir, log_dir / f"{tag}.server.log") as server:
+        with bench_server(datadir, log_dir / f"{tag}.server.log", server_kind) as server:
             write_files(tool.source_dir(rundir), work.files)
             # Flush the freshly written data now so its writeback does not
             # compete with the measured run (and leftovers from the last run).
@@ -129,12 +140,18 @@ def run_batch(
             )
             rec.server_cpu_s = server_cpu_seconds(server) - cpu0
             rec.other_cpu_s, rec.steal_s = others(sys0, snap(), m.cpu_s + rec.server_cpu_s)
+            delivered = check_stored(server, datadir, work.files)
         fill_measured(rec, m)
-        problems += [x for x in (verdict(tool, m, rundir, datadir / BUCKET, work),) if x]
+        if isinstance(tool, S3spool):
+            found = _REQUESTS.search((log_dir / f"{tag}.err").read_bytes())
+            if found:
+                rec.extra["requests_per_1k"] = int(found[1]) * 1000 / len(work.files)
+        problems += [x for x in (verdict(tool, m, rundir, delivered, work),) if x]
     return rec.conclude(problems)
 
 
-def verdict(tool: Tool, m: Measured, rundir: Path, bucket_dir: Path, work: Workload) -> str:
+def verdict(tool: Tool, m: Measured, rundir: Path, delivered: str | None, work: Workload) -> str:
+    """Every problem of the run; ``delivered``: what check_stored found wrong in the bucket."""
     problems: list[str] = []
     if m.timed_out:
         problems.append(f"timed out after {work.timeout_s:.0f} s")
@@ -150,7 +167,6 @@ def verdict(tool: Tool, m: Measured, rundir: Path, bucket_dir: Path, work: Workl
     src = tool.check_source(rundir, len(work.files))
     if src:
         problems.append(src)
-    dst = check_delivery(bucket_dir, work.files)
-    if dst:
-        problems.append(dst)
+    if delivered:
+        problems.append(delivered)
     return "; ".join(problems)

@@ -442,8 +442,11 @@ class JuiceFSServer(ProcServer):
 
 
 @contextlib.contextmanager
-def juicefs_server(root: Path, *, keep_etag: bool = True) -> Iterator[JuiceFSServer]:
-    """A JuiceFS S3 gateway (MinIO's gateway code) storing everything under `root`."""
+def juicefs_server(
+    root: Path, *, keep_etag: bool = True, log_file: Path | None = None
+) -> Iterator[JuiceFSServer]:
+    """A JuiceFS S3 gateway (MinIO's gateway code) storing everything under `root`; its output
+    goes to `log_file` (default root/juicefs.log)."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     srv = JuiceFSServer(
@@ -451,7 +454,7 @@ def juicefs_server(root: Path, *, keep_etag: bool = True) -> Iterator[JuiceFSSer
         access_key=ACCESS_KEY,
         secret_key=JUICEFS_SECRET_KEY,
         kind="juicefs",
-        log_file=root / "juicefs.log",
+        log_file=log_file or root / "juicefs.log",
         port=port,
         root=root,
         keep_etag=keep_etag,

@@ -360,6 +360,26 @@ def test_out_of_watches_logs_the_sysctl_and_falls_back_to_rescans(
     assert any("every subdirectory is watched again" in r.getMessage() for r in caplog.records)
 
 
+def test_a_scan_in_order_offers_names_sorted_and_ignores_as_before(tmp_path: Path) -> None:
+    """BATCH=extract's scan: the directory's order (tmpfs: newest first) becomes name order,
+    so batches hold neighbouring keys."""
+    spool = _spool(tmp_path)
+    names = [f"f{i:03d}" for i in range(40)] + ["a/b/f", "a/c", "z.tmp"]
+    for name in reversed(names):  # created in reverse name order
+        touch(tmp_path / "incoming" / name)
+    offered = []
+    for in_order in (False, True):
+        pending = Pending(100)
+        discovery = Discovery(
+            [spool], pending, ignore=["*.tmp"], rescan_interval=60.0, in_order=in_order
+        )
+        asyncio.run(discovery.scan(spool))
+        offered.append([pending.get_nowait()[1] for _ in range(len(pending))])  # type: ignore[index]
+    plain, ordered = offered
+    assert ordered == sorted(n for n in names if n != "z.tmp")
+    assert sorted(plain) == ordered
+
+
 def test_resubmit_records_of_nested_files(tmp_path: Path) -> None:
     spool = _spool(tmp_path)
     records = tmp_path / "working" / ".resubmit"

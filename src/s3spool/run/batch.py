@@ -433,18 +433,18 @@ class Batches:
                 unpacked=True,
             )
             try:
-                sent = False
-                if self._unpacks is None:
-                    async with self._probing:  # the first tar tells; the others wait for it
-                        if self._unpacks is None:
-                            await self._upload(tar)
-                            sent = True
-                            await self._check_unpacks(store, batch)
-                if not self._unpacks:
+                if self._unpacks is False:  # an earlier tar told: the route goes file by file
                     await self._all_alone(batch)
                     return
-                if not sent:
-                    await self._upload(tar)
+                # not one tar alone first: the store unpacks tars side by side faster
+                await self._upload(tar)
+                async with self._probing:  # the first tar back tells
+                    if self._unpacks is None:
+                        await self._check_unpacks(store, batch)
+                if not self._unpacks:  # kept as one object: it goes, its files alone
+                    await self._discard(batch)
+                    await self._all_alone(batch)
+                    return
                 parts = tar.parts  # (laid out again if a file changed)
                 found = await store.listed(sorted(m.key for m in batch.members))
             except NotStarted as why:
@@ -522,7 +522,8 @@ class Batches:
             log_fields(batch_log, logging.INFO, "batch", fields)
 
     async def _check_unpacks(self, store: Store, batch: Batch) -> None:
-        """The first tar of the route: a store that kept it as one object does not unpack."""
+        """The first tar of the route back: a store that kept it as one object does not unpack
+        (the caller deletes it, and any other tar sent meanwhile)."""
         self._unpacks = batch.key not in await store.listed([batch.key])
         if self._unpacks:
             return
@@ -532,7 +533,6 @@ class Batches:
             batch.spool.dirs.route,
             batch.key,
         )
-        await self._discard(batch)
         self.on = False
 
     async def _give_up(self, batch: Batch, what: str, exc: errors.UploadError) -> None:

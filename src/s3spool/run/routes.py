@@ -72,6 +72,7 @@ class RouteRun:
             rescan_interval=s.rescan_interval,
             on_fault=self.trip,
             is_paused=lambda spool: self.guards[spool].paused,
+            in_order=s.batch == "extract",
         )
         self.throttle = Throttle(s.workers)
         self.metrics = metrics

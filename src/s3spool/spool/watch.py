@@ -11,7 +11,7 @@ import logging
 import os
 import stat
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from s3spool.config.codecs import compile_globs
@@ -236,8 +236,12 @@ class Discovery:
         rescan_interval: float,
         on_fault: Callable[[Spool, LocalFault], None] = lambda spool, fault: None,
         is_paused: Callable[[Spool], bool] = lambda spool: False,
+        in_order: bool = False,
     ) -> None:
         self.spools = list(spools)
+        #: a scan offers its files in name order, not the directory's (BATCH=extract: each
+        #: batch then holds neighbouring keys, and its confirming listing pages through its own)
+        self.in_order = in_order
         #: a spool's incoming/ is gone or unreadable (the service pauses that spool)
         self.on_fault = on_fault
         #: scans skip a paused spool; its guard asks for a rescan when it heals
@@ -475,14 +479,19 @@ class Discovery:
         if base and (os.path.islink(top) or not os.path.isdir(top)):
             return  # gone again, or a symlink now: never followed
         try:
-            for rel, entry in walk(
-                top,
-                recursive=spool.recursive,
-                skip_dir=self.is_ignored,
-                enter=enter if watching else None,
-            ):
-                if self.is_ignored(entry.name):
-                    continue
+            found: Iterable[str] = (
+                rel
+                for rel, entry in walk(
+                    top,
+                    recursive=spool.recursive,
+                    skip_dir=self.is_ignored,
+                    enter=enter if watching else None,
+                )
+                if not self.is_ignored(entry.name)
+            )
+            if self.in_order:
+                found = sorted(found)
+            for rel in found:
                 item = (spool, prefix + rel)
                 if item in self._timers or item in self.pending:
                     continue
