@@ -15,6 +15,7 @@ import signal
 import subprocess
 import tarfile
 from pathlib import Path
+from urllib.parse import unquote
 
 import crc32c
 import zstandard
@@ -70,10 +71,11 @@ def _unpack(key: str, stored: bytes) -> bytes:
 
 
 def _batched_once(
-    tmp_path: Path, target: S3Target, mode: str, compress: str
+    tmp_path: Path, target: S3Target, mode: str, compress: str, **more: str
 ) -> tuple[dict[bytes, bytes], dict[bytes, bytes], subprocess.CompletedProcess[str]]:
     """300 small files of odd names and 2 large ones, one `run --once` with ``BATCH=mode`` and
-    ``COMPRESS=compress``: everything in done/, no batch record left."""
+    ``COMPRESS=compress`` (``more``: other variables): everything in done/, no batch record
+    left."""
     spool = tmp_path / "spool"
     incoming = spool / "incoming"
     incoming.mkdir(parents=True)
@@ -95,6 +97,7 @@ def _batched_once(
         "S3SPOOL_WORKERS": "8",
         "S3SPOOL_COMPRESS": compress,
         **COMPRESS,
+        **more,
     }
     run = cli(["run", "--once"], env)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -105,7 +108,15 @@ def _batched_once(
 
 
 def test_bundle_once_against_rclone(tmp_path: Path, rclone_s3: S3Target) -> None:
-    small, large, run = _batched_once(tmp_path, rclone_s3, "bundle", "zstd")
+    # a member's METADATA, TAGS and CONTENT_DISPOSITION go into its index line; the bundle
+    # object has none of them, but CACHE_CONTROL
+    options = {
+        "S3SPOOL_METADATA": "src={fname},team=ops",
+        "S3SPOOL_TAGS": "kind=log",
+        "S3SPOOL_CONTENT_DISPOSITION": 'attachment; filename="{fname}"',
+        "S3SPOOL_CACHE_CONTROL": "max-age=60",
+    }
+    small, large, run = _batched_once(tmp_path, rclone_s3, "bundle", "zstd", **options)
     keys = rclone_s3.keys()
     # the large files alone, as without BATCH
     for name, data in large.items():
@@ -125,6 +136,10 @@ def test_bundle_once_against_rclone(tmp_path: Path, rclone_s3: S3Target) -> None
     sizes: dict[str, int] = {}
     client = rclone_s3.client()
     for bundle in bundles:
+        head = client.head_object(Bucket=rclone_s3.bucket, Key=bundle)
+        assert head["CacheControl"] == "max-age=60"
+        assert not {"src", "team"} & set(head["Metadata"]), head["Metadata"]
+        assert head.get("ContentDisposition") is None
         body = rclone_s3.get(bundle)
         lines = rclone_s3.get(bundle + ".index.jsonl").decode().splitlines()
         with tarfile.open(fileobj=io.BytesIO(body), mode="r:") as tar:
@@ -142,6 +157,11 @@ def test_bundle_once_against_rclone(tmp_path: Path, rclone_s3: S3Target) -> None
             assert entry.get("file_size", entry["size"]) == len(data)
             assert ("file_size" in entry) == (len(data) >= 2500)
             assert entry["checksum"] == _crc(data)
+            assert entry["metadata"]["team"] == "ops"
+            assert entry["tags"] == {"kind": "log"}
+            assert entry["content_disposition"].startswith("attachment; filename=")
+            # as the per-file path writes a name in a header: %XX for what cannot go as it is
+            assert unquote(entry["metadata"]["src"], errors="surrogateescape") == entry["name"]
             member = members[entry["key"]]  # the member's name is the key it would have had
             assert member.offset_data == entry["offset"]
             assert member.size == entry["size"]

@@ -19,7 +19,7 @@ import zstandard
 
 from s3spool.config.settings import Settings
 from s3spool.config.spools import SpoolDirs
-from s3spool.errors import FileChanged
+from s3spool.errors import FileChanged, PermanentError
 from s3spool.run import batch as batch_mod
 from s3spool.run.batch import Batches
 from s3spool.run.compress import compress_member
@@ -264,7 +264,7 @@ def test_batch_records_are_recovered_and_adopted_as_batches(tmp_path: Path) -> N
             for mode in ("bundle", "extract")
             for why in ["COMPRESS_MODE=content-encoding needs a Content-Encoding header"]
         ),
-        ({"batch": "bundle", "tags": "a=b"}, "TAGS apply"),
+        ({"batch": "extract", "tags": "a=b", "acl": "private"}, "TAGS, ACL apply"),
         ({"batch": "bundle", "batch_file_limit": "2MiB", "batch_max_bytes": "1MiB"}, "exceed"),
     ],
 )
@@ -504,3 +504,17 @@ def test_a_later_file_of_a_settled_members_name_is_no_member(tmp_path: Path) -> 
     [reloaded] = load_batches(spool)
     assert [m.name for m in reloaded.members] == ["b"]
     assert reloaded.offsets == {"b": 1536}
+
+
+def test_a_member_whose_options_cannot_be_sent_goes_alone(tmp_path: Path) -> None:
+    """Bundle: METADATA renders per member (for its index line) when it is batched; one that
+    breaks a limit is refused there, and take() sends that file the per-file way, which fails
+    it with the reason a per-file run gives."""
+    spool = _spool(tmp_path)
+    meta = ",".join(f"{c}={{fname}}" for c in "abcdefgh")
+    batches, _ = _batches(spool, batch="bundle", batch_max_files=2, metadata=meta)
+    assert batches.add(_claim(spool, "short", b"x")) is None
+    with pytest.raises(PermanentError) as refused:
+        batches.add(_claim(spool, "n" * 250, b"y"))
+    assert refused.value.reason == "metadata_too_large"
+    assert [m.name for m in batches._forming[spool].batch.members] == ["short"]

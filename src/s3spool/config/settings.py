@@ -500,20 +500,18 @@ def _check_batch(s: Settings) -> None:
         return
     if s.batch_file_limit > s.batch_max_bytes:
         raise ValueError("batch_file_limit: must not exceed BATCH_MAX_BYTES")
-    options: tuple[str, ...] = ("metadata", "tags", "content_disposition")
-    if s.batch == "extract":
-        # the store makes the objects from the tar: no request carries a member's headers
-        options += ("cache_control", "content_type", "acl", "storage_class", "sse")
+    # bundle: a member's METADATA, TAGS and CONTENT_DISPOSITION go into its index line
+    options = (
+        *("metadata", "tags", "content_disposition", "cache_control", "content_type"),
+        *("acl", "storage_class", "sse"),
+    )
     per_file = [name for name in options if getattr(s, name) not in (None, "none")]
-    if per_file:
-        why = (
-            "the store unpacks the tar, and no request carries a file's own headers"
-            if s.batch == "extract"
-            else "in a bundle the files are not objects"
-        )
+    if s.batch == "extract" and per_file:
+        # the store makes the objects from the tar: no request carries a member's headers
         raise ValueError(
             f"batch: {', '.join(n.upper() for n in per_file)} apply to each file's own object, "
-            f"and {why}; not supported with BATCH={s.batch} (yet)"
+            "and the store unpacks the tar, and no request carries a file's own headers; not "
+            "supported with BATCH=extract"
         )
     if s.compress != "none" and s.compress_mode == "content-encoding":
         raise ValueError(

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 from s3spool import errors
 from s3spool.config.codecs import CODECS
@@ -27,11 +28,12 @@ from s3spool.logs import log_fields
 from s3spool.run.compress import compress_member, executor, level_of, rules_for
 from s3spool.run.settle import NotStarted, Outcomes
 from s3spool.spool.batches import Batch, batches_dir, drop_batch, forget_batch, save_batch
-from s3spool.spool.keys import KeyInput, KeyTemplate, spool_dir_field
+from s3spool.spool.keys import KeyInput, KeyTemplate, claim_input, spool_dir_field
 from s3spool.spool.pieces import FilePart, Pieces
 from s3spool.spool.spool import Claim, Spool, about
 from s3spool.store.base import ByteBudget, Delivery, Store
 from s3spool.store.digests import Checksummer, StreamDigest, digest_range
+from s3spool.store.objectopts import object_options
 from s3spool.store.tar import layout
 from s3spool.store.verify import MD5_HEX
 
@@ -116,6 +118,7 @@ def _tar_body(batch: Batch, pieces: Pieces, parts: list[FilePart], **more: Any) 
         key=batch.key,
         size=pieces.length,
         mtime_ns=time.time_ns(),
+        per_file_options=False,
         content_type="application/x-tar",
         pieces=pieces,
         parts=parts,
@@ -193,6 +196,10 @@ class Batches:
         # a fixed INSTANCE_ID restarted within a second must not draw the same {batch_seq}
         self._instance = f"{s.resolved_instance_id}-{secrets.token_hex(3)}"
         self.ck = Checksummer(s.checksum)
+        # bundle: METADATA, TAGS and CONTENT_DISPOSITION rendered per member, in its index line
+        opts = object_options(s) if s.batch == "bundle" else None
+        per_member = opts is not None and (opts.metadata or opts.tags or opts.content_disposition)
+        self.options = opts if per_member else None
         # each member's checksum (extract: and MD5) from the body's digest pass
         self._digest = partial(StreamDigest, s.checksum, md5=self.extract)
         self.compression = rules_for(s)
@@ -200,7 +207,11 @@ class Batches:
         self._held = ByteBudget(s.buffer_limit)
 
     def add(self, claim: Claim) -> Batch | None:
-        """Take a claim (its key rendered, its stat filled); the batch this closed, if any."""
+        """Take a claim (its key rendered, its stat filled); the batch this closed, if any.
+        ``PermanentError`` if its object options cannot be rendered (it goes alone, and fails
+        as it would)."""
+        if self.options is not None:
+            self.options.params(claim_input(claim))
         spool = claim.spool
         forming = self._forming.get(spool)
         if forming is None:
@@ -337,6 +348,7 @@ class Batches:
                     mtime_ns=bundle.mtime_ns,
                     content_type="application/x-ndjson",
                     recovered=batch.recovered,
+                    per_file_options=False,
                     pieces=Pieces([body]),
                 )
                 await self._upload(index)
@@ -597,11 +609,30 @@ class Batches:
                     **_sizes(batch.stored.get(m.name), part.size),
                     "checksum": checksum,
                     "mtime": part.mtime_ns / 1e9,
+                    **self._member_options(m),
                 }
             )
             for m, part, offset, checksum in zip(batch.members, parts, offsets, sums, strict=True)
         ]
         return ("\n".join(lines) + "\n").encode(), sums
+
+    def _member_options(self, member: Claim) -> dict[str, object]:
+        """A member's METADATA, TAGS and CONTENT_DISPOSITION, for its index line."""
+        if self.options is None:
+            return {}
+        try:
+            params = self.options.params(claim_input(member))
+        except errors.PermanentError as exc:  # rendered when it was batched: not again now
+            about(log.warning, member.spool, member.name, "no options in the index: %s", exc)
+            return {}
+        out: dict[str, object] = {}
+        if "Metadata" in params:
+            out["metadata"] = params["Metadata"]
+        if "Tagging" in params:
+            out["tags"] = dict(parse_qsl(params["Tagging"], keep_blank_values=True))
+        if "ContentDisposition" in params:
+            out["content_disposition"] = params["ContentDisposition"]
+        return out
 
     def _not_sent(self, batch: Batch, local: errors.LocalFault | None) -> None:
         """Nothing of the batch was sent: its record goes, its claims back to incoming/."""

@@ -142,6 +142,9 @@ class Source:
     metadata: dict[str, str] | None = None
     #: BATCH=extract: a tar the store unpacks; its answer describes no object of ours
     unpacked: bool = False
+    #: METADATA, TAGS and CONTENT_DISPOSITION render from this file's name; not a bundle's
+    #: (each member's are in its index line)
+    per_file_options: bool = True
 
     def uploading(self, upload_id: str | None, part_size: int) -> None:
         """A multipart upload got its id (or ended): a claim records it durably."""

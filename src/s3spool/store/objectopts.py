@@ -104,6 +104,10 @@ class ObjectOptions:
 
     def apply(self, params: dict[str, Any], src: Source) -> None:
         """Add the options to the object parameters ``params`` of ``src``."""
+        if not src.per_file_options:
+            if self.cache_control:
+                params["CacheControl"] = self.cache_control
+            return
         opts = self._fixed if self._fixed is not None else self.params(source_input(src))
         for name, value in opts.items():
             if name == "Metadata":
