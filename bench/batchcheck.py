@@ -37,6 +37,7 @@ KILL_AFTER = 1
 WAIT_S = 300.0  # for each kill moment
 DRAIN_S = 1200.0
 BATCH_LINE = b"batch spool="  # text log format, the default
+PER_FILE = "per-file/"  # the prefix of the per-file run that key_of is checked against
 
 
 def _names(count: int) -> list[bytes]:
@@ -265,6 +266,34 @@ def _check_bundle(client: Any, files: dict[bytes, bytes], row: Row) -> None:
         row.problems.append("a large file is not an object of its own")
 
 
+def _check_key_of(rundir: Path, url: str, client: Any, files: dict[bytes, bytes], row: Row) -> None:
+    """key_of gives the keys of a per-file run (BATCH=off) of the same names, empty (the
+    bytes make no key), under a prefix of its own."""
+    tool, perdir = S3spool("s3spool"), rundir / "per-file"
+    _write(tool.source_dir(perdir), dict.fromkeys(files, b""))
+    env = tool.env(perdir, url, {"S3SPOOL_DESTINATION": f"s3://{BUCKET}/{PER_FILE}"})
+    with open(rundir / "per-file.log", "wb") as out:
+        rc = subprocess.run(
+            [str(S3SPOOL), "run", "--once"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=rundir,
+            timeout=DRAIN_S,
+            check=False,
+        ).returncode
+    if rc != 0:
+        row.problems.append(f"the per-file run's exit code {rc}")
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=PER_FILE)
+    got = {obj["Key"][len(PER_FILE) :] for page in pages for obj in page.get("Contents", [])}
+    rendered = {key_of(name)[len(PREFIX) :] for name in files}
+    if got != rendered:
+        row.problems.append(
+            f"a per-file run's keys differ: {sorted(got - rendered)[:3]} "
+            f"against {sorted(rendered - got)[:3]}"
+        )
+
+
 def check_mode(mode: str, count: int, kills: int, workdir: Path) -> Row:
     store = STORES[mode]
     row = Row(mode, store, count + len(LARGE))
@@ -280,6 +309,7 @@ def check_mode(mode: str, count: int, kills: int, workdir: Path) -> Row:
         start = time.monotonic()
         client = server.client()
         (_check_extract if mode == "extract" else _check_bundle)(client, files, row)
+        _check_key_of(rundir, server.url, client, files, row)
         row.check_s = time.monotonic() - start
     if row.exact != len(files):
         row.problems.append(f"{len(files) - row.exact} files not read back byte-exact")
