@@ -31,12 +31,11 @@ from bench.tools import S3spool
 STORES = {"extract": "juicefs", "bundle": "rclone"}
 #: larger than BATCH_FILE_LIMIT (1 MiB): each goes alone; the last is above MULTIPART_THRESHOLD
 LARGE = (2 * MIB + 17, 5 * MIB, 9 * MIB - 3, 65 * MIB)
-#: each service run is killed once it has logged a batch: a run forms all its batches at the
-#: start (10 at the defaults), sends them side by side, and a later one takes over what is left
-KILL_AFTER = 1
-WAIT_S = 300.0  # for each kill moment
+BATCH_FILE_LIMIT = MIB  # the default
+#: for each kill moment: a run is killed once a batch of it settled (a run forms all its
+#: batches at the start, 10 at the defaults, and sends them side by side)
+WAIT_S = 300.0
 DRAIN_S = 1200.0
-BATCH_LINE = b"batch spool="  # text log format, the default
 PER_FILE = "per-file/"  # the prefix of the per-file run that key_of is checked against
 
 
@@ -90,6 +89,7 @@ class Row:
     exact: int = 0
     duplicates: int = 0
     missing: int = 0
+    alone: int = 0  # bundle: small files stored as objects of their own
     problems: list[str] = field(default_factory=list)
     send_s: float = 0.0
     check_s: float = 0.0
@@ -112,27 +112,23 @@ def _in_flight(spool: Path) -> int:
     return sum(1 for _ in (spool / "working").glob("*/batches/*.json"))
 
 
-def _batch_lines(log: Path, goal: int, proc: subprocess.Popen[bytes]) -> int:
-    """Wait (at most WAIT_S) until ``log`` holds ``goal`` batch lines or ``proc`` ends; how
-    many it holds."""
+def _a_batch_settled(spool: Path, proc: subprocess.Popen[bytes]) -> bool:
+    """Wait (at most WAIT_S) until one of the batch records of ``spool`` is gone, a batch
+    settled (not the log's batch line: it is written up to 0.1 s later), or ``proc`` ends."""
     deadline = time.monotonic() + WAIT_S
-    lines, tail = 0, b""
-    with open(log, "rb") as fh:
-        while lines < goal and proc.poll() is None and time.monotonic() < deadline:
-            chunk = fh.read()
-            if not chunk:
-                time.sleep(0.005)
-                continue
-            text = tail + chunk
-            cut = text.rfind(b"\n") + 1
-            lines += text[:cut].count(BATCH_LINE)
-            tail = text[cut:]
-    return lines
+    most = 0
+    while proc.poll() is None and time.monotonic() < deadline:
+        now = _in_flight(spool)
+        if now < most:
+            return True
+        most = max(most, now)
+        time.sleep(0.002)
+    return False
 
 
 def _deliver(rundir: Path, url: str, mode: str, kills: int, row: Row) -> None:
-    """``run`` killed with SIGKILL ``kills`` times while batches are sent (each run once it
-    has logged KILL_AFTER batches), then ``run --once``."""
+    """``run`` killed with SIGKILL ``kills`` times while batches are sent (each run once a
+    batch of it settled, while the others are sent), then ``run --once``."""
     spool = rundir / "spool"
     env = S3spool("s3spool").env(rundir, url, {"S3SPOOL_BATCH": mode})
     for n in range(kills):
@@ -142,14 +138,14 @@ def _deliver(rundir: Path, url: str, mode: str, kills: int, row: Row) -> None:
                 [str(S3SPOOL), "run"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=rundir
             )
         try:
-            lines = _batch_lines(log, KILL_AFTER, proc)
+            settled = _a_batch_settled(spool, proc)
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
         if proc.returncode != -signal.SIGKILL:
             row.problems.append(f"run {n} exited with {proc.returncode} before its kill")
-        elif lines < KILL_AFTER:
-            row.problems.append(f"run {n}: {KILL_AFTER} batch lines not seen in {WAIT_S:.0f} s")
+        elif not settled:
+            row.problems.append(f"run {n}: no batch settled in {WAIT_S:.0f} s")
         # the records left are the batches the kill cut short
         row.kills.append(_in_flight(spool))
         if not row.kills[-1]:
@@ -258,9 +254,12 @@ def _check_bundle(client: Any, files: dict[bytes, bytes], row: Row) -> None:
             continue
         seen[alone] += 1
         reads.append((key, None, files[alone]))
+        row.alone += len(files[alone]) <= BATCH_FILE_LIMIT
     row.missing = len(files.keys() - seen.keys())
     row.duplicates = sum(1 for n in seen.values() if n > 1)
     row.exact = empty + _count_exact(client, reads)
+    if row.alone:
+        row.problems.append(f"{row.alone} small files alone, not in a bundle")
     large = {b"large-%d.bin" % i for i in range(len(LARGE))}
     if not all(key_of(name) in objects for name in large):
         row.problems.append("a large file is not an object of its own")
