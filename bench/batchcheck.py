@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -36,6 +37,7 @@ BATCH_FILE_LIMIT = MIB  # the default
 #: batches at the start, 10 at the defaults, and sends them side by side)
 WAIT_S = 300.0
 DRAIN_S = 1200.0
+INSTANCE = re.compile(rb"watching .* \(instance ([^)]+)\)")  # the service's start line
 PER_FILE = "per-file/"  # the prefix of the per-file run that key_of is checked against
 
 
@@ -112,16 +114,23 @@ def _in_flight(spool: Path) -> int:
     return sum(1 for _ in (spool / "working").glob("*/batches/*.json"))
 
 
-def _a_batch_settled(spool: Path, proc: subprocess.Popen[bytes]) -> bool:
-    """Wait (at most WAIT_S) until one of the batch records of ``spool`` is gone, a batch
-    settled (not the log's batch line: it is written up to 0.1 s later), or ``proc`` ends."""
+def _a_batch_settled(spool: Path, log: Path, proc: subprocess.Popen[bytes]) -> bool:
+    """Wait (at most WAIT_S) until a batch record of ``proc``'s instance is gone, a batch
+    settled (not the log's batch line: it comes up to 0.1 s later; nor a dead instance's
+    record that it adopts), or ``proc`` ends."""
     deadline = time.monotonic() + WAIT_S
+    batches: Path | None = None
     most = 0
     while proc.poll() is None and time.monotonic() < deadline:
-        now = _in_flight(spool)
-        if now < most:
-            return True
-        most = max(most, now)
+        if batches is None:
+            found = INSTANCE.search(log.read_bytes())
+            if found:
+                batches = spool / "working" / os.fsdecode(found[1]) / "batches"
+        else:
+            now = sum(1 for _ in batches.glob("*.json"))
+            if now < most:
+                return True
+            most = max(most, now)
         time.sleep(0.002)
     return False
 
@@ -138,7 +147,7 @@ def _deliver(rundir: Path, url: str, mode: str, kills: int, row: Row) -> None:
                 [str(S3SPOOL), "run"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=rundir
             )
         try:
-            settled = _a_batch_settled(spool, proc)
+            settled = _a_batch_settled(spool, log, proc)
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
