@@ -427,6 +427,37 @@ def test_sigterm_returns_the_files_of_a_batch_still_forming(
     assert rclone_s3.keys() == []
 
 
+def test_claims_of_a_batch_still_forming_at_a_crash_go_into_a_bundle(
+    tmp_path: Path, rclone_s3: S3Target
+) -> None:
+    """kill -9 while a batch forms leaves claims with no batch record and no key record: the
+    next run puts them into a bundle, not one by one; one that went alone before the crash (a
+    bundle given up) is found in the store and not sent again."""
+    files = {f"c{i}": b"%d" % i for i in range(20)}
+    sent = tmp_path / "sent"
+    (sent / "incoming").mkdir(parents=True)
+    (sent / "incoming" / "c0").write_bytes(files["c0"])
+    plain = cli(["run", "--once"], {**rclone_s3.env("pre"), "S3SPOOL_SPOOL_DIRS": str(sent)})
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    spool = tmp_path / "spool"
+    (spool / "incoming").mkdir(parents=True)
+    dead = spool / "working" / "vm.1.dead01"  # no process holds its lock
+    (dead / "keys").mkdir(parents=True)
+    (dead / "files").mkdir()
+    for name, data in files.items():
+        (dead / "files" / name).write_bytes(data)
+    env = {**rclone_s3.env("pre"), "S3SPOOL_SPOOL_DIRS": str(spool), "S3SPOOL_BATCH": "bundle"}
+    run = cli(["run", "--once"], env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert sorted(os.listdir(spool / "done")) == sorted(files)
+    keys = rclone_s3.keys()
+    bundles = [k for k in keys if k.endswith(".tar")]
+    assert len(bundles) == 1
+    assert sorted(keys) == sorted(["pre/c0", bundles[0], bundles[0] + ".index.jsonl"]), keys
+    index = rclone_s3.get(bundles[0] + ".index.jsonl").decode().splitlines()
+    assert sorted(json.loads(line)["name"] for line in index) == sorted(files.keys() - {"c0"})
+
+
 async def test_listed_seeks_past_other_objects(tmp_path: Path, rclone_s3: S3Target) -> None:
     """The listing that confirms extracted files: right answers, and pages only where needed."""
     from concurrent.futures import ThreadPoolExecutor

@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("s3spool.service")  # the name operators' log filters know
 
 
+class NotStored(Exception):
+    """A recovered claim that may have been forming a batch, not in the store: it goes into
+    a batch, not alone."""
+
+
 class Pipeline:
     """One route's per-file work, and the per-file state that outlives one attempt."""
 
@@ -156,9 +161,13 @@ class Pipeline:
             msg = "%s: no more files are claimed; the rest waits for the next run"
             log.info(msg, counts.bounded)
 
-    async def deliver(self, claim: Claim) -> None:
+    async def deliver(self, claim: Claim, *, recovered: bool = False) -> None:
+        """``recovered``: a claim of an earlier life, from the queue (not one a batch sends
+        alone). With BATCH and no key on record it was forming a batch (or went alone before
+        the crash): after a look at the store, it goes into a batch."""
         spool, name = claim.spool, claim.name
         started = time.monotonic()
+        batchable = recovered and claim.recovered and not claim.key and self.batches.on
         try:
             open_claimed(claim)
         except errors.FileVanished as exc:
@@ -173,8 +182,12 @@ class Pipeline:
         except errors.PermanentError as exc:
             self.outcomes.settle(claim, exc, started)
             return
+        batchable = batchable and claim.size <= self.s.batch_file_limit and self._keyed(claim)
+        delivery: Delivery | None = None
         try:
-            delivery = await self.upload(claim)
+            delivery = await self.upload(claim, batchable=batchable)
+        except NotStored:
+            pass
         except NotStarted as why:
             if why.local is not None:
                 if claim.recovered:
@@ -202,10 +215,35 @@ class Pipeline:
             raise
         finally:
             os.close(claim.fd)
+        if delivery is None:
+            await self._into_batch(claim)
+            return
         # No await between a confirmed upload and settling: cancellation cannot split them.
         self.outcomes.settle(claim, delivery, started)
 
-    async def upload(self, claim: Claim) -> Delivery:
+    def _keyed(self, claim: Claim) -> bool:
+        """A member's codec and key, as take() fixes them; False if the key cannot be rendered
+        (upload() renders it again and settles the error)."""
+        try:
+            claim.codec, suffix = choose(self.compression, claim.name, claim.size)
+            claim.key = self.template.render(claim_input(claim), suffix)
+        except errors.UploadError:
+            claim.key = ""
+            return False
+        return True
+
+    async def _into_batch(self, claim: Claim) -> None:
+        try:
+            batch = self.batches.add(claim)
+        except errors.UploadError:
+            claim.key = ""  # its batch's key cannot be rendered: alone, as take() does
+            await self.deliver(claim)
+            return
+        if batch is not None:
+            await self.batches.deliver(batch)
+
+    async def upload(self, claim: Claim, *, batchable: bool = False) -> Delivery:
+        """``batchable``: a recovered claim the store does not hold raises NotStored."""
         assert self.host.store is not None
         store = self.host.store
         if not claim.key:
@@ -237,9 +275,12 @@ class Pipeline:
                 async with self.host.throttle.hold(1):
                     begun = True
                     if claim.recovered:
-                        claim.recovered = False
                         if await store.delivered(claim):
+                            claim.recovered = False
                             return Delivery(claim.key, claim.size, already_there=True)
+                        claim.recovered = False
+                        if batchable:
+                            raise NotStored
                     if self.s.fail_rate and random.random() < self.s.fail_rate:
                         raise errors.PermanentError(
                             "injected failure (FAIL_RATE)", reason="injected"

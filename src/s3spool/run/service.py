@@ -340,7 +340,7 @@ class Service:
             self._busy.add(task)
             try:
                 if isinstance(job, Claim):
-                    await self._by_spool[job.spool].deliver(job)
+                    await self._by_spool[job.spool].deliver(job, recovered=True)
                 elif isinstance(job, Batch):
                     await self._by_spool[job.spool].batches.deliver(job)
                 else:
