@@ -159,21 +159,26 @@ def _deliver(rundir: Path, url: str, mode: str, kills: int, row: Row) -> None:
         row.kills.append(_in_flight(spool))
         if not row.kills[-1]:
             row.problems.append(f"kill {n}: no batch in flight")
-    with open(rundir / "drain.log", "wb") as out:
-        try:
-            row.drain_rc = subprocess.run(
-                [str(S3SPOOL), "run", "--once"],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=rundir,
-                timeout=DRAIN_S,
-                check=False,
-            ).returncode
-        except subprocess.TimeoutExpired:
-            row.problems.append(f"the drain outlived {DRAIN_S:.0f} s")
+    try:
+        row.drain_rc = _once(env, rundir, "drain.log")
+    except subprocess.TimeoutExpired:
+        row.problems.append(f"the drain outlived {DRAIN_S:.0f} s")
     if row.drain_rc != 0:
         row.problems.append(f"drain exit code {row.drain_rc} (see {rundir / 'drain.log'})")
+
+
+def _once(env: dict[str, str], rundir: Path, log: str) -> int:
+    """`s3spool run --once`, its output in ``rundir/log``; its exit code."""
+    with open(rundir / log, "wb") as out:
+        return subprocess.run(
+            [str(S3SPOOL), "run", "--once"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=rundir,
+            timeout=DRAIN_S,
+            check=False,
+        ).returncode
 
 
 def _check_spool(spool: Path, files: dict[bytes, bytes], row: Row) -> None:
@@ -280,16 +285,7 @@ def _check_key_of(rundir: Path, url: str, client: Any, files: dict[bytes, bytes]
     tool, perdir = S3spool("s3spool"), rundir / "per-file"
     _write(tool.source_dir(perdir), dict.fromkeys(files, b""))
     env = tool.env(perdir, url, {"S3SPOOL_DESTINATION": f"s3://{BUCKET}/{PER_FILE}"})
-    with open(rundir / "per-file.log", "wb") as out:
-        rc = subprocess.run(
-            [str(S3SPOOL), "run", "--once"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=rundir,
-            timeout=DRAIN_S,
-            check=False,
-        ).returncode
+    rc = _once(env, rundir, "per-file.log")
     if rc != 0:
         row.problems.append(f"the per-file run's exit code {rc}")
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=PER_FILE)
