@@ -16,6 +16,7 @@ import pytest
 
 from s3spool.config.spools import SpoolDirs
 from s3spool.errors import PermanentError
+from s3spool.spool import watch
 from s3spool.spool.dirs import (
     files_below,
     make_dirs,
@@ -378,6 +379,25 @@ def test_a_scan_in_order_offers_names_sorted_and_ignores_as_before(tmp_path: Pat
     plain, ordered = offered
     assert ordered == sorted(n for n in names if n != "z.tmp")
     assert sorted(plain) == ordered
+
+
+def test_an_in_order_scan_sorts_a_run_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backlog larger than ORDER_RUN is offered in sorted runs: memory stays bounded."""
+    monkeypatch.setattr(watch, "ORDER_RUN", 10)
+    spool = _spool(tmp_path)
+    names = [f"f{i:03d}" for i in range(35)]
+    for name in reversed(names):
+        touch(tmp_path / "incoming" / name)
+    pending = Pending(100)
+    discovery = Discovery([spool], pending, ignore=[], rescan_interval=60.0, in_order=True)
+    asyncio.run(discovery.scan(spool))
+    offered = [pending.get_nowait()[1] for _ in range(len(pending))]  # type: ignore[index]
+    assert sorted(offered) == names
+    runs = [offered[i : i + 10] for i in range(0, len(offered), 10)]
+    assert all(run == sorted(run) for run in runs)
+    assert offered != names  # the directory's order across runs: not one sort of everything
 
 
 def test_resubmit_records_of_nested_files(tmp_path: Path) -> None:

@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import stat
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from s3spool.config.codecs import compile_globs
@@ -126,6 +127,9 @@ def _hint(exc: OSError) -> str:
 
 #: new subdirectories waiting for their scan; beyond this a full rescan finds them instead
 MAX_NEW_DIRS = 10_000
+#: an in-order scan sorts this many names at a time: memory bounded (about 10 MB) whatever
+#: the backlog, and each batch of a run still holds neighbouring keys
+ORDER_RUN = 100_000
 
 
 class TreeWatch:
@@ -490,7 +494,7 @@ class Discovery:
                 if not self.is_ignored(entry.name)
             )
             if self.in_order:
-                found = sorted(found)
+                found = _in_runs(found, ORDER_RUN)
             for rel in found:
                 item = (spool, prefix + rel)
                 if item in self._timers or item in self.pending:
@@ -503,6 +507,13 @@ class Discovery:
             return
         if not base:
             self.tree.scan_done(spool)
+
+
+def _in_runs(names: Iterable[str], size: int) -> Iterator[str]:
+    """``names`` sorted ``size`` at a time."""
+    it = iter(names)
+    while run := list(itertools.islice(it, size)):
+        yield from sorted(run)
 
 
 class WarnOnce:
