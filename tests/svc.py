@@ -13,8 +13,9 @@ from typing import Any
 from s3servers import S3Target
 from s3spool.config.load import Config, Route, load_settings
 from s3spool.config.settings import Settings
-from s3spool.config.spools import DEFAULT_ROUTE
+from s3spool.config.spools import DEFAULT_ROUTE, SpoolDirs
 from s3spool.run.service import Service
+from s3spool.spool.spool import Spool
 
 
 def settings_for(spool: Path | list[Path] | None, target: S3Target | None, **kw: Any) -> Settings:
@@ -108,6 +109,24 @@ def drop(
     dest = os.path.join(os.fsencode(incoming), raw)
     os.rename(tmp, dest)
     return Path(os.fsdecode(dest))
+
+
+def open_spool(root: Path, instance: str = "me", *, recursive: bool = False, **dirs: Any) -> Spool:
+    """A spool below ``root`` (incoming/, working/, done/, failed/; ``dirs``: more of its
+    SpoolDirs), prepared and opened as instance ``instance``, as the service opens one."""
+    spool_dirs = SpoolDirs(
+        label=str(root),
+        root=root,
+        incoming=root / "incoming",
+        working=root / "working",
+        done=root / "done",
+        failed=root / "failed",
+        **dirs,
+    )
+    spool = Spool(spool_dirs, instance, recursive=recursive)
+    spool.prepare()
+    spool.open()
+    return spool
 
 
 def names(path: Path) -> set[str]:

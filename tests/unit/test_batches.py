@@ -18,7 +18,6 @@ import pytest
 import zstandard
 
 from s3spool.config.settings import Settings
-from s3spool.config.spools import SpoolDirs
 from s3spool.errors import FileChanged, PermanentError
 from s3spool.run import batch as batch_mod
 from s3spool.run.batch import Batches
@@ -33,6 +32,7 @@ from s3spool.store import tar
 from s3spool.store.bodies import read_exact
 from s3spool.store.digests import Checksummer, StreamDigest, digest_file, digest_range
 from s3spool.store.tar import layout
+from svc import open_spool
 
 NAMES = [
     "a.txt",
@@ -139,19 +139,7 @@ def test_a_file_that_changed_after_the_layout_is_caught(tmp_path: Path) -> None:
     assert read_exact(Pieces([b"abc", b"def"]), 2, 3) == b"cde"
 
 
-def _spool(root: Path, instance: str = "me") -> Spool:
-    dirs = SpoolDirs(
-        label=str(root),
-        root=root,
-        incoming=root / "incoming",
-        working=root / "working",
-        done=root / "done",
-        failed=root / "failed",
-    )
-    spool = Spool(dirs, instance)
-    spool.prepare()
-    spool.open()
-    return spool
+_spool = open_spool
 
 
 def _batches(spool: Spool, **settings: Any) -> tuple[Batches, Pending]:

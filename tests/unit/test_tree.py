@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from s3spool.config.spools import SpoolDirs
 from s3spool.errors import PermanentError
 from s3spool.spool import watch
 from s3spool.spool.dirs import (
@@ -31,6 +30,7 @@ from s3spool.spool.recovery import adopt, recover_own
 from s3spool.spool.resubmit import expire_records, forget_record, load_record, save_record
 from s3spool.spool.spool import Spool
 from s3spool.spool.watch import Discovery, Pending
+from svc import open_spool
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:
@@ -207,19 +207,7 @@ def test_stable_fields_include_the_path_fields() -> None:
 
 
 def _spool(root: Path, instance: str = "me", **kw: Any) -> Spool:
-    dirs = SpoolDirs(
-        label=str(root),
-        root=root,
-        incoming=root / "incoming",
-        working=root / "working",
-        done=root / "done",
-        failed=root / "failed",
-        **kw,
-    )
-    spool = Spool(dirs, instance, recursive=True)
-    spool.prepare()
-    spool.open()
-    return spool
+    return open_spool(root, instance, recursive=True, **kw)
 
 
 def test_claim_settle_and_unclaim_keep_the_relpath(tmp_path: Path) -> None:
