@@ -210,8 +210,7 @@ class Batches:
         """Take a claim (its key rendered, its stat filled); the batch this closed, if any.
         ``PermanentError`` if its object options cannot be rendered (it goes alone, and fails
         as it would)."""
-        if self.options is not None:
-            self.options.params(claim_input(claim))
+        options = self._member_options(claim) if self.options is not None else None
         spool = claim.spool
         forming = self._forming.get(spool)
         if forming is None:
@@ -220,6 +219,8 @@ class Batches:
                 loop = asyncio.get_running_loop()
                 forming.timer = loop.call_later(self.s.batch_max_wait, self._expire, forming)
         forming.batch.members.append(claim)
+        if options:
+            forming.batch.options[claim.name] = options
         forming.size += claim.size
         if (
             len(forming.batch.members) >= self.s.batch_max_files
@@ -609,22 +610,32 @@ class Batches:
                     **_sizes(batch.stored.get(m.name), part.size),
                     "checksum": checksum,
                     "mtime": part.mtime_ns / 1e9,
-                    **self._member_options(m),
+                    **self._index_options(batch, m),
                 }
             )
             for m, part, offset, checksum in zip(batch.members, parts, offsets, sums, strict=True)
         ]
         return ("\n".join(lines) + "\n").encode(), sums
 
-    def _member_options(self, member: Claim) -> dict[str, object]:
-        """A member's METADATA, TAGS and CONTENT_DISPOSITION, for its index line."""
+    def _index_options(self, batch: Batch, member: Claim) -> dict[str, object]:
+        """A member's options for its index line: as rendered when it was batched (a
+        recovered batch's: rendered again)."""
         if self.options is None:
             return {}
+        found = batch.options.get(member.name)
+        if found is not None:
+            return found
         try:
-            params = self.options.params(claim_input(member))
-        except errors.PermanentError as exc:  # rendered when it was batched: not again now
+            return self._member_options(member)
+        except errors.PermanentError as exc:  # it rendered when it was batched: not now
             about(log.warning, member.spool, member.name, "no options in the index: %s", exc)
             return {}
+
+    def _member_options(self, member: Claim) -> dict[str, object]:
+        """A member's METADATA, TAGS and CONTENT_DISPOSITION (``self.options`` set);
+        ``PermanentError`` if a value cannot be sent."""
+        assert self.options is not None
+        params = self.options.params(claim_input(member))
         out: dict[str, object] = {}
         if "Metadata" in params:
             out["metadata"] = params["Metadata"]

@@ -47,6 +47,9 @@ class Batch:
     #: while the batch is sent (run/batch.py); never recorded: a restart compresses again
     packed: dict[str, bytes] = field(default_factory=dict)
     stored: dict[str, int] = field(default_factory=dict)  # their sizes, kept for settling
+    #: bundle: each member's METADATA, TAGS and CONTENT_DISPOSITION as rendered when it was
+    #: batched, by name, for its index line (never recorded: a restart renders them again)
+    options: dict[str, dict[str, object]] = field(default_factory=dict)
     #: complete: where each member's bytes start in the stored bundle, by name
     offsets: dict[str, int] = field(default_factory=dict)
 
