@@ -367,8 +367,20 @@ class Batches:
             await self._give_up(batch, "bundle", exc)
             return
 
+        if batch.complete:  # a restart after a partial settle lays out fewer members
+            offsets = [
+                batch.offsets.get(m.name, off)
+                for m, off in zip(batch.members, offsets, strict=True)
+            ]
+        else:  # recorded with `complete`, for such a restart
+            batch.offsets = {m.name: off for m, off in zip(batch.members, offsets, strict=True)}
+        deliveries = [
+            Delivery(m.key, part.size, checksum=checksum, bundle=batch.key, offset=offset)
+            for m, part, offset, checksum in zip(batch.members, parts, offsets, sums, strict=True)
+        ]
+
         def finish() -> None:
-            self._finish(batch, bundle.size, parts, offsets, sums, started, note)
+            self._finish(batch, deliveries, bundle.size, started, note)
 
         try:
             finish()
@@ -380,44 +392,32 @@ class Batches:
     def _finish(
         self,
         batch: Batch,
+        deliveries: list[Delivery],
         size: int,
-        parts: list[FilePart],
-        offsets: list[int],
-        sums: list[str | None],
         started: float,
-        note: str | None,
+        note: str | None = None,
     ) -> None:
-        """Bundle and index confirmed: the record says so, then the members move to done/."""
-        spool = batch.spool
+        """The batch confirmed (bundle and index, or the listing of the unpacked objects): the
+        record says so, then the members (each with its delivery) move to done/."""
         if not batch.complete:
             batch.complete = True
-            # a restart after a partial settle lays out fewer members: their offsets stay these
-            batch.offsets = {m.name: off for m, off in zip(batch.members, offsets, strict=True)}
             try:
                 save_batch(batch)  # members may move to done/ only after this
             except errors.TransientError:
                 batch.complete = False
                 raise
-        elif batch.offsets:
-            offsets = [
-                batch.offsets.get(m.name, off)
-                for m, off in zip(batch.members, offsets, strict=True)
-            ]
-        outcomes = self.outcomes
-        outcomes.counts.bundles += 1
-        for claim, part, offset, checksum in zip(batch.members, parts, offsets, sums, strict=True):
-            delivery = Delivery(
-                claim.key, part.size, checksum=checksum, bundle=batch.key, offset=offset
-            )
-            delivery.stored = batch.stored.get(claim.name)  # COMPRESS: the bytes in the bundle
-            outcomes.settle(claim, delivery, started)
+        self.outcomes.counts.bundles += 1
+        for claim, delivery in zip(batch.members, deliveries, strict=True):
+            delivery.stored = batch.stored.get(claim.name)  # COMPRESS: the stored bytes
+            self.outcomes.settle(claim, delivery, started)
         forget_batch(batch)
+        spool = batch.spool
         self.host.metrics.batches.labels(spool.label).inc()
         self.host.metrics.batch_bytes.observe(size)
         if batch_log.isEnabledFor(logging.INFO):
             fields: dict[str, object] = {
                 "spool": spool.label,
-                "bundle": batch.key,
+                "extracted" if batch.mode == "extract" else "bundle": batch.key,
                 "files": len(batch.members),
                 "bytes": size,
                 "duration": round(time.monotonic() - started, 4),
@@ -486,8 +486,13 @@ class Batches:
             done = [(label, None) for label, _ in await asyncio.to_thread(self._sums, parts)]
             alone = []
 
+        deliveries = [
+            Delivery(claim.key, part.size, etag, label)
+            for claim, part, (label, etag) in zip(batch.members, parts, done, strict=True)
+        ]
+
         def finish() -> None:
-            self._finish_extract(batch, parts, done, started)
+            self._finish(batch, deliveries, sum(p.size for p in parts), started)
 
         if batch.members:
             try:
@@ -499,40 +504,6 @@ class Batches:
         else:
             drop_batch(batch)
         await self._alone([claim for claim, *_ in alone])
-
-    def _finish_extract(
-        self,
-        batch: Batch,
-        parts: list[FilePart],
-        done: list[tuple[str | None, str | None]],
-        started: float,
-    ) -> None:
-        if not batch.complete:
-            batch.complete = True
-            try:
-                save_batch(batch)  # only the members found: one missing is not settled
-            except errors.TransientError:
-                batch.complete = False
-                raise
-        self.outcomes.counts.bundles += 1
-        for claim, part, (label, etag) in zip(batch.members, parts, done, strict=True):
-            delivery = Delivery(claim.key, part.size, etag, label)
-            delivery.stored = batch.stored.get(claim.name)  # COMPRESS: the object's bytes
-            self.outcomes.settle(claim, delivery, started)
-        forget_batch(batch)
-        self.host.metrics.batches.labels(batch.spool.label).inc()
-        self.host.metrics.batch_bytes.observe(sum(p.size for p in parts))
-        if batch_log.isEnabledFor(logging.INFO):
-            fields: dict[str, object] = {
-                "spool": batch.spool.label,
-                "extracted": batch.key,
-                "files": len(batch.members),
-                "bytes": sum(p.size for p in parts),
-                "duration": round(time.monotonic() - started, 4),
-            }
-            if batch.spool.dirs.route != DEFAULT_ROUTE:
-                fields = {"route": batch.spool.dirs.route, **fields}
-            log_fields(batch_log, logging.INFO, "batch", fields)
 
     async def _check_unpacks(self, store: Store, batch: Batch) -> None:
         """The first tar of the route back: a store that kept it as one object does not unpack
