@@ -114,10 +114,7 @@ def load_batches(spool: Spool, ids: Iterable[str] | None = None) -> list[Batch]:
     recovered claims; a record none of whose members is left is removed."""
     where = batches_dir(spool)
     if ids is None:
-        try:
-            ids = [n[:-5] for n in os.listdir(where) if n.endswith(".json")]
-        except FileNotFoundError:
-            return []
+        ids = [n[:-5] for n in _record_names(where)]
     found = []
     for bid in sorted(ids):
         path = where / (bid + ".json")
@@ -230,7 +227,7 @@ def _adopt_record(
     record naming it: ours loads what moved, the dead one's the rest (``left``: see
     load_batches). Returns the id adopted, or ``""``."""
     src, files = dead / BATCHES / (bid + ".json"), dead / "files"
-    present = [m for m in members if os.path.lexists(files / m[0])]  # [name, key(, codec)]
+    present = [m for m in members if os.path.lexists(files / m[0])]  # [name, key, ...]
     if not present or (data.get("left") and not data.get("complete")):
         with contextlib.suppress(OSError):  # else on the next pass
             src.unlink()  # nothing left, or its batch went on without these: they go alone
