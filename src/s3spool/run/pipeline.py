@@ -141,16 +141,8 @@ class Pipeline:
         self._first_seen.pop(item, None)
         if self.batches.on and st.st_size <= self.s.batch_file_limit:
             claim.size, claim.mtime, claim.mtime_ns = st.st_size, st.st_mtime, st.st_mtime_ns
-            try:
-                # COMPRESS per member: the codec and suffix a per-file run gives, fixed here
-                claim.codec, suffix = choose(self.compression, claim.name, claim.size)
-                claim.key = self.template.render(claim_input(claim), suffix)
-                batch = self.batches.add(claim)
-            except errors.UploadError:
-                claim.key = ""  # deliver() renders it again and settles the error
-            else:
-                if batch is not None:
-                    await self.batches.deliver(batch)
+            if self._keyed(claim):
+                await self._into_batch(claim)
                 return
         await self.deliver(claim)
 
@@ -221,12 +213,17 @@ class Pipeline:
         # No await between a confirmed upload and settling: cancellation cannot split them.
         self.outcomes.settle(claim, delivery, started)
 
+    def _render_key(self, claim: Claim) -> None:
+        """COMPRESS: whether (so the key's suffix) follows from its name and size, fixed here
+        with the key (a batch member's too: the codec and suffix a per-file run gives)."""
+        claim.codec, suffix = choose(self.compression, claim.name, claim.size)
+        claim.key = self.template.render(claim_input(claim), suffix)
+
     def _keyed(self, claim: Claim) -> bool:
-        """A member's codec and key, as take() fixes them; False if the key cannot be rendered
-        (upload() renders it again and settles the error)."""
+        """A batch member's codec and key; False if the key cannot be rendered (upload()
+        renders it again and settles the error)."""
         try:
-            claim.codec, suffix = choose(self.compression, claim.name, claim.size)
-            claim.key = self.template.render(claim_input(claim), suffix)
+            self._render_key(claim)
         except errors.UploadError:
             claim.key = ""
             return False
@@ -236,7 +233,7 @@ class Pipeline:
         try:
             batch = self.batches.add(claim)
         except errors.UploadError:
-            claim.key = ""  # its batch's key cannot be rendered: alone, as take() does
+            claim.key = ""  # its batch's key or its options cannot be rendered: alone
             await self.deliver(claim)
             return
         if batch is not None:
@@ -247,9 +244,7 @@ class Pipeline:
         assert self.host.store is not None
         store = self.host.store
         if not claim.key:
-            # COMPRESS: whether (so the key's suffix) follows from its name and size, fixed here
-            claim.codec, suffix = choose(self.compression, claim.name, claim.size)
-            claim.key = self.template.render(claim_input(claim), suffix)
+            self._render_key(claim)
             # a key that a restart would not render again (or a long upload) is recorded first
             if not self.template.stable or claim.size >= self.s.multipart_from:
                 try:
