@@ -111,19 +111,10 @@ def drop(
     return Path(os.fsdecode(dest))
 
 
-def open_spool(root: Path, instance: str = "me", *, recursive: bool = False, **dirs: Any) -> Spool:
-    """A spool below ``root`` (incoming/, working/, done/, failed/; ``dirs``: more of its
-    SpoolDirs), prepared and opened as instance ``instance``, as the service opens one."""
-    spool_dirs = SpoolDirs(
-        label=str(root),
-        root=root,
-        incoming=root / "incoming",
-        working=root / "working",
-        done=root / "done",
-        failed=root / "failed",
-        **dirs,
-    )
-    spool = Spool(spool_dirs, instance, recursive=recursive)
+def open_spool(root: Path, instance: str = "me", *, recursive: bool = False) -> Spool:
+    """The spool below ``root`` (incoming/, working/, done/, failed/), prepared and opened as
+    instance ``instance``, as the service opens one."""
+    spool = Spool(SpoolDirs.below(root), instance, recursive=recursive)
     spool.prepare()
     spool.open()
     return spool

@@ -206,8 +206,8 @@ def test_stable_fields_include_the_path_fields() -> None:
 # --- claims keep their relpath -----------------------------------------------------------------
 
 
-def _spool(root: Path, instance: str = "me", **kw: Any) -> Spool:
-    return open_spool(root, instance, recursive=True, **kw)
+def _spool(root: Path, instance: str = "me") -> Spool:
+    return open_spool(root, instance, recursive=True)
 
 
 def test_claim_settle_and_unclaim_keep_the_relpath(tmp_path: Path) -> None:

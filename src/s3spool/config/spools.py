@@ -32,6 +32,28 @@ class SpoolDirs:
         same = failed is not None and os.path.abspath(failed) == os.path.abspath(self.incoming)
         object.__setattr__(self, "resubmit", same)
 
+    @classmethod
+    def below(
+        cls,
+        root: Path,
+        *,
+        incoming: str = "incoming",
+        working: str = "working",
+        done: str | None = "done",
+        failed: str | None = "failed",
+        route: str = DEFAULT_ROUTE,
+    ) -> SpoolDirs:
+        """A spool root's layout: its directories below it, by name (None: not kept)."""
+        return cls(
+            label=str(root),
+            root=root,
+            incoming=root / incoming,
+            working=root / working,
+            done=root / done if done else None,
+            failed=root / failed if failed else None,
+            route=route,
+        )
+
 
 def _abs(path: Path | None) -> Path | None:
     return Path(os.path.abspath(path)) if path else None
@@ -53,20 +75,17 @@ def spool_layouts(s: Settings, *, route: str = DEFAULT_ROUTE) -> list[SpoolDirs]
                 route=route,
             )
         ]
-    out = []
-    for root in s.spool_dirs:
-        root = Path(os.path.abspath(root))
-        out.append(
-            SpoolDirs(
-                label=str(root),
-                root=root,
-                incoming=root / s.incoming_name,
-                working=root / s.working_name,
-                done=None if s.remove_on_success else root / s.done_name,
-                failed=None if s.remove_on_failure else root / s.failed_name,
-                route=route,
-            )
+    out = [
+        SpoolDirs.below(
+            Path(os.path.abspath(root)),
+            incoming=s.incoming_name,
+            working=s.working_name,
+            done=None if s.remove_on_success else s.done_name,
+            failed=None if s.remove_on_failure else s.failed_name,
+            route=route,
         )
+        for root in s.spool_dirs
+    ]
     if len({d.label for d in out}) != len(out):
         raise ConfigError("S3SPOOL_SPOOL_DIRS (--spool-dirs): a spool is listed twice")
     return out

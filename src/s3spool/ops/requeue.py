@@ -32,10 +32,8 @@ def requeue_spools(config: Config | None, spool: Path | None) -> list[tuple[Spoo
             f"--spool {path}: is not a spool root with incoming/ and failed/ "
             "(other names or layouts: give the settings, e.g. --config FILE)"
         )
-    dirs = SpoolDirs(
-        str(path), path, path / "incoming", path / "working", path / "done", path / "failed"
-    )
-    return [(dirs, True)]  # a failed/ holds subdirectories only if its spool was RECURSIVE
+    # a failed/ holds subdirectories only if its spool was RECURSIVE
+    return [(SpoolDirs.below(path), True)]
 
 
 def read_reason(path: str) -> str | None:
